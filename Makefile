@@ -1,0 +1,50 @@
+# Cell — build, set up and test. See README.md.
+SHELL := /bin/bash
+GO ?= go
+BIN := bin
+GOFLAGS_BUILD := -trimpath
+
+.PHONY: all build setup image demo test test-unit test-e2e lint proto clean
+
+all: build
+
+build:
+	$(GO) build $(GOFLAGS_BUILD) -o $(BIN)/cell ./cmd/cell
+	CGO_ENABLED=0 $(GO) build $(GOFLAGS_BUILD) -o $(BIN)/envd ./cmd/envd
+
+# Installs the Debian packages Cell needs (only those missing).
+setup:
+	./scripts/setup.sh
+
+# Builds the guest image (cached by recipe hash under $$CELL_HOME).
+image: build
+	$(BIN)/cell image build
+
+# The main job: install, build, build the image, run a demo sandbox.
+demo: setup build image
+	$(BIN)/cell doctor
+	$(BIN)/cell run -- python3 -c 'print(6*7)'
+
+# Everything: unit tests with -race (no VMs), then the end-to-end tests with real VMs.
+test: setup build image lint test-unit test-e2e
+
+test-unit:
+	$(GO) test -race -count=1 $$($(GO) list ./... | grep -v /test/)
+
+test-e2e:
+	CELL_BIN=$(CURDIR)/$(BIN)/cell $(GO) test -count=1 -timeout 30m -v ./test/e2e/... 2>&1 | tee $(BIN)/e2e.log | grep -E '^(=== RUN|--- |PASS|FAIL|ok|panic|\s+\S+_test.go)' ; exit $${PIPESTATUS[0]}
+
+lint:
+	$(GO) vet ./...
+	$(GO) run honnef.co/go/tools/cmd/staticcheck@2025.1.1 ./...
+
+# Regenerates proto code (checked in) with pinned generators.
+proto:
+	cd proto && PATH="$$($(GO) env GOPATH)/bin:$$PATH" sh -c '\
+	  $(GO) install github.com/bufbuild/buf/cmd/buf@v1.50.0 && \
+	  $(GO) install google.golang.org/protobuf/cmd/protoc-gen-go@v1.36.12 && \
+	  $(GO) install connectrpc.com/connect/cmd/protoc-gen-connect-go@v1.21.1 && \
+	  buf generate'
+
+clean:
+	rm -rf $(BIN)

@@ -1,0 +1,63 @@
+// Command envd is Cell's guest agent. As PID 1 it is the guest's init; it then starts itself again
+// with "serve" to run the API the host talks to over the channel.
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/cellhq/cell/envd/initd"
+	"github.com/cellhq/cell/envd/process"
+	"github.com/cellhq/cell/envd/server"
+	"github.com/cellhq/cell/envd/vport"
+	"github.com/cellhq/cell/internal/vmm"
+)
+
+func main() {
+	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	if os.Getpid() == 1 {
+		os.Exit(initd.Main(log, []string{"serve"}))
+	}
+	if len(os.Args) > 1 && os.Args[1] == "serve" {
+		os.Exit(serve(log, os.Args[2:]))
+	}
+	if len(os.Args) > 1 && os.Args[1] == "version" {
+		fmt.Println(server.Version)
+		return
+	}
+	fmt.Fprintln(os.Stderr, "usage: envd serve [-port NAME]  (as PID 1, envd is the guest's init)")
+	os.Exit(2)
+}
+
+func serve(log *slog.Logger, args []string) int {
+	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
+	portName := fs.String("port", vmm.ChannelPortName, "virtio-serial port name")
+	user := fs.String("user", "user", "default user for commands")
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+	path, err := vport.Find("/sys", *portName)
+	if err != nil {
+		log.Error("finding the host channel", "err", err)
+		return 1
+	}
+	port, err := vport.Open(path)
+	if err != nil {
+		log.Error("opening the host channel", "err", err)
+		return 1
+	}
+	defer func() { _ = port.Close() }()
+	procs := process.New(log, *user)
+	defer procs.Close()
+	h := server.Handler(procs, func() { _ = syscall.Kill(1, syscall.SIGTERM) })
+	server.ServeChannel(ctx, log, func() server.Conn { return port.Next() }, http.Handler(h))
+	return 0
+}

@@ -1,0 +1,568 @@
+package process
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/exec"
+	"os/user"
+	"path/filepath"
+	"strconv"
+	"sync"
+	"syscall"
+	"time"
+
+	"connectrpc.com/connect"
+
+	pb "github.com/cellhq/cell/proto/process"
+	"github.com/cellhq/cell/proto/process/processconnect"
+)
+
+// KeepAliveInterval is how often an idle event stream carries a keepalive event.
+const KeepAliveInterval = 20 * time.Second
+
+// drainGrace is how long, after a process exits, its output pipes may go without progress before
+// they are closed: a background child that inherited them must not hold the result forever.
+const drainGrace = 200 * time.Millisecond
+
+// DefaultPath is the PATH commands get unless they set their own.
+const DefaultPath = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+// Service is the process service. The zero value is not usable; use New.
+type Service struct {
+	log         *slog.Logger
+	defaultUser string
+
+	mu    sync.Mutex
+	procs map[uint32]*proc
+	tags  map[string]*proc
+}
+
+var _ processconnect.ProcessHandler = (*Service)(nil)
+
+// New returns a Service whose commands run as defaultUser unless a request names another.
+func New(log *slog.Logger, defaultUser string) *Service {
+	return &Service{log: log, defaultUser: defaultUser, procs: map[uint32]*proc{}, tags: map[string]*proc{}}
+}
+
+type subscriber struct {
+	ch   chan *pb.ProcessEvent
+	gone chan struct{}
+}
+
+type proc struct {
+	info  *pb.ProcessInfo
+	cmd   *exec.Cmd
+	pid   uint32
+	pgid  int
+	stdin *os.File // nil when stdin is closed or was never open
+
+	mu   sync.Mutex
+	subs map[*subscriber]struct{}
+	end  *pb.ProcessEvent // set once the process has ended
+	done chan struct{}
+
+	lastRead time.Time
+}
+
+func (p *proc) subscribe() *subscriber {
+	s := &subscriber{ch: make(chan *pb.ProcessEvent, 64), gone: make(chan struct{})}
+	p.mu.Lock()
+	if p.end != nil {
+		s.ch <- p.end
+	} else {
+		p.subs[s] = struct{}{}
+	}
+	p.mu.Unlock()
+	return s
+}
+
+func (p *proc) unsubscribe(s *subscriber) {
+	p.mu.Lock()
+	delete(p.subs, s)
+	p.mu.Unlock()
+	close(s.gone)
+}
+
+// broadcast hands ev to every subscriber, waiting for each that is still there: output is never
+// dropped for a client that keeps reading, and a slow client slows the process (pipe backpressure).
+func (p *proc) broadcast(ev *pb.ProcessEvent) {
+	p.mu.Lock()
+	subs := make([]*subscriber, 0, len(p.subs))
+	for s := range p.subs {
+		subs = append(subs, s)
+	}
+	p.mu.Unlock()
+	for _, s := range subs {
+		select {
+		case s.ch <- ev:
+		case <-s.gone:
+		}
+	}
+}
+
+func (s *Service) lookup(sel *pb.ProcessSelector) (*proc, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	switch v := sel.GetSelector().(type) {
+	case *pb.ProcessSelector_Pid:
+		if p, ok := s.procs[v.Pid]; ok {
+			return p, nil
+		}
+		return nil, connect.NewError(connect.CodeNotFound, fmt.Errorf("process with pid %d not found", v.Pid))
+	case *pb.ProcessSelector_Tag:
+		if p, ok := s.tags[v.Tag]; ok {
+			return p, nil
+		}
+		return nil, connect.NewError(connect.CodeNotFound, fmt.Errorf("process with tag %q not found", v.Tag))
+	}
+	return nil, connect.NewError(connect.CodeInvalidArgument, errors.New("process: a pid or a tag is required"))
+}
+
+// Identity is who a process runs as.
+type Identity struct {
+	Name     string
+	UID, GID uint32
+	Groups   []uint32
+	Home     string
+}
+
+// LookupUser resolves a user name from the guest's /etc/passwd and /etc/group.
+func LookupUser(name string) (Identity, error) {
+	u, err := user.Lookup(name)
+	if err != nil {
+		return Identity{}, err
+	}
+	uid, err1 := strconv.ParseUint(u.Uid, 10, 32)
+	gid, err2 := strconv.ParseUint(u.Gid, 10, 32)
+	if err := errors.Join(err1, err2); err != nil {
+		return Identity{}, fmt.Errorf("user %s: %w", name, err)
+	}
+	id := Identity{Name: name, UID: uint32(uid), GID: uint32(gid), Home: u.HomeDir}
+	if gids, err := u.GroupIds(); err == nil {
+		for _, g := range gids {
+			if n, err := strconv.ParseUint(g, 10, 32); err == nil {
+				id.Groups = append(id.Groups, uint32(n))
+			}
+		}
+	}
+	return id, nil
+}
+
+func (s *Service) start(req *pb.StartRequest, userName string) (*proc, *subscriber, error) {
+	cfg := req.GetProcess()
+	if cfg.GetCmd() == "" {
+		return nil, nil, connect.NewError(connect.CodeInvalidArgument, errors.New("process.cmd: must not be empty"))
+	}
+	if req.Pty != nil {
+		return nil, nil, connect.NewError(connect.CodeUnimplemented, errors.New("pty: not supported yet"))
+	}
+	if userName == "" {
+		userName = s.defaultUser
+	}
+	id, err := LookupUser(userName)
+	if err != nil {
+		return nil, nil, connect.NewError(connect.CodeInvalidArgument, fmt.Errorf("user %q: %w", userName, err))
+	}
+	cwd := id.Home
+	if cfg.Cwd != nil && cfg.GetCwd() != "" {
+		cwd = cfg.GetCwd()
+		if !filepath.IsAbs(cwd) {
+			cwd = filepath.Join(id.Home, cwd)
+		}
+		if st, err := os.Stat(cwd); err != nil || !st.IsDir() {
+			return nil, nil, connect.NewError(connect.CodeInvalidArgument, fmt.Errorf("process.cwd: %q is not a directory", cwd))
+		}
+	} else if st, err := os.Stat(cwd); err != nil || !st.IsDir() {
+		cwd = "/" // a user without a home directory starts at the root, as login does
+	}
+	env := map[string]string{
+		"PATH": DefaultPath, "HOME": id.Home, "USER": id.Name, "LOGNAME": id.Name,
+		"SHELL": "/bin/bash", "LANG": "C.UTF-8", "PWD": cwd,
+	}
+	for k, v := range cfg.GetEnvs() {
+		env[k] = v
+	}
+	path, err := lookPath(cfg.GetCmd(), env["PATH"])
+	if err != nil {
+		return nil, nil, connect.NewError(connect.CodeNotFound, fmt.Errorf("process.cmd: %w", err))
+	}
+
+	cmd := exec.Command(path, cfg.GetArgs()...)
+	cmd.Args[0] = cfg.GetCmd()
+	cmd.Dir = cwd
+	for k, v := range env {
+		cmd.Env = append(cmd.Env, k+"="+v)
+	}
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if uint32(os.Getuid()) != id.UID || uint32(os.Getgid()) != id.GID {
+		cmd.SysProcAttr.Credential = &syscall.Credential{Uid: id.UID, Gid: id.GID, Groups: id.Groups}
+	}
+
+	var closers []*os.File
+	closeAll := func() {
+		for _, f := range closers {
+			_ = f.Close()
+		}
+	}
+	outR, outW, err := os.Pipe()
+	if err != nil {
+		return nil, nil, fmt.Errorf("stdout pipe: %w", err)
+	}
+	closers = append(closers, outR, outW)
+	errR, errW, err := os.Pipe()
+	if err != nil {
+		closeAll()
+		return nil, nil, fmt.Errorf("stderr pipe: %w", err)
+	}
+	closers = append(closers, errR, errW)
+	cmd.Stdout, cmd.Stderr = outW, errW
+	var stdinW *os.File
+	if req.GetStdin() {
+		inR, inW, err := os.Pipe()
+		if err != nil {
+			closeAll()
+			return nil, nil, fmt.Errorf("stdin pipe: %w", err)
+		}
+		closers = append(closers, inR, inW)
+		cmd.Stdin, stdinW = inR, inW
+	} // else: os/exec gives the child /dev/null
+
+	p := &proc{cmd: cmd, stdin: stdinW, subs: map[*subscriber]struct{}{}, done: make(chan struct{})}
+	sub := p.subscribe()
+
+	s.mu.Lock()
+	if req.Tag != nil {
+		if _, taken := s.tags[req.GetTag()]; taken {
+			s.mu.Unlock()
+			closeAll()
+			return nil, nil, connect.NewError(connect.CodeAlreadyExists, fmt.Errorf("tag: %q is used by a running process", req.GetTag()))
+		}
+	}
+	if err := cmd.Start(); err != nil {
+		s.mu.Unlock()
+		closeAll()
+		return nil, nil, connect.NewError(connect.CodeInvalidArgument, fmt.Errorf("starting %s: %w", cfg.GetCmd(), err))
+	}
+	p.pid = uint32(cmd.Process.Pid)
+	p.pgid = cmd.Process.Pid
+	p.info = &pb.ProcessInfo{Config: cfg, Pid: p.pid, Tag: req.Tag}
+	s.procs[p.pid] = p
+	if req.Tag != nil {
+		s.tags[req.GetTag()] = p
+	}
+	s.mu.Unlock()
+
+	// The child has its copies; ours would keep the pipes open forever.
+	_ = outW.Close()
+	_ = errW.Close()
+	if r, ok := cmd.Stdin.(*os.File); ok {
+		_ = r.Close()
+	}
+	go s.supervise(p, outR, errR)
+	return p, sub, nil
+}
+
+// lookPath finds cmd in the given PATH (not envd's own), as a shell would.
+func lookPath(cmd, path string) (string, error) {
+	if filepath.Base(cmd) != cmd || cmd == "." || cmd == ".." {
+		if _, err := os.Stat(cmd); err != nil {
+			return "", fmt.Errorf("%s: %w", cmd, err)
+		}
+		return cmd, nil
+	}
+	for _, dir := range filepath.SplitList(path) {
+		if dir == "" {
+			dir = "."
+		}
+		p := filepath.Join(dir, cmd)
+		if st, err := os.Stat(p); err == nil && !st.IsDir() && st.Mode()&0o111 != 0 {
+			return p, nil
+		}
+	}
+	return "", fmt.Errorf("%s: executable file not found in $PATH", cmd)
+}
+
+// supervise streams the process's output, waits for it, and publishes its end.
+func (s *Service) supervise(p *proc, outR, errR *os.File) {
+	var readers sync.WaitGroup
+	var progressMu sync.Mutex
+	p.lastRead = time.Now()
+	pump := func(r *os.File, mk func([]byte) *pb.ProcessEvent_DataEvent) {
+		defer readers.Done()
+		buf := make([]byte, 32<<10)
+		for {
+			n, err := r.Read(buf)
+			if n > 0 {
+				progressMu.Lock()
+				p.lastRead = time.Now()
+				progressMu.Unlock()
+				data := make([]byte, n)
+				copy(data, buf[:n])
+				p.broadcast(&pb.ProcessEvent{Event: &pb.ProcessEvent_Data{Data: mk(data)}})
+				progressMu.Lock()
+				p.lastRead = time.Now()
+				progressMu.Unlock()
+			}
+			if err != nil {
+				return
+			}
+		}
+	}
+	readers.Add(2)
+	go pump(outR, func(b []byte) *pb.ProcessEvent_DataEvent {
+		return &pb.ProcessEvent_DataEvent{Output: &pb.ProcessEvent_DataEvent_Stdout{Stdout: b}}
+	})
+	go pump(errR, func(b []byte) *pb.ProcessEvent_DataEvent {
+		return &pb.ProcessEvent_DataEvent{Output: &pb.ProcessEvent_DataEvent_Stderr{Stderr: b}}
+	})
+	readersDone := make(chan struct{})
+	go func() { readers.Wait(); close(readersDone) }()
+
+	waitErr := p.cmd.Wait()
+
+	// Drain what the process wrote; give up on pipes held open by its children once they stall.
+	tick := time.NewTicker(drainGrace / 4)
+drain:
+	for {
+		select {
+		case <-readersDone:
+			break drain
+		case <-tick.C:
+			progressMu.Lock()
+			stalled := time.Since(p.lastRead) > drainGrace
+			progressMu.Unlock()
+			if stalled {
+				_ = outR.Close()
+				_ = errR.Close()
+				<-readersDone
+				break drain
+			}
+		}
+	}
+	tick.Stop()
+	_ = outR.Close()
+	_ = errR.Close()
+
+	end := endEvent(p.cmd.ProcessState, waitErr)
+	s.mu.Lock()
+	delete(s.procs, p.pid)
+	if p.info.Tag != nil && s.tags[p.info.GetTag()] == p {
+		delete(s.tags, p.info.GetTag())
+	}
+	s.mu.Unlock()
+	p.mu.Lock()
+	if p.stdin != nil {
+		_ = p.stdin.Close()
+		p.stdin = nil
+	}
+	p.mu.Unlock()
+	ev := &pb.ProcessEvent{Event: &pb.ProcessEvent_End{End: end}}
+	p.broadcast(ev)
+	p.mu.Lock()
+	p.end = ev
+	p.subs = nil
+	p.mu.Unlock()
+	close(p.done)
+}
+
+func endEvent(st *os.ProcessState, waitErr error) *pb.ProcessEvent_EndEvent {
+	end := &pb.ProcessEvent_EndEvent{}
+	if st == nil {
+		msg := "wait failed"
+		if waitErr != nil {
+			msg = waitErr.Error()
+		}
+		end.ExitCode = -1
+		end.Status = "error"
+		end.Error = &msg
+		return end
+	}
+	end.Status = st.String()
+	end.Exited = st.Exited()
+	if ws, ok := st.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
+		end.ExitCode = int32(128 + int(ws.Signal()))
+	} else {
+		end.ExitCode = int32(st.ExitCode())
+	}
+	return end
+}
+
+// stream relays a subscriber's events to send until the process ends or ctx is done. The process
+// keeps running when the client goes away.
+func stream(ctx context.Context, p *proc, sub *subscriber, send func(*pb.ProcessEvent) error) error {
+	defer p.unsubscribe(sub)
+	if err := send(&pb.ProcessEvent{Event: &pb.ProcessEvent_Start{Start: &pb.ProcessEvent_StartEvent{Pid: p.pid}}}); err != nil {
+		return err
+	}
+	ka := time.NewTicker(KeepAliveInterval)
+	defer ka.Stop()
+	for {
+		select {
+		case ev := <-sub.ch:
+			if err := send(ev); err != nil {
+				return err
+			}
+			if _, ok := ev.Event.(*pb.ProcessEvent_End); ok {
+				return nil
+			}
+		case <-ka.C:
+			if err := send(&pb.ProcessEvent{Event: &pb.ProcessEvent_Keepalive{Keepalive: &pb.ProcessEvent_KeepAlive{}}}); err != nil {
+				return err
+			}
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+}
+
+// Start runs a command and streams its events.
+func (s *Service) Start(ctx context.Context, req *connect.Request[pb.StartRequest], out *connect.ServerStream[pb.StartResponse]) error {
+	p, sub, err := s.start(req.Msg, UserFromHeader(req.Header()))
+	if err != nil {
+		return err
+	}
+	return stream(ctx, p, sub, func(ev *pb.ProcessEvent) error { return out.Send(&pb.StartResponse{Event: ev}) })
+}
+
+// Connect re-attaches to a running process's events.
+func (s *Service) Connect(ctx context.Context, req *connect.Request[pb.ConnectRequest], out *connect.ServerStream[pb.ConnectResponse]) error {
+	p, err := s.lookup(req.Msg.GetProcess())
+	if err != nil {
+		return err
+	}
+	sub := p.subscribe()
+	return stream(ctx, p, sub, func(ev *pb.ProcessEvent) error { return out.Send(&pb.ConnectResponse{Event: ev}) })
+}
+
+// List returns the running processes.
+func (s *Service) List(context.Context, *connect.Request[pb.ListRequest]) (*connect.Response[pb.ListResponse], error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	res := &pb.ListResponse{}
+	for _, p := range s.procs {
+		res.Processes = append(res.Processes, p.info)
+	}
+	return connect.NewResponse(res), nil
+}
+
+// Update changes a process's PTY size; PTYs are not supported yet.
+func (s *Service) Update(_ context.Context, req *connect.Request[pb.UpdateRequest]) (*connect.Response[pb.UpdateResponse], error) {
+	if _, err := s.lookup(req.Msg.GetProcess()); err != nil {
+		return nil, err
+	}
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("pty: not supported yet"))
+}
+
+func (s *Service) writeInput(p *proc, in *pb.ProcessInput) error {
+	switch v := in.GetInput().(type) {
+	case *pb.ProcessInput_Stdin:
+		p.mu.Lock()
+		w := p.stdin
+		p.mu.Unlock()
+		if w == nil {
+			return connect.NewError(connect.CodeFailedPrecondition, fmt.Errorf("process %d: stdin is not open", p.pid))
+		}
+		if _, err := w.Write(v.Stdin); err != nil {
+			return connect.NewError(connect.CodeFailedPrecondition, fmt.Errorf("process %d: writing stdin: %w", p.pid, err))
+		}
+		return nil
+	case *pb.ProcessInput_Pty:
+		return connect.NewError(connect.CodeUnimplemented, errors.New("pty: not supported yet"))
+	}
+	return connect.NewError(connect.CodeInvalidArgument, errors.New("input: stdin or pty data is required"))
+}
+
+// SendInput writes to a process's stdin.
+func (s *Service) SendInput(_ context.Context, req *connect.Request[pb.SendInputRequest]) (*connect.Response[pb.SendInputResponse], error) {
+	p, err := s.lookup(req.Msg.GetProcess())
+	if err != nil {
+		return nil, err
+	}
+	if err := s.writeInput(p, req.Msg.GetInput()); err != nil {
+		return nil, err
+	}
+	return connect.NewResponse(&pb.SendInputResponse{}), nil
+}
+
+// StreamInput writes a stream of input, in order, to one process.
+func (s *Service) StreamInput(_ context.Context, in *connect.ClientStream[pb.StreamInputRequest]) (*connect.Response[pb.StreamInputResponse], error) {
+	var p *proc
+	for in.Receive() {
+		switch ev := in.Msg().GetEvent().(type) {
+		case *pb.StreamInputRequest_Start:
+			found, err := s.lookup(ev.Start.GetProcess())
+			if err != nil {
+				return nil, err
+			}
+			p = found
+		case *pb.StreamInputRequest_Data:
+			if p == nil {
+				return nil, connect.NewError(connect.CodeFailedPrecondition, errors.New("stream input: the start event must come first"))
+			}
+			if err := s.writeInput(p, ev.Data.GetInput()); err != nil {
+				return nil, err
+			}
+		case *pb.StreamInputRequest_Keepalive:
+		}
+	}
+	if err := in.Err(); err != nil && !errors.Is(err, io.EOF) {
+		return nil, err
+	}
+	return connect.NewResponse(&pb.StreamInputResponse{}), nil
+}
+
+// CloseStdin closes a process's stdin so that it reads EOF.
+func (s *Service) CloseStdin(_ context.Context, req *connect.Request[pb.CloseStdinRequest]) (*connect.Response[pb.CloseStdinResponse], error) {
+	p, err := s.lookup(req.Msg.GetProcess())
+	if err != nil {
+		return nil, err
+	}
+	p.mu.Lock()
+	if p.stdin != nil {
+		_ = p.stdin.Close()
+		p.stdin = nil
+	}
+	p.mu.Unlock()
+	return connect.NewResponse(&pb.CloseStdinResponse{}), nil
+}
+
+// SendSignal signals a process's whole process group.
+func (s *Service) SendSignal(_ context.Context, req *connect.Request[pb.SendSignalRequest]) (*connect.Response[pb.SendSignalResponse], error) {
+	p, err := s.lookup(req.Msg.GetProcess())
+	if err != nil {
+		return nil, err
+	}
+	sig := syscall.Signal(req.Msg.GetSignal())
+	switch req.Msg.GetSignal() {
+	case pb.Signal_SIGNAL_SIGHUP, pb.Signal_SIGNAL_SIGINT, pb.Signal_SIGNAL_SIGQUIT, pb.Signal_SIGNAL_SIGKILL, pb.Signal_SIGNAL_SIGTERM:
+	default:
+		return nil, connect.NewError(connect.CodeInvalidArgument, fmt.Errorf("signal: %v is not supported", req.Msg.GetSignal()))
+	}
+	if err := syscall.Kill(-p.pgid, sig); err != nil {
+		if err := syscall.Kill(int(p.pid), sig); err != nil && !errors.Is(err, syscall.ESRCH) {
+			return nil, connect.NewError(connect.CodeInternal, fmt.Errorf("signalling %d: %w", p.pid, err))
+		}
+	}
+	return connect.NewResponse(&pb.SendSignalResponse{}), nil
+}
+
+// Close kills every process the service still runs and waits for them to end.
+func (s *Service) Close() {
+	s.mu.Lock()
+	procs := make([]*proc, 0, len(s.procs))
+	for _, p := range s.procs {
+		procs = append(procs, p)
+	}
+	s.mu.Unlock()
+	for _, p := range procs {
+		_ = syscall.Kill(-p.pgid, syscall.SIGKILL)
+		_ = syscall.Kill(int(p.pid), syscall.SIGKILL)
+	}
+	for _, p := range procs {
+		<-p.done
+	}
+}

@@ -1,0 +1,320 @@
+package process
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/base64"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"os/user"
+	"strings"
+	"testing"
+	"time"
+
+	"connectrpc.com/connect"
+	"go.uber.org/goleak"
+
+	pb "github.com/cellhq/cell/proto/process"
+	"github.com/cellhq/cell/proto/process/processconnect"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+func currentUser(t *testing.T) string {
+	u, err := user.Current()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return u.Username
+}
+
+func newClient(t *testing.T) (processconnect.ProcessClient, *Service) {
+	t.Helper()
+	svc := New(slog.New(slog.DiscardHandler), currentUser(t))
+	mux := http.NewServeMux()
+	mux.Handle(processconnect.NewProcessHandler(svc))
+	srv := httptest.NewServer(mux)
+	t.Cleanup(func() {
+		svc.Close()
+		srv.CloseClientConnections()
+		srv.Close()
+	})
+	return processconnect.NewProcessClient(srv.Client(), srv.URL), svc
+}
+
+type outcome struct {
+	pid            uint32
+	stdout, stderr bytes.Buffer
+	order          []string // "o" and "e" per data event
+	end            *pb.ProcessEvent_EndEvent
+}
+
+func collect(t *testing.T, recv func() bool, msg func() *pb.ProcessEvent, errf func() error) *outcome {
+	t.Helper()
+	o := &outcome{}
+	for recv() {
+		switch ev := msg().GetEvent().(type) {
+		case *pb.ProcessEvent_Start:
+			o.pid = ev.Start.GetPid()
+		case *pb.ProcessEvent_Data:
+			if b := ev.Data.GetStdout(); b != nil {
+				o.stdout.Write(b)
+				o.order = append(o.order, "o")
+			}
+			if b := ev.Data.GetStderr(); b != nil {
+				o.stderr.Write(b)
+				o.order = append(o.order, "e")
+			}
+		case *pb.ProcessEvent_End:
+			o.end = ev.End
+		}
+	}
+	if err := errf(); err != nil {
+		t.Fatalf("stream: %v", err)
+	}
+	if o.end == nil {
+		t.Fatal("stream ended without an end event")
+	}
+	return o
+}
+
+func run(t *testing.T, c processconnect.ProcessClient, req *pb.StartRequest) *outcome {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	s, err := c.Start(ctx, connect.NewRequest(req))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	return collect(t, s.Receive, func() *pb.ProcessEvent { return s.Msg().GetEvent() }, s.Err)
+}
+
+func sh(script string) *pb.StartRequest {
+	return &pb.StartRequest{Process: &pb.ProcessConfig{Cmd: "/bin/sh", Args: []string{"-c", script}}}
+}
+
+func TestStdoutStderrExit(t *testing.T) {
+	c, _ := newClient(t)
+	o := run(t, c, sh("echo out; echo err >&2; exit 7"))
+	if o.stdout.String() != "out\n" || o.stderr.String() != "err\n" {
+		t.Fatalf("stdout %q stderr %q", o.stdout.String(), o.stderr.String())
+	}
+	if o.end.GetExitCode() != 7 || !o.end.GetExited() || o.pid == 0 {
+		t.Fatalf("end %+v pid %d", o.end, o.pid)
+	}
+}
+
+func TestSignalExitCode(t *testing.T) {
+	c, _ := newClient(t)
+	o := run(t, c, sh("kill -9 $$"))
+	if o.end.GetExitCode() != 128+9 || o.end.GetExited() || !strings.Contains(o.end.GetStatus(), "killed") {
+		t.Fatalf("end %+v", o.end)
+	}
+}
+
+func TestLargeOutputComplete(t *testing.T) {
+	c, _ := newClient(t)
+	o := run(t, c, sh("head -c 20000000 /dev/zero | tr '\\0' 'x'; echo done >&2"))
+	want := sha256.Sum256(bytes.Repeat([]byte("x"), 20000000))
+	if sha256.Sum256(o.stdout.Bytes()) != want || o.stderr.String() != "done\n" {
+		t.Fatalf("got %d bytes stdout, stderr %q", o.stdout.Len(), o.stderr.String())
+	}
+}
+
+func TestEnvCwdUser(t *testing.T) {
+	c, _ := newClient(t)
+	dir := t.TempDir()
+	req := sh(`echo "$GREETING|$(pwd)|$(id -un)|$HOME"`)
+	req.Process.Envs = map[string]string{"GREETING": "hi"}
+	req.Process.Cwd = &dir
+	o := run(t, c, req)
+	me := currentUser(t)
+	u, _ := user.Current()
+	if want := fmt.Sprintf("hi|%s|%s|%s\n", dir, me, u.HomeDir); o.stdout.String() != want {
+		t.Fatalf("got %q want %q", o.stdout.String(), want)
+	}
+	if os.Getuid() != 0 {
+		return
+	}
+	// As root, run as another user through the Basic auth header, as E2B's SDKs do.
+	ctx := context.Background()
+	r := connect.NewRequest(sh("id -u; echo $HOME"))
+	r.Header().Set("Authorization", "Basic "+base64.StdEncoding.EncodeToString([]byte("nobody:")))
+	s, err := c.Start(ctx, r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	o = collect(t, s.Receive, func() *pb.ProcessEvent { return s.Msg().GetEvent() }, s.Err)
+	nobody, err := user.Lookup("nobody")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := nobody.Uid + "\n" + nobody.HomeDir + "\n"; o.stdout.String() != want {
+		t.Fatalf("as nobody: got %q want %q", o.stdout.String(), want)
+	}
+}
+
+func TestStdinAndCloseStdin(t *testing.T) {
+	c, _ := newClient(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	yes := true
+	req := sh("wc -c; echo got-eof")
+	req.Stdin = &yes
+	s, err := c.Start(ctx, connect.NewRequest(req))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !s.Receive() || s.Msg().GetEvent().GetStart() == nil {
+		t.Fatal("no start event")
+	}
+	pid := s.Msg().GetEvent().GetStart().GetPid()
+	sel := &pb.ProcessSelector{Selector: &pb.ProcessSelector_Pid{Pid: pid}}
+	for i := 0; i < 3; i++ {
+		if _, err := c.SendInput(ctx, connect.NewRequest(&pb.SendInputRequest{Process: sel,
+			Input: &pb.ProcessInput{Input: &pb.ProcessInput_Stdin{Stdin: []byte("abcd")}}})); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// StreamInput keeps order too.
+	st := c.StreamInput(ctx)
+	_ = st.Send(&pb.StreamInputRequest{Event: &pb.StreamInputRequest_Start{Start: &pb.StreamInputRequest_StartEvent{Process: sel}}})
+	_ = st.Send(&pb.StreamInputRequest{Event: &pb.StreamInputRequest_Data{Data: &pb.StreamInputRequest_DataEvent{
+		Input: &pb.ProcessInput{Input: &pb.ProcessInput_Stdin{Stdin: []byte("xyz")}}}}})
+	if _, err := st.CloseAndReceive(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.CloseStdin(ctx, connect.NewRequest(&pb.CloseStdinRequest{Process: sel})); err != nil {
+		t.Fatal(err)
+	}
+	o := collect(t, s.Receive, func() *pb.ProcessEvent { return s.Msg().GetEvent() }, s.Err)
+	if strings.TrimSpace(o.stdout.String()) != "15\ngot-eof" {
+		t.Fatalf("stdout %q", o.stdout.String())
+	}
+}
+
+func TestConnectByTagListAndSignal(t *testing.T) {
+	c, _ := newClient(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	tag := "sleeper"
+	req := sh("echo started; exec sleep 1000")
+	req.Tag = &tag
+	s, err := c.Start(ctx, connect.NewRequest(req))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for s.Receive() {
+		if d := s.Msg().GetEvent().GetData(); d != nil && string(d.GetStdout()) == "started\n" {
+			break
+		}
+	}
+	_ = s.Close() // the client leaves; the process keeps running
+
+	list, err := c.List(ctx, connect.NewRequest(&pb.ListRequest{}))
+	if err != nil || len(list.Msg.GetProcesses()) != 1 || list.Msg.GetProcesses()[0].GetTag() != tag {
+		t.Fatalf("list = %v, %v", list, err)
+	}
+	// A second process cannot take the tag.
+	s2, err := c.Start(ctx, connect.NewRequest(req))
+	if err == nil {
+		s2.Receive()
+		err = s2.Err()
+	}
+	if connect.CodeOf(err) != connect.CodeAlreadyExists {
+		t.Fatalf("duplicate tag: %v", err)
+	}
+	cs, err := c.Connect(ctx, connect.NewRequest(&pb.ConnectRequest{Process: &pb.ProcessSelector{Selector: &pb.ProcessSelector_Tag{Tag: tag}}}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !cs.Receive() || cs.Msg().GetEvent().GetStart() == nil {
+		t.Fatal("connect: no start event")
+	}
+	pid := cs.Msg().GetEvent().GetStart().GetPid()
+	if _, err := c.SendSignal(ctx, connect.NewRequest(&pb.SendSignalRequest{
+		Process: &pb.ProcessSelector{Selector: &pb.ProcessSelector_Pid{Pid: pid}}, Signal: pb.Signal_SIGNAL_SIGTERM})); err != nil {
+		t.Fatal(err)
+	}
+	o := collect(t, cs.Receive, func() *pb.ProcessEvent { return cs.Msg().GetEvent() }, cs.Err)
+	if o.end.GetExitCode() != 128+15 {
+		t.Fatalf("end %+v", o.end)
+	}
+	if _, err := c.SendSignal(ctx, connect.NewRequest(&pb.SendSignalRequest{
+		Process: &pb.ProcessSelector{Selector: &pb.ProcessSelector_Pid{Pid: pid}}, Signal: pb.Signal_SIGNAL_SIGKILL})); connect.CodeOf(err) != connect.CodeNotFound {
+		t.Fatalf("signal to ended process: %v", err)
+	}
+}
+
+func TestBackgroundChildHoldingOutputDoesNotHang(t *testing.T) {
+	c, _ := newClient(t)
+	start := time.Now()
+	o := run(t, c, sh("sleep 30 & echo parent-done"))
+	if o.stdout.String() != "parent-done\n" || o.end.GetExitCode() != 0 {
+		t.Fatalf("got %q %+v", o.stdout.String(), o.end)
+	}
+	if d := time.Since(start); d > 10*time.Second {
+		t.Fatalf("took %v: a background child held the result", d)
+	}
+}
+
+func TestBadRequests(t *testing.T) {
+	c, _ := newClient(t)
+	ctx := context.Background()
+	missing := "/nonexistent/dir"
+	cases := map[string]struct {
+		req  *pb.StartRequest
+		code connect.Code
+		word string
+	}{
+		"empty cmd": {&pb.StartRequest{Process: &pb.ProcessConfig{}}, connect.CodeInvalidArgument, "process.cmd"},
+		"not found": {&pb.StartRequest{Process: &pb.ProcessConfig{Cmd: "no-such-command-xyz"}}, connect.CodeNotFound, "not found"},
+		"bad cwd":   {&pb.StartRequest{Process: &pb.ProcessConfig{Cmd: "true", Cwd: &missing}}, connect.CodeInvalidArgument, "cwd"},
+	}
+	for name, tc := range cases {
+		s, err := c.Start(ctx, connect.NewRequest(tc.req))
+		if err == nil {
+			for s.Receive() {
+			}
+			err = s.Err()
+		}
+		if connect.CodeOf(err) != tc.code || !strings.Contains(err.Error(), tc.word) {
+			t.Errorf("%s: err = %v, want %v naming %q", name, err, tc.code, tc.word)
+		}
+	}
+	r := connect.NewRequest(sh("true"))
+	r.Header().Set("Authorization", "Basic "+base64.StdEncoding.EncodeToString([]byte("no-such-user-xyz:")))
+	s, err := c.Start(ctx, r)
+	if err == nil {
+		for s.Receive() {
+		}
+		err = s.Err()
+	}
+	if connect.CodeOf(err) != connect.CodeInvalidArgument || !strings.Contains(err.Error(), "user") {
+		t.Errorf("unknown user: %v", err)
+	}
+	_, err = c.SendInput(ctx, connect.NewRequest(&pb.SendInputRequest{Process: &pb.ProcessSelector{Selector: &pb.ProcessSelector_Pid{Pid: 999999}}}))
+	if connect.CodeOf(err) != connect.CodeNotFound {
+		t.Errorf("unknown pid: %v", err)
+	}
+}
+
+func TestUserFromHeader(t *testing.T) {
+	h := http.Header{}
+	if UserFromHeader(h) != "" {
+		t.Fatal("no header should give no user")
+	}
+	h.Set("Authorization", "Basic "+base64.StdEncoding.EncodeToString([]byte("root:")))
+	if UserFromHeader(h) != "root" {
+		t.Fatal("want root")
+	}
+	h.Set("Authorization", "Basic !!!")
+	if UserFromHeader(h) != "" {
+		t.Fatal("garbage should give no user")
+	}
+}

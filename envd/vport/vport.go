@@ -1,0 +1,197 @@
+package vport
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// Find returns the device path of the virtio-serial port with the given name, looking in sysfs
+// (there is no udev in the guest to make /dev/virtio-ports links).
+func Find(sysfs, name string) (string, error) {
+	dirs, err := filepath.Glob(filepath.Join(sysfs, "class/virtio-ports/*/name"))
+	if err != nil {
+		return "", err
+	}
+	for _, p := range dirs {
+		b, err := os.ReadFile(p)
+		if err != nil {
+			continue
+		}
+		if strings.TrimSpace(string(b)) == name {
+			return filepath.Join("/dev", filepath.Base(filepath.Dir(p))), nil
+		}
+	}
+	return "", fmt.Errorf("no virtio-serial port named %q", name)
+}
+
+type chunk struct {
+	b   []byte
+	eof bool
+}
+
+// Port is an open virtio-serial port. One goroutine reads it; each host visit is served by the
+// Conn that Next returns.
+type Port struct {
+	f      *os.File
+	chunks chan chunk
+	ack    chan struct{}
+	closed chan struct{}
+	once   sync.Once
+}
+
+// Open opens the port device in blocking mode.
+func Open(path string) (*Port, error) {
+	fd, err := unix.Open(path, unix.O_RDWR|unix.O_CLOEXEC|unix.O_NOCTTY, 0)
+	if err != nil {
+		return nil, fmt.Errorf("opening %s: %w", path, err)
+	}
+	p := &Port{f: os.NewFile(uintptr(fd), path), chunks: make(chan chunk), ack: make(chan struct{}),
+		closed: make(chan struct{})}
+	go p.pump()
+	return p, nil
+}
+
+// pump reads the device. A zero read means no host is connected: it reports one EOF per host
+// visit and polls until the host is back.
+func (p *Port) pump() {
+	buf := make([]byte, 64<<10)
+	connected := false
+	idle := time.Millisecond
+	for {
+		n, err := p.f.Read(buf)
+		if n > 0 {
+			connected = true
+			idle = time.Millisecond
+			select {
+			case p.chunks <- chunk{b: buf[:n]}:
+			case <-p.closed:
+				return
+			}
+			select {
+			case <-p.ack:
+			case <-p.closed:
+				return
+			}
+			continue
+		}
+		if err != nil && !errors.Is(err, io.EOF) && !errors.Is(err, unix.EAGAIN) && !errors.Is(err, unix.EINTR) {
+			// Unexpected: back off so a broken device does not spin.
+			idle = 50 * time.Millisecond
+		}
+		if connected {
+			connected = false
+			select {
+			case p.chunks <- chunk{eof: true}:
+			case <-p.closed:
+				return
+			}
+		}
+		select {
+		case <-time.After(idle):
+		case <-p.closed:
+			return
+		}
+		idle = min(2*idle, 20*time.Millisecond)
+	}
+}
+
+// Next returns a connection for the next host visit. Reads on it end with io.EOF when the host
+// leaves; it never closes the device.
+func (p *Port) Next() *Conn { return &Conn{p: p, done: make(chan struct{})} }
+
+// Close closes the device.
+func (p *Port) Close() error {
+	p.once.Do(func() { close(p.closed) })
+	return p.f.Close()
+}
+
+// Conn is one host visit on a Port. Read is for one goroutine at a time; Close may be called
+// from any goroutine and unblocks a pending Read.
+type Conn struct {
+	p    *Port
+	done chan struct{}
+	once sync.Once
+
+	mu   sync.Mutex
+	left []byte // unread part of the current chunk, owned by the pump until acknowledged
+	dead bool
+}
+
+// release tells the pump the current chunk is consumed. c.mu must be held.
+func (c *Conn) release() {
+	c.left = nil
+	select {
+	case c.p.ack <- struct{}{}:
+	case <-c.p.closed:
+	}
+}
+
+func (c *Conn) Read(b []byte) (int, error) {
+	c.mu.Lock()
+	if c.dead {
+		c.mu.Unlock()
+		return 0, io.EOF
+	}
+	if len(c.left) == 0 {
+		c.mu.Unlock()
+		var ch chunk
+		select {
+		case ch = <-c.p.chunks:
+		case <-c.done:
+			return 0, io.EOF
+		case <-c.p.closed:
+			return 0, io.EOF
+		}
+		c.mu.Lock()
+		if ch.eof || c.dead {
+			c.dead = true
+			if !ch.eof {
+				c.left = ch.b
+				c.release() // closed meanwhile: the chunk is dropped
+			}
+			c.mu.Unlock()
+			return 0, io.EOF
+		}
+		c.left = ch.b
+	}
+	n := copy(b, c.left)
+	c.left = c.left[n:]
+	if len(c.left) == 0 {
+		c.release()
+	}
+	c.mu.Unlock()
+	return n, nil
+}
+
+func (c *Conn) Write(b []byte) (int, error) {
+	select {
+	case <-c.done:
+		return 0, io.ErrClosedPipe
+	default:
+	}
+	n, err := c.p.f.Write(b)
+	if err != nil {
+		return n, fmt.Errorf("writing to host: %w", err)
+	}
+	return n, nil
+}
+
+// Close ends this visit. A chunk half read is dropped and handed back to the pump.
+func (c *Conn) Close() error {
+	c.once.Do(func() { close(c.done) })
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if !c.dead && len(c.left) > 0 {
+		c.release()
+	}
+	c.dead = true
+	return nil
+}

@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Builds Cell's guest kernel (a PVH vmlinux) from Debian's linux-source-6.1.
+# Usage: build.sh FRAGMENT OUT_VMLINUX WORKDIR
+# Called by `cell image build`, which caches the result by the hash of this recipe.
+set -euo pipefail
+fragment=$1 out=$2 work=$3
+src_tar=$(ls /usr/src/linux-source-6.1.tar.* 2>/dev/null | head -n1)
+[ -n "$src_tar" ] || { echo "missing /usr/src/linux-source-6.1.tar.xz: apt-get install linux-source-6.1" >&2; exit 3; }
+mkdir -p "$work"
+echo "step: extracting $(basename "$src_tar")"
+tar -xf "$src_tar" -C "$work"
+cd "$work"/linux-source-6.1
+echo "step: configuring (tinyconfig + fragment)"
+make -s tinyconfig >/dev/null
+./scripts/kconfig/merge_config.sh -m .config "$fragment" >/dev/null
+make -s olddefconfig >/dev/null
+# Fail loudly if an option we rely on was dropped by Kconfig dependencies.
+missing=0
+while IFS= read -r line; do
+  case "$line" in CONFIG_*=y) ;; *) continue ;; esac
+  grep -qx "$line" .config || { echo "kernel config lacks $line after olddefconfig" >&2; missing=1; }
+done < "$fragment"
+[ "$missing" = 0 ] || exit 4
+echo "step: compiling vmlinux with $(nproc) jobs"
+make -s -j"$(nproc)" vmlinux KBUILD_BUILD_TIMESTAMP="2024-01-01 00:00:00 UTC" KBUILD_BUILD_USER=cell KBUILD_BUILD_HOST=cell
+cp vmlinux "$out.tmp"
+cp .config "$out.config"
+mv "$out.tmp" "$out"
+echo "step: done"

@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Builds the directory tree of Cell's `base` guest image with debootstrap (no mounts, no loop
+# devices). Usage: build.sh OUT_TREE
+# Called by `cell image build`, which caches the tree by the hash of this recipe and then turns it
+# (with envd as init) into an ext4 image with `mkfs.ext4 -d`.
+# CELL_DEBIAN_MIRROR overrides debootstrap's default mirror.
+set -euo pipefail
+out=$1
+suite=bookworm
+packages=bash,coreutils,python3,nodejs,git,curl,ca-certificates,procps,sudo,iproute2,less,xz-utils
+rm -rf "$out"
+mkdir -p "$out"
+echo "step: debootstrap $suite (minbase + $packages)"
+debootstrap --variant=minbase --include="$packages" "$suite" "$out" ${CELL_DEBIAN_MIRROR:-} >"$out.debootstrap.log" 2>&1 || {
+  echo "debootstrap failed; last lines of $out.debootstrap.log:" >&2
+  tail -n 20 "$out.debootstrap.log" >&2
+  exit 5
+}
+echo "step: configuring users and system files"
+chroot "$out" /usr/sbin/groupadd --gid 1000 user
+chroot "$out" /usr/sbin/useradd --uid 1000 --gid 1000 --create-home --home-dir /home/user --shell /bin/bash user
+chroot "$out" /usr/sbin/usermod -aG sudo user
+echo 'user ALL=(ALL:ALL) NOPASSWD: ALL' > "$out/etc/sudoers.d/user"
+chmod 0440 "$out/etc/sudoers.d/user"
+echo sandbox > "$out/etc/hostname"
+printf '127.0.0.1 localhost\n127.0.1.1 sandbox\n' > "$out/etc/hosts"
+: > "$out/etc/resolv.conf"
+printf '/dev/vda / ext4 rw,relatime 0 1\n' > "$out/etc/fstab"
+echo "step: trimming caches and documentation"
+chroot "$out" /usr/bin/apt-get clean
+rm -rf "$out"/var/lib/apt/lists/* "$out"/var/cache/apt/*.bin "$out"/var/log/*.log \
+  "$out"/usr/share/doc/* "$out"/usr/share/man/* "$out"/usr/share/info/* "$out"/usr/share/locale/* \
+  "$out"/tmp/* "$out"/root/.npm
+find "$out" -name '__pycache__' -prune -exec rm -rf {} +
+echo "step: done"

@@ -1,0 +1,191 @@
+package channel
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"errors"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+func TestParse(t *testing.T) {
+	cases := []struct {
+		in   string
+		verb string
+		n    uint64
+		ok   bool
+	}{
+		{"CELL1 PING 7", "PING", 7, true},
+		{"CELL1 READY 18446744073709551615", "READY", 1<<64 - 1, true},
+		{"CELL1  PING 7", "", 0, false},
+		{"CELL1 PING 7 ", "", 0, false},
+		{"CELL1 PING -7", "", 0, false},
+		{"CELL1 PING x", "", 0, false},
+		{"CELL2 PING 7", "", 0, false},
+		{"NG 3CELL1 PING 4", "", 0, false},
+		{"", "", 0, false},
+	}
+	for _, c := range cases {
+		verb, n, ok := parse(c.in)
+		if verb != c.verb || n != c.n || ok != c.ok {
+			t.Errorf("parse(%q) = %q %d %v, want %q %d %v", c.in, verb, n, ok, c.verb, c.n, c.ok)
+		}
+	}
+}
+
+func TestLineReaderSkipsLongLines(t *testing.T) {
+	in := strings.Repeat("x", 1000) + "\nCELL1 PING 1\n"
+	lr := &lineReader{r: bufioReader(in)}
+	line, err := lr.next()
+	if err != nil || line != "CELL1 PING 1" {
+		t.Fatalf("next = %q, %v", line, err)
+	}
+}
+
+func TestLineReaderLimit(t *testing.T) {
+	lr := &lineReader{r: bufioReader(strings.Repeat("x\n", 100)), limit: 50}
+	var err error
+	for err == nil {
+		_, err = lr.next()
+	}
+	if !errors.Is(err, ErrHandshake) {
+		t.Fatalf("err = %v, want ErrHandshake", err)
+	}
+}
+
+// lossyPort models QEMU's virtio-serial window: until the guest "opens" its port, everything the
+// host writes is dropped, sometimes cutting a write in half.
+type lossyPort struct {
+	net.Conn
+	open  atomic.Bool
+	drops atomic.Int64
+}
+
+func (l *lossyPort) Write(p []byte) (int, error) {
+	if !l.open.Load() {
+		l.drops.Add(1)
+		if len(p) > 3 && l.drops.Load()%3 == 0 {
+			// a torn write: only the tail gets through
+			return l.Conn.Write(p[len(p)-3:])
+		}
+		return len(p), nil
+	}
+	return l.Conn.Write(p)
+}
+
+func TestHandshakeThroughLossyWindowAndHTTP(t *testing.T) {
+	hostEnd, guestEnd := net.Pipe()
+	lossy := &lossyPort{Conn: hostEnd}
+	log := slog.New(slog.DiscardHandler)
+
+	// The guest opens its port only after a while.
+	go func() {
+		time.Sleep(30 * time.Millisecond)
+		lossy.open.Store(true)
+	}()
+	payload := bytes.Repeat([]byte("0123456789abcdef"), 1<<16) // 1 MiB
+	guestErr := make(chan error, 1)
+	go func() {
+		sess, err := Serve(guestEnd, log)
+		if err != nil {
+			guestErr <- err
+			return
+		}
+		mux := http.NewServeMux()
+		mux.HandleFunc("/blob", func(w http.ResponseWriter, r *http.Request) { _, _ = w.Write(payload) })
+		mux.HandleFunc("/echo", func(w http.ResponseWriter, r *http.Request) { b, _ := io.ReadAll(r.Body); _, _ = w.Write(b) })
+		guestErr <- (&http.Server{Handler: mux}).Serve(sess)
+	}()
+
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	h, err := Connect(ctx, lossy, log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if lossy.drops.Load() == 0 {
+		t.Fatal("test did not exercise the lossy window")
+	}
+	resp, err := h.HTTPClient().Get("http://envd/blob")
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, _ := io.ReadAll(resp.Body)
+	_ = resp.Body.Close()
+	if sha256.Sum256(got) != sha256.Sum256(payload) {
+		t.Fatalf("payload corrupted: got %d bytes", len(got))
+	}
+	// Several concurrent streams.
+	var wg sync.WaitGroup
+	for i := 0; i < 8; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			msg := strings.Repeat("m", 10000)
+			resp, err := h.HTTPClient().Post("http://envd/echo", "text/plain", strings.NewReader(msg))
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			b, _ := io.ReadAll(resp.Body)
+			_ = resp.Body.Close()
+			if string(b) != msg {
+				t.Error("echo mismatch")
+			}
+		}()
+	}
+	wg.Wait()
+	if err := h.Close(); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-h.Done():
+	case <-time.After(time.Second):
+		t.Fatal("Done not closed after Close")
+	}
+	select {
+	case <-guestErr:
+	case <-time.After(5 * time.Second):
+		t.Fatal("guest server did not notice the host leaving")
+	}
+}
+
+func TestConnectHonoursContext(t *testing.T) {
+	hostEnd, guestEnd := net.Pipe()
+	defer guestEnd.Close()
+	go func() { _, _ = io.Copy(io.Discard, guestEnd) }() // a guest that never answers
+	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	defer cancel()
+	_, err := Connect(ctx, hostEnd, slog.New(slog.DiscardHandler))
+	if !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("err = %v, want deadline exceeded", err)
+	}
+}
+
+func TestConnectRejectsFloodingGuest(t *testing.T) {
+	hostEnd, guestEnd := net.Pipe()
+	defer guestEnd.Close()
+	go func() { _, _ = io.Copy(io.Discard, guestEnd) }()
+	go func() {
+		junk := bytes.Repeat([]byte("CELL1 PONG x\n"), 1024)
+		for {
+			if _, err := guestEnd.Write(junk); err != nil {
+				return
+			}
+		}
+	}()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	_, err := Connect(ctx, hostEnd, slog.New(slog.DiscardHandler))
+	if !errors.Is(err, ErrHandshake) {
+		t.Fatalf("err = %v, want ErrHandshake", err)
+	}
+}

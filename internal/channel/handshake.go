@@ -1,0 +1,192 @@
+package channel
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+)
+
+const (
+	magic = "CELL1"
+	// maxLine bounds a handshake line; longer input is skipped as garbage.
+	maxLine = 64
+	// maxHandshakeBytes bounds what the host reads from the guest before the session starts.
+	maxHandshakeBytes = 1 << 20
+	// PingInterval is how often the host pings a guest that has not answered yet.
+	PingInterval = 2 * time.Millisecond
+)
+
+// ErrHandshake is wrapped by every handshake failure other than cancellation.
+var ErrHandshake = errors.New("channel handshake failed")
+
+// lineReader reads '\n'-terminated lines of at most maxLine bytes, skipping longer ones, and
+// counts what it consumed.
+type lineReader struct {
+	r     *bufio.Reader
+	read  int
+	limit int // 0 for none
+}
+
+func (lr *lineReader) next() (string, error) {
+	var line []byte
+	skipping := false
+	for {
+		b, err := lr.r.ReadByte()
+		if err != nil {
+			return "", err
+		}
+		lr.read++
+		if lr.limit > 0 && lr.read > lr.limit {
+			return "", fmt.Errorf("%w: peer sent more than %d bytes without completing it", ErrHandshake, lr.limit)
+		}
+		if b == '\n' {
+			if skipping {
+				skipping = false
+				line = line[:0]
+				continue
+			}
+			return string(line), nil
+		}
+		if skipping {
+			continue
+		}
+		if len(line) >= maxLine {
+			skipping = true
+			continue
+		}
+		line = append(line, b)
+	}
+}
+
+// parse splits "CELL1 VERB n"; ok is false for anything else.
+func parse(line string) (verb string, n uint64, ok bool) {
+	f := strings.Fields(line)
+	if len(f) != 3 || f[0] != magic {
+		return "", 0, false
+	}
+	n, err := strconv.ParseUint(f[2], 10, 64)
+	if err != nil || line != magic+" "+f[1]+" "+f[2] {
+		return "", 0, false
+	}
+	return f[1], n, true
+}
+
+func format(verb string, n uint64) []byte {
+	return []byte(magic + " " + verb + " " + strconv.FormatUint(n, 10) + "\n")
+}
+
+// rwc joins a buffered reader (holding bytes read past the handshake) with the stream's writes
+// and close.
+type rwc struct {
+	io.Reader
+	io.Writer
+	io.Closer
+}
+
+// hostHandshake runs the host side on conn. It closes nothing; the caller owns conn and closes it
+// to abort (ctx cancellation does so through the caller).
+func hostHandshake(ctx context.Context, conn io.ReadWriter) (*bufio.Reader, error) {
+	br := bufio.NewReaderSize(conn, 4096)
+	lr := &lineReader{r: br, limit: maxHandshakeBytes}
+
+	var writeMu sync.Mutex
+	stopPing := make(chan struct{})
+	pingDone := make(chan error, 1)
+	go func() {
+		t := time.NewTicker(PingInterval)
+		defer t.Stop()
+		for n := uint64(1); ; n++ {
+			writeMu.Lock()
+			_, err := conn.Write(format("PING", n))
+			writeMu.Unlock()
+			if err != nil {
+				pingDone <- err
+				return
+			}
+			select {
+			case <-stopPing:
+				pingDone <- nil
+				return
+			case <-ctx.Done():
+				pingDone <- nil
+				return
+			case <-t.C:
+			}
+		}
+	}()
+	stopped := false
+	stop := func() error {
+		if stopped {
+			return nil
+		}
+		stopped = true
+		close(stopPing)
+		return <-pingDone
+	}
+	defer func() { _ = stop() }()
+
+	var goN uint64
+	sentGo := false
+	for {
+		line, err := lr.next()
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil, ctx.Err()
+			}
+			if errors.Is(err, ErrHandshake) {
+				return nil, err
+			}
+			return nil, fmt.Errorf("%w: reading from guest: %w", ErrHandshake, err)
+		}
+		verb, n, ok := parse(line)
+		if !ok {
+			continue
+		}
+		switch {
+		case verb == "PONG" && !sentGo:
+			if err := stop(); err != nil {
+				return nil, fmt.Errorf("%w: pinging guest: %w", ErrHandshake, err)
+			}
+			goN = n
+			sentGo = true
+			if _, err := conn.Write(format("GO", goN)); err != nil {
+				return nil, fmt.Errorf("%w: sending go: %w", ErrHandshake, err)
+			}
+		case verb == "READY" && sentGo && n == goN:
+			return br, nil
+		}
+	}
+}
+
+// guestHandshake runs the guest side: it answers pings until told to go.
+func guestHandshake(conn io.ReadWriter) (*bufio.Reader, error) {
+	br := bufio.NewReaderSize(conn, 4096)
+	lr := &lineReader{r: br}
+	for {
+		line, err := lr.next()
+		if err != nil {
+			return nil, fmt.Errorf("%w: reading from host: %w", ErrHandshake, err)
+		}
+		verb, n, ok := parse(line)
+		if !ok {
+			continue
+		}
+		switch verb {
+		case "PING":
+			if _, err := conn.Write(format("PONG", n)); err != nil {
+				return nil, fmt.Errorf("%w: answering ping: %w", ErrHandshake, err)
+			}
+		case "GO":
+			if _, err := conn.Write(format("READY", n)); err != nil {
+				return nil, fmt.Errorf("%w: sending ready: %w", ErrHandshake, err)
+			}
+			return br, nil
+		}
+	}
+}

@@ -1,0 +1,124 @@
+package cli
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/cellhq/cell/internal/bench"
+	"github.com/cellhq/cell/internal/sandbox"
+	"github.com/cellhq/cell/internal/vmm"
+)
+
+type benchFlags struct {
+	n      int
+	json   bool
+	accel  string
+	memory int
+}
+
+func benchCmd(g *globals) *cobra.Command {
+	f := &benchFlags{}
+	cmd := &cobra.Command{Use: "bench", Short: "Measure Cell's speed (medians of repeated runs)"}
+	cmd.PersistentFlags().IntVarP(&f.n, "n", "n", 10, "repetitions")
+	cmd.PersistentFlags().BoolVar(&f.json, "json", false, "one JSON object per line")
+	cmd.PersistentFlags().StringVar(&f.accel, "accel", "auto", "auto, kvm or tcg")
+	cmd.PersistentFlags().IntVar(&f.memory, "memory", sandbox.DefaultMemoryMiB, "guest memory in MiB")
+	cmd.AddCommand(
+		&cobra.Command{Use: "boot", Short: "Cold boot: QEMU start to envd ready; QEMU's RSS", Args: cobra.NoArgs,
+			RunE: func(c *cobra.Command, _ []string) error { return benchBoot(c.Context(), g, f, c.OutOrStdout()) }},
+		&cobra.Command{Use: "run", Short: "Boot, run `true`, tear down: `cell run -- true` without process start", Args: cobra.NoArgs,
+			RunE: func(c *cobra.Command, _ []string) error { return benchRun(c.Context(), g, f, c.OutOrStdout()) }},
+	)
+	return cmd
+}
+
+func benchRuntime(ctx context.Context, g *globals, f *benchFlags) (*sandbox.Runtime, error) {
+	if f.n < 1 {
+		return nil, fmt.Errorf("-n %d: must be at least 1", f.n)
+	}
+	accel, err := vmm.ParseAccel(f.accel)
+	if err != nil {
+		return nil, err
+	}
+	rt, _, err := g.runtime(ctx, runtimeOpts{accel: accel, dieWithParent: true, attempts: 1})
+	return rt, err
+}
+
+// rssMiB reads a process's resident set size.
+func rssMiB(pid int) float64 {
+	fh, err := os.Open("/proc/" + strconv.Itoa(pid) + "/status")
+	if err != nil {
+		return 0
+	}
+	defer func() { _ = fh.Close() }()
+	sc := bufio.NewScanner(fh)
+	for sc.Scan() {
+		if v, ok := strings.CutPrefix(sc.Text(), "VmRSS:"); ok {
+			kb, _ := strconv.ParseFloat(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 64)
+			return kb / 1024
+		}
+	}
+	return 0
+}
+
+func benchBoot(ctx context.Context, g *globals, f *benchFlags, out io.Writer) error {
+	rt, err := benchRuntime(ctx, g, f)
+	if err != nil {
+		return err
+	}
+	var boots []time.Duration
+	var rss []float64
+	for i := 0; i < f.n; i++ {
+		start := time.Now()
+		sb, err := rt.Boot(ctx, sandbox.Options{MemoryMiB: f.memory})
+		if err != nil {
+			return err
+		}
+		boots = append(boots, time.Since(start))
+		rss = append(rss, rssMiB(sb.VM.PID))
+		if err := sb.Close(); err != nil {
+			return err
+		}
+	}
+	s := bench.Summarize("boot", boots)
+	s.Extra = map[string]float64{"qemu_rss_mib_median": bench.MedianFloat(rss), "memory_mib": float64(f.memory)}
+	return bench.Print(out, f.json, s)
+}
+
+func benchRun(ctx context.Context, g *globals, f *benchFlags, out io.Writer) error {
+	rt, err := benchRuntime(ctx, g, f)
+	if err != nil {
+		return err
+	}
+	var total, cmd []time.Duration
+	for i := 0; i < f.n; i++ {
+		start := time.Now()
+		sb, err := rt.Boot(ctx, sandbox.Options{MemoryMiB: f.memory})
+		if err != nil {
+			return err
+		}
+		c0 := time.Now()
+		res, err := sb.Run(ctx, sandbox.RunSpec{Cmd: "true"}, nil, io.Discard, io.Discard, nil)
+		cmd = append(cmd, time.Since(c0))
+		cerr := sb.Close()
+		total = append(total, time.Since(start))
+		if err != nil {
+			return err
+		}
+		if cerr != nil {
+			return cerr
+		}
+		if res.ExitCode != 0 {
+			return fmt.Errorf("true exited %d", res.ExitCode)
+		}
+	}
+	return bench.Print(out, f.json, bench.Summarize("run", total), bench.Summarize("run_command", cmd))
+}

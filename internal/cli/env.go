@@ -1,0 +1,109 @@
+package cli
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strconv"
+	"time"
+
+	"github.com/cellhq/cell/internal/image"
+	"github.com/cellhq/cell/internal/sandbox"
+	"github.com/cellhq/cell/internal/vmm"
+)
+
+// globals are the flags every command shares.
+type globals struct {
+	home     string
+	envd     string
+	logLevel string
+	maxVMs   int
+}
+
+func (g *globals) logger() *slog.Logger {
+	var lvl slog.Level
+	if err := lvl.UnmarshalText([]byte(g.logLevel)); err != nil {
+		lvl = slog.LevelWarn
+	}
+	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: lvl}))
+}
+
+// defaultHome is $CELL_HOME, else ~/.local/share/cell.
+func defaultHome() string {
+	if h := os.Getenv("CELL_HOME"); h != "" {
+		return h
+	}
+	if h, err := os.UserHomeDir(); err == nil {
+		return filepath.Join(h, ".local", "share", "cell")
+	}
+	return filepath.Join(os.TempDir(), "cell-"+strconv.Itoa(os.Getuid()))
+}
+
+func (g *globals) homeDir() (string, error) {
+	h, err := filepath.Abs(g.home)
+	if err != nil {
+		return "", fmt.Errorf("data directory: %w", err)
+	}
+	return h, nil
+}
+
+// envdPath is --envd, else $CELL_ENVD, else envd next to the cell binary.
+func (g *globals) envdPath() (string, error) {
+	if g.envd != "" {
+		return filepath.Abs(g.envd)
+	}
+	if p := os.Getenv("CELL_ENVD"); p != "" {
+		return filepath.Abs(p)
+	}
+	exe, err := os.Executable()
+	if err != nil {
+		return "", fmt.Errorf("finding envd: %w", err)
+	}
+	p := filepath.Join(filepath.Dir(exe), "envd")
+	if _, err := os.Stat(p); err != nil {
+		return "", fmt.Errorf("envd binary not found next to %s (build it with `make build`, or pass --envd)", exe)
+	}
+	return p, nil
+}
+
+func (g *globals) builder(progress bool) (*image.Builder, error) {
+	home, err := g.homeDir()
+	if err != nil {
+		return nil, err
+	}
+	envd, err := g.envdPath()
+	if err != nil {
+		return nil, err
+	}
+	b := &image.Builder{Home: home, Envd: envd, Log: g.logger()}
+	if progress {
+		b.Progress = os.Stderr
+	}
+	return b, nil
+}
+
+type runtimeOpts struct {
+	accel         vmm.Accel
+	dieWithParent bool
+	bootTimeout   time.Duration
+	attempts      int
+}
+
+// runtime builds the image if needed, resolves the accelerator and returns a sandbox runtime.
+func (g *globals) runtime(ctx context.Context, o runtimeOpts) (*sandbox.Runtime, vmm.AccelChoice, error) {
+	home, err := g.homeDir()
+	if err != nil {
+		return nil, vmm.AccelChoice{}, err
+	}
+	envd, err := g.envdPath()
+	if err != nil {
+		return nil, vmm.AccelChoice{}, err
+	}
+	return sandbox.NewRuntime(ctx, sandbox.RuntimeConfig{
+		Home: home, Envd: envd, RunDir: os.Getenv("CELL_RUN_DIR"), Accel: o.accel, MaxVMs: g.maxVMs,
+		Attempts: o.attempts, BootTimeout: o.bootTimeout, DieWithParent: o.dieWithParent,
+		Build: true, Progress: os.Stderr, Log: g.logger(),
+	})
+}

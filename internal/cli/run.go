@@ -1,0 +1,174 @@
+package cli
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/signal"
+	"strings"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"connectrpc.com/connect"
+	"github.com/spf13/cobra"
+
+	"github.com/cellhq/cell/internal/sandbox"
+	"github.com/cellhq/cell/internal/vmm"
+	pb "github.com/cellhq/cell/proto/process"
+)
+
+// Exit codes of `cell run` for failures of its own (as Docker does).
+const (
+	exitCellError   = 125
+	exitCannotExec  = 126
+	exitNotFound    = 127
+	exitTimedOut    = 124
+	exitInterrupted = 130
+)
+
+type runFlags struct {
+	template   string
+	memory     int
+	cpus       int
+	timeout    time.Duration
+	env        []string
+	cwd        string
+	user       string
+	accel      string
+	kernelArgs []string
+	bootTO     time.Duration
+}
+
+func parseEnv(kvs []string) (map[string]string, error) {
+	env := map[string]string{}
+	for _, kv := range kvs {
+		k, v, ok := strings.Cut(kv, "=")
+		if !ok || k == "" || strings.ContainsAny(k, "\x00") {
+			return nil, fmt.Errorf("--env %q: want KEY=VALUE", kv)
+		}
+		env[k] = v
+	}
+	return env, nil
+}
+
+func runCmd(g *globals) *cobra.Command {
+	f := &runFlags{}
+	cmd := &cobra.Command{
+		Use:   "run [flags] -- CMD [ARGS...]",
+		Short: "Boot a fresh sandbox, run one command in it, and remove it",
+		Long: "Boots a fresh microVM from the template, runs CMD in it as user `user` (unless --user),\n" +
+			"streams its stdout and stderr, forwards stdin and exits with the command's exit code\n" +
+			"(128+N when killed by signal N; 124 on --timeout; 125 when Cell itself failed; 127 when\n" +
+			"CMD was not found).",
+		Args: cobra.MinimumNArgs(1),
+		RunE: func(c *cobra.Command, args []string) error {
+			code, err := runOnce(c.Context(), g, f, args)
+			if err != nil {
+				fmt.Fprintln(os.Stderr, "cell:", err)
+			}
+			if code != 0 {
+				return &ExitError{Code: code}
+			}
+			return nil
+		},
+	}
+	fl := cmd.Flags()
+	fl.StringVar(&f.template, "template", "base", "template to start from")
+	fl.IntVar(&f.memory, "memory", sandbox.DefaultMemoryMiB, "guest memory in MiB")
+	fl.IntVar(&f.cpus, "cpus", sandbox.DefaultCPUs, "guest vCPUs")
+	fl.DurationVar(&f.timeout, "timeout", 0, "kill the command after this long (0: no limit)")
+	fl.StringArrayVar(&f.env, "env", nil, "environment variable KEY=VALUE (repeatable)")
+	fl.StringVar(&f.cwd, "cwd", "", "working directory (default: the user's home)")
+	fl.StringVar(&f.user, "user", sandbox.DefaultUser, "user to run as")
+	fl.StringVar(&f.accel, "accel", "auto", "accelerator: auto, kvm or tcg")
+	fl.StringArrayVar(&f.kernelArgs, "kernel-arg", nil, "extra guest kernel argument (debugging)")
+	fl.DurationVar(&f.bootTO, "boot-timeout", 30*time.Second, "give up if the guest is not ready after this long")
+	_ = fl.MarkHidden("kernel-arg")
+	return cmd
+}
+
+func runOnce(ctx context.Context, g *globals, f *runFlags, args []string) (int, error) {
+	accel, err := vmm.ParseAccel(f.accel)
+	if err != nil {
+		return exitCellError, err
+	}
+	env, err := parseEnv(f.env)
+	if err != nil {
+		return exitCellError, err
+	}
+	if f.timeout < 0 {
+		return exitCellError, fmt.Errorf("--timeout %v: must not be negative", f.timeout)
+	}
+	// Signals: the first SIGINT/SIGTERM goes to the command; a second one gives up.
+	sigs := make(chan os.Signal, 4)
+	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
+	defer signal.Stop(sigs)
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+
+	rt, _, err := g.runtime(ctx, runtimeOpts{accel: accel, dieWithParent: true, bootTimeout: f.bootTO})
+	if err != nil {
+		return exitCellError, err
+	}
+	sb, err := rt.Boot(ctx, sandbox.Options{Template: f.template, MemoryMiB: f.memory, CPUs: f.cpus, KernelArgs: f.kernelArgs})
+	if err != nil {
+		return exitCellError, err
+	}
+	defer func() { _ = sb.Close() }()
+
+	var pid atomic.Uint32
+	stopSignals := make(chan struct{})
+	defer close(stopSignals)
+	go func() {
+		forwarded := false
+		for {
+			select {
+			case s := <-sigs:
+				p := pid.Load()
+				if forwarded || p == 0 {
+					cancel(errors.New("interrupted"))
+					return
+				}
+				forwarded = true
+				sig := pb.Signal_SIGNAL_SIGINT
+				switch s {
+				case syscall.SIGTERM:
+					sig = pb.Signal_SIGNAL_SIGTERM
+				case syscall.SIGHUP:
+					sig = pb.Signal_SIGNAL_SIGHUP
+				}
+				sctx, scancel := context.WithTimeout(ctx, 2*time.Second)
+				_ = sb.Signal(sctx, p, sig)
+				scancel()
+			case <-stopSignals:
+				return
+			}
+		}
+	}()
+
+	runCtx := ctx
+	if f.timeout > 0 {
+		var c context.CancelFunc
+		runCtx, c = context.WithTimeout(ctx, f.timeout)
+		defer c()
+	}
+	res, err := sb.Run(runCtx, sandbox.RunSpec{Cmd: args[0], Args: args[1:], Env: env, Cwd: f.cwd, User: f.user},
+		os.Stdin, os.Stdout, os.Stderr, func(p uint32) { pid.Store(p) })
+	switch {
+	case err == nil:
+		return res.ExitCode, nil
+	case f.timeout > 0 && errors.Is(runCtx.Err(), context.DeadlineExceeded) && ctx.Err() == nil:
+		return exitTimedOut, fmt.Errorf("command timed out after %v and was killed", f.timeout)
+	case ctx.Err() != nil:
+		return exitInterrupted, context.Cause(ctx)
+	}
+	switch connect.CodeOf(err) {
+	case connect.CodeNotFound:
+		return exitNotFound, err
+	case connect.CodeInvalidArgument:
+		return exitCannotExec, err
+	}
+	return exitCellError, err
+}

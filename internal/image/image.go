@@ -1,0 +1,348 @@
+package image
+
+import (
+	"bufio"
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"log/slog"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/cellhq/cell/images"
+)
+
+// DiskSizeBytes is the size of the base ext4 file system (sparse).
+const DiskSizeBytes = 2 << 30
+
+// Image is a bootable guest image.
+type Image struct {
+	Kernel     string // PVH vmlinux
+	KernelKey  string
+	KernelInfo string // what the kernel was built from
+	Disk       string // qcow2 base disk with envd as init
+	DiskKey    string
+	TreeKey    string
+}
+
+// Builder finds or builds the image under Home.
+type Builder struct {
+	Home     string    // the data directory ($CELL_HOME)
+	Envd     string    // the envd binary to install as init
+	Progress io.Writer // human progress lines; nil for none
+	Log      *slog.Logger
+}
+
+func (b *Builder) dir(parts ...string) string {
+	return filepath.Join(append([]string{b.Home, "images"}, parts...)...)
+}
+
+func (b *Builder) progress(format string, args ...any) {
+	if b.Progress != nil {
+		fmt.Fprintf(b.Progress, format+"\n", args...)
+	}
+}
+
+func hashOf(parts ...[]byte) string {
+	h := sha256.New()
+	for _, p := range parts {
+		fmt.Fprintf(h, "%d:", len(p))
+		h.Write(p)
+	}
+	return hex.EncodeToString(h.Sum(nil))[:16]
+}
+
+func recipe(name string) []byte {
+	b, err := images.Recipes.ReadFile(name)
+	if err != nil {
+		panic(fmt.Sprintf("embedded recipe %s missing: %v", name, err)) // a build defect
+	}
+	return b
+}
+
+// linuxSourceVersion is the installed linux-source-6.1 package version ("" if not installed).
+func linuxSourceVersion() string {
+	out, err := exec.Command("dpkg-query", "-W", "-f=${Version}", "linux-source-6.1").Output()
+	if err != nil {
+		return ""
+	}
+	return strings.TrimSpace(string(out))
+}
+
+func (b *Builder) keys() (kernelKey, treeKey, diskKey string, err error) {
+	kernelKey = hashOf([]byte("kernel-v1"), recipe("kernel/fragment.config"), recipe("kernel/build.sh"),
+		[]byte(linuxSourceVersion()))
+	treeKey = hashOf([]byte("rootfs-v1"), recipe("rootfs/build.sh"))
+	envd, err := os.ReadFile(b.Envd)
+	if err != nil {
+		return "", "", "", fmt.Errorf("envd binary: %w (build it with `make build`)", err)
+	}
+	diskKey = hashOf([]byte("disk-v1"), []byte(treeKey), envd, []byte(fmt.Sprint(DiskSizeBytes)))
+	return kernelKey, treeKey, diskKey, nil
+}
+
+// Lookup returns the image if it is fully built, without building anything.
+func (b *Builder) Lookup() (Image, error) {
+	kk, tk, dk, err := b.keys()
+	if err != nil {
+		return Image{}, err
+	}
+	img := b.image(kk, tk, dk)
+	for _, p := range []string{img.Kernel, img.Disk} {
+		if _, err := os.Stat(p); err != nil {
+			return Image{}, fmt.Errorf("image not built (missing %s): run `cell image build`", p)
+		}
+	}
+	return img, nil
+}
+
+func (b *Builder) image(kk, tk, dk string) Image {
+	return Image{
+		Kernel: b.dir("kernel", kk, "vmlinux"), KernelKey: kk,
+		KernelInfo: "built from Debian linux-source-6.1 " + linuxSourceVersion() + " with Cell's fragment (recipe " + kk + ")",
+		Disk:       b.dir("base", dk, "rootfs.qcow2"), DiskKey: dk, TreeKey: tk,
+	}
+}
+
+// Ensure returns the image, building whatever part is missing (or everything, with force).
+func (b *Builder) Ensure(ctx context.Context, force bool) (Image, error) {
+	kk, tk, dk, err := b.keys()
+	if err != nil {
+		return Image{}, err
+	}
+	img := b.image(kk, tk, dk)
+	if !force {
+		if _, err := b.Lookup(); err == nil {
+			return img, nil
+		}
+	}
+	if err := os.MkdirAll(b.dir(), 0o755); err != nil {
+		return Image{}, fmt.Errorf("creating image directory: %w", err)
+	}
+	unlock, err := lock(ctx, b.dir(".lock"))
+	if err != nil {
+		return Image{}, err
+	}
+	defer unlock()
+
+	kernelDir, treeDir, diskDir := b.dir("kernel", kk), b.dir("rootfs", tk), b.dir("base", dk)
+	var missing []string
+	needKernel := force || !exists(kernelDir)
+	needTree := force || !exists(treeDir)
+	needDisk := force || needTree || !exists(diskDir)
+	if needKernel {
+		missing = append(missing, missingPackages(kernelPackages())...)
+	}
+	if needTree {
+		missing = append(missing, missingPackages(rootfsPackages())...)
+	}
+	if needDisk {
+		missing = append(missing, missingPackages(diskPackages())...)
+	}
+	if len(missing) > 0 {
+		return Image{}, fmt.Errorf("building the guest image needs these Debian packages, which are missing: %s\ninstall them with: apt-get install -y %s   (or run `make setup`)",
+			strings.Join(missing, ", "), strings.Join(missing, " "))
+	}
+	if needKernel {
+		b.progress("==> building the guest kernel (recipe %s; about 5-8 minutes on 2 cores, once)", kk)
+		if err := b.publish(ctx, kernelDir, func(tmp string) error {
+			return b.runScript(ctx, "kernel", "kernel/build.sh", tmp,
+				filepath.Join(tmp, "recipes/kernel/fragment.config"), filepath.Join(tmp, "vmlinux"), filepath.Join(tmp, "src"))
+		}, func(tmp string) error { return os.RemoveAll(filepath.Join(tmp, "src")) }); err != nil {
+			return Image{}, fmt.Errorf("building kernel: %w", err)
+		}
+	}
+	if needTree {
+		b.progress("==> building the base root file system (recipe %s; about 2-3 minutes, once)", tk)
+		if err := b.publish(ctx, treeDir, func(tmp string) error {
+			return b.runScript(ctx, "rootfs", "rootfs/build.sh", tmp, filepath.Join(tmp, "tree"))
+		}, nil); err != nil {
+			return Image{}, fmt.Errorf("building root file system: %w", err)
+		}
+	}
+	if needDisk {
+		b.progress("==> making the base disk with envd (recipe %s)", dk)
+		if err := b.publish(ctx, diskDir, func(tmp string) error {
+			return b.makeDisk(ctx, filepath.Join(treeDir, "tree"), filepath.Join(tmp, "rootfs.qcow2"))
+		}, nil); err != nil {
+			return Image{}, fmt.Errorf("making base disk: %w", err)
+		}
+	}
+	b.progress("==> guest image ready")
+	return img, nil
+}
+
+func exists(p string) bool {
+	_, err := os.Stat(p)
+	return err == nil
+}
+
+// publish builds into a fresh temporary directory next to final and renames it into place, so
+// that final is either absent or complete. tidy, if set, runs before the rename.
+func (b *Builder) publish(ctx context.Context, final string, build, tidy func(tmp string) error) error {
+	if err := os.MkdirAll(filepath.Dir(final), 0o755); err != nil {
+		return err
+	}
+	tmp := final + ".tmp-" + rand.Text()[:8]
+	if err := os.Mkdir(tmp, 0o755); err != nil {
+		return err
+	}
+	defer func() { _ = os.RemoveAll(tmp) }()
+	if err := build(tmp); err != nil {
+		return err
+	}
+	if tidy != nil {
+		if err := tidy(tmp); err != nil {
+			return err
+		}
+	}
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	old := final + ".old-" + rand.Text()[:8]
+	if exists(final) {
+		if err := os.Rename(final, old); err != nil {
+			return err
+		}
+		defer func() { _ = os.RemoveAll(old) }()
+	}
+	return os.Rename(tmp, final)
+}
+
+// runScript writes an embedded recipe script (and the kernel fragment) into dir and runs it,
+// relaying its "step:" lines as progress and keeping the rest in a log file.
+func (b *Builder) runScript(ctx context.Context, label, script, dir string, args ...string) error {
+	if err := fs.WalkDir(images.Recipes, ".", func(p string, d fs.DirEntry, err error) error {
+		if err != nil || d.IsDir() {
+			return err
+		}
+		data, err := images.Recipes.ReadFile(p)
+		if err != nil {
+			return err
+		}
+		dst := filepath.Join(dir, "recipes", p)
+		if err := os.MkdirAll(filepath.Dir(dst), 0o755); err != nil {
+			return err
+		}
+		return os.WriteFile(dst, data, 0o755)
+	}); err != nil {
+		return fmt.Errorf("writing recipes: %w", err)
+	}
+	logPath := filepath.Join(b.dir(), label+".log")
+	logf, err := os.Create(logPath)
+	if err != nil {
+		return err
+	}
+	defer func() { _ = logf.Close() }()
+	cmd := exec.CommandContext(ctx, "bash", append([]string{filepath.Join(dir, "recipes", script)}, args...)...)
+	cmd.Env = append(os.Environ(), "LC_ALL=C", "DEBIAN_FRONTEND=noninteractive")
+	cmd.Stderr = logf
+	pr, pw := io.Pipe()
+	cmd.Stdout = pw
+	start := time.Now()
+	relay := make(chan struct{})
+	go func() {
+		defer close(relay)
+		sc := bufio.NewScanner(pr)
+		for sc.Scan() {
+			line := sc.Text()
+			fmt.Fprintln(logf, line)
+			if step, ok := strings.CutPrefix(line, "step: "); ok {
+				b.progress("    [%s %5.0fs] %s", label, time.Since(start).Seconds(), step)
+			}
+		}
+		_, _ = io.Copy(io.Discard, pr)
+	}()
+	err = cmd.Run()
+	_ = pw.Close()
+	<-relay
+	if err != nil {
+		return fmt.Errorf("%s recipe failed after %v: %w; last lines of %s:\n%s", label,
+			time.Since(start).Round(time.Second), err, logPath, tailFile(logPath, 15))
+	}
+	return nil
+}
+
+func tailFile(path string, n int) string {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return ""
+	}
+	lines := strings.Split(strings.TrimRight(string(data), "\n"), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
+}
+
+// makeDisk installs envd as init into tree and turns the tree into a qcow2 disk.
+func (b *Builder) makeDisk(ctx context.Context, tree, out string) error {
+	envd, err := os.ReadFile(b.Envd)
+	if err != nil {
+		return err
+	}
+	dst := filepath.Join(tree, "usr/bin/envd")
+	if err := os.WriteFile(dst+".new", envd, 0o755); err != nil {
+		return err
+	}
+	if err := os.Rename(dst+".new", dst); err != nil {
+		return err
+	}
+	raw := out + ".raw"
+	defer func() { _ = os.Remove(raw) }()
+	f, err := os.Create(raw)
+	if err != nil {
+		return err
+	}
+	err = f.Truncate(DiskSizeBytes)
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return err
+	}
+	steps := [][]string{
+		{"mkfs.ext4", "-q", "-F", "-L", "cellroot", "-E", "root_owner=0:0", "-d", tree, raw},
+		{"qemu-img", "convert", "-q", "-O", "qcow2", raw, out},
+	}
+	for _, s := range steps {
+		if out, err := exec.CommandContext(ctx, s[0], s[1:]...).CombinedOutput(); err != nil {
+			return fmt.Errorf("%s: %w: %s", s[0], err, strings.TrimSpace(string(out)))
+		}
+	}
+	return nil
+}
+
+// lock takes an exclusive flock on path, waiting (and honouring ctx) while another build holds it.
+func lock(ctx context.Context, path string) (func(), error) {
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_RDWR, 0o644)
+	if err != nil {
+		return nil, fmt.Errorf("opening image lock: %w", err)
+	}
+	for {
+		err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB)
+		if err == nil {
+			return func() { _ = unix.Flock(int(f.Fd()), unix.LOCK_UN); _ = f.Close() }, nil
+		}
+		if !errors.Is(err, unix.EWOULDBLOCK) {
+			_ = f.Close()
+			return nil, fmt.Errorf("locking %s: %w", path, err)
+		}
+		select {
+		case <-ctx.Done():
+			_ = f.Close()
+			return nil, fmt.Errorf("waiting for another image build: %w", ctx.Err())
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+}

@@ -1,0 +1,22 @@
+package image
+
+import "os/exec"
+
+// Debian packages each stage needs.
+func kernelPackages() []string {
+	return []string{"linux-source-6.1", "make", "gcc", "flex", "bison", "bc", "libelf-dev", "xz-utils"}
+}
+func rootfsPackages() []string { return []string{"debootstrap"} }
+func diskPackages() []string   { return []string{"e2fsprogs", "qemu-utils"} }
+
+// missingPackages returns the packages of want that dpkg does not report as installed.
+func missingPackages(want []string) []string {
+	var missing []string
+	for _, p := range want {
+		out, err := exec.Command("dpkg-query", "-W", "-f=${Status}", p).Output()
+		if err != nil || string(out) != "install ok installed" {
+			missing = append(missing, p)
+		}
+	}
+	return missing
+}

@@ -1,0 +1,110 @@
+package sandbox
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"time"
+
+	"github.com/cellhq/cell/internal/image"
+	"github.com/cellhq/cell/internal/vmm"
+)
+
+// RuntimeConfig is what NewRuntime needs.
+type RuntimeConfig struct {
+	Home          string // data directory: image cache, accel probe cache, run dir
+	Envd          string // envd binary for the image
+	RunDir        string // where VM directories go; default from Home (see RunDir)
+	Accel         vmm.Accel
+	MaxVMs        int
+	Attempts      int
+	BootTimeout   time.Duration
+	DieWithParent bool
+	// Build builds the image when it is missing (with progress to Progress); otherwise a missing
+	// image is an error.
+	Build    bool
+	Progress io.Writer
+	Log      *slog.Logger
+}
+
+// FindTool looks a host tool up on PATH and names the Debian package when it is missing.
+func FindTool(name, pkg string) (string, error) {
+	p, err := exec.LookPath(name)
+	if err != nil {
+		return "", fmt.Errorf("%s not found: apt-get install -y %s (or run `make setup`)", name, pkg)
+	}
+	return p, nil
+}
+
+// RunDir is where VM working directories go: home/run when socket paths fit in it, else a
+// private per-user directory under the system's temporary directory.
+func RunDir(home string) (string, error) {
+	d := filepath.Join(home, "run")
+	if len(d) <= 70 {
+		return d, nil
+	}
+	d = filepath.Join(os.TempDir(), "cell-"+strconv.Itoa(os.Getuid()))
+	if err := os.MkdirAll(d, 0o700); err != nil {
+		return "", err
+	}
+	st, err := os.Lstat(d)
+	if err != nil {
+		return "", err
+	}
+	if !st.IsDir() || st.Mode().Perm() != 0o700 {
+		return "", fmt.Errorf("run dir %s: not a private directory", d)
+	}
+	return d, nil
+}
+
+// NewRuntime finds (or builds) the image, resolves the accelerator and returns a Runtime.
+func NewRuntime(ctx context.Context, cfg RuntimeConfig) (*Runtime, vmm.AccelChoice, error) {
+	if cfg.Log == nil {
+		cfg.Log = slog.New(slog.DiscardHandler)
+	}
+	qemu, err1 := FindTool("qemu-system-x86_64", "qemu-system-x86")
+	qemuImg, err2 := FindTool("qemu-img", "qemu-utils")
+	if err := errors.Join(err1, err2); err != nil {
+		return nil, vmm.AccelChoice{}, err
+	}
+	b := &image.Builder{Home: cfg.Home, Envd: cfg.Envd, Progress: cfg.Progress, Log: cfg.Log}
+	img, err := b.Lookup()
+	if err != nil {
+		if !cfg.Build {
+			return nil, vmm.AccelChoice{}, err
+		}
+		if cfg.Progress != nil {
+			fmt.Fprintln(cfg.Progress, "cell: the guest image is not built yet; building it now")
+		}
+		if img, err = b.Ensure(ctx, false); err != nil {
+			return nil, vmm.AccelChoice{}, err
+		}
+	}
+	rd := cfg.RunDir
+	if rd == "" {
+		if rd, err = RunDir(cfg.Home); err != nil {
+			return nil, vmm.AccelChoice{}, err
+		}
+	}
+	choice := vmm.ResolveAccel(ctx, cfg.Accel, qemu, img.Kernel, filepath.Join(cfg.Home, "accel.json"))
+	if cfg.MaxVMs == 0 {
+		cfg.MaxVMs = 64
+	}
+	if cfg.Attempts == 0 {
+		cfg.Attempts = 3
+	}
+	host, err := vmm.NewHost(vmm.Config{
+		QEMU: qemu, QEMUImg: qemuImg, RunDir: rd, MaxVMs: cfg.MaxVMs, Attempts: cfg.Attempts,
+		BootTimeout: cfg.BootTimeout, DieWithParent: cfg.DieWithParent, Sandbox: true, Log: cfg.Log,
+	})
+	if err != nil {
+		return nil, choice, err
+	}
+	return &Runtime{Host: host, Image: img, Accel: choice.Accel, Log: cfg.Log}, choice, nil
+}

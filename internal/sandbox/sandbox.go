@@ -1,0 +1,269 @@
+package sandbox
+
+import (
+	"context"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"time"
+
+	"connectrpc.com/connect"
+
+	"github.com/cellhq/cell/internal/ids"
+	"github.com/cellhq/cell/internal/image"
+	"github.com/cellhq/cell/internal/vmm"
+	pb "github.com/cellhq/cell/proto/process"
+	"github.com/cellhq/cell/proto/process/processconnect"
+)
+
+// envdURL is the base URL of envd over a channel (the host part is not used for routing).
+const envdURL = "http://envd"
+
+// Defaults for a sandbox.
+const (
+	DefaultMemoryMiB = 512
+	DefaultCPUs      = 2
+	DefaultUser      = "user"
+)
+
+// Runtime boots sandboxes on this host.
+type Runtime struct {
+	Host  *vmm.Host
+	Image image.Image
+	Accel vmm.Accel
+	Log   *slog.Logger
+}
+
+// Options describe one sandbox.
+type Options struct {
+	Template   string
+	MemoryMiB  int
+	CPUs       int
+	KernelArgs []string // for tests and debugging
+}
+
+// Sandbox is a running VM with envd ready. Close releases it.
+type Sandbox struct {
+	ID       string
+	VM       *vmm.VM
+	Process  processconnect.ProcessClient
+	BootTime time.Duration
+	http     *http.Client
+}
+
+// ErrVMExited is wrapped when the sandbox's VM ended while a call was waiting on it.
+var ErrVMExited = errors.New("sandbox VM exited unexpectedly")
+
+// Boot starts a sandbox and waits until envd answers.
+func (r *Runtime) Boot(ctx context.Context, opts Options) (*Sandbox, error) {
+	if opts.Template == "" {
+		opts.Template = "base"
+	}
+	if err := ids.Validate("template", opts.Template); err != nil {
+		return nil, err
+	}
+	if opts.Template != "base" {
+		return nil, fmt.Errorf("template %q: not found (only \"base\" exists)", opts.Template)
+	}
+	if opts.MemoryMiB == 0 {
+		opts.MemoryMiB = DefaultMemoryMiB
+	}
+	if opts.CPUs == 0 {
+		opts.CPUs = DefaultCPUs
+	}
+	start := time.Now()
+	id := ids.NewSandboxID()
+	vm, err := r.Host.Start(ctx, vmm.Spec{
+		ID: id, Kernel: r.Image.Kernel, BaseDisk: r.Image.Disk, MemoryMiB: opts.MemoryMiB, CPUs: opts.CPUs,
+		Accel: r.Accel, KernelArgs: append([]string{"cell.hostname=" + id}, opts.KernelArgs...),
+	})
+	if err != nil {
+		return nil, fmt.Errorf("booting sandbox: %w", err)
+	}
+	hc := vm.Channel.HTTPClient()
+	return &Sandbox{
+		ID: id, VM: vm, BootTime: time.Since(start), http: hc,
+		Process: processconnect.NewProcessClient(hc, envdURL),
+	}, nil
+}
+
+// Close stops the VM and releases everything. It is idempotent.
+func (s *Sandbox) Close() error { return s.VM.Close() }
+
+// guard returns a context that is cancelled, with a cause naming the VM's exit, when the VM dies.
+func (s *Sandbox) guard(ctx context.Context) (context.Context, context.CancelFunc) {
+	ctx, cancel := context.WithCancelCause(ctx)
+	stop := make(chan struct{})
+	go func() {
+		select {
+		case <-s.VM.Exited():
+			cancel(fmt.Errorf("%w: qemu %s", ErrVMExited, s.VM.ExitReason()))
+		case <-stop:
+		case <-ctx.Done():
+		}
+	}()
+	return ctx, func() { close(stop); cancel(nil) }
+}
+
+// explain turns an RPC error into the VM's death when that is what happened.
+func (s *Sandbox) explain(ctx context.Context, err error) error {
+	if cause := context.Cause(ctx); errors.Is(cause, ErrVMExited) {
+		return cause
+	}
+	select {
+	case <-s.VM.Exited():
+		return fmt.Errorf("%w: qemu %s", ErrVMExited, s.VM.ExitReason())
+	case <-time.After(100 * time.Millisecond):
+		// The connection may have broken just before QEMU's exit is noticed.
+	}
+	select {
+	case <-s.VM.Exited():
+		return fmt.Errorf("%w: qemu %s", ErrVMExited, s.VM.ExitReason())
+	default:
+	}
+	return err
+}
+
+// RunSpec is one command.
+type RunSpec struct {
+	Cmd  string
+	Args []string
+	Env  map[string]string
+	Cwd  string
+	User string
+	Tag  string
+}
+
+// Result is how a command ended.
+type Result struct {
+	PID      uint32
+	ExitCode int
+	Status   string
+	Exited   bool
+}
+
+// WithUser sets the user a request runs as, the way E2B's SDKs do (Basic auth user name).
+func WithUser[T any](req *connect.Request[T], user string) *connect.Request[T] {
+	if user != "" {
+		req.Header().Set("Authorization", "Basic "+base64.StdEncoding.EncodeToString([]byte(user+":")))
+	}
+	return req
+}
+
+// Run starts a command, copies stdin (if not nil) to it, streams its output to stdout and stderr
+// as it is produced, and returns how it ended. onStart, if set, is called with the pid.
+func (s *Sandbox) Run(ctx context.Context, spec RunSpec, stdin io.Reader, stdout, stderr io.Writer, onStart func(pid uint32)) (Result, error) {
+	ctx, cancel := s.guard(ctx)
+	defer cancel()
+	user := spec.User
+	if user == "" {
+		user = DefaultUser
+	}
+	req := &pb.StartRequest{Process: &pb.ProcessConfig{Cmd: spec.Cmd, Args: spec.Args, Envs: spec.Env}}
+	if spec.Cwd != "" {
+		req.Process.Cwd = &spec.Cwd
+	}
+	if spec.Tag != "" {
+		req.Tag = &spec.Tag
+	}
+	withStdin := stdin != nil
+	req.Stdin = &withStdin
+	stream, err := s.Process.Start(ctx, WithUser(connect.NewRequest(req), user))
+	if err != nil {
+		return Result{}, s.explain(ctx, err)
+	}
+	defer func() { _ = stream.Close() }()
+
+	var res Result
+	inputDone := make(chan error, 1)
+	for stream.Receive() {
+		switch ev := stream.Msg().GetEvent().GetEvent().(type) {
+		case *pb.ProcessEvent_Start:
+			res.PID = ev.Start.GetPid()
+			if onStart != nil {
+				onStart(res.PID)
+			}
+			if withStdin {
+				go func() { inputDone <- s.feed(ctx, res.PID, user, stdin) }()
+			}
+		case *pb.ProcessEvent_Data:
+			var err error
+			switch out := ev.Data.GetOutput().(type) {
+			case *pb.ProcessEvent_DataEvent_Stdout:
+				_, err = stdout.Write(out.Stdout)
+			case *pb.ProcessEvent_DataEvent_Stderr:
+				_, err = stderr.Write(out.Stderr)
+			}
+			if err != nil {
+				return res, fmt.Errorf("writing command output: %w", err)
+			}
+		case *pb.ProcessEvent_End:
+			res.ExitCode = int(ev.End.GetExitCode())
+			res.Status = ev.End.GetStatus()
+			res.Exited = ev.End.GetExited()
+			if ev.End.Error != nil {
+				return res, fmt.Errorf("command failed: %s", ev.End.GetError())
+			}
+			return res, nil
+		}
+	}
+	err = stream.Err()
+	if err == nil {
+		err = errors.New("envd closed the stream before the command ended")
+	}
+	return res, s.explain(ctx, err)
+}
+
+// feed copies r to the process's stdin in order, then closes it.
+func (s *Sandbox) feed(ctx context.Context, pid uint32, user string, r io.Reader) error {
+	sel := &pb.ProcessSelector{Selector: &pb.ProcessSelector_Pid{Pid: pid}}
+	buf := make([]byte, 64<<10)
+	for {
+		n, err := r.Read(buf)
+		if n > 0 {
+			in := &pb.SendInputRequest{Process: sel, Input: &pb.ProcessInput{Input: &pb.ProcessInput_Stdin{Stdin: buf[:n]}}}
+			if _, serr := s.Process.SendInput(ctx, WithUser(connect.NewRequest(in), user)); serr != nil {
+				return serr
+			}
+		}
+		if err != nil {
+			_, cerr := s.Process.CloseStdin(ctx, WithUser(connect.NewRequest(&pb.CloseStdinRequest{Process: sel}), user))
+			if errors.Is(err, io.EOF) {
+				return cerr
+			}
+			return err
+		}
+	}
+}
+
+// Signal sends sig to the process (and its process group) pid.
+func (s *Sandbox) Signal(ctx context.Context, pid uint32, sig pb.Signal) error {
+	_, err := s.Process.SendSignal(ctx, connect.NewRequest(&pb.SendSignalRequest{
+		Process: &pb.ProcessSelector{Selector: &pb.ProcessSelector_Pid{Pid: pid}}, Signal: sig}))
+	return err
+}
+
+// PowerOff asks envd to stop everything and power the VM off, and waits for QEMU to exit.
+func (s *Sandbox) PowerOff(ctx context.Context) error {
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, envdURL+"/cell/poweroff", nil)
+	if err != nil {
+		return err
+	}
+	resp, err := s.http.Do(req)
+	if err != nil {
+		return fmt.Errorf("asking envd to power off: %w", err)
+	}
+	_ = resp.Body.Close()
+	if resp.StatusCode != http.StatusAccepted {
+		return fmt.Errorf("asking envd to power off: HTTP %d", resp.StatusCode)
+	}
+	select {
+	case <-s.VM.Exited():
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("waiting for the VM to power off: %w", ctx.Err())
+	}
+}

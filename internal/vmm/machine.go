@@ -1,0 +1,149 @@
+package vmm
+
+import (
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+)
+
+// Accel is the accelerator QEMU uses.
+type Accel string
+
+// The accelerators Cell knows.
+const (
+	AccelKVM Accel = "kvm"
+	AccelTCG Accel = "tcg"
+)
+
+// ParseAccel parses an --accel value: "auto" (the empty Accel), "kvm" or "tcg".
+func ParseAccel(s string) (Accel, error) {
+	switch s {
+	case "", "auto":
+		return "", nil
+	case "kvm":
+		return AccelKVM, nil
+	case "tcg":
+		return AccelTCG, nil
+	}
+	return "", fmt.Errorf("accel: %q is not one of auto, kvm, tcg", s)
+}
+
+// Limits on what a VM may ask for.
+const (
+	MinMemoryMiB = 128
+	MaxMemoryMiB = 64 << 10
+	MaxCPUs      = 64
+	// TCGCacheMiB bounds TCG's translation cache (QEMU's default is 1 GiB per VM).
+	TCGCacheMiB = 128
+)
+
+// Machine is everything QEMU's command line is made of. Paths must be absolute.
+type Machine struct {
+	Name       string // shown in the process list, e.g. "cell-<id>"
+	Kernel     string
+	KernelArgs []string // appended after Cell's own
+	Disk       string   // the VM's own qcow2 overlay
+	MemoryMiB  int
+	CPUs       int
+	Accel      Accel
+	TSCkHz     int // host TSC frequency, for tsc_early_khz and lpj
+
+	QMPSocket     string
+	ConsoleSocket string
+	ChannelSocket string
+	// Sandbox enables QEMU's seccomp sandbox.
+	Sandbox bool
+}
+
+// ChannelPortName is the virtio-serial port name envd looks for.
+const ChannelPortName = "ctl"
+
+// Validate checks the machine description.
+func (m Machine) Validate() error {
+	var errs []error
+	if m.MemoryMiB < MinMemoryMiB || m.MemoryMiB > MaxMemoryMiB {
+		errs = append(errs, fmt.Errorf("memory: %d MiB is outside %d..%d", m.MemoryMiB, MinMemoryMiB, MaxMemoryMiB))
+	}
+	if m.CPUs < 1 || m.CPUs > MaxCPUs {
+		errs = append(errs, fmt.Errorf("cpus: %d is outside 1..%d", m.CPUs, MaxCPUs))
+	}
+	if m.Accel != AccelKVM && m.Accel != AccelTCG {
+		errs = append(errs, fmt.Errorf("accel: %q must be resolved to kvm or tcg", m.Accel))
+	}
+	for name, p := range map[string]string{"kernel": m.Kernel, "disk": m.Disk, "qmp socket": m.QMPSocket,
+		"console socket": m.ConsoleSocket, "channel socket": m.ChannelSocket} {
+		if !strings.HasPrefix(p, "/") {
+			errs = append(errs, fmt.Errorf("%s: path %q must be absolute", name, p))
+		}
+		if strings.ContainsAny(p, ",\n") {
+			errs = append(errs, fmt.Errorf("%s: path %q must not contain ',' or a newline", name, p))
+		}
+	}
+	for _, a := range m.KernelArgs {
+		if strings.ContainsAny(a, " \n\x00") || a == "" {
+			errs = append(errs, fmt.Errorf("kernel args: %q must be one non-empty word", a))
+		}
+	}
+	if m.TSCkHz <= 0 {
+		errs = append(errs, fmt.Errorf("tsc kHz: %d must be positive", m.TSCkHz))
+	}
+	return errors.Join(errs...)
+}
+
+// KernelCmdline is the guest kernel command line. The timing options come from measurements on
+// TCG (see docs/ARCHITECTURE.md): without tsc_early_khz some boots hang calibrating the TSC,
+// without tsc=reliable the guest falls back to jiffies, noapictimer saves a quarter second.
+func (m Machine) KernelCmdline() string {
+	args := []string{
+		"console=ttyS0", "quiet", "loglevel=4",
+		"tsc_early_khz=" + strconv.Itoa(m.TSCkHz), "tsc=reliable", "no_timer_check",
+		"lpj=" + strconv.Itoa(m.TSCkHz*10), // loops per jiffy at HZ=100
+		"mitigations=off", "nokaslr", "noreplace-smp", "rcupdate.rcu_expedited=1",
+		"random.trust_cpu=on", "noapictimer",
+		"panic=-1", "reboot=t", // a panic or reboot ends QEMU (-no-reboot)
+		"root=/dev/vda", "rw", "rootfstype=ext4",
+		"init=/usr/bin/envd",
+	}
+	return strings.Join(append(args, m.KernelArgs...), " ")
+}
+
+// Args returns QEMU's arguments (without the program name). The VM starts paused (-S): the host
+// attaches its console and channel first, then continues it over QMP.
+func (m Machine) Args() ([]string, error) {
+	if err := m.Validate(); err != nil {
+		return nil, err
+	}
+	args := []string{
+		"-name", m.Name,
+		"-nodefaults", "-no-user-config", "-display", "none", "-no-reboot", "-S",
+		"-M", "microvm,acpi=off,x-option-roms=off",
+	}
+	switch m.Accel {
+	case AccelKVM:
+		args = append(args, "-accel", "kvm", "-cpu", "host")
+	case AccelTCG:
+		args = append(args, "-accel", "tcg,thread=multi,tb-size="+strconv.Itoa(TCGCacheMiB),
+			"-cpu", "qemu64,+rdrand,+ssse3,+sse4.1,+sse4.2,+popcnt")
+	}
+	if m.Sandbox {
+		args = append(args, "-sandbox", "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny")
+	}
+	args = append(args,
+		"-m", strconv.Itoa(m.MemoryMiB),
+		"-smp", strconv.Itoa(m.CPUs),
+		"-kernel", m.Kernel,
+		"-append", m.KernelCmdline(),
+		"-qmp", "unix:"+m.QMPSocket+",server=on,wait=off",
+		"-chardev", "socket,id=con0,path="+m.ConsoleSocket+",server=on,wait=off",
+		"-serial", "chardev:con0",
+		"-device", "virtio-serial-device,max_ports=2",
+		"-chardev", "socket,id=ch0,path="+m.ChannelSocket+",server=on,wait=off",
+		"-device", "virtserialport,chardev=ch0,name="+ChannelPortName,
+		"-object", "rng-random,id=rng0,filename=/dev/urandom",
+		"-device", "virtio-rng-device,rng=rng0",
+		"-drive", "file="+m.Disk+",if=none,id=d0,format=qcow2,node-name=n0,cache=unsafe,discard=unmap",
+		"-device", "virtio-blk-device,drive=d0",
+	)
+	return args, nil
+}

@@ -1,0 +1,112 @@
+package vmm
+
+import (
+	"slices"
+	"strings"
+	"testing"
+)
+
+func testMachine() Machine {
+	return Machine{
+		Name: "cell-abc", Kernel: "/k/vmlinux", Disk: "/r/abc/disk.qcow2", MemoryMiB: 512, CPUs: 2,
+		Accel: AccelTCG, TSCkHz: 2596132, QMPSocket: "/r/abc/qmp", ConsoleSocket: "/r/abc/con",
+		ChannelSocket: "/r/abc/ch", Sandbox: true,
+	}
+}
+
+func argAfter(args []string, flag string) []string {
+	var out []string
+	for i := 0; i+1 < len(args); i++ {
+		if args[i] == flag {
+			out = append(out, args[i+1])
+		}
+	}
+	return out
+}
+
+func TestArgsTCG(t *testing.T) {
+	args, err := testMachine().Args()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"-nodefaults", "-no-user-config", "-no-reboot", "-S"} {
+		if !slices.Contains(args, want) {
+			t.Errorf("missing %s in %v", want, args)
+		}
+	}
+	if got := argAfter(args, "-accel"); len(got) != 1 || !strings.HasPrefix(got[0], "tcg,thread=multi,tb-size=") {
+		t.Errorf("-accel = %v", got)
+	}
+	if got := argAfter(args, "-M"); len(got) != 1 || !strings.Contains(got[0], "microvm") || !strings.Contains(got[0], "acpi=off") {
+		t.Errorf("-M = %v", got)
+	}
+	if got := argAfter(args, "-sandbox"); len(got) != 1 || got[0] != "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny" {
+		t.Errorf("-sandbox = %v", got)
+	}
+	if got := argAfter(args, "-m"); len(got) != 1 || got[0] != "512" {
+		t.Errorf("-m = %v", got)
+	}
+	if got := argAfter(args, "-netdev"); len(got) != 0 {
+		t.Errorf("no network device expected, got %v", got)
+	}
+	app := argAfter(args, "-append")[0]
+	for _, want := range []string{"tsc_early_khz=2596132", "lpj=25961320", "init=/usr/bin/envd", "root=/dev/vda", "panic=-1"} {
+		if !strings.Contains(app, want) {
+			t.Errorf("cmdline lacks %s: %s", want, app)
+		}
+	}
+	if !slices.Contains(argAfter(args, "-device"), "virtserialport,chardev=ch0,name=ctl") {
+		t.Errorf("no channel port in %v", args)
+	}
+}
+
+func TestArgsKVM(t *testing.T) {
+	m := testMachine()
+	m.Accel = AccelKVM
+	m.Sandbox = false
+	args, err := m.Args()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := argAfter(args, "-accel"); len(got) != 1 || got[0] != "kvm" {
+		t.Errorf("-accel = %v", got)
+	}
+	if got := argAfter(args, "-cpu"); len(got) != 1 || got[0] != "host" {
+		t.Errorf("-cpu = %v", got)
+	}
+	if slices.Contains(args, "-sandbox") {
+		t.Error("sandbox disabled but present")
+	}
+}
+
+func TestValidate(t *testing.T) {
+	cases := map[string]func(*Machine){
+		"memory":      func(m *Machine) { m.MemoryMiB = 16 },
+		"cpus":        func(m *Machine) { m.CPUs = 0 },
+		"accel":       func(m *Machine) { m.Accel = "" },
+		"kernel":      func(m *Machine) { m.Kernel = "relative/vmlinux" },
+		"disk":        func(m *Machine) { m.Disk = "/a,b" },
+		"kernel args": func(m *Machine) { m.KernelArgs = []string{"a b"} },
+		"tsc kHz":     func(m *Machine) { m.TSCkHz = 0 },
+	}
+	for field, mutate := range cases {
+		m := testMachine()
+		mutate(&m)
+		_, err := m.Args()
+		if err == nil || !strings.Contains(err.Error(), field) {
+			t.Errorf("%s: err = %v, want one naming the field", field, err)
+		}
+	}
+}
+
+func TestParseAccel(t *testing.T) {
+	for in, want := range map[string]Accel{"": "", "auto": "", "kvm": AccelKVM, "tcg": AccelTCG} {
+		got, err := ParseAccel(in)
+		if err != nil || got != want {
+			t.Errorf("ParseAccel(%q) = %q, %v", in, got, err)
+		}
+	}
+	if _, err := ParseAccel("hvf"); err == nil {
+		t.Error("ParseAccel(hvf) accepted")
+	}
+}

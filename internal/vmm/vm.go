@@ -1,0 +1,414 @@
+package vmm
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"net"
+	"os"
+	"os/exec"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"golang.org/x/sync/semaphore"
+
+	"github.com/cellhq/cell/internal/channel"
+	"github.com/cellhq/cell/internal/ids"
+	"github.com/cellhq/cell/internal/qmp"
+)
+
+// Config is how a Host runs VMs.
+type Config struct {
+	QEMU    string // qemu-system-x86_64
+	QEMUImg string // qemu-img
+	RunDir  string // VM working directories live here
+	// MaxVMs bounds VMs running at once; Start waits (honouring its context) for a free slot.
+	MaxVMs int
+	// Attempts is how many times a transiently failing boot is tried (at least 1).
+	Attempts int
+	// BootTimeout bounds one boot attempt, QEMU start to envd ready.
+	BootTimeout time.Duration
+	// StopGrace is how long QEMU gets after SIGTERM before SIGKILL.
+	StopGrace time.Duration
+	// DieWithParent makes QEMU receive SIGKILL when this process dies (for `cell run`).
+	DieWithParent bool
+	// Sandbox enables QEMU's seccomp sandbox.
+	Sandbox bool
+	TSCkHz  int
+	Log     *slog.Logger
+}
+
+// Host starts VMs on this machine.
+type Host struct {
+	cfg   Config
+	slots *semaphore.Weighted
+}
+
+// NewHost checks cfg and returns a Host.
+func NewHost(cfg Config) (*Host, error) {
+	if cfg.QEMU == "" || cfg.QEMUImg == "" {
+		return nil, errors.New("vmm: QEMU and QEMUImg paths are required")
+	}
+	if cfg.MaxVMs <= 0 {
+		return nil, fmt.Errorf("vmm: max VMs %d must be positive", cfg.MaxVMs)
+	}
+	if cfg.Attempts <= 0 {
+		cfg.Attempts = 1
+	}
+	if cfg.BootTimeout <= 0 {
+		cfg.BootTimeout = 30 * time.Second
+	}
+	if cfg.StopGrace <= 0 {
+		cfg.StopGrace = 2 * time.Second
+	}
+	if cfg.TSCkHz <= 0 {
+		khz, err := HostTSCkHz()
+		if err != nil {
+			return nil, err
+		}
+		cfg.TSCkHz = khz
+	}
+	if cfg.Log == nil {
+		cfg.Log = slog.New(slog.DiscardHandler)
+	}
+	return &Host{cfg: cfg, slots: semaphore.NewWeighted(int64(cfg.MaxVMs))}, nil
+}
+
+// Spec is one VM to start.
+type Spec struct {
+	ID         string
+	Kernel     string
+	BaseDisk   string // qcow2 the VM's overlay is backed by
+	MemoryMiB  int
+	CPUs       int
+	Accel      Accel // resolved: kvm or tcg
+	KernelArgs []string
+}
+
+// VM is a running QEMU. Close releases everything it holds.
+type VM struct {
+	ID  string
+	Dir WorkDir
+	PID int
+
+	host    *Host
+	log     *slog.Logger
+	cmd     *exec.Cmd
+	stderr  *tail
+	console *console
+	conCon  net.Conn
+	QMP     *qmp.Client
+	Channel *channel.Host
+
+	exited  chan struct{}
+	exitErr error // valid once exited is closed
+
+	closeOnce sync.Once
+	closeErr  error
+}
+
+// BootError is a failed boot with what QEMU and the guest said.
+type BootError struct {
+	Err         error
+	Transient   bool
+	ConsoleTail string
+	QEMUStderr  string
+}
+
+func (e *BootError) Error() string {
+	var b strings.Builder
+	b.WriteString(e.Err.Error())
+	if s := strings.TrimSpace(e.QEMUStderr); s != "" {
+		b.WriteString("\nqemu stderr:\n" + lastLines(s, 10))
+	}
+	if s := strings.TrimSpace(e.ConsoleTail); s != "" {
+		b.WriteString("\nguest console (last lines):\n" + lastLines(s, 20))
+	} else {
+		b.WriteString("\nguest console: (empty)")
+	}
+	return b.String()
+}
+
+func (e *BootError) Unwrap() error { return e.Err }
+
+func lastLines(s string, n int) string {
+	lines := strings.Split(s, "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
+}
+
+// ErrQEMUExited is wrapped when QEMU ended while it was needed.
+var ErrQEMUExited = errors.New("qemu exited")
+
+// errBootTimeout is the cause of a boot attempt that ran out of time.
+var errBootTimeout = errors.New("guest did not become ready in time")
+
+// Start boots a VM and waits until envd answers on the channel. It waits for a free VM slot
+// first. Transient failures are retried; the returned error is a *BootError when QEMU ran.
+func (h *Host) Start(ctx context.Context, spec Spec) (*VM, error) {
+	if err := ids.Validate("vm id", spec.ID); err != nil {
+		return nil, err
+	}
+	for name, p := range map[string]string{"kernel": spec.Kernel, "base disk": spec.BaseDisk} {
+		if _, err := os.Stat(p); err != nil {
+			return nil, fmt.Errorf("%s: %w", name, err)
+		}
+	}
+	if err := h.slots.Acquire(ctx, 1); err != nil {
+		return nil, fmt.Errorf("waiting for a free VM slot (%d running): %w", h.cfg.MaxVMs, err)
+	}
+	var lastErr error
+	backoff := 50 * time.Millisecond
+	for attempt := 1; attempt <= h.cfg.Attempts; attempt++ {
+		vm, err := h.startOnce(ctx, spec)
+		if err == nil {
+			return vm, nil
+		}
+		lastErr = err
+		var be *BootError
+		if !errors.As(err, &be) || !be.Transient || attempt == h.cfg.Attempts || ctx.Err() != nil {
+			break
+		}
+		wait := backoff/2 + rand.N(backoff)
+		h.cfg.Log.Warn("transient boot failure, retrying", "vm", spec.ID, "attempt", attempt, "wait", wait, "err", be.Err)
+		select {
+		case <-time.After(wait):
+		case <-ctx.Done():
+		}
+		backoff *= 2
+	}
+	h.slots.Release(1)
+	return nil, lastErr
+}
+
+func (h *Host) startOnce(ctx context.Context, spec Spec) (_ *VM, retErr error) {
+	dir, err := NewWorkDir(h.cfg.RunDir, spec.ID)
+	if err != nil {
+		return nil, err
+	}
+	vm := &VM{ID: spec.ID, Dir: dir, host: h, log: h.cfg.Log.With("vm", spec.ID),
+		stderr: &tail{}, exited: make(chan struct{})}
+	defer func() {
+		if retErr != nil {
+			be := &BootError{Err: retErr, QEMUStderr: vm.stderr.String()}
+			var inner *BootError
+			if errors.As(retErr, &inner) {
+				be = inner
+				be.QEMUStderr = vm.stderr.String()
+			}
+			_ = vm.teardown()
+			// The console is complete once QEMU is gone.
+			if vm.console != nil {
+				be.ConsoleTail = vm.console.tail.String()
+			}
+			retErr = be
+		}
+	}()
+
+	disk := dir.File("disk.qcow2")
+	out, err := exec.CommandContext(ctx, h.cfg.QEMUImg, "create", "-q", "-f", "qcow2",
+		"-F", "qcow2", "-b", spec.BaseDisk, disk).CombinedOutput()
+	if err != nil {
+		return nil, fmt.Errorf("creating disk overlay: %w: %s", err, strings.TrimSpace(string(out)))
+	}
+	m := Machine{
+		Name: "cell-" + spec.ID, Kernel: spec.Kernel, KernelArgs: spec.KernelArgs, Disk: disk,
+		MemoryMiB: spec.MemoryMiB, CPUs: spec.CPUs, Accel: spec.Accel, TSCkHz: h.cfg.TSCkHz,
+		QMPSocket: dir.File("qmp.sock"), ConsoleSocket: dir.File("console.sock"),
+		ChannelSocket: dir.File("ch.sock"), Sandbox: h.cfg.Sandbox,
+	}
+	args, err := m.Args()
+	if err != nil {
+		return nil, err
+	}
+	// QEMU is not bound to ctx: it belongs to the VM, and ctx only bounds the boot.
+	vm.cmd = exec.Command(h.cfg.QEMU, args...)
+	vm.cmd.Dir = dir.Path
+	vm.cmd.Stdout = vm.stderr
+	vm.cmd.Stderr = vm.stderr
+	vm.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if h.cfg.DieWithParent {
+		vm.cmd.SysProcAttr.Pdeathsig = syscall.SIGKILL
+	}
+	t0 := time.Now()
+	if err := vm.cmd.Start(); err != nil {
+		return nil, fmt.Errorf("starting qemu: %w", err)
+	}
+	vm.PID = vm.cmd.Process.Pid
+	go func() {
+		vm.exitErr = vm.cmd.Wait()
+		close(vm.exited)
+	}()
+
+	bootCtx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	timer := time.AfterFunc(h.cfg.BootTimeout, func() { cancel(errBootTimeout) })
+	defer timer.Stop()
+	go func() {
+		select {
+		case <-vm.exited:
+			cancel(fmt.Errorf("%w during boot: %s", ErrQEMUExited, describeExit(vm.exitErr)))
+		case <-bootCtx.Done():
+		}
+	}()
+	fail := func(what string, err error) error {
+		cause := context.Cause(bootCtx)
+		if cause == nil {
+			// A broken connection usually means QEMU is on its way out; let it say how.
+			select {
+			case <-vm.exited:
+				cause = fmt.Errorf("%w during boot: %s", ErrQEMUExited, describeExit(vm.exitErr))
+			case <-time.After(time.Second):
+			}
+		}
+		switch {
+		case errors.Is(cause, ErrQEMUExited):
+			return cause
+		case errors.Is(cause, errBootTimeout):
+			return &BootError{Err: fmt.Errorf("%s: %w after %v", what, errBootTimeout, h.cfg.BootTimeout), Transient: true}
+		case cause != nil:
+			return fmt.Errorf("%s: %w", what, cause)
+		}
+		return fmt.Errorf("%s: %w", what, err)
+	}
+
+	// QEMU creates its sockets before it serves QMP; once QMP answers, all are there.
+	vm.QMP, err = dialRetry(bootCtx, m.QMPSocket, func(c net.Conn) (*qmp.Client, error) { return qmp.NewClient(bootCtx, c) })
+	if err != nil {
+		return nil, fail("connecting to QMP", err)
+	}
+	conn, err := dialRetry(bootCtx, m.ConsoleSocket, func(c net.Conn) (net.Conn, error) { return c, nil })
+	if err != nil {
+		return nil, fail("connecting to the console", err)
+	}
+	vm.conCon = conn
+	if vm.console, err = startConsole(conn, dir.File("console.log")); err != nil {
+		return nil, err
+	}
+	chConn, err := dialRetry(bootCtx, m.ChannelSocket, func(c net.Conn) (net.Conn, error) { return c, nil })
+	if err != nil {
+		return nil, fail("connecting to the guest channel", err)
+	}
+	if err := vm.QMP.Execute(bootCtx, "cont", nil, nil); err != nil {
+		_ = chConn.Close()
+		return nil, fail("starting the guest", err)
+	}
+	tCont := time.Now()
+	vm.Channel, err = channel.Connect(bootCtx, chConn, vm.log)
+	if err != nil {
+		be := &BootError{Err: fail("waiting for envd", err)}
+		var inner *BootError
+		if errors.As(be.Err, &inner) {
+			be = inner
+		} else if errors.Is(err, channel.ErrHandshake) {
+			be.Transient = true
+		}
+		return nil, be
+	}
+	vm.log.Debug("vm booted", "qemu_ready", tCont.Sub(t0), "guest_ready", time.Since(tCont), "pid", vm.PID)
+	return vm, nil
+}
+
+// dialRetry dials a unix socket until it accepts or ctx ends.
+func dialRetry[T any](ctx context.Context, path string, wrap func(net.Conn) (T, error)) (T, error) {
+	var zero T
+	var d net.Dialer
+	delay := time.Millisecond
+	for {
+		c, err := d.DialContext(ctx, "unix", path)
+		if err == nil {
+			v, err := wrap(c)
+			if err != nil {
+				_ = c.Close()
+				return zero, err
+			}
+			return v, nil
+		}
+		select {
+		case <-ctx.Done():
+			return zero, err
+		case <-time.After(delay):
+		}
+		delay = min(2*delay, 20*time.Millisecond)
+	}
+}
+
+func describeExit(err error) string {
+	var ee *exec.ExitError
+	if errors.As(err, &ee) {
+		if ws, ok := ee.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
+			return "killed by signal " + ws.Signal().String()
+		}
+		return fmt.Sprintf("exit status %d", ee.ExitCode())
+	}
+	if err == nil {
+		return "exit status 0"
+	}
+	return err.Error()
+}
+
+// Exited is closed when QEMU has exited.
+func (vm *VM) Exited() <-chan struct{} { return vm.exited }
+
+// ExitReason describes how QEMU ended; only meaningful after Exited is closed.
+func (vm *VM) ExitReason() string { return describeExit(vm.exitErr) }
+
+// ConsoleTail returns the last few KiB of the guest's console.
+func (vm *VM) ConsoleTail() string {
+	if vm.console == nil {
+		return ""
+	}
+	return vm.console.tail.String()
+}
+
+// Close stops QEMU (SIGTERM, then SIGKILL after the grace period), closes the QMP, console and
+// channel connections, removes the working directory and frees the VM's slot. It is idempotent
+// and safe to call from several goroutines.
+func (vm *VM) Close() error {
+	vm.closeOnce.Do(func() {
+		vm.closeErr = vm.teardown()
+		vm.host.slots.Release(1)
+	})
+	return vm.closeErr
+}
+
+// teardown releases everything but the slot.
+func (vm *VM) teardown() error {
+	var errs []error
+	if vm.Channel != nil {
+		_ = vm.Channel.Close()
+	}
+	if vm.cmd != nil && vm.cmd.Process != nil {
+		select {
+		case <-vm.exited:
+		default:
+			_ = vm.cmd.Process.Signal(syscall.SIGTERM)
+			select {
+			case <-vm.exited:
+			case <-time.After(vm.host.cfg.StopGrace):
+				vm.log.Warn("qemu ignored SIGTERM, killing it", "pid", vm.PID)
+				_ = vm.cmd.Process.Kill()
+				<-vm.exited
+			}
+		}
+	}
+	if vm.QMP != nil {
+		_ = vm.QMP.Close()
+	}
+	if vm.conCon != nil {
+		_ = vm.conCon.Close()
+	}
+	if vm.console != nil {
+		<-vm.console.done
+	}
+	if err := vm.Dir.Remove(); err != nil {
+		errs = append(errs, err)
+	}
+	return errors.Join(errs...)
+}

@@ -1,0 +1,77 @@
+package vmm
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+)
+
+func TestWorkDir(t *testing.T) {
+	run := filepath.Join(t.TempDir(), "run")
+	w, err := NewWorkDir(run, "abc123")
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, err := os.Stat(w.Path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Mode().Perm() != 0o700 {
+		t.Fatalf("mode %v, want 0700", st.Mode().Perm())
+	}
+	if _, err := NewWorkDir(run, "abc123"); err == nil {
+		t.Fatal("second NewWorkDir with the same id succeeded")
+	}
+	if err := os.WriteFile(w.File("disk.qcow2"), []byte("x"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := w.Remove(); err != nil {
+		t.Fatal(err)
+	}
+	if err := w.Remove(); err != nil {
+		t.Fatalf("second Remove: %v", err)
+	}
+	if _, err := os.Stat(w.Path); !os.IsNotExist(err) {
+		t.Fatalf("directory still there: %v", err)
+	}
+}
+
+func TestWorkDirRejects(t *testing.T) {
+	base := t.TempDir()
+	for _, id := range []string{"../x", "a/b", "", ".."} {
+		if _, err := NewWorkDir(base, id); err == nil {
+			t.Errorf("id %q accepted", id)
+		}
+	}
+	if _, err := NewWorkDir("relative", "abc"); err == nil {
+		t.Error("relative run dir accepted")
+	}
+	long := filepath.Join(base, strings.Repeat("d", 100))
+	if _, err := NewWorkDir(long, "abc"); err == nil || !strings.Contains(err.Error(), "socket") {
+		t.Errorf("long run dir: %v", err)
+	}
+}
+
+func TestWorkDirConcurrentCreateOneWins(t *testing.T) {
+	run := t.TempDir()
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	wins := 0
+	for i := 0; i < 16; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if _, err := NewWorkDir(run, "same"); err == nil {
+				mu.Lock()
+				wins++
+				mu.Unlock()
+			}
+		}()
+	}
+	wg.Wait()
+	if wins != 1 {
+		t.Fatalf("%d creators won, want 1", wins)
+	}
+}

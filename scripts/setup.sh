@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Installs the Debian packages Cell needs to build and run sandboxes, skipping those present.
+set -euo pipefail
+packages=(
+  qemu-system-x86 qemu-utils            # the VMM and disk tool
+  debootstrap e2fsprogs                 # guest root file system
+  linux-source-6.1 make gcc flex bison bc libelf-dev xz-utils cpio  # guest kernel
+  ca-certificates
+)
+missing=()
+for p in "${packages[@]}"; do
+  [ "$(dpkg-query -W -f='${Status}' "$p" 2>/dev/null)" = "install ok installed" ] || missing+=("$p")
+done
+if [ ${#missing[@]} -eq 0 ]; then
+  echo "setup: all packages present"
+  exit 0
+fi
+echo "setup: installing ${missing[*]}"
+SUDO=""
+[ "$(id -u)" = 0 ] || SUDO=sudo
+$SUDO apt-get update -q
+DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends "${missing[@]}"

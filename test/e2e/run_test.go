@@ -1,0 +1,275 @@
+package e2e
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"io"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+
+	"github.com/cellhq/cell/internal/sandbox"
+	"github.com/cellhq/cell/internal/vmm"
+)
+
+func TestRunLanguages(t *testing.T) {
+	rd := runDir(t)
+	cases := []struct {
+		args []string
+		want string
+	}{
+		{[]string{"python3", "-c", "print(6*7)"}, "42\n"},
+		{[]string{"node", "-e", "console.log([1,2,3].map(x => x * 2).join(','))"}, "2,4,6\n"},
+		{[]string{"bash", "-c", "echo $((6*7)) from $0"}, "42 from bash\n"},
+	}
+	for _, c := range cases {
+		r := cli(t, rd, "", append([]string{"run", "--"}, c.args...)...)
+		if r.code != 0 || r.stdout != c.want {
+			t.Errorf("%v: code %d stdout %q stderr %q", c.args, r.code, r.stdout, r.stderr)
+		}
+	}
+	assertNothingLeft(t, rd)
+}
+
+func TestRunExitCodesEnvAndStreams(t *testing.T) {
+	rd := runDir(t)
+	// The issue's own example.
+	r := cli(t, rd, "", "run", "--memory", "512", "--timeout", "30s", "--env", "GREETING=hi", "--",
+		"bash", "-c", "echo $GREETING; exit 7")
+	if r.code != 7 || r.stdout != "hi\n" {
+		t.Fatalf("code %d stdout %q stderr %q", r.code, r.stdout, r.stderr)
+	}
+	// stdout and stderr stay separate and each in order.
+	r = cli(t, rd, "", "run", "--", "bash", "-c", "for i in 1 2 3; do echo out$i; echo err$i >&2; done")
+	if r.stdout != "out1\nout2\nout3\n" || r.stderr != "err1\nerr2\nerr3\n" || r.code != 0 {
+		t.Fatalf("stdout %q stderr %q code %d", r.stdout, r.stderr, r.code)
+	}
+	// Killed by a signal: 128+N.
+	r = cli(t, rd, "", "run", "--", "bash", "-c", "kill -TERM $$")
+	if r.code != 128+15 {
+		t.Fatalf("SIGTERM: code %d stderr %q", r.code, r.stderr)
+	}
+	// Unknown command: 127 with a message.
+	r = cli(t, rd, "", "run", "--", "no-such-command")
+	if r.code != 127 || !strings.Contains(r.stderr, "no-such-command") {
+		t.Fatalf("not found: code %d stderr %q", r.code, r.stderr)
+	}
+	assertNothingLeft(t, rd)
+}
+
+func TestRunUserCwdStdin(t *testing.T) {
+	rd := runDir(t)
+	r := cli(t, rd, "", "run", "--", "bash", "-c", "id -u; id -un; pwd; echo $HOME")
+	if r.stdout != "1000\nuser\n/home/user\n/home/user\n" {
+		t.Fatalf("default user: %q %q", r.stdout, r.stderr)
+	}
+	r = cli(t, rd, "", "run", "--user", "root", "--cwd", "/tmp", "--", "bash", "-c", "id -u; pwd; sudo -n true 2>/dev/null; echo $?")
+	if r.stdout != "0\n/tmp\n0\n" {
+		t.Fatalf("root: %q %q", r.stdout, r.stderr)
+	}
+	r = cli(t, rd, "", "run", "--", "sudo", "-n", "id", "-u")
+	if r.stdout != "0\n" {
+		t.Fatalf("passwordless sudo: %q %q", r.stdout, r.stderr)
+	}
+	in := strings.Repeat("line of input\n", 20000) // 280 kB
+	sum := sha256.Sum256([]byte(in))
+	r = cli(t, rd, in, "run", "--", "sha256sum")
+	if want := hex.EncodeToString(sum[:]) + "  -\n"; r.stdout != want {
+		t.Fatalf("stdin checksum: %q want %q (stderr %q)", r.stdout, want, r.stderr)
+	}
+	assertNothingLeft(t, rd)
+}
+
+func TestRunTimeout(t *testing.T) {
+	rd := runDir(t)
+	r := cli(t, rd, "", "run", "--timeout", "2s", "--", "bash", "-c", "echo started; sleep 60")
+	if r.code != 124 || r.stdout != "started\n" || !strings.Contains(r.stderr, "timed out after 2s") {
+		t.Fatalf("code %d stdout %q stderr %q", r.code, r.stdout, r.stderr)
+	}
+	if r.took > 30*time.Second {
+		t.Fatalf("timeout took %v", r.took)
+	}
+	assertNothingLeft(t, rd)
+}
+
+func TestLargeOutputChecksum(t *testing.T) {
+	rt := newRuntime(t, runDir(t), nil)
+	ctx := context.Background()
+	sb, err := rt.Boot(ctx, sandbox.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sb.Close()
+	const size = 50 << 20
+	h := sha256.New()
+	var errOut strings.Builder
+	n := &countWriter{w: h}
+	res, err := sb.Run(ctx, sandbox.RunSpec{Cmd: "bash", Args: []string{"-c",
+		"head -c 52428800 /dev/urandom | tee /tmp/blob; sha256sum /tmp/blob >&2"}}, nil, n, &errOut, nil)
+	if err != nil || res.ExitCode != 0 {
+		t.Fatalf("res %+v err %v stderr %q", res, err, errOut.String())
+	}
+	got := hex.EncodeToString(h.Sum(nil))
+	if n.n != size || !strings.HasPrefix(errOut.String(), got) {
+		t.Fatalf("streamed %d bytes with sha256 %s; guest says %q", n.n, got, errOut.String())
+	}
+}
+
+type countWriter struct {
+	w io.Writer
+	n int64
+}
+
+func (c *countWriter) Write(p []byte) (int, error) { c.n += int64(len(p)); return c.w.Write(p) }
+
+func TestQEMUKilledMidCommand(t *testing.T) {
+	rt := newRuntime(t, runDir(t), nil)
+	ctx := context.Background()
+	sb, err := rt.Boot(ctx, sandbox.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sb.Close()
+	started := make(chan struct{})
+	var once sync.Once
+	done := make(chan error, 1)
+	go func() {
+		_, err := sb.Run(ctx, sandbox.RunSpec{Cmd: "sleep", Args: []string{"600"}}, nil, io.Discard, io.Discard,
+			func(uint32) { once.Do(func() { close(started) }) })
+		done <- err
+	}()
+	<-started
+	killed := time.Now()
+	if err := syscall.Kill(sb.VM.PID, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-done:
+		took := time.Since(killed)
+		if !errors.Is(err, sandbox.ErrVMExited) || !strings.Contains(err.Error(), "killed") {
+			t.Fatalf("error %v, want one saying the VM was killed", err)
+		}
+		if took > 2*time.Second {
+			t.Fatalf("error came %v after the kill, want ≤ 2s", took)
+		}
+		t.Logf("error after %v: %v", took, err)
+	case <-time.After(10 * time.Second):
+		t.Fatal("Run did not return within 10s of QEMU's death")
+	}
+}
+
+func TestGuestNeverReady(t *testing.T) {
+	rd := runDir(t)
+	// The kernel boots, but init is a shell that never starts envd.
+	rt := newRuntime(t, rd, func(c *sandbox.RuntimeConfig) { c.BootTimeout = 4 * time.Second })
+	start := time.Now()
+	_, err := rt.Boot(context.Background(), sandbox.Options{KernelArgs: []string{"init=/bin/sh", "loglevel=7"}})
+	var be *vmm.BootError
+	if !errors.As(err, &be) {
+		t.Fatalf("err = %v, want a BootError", err)
+	}
+	if !strings.Contains(err.Error(), "did not become ready") || !strings.Contains(be.ConsoleTail, "Run /bin/sh as init process") {
+		t.Fatalf("error lacks the reason or the console tail:\n%v", err)
+	}
+	if time.Since(start) > 30*time.Second {
+		t.Fatalf("took %v", time.Since(start))
+	}
+	assertNothingLeft(t, rd)
+}
+
+func TestQEMUDiesDuringBoot(t *testing.T) {
+	rd := runDir(t)
+	rt := newRuntime(t, rd, nil)
+	// init exits at once: the kernel panics, and with panic=-1 QEMU exits.
+	_, err := rt.Boot(context.Background(), sandbox.Options{KernelArgs: []string{"init=/bin/false"}})
+	if !errors.Is(err, vmm.ErrQEMUExited) || !strings.Contains(err.Error(), "Kernel panic") {
+		t.Fatalf("err = %v, want QEMU's exit with the panic in the console tail", err)
+	}
+	assertNothingLeft(t, rd)
+}
+
+func TestPowerOff(t *testing.T) {
+	rt := newRuntime(t, runDir(t), nil)
+	sb, err := rt.Boot(context.Background(), sandbox.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sb.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	if err := sb.PowerOff(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if r := sb.VM.ExitReason(); r != "exit status 0" {
+		t.Fatalf("QEMU ended with %s, want a clean exit", r)
+	}
+}
+
+func TestNoLeaksSequentialAndConcurrent(t *testing.T) {
+	rd := runDir(t)
+	rt := newRuntime(t, rd, func(c *sandbox.RuntimeConfig) { c.MaxVMs = 8 })
+	defer goleak.VerifyNone(t, goleak.IgnoreCurrent())
+	ctx := context.Background()
+	one := func(i int) error {
+		sb, err := rt.Boot(ctx, sandbox.Options{MemoryMiB: 256, CPUs: 1})
+		if err != nil {
+			return err
+		}
+		defer sb.Close()
+		var out strings.Builder
+		res, err := sb.Run(ctx, sandbox.RunSpec{Cmd: "echo", Args: []string{"run", string(rune('a' + i%26))}}, nil, &out, io.Discard, nil)
+		if err != nil {
+			return err
+		}
+		if res.ExitCode != 0 || out.String() != "run "+string(rune('a'+i%26))+"\n" {
+			return errors.New("unexpected output " + out.String())
+		}
+		return nil
+	}
+	for i := 0; i < 20; i++ {
+		if err := one(i); err != nil {
+			t.Fatalf("sequential run %d: %v", i, err)
+		}
+	}
+	assertNothingLeft(t, rd)
+	var wg sync.WaitGroup
+	errs := make(chan error, 8)
+	for i := 0; i < 8; i++ {
+		wg.Add(1)
+		go func() { defer wg.Done(); errs <- one(i) }()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		if err != nil {
+			t.Fatalf("concurrent run: %v", err)
+		}
+	}
+	assertNothingLeft(t, rd)
+}
+
+func TestBackpressure(t *testing.T) {
+	rt := newRuntime(t, runDir(t), func(c *sandbox.RuntimeConfig) { c.MaxVMs = 1 })
+	sb, err := rt.Boot(context.Background(), sandbox.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The only slot is taken: a second boot waits, and gives up when its context ends.
+	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	defer cancel()
+	if _, err := rt.Boot(ctx, sandbox.Options{}); !errors.Is(err, context.DeadlineExceeded) || !strings.Contains(err.Error(), "slot") {
+		t.Fatalf("second boot: %v, want a slot wait ended by the context", err)
+	}
+	_ = sb.Close()
+	sb2, err := rt.Boot(context.Background(), sandbox.Options{})
+	if err != nil {
+		t.Fatalf("boot after the slot was freed: %v", err)
+	}
+	_ = sb2.Close()
+}
