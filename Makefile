@@ -10,7 +10,7 @@ all: build
 
 build:
 	$(GO) build $(GOFLAGS_BUILD) -o $(BIN)/cell ./cmd/cell
-	CGO_ENABLED=0 $(GO) build $(GOFLAGS_BUILD) -o $(BIN)/envd ./cmd/envd
+	CGO_ENABLED=0 $(GO) build $(GOFLAGS_BUILD) -ldflags="-s -w" -o $(BIN)/envd ./cmd/envd
 
 # Installs the Debian packages Cell needs (only those missing).
 setup:
@@ -36,7 +36,7 @@ test-e2e:
 
 lint:
 	$(GO) vet ./...
-	$(GO) run honnef.co/go/tools/cmd/staticcheck@2025.1.1 ./...
+	$(GO) run honnef.co/go/tools/cmd/staticcheck@v0.8.2 ./...
 
 # Regenerates proto code (checked in) with pinned generators.
 proto:

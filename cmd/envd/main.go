@@ -16,7 +16,7 @@ import (
 	"github.com/cellhq/cell/envd/process"
 	"github.com/cellhq/cell/envd/server"
 	"github.com/cellhq/cell/envd/vport"
-	"github.com/cellhq/cell/internal/vmm"
+	"github.com/cellhq/cell/internal/channel"
 )
 
 func main() {
@@ -37,13 +37,14 @@ func main() {
 
 func serve(log *slog.Logger, args []string) int {
 	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
-	portName := fs.String("port", vmm.ChannelPortName, "virtio-serial port name")
+	portName := fs.String("port", channel.PortName, "virtio-serial port name")
 	user := fs.String("user", "user", "default user for commands")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
+	initd.Trace("serve: started")
 	path, err := vport.Find("/sys", *portName)
 	if err != nil {
 		log.Error("finding the host channel", "err", err)
@@ -55,6 +56,7 @@ func serve(log *slog.Logger, args []string) int {
 		return 1
 	}
 	defer func() { _ = port.Close() }()
+	initd.Trace("serve: port open")
 	procs := process.New(log, *user)
 	defer procs.Close()
 	h := server.Handler(procs, func() { _ = syscall.Kill(1, syscall.SIGTERM) })

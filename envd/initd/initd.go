@@ -88,6 +88,7 @@ func Main(log *slog.Logger, serveArgs []string) int {
 	if err := setupFS(); err != nil {
 		log.Warn("setting up file systems", "err", err)
 	}
+	Trace("init: file systems mounted")
 	setHostname()
 	if err := loopbackUp(); err != nil {
 		log.Warn("bringing up lo", "err", err)
@@ -110,6 +111,7 @@ func Main(log *slog.Logger, serveArgs []string) int {
 		_ = cmd.Process.Release() // PID 1 reaps it below
 	}
 	start()
+	Trace("init: server started")
 	for sig := range sigs {
 		if sig != unix.SIGCHLD {
 			log.Info("powering off", "signal", sig.String())

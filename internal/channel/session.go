@@ -12,6 +12,9 @@ import (
 	"github.com/hashicorp/yamux"
 )
 
+// PortName is the name of the virtio-serial port that carries the channel.
+const PortName = "ctl"
+
 // yamuxConfig is shared by both ends. Keepalives are off: an idle guest under TCG should not be
 // woken every few seconds, and the end of the byte stream already tells each side the other left.
 func yamuxConfig(log *slog.Logger) *yamux.Config {

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"runtime"
 	"strconv"
 	"strings"
 	"time"
@@ -34,6 +35,8 @@ func benchCmd(g *globals) *cobra.Command {
 	cmd.AddCommand(
 		&cobra.Command{Use: "boot", Short: "Cold boot: QEMU start to envd ready; QEMU's RSS", Args: cobra.NoArgs,
 			RunE: func(c *cobra.Command, _ []string) error { return benchBoot(c.Context(), g, f, c.OutOrStdout()) }},
+		&cobra.Command{Use: "density", Short: "Hold -n idle sandboxes at once: cell's and QEMU's memory per VM", Args: cobra.NoArgs,
+			RunE: func(c *cobra.Command, _ []string) error { return benchDensity(c.Context(), g, f, c.OutOrStdout()) }},
 		&cobra.Command{Use: "run", Short: "Boot, run `true`, tear down: `cell run -- true` without process start", Args: cobra.NoArgs,
 			RunE: func(c *cobra.Command, _ []string) error { return benchRun(c.Context(), g, f, c.OutOrStdout()) }},
 	)
@@ -121,4 +124,46 @@ func benchRun(ctx context.Context, g *globals, f *benchFlags, out io.Writer) err
 		}
 	}
 	return bench.Print(out, f.json, bench.Summarize("run", total), bench.Summarize("run_command", cmd))
+}
+
+// benchDensity boots f.n sandboxes, keeps them all running, and reports the memory this process
+// and each QEMU use per VM.
+func benchDensity(ctx context.Context, g *globals, f *benchFlags, out io.Writer) error {
+	rt, err := benchRuntime(ctx, g, f)
+	if err != nil {
+		return err
+	}
+	runtime.GC()
+	before := rssMiB(os.Getpid())
+	var boxes []*sandbox.Sandbox
+	defer func() {
+		for _, sb := range boxes {
+			_ = sb.Close()
+		}
+	}()
+	var boots []time.Duration
+	for i := 0; i < f.n; i++ {
+		start := time.Now()
+		sb, err := rt.Boot(ctx, sandbox.Options{MemoryMiB: f.memory})
+		if err != nil {
+			return err
+		}
+		boots = append(boots, time.Since(start))
+		boxes = append(boxes, sb)
+	}
+	time.Sleep(2 * time.Second) // let the guests settle
+	runtime.GC()
+	after := rssMiB(os.Getpid())
+	var qemu []float64
+	for _, sb := range boxes {
+		qemu = append(qemu, rssMiB(sb.VM.PID))
+	}
+	s := bench.Summarize("density_boot", boots)
+	s.Extra = map[string]float64{
+		"vms":                 float64(f.n),
+		"memory_mib":          float64(f.memory),
+		"cell_rss_per_vm_mib": (after - before) / float64(f.n),
+		"qemu_rss_mib_median": bench.MedianFloat(qemu),
+	}
+	return bench.Print(out, f.json, s)
 }

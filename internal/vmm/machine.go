@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+
+	"github.com/cellhq/cell/internal/channel"
 )
 
 // Accel is the accelerator QEMU uses.
@@ -55,9 +57,6 @@ type Machine struct {
 	// Sandbox enables QEMU's seccomp sandbox.
 	Sandbox bool
 }
-
-// ChannelPortName is the virtio-serial port name envd looks for.
-const ChannelPortName = "ctl"
 
 // Validate checks the machine description.
 func (m Machine) Validate() error {
@@ -139,7 +138,7 @@ func (m Machine) Args() ([]string, error) {
 		"-serial", "chardev:con0",
 		"-device", "virtio-serial-device,max_ports=2",
 		"-chardev", "socket,id=ch0,path="+m.ChannelSocket+",server=on,wait=off",
-		"-device", "virtserialport,chardev=ch0,name="+ChannelPortName,
+		"-device", "virtserialport,chardev=ch0,name="+channel.PortName,
 		"-object", "rng-random,id=rng0,filename=/dev/urandom",
 		"-device", "virtio-rng-device,rng=rng0",
 		"-drive", "file="+m.Disk+",if=none,id=d0,format=qcow2,node-name=n0,cache=unsafe,discard=unmap",

@@ -195,6 +195,11 @@ func (h *Host) startOnce(ctx context.Context, spec Spec) (_ *VM, retErr error) {
 	vm := &VM{ID: spec.ID, Dir: dir, host: h, log: h.cfg.Log.With("vm", spec.ID),
 		stderr: &tail{}, exited: make(chan struct{})}
 	defer func() {
+		if retErr != nil && vm.cmd == nil {
+			// QEMU never ran: there is nothing to add to the error.
+			_ = vm.teardown()
+			return
+		}
 		if retErr != nil {
 			be := &BootError{Err: retErr, QEMUStderr: vm.stderr.String()}
 			var inner *BootError
@@ -228,18 +233,19 @@ func (h *Host) startOnce(ctx context.Context, spec Spec) (_ *VM, retErr error) {
 		return nil, err
 	}
 	// QEMU is not bound to ctx: it belongs to the VM, and ctx only bounds the boot.
-	vm.cmd = exec.Command(h.cfg.QEMU, args...)
-	vm.cmd.Dir = dir.Path
-	vm.cmd.Stdout = vm.stderr
-	vm.cmd.Stderr = vm.stderr
-	vm.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	cmd := exec.Command(h.cfg.QEMU, args...)
+	cmd.Dir = dir.Path
+	cmd.Stdout = vm.stderr
+	cmd.Stderr = vm.stderr
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if h.cfg.DieWithParent {
-		vm.cmd.SysProcAttr.Pdeathsig = syscall.SIGKILL
+		cmd.SysProcAttr.Pdeathsig = syscall.SIGKILL
 	}
 	t0 := time.Now()
-	if err := vm.cmd.Start(); err != nil {
+	if err := cmd.Start(); err != nil {
 		return nil, fmt.Errorf("starting qemu: %w", err)
 	}
+	vm.cmd = cmd
 	vm.PID = vm.cmd.Process.Pid
 	go func() {
 		vm.exitErr = vm.cmd.Wait()

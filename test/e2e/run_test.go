@@ -273,3 +273,14 @@ func TestBackpressure(t *testing.T) {
 	}
 	_ = sb2.Close()
 }
+
+func TestOrphansAreReaped(t *testing.T) {
+	rd := runDir(t)
+	// Children orphaned by their parent shell are re-parented to envd's PID 1, which must reap them.
+	r := cli(t, rd, "", "run", "--", "bash", "-c",
+		`for i in 1 2 3 4 5; do (sleep 0.1 &); done; sleep 1.5; ps -eo stat=,comm= | awk '$1 ~ /^Z/' | wc -l`)
+	if r.code != 0 || r.stdout != "0\n" {
+		t.Fatalf("zombies left: %q (stderr %q)", r.stdout, r.stderr)
+	}
+	assertNothingLeft(t, rd)
+}

@@ -1,0 +1,93 @@
+package image
+
+import (
+	"context"
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+func TestKeysFollowRecipeInputs(t *testing.T) {
+	dir := t.TempDir()
+	envd := filepath.Join(dir, "envd")
+	if err := os.WriteFile(envd, []byte("envd v1"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	b := &Builder{Home: dir, Envd: envd}
+	k1, t1, d1, err := b.keys()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(envd, []byte("envd v2"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	k2, t2, d2, err := b.keys()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if k1 != k2 || t1 != t2 {
+		t.Fatal("kernel or tree key depends on envd")
+	}
+	if d1 == d2 {
+		t.Fatal("disk key does not depend on envd")
+	}
+	if _, err := b.Lookup(); err == nil || !strings.Contains(err.Error(), "cell image build") {
+		t.Fatalf("Lookup on an empty home: %v", err)
+	}
+	b.Envd = filepath.Join(dir, "missing")
+	if _, err := b.Lookup(); err == nil || !strings.Contains(err.Error(), "envd") {
+		t.Fatalf("missing envd: %v", err)
+	}
+}
+
+func TestPublishIsAtomic(t *testing.T) {
+	dir := t.TempDir()
+	b := &Builder{Home: dir}
+	final := filepath.Join(dir, "images", "x", "key")
+	boom := errors.New("boom")
+	err := b.publish(context.Background(), final, func(tmp string) error {
+		_ = os.WriteFile(filepath.Join(tmp, "half"), []byte("x"), 0o644)
+		return boom
+	}, nil)
+	if !errors.Is(err, boom) {
+		t.Fatalf("err = %v", err)
+	}
+	if entries, _ := os.ReadDir(filepath.Dir(final)); len(entries) != 0 {
+		t.Fatalf("a failed build left %d entries", len(entries))
+	}
+	for _, content := range []string{"one", "two"} {
+		if err := b.publish(context.Background(), final, func(tmp string) error {
+			return os.WriteFile(filepath.Join(tmp, "f"), []byte(content), 0o644)
+		}, nil); err != nil {
+			t.Fatal(err)
+		}
+		got, err := os.ReadFile(filepath.Join(final, "f"))
+		if err != nil || string(got) != content {
+			t.Fatalf("after publish: %q %v", got, err)
+		}
+	}
+	if entries, _ := os.ReadDir(filepath.Dir(final)); len(entries) != 1 {
+		t.Fatalf("publish left %d entries, want 1", len(entries))
+	}
+}
+
+func TestLockWaitsAndHonoursContext(t *testing.T) {
+	p := filepath.Join(t.TempDir(), ".lock")
+	unlock, err := lock(context.Background(), p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if _, err := lock(ctx, p); err == nil || !strings.Contains(err.Error(), "another image build") {
+		t.Fatalf("second lock: %v", err)
+	}
+	unlock()
+	unlock2, err := lock(context.Background(), p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	unlock2()
+}

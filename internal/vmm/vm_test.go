@@ -1,0 +1,66 @@
+package vmm
+
+import (
+	"context"
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+func testHost(t *testing.T, max int) *Host {
+	t.Helper()
+	h, err := NewHost(Config{QEMU: "/usr/bin/qemu-system-x86_64", QEMUImg: "/usr/bin/qemu-img",
+		RunDir: t.TempDir(), MaxVMs: max, TSCkHz: 1000000})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return h
+}
+
+func TestNewHostValidates(t *testing.T) {
+	if _, err := NewHost(Config{QEMUImg: "x", MaxVMs: 1}); err == nil {
+		t.Error("missing QEMU accepted")
+	}
+	if _, err := NewHost(Config{QEMU: "x", QEMUImg: "x", MaxVMs: 0}); err == nil || !strings.Contains(err.Error(), "max VMs") {
+		t.Errorf("zero MaxVMs: %v", err)
+	}
+}
+
+// Permanent failures are reported at once, are not BootErrors (QEMU never ran), and free the slot.
+func TestStartPermanentFailures(t *testing.T) {
+	h := testHost(t, 1)
+	dir := t.TempDir()
+	kernel := filepath.Join(dir, "vmlinux")
+	if err := os.WriteFile(kernel, []byte("x"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	cases := map[string]Spec{
+		"vm id":     {ID: "../etc", Kernel: kernel, BaseDisk: kernel},
+		"base disk": {ID: "a1", Kernel: kernel, BaseDisk: filepath.Join(dir, "missing.qcow2")},
+		"kernel":    {ID: "a2", Kernel: filepath.Join(dir, "missing"), BaseDisk: kernel},
+	}
+	for field, spec := range cases {
+		_, err := h.Start(ctx, spec)
+		var be *BootError
+		if err == nil || !strings.Contains(err.Error(), field) || errors.As(err, &be) {
+			t.Errorf("%s: err = %v", field, err)
+		}
+	}
+	// The base disk exists but is not a qcow2 image: qemu-img refuses; the slot must be free again.
+	_, err := h.Start(ctx, Spec{ID: "a3", Kernel: kernel, BaseDisk: kernel, MemoryMiB: 256, CPUs: 1, Accel: AccelTCG})
+	if err == nil || !strings.Contains(err.Error(), "overlay") {
+		t.Fatalf("bad base disk: %v", err)
+	}
+	if !h.slots.TryAcquire(1) {
+		t.Fatal("a failed start kept its VM slot")
+	}
+	entries, _ := os.ReadDir(h.cfg.RunDir)
+	if len(entries) != 0 {
+		t.Fatalf("a failed start left %d entries in the run dir", len(entries))
+	}
+}
