@@ -85,6 +85,10 @@ func loopbackUp() error {
 
 // Main runs PID 1. serveArgs start envd's server (this same binary) as a child.
 func Main(log *slog.Logger, serveArgs []string) int {
+	// /proc first, so that the boot can be traced from here on.
+	_ = os.MkdirAll("/proc", 0o555)
+	_ = unix.Mount("proc", "/proc", "proc", unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC, "")
+	Trace("init: started")
 	if err := setupFS(); err != nil {
 		log.Warn("setting up file systems", "err", err)
 	}

@@ -126,15 +126,20 @@ func benchRun(ctx context.Context, g *globals, f *benchFlags, out io.Writer) err
 	return bench.Print(out, f.json, bench.Summarize("run", total), bench.Summarize("run_command", cmd))
 }
 
-// benchDensity boots f.n sandboxes, keeps them all running, and reports the memory this process
-// and each QEMU use per VM.
+// benchDensity boots f.n sandboxes, keeps them all running, and reports what each costs this
+// process (Go heap and stacks, goroutines) and QEMU's resident memory.
 func benchDensity(ctx context.Context, g *globals, f *benchFlags, out io.Writer) error {
 	rt, err := benchRuntime(ctx, g, f)
 	if err != nil {
 		return err
 	}
-	runtime.GC()
-	before := rssMiB(os.Getpid())
+	goMem := func() float64 {
+		runtime.GC()
+		var ms runtime.MemStats
+		runtime.ReadMemStats(&ms)
+		return float64(ms.HeapInuse+ms.StackInuse) / (1 << 20)
+	}
+	before, goroutines := goMem(), runtime.NumGoroutine()
 	var boxes []*sandbox.Sandbox
 	defer func() {
 		for _, sb := range boxes {
@@ -152,18 +157,18 @@ func benchDensity(ctx context.Context, g *globals, f *benchFlags, out io.Writer)
 		boxes = append(boxes, sb)
 	}
 	time.Sleep(2 * time.Second) // let the guests settle
-	runtime.GC()
-	after := rssMiB(os.Getpid())
+	after, goroutinesAfter := goMem(), runtime.NumGoroutine()
 	var qemu []float64
 	for _, sb := range boxes {
 		qemu = append(qemu, rssMiB(sb.VM.PID))
 	}
 	s := bench.Summarize("density_boot", boots)
 	s.Extra = map[string]float64{
-		"vms":                 float64(f.n),
-		"memory_mib":          float64(f.memory),
-		"cell_rss_per_vm_mib": (after - before) / float64(f.n),
-		"qemu_rss_mib_median": bench.MedianFloat(qemu),
+		"vms":                    float64(f.n),
+		"memory_mib":             float64(f.memory),
+		"cell_go_mem_per_vm_mib": (after - before) / float64(f.n),
+		"cell_goroutines_per_vm": float64(goroutinesAfter-goroutines) / float64(f.n),
+		"qemu_rss_mib_median":    bench.MedianFloat(qemu),
 	}
 	return bench.Print(out, f.json, s)
 }
