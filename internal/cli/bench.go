@@ -72,6 +72,13 @@ func rssMiB(pid int) float64 {
 	return 0
 }
 
+// timedBoot boots one sandbox with the bench's memory size and says how long it took.
+func timedBoot(ctx context.Context, rt *sandbox.Runtime, f *benchFlags) (*sandbox.Sandbox, time.Duration, error) {
+	start := time.Now()
+	sb, err := rt.Boot(ctx, sandbox.Options{MemoryMiB: f.memory})
+	return sb, time.Since(start), err
+}
+
 func benchBoot(ctx context.Context, g *globals, f *benchFlags, out io.Writer) error {
 	rt, err := benchRuntime(ctx, g, f)
 	if err != nil {
@@ -80,12 +87,11 @@ func benchBoot(ctx context.Context, g *globals, f *benchFlags, out io.Writer) er
 	var boots []time.Duration
 	var rss []float64
 	for i := 0; i < f.n; i++ {
-		start := time.Now()
-		sb, err := rt.Boot(ctx, sandbox.Options{MemoryMiB: f.memory})
+		sb, took, err := timedBoot(ctx, rt, f)
 		if err != nil {
 			return err
 		}
-		boots = append(boots, time.Since(start))
+		boots = append(boots, took)
 		rss = append(rss, rssMiB(sb.VM.PID))
 		if err := sb.Close(); err != nil {
 			return err
@@ -148,12 +154,11 @@ func benchDensity(ctx context.Context, g *globals, f *benchFlags, out io.Writer)
 	}()
 	var boots []time.Duration
 	for i := 0; i < f.n; i++ {
-		start := time.Now()
-		sb, err := rt.Boot(ctx, sandbox.Options{MemoryMiB: f.memory})
+		sb, took, err := timedBoot(ctx, rt, f)
 		if err != nil {
 			return err
 		}
-		boots = append(boots, time.Since(start))
+		boots = append(boots, took)
 		boxes = append(boxes, sb)
 	}
 	time.Sleep(2 * time.Second) // let the guests settle
