@@ -44,7 +44,7 @@ func doctorCmd(g *globals) *cobra.Command {
 				ok = false
 				fmt.Fprintf(out, "image:          NOT BUILT: %v\n", err)
 			} else {
-				fmt.Fprintf(out, "kernel:         %s\n                %s\n", img.Kernel, img.KernelInfo)
+				fmt.Fprintf(out, "kernel:         %s\n                %s\n", img.Kernel, img.KernelInfo())
 				fmt.Fprintf(out, "image:          base, %s\n", img.Disk)
 			}
 			rd, err := sandbox.RunDir(home)

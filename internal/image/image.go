@@ -15,6 +15,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -27,12 +28,11 @@ const DiskSizeBytes = 2 << 30
 
 // Image is a bootable guest image.
 type Image struct {
-	Kernel     string // PVH vmlinux
-	KernelKey  string
-	KernelInfo string // what the kernel was built from
-	Disk       string // qcow2 base disk with envd as init
-	DiskKey    string
-	TreeKey    string
+	Kernel    string // PVH vmlinux
+	KernelKey string
+	Disk      string // qcow2 base disk with envd as init
+	DiskKey   string
+	TreeKey   string
 }
 
 // Builder finds or builds the image under Home.
@@ -70,6 +70,20 @@ func recipe(name string) []byte {
 	return b
 }
 
+// linuxSourceID identifies the kernel source tarball cheaply (no exec on the `cell run` path):
+// its size and modification time change whenever the package is upgraded.
+func linuxSourceID() string {
+	matches, _ := filepath.Glob("/usr/src/linux-source-6.1.tar.*")
+	if len(matches) == 0 {
+		return ""
+	}
+	st, err := os.Stat(matches[0])
+	if err != nil {
+		return ""
+	}
+	return fmt.Sprintf("%s|%d|%d", matches[0], st.Size(), st.ModTime().UnixNano())
+}
+
 // linuxSourceVersion is the installed linux-source-6.1 package version ("" if not installed).
 func linuxSourceVersion() string {
 	out, err := exec.Command("dpkg-query", "-W", "-f=${Version}", "linux-source-6.1").Output()
@@ -81,14 +95,54 @@ func linuxSourceVersion() string {
 
 func (b *Builder) keys() (kernelKey, treeKey, diskKey string, err error) {
 	kernelKey = hashOf([]byte("kernel-v1"), recipe("kernel/fragment.config"), recipe("kernel/build.sh"),
-		[]byte(linuxSourceVersion()))
+		[]byte(linuxSourceID()))
 	treeKey = hashOf([]byte("rootfs-v1"), recipe("rootfs/build.sh"))
-	envd, err := os.ReadFile(b.Envd)
+	envdSum, err := b.envdHash()
 	if err != nil {
 		return "", "", "", fmt.Errorf("envd binary: %w (build it with `make build`)", err)
 	}
-	diskKey = hashOf([]byte("disk-v1"), []byte(treeKey), envd, []byte(fmt.Sprint(DiskSizeBytes)))
+	diskKey = hashOf([]byte("disk-v1"), []byte(treeKey), []byte(envdSum), []byte(fmt.Sprint(DiskSizeBytes)))
 	return kernelKey, treeKey, diskKey, nil
+}
+
+// envdHash is the sha256 of the envd binary. Hashing 9 MB costs tens of milliseconds, so the sum
+// is remembered in the data directory next to the file's identity (device, inode, size, mtime).
+func (b *Builder) envdHash() (string, error) {
+	st, err := os.Stat(b.Envd)
+	if err != nil {
+		return "", err
+	}
+	var ident string
+	if sys, ok := st.Sys().(*syscall.Stat_t); ok {
+		ident = fmt.Sprintf("%s|%d|%d|%d|%d", b.Envd, sys.Dev, sys.Ino, st.Size(), st.ModTime().UnixNano())
+	}
+	memo := b.dir(".envd-sum")
+	if ident != "" {
+		if data, err := os.ReadFile(memo); err == nil {
+			if id, sum, ok := strings.Cut(string(data), "\n"); ok && id == ident && len(sum) == 64 {
+				return sum, nil
+			}
+		}
+	}
+	f, err := os.Open(b.Envd)
+	if err != nil {
+		return "", err
+	}
+	defer func() { _ = f.Close() }()
+	h := sha256.New()
+	if _, err := io.Copy(h, f); err != nil {
+		return "", err
+	}
+	sum := hex.EncodeToString(h.Sum(nil))
+	// Like git's racy-clean rule: a file modified within the last seconds may change again within
+	// the same timestamp tick, so its sum is not remembered yet.
+	if ident != "" && time.Since(st.ModTime()) > 2*time.Second && os.MkdirAll(b.dir(), 0o755) == nil {
+		tmp := memo + ".tmp-" + rand.Text()[:8]
+		if os.WriteFile(tmp, []byte(ident+"\n"+sum), 0o644) == nil {
+			_ = os.Rename(tmp, memo)
+		}
+	}
+	return sum, nil
 }
 
 // Lookup returns the image if it is fully built, without building anything.
@@ -109,9 +163,13 @@ func (b *Builder) Lookup() (Image, error) {
 func (b *Builder) image(kk, tk, dk string) Image {
 	return Image{
 		Kernel: b.dir("kernel", kk, "vmlinux"), KernelKey: kk,
-		KernelInfo: "built from Debian linux-source-6.1 " + linuxSourceVersion() + " with Cell's fragment (recipe " + kk + ")",
-		Disk:       b.dir("base", dk, "rootfs.qcow2"), DiskKey: dk, TreeKey: tk,
+		Disk: b.dir("base", dk, "rootfs.qcow2"), DiskKey: dk, TreeKey: tk,
 	}
+}
+
+// KernelInfo says what the image's kernel was built from (for `cell doctor`).
+func (img Image) KernelInfo() string {
+	return "built from Debian linux-source-6.1 " + linuxSourceVersion() + " with Cell's fragment (recipe " + img.KernelKey + ")"
 }
 
 // Ensure returns the image, building whatever part is missing (or everything, with force).

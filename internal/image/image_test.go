@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 )
 
 func TestKeysFollowRecipeInputs(t *testing.T) {
@@ -90,4 +91,38 @@ func TestLockWaitsAndHonoursContext(t *testing.T) {
 		t.Fatal(err)
 	}
 	unlock2()
+}
+
+func TestEnvdHashMemo(t *testing.T) {
+	dir := t.TempDir()
+	envd := filepath.Join(dir, "envd")
+	if err := os.WriteFile(envd, []byte("envd one"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	b := &Builder{Home: dir, Envd: envd}
+	// A freshly written file is not remembered (its timestamp may not change on the next write).
+	first, err := b.envdHash()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(b.dir(".envd-sum")); err == nil {
+		t.Fatal("sum of a just-modified file was remembered")
+	}
+	old := time.Now().Add(-time.Minute)
+	if err := os.Chtimes(envd, old, old); err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := b.envdHash(); got != first {
+		t.Fatal("hash changed without a change to the file")
+	}
+	if _, err := os.Stat(b.dir(".envd-sum")); err != nil {
+		t.Fatalf("sum of a settled file not remembered: %v", err)
+	}
+	// A changed file (same size, new time) is hashed again, not served from the memo.
+	if err := os.WriteFile(envd, []byte("envd two"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := b.envdHash(); got == first {
+		t.Fatal("memo served the sum of the old file")
+	}
 }
