@@ -4,7 +4,7 @@ GO ?= go
 BIN := bin
 GOFLAGS_BUILD := -trimpath
 
-.PHONY: all build setup image demo test test-unit test-e2e lint proto clean
+.PHONY: all build setup image demo test test-unit test-e2e test-sdk bench-serve bench-sdk lint proto clean
 
 all: build
 
@@ -25,14 +25,28 @@ demo: setup build image
 	$(BIN)/cell doctor
 	$(BIN)/cell run -- python3 -c 'print(6*7)'
 
-# Everything: unit tests with -race (no VMs), then the end-to-end tests with real VMs.
-test: setup build image lint test-unit test-e2e
+# Everything: unit tests with -race (no VMs), the end-to-end tests with real VMs, then E2B's own
+# JS SDK (pinned in test/e2b-sdk) against `cell serve`.
+test: setup build image lint test-unit test-e2e test-sdk
 
 test-unit:
 	$(GO) test -race -count=1 $$($(GO) list ./... | grep -v /test/)
 
 test-e2e:
 	CELL_BIN=$(CURDIR)/$(BIN)/cell $(GO) test -count=1 -timeout 30m -v ./test/e2e/... 2>&1 | tee $(BIN)/e2e.log | grep -E '^(=== RUN|--- |PASS|FAIL|ok|panic|\s+\S+_test.go)' ; exit $${PIPESTATUS[0]}
+
+# E2B's JS SDK, unchanged, against a `cell serve` with a fresh data directory (the image is
+# taken from $$CELL_HOME's cache).
+test-sdk: build
+	cd test/e2b-sdk && npm ci --no-audit --no-fund --loglevel=error && \
+	  CELL_BIN=$(CURDIR)/$(BIN)/cell CELL_IMAGE_HOME="$${CELL_HOME:-$$HOME/.local/share/cell}" npm test
+
+# Benchmarks (real VMs): Go client through the proxy, then E2B's SDK. Not part of `make test`.
+bench-serve: build
+	CELL_BIN=$(CURDIR)/$(BIN)/cell $(GO) test -run '^$$' -bench BenchmarkServe -benchtime 20x -count 1 ./test/e2e/
+bench-sdk: build
+	cd test/e2b-sdk && npm ci --no-audit --no-fund --loglevel=error && \
+	  CELL_BIN=$(CURDIR)/$(BIN)/cell CELL_IMAGE_HOME="$${CELL_HOME:-$$HOME/.local/share/cell}" npm run bench
 
 lint:
 	$(GO) vet ./...

@@ -7,6 +7,8 @@ packages=(
   linux-source-6.1 make gcc flex bison bc libelf-dev xz-utils cpio  # guest kernel
   ca-certificates
 )
+# The E2B SDK test suite needs Node.js 20+ and npm; Debian's nodejs is used only when none is there.
+command -v node >/dev/null || packages+=(nodejs npm)
 missing=()
 for p in "${packages[@]}"; do
   [ "$(dpkg-query -W -f='${Status}' "$p" 2>/dev/null)" = "install ok installed" ] || missing+=("$p")

@@ -7,14 +7,15 @@ import (
 	"flag"
 	"fmt"
 	"log/slog"
-	"net/http"
 	"os"
 	"os/signal"
 	"syscall"
 
+	"github.com/cellhq/cell/envd/filesystem"
 	"github.com/cellhq/cell/envd/initd"
 	"github.com/cellhq/cell/envd/process"
 	"github.com/cellhq/cell/envd/server"
+	"github.com/cellhq/cell/envd/state"
 	"github.com/cellhq/cell/envd/vport"
 	"github.com/cellhq/cell/internal/channel"
 )
@@ -57,9 +58,16 @@ func serve(log *slog.Logger, args []string) int {
 	}
 	defer func() { _ = port.Close() }()
 	initd.Trace("serve: port open")
-	procs := process.New(log, *user)
+	defaults := state.New(*user)
+	procs := process.New(log, defaults)
 	defer procs.Close()
-	h := server.Handler(procs, func() { _ = syscall.Kill(1, syscall.SIGTERM) })
-	server.ServeChannel(ctx, log, func() server.Conn { return port.Next() }, http.Handler(h))
+	files := filesystem.New(log, defaults)
+	defer files.Close()
+	h := server.Handler(server.Services{
+		Defaults: defaults, Process: procs, FS: files, Metrics: &server.Metrics{Root: "/"},
+		PowerOff: func() { _ = syscall.Kill(1, syscall.SIGTERM) },
+		SetClock: server.SetClock, Log: log,
+	})
+	server.ServeChannel(ctx, log, func() server.Conn { return port.Next() }, h)
 	return 0
 }

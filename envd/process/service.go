@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net/http"
 	"os"
 	"os/exec"
 	"os/user"
@@ -16,7 +17,9 @@ import (
 	"time"
 
 	"connectrpc.com/connect"
+	"github.com/creack/pty"
 
+	"github.com/cellhq/cell/envd/state"
 	pb "github.com/cellhq/cell/proto/process"
 	"github.com/cellhq/cell/proto/process/processconnect"
 )
@@ -33,8 +36,8 @@ const DefaultPath = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bi
 
 // Service is the process service. The zero value is not usable; use New.
 type Service struct {
-	log         *slog.Logger
-	defaultUser string
+	log      *slog.Logger
+	defaults *state.Defaults
 
 	mu    sync.Mutex
 	procs map[uint32]*proc
@@ -43,9 +46,10 @@ type Service struct {
 
 var _ processconnect.ProcessHandler = (*Service)(nil)
 
-// New returns a Service whose commands run as defaultUser unless a request names another.
-func New(log *slog.Logger, defaultUser string) *Service {
-	return &Service{log: log, defaultUser: defaultUser, procs: map[uint32]*proc{}, tags: map[string]*proc{}}
+// New returns a Service whose commands get the user, working directory and environment in
+// defaults unless a request names its own.
+func New(log *slog.Logger, defaults *state.Defaults) *Service {
+	return &Service{log: log, defaults: defaults, procs: map[uint32]*proc{}, tags: map[string]*proc{}}
 }
 
 type subscriber struct {
@@ -59,6 +63,7 @@ type proc struct {
 	pid   uint32
 	pgid  int
 	stdin *os.File // nil when stdin is closed or was never open
+	tty   *os.File // the PTY's controlling side, nil without a PTY
 
 	mu   sync.Mutex
 	subs map[*subscriber]struct{}
@@ -66,6 +71,23 @@ type proc struct {
 	done chan struct{}
 
 	lastRead time.Time
+
+	started, exited time.Time // exited is set before end
+}
+
+// LifetimeTrailer is the response trailer in which Start and Connect report, in microseconds,
+// how long the process ran as envd measured it (from fork to reaping), so that a client can tell
+// its own overhead from the command's run time.
+const LifetimeTrailer = "Cell-Process-Lifetime-Us"
+
+// lifetime returns how long p ran, once it has ended.
+func (p *proc) lifetime() (time.Duration, bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.end == nil {
+		return 0, false
+	}
+	return p.exited.Sub(p.started), true
 }
 
 func (p *proc) subscribe() *subscriber {
@@ -157,19 +179,20 @@ func (s *Service) start(req *pb.StartRequest, userName string) (*proc, *subscrib
 	if cfg.GetCmd() == "" {
 		return nil, nil, connect.NewError(connect.CodeInvalidArgument, errors.New("process.cmd: must not be empty"))
 	}
-	if req.Pty != nil {
-		return nil, nil, connect.NewError(connect.CodeUnimplemented, errors.New("pty: not supported yet"))
-	}
 	if userName == "" {
-		userName = s.defaultUser
+		userName = s.defaults.User()
 	}
 	id, err := LookupUser(userName)
 	if err != nil {
 		return nil, nil, connect.NewError(connect.CodeInvalidArgument, fmt.Errorf("user %q: %w", userName, err))
 	}
 	cwd := id.Home
+	wantCwd := s.defaults.Workdir()
 	if cfg.Cwd != nil && cfg.GetCwd() != "" {
-		cwd = cfg.GetCwd()
+		wantCwd = cfg.GetCwd()
+	}
+	if wantCwd != "" {
+		cwd = wantCwd
 		if !filepath.IsAbs(cwd) {
 			cwd = filepath.Join(id.Home, cwd)
 		}
@@ -182,6 +205,9 @@ func (s *Service) start(req *pb.StartRequest, userName string) (*proc, *subscrib
 	env := map[string]string{
 		"PATH": DefaultPath, "HOME": id.Home, "USER": id.Name, "LOGNAME": id.Name,
 		"SHELL": "/bin/bash", "LANG": "C.UTF-8", "PWD": cwd,
+	}
+	for k, v := range s.defaults.Envs() {
+		env[k] = v
 	}
 	for k, v := range cfg.GetEnvs() {
 		env[k] = v
@@ -202,6 +228,9 @@ func (s *Service) start(req *pb.StartRequest, userName string) (*proc, *subscrib
 		cmd.SysProcAttr.Credential = &syscall.Credential{Uid: id.UID, Gid: id.GID, Groups: id.Groups}
 	}
 
+	if req.Pty != nil {
+		return s.startPTY(req, cmd)
+	}
 	var closers []*os.File
 	closeAll := func() {
 		for _, f := range closers {
@@ -233,28 +262,10 @@ func (s *Service) start(req *pb.StartRequest, userName string) (*proc, *subscrib
 
 	p := &proc{cmd: cmd, stdin: stdinW, subs: map[*subscriber]struct{}{}, done: make(chan struct{})}
 	sub := p.subscribe()
-
-	s.mu.Lock()
-	if req.Tag != nil {
-		if _, taken := s.tags[req.GetTag()]; taken {
-			s.mu.Unlock()
-			closeAll()
-			return nil, nil, connect.NewError(connect.CodeAlreadyExists, fmt.Errorf("tag: %q is used by a running process", req.GetTag()))
-		}
-	}
-	if err := cmd.Start(); err != nil {
-		s.mu.Unlock()
+	if err := s.register(req, p, cmd.Start); err != nil {
 		closeAll()
-		return nil, nil, connect.NewError(connect.CodeInvalidArgument, fmt.Errorf("starting %s: %w", cfg.GetCmd(), err))
+		return nil, nil, err
 	}
-	p.pid = uint32(cmd.Process.Pid)
-	p.pgid = cmd.Process.Pid
-	p.info = &pb.ProcessInfo{Config: cfg, Pid: p.pid, Tag: req.Tag}
-	s.procs[p.pid] = p
-	if req.Tag != nil {
-		s.tags[req.GetTag()] = p
-	}
-	s.mu.Unlock()
 
 	// The child has its copies; ours would keep the pipes open forever.
 	_ = outW.Close()
@@ -263,6 +274,53 @@ func (s *Service) start(req *pb.StartRequest, userName string) (*proc, *subscrib
 		_ = r.Close()
 	}
 	go s.supervise(p, outR, errR)
+	return p, sub, nil
+}
+
+// register starts the process with start and records it, under the lock that keeps tags unique.
+func (s *Service) register(req *pb.StartRequest, p *proc, start func() error) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if req.Tag != nil {
+		if _, taken := s.tags[req.GetTag()]; taken {
+			return connect.NewError(connect.CodeAlreadyExists, fmt.Errorf("tag: %q is used by a running process", req.GetTag()))
+		}
+	}
+	p.started = time.Now()
+	if err := start(); err != nil {
+		return connect.NewError(connect.CodeInvalidArgument, fmt.Errorf("starting %s: %w", req.GetProcess().GetCmd(), err))
+	}
+	p.pid = uint32(p.cmd.Process.Pid)
+	p.pgid = p.cmd.Process.Pid
+	p.info = &pb.ProcessInfo{Config: req.GetProcess(), Pid: p.pid, Tag: req.Tag}
+	s.procs[p.pid] = p
+	if req.Tag != nil {
+		s.tags[req.GetTag()] = p
+	}
+	return nil
+}
+
+// startPTY runs cmd on a new pseudo-terminal whose output is reported as pty data.
+func (s *Service) startPTY(req *pb.StartRequest, cmd *exec.Cmd) (*proc, *subscriber, error) {
+	size := req.GetPty().GetSize()
+	ws := &pty.Winsize{Cols: uint16(min(max(size.GetCols(), 1), 65535)), Rows: uint16(min(max(size.GetRows(), 1), 65535))}
+	// The leader of a new session whose controlling terminal is the PTY (job control works).
+	cmd.SysProcAttr.Setpgid = false
+	cmd.SysProcAttr.Setsid = true
+	cmd.SysProcAttr.Setctty = true
+	p := &proc{cmd: cmd, subs: map[*subscriber]struct{}{}, done: make(chan struct{})}
+	sub := p.subscribe()
+	var tty *os.File
+	err := s.register(req, p, func() error {
+		var err error
+		tty, err = pty.StartWithAttrs(cmd, ws, cmd.SysProcAttr)
+		return err
+	})
+	if err != nil {
+		return nil, nil, err
+	}
+	p.tty = tty
+	go s.supervise(p, tty, nil)
 	return p, sub, nil
 }
 
@@ -312,17 +370,31 @@ func (s *Service) supervise(p *proc, outR, errR *os.File) {
 			}
 		}
 	}
-	readers.Add(2)
-	go pump(outR, func(b []byte) *pb.ProcessEvent_DataEvent {
-		return &pb.ProcessEvent_DataEvent{Output: &pb.ProcessEvent_DataEvent_Stdout{Stdout: b}}
-	})
-	go pump(errR, func(b []byte) *pb.ProcessEvent_DataEvent {
-		return &pb.ProcessEvent_DataEvent{Output: &pb.ProcessEvent_DataEvent_Stderr{Stderr: b}}
-	})
+	closePipes := func() {
+		_ = outR.Close()
+		if errR != nil {
+			_ = errR.Close()
+		}
+	}
+	if p.tty != nil {
+		readers.Add(1)
+		go pump(outR, func(b []byte) *pb.ProcessEvent_DataEvent {
+			return &pb.ProcessEvent_DataEvent{Output: &pb.ProcessEvent_DataEvent_Pty{Pty: b}}
+		})
+	} else {
+		readers.Add(2)
+		go pump(outR, func(b []byte) *pb.ProcessEvent_DataEvent {
+			return &pb.ProcessEvent_DataEvent{Output: &pb.ProcessEvent_DataEvent_Stdout{Stdout: b}}
+		})
+		go pump(errR, func(b []byte) *pb.ProcessEvent_DataEvent {
+			return &pb.ProcessEvent_DataEvent{Output: &pb.ProcessEvent_DataEvent_Stderr{Stderr: b}}
+		})
+	}
 	readersDone := make(chan struct{})
 	go func() { readers.Wait(); close(readersDone) }()
 
 	waitErr := p.cmd.Wait()
+	exited := time.Now()
 
 	// Drain what the process wrote; give up on pipes held open by its children once they stall.
 	tick := time.NewTicker(drainGrace / 4)
@@ -336,16 +408,14 @@ drain:
 			stalled := time.Since(p.lastRead) > drainGrace
 			progressMu.Unlock()
 			if stalled {
-				_ = outR.Close()
-				_ = errR.Close()
+				closePipes()
 				<-readersDone
 				break drain
 			}
 		}
 	}
 	tick.Stop()
-	_ = outR.Close()
-	_ = errR.Close()
+	closePipes()
 
 	end := endEvent(p.cmd.ProcessState, waitErr)
 	s.mu.Lock()
@@ -359,11 +429,13 @@ drain:
 		_ = p.stdin.Close()
 		p.stdin = nil
 	}
+	p.tty = nil // closed with outR
 	p.mu.Unlock()
 	ev := &pb.ProcessEvent{Event: &pb.ProcessEvent_End{End: end}}
 	p.broadcast(ev)
 	p.mu.Lock()
 	p.end = ev
+	p.exited = exited
 	p.subs = nil
 	p.mu.Unlock()
 	close(p.done)
@@ -393,12 +465,12 @@ func endEvent(st *os.ProcessState, waitErr error) *pb.ProcessEvent_EndEvent {
 
 // stream relays a subscriber's events to send until the process ends or ctx is done. The process
 // keeps running when the client goes away.
-func stream(ctx context.Context, p *proc, sub *subscriber, send func(*pb.ProcessEvent) error) error {
+func stream(ctx context.Context, p *proc, sub *subscriber, keepalive time.Duration, send func(*pb.ProcessEvent) error) error {
 	defer p.unsubscribe(sub)
 	if err := send(&pb.ProcessEvent{Event: &pb.ProcessEvent_Start{Start: &pb.ProcessEvent_StartEvent{Pid: p.pid}}}); err != nil {
 		return err
 	}
-	ka := time.NewTicker(KeepAliveInterval)
+	ka := time.NewTicker(keepalive)
 	defer ka.Stop()
 	for {
 		select {
@@ -425,7 +497,15 @@ func (s *Service) Start(ctx context.Context, req *connect.Request[pb.StartReques
 	if err != nil {
 		return err
 	}
-	return stream(ctx, p, sub, func(ev *pb.ProcessEvent) error { return out.Send(&pb.StartResponse{Event: ev}) })
+	err = stream(ctx, p, sub, KeepAlive(req.Header()), func(ev *pb.ProcessEvent) error { return out.Send(&pb.StartResponse{Event: ev}) })
+	setLifetime(p, out.ResponseTrailer())
+	return err
+}
+
+func setLifetime(p *proc, trailer http.Header) {
+	if d, ok := p.lifetime(); ok {
+		trailer.Set(LifetimeTrailer, strconv.FormatInt(d.Microseconds(), 10))
+	}
 }
 
 // Connect re-attaches to a running process's events.
@@ -435,7 +515,9 @@ func (s *Service) Connect(ctx context.Context, req *connect.Request[pb.ConnectRe
 		return err
 	}
 	sub := p.subscribe()
-	return stream(ctx, p, sub, func(ev *pb.ProcessEvent) error { return out.Send(&pb.ConnectResponse{Event: ev}) })
+	err = stream(ctx, p, sub, KeepAlive(req.Header()), func(ev *pb.ProcessEvent) error { return out.Send(&pb.ConnectResponse{Event: ev}) })
+	setLifetime(p, out.ResponseTrailer())
+	return err
 }
 
 // List returns the running processes.
@@ -449,12 +531,26 @@ func (s *Service) List(context.Context, *connect.Request[pb.ListRequest]) (*conn
 	return connect.NewResponse(res), nil
 }
 
-// Update changes a process's PTY size; PTYs are not supported yet.
+// Update resizes a process's PTY.
 func (s *Service) Update(_ context.Context, req *connect.Request[pb.UpdateRequest]) (*connect.Response[pb.UpdateResponse], error) {
-	if _, err := s.lookup(req.Msg.GetProcess()); err != nil {
+	p, err := s.lookup(req.Msg.GetProcess())
+	if err != nil {
 		return nil, err
 	}
-	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("pty: not supported yet"))
+	if req.Msg.Pty == nil {
+		return connect.NewResponse(&pb.UpdateResponse{}), nil
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.tty == nil {
+		return nil, connect.NewError(connect.CodeFailedPrecondition, fmt.Errorf("process %d: has no pty", p.pid))
+	}
+	size := req.Msg.GetPty().GetSize()
+	ws := &pty.Winsize{Cols: uint16(min(max(size.GetCols(), 1), 65535)), Rows: uint16(min(max(size.GetRows(), 1), 65535))}
+	if err := pty.Setsize(p.tty, ws); err != nil {
+		return nil, connect.NewError(connect.CodeInternal, fmt.Errorf("process %d: resizing pty: %w", p.pid, err))
+	}
+	return connect.NewResponse(&pb.UpdateResponse{}), nil
 }
 
 func (s *Service) writeInput(p *proc, in *pb.ProcessInput) error {
@@ -471,7 +567,15 @@ func (s *Service) writeInput(p *proc, in *pb.ProcessInput) error {
 		}
 		return nil
 	case *pb.ProcessInput_Pty:
-		return connect.NewError(connect.CodeUnimplemented, errors.New("pty: not supported yet"))
+		p.mu.Lock()
+		defer p.mu.Unlock()
+		if p.tty == nil {
+			return connect.NewError(connect.CodeFailedPrecondition, fmt.Errorf("process %d: has no pty", p.pid))
+		}
+		if _, err := p.tty.Write(v.Pty); err != nil {
+			return connect.NewError(connect.CodeFailedPrecondition, fmt.Errorf("process %d: writing pty: %w", p.pid, err))
+		}
+		return nil
 	}
 	return connect.NewError(connect.CodeInvalidArgument, errors.New("input: stdin or pty data is required"))
 }

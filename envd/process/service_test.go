@@ -18,6 +18,7 @@ import (
 	"connectrpc.com/connect"
 	"go.uber.org/goleak"
 
+	"github.com/cellhq/cell/envd/state"
 	pb "github.com/cellhq/cell/proto/process"
 	"github.com/cellhq/cell/proto/process/processconnect"
 )
@@ -34,7 +35,7 @@ func currentUser(t *testing.T) string {
 
 func newClient(t *testing.T) (processconnect.ProcessClient, *Service) {
 	t.Helper()
-	svc := New(slog.New(slog.DiscardHandler), currentUser(t))
+	svc := New(slog.New(slog.DiscardHandler), state.New(currentUser(t)))
 	mux := http.NewServeMux()
 	mux.Handle(processconnect.NewProcessHandler(svc))
 	srv := httptest.NewServer(mux)

@@ -2,7 +2,9 @@ package process
 
 import (
 	"encoding/base64"
+	"strconv"
 	"strings"
+	"time"
 )
 
 // UserFromHeader returns the user name E2B's SDKs send as the Basic auth user ("" if none).
@@ -18,4 +20,17 @@ func UserFromHeader(h interface{ Get(string) string }) string {
 	}
 	name, _, _ := strings.Cut(string(raw), ":")
 	return name
+}
+
+// KeepAliveHeader is the header in which E2B's SDKs ask for keepalive events (seconds).
+const KeepAliveHeader = "Keepalive-Ping-Interval"
+
+// KeepAlive returns the keepalive interval a request asks for, within sane bounds, or
+// KeepAliveInterval.
+func KeepAlive(h interface{ Get(string) string }) time.Duration {
+	n, err := strconv.Atoi(h.Get(KeepAliveHeader))
+	if err != nil || n <= 0 {
+		return KeepAliveInterval
+	}
+	return time.Duration(min(max(n, 1), 3600)) * time.Second
 }

@@ -2,40 +2,144 @@ package server
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
+	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
+	"strings"
 	"time"
 
+	"golang.org/x/sys/unix"
+
+	"github.com/cellhq/cell/envd/filesystem"
 	"github.com/cellhq/cell/envd/process"
+	"github.com/cellhq/cell/envd/state"
 	"github.com/cellhq/cell/internal/channel"
+	"github.com/cellhq/cell/proto/filesystem/filesystemconnect"
 	"github.com/cellhq/cell/proto/process/processconnect"
 )
 
-// Version is envd's version as reported to clients. E2B's SDKs enable features by it.
-const Version = "0.2.0"
+// Version is envd's version as reported to clients. E2B's SDKs enable features by it: 0.6.4 is
+// the newest feature level Cell implements (octet-stream uploads, file metadata, watch entries).
+const Version = "0.6.4"
 
 // PowerOffPath asks envd to power the guest off (Cell-specific, not part of E2B's API).
 const PowerOffPath = "/cell/poweroff"
 
-// Handler returns envd's HTTP handler. powerOff is called (once per request) for PowerOffPath.
-func Handler(procs *process.Service, powerOff func()) http.Handler {
+// maxInitBody bounds the /init request.
+const maxInitBody = 1 << 20
+
+// Services are what the handler serves.
+type Services struct {
+	Defaults *state.Defaults
+	Process  *process.Service
+	FS       *filesystem.Service
+	Metrics  *Metrics
+	// PowerOff is called (once per request) for PowerOffPath.
+	PowerOff func()
+	// SetClock sets the guest's wall clock (nil: left alone).
+	SetClock func(time.Time) error
+	Log      *slog.Logger
+}
+
+// Handler returns envd's HTTP handler.
+func Handler(s Services) http.Handler {
 	mux := http.NewServeMux()
-	path, h := processconnect.NewProcessHandler(procs)
+	path, h := processconnect.NewProcessHandler(s.Process)
+	mux.Handle(path, h)
+	path, h = filesystemconnect.NewFilesystemHandler(s.FS)
 	mux.Handle(path, h)
 	mux.HandleFunc("GET /health", func(w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("X-Envd-Version", Version)
 		w.WriteHeader(http.StatusNoContent)
 	})
+	mux.HandleFunc("GET /envs", func(w http.ResponseWriter, _ *http.Request) {
+		writeJSON(w, s.Defaults.Envs())
+	})
+	mux.HandleFunc("GET /metrics", func(w http.ResponseWriter, _ *http.Request) {
+		m, err := s.Metrics.Read()
+		if err != nil {
+			filesystem.WriteError(w, http.StatusInternalServerError, "metrics: %v", err)
+			return
+		}
+		writeJSON(w, m)
+	})
+	mux.HandleFunc("POST /init", s.init)
+	files := &filesystem.Files{Defaults: s.Defaults}
+	mux.Handle("/files", files)
 	mux.HandleFunc("POST "+PowerOffPath, func(w http.ResponseWriter, _ *http.Request) {
 		w.WriteHeader(http.StatusAccepted)
 		if f, ok := w.(http.Flusher); ok {
 			f.Flush()
 		}
-		go powerOff()
+		go s.PowerOff()
 	})
-	return mux
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		// /health is open; /files checks the token or a signed URL itself; the rest need the token.
+		if r.URL.Path != "/health" && r.URL.Path != "/files" && !s.Defaults.CheckToken(r.Header.Get(filesystem.AccessTokenHeader)) {
+			if strings.HasPrefix(r.URL.Path, "/process.") || strings.HasPrefix(r.URL.Path, "/filesystem.") {
+				// A Connect error, which Connect clients read from any non-200 answer.
+				w.Header().Set("Content-Type", "application/json")
+				w.WriteHeader(http.StatusUnauthorized)
+				_, _ = io.WriteString(w, `{"code":"unauthenticated","message":"invalid or missing access token"}`)
+				return
+			}
+			filesystem.WriteError(w, http.StatusUnauthorized, "invalid or missing access token")
+			return
+		}
+		mux.ServeHTTP(w, r)
+	})
+}
+
+func writeJSON(w http.ResponseWriter, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	_ = json.NewEncoder(w).Encode(v)
+}
+
+// InitRequest is the body of POST /init (E2B's field names).
+type InitRequest struct {
+	EnvVars        map[string]string `json:"envVars,omitempty"`
+	AccessToken    *string           `json:"accessToken,omitempty"`
+	Timestamp      *time.Time        `json:"timestamp,omitempty"`
+	DefaultUser    *string           `json:"defaultUser,omitempty"`
+	DefaultWorkdir *string           `json:"defaultWorkdir,omitempty"`
+	HyperloopIP    string            `json:"hyperloopIP,omitempty"`
+}
+
+func (s Services) init(w http.ResponseWriter, r *http.Request) {
+	var req InitRequest
+	dec := json.NewDecoder(io.LimitReader(r.Body, maxInitBody))
+	if err := dec.Decode(&req); err != nil && !errors.Is(err, io.EOF) {
+		filesystem.WriteError(w, http.StatusBadRequest, "init: %v", err)
+		return
+	}
+	if req.DefaultUser != nil && *req.DefaultUser != "" {
+		if _, err := process.LookupUser(*req.DefaultUser); err != nil {
+			filesystem.WriteError(w, http.StatusBadRequest, "defaultUser: user %q not found", *req.DefaultUser)
+			return
+		}
+	}
+	if req.Timestamp != nil && s.SetClock != nil {
+		if d := time.Since(*req.Timestamp); d > 50*time.Millisecond || d < -50*time.Millisecond {
+			if err := s.SetClock(*req.Timestamp); err != nil {
+				s.Log.Warn("setting the clock", "err", err)
+			}
+		}
+	}
+	s.Defaults.Apply(state.Update{User: req.DefaultUser, Workdir: req.DefaultWorkdir, Envs: req.EnvVars, Token: req.AccessToken})
+	w.WriteHeader(http.StatusNoContent)
+}
+
+// SetClock sets the system wall clock.
+func SetClock(t time.Time) error {
+	tv := unix.NsecToTimeval(t.UnixNano())
+	if err := unix.Settimeofday(&tv); err != nil {
+		return fmt.Errorf("settimeofday: %w", err)
+	}
+	return nil
 }
 
 // Conn is one host visit on the channel.

@@ -49,6 +49,16 @@ func (g *globals) homeDir() (string, error) {
 	return h, nil
 }
 
+// imageHome is $CELL_IMAGE_HOME (a data directory whose image cache to use), else home.
+func imageHome(home string) string {
+	if h := os.Getenv("CELL_IMAGE_HOME"); h != "" {
+		if abs, err := filepath.Abs(h); err == nil {
+			return abs
+		}
+	}
+	return home
+}
+
 // envdPath is --envd, else $CELL_ENVD, else envd next to the cell binary.
 func (g *globals) envdPath() (string, error) {
 	if g.envd != "" {
@@ -77,7 +87,7 @@ func (g *globals) builder(progress bool) (*image.Builder, error) {
 	if err != nil {
 		return nil, err
 	}
-	b := &image.Builder{Home: home, Envd: envd, Log: g.logger()}
+	b := &image.Builder{Home: imageHome(home), Envd: envd, Log: g.logger()}
 	if progress {
 		b.Progress = os.Stderr
 	}
@@ -89,6 +99,7 @@ type runtimeOpts struct {
 	dieWithParent bool
 	bootTimeout   time.Duration
 	attempts      int
+	detached      bool
 }
 
 // runtime builds the image if needed, resolves the accelerator and returns a sandbox runtime.
@@ -102,8 +113,8 @@ func (g *globals) runtime(ctx context.Context, o runtimeOpts) (*sandbox.Runtime,
 		return nil, vmm.AccelChoice{}, err
 	}
 	return sandbox.NewRuntime(ctx, sandbox.RuntimeConfig{
-		Home: home, Envd: envd, RunDir: os.Getenv("CELL_RUN_DIR"), Accel: o.accel, MaxVMs: g.maxVMs,
-		Attempts: o.attempts, BootTimeout: o.bootTimeout, DieWithParent: o.dieWithParent,
+		Home: home, ImageHome: imageHome(home), Envd: envd, RunDir: os.Getenv("CELL_RUN_DIR"), Accel: o.accel, MaxVMs: g.maxVMs,
+		Attempts: o.attempts, BootTimeout: o.bootTimeout, DieWithParent: o.dieWithParent, Detached: o.detached,
 		Build: true, Progress: os.Stderr, Log: g.logger(),
 	})
 }

@@ -19,6 +19,7 @@ import (
 // RuntimeConfig is what NewRuntime needs.
 type RuntimeConfig struct {
 	Home          string // data directory: image cache, accel probe cache, run dir
+	ImageHome     string // where the image cache lives (default Home)
 	Envd          string // envd binary for the image
 	RunDir        string // where VM directories go; default from Home (see RunDir)
 	Accel         vmm.Accel
@@ -26,6 +27,8 @@ type RuntimeConfig struct {
 	Attempts      int
 	BootTimeout   time.Duration
 	DieWithParent bool
+	// Detached VMs outlive this process (for `cell serve`, which re-adopts them on restart).
+	Detached bool
 	// Build builds the image when it is missing (with progress to Progress); otherwise a missing
 	// image is an error.
 	Build    bool
@@ -73,7 +76,10 @@ func NewRuntime(ctx context.Context, cfg RuntimeConfig) (*Runtime, vmm.AccelChoi
 	if err := errors.Join(err1, err2); err != nil {
 		return nil, vmm.AccelChoice{}, err
 	}
-	b := &image.Builder{Home: cfg.Home, Envd: cfg.Envd, Progress: cfg.Progress, Log: cfg.Log}
+	if cfg.ImageHome == "" {
+		cfg.ImageHome = cfg.Home
+	}
+	b := &image.Builder{Home: cfg.ImageHome, Envd: cfg.Envd, Progress: cfg.Progress, Log: cfg.Log}
 	img, err := b.Lookup()
 	if err != nil {
 		if !cfg.Build {
@@ -101,7 +107,7 @@ func NewRuntime(ctx context.Context, cfg RuntimeConfig) (*Runtime, vmm.AccelChoi
 	}
 	host, err := vmm.NewHost(vmm.Config{
 		QEMU: qemu, QEMUImg: qemuImg, RunDir: rd, MaxVMs: cfg.MaxVMs, Attempts: cfg.Attempts,
-		BootTimeout: cfg.BootTimeout, DieWithParent: cfg.DieWithParent, Sandbox: true, Log: cfg.Log,
+		BootTimeout: cfg.BootTimeout, DieWithParent: cfg.DieWithParent, Detached: cfg.Detached, Sandbox: true, Log: cfg.Log,
 	})
 	if err != nil {
 		return nil, choice, err

@@ -39,6 +39,7 @@ type Runtime struct {
 
 // Options describe one sandbox.
 type Options struct {
+	ID         string // chosen by Boot when empty
 	Template   string
 	MemoryMiB  int
 	CPUs       int
@@ -75,7 +76,10 @@ func (r *Runtime) Boot(ctx context.Context, opts Options) (*Sandbox, error) {
 		opts.CPUs = DefaultCPUs
 	}
 	start := time.Now()
-	id := ids.NewSandboxID()
+	id := opts.ID
+	if id == "" {
+		id = ids.NewSandboxID()
+	}
 	vm, err := r.Host.Start(ctx, vmm.Spec{
 		ID: id, Kernel: r.Image.Kernel, BaseDisk: r.Image.Disk, MemoryMiB: opts.MemoryMiB, CPUs: opts.CPUs,
 		Accel: r.Accel, KernelArgs: append([]string{"cell.hostname=" + id}, opts.KernelArgs...),
@@ -83,12 +87,30 @@ func (r *Runtime) Boot(ctx context.Context, opts Options) (*Sandbox, error) {
 	if err != nil {
 		return nil, fmt.Errorf("booting sandbox: %w", err)
 	}
-	hc := vm.Channel.HTTPClient()
-	return &Sandbox{
-		ID: id, VM: vm, BootTime: time.Since(start), http: hc,
-		Process: processconnect.NewProcessClient(hc, envdURL),
-	}, nil
+	sb := newSandbox(vm)
+	sb.BootTime = time.Since(start)
+	return sb, nil
 }
+
+func newSandbox(vm *vmm.VM) *Sandbox {
+	hc := vm.Channel.HTTPClient()
+	return &Sandbox{ID: vm.ID, VM: vm, http: hc, Process: processconnect.NewProcessClient(hc, envdURL)}
+}
+
+// Adopt takes over a sandbox an earlier process booted detached (see vmm.Host.Adopt).
+func (r *Runtime) Adopt(ctx context.Context, id string, pid int, startTicks uint64) (*Sandbox, error) {
+	vm, err := r.Host.Adopt(ctx, id, pid, startTicks)
+	if err != nil {
+		return nil, err
+	}
+	return newSandbox(vm), nil
+}
+
+// HTTP returns a client whose requests reach envd (any URL host; by convention http://envd).
+func (s *Sandbox) HTTP() *http.Client { return s.http }
+
+// EnvdURL is the base URL for HTTP().
+const EnvdURL = envdURL
 
 // Close stops the VM and releases everything. It is idempotent.
 func (s *Sandbox) Close() error { return s.VM.Close() }

@@ -43,7 +43,16 @@ type console struct {
 
 // startConsole reads r until it ends, writing at most ConsoleLogLimit bytes to the file at path.
 func startConsole(r io.Reader, path string) (*console, error) {
-	f, err := os.OpenFile(path, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o600)
+	return openConsole(r, path, os.O_TRUNC)
+}
+
+// appendConsole is startConsole for a VM whose log already has its beginning.
+func appendConsole(r io.Reader, path string) (*console, error) {
+	return openConsole(r, path, os.O_APPEND)
+}
+
+func openConsole(r io.Reader, path string, mode int) (*console, error) {
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_WRONLY|mode, 0o600)
 	if err != nil {
 		return nil, fmt.Errorf("opening console log: %w", err)
 	}

@@ -36,6 +36,9 @@ type Config struct {
 	StopGrace time.Duration
 	// DieWithParent makes QEMU receive SIGKILL when this process dies (for `cell run`).
 	DieWithParent bool
+	// Detached VMs outlive this process so that a restarted daemon can adopt them: QEMU's own
+	// output goes to qemu.log in the VM's directory instead of a pipe.
+	Detached bool
 	// Sandbox enables QEMU's seccomp sandbox.
 	Sandbox bool
 	TSCkHz  int
@@ -78,6 +81,9 @@ func NewHost(cfg Config) (*Host, error) {
 	return &Host{cfg: cfg, slots: semaphore.NewWeighted(int64(cfg.MaxVMs))}, nil
 }
 
+// RunDir is where the host's VM directories live.
+func (h *Host) RunDir() string { return h.cfg.RunDir }
+
 // Spec is one VM to start.
 type Spec struct {
 	ID         string
@@ -94,10 +100,14 @@ type VM struct {
 	ID  string
 	Dir WorkDir
 	PID int
+	// StartTicks is QEMU's start time (/proc/PID/stat field 22): with PID it names the process
+	// even after the PID is reused.
+	StartTicks uint64
 
 	host    *Host
 	log     *slog.Logger
 	cmd     *exec.Cmd
+	proc    *os.Process
 	stderr  *tail
 	console *console
 	conCon  net.Conn
@@ -109,6 +119,9 @@ type VM struct {
 
 	closeOnce sync.Once
 	closeErr  error
+
+	detached  bool
+	stopWatch func() // stops the exit watcher of an adopted VM
 }
 
 // BootError is a failed boot with what QEMU and the guest said.
@@ -201,12 +214,12 @@ func (h *Host) startOnce(ctx context.Context, spec Spec) (_ *VM, retErr error) {
 			return
 		}
 		if retErr != nil {
-			be := &BootError{Err: retErr, QEMUStderr: vm.stderr.String()}
+			be := &BootError{Err: retErr}
 			var inner *BootError
 			if errors.As(retErr, &inner) {
 				be = inner
-				be.QEMUStderr = vm.stderr.String()
 			}
+			defer func() { be.QEMUStderr = vm.stderrText() }()
 			_ = vm.teardown()
 			// The console is complete once QEMU is gone.
 			if vm.console != nil {
@@ -237,8 +250,17 @@ func (h *Host) startOnce(ctx context.Context, spec Spec) (_ *VM, retErr error) {
 	cmd.Dir = dir.Path
 	cmd.Stdout = vm.stderr
 	cmd.Stderr = vm.stderr
+	if h.cfg.Detached {
+		logf, err := os.OpenFile(dir.File("qemu.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+		if err != nil {
+			return nil, fmt.Errorf("opening qemu.log: %w", err)
+		}
+		defer func() { _ = logf.Close() }() // QEMU has its own copy once started
+		cmd.Stdout, cmd.Stderr = logf, logf
+		vm.detached = true
+	}
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	if h.cfg.DieWithParent {
+	if h.cfg.DieWithParent && !h.cfg.Detached {
 		cmd.SysProcAttr.Pdeathsig = syscall.SIGKILL
 	}
 	t0 := time.Now()
@@ -246,7 +268,9 @@ func (h *Host) startOnce(ctx context.Context, spec Spec) (_ *VM, retErr error) {
 		return nil, fmt.Errorf("starting qemu: %w", err)
 	}
 	vm.cmd = cmd
+	vm.proc = cmd.Process
 	vm.PID = vm.cmd.Process.Pid
+	vm.StartTicks, _ = ProcessStartTicks(vm.PID)
 	go func() {
 		vm.exitErr = vm.cmd.Wait()
 		close(vm.exited)
@@ -390,19 +414,22 @@ func (vm *VM) teardown() error {
 	if vm.Channel != nil {
 		_ = vm.Channel.Close()
 	}
-	if vm.cmd != nil && vm.cmd.Process != nil {
+	if vm.proc != nil {
 		select {
 		case <-vm.exited:
 		default:
-			_ = vm.cmd.Process.Signal(syscall.SIGTERM)
+			_ = vm.proc.Signal(syscall.SIGTERM)
 			select {
 			case <-vm.exited:
 			case <-time.After(vm.host.cfg.StopGrace):
 				vm.log.Warn("qemu ignored SIGTERM, killing it", "pid", vm.PID)
-				_ = vm.cmd.Process.Kill()
+				_ = vm.proc.Kill()
 				<-vm.exited
 			}
 		}
+	}
+	if vm.stopWatch != nil {
+		vm.stopWatch()
 	}
 	if vm.QMP != nil {
 		_ = vm.QMP.Close()

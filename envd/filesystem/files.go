@@ -1,0 +1,344 @@
+package filesystem
+
+import (
+	"compress/gzip"
+	"crypto/sha256"
+	"crypto/subtle"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"mime"
+	"mime/multipart"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/cellhq/cell/envd/process"
+	"github.com/cellhq/cell/envd/state"
+)
+
+// MetadataHeaderPrefix marks request headers that become a file's metadata (user.* xattrs).
+const MetadataHeaderPrefix = "X-Metadata-"
+
+// AccessTokenHeader carries envd's access token.
+const AccessTokenHeader = "X-Access-Token"
+
+// Files serves GET and POST /files.
+type Files struct {
+	Defaults *state.Defaults
+	// Now is the clock signatures are checked against (time.Now when nil).
+	Now func() time.Time
+}
+
+type fileError struct {
+	Code    int    `json:"code"`
+	Message string `json:"message"`
+}
+
+// WriteError writes envd's JSON error body.
+func WriteError(w http.ResponseWriter, code int, format string, args ...any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(code)
+	_ = json.NewEncoder(w).Encode(fileError{Code: code, Message: fmt.Sprintf(format, args...)})
+}
+
+// Sign returns the signature E2B's SDKs put on a /files URL: "v1_" and the unpadded standard
+// base64 of SHA-256 over "path:operation:user:token[:expiration]".
+func Sign(path, operation, user, token string, expiration int64) string {
+	raw := path + ":" + operation + ":" + user + ":" + token
+	if expiration != 0 {
+		raw += ":" + strconv.FormatInt(expiration, 10)
+	}
+	sum := sha256.Sum256([]byte(raw))
+	return "v1_" + strings.TrimRight(base64.StdEncoding.EncodeToString(sum[:]), "=")
+}
+
+// authorize checks the access token or, failing that, the URL's signature for operation.
+func (f *Files) authorize(r *http.Request, operation string) (int, error) {
+	token := f.Defaults.Token()
+	if token == "" {
+		return 0, nil
+	}
+	if got := r.Header.Get(AccessTokenHeader); got != "" {
+		if f.Defaults.CheckToken(got) {
+			return 0, nil
+		}
+		return http.StatusUnauthorized, errors.New("invalid access token")
+	}
+	q := r.URL.Query()
+	sig := q.Get("signature")
+	if sig == "" {
+		return http.StatusUnauthorized, errors.New("missing access token or signature")
+	}
+	var exp int64
+	if s := q.Get("signature_expiration"); s != "" {
+		n, err := strconv.ParseInt(s, 10, 64)
+		if err != nil {
+			return http.StatusBadRequest, fmt.Errorf("signature_expiration: %q is not a unix time", s)
+		}
+		now := time.Now
+		if f.Now != nil {
+			now = f.Now
+		}
+		if n < now().Unix() {
+			return http.StatusUnauthorized, errors.New("signature expired")
+		}
+		exp = n
+	}
+	want := Sign(q.Get("path"), operation, q.Get("username"), token, exp)
+	if subtle.ConstantTimeCompare([]byte(sig), []byte(want)) != 1 {
+		return http.StatusUnauthorized, errors.New("invalid signature")
+	}
+	return 0, nil
+}
+
+func (f *Files) identity(r *http.Request) (process.Identity, int, error) {
+	name := r.URL.Query().Get("username")
+	if name == "" {
+		name = process.UserFromHeader(r.Header)
+	}
+	if name == "" {
+		name = f.Defaults.User()
+	}
+	id, err := process.LookupUser(name)
+	if err != nil {
+		return id, http.StatusUnauthorized, fmt.Errorf("username: user %q not found", name)
+	}
+	return id, 0, nil
+}
+
+// ServeHTTP handles GET (download) and POST (upload).
+func (f *Files) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	op := "read"
+	if r.Method == http.MethodPost {
+		op = "write"
+	} else if r.Method != http.MethodGet && r.Method != http.MethodHead {
+		w.Header().Set("Allow", "GET, HEAD, POST")
+		WriteError(w, http.StatusMethodNotAllowed, "method %s not allowed on /files", r.Method)
+		return
+	}
+	if code, err := f.authorize(r, op); err != nil {
+		WriteError(w, code, "%v", err)
+		return
+	}
+	id, code, err := f.identity(r)
+	if err != nil {
+		WriteError(w, code, "%v", err)
+		return
+	}
+	if op == "read" {
+		f.download(w, r, id)
+		return
+	}
+	f.upload(w, r, id)
+}
+
+func (f *Files) download(w http.ResponseWriter, r *http.Request, id process.Identity) {
+	p, err := resolve(r.URL.Query().Get("path"), id)
+	if err != nil {
+		WriteError(w, http.StatusBadRequest, "path: %v", errors.Unwrap(err))
+		return
+	}
+	file, err := os.Open(p)
+	if err != nil {
+		if errors.Is(err, fs.ErrNotExist) {
+			WriteError(w, http.StatusNotFound, "path %s does not exist", p)
+			return
+		}
+		WriteError(w, http.StatusBadRequest, "opening %s: %v", p, err)
+		return
+	}
+	defer func() { _ = file.Close() }()
+	st, err := file.Stat()
+	if err != nil {
+		WriteError(w, http.StatusInternalServerError, "stat %s: %v", p, err)
+		return
+	}
+	if st.IsDir() {
+		WriteError(w, http.StatusBadRequest, "path %s is a directory", p)
+		return
+	}
+	w.Header().Set("Content-Type", "application/octet-stream")
+	w.Header().Set("Content-Disposition", mime.FormatMediaType("attachment", map[string]string{"filename": filepath.Base(p)}))
+	if acceptsGzip(r.Header.Get("Accept-Encoding")) && r.Header.Get("Range") == "" && st.Size() > 0 {
+		w.Header().Set("Content-Encoding", "gzip")
+		w.Header().Set("Vary", "Accept-Encoding")
+		w.Header().Set("Last-Modified", st.ModTime().UTC().Format(http.TimeFormat))
+		if r.Method == http.MethodHead {
+			return
+		}
+		gz, _ := gzip.NewWriterLevel(w, gzip.BestSpeed)
+		_, _ = io.Copy(gz, file)
+		_ = gz.Close()
+		return
+	}
+	http.ServeContent(w, r, "", st.ModTime(), file)
+}
+
+func acceptsGzip(h string) bool {
+	for _, part := range strings.Split(h, ",") {
+		name, params, _ := strings.Cut(strings.TrimSpace(part), ";")
+		if !strings.EqualFold(strings.TrimSpace(name), "gzip") {
+			continue
+		}
+		if q, ok := strings.CutPrefix(strings.TrimSpace(params), "q="); ok {
+			v, err := strconv.ParseFloat(q, 64)
+			return err == nil && v > 0
+		}
+		return true
+	}
+	return false
+}
+
+// uploaded is one entry of the upload response.
+type uploaded struct {
+	Name     string            `json:"name"`
+	Type     string            `json:"type"`
+	Path     string            `json:"path"`
+	Metadata map[string]string `json:"metadata,omitempty"`
+}
+
+func (f *Files) upload(w http.ResponseWriter, r *http.Request, id process.Identity) {
+	md, err := metadataFrom(r.Header)
+	if err != nil {
+		WriteError(w, http.StatusBadRequest, "%v", err)
+		return
+	}
+	body := io.Reader(r.Body)
+	if strings.EqualFold(r.Header.Get("Content-Encoding"), "gzip") {
+		gz, err := gzip.NewReader(r.Body)
+		if err != nil {
+			WriteError(w, http.StatusBadRequest, "Content-Encoding gzip: %v", err)
+			return
+		}
+		defer func() { _ = gz.Close() }()
+		body = gz
+	}
+	qpath := r.URL.Query().Get("path")
+	ctype, params, _ := mime.ParseMediaType(r.Header.Get("Content-Type"))
+	var out []uploaded
+	switch ctype {
+	case "multipart/form-data":
+		mr := multipart.NewReader(body, params["boundary"])
+		for {
+			part, err := mr.NextPart()
+			if errors.Is(err, io.EOF) {
+				break
+			}
+			if err != nil {
+				WriteError(w, http.StatusBadRequest, "reading multipart body: %v", err)
+				return
+			}
+			if part.FormName() != "file" {
+				_ = part.Close()
+				continue
+			}
+			target := qpath
+			if target == "" {
+				target = part.FileName()
+			}
+			u, code, err := writeFile(target, part, id, md)
+			_ = part.Close()
+			if err != nil {
+				WriteError(w, code, "%v", err)
+				return
+			}
+			out = append(out, u)
+		}
+		if len(out) == 0 {
+			WriteError(w, http.StatusBadRequest, "multipart body: no part named \"file\"")
+			return
+		}
+	case "application/octet-stream", "":
+		if qpath == "" {
+			WriteError(w, http.StatusBadRequest, "path: required for an octet-stream upload")
+			return
+		}
+		u, code, err := writeFile(qpath, body, id, md)
+		if err != nil {
+			WriteError(w, code, "%v", err)
+			return
+		}
+		out = append(out, u)
+	default:
+		WriteError(w, http.StatusUnsupportedMediaType, "Content-Type %q: use multipart/form-data or application/octet-stream", ctype)
+		return
+	}
+	w.Header().Set("Content-Type", "application/json")
+	_ = json.NewEncoder(w).Encode(out)
+}
+
+func metadataFrom(h http.Header) (map[string]string, error) {
+	var md map[string]string
+	for k, vs := range h {
+		key, ok := strings.CutPrefix(http.CanonicalHeaderKey(k), MetadataHeaderPrefix)
+		if !ok || len(vs) == 0 {
+			continue
+		}
+		// Header names are canonicalised in transit; metadata keys are kept lower-case.
+		key = strings.ToLower(key)
+		if key == "" || len(key) > 200 || len(vs[0]) > 4000 {
+			return nil, fmt.Errorf("metadata header %s: key or value too long", k)
+		}
+		if md == nil {
+			md = map[string]string{}
+		}
+		md[key] = vs[0]
+	}
+	return md, nil
+}
+
+// writeFile writes r to path (for id), creating parents, owned by id, with metadata md.
+func writeFile(path string, r io.Reader, id process.Identity, md map[string]string) (uploaded, int, error) {
+	p, err := resolve(path, id)
+	if err != nil {
+		return uploaded{}, http.StatusBadRequest, fmt.Errorf("path: %w", errors.Unwrap(err))
+	}
+	if err := mkdirAllAs(filepath.Dir(p), id); err != nil {
+		return uploaded{}, statusFor(err), fmt.Errorf("creating the parents of %s: %w", p, err)
+	}
+	if st, err := os.Stat(p); err == nil && st.IsDir() {
+		return uploaded{}, http.StatusBadRequest, fmt.Errorf("path %s is a directory", p)
+	}
+	file, err := os.OpenFile(p, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o644)
+	if err != nil {
+		return uploaded{}, statusFor(err), fmt.Errorf("opening %s: %w", p, err)
+	}
+	_, err = io.Copy(file, r)
+	if cerr := file.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return uploaded{}, statusFor(err), fmt.Errorf("writing %s: %w", p, err)
+	}
+	if err := os.Lchown(p, int(id.UID), int(id.GID)); err != nil {
+		return uploaded{}, statusFor(err), fmt.Errorf("chown %s: %w", p, err)
+	}
+	for k, v := range md {
+		if err := unix.Lsetxattr(p, xattrPrefix+k, []byte(v), 0); err != nil {
+			return uploaded{}, statusFor(err), fmt.Errorf("metadata %s on %s: %w", k, p, err)
+		}
+	}
+	return uploaded{Name: filepath.Base(p), Type: "file", Path: p, Metadata: md}, 0, nil
+}
+
+func statusFor(err error) int {
+	switch {
+	case errors.Is(err, syscall.ENOSPC), errors.Is(err, syscall.EDQUOT):
+		return http.StatusInsufficientStorage
+	case errors.Is(err, fs.ErrPermission):
+		return http.StatusForbidden
+	case errors.Is(err, syscall.ENOTDIR), errors.Is(err, syscall.EISDIR), errors.Is(err, syscall.ENAMETOOLONG):
+		return http.StatusBadRequest
+	}
+	return http.StatusInternalServerError
+}

@@ -1,0 +1,213 @@
+package filesystem
+
+import (
+	"bytes"
+	"compress/gzip"
+	"context"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"net/url"
+	"os"
+	"os/user"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"connectrpc.com/connect"
+
+	"github.com/cellhq/cell/envd/process"
+	"github.com/cellhq/cell/envd/state"
+	pb "github.com/cellhq/cell/proto/filesystem"
+)
+
+func me(t *testing.T) string {
+	u, err := user.Current()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return u.Username
+}
+
+func TestResolve(t *testing.T) {
+	id := process.Identity{Name: "user", Home: "/home/user"}
+	for in, want := range map[string]string{
+		"a.txt": "/home/user/a.txt", "~": "/home/user", "~/x/../y": "/home/user/y", "/etc/../tmp/z": "/tmp/z",
+		"../../etc/passwd": "/etc/passwd", // relative to home, as E2B does; the guest is the boundary
+	} {
+		got, err := resolve(in, id)
+		if err != nil || got != want {
+			t.Errorf("resolve(%q) = %q, %v; want %q", in, got, err, want)
+		}
+	}
+	for _, bad := range []string{"", "a\x00b"} {
+		if _, err := resolve(bad, id); connect.CodeOf(err) != connect.CodeInvalidArgument {
+			t.Errorf("resolve(%q): %v", bad, err)
+		}
+	}
+}
+
+func filesServer(t *testing.T, token string) (*httptest.Server, *state.Defaults) {
+	d := state.New(me(t))
+	if token != "" {
+		d.Apply(state.Update{Token: &token})
+	}
+	srv := httptest.NewServer(&Files{Defaults: d})
+	t.Cleanup(srv.Close)
+	return srv, d
+}
+
+func TestFilesUploadDownloadAndSignatures(t *testing.T) {
+	srv, _ := filesServer(t, "tok")
+	dir := t.TempDir()
+	p := filepath.Join(dir, "sub", "f.txt")
+	q := url.Values{"path": {p}}
+
+	// Without the token or a signature: refused.
+	resp, err := http.Post(srv.URL+"/files?"+q.Encode(), "application/octet-stream", strings.NewReader("x"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = resp.Body.Close()
+	if resp.StatusCode != 401 {
+		t.Fatalf("unauthenticated upload: %d", resp.StatusCode)
+	}
+
+	// Signed, gzip-encoded octet-stream upload with metadata.
+	var gz bytes.Buffer
+	zw := gzip.NewWriter(&gz)
+	_, _ = zw.Write([]byte("hello"))
+	_ = zw.Close()
+	wq := url.Values{"path": {p}, "signature": {Sign(p, "write", "", "tok", 0)}}
+	req, _ := http.NewRequest("POST", srv.URL+"/files?"+wq.Encode(), &gz)
+	req.Header.Set("Content-Type", "application/octet-stream")
+	req.Header.Set("Content-Encoding", "gzip")
+	req.Header.Set("X-Metadata-Colour", "blue")
+	resp, err = http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	_ = resp.Body.Close()
+	if resp.StatusCode != 200 || !strings.Contains(string(body), `"path":"`+p+`"`) {
+		t.Fatalf("signed upload: %d %s", resp.StatusCode, body)
+	}
+	if got, _ := os.ReadFile(p); string(got) != "hello" {
+		t.Fatalf("content %q", got)
+	}
+	if md := readMetadata(p); md["colour"] != "blue" {
+		t.Errorf("metadata %v", md) // tmpfs without user xattrs would fail here: then the test says so
+	}
+
+	// A write signature does not allow reads; an expired signature is refused; a valid one works.
+	for _, c := range []struct {
+		sig    string
+		exp    int64
+		status int
+	}{
+		{Sign(p, "write", "", "tok", 0), 0, 401},
+		{Sign(p, "read", "", "tok", time.Now().Add(-time.Minute).Unix()), time.Now().Add(-time.Minute).Unix(), 401},
+		{Sign(p, "read", "", "tok", time.Now().Add(time.Minute).Unix()), time.Now().Add(time.Minute).Unix(), 200},
+		{Sign(p, "read", "", "other", 0), 0, 401},
+	} {
+		rq := url.Values{"path": {p}, "signature": {c.sig}}
+		if c.exp != 0 {
+			rq.Set("signature_expiration", strconv.FormatInt(c.exp, 10))
+		}
+		resp, err := http.Get(srv.URL + "/files?" + rq.Encode())
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		_ = resp.Body.Close()
+		if resp.StatusCode != c.status {
+			t.Errorf("download with %s: %d, want %d: %s", c.sig, resp.StatusCode, c.status, b)
+		}
+		if c.status == 200 && string(b) != "hello" {
+			t.Errorf("downloaded %q", b)
+		}
+	}
+
+	// With the token: missing files are 404, directories 400.
+	for path, status := range map[string]int{filepath.Join(dir, "missing"): 404, dir: 400} {
+		req, _ := http.NewRequest("GET", srv.URL+"/files?"+url.Values{"path": {path}}.Encode(), nil)
+		req.Header.Set(AccessTokenHeader, "tok")
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_ = resp.Body.Close()
+		if resp.StatusCode != status {
+			t.Errorf("GET %s: %d, want %d", path, resp.StatusCode, status)
+		}
+	}
+}
+
+func TestWatcherBoundsItsBuffer(t *testing.T) {
+	dir := t.TempDir()
+	svc := New(slog.New(slog.DiscardHandler), state.New(me(t)))
+	defer svc.Close()
+	ctx := context.Background()
+	res, err := svc.CreateWatcher(ctx, connect.NewRequest(&pb.CreateWatcherRequest{Path: dir}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	wid := res.Msg.GetWatcherId()
+	if err := os.WriteFile(filepath.Join(dir, "a"), nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	var evs []*pb.FilesystemEvent
+	for i := 0; i < 100 && len(evs) == 0; i++ {
+		time.Sleep(10 * time.Millisecond)
+		r, err := svc.GetWatcherEvents(ctx, connect.NewRequest(&pb.GetWatcherEventsRequest{WatcherId: wid}))
+		if err != nil {
+			t.Fatal(err)
+		}
+		evs = r.Msg.GetEvents()
+	}
+	if len(evs) == 0 || evs[0].GetName() != "a" || evs[0].GetType() != pb.EventType_EVENT_TYPE_CREATE {
+		t.Fatalf("events %v", evs)
+	}
+	// Flood past the bound: the next poll reports the overflow instead of growing.
+	for i := 0; i < MaxBufferedEvents+500; i++ {
+		_ = os.WriteFile(filepath.Join(dir, "f"+strconv.Itoa(i)), nil, 0o644)
+	}
+	time.Sleep(300 * time.Millisecond)
+	_, err = svc.GetWatcherEvents(ctx, connect.NewRequest(&pb.GetWatcherEventsRequest{WatcherId: wid}))
+	if connect.CodeOf(err) != connect.CodeResourceExhausted || !strings.Contains(err.Error(), "dropped") {
+		t.Fatalf("overflow: %v", err)
+	}
+	if _, err := svc.RemoveWatcher(ctx, connect.NewRequest(&pb.RemoveWatcherRequest{WatcherId: wid})); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := svc.GetWatcherEvents(ctx, connect.NewRequest(&pb.GetWatcherEventsRequest{WatcherId: wid})); connect.CodeOf(err) != connect.CodeNotFound {
+		t.Fatalf("removed watcher: %v", err)
+	}
+}
+
+func TestListDirDepthAndMakeDir(t *testing.T) {
+	dir := t.TempDir()
+	svc := New(slog.New(slog.DiscardHandler), state.New(me(t)))
+	ctx := context.Background()
+	if _, err := svc.MakeDir(ctx, connect.NewRequest(&pb.MakeDirRequest{Path: filepath.Join(dir, "a/b/c")})); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := svc.MakeDir(ctx, connect.NewRequest(&pb.MakeDirRequest{Path: filepath.Join(dir, "a")})); connect.CodeOf(err) != connect.CodeAlreadyExists {
+		t.Fatalf("existing dir: %v", err)
+	}
+	for depth, want := range map[uint32]int{0: 1, 1: 1, 2: 2, 5: 3} {
+		r, err := svc.ListDir(ctx, connect.NewRequest(&pb.ListDirRequest{Path: dir, Depth: depth}))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(r.Msg.GetEntries()) != want {
+			t.Errorf("depth %d: %d entries, want %d", depth, len(r.Msg.GetEntries()), want)
+		}
+	}
+	if _, err := svc.Remove(ctx, connect.NewRequest(&pb.RemoveRequest{Path: filepath.Join(dir, "nope")})); connect.CodeOf(err) != connect.CodeNotFound {
+		t.Fatalf("remove missing: %v", err)
+	}
+}

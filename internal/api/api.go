@@ -1,0 +1,579 @@
+package api
+
+import (
+	"context"
+	_ "embed"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/url"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/cellhq/cell/envd/server"
+	"github.com/cellhq/cell/internal/auth"
+	"github.com/cellhq/cell/internal/manager"
+)
+
+// OpenAPI is Cell's API description, served at /openapi.yaml.
+//
+//go:embed openapi.yaml
+var OpenAPI []byte
+
+// MaxBody bounds a REST request body.
+const MaxBody = 1 << 20
+
+// Config configures the API.
+type Config struct {
+	Manager *manager.Manager
+	Keys    auth.Keys
+	// Domain is the sandbox domain reported to clients and matched in {port}-{id}.{domain} hosts.
+	Domain string
+	Log    *slog.Logger
+}
+
+// API is the HTTP handler of `cell serve`.
+type API struct {
+	cfg   Config
+	mux   *http.ServeMux
+	proxy *proxy
+}
+
+// New returns the handler.
+func New(cfg Config) *API {
+	if cfg.Log == nil {
+		cfg.Log = slog.New(slog.DiscardHandler)
+	}
+	a := &API{cfg: cfg, mux: http.NewServeMux(), proxy: newProxy(cfg.Manager, cfg.Domain, cfg.Log)}
+	a.mux.HandleFunc("GET /health", func(w http.ResponseWriter, _ *http.Request) { writeJSON(w, http.StatusOK, map[string]string{"status": "ok"}) })
+	a.mux.HandleFunc("GET /openapi.yaml", func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "application/yaml")
+		_, _ = w.Write(OpenAPI)
+	})
+	a.route("POST /sandboxes", a.create)
+	a.route("POST /v2/sandboxes", a.create)
+	a.route("GET /sandboxes", a.listV1)
+	a.route("GET /v2/sandboxes", a.listV2)
+	a.route("GET /sandboxes/{id}", a.get)
+	a.route("DELETE /sandboxes/{id}", a.kill)
+	a.route("POST /sandboxes/{id}/timeout", a.timeout)
+	a.route("POST /sandboxes/{id}/refreshes", a.refresh)
+	a.route("POST /sandboxes/{id}/connect", a.connect)
+	a.route("POST /v2/sandboxes/{id}/connect", a.connect)
+	a.route("GET /sandboxes/{id}/metrics", a.metrics)
+	a.route("GET /sandboxes/{id}/logs", a.logs)
+	a.route("GET /v2/sandboxes/{id}/logs", a.logs)
+	for _, p := range []string{
+		"POST /sandboxes/{id}/pause", "POST /sandboxes/{id}/resume", "POST /sandboxes/{id}/snapshots",
+		"GET /snapshots", "POST /sandboxes/{id}/fork", "DELETE /templates/{tid}", "PUT /sandboxes/{id}/network",
+		"POST /v3/templates", "POST /v2/templates/{tid}/builds/{bid}", "GET /templates/{tid}/builds/{bid}/status",
+		"GET /templates/{tid}/files/{hash}",
+	} {
+		a.route(p, func(w http.ResponseWriter, r *http.Request, _ string) {
+			writeError(w, http.StatusNotImplemented, fmt.Sprintf("%s %s is not implemented by Cell yet", r.Method, r.Pattern[strings.IndexByte(r.Pattern, ' ')+1:]))
+		})
+	}
+	a.mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		writeError(w, http.StatusNotFound, fmt.Sprintf("no route for %s %s", r.Method, r.URL.Path))
+	})
+	return a
+}
+
+// route registers an authenticated handler; h gets the caller's team.
+func (a *API) route(pattern string, h func(http.ResponseWriter, *http.Request, string)) {
+	a.mux.HandleFunc(pattern, func(w http.ResponseWriter, r *http.Request) {
+		key := r.Header.Get("X-API-KEY")
+		if key == "" {
+			writeError(w, http.StatusUnauthorized, "missing X-API-KEY header")
+			return
+		}
+		team, err := a.cfg.Keys.Team(r.Context(), key)
+		if err != nil {
+			if errors.Is(err, auth.ErrInvalidKey) {
+				writeError(w, http.StatusUnauthorized, err.Error())
+				return
+			}
+			writeError(w, http.StatusInternalServerError, err.Error())
+			return
+		}
+		h(w, r, team)
+	})
+}
+
+// ServeHTTP routes sandbox traffic to the proxy and the rest to the REST API.
+func (a *API) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if id, port, ok := a.proxy.target(r); ok {
+		a.proxy.serve(w, r, id, port)
+		return
+	}
+	a.mux.ServeHTTP(w, r)
+}
+
+type apiError struct {
+	Code    int    `json:"code"`
+	Message string `json:"message"`
+}
+
+func writeJSON(w http.ResponseWriter, code int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(code)
+	_ = json.NewEncoder(w).Encode(v)
+}
+
+func writeError(w http.ResponseWriter, code int, msg string) {
+	writeJSON(w, code, apiError{Code: code, Message: msg})
+}
+
+// fail maps a manager error to its HTTP status.
+func fail(w http.ResponseWriter, err error) {
+	switch {
+	case errors.Is(err, manager.ErrInvalid):
+		writeError(w, http.StatusBadRequest, err.Error())
+	case errors.Is(err, manager.ErrNotFound):
+		writeError(w, http.StatusNotFound, err.Error())
+	case errors.Is(err, manager.ErrConflict):
+		writeError(w, http.StatusConflict, err.Error())
+	case errors.Is(err, manager.ErrShutdown):
+		writeError(w, http.StatusServiceUnavailable, err.Error())
+	case errors.Is(err, context.Canceled):
+		writeError(w, 499, "client closed the request")
+	default:
+		writeError(w, http.StatusInternalServerError, err.Error())
+	}
+}
+
+// decode reads a JSON body strictly: bounded size, no unknown fields, one value.
+func decode(w http.ResponseWriter, r *http.Request, v any, optional bool) bool {
+	if ct := r.Header.Get("Content-Type"); ct != "" && !strings.HasPrefix(ct, "application/json") {
+		writeError(w, http.StatusUnsupportedMediaType, fmt.Sprintf("Content-Type %q: expected application/json", ct))
+		return false
+	}
+	body := http.MaxBytesReader(w, r.Body, MaxBody)
+	dec := json.NewDecoder(body)
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		var mbe *http.MaxBytesError
+		var se *json.SyntaxError
+		var te *json.UnmarshalTypeError
+		switch {
+		case errors.Is(err, io.EOF) && optional:
+			return true
+		case errors.Is(err, io.EOF):
+			writeError(w, http.StatusBadRequest, "request body: a JSON object is required")
+		case errors.Is(err, io.ErrUnexpectedEOF):
+			writeError(w, http.StatusBadRequest, "request body: truncated JSON")
+		case errors.As(err, &mbe):
+			writeError(w, http.StatusRequestEntityTooLarge, fmt.Sprintf("request body: larger than %d bytes", MaxBody))
+		case errors.As(err, &se):
+			writeError(w, http.StatusBadRequest, fmt.Sprintf("request body: malformed JSON at byte %d: %v", se.Offset, err))
+		case errors.As(err, &te):
+			writeError(w, http.StatusBadRequest, fmt.Sprintf("request body: field %q: expected %s, got %s", te.Field, te.Type, te.Value))
+		case strings.HasPrefix(err.Error(), "json: unknown field"):
+			writeError(w, http.StatusBadRequest, "request body: "+strings.TrimPrefix(err.Error(), "json: "))
+		default:
+			writeError(w, http.StatusBadRequest, "request body: "+err.Error())
+		}
+		return false
+	}
+	if dec.More() {
+		writeError(w, http.StatusBadRequest, "request body: more than one JSON value")
+		return false
+	}
+	return true
+}
+
+// NewSandbox is the create body (E2B's names; fields Cell does not support yet are refused).
+type NewSandbox struct {
+	TemplateID          string            `json:"templateID"`
+	Timeout             *int              `json:"timeout,omitempty"`
+	Metadata            map[string]string `json:"metadata,omitempty"`
+	EnvVars             map[string]string `json:"envVars,omitempty"`
+	Secure              *bool             `json:"secure,omitempty"`
+	AllowInternetAccess *bool             `json:"allow_internet_access,omitempty"`
+	AutoPause           *bool             `json:"autoPause,omitempty"`
+	AutoPauseMemory     *bool             `json:"autoPauseMemory,omitempty"`
+	AutoResume          json.RawMessage   `json:"autoResume,omitempty"`
+	Network             json.RawMessage   `json:"network,omitempty"`
+	MCP                 json.RawMessage   `json:"mcp,omitempty"`
+	IAM                 json.RawMessage   `json:"iam,omitempty"`
+	VolumeMounts        json.RawMessage   `json:"volumeMounts,omitempty"`
+}
+
+func isNull(m json.RawMessage) bool {
+	s := strings.TrimSpace(string(m))
+	return s == "" || s == "null" || s == "{}" || s == "[]"
+}
+
+// SandboxResponse is what create and connect return.
+type SandboxResponse struct {
+	TemplateID         string  `json:"templateID"`
+	SandboxID          string  `json:"sandboxID"`
+	Alias              string  `json:"alias,omitempty"`
+	ClientID           string  `json:"clientID"`
+	EnvdVersion        string  `json:"envdVersion"`
+	EnvdAccessToken    *string `json:"envdAccessToken,omitempty"`
+	TrafficAccessToken *string `json:"trafficAccessToken,omitempty"`
+	Domain             *string `json:"domain"`
+}
+
+// SandboxDetail is GET /sandboxes/{id} and an item of the lists.
+type SandboxDetail struct {
+	TemplateID          string            `json:"templateID"`
+	Alias               string            `json:"alias,omitempty"`
+	SandboxID           string            `json:"sandboxID"`
+	ClientID            string            `json:"clientID"`
+	StartedAt           time.Time         `json:"startedAt"`
+	EndAt               time.Time         `json:"endAt"`
+	EnvdVersion         string            `json:"envdVersion"`
+	EnvdAccessToken     *string           `json:"envdAccessToken,omitempty"`
+	Domain              *string           `json:"domain"`
+	CPUCount            int               `json:"cpuCount"`
+	MemoryMB            int               `json:"memoryMB"`
+	DiskSizeMB          int               `json:"diskSizeMB"`
+	Metadata            map[string]string `json:"metadata"`
+	State               string            `json:"state"`
+	AllowInternetAccess bool              `json:"allowInternetAccess"`
+	VolumeMounts        []any             `json:"volumeMounts"`
+}
+
+const clientID = "cell"
+
+func (a *API) domain() *string {
+	if a.cfg.Domain == "" {
+		return nil
+	}
+	d := a.cfg.Domain
+	return &d
+}
+
+func (a *API) sandboxResponse(info manager.Info) SandboxResponse {
+	res := SandboxResponse{TemplateID: info.TemplateID, SandboxID: info.ID, ClientID: clientID, EnvdVersion: server.Version, Domain: a.domain()}
+	if info.EnvdToken != "" {
+		tok := info.EnvdToken
+		res.EnvdAccessToken = &tok
+	}
+	return res
+}
+
+func (a *API) detail(info manager.Info, withToken bool) SandboxDetail {
+	d := SandboxDetail{
+		TemplateID: info.TemplateID, SandboxID: info.ID, ClientID: clientID, StartedAt: info.StartedAt.UTC(),
+		EndAt: info.EndAt.UTC(), EnvdVersion: server.Version, Domain: a.domain(), CPUCount: info.CPUs, MemoryMB: info.MemoryMiB,
+		Metadata: info.Metadata, State: info.State, AllowInternetAccess: info.AllowInternet, VolumeMounts: []any{},
+	}
+	if d.Metadata == nil {
+		d.Metadata = map[string]string{}
+	}
+	if withToken && info.EnvdToken != "" {
+		tok := info.EnvdToken
+		d.EnvdAccessToken = &tok
+	}
+	return d
+}
+
+func (a *API) create(w http.ResponseWriter, r *http.Request, team string) {
+	var req NewSandbox
+	if !decode(w, r, &req, false) {
+		return
+	}
+	for name, v := range map[string]json.RawMessage{"mcp": req.MCP, "volumeMounts": req.VolumeMounts, "iam": req.IAM, "network": req.Network, "autoResume": req.AutoResume} {
+		if !isNull(v) {
+			writeError(w, http.StatusNotImplemented, fmt.Sprintf("%s: not supported by Cell yet", name))
+			return
+		}
+	}
+	if req.AutoPause != nil && *req.AutoPause {
+		writeError(w, http.StatusNotImplemented, "autoPause: pausing is not supported by Cell yet")
+		return
+	}
+	if req.TemplateID == "" {
+		writeError(w, http.StatusBadRequest, "templateID: required")
+		return
+	}
+	cr := manager.CreateRequest{Team: team, Template: req.TemplateID, Metadata: req.Metadata, EnvVars: req.EnvVars,
+		Secure: req.Secure == nil || *req.Secure, AllowInternet: req.AllowInternetAccess == nil || *req.AllowInternetAccess}
+	if req.Timeout != nil {
+		if *req.Timeout < 0 {
+			writeError(w, http.StatusBadRequest, "timeout: must not be negative")
+			return
+		}
+		cr.Timeout = time.Duration(*req.Timeout) * time.Second
+	}
+	info, err := a.cfg.Manager.Create(r.Context(), cr)
+	if err != nil {
+		fail(w, err)
+		return
+	}
+	writeJSON(w, http.StatusCreated, a.sandboxResponse(info))
+}
+
+func (a *API) get(w http.ResponseWriter, r *http.Request, team string) {
+	info, err := a.cfg.Manager.Get(team, r.PathValue("id"))
+	if err != nil {
+		fail(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, a.detail(info, true))
+}
+
+func (a *API) kill(w http.ResponseWriter, r *http.Request, team string) {
+	if err := a.cfg.Manager.Kill(team, r.PathValue("id")); err != nil {
+		fail(w, err)
+		return
+	}
+	w.WriteHeader(http.StatusNoContent)
+}
+
+type timeoutBody struct {
+	Timeout *int `json:"timeout"`
+}
+
+func (a *API) timeout(w http.ResponseWriter, r *http.Request, team string) {
+	var body timeoutBody
+	if !decode(w, r, &body, false) {
+		return
+	}
+	if body.Timeout == nil {
+		writeError(w, http.StatusBadRequest, "timeout: required (seconds)")
+		return
+	}
+	if _, err := a.cfg.Manager.SetTimeout(r.Context(), team, r.PathValue("id"), time.Duration(*body.Timeout)*time.Second); err != nil {
+		fail(w, err)
+		return
+	}
+	w.WriteHeader(http.StatusNoContent)
+}
+
+type refreshBody struct {
+	Duration *int `json:"duration"`
+}
+
+func (a *API) refresh(w http.ResponseWriter, r *http.Request, team string) {
+	var body refreshBody
+	if !decode(w, r, &body, true) {
+		return
+	}
+	d := 60
+	if body.Duration != nil {
+		d = *body.Duration
+	}
+	if d < 0 || d > 3600 {
+		writeError(w, http.StatusBadRequest, "duration: must be between 0 and 3600 seconds")
+		return
+	}
+	if _, err := a.cfg.Manager.SetTimeout(r.Context(), team, r.PathValue("id"), time.Duration(d)*time.Second); err != nil {
+		fail(w, err)
+		return
+	}
+	w.WriteHeader(http.StatusNoContent)
+}
+
+type connectBody struct {
+	Timeout *int  `json:"timeout,omitempty"`
+	Memory  *bool `json:"memory,omitempty"`
+}
+
+func (a *API) connect(w http.ResponseWriter, r *http.Request, team string) {
+	var body connectBody
+	if !decode(w, r, &body, true) {
+		return
+	}
+	id := r.PathValue("id")
+	info, err := a.cfg.Manager.Get(team, id)
+	if err != nil {
+		fail(w, err)
+		return
+	}
+	if body.Timeout != nil {
+		if *body.Timeout < 0 {
+			writeError(w, http.StatusBadRequest, "timeout: must not be negative")
+			return
+		}
+		// Connecting never shortens a sandbox's life.
+		if end := time.Now().Add(time.Duration(*body.Timeout) * time.Second); end.After(info.EndAt) {
+			if info, err = a.cfg.Manager.SetTimeout(r.Context(), team, id, time.Until(end)); err != nil {
+				fail(w, err)
+				return
+			}
+		}
+	}
+	writeJSON(w, http.StatusOK, a.sandboxResponse(info))
+}
+
+// filters are the list query parameters.
+type filters struct {
+	metadata map[string]string
+	states   map[string]bool
+	limit    int
+	after    int64
+}
+
+func parseFilters(q url.Values, paged bool) (filters, error) {
+	f := filters{limit: 100}
+	if raw := q.Get("metadata"); raw != "" {
+		vals, err := url.ParseQuery(raw)
+		if err != nil {
+			return f, fmt.Errorf("metadata: %q is not key=value pairs joined by &: %v", raw, err)
+		}
+		f.metadata = map[string]string{}
+		for k, vs := range vals {
+			// The SDK encodes keys and values before joining them; undo that too.
+			key, err1 := url.QueryUnescape(k)
+			val, err2 := url.QueryUnescape(vs[0])
+			if err1 != nil || err2 != nil {
+				return f, fmt.Errorf("metadata: bad escaping in %q", raw)
+			}
+			f.metadata[key] = val
+		}
+	}
+	if raw := q.Get("state"); raw != "" {
+		f.states = map[string]bool{}
+		for _, s := range strings.Split(raw, ",") {
+			switch s {
+			case "running", "paused":
+				f.states[s] = true
+			default:
+				return f, fmt.Errorf("state: %q must be running or paused", s)
+			}
+		}
+	}
+	if !paged {
+		return f, nil
+	}
+	if raw := q.Get("limit"); raw != "" {
+		n, err := strconv.Atoi(raw)
+		if err != nil || n < 1 || n > 100 {
+			return f, fmt.Errorf("limit: %q must be an integer from 1 to 100", raw)
+		}
+		f.limit = n
+	}
+	if raw := q.Get("nextToken"); raw != "" {
+		n, err := strconv.ParseInt(raw, 10, 64)
+		if err != nil || n < 0 {
+			return f, fmt.Errorf("nextToken: %q is not a token this server issued", raw)
+		}
+		f.after = n
+	}
+	return f, nil
+}
+
+func (f filters) match(info manager.Info) bool {
+	if f.states != nil && !f.states[info.State] {
+		return false
+	}
+	for k, v := range f.metadata {
+		if info.Metadata[k] != v {
+			return false
+		}
+	}
+	return info.Seq > f.after
+}
+
+func (a *API) listV1(w http.ResponseWriter, r *http.Request, team string) {
+	f, err := parseFilters(r.URL.Query(), false)
+	if err != nil {
+		writeError(w, http.StatusBadRequest, err.Error())
+		return
+	}
+	out := []SandboxDetail{}
+	for _, info := range a.cfg.Manager.List(team) {
+		if f.match(info) {
+			out = append(out, a.detail(info, false))
+		}
+	}
+	writeJSON(w, http.StatusOK, out)
+}
+
+func (a *API) listV2(w http.ResponseWriter, r *http.Request, team string) {
+	f, err := parseFilters(r.URL.Query(), true)
+	if err != nil {
+		writeError(w, http.StatusBadRequest, err.Error())
+		return
+	}
+	out := []SandboxDetail{}
+	var last int64
+	more := false
+	for _, info := range a.cfg.Manager.List(team) {
+		if !f.match(info) {
+			continue
+		}
+		if len(out) == f.limit {
+			more = true
+			break
+		}
+		out = append(out, a.detail(info, false))
+		last = info.Seq
+	}
+	if more {
+		w.Header().Set("X-Next-Token", strconv.FormatInt(last, 10))
+	}
+	writeJSON(w, http.StatusOK, out)
+}
+
+// Metric is one sample of GET /sandboxes/{id}/metrics.
+type Metric struct {
+	Timestamp     time.Time `json:"timestamp"`
+	TimestampUnix int64     `json:"timestampUnix"`
+	CPUCount      int       `json:"cpuCount"`
+	CPUUsedPct    float64   `json:"cpuUsedPct"`
+	MemUsed       uint64    `json:"memUsed"`
+	MemTotal      uint64    `json:"memTotal"`
+	MemCache      uint64    `json:"memCache"`
+	DiskUsed      uint64    `json:"diskUsed"`
+	DiskTotal     uint64    `json:"diskTotal"`
+}
+
+func (a *API) metrics(w http.ResponseWriter, r *http.Request, team string) {
+	id := r.PathValue("id")
+	if _, err := a.cfg.Manager.Get(team, id); err != nil {
+		fail(w, err)
+		return
+	}
+	hc, err := a.cfg.Manager.Envd(id)
+	if err != nil {
+		fail(w, err)
+		return
+	}
+	m, err := a.cfg.Manager.EnvdMetrics(r.Context(), id, hc)
+	if err != nil {
+		writeError(w, http.StatusBadGateway, err.Error())
+		return
+	}
+	ts := time.Unix(m.Timestamp, 0).UTC()
+	writeJSON(w, http.StatusOK, []Metric{{Timestamp: ts, TimestampUnix: m.Timestamp, CPUCount: m.CPUCount, CPUUsedPct: m.CPUUsedPct,
+		MemUsed: m.MemUsed, MemTotal: m.MemTotal, MemCache: m.MemCache, DiskUsed: m.DiskUsed, DiskTotal: m.DiskTotal}})
+}
+
+type logLine struct {
+	Timestamp time.Time `json:"timestamp"`
+	Line      string    `json:"line"`
+}
+
+type logEntry struct {
+	Timestamp time.Time         `json:"timestamp"`
+	Level     string            `json:"level"`
+	Message   string            `json:"message"`
+	Fields    map[string]string `json:"fields"`
+}
+
+func (a *API) logs(w http.ResponseWriter, r *http.Request, team string) {
+	text, err := a.cfg.Manager.ConsoleLog(team, r.PathValue("id"))
+	if err != nil {
+		fail(w, err)
+		return
+	}
+	now := time.Now().UTC()
+	lines, entries := []logLine{}, []logEntry{}
+	for _, l := range strings.Split(strings.TrimRight(text, "\n"), "\n") {
+		if l == "" {
+			continue
+		}
+		lines = append(lines, logLine{Timestamp: now, Line: l})
+		entries = append(entries, logEntry{Timestamp: now, Level: "info", Message: l, Fields: map[string]string{"source": "console"}})
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"logs": lines, "logEntries": entries})
+}

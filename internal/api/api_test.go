@@ -1,0 +1,185 @@
+package api
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/cellhq/cell/internal/auth"
+	"github.com/cellhq/cell/internal/manager"
+	"github.com/cellhq/cell/internal/sandbox"
+	"github.com/cellhq/cell/internal/store"
+)
+
+// unreachable is the runtime boundary broken on purpose: every request here must be refused
+// before a VM is asked for.
+type unreachable struct{ t *testing.T }
+
+func (u unreachable) Boot(context.Context, sandbox.Options) (*sandbox.Sandbox, error) {
+	u.t.Error("Boot called for a request that should have been refused")
+	return nil, errors.New("unreachable")
+}
+
+func (u unreachable) Adopt(context.Context, string, int, uint64) (*sandbox.Sandbox, error) {
+	return nil, errors.New("unreachable")
+}
+
+func setup(t *testing.T) (*httptest.Server, string, *store.Store) {
+	t.Helper()
+	ctx := context.Background()
+	st, err := store.Open(ctx, filepath.Join(t.TempDir(), "cell.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = st.Close() })
+	mgr, err := manager.New(ctx, manager.Config{Runtime: unreachable{t}, Store: st})
+	if err != nil {
+		t.Fatal(err)
+	}
+	keys := auth.Keys{Store: st}
+	key, _, err := keys.Create(ctx, "team-a", "test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewServer(New(Config{Manager: mgr, Keys: keys}))
+	t.Cleanup(srv.Close)
+	return srv, key, st
+}
+
+type answer struct {
+	status int
+	body   map[string]any
+	raw    string
+}
+
+func call(t *testing.T, srv *httptest.Server, method, path, key, body string, hdr map[string]string) answer {
+	t.Helper()
+	req, err := http.NewRequest(method, srv.URL+path, strings.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if key != "" {
+		req.Header.Set("X-API-KEY", key)
+	}
+	if body != "" {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	for k, v := range hdr {
+		req.Header.Set(k, v)
+	}
+	resp, err := srv.Client().Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = resp.Body.Close() }()
+	raw, _ := io.ReadAll(resp.Body)
+	a := answer{status: resp.StatusCode, raw: string(raw)}
+	_ = json.Unmarshal(raw, &a.body)
+	return a
+}
+
+func TestErrors(t *testing.T) {
+	srv, key, st := setup(t)
+	revoked, rec, err := auth.Keys{Store: st}.Create(context.Background(), "team-a", "old")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := st.RevokeAPIKey(context.Background(), rec.ID); err != nil {
+		t.Fatal(err)
+	}
+	cases := []struct {
+		name, method, path, key, body string
+		hdr                           map[string]string
+		status                        int
+		mention                       string
+	}{
+		{"missing key", "GET", "/v2/sandboxes", "", "", nil, 401, "X-API-KEY"},
+		{"malformed key", "GET", "/v2/sandboxes", "e2b_XYZ", "", nil, 401, "hex"},
+		{"unknown key", "GET", "/v2/sandboxes", "e2b_" + strings.Repeat("ab", 20), "", nil, 401, "unknown"},
+		{"revoked key", "GET", "/v2/sandboxes", revoked, "", nil, 401, "revoked"},
+		{"malformed JSON", "POST", "/sandboxes", key, `{"templateID": "base",`, nil, 400, "JSON"},
+		{"unknown field", "POST", "/sandboxes", key, `{"templateID": "base", "colour": "red"}`, nil, 400, "colour"},
+		{"wrong type", "POST", "/sandboxes", key, `{"templateID": "base", "timeout": "soon"}`, nil, 400, "timeout"},
+		{"two values", "POST", "/sandboxes", key, `{"templateID": "base"} {}`, nil, 400, "more than one"},
+		{"no body", "POST", "/sandboxes", key, ``, nil, 400, "JSON object"},
+		{"oversized body", "POST", "/sandboxes", key, `{"templateID": "` + strings.Repeat("a", MaxBody) + `"}`, nil, 413, "larger"},
+		{"missing template", "POST", "/sandboxes", key, `{"timeout": 10}`, nil, 400, "templateID"},
+		{"bad template id", "POST", "/sandboxes", key, `{"templateID": "../etc"}`, nil, 400, "templateID"},
+		{"unknown template", "POST", "/sandboxes", key, `{"templateID": "nosuch"}`, nil, 404, "nosuch"},
+		{"negative timeout", "POST", "/sandboxes", key, `{"templateID": "base", "timeout": -1}`, nil, 400, "timeout"},
+		{"huge timeout", "POST", "/v2/sandboxes", key, `{"templateID": "base", "timeout": 999999}`, nil, 400, "timeout"},
+		{"too much metadata", "POST", "/sandboxes", key, `{"templateID": "base", "metadata": {"": "x"}}`, nil, 400, "metadata"},
+		{"unsupported feature", "POST", "/sandboxes", key, `{"templateID": "base", "volumeMounts": [{"name": "v", "path": "/v"}]}`, nil, 501, "volumeMounts"},
+		{"bad sandbox id", "GET", "/sandboxes/Not..Valid", key, "", nil, 400, "sandboxID"},
+		{"unknown sandbox", "GET", "/sandboxes/abc123", key, "", nil, 404, "abc123"},
+		{"kill unknown", "DELETE", "/sandboxes/abc123", key, "", nil, 404, "abc123"},
+		{"timeout unknown", "POST", "/sandboxes/abc123/timeout", key, `{"timeout": 5}`, nil, 404, "abc123"},
+		{"timeout without value", "POST", "/sandboxes/abc123/timeout", key, `{}`, nil, 400, "timeout"},
+		{"bad limit", "GET", "/v2/sandboxes?limit=0", key, "", nil, 400, "limit"},
+		{"bad token", "GET", "/v2/sandboxes?nextToken=zz", key, "", nil, 400, "nextToken"},
+		{"bad state", "GET", "/v2/sandboxes?state=dead", key, "", nil, 400, "state"},
+		{"pause not yet", "POST", "/sandboxes/abc123/pause", key, `{}`, nil, 501, "not implemented"},
+		{"no route", "GET", "/nope", key, "", nil, 404, "no route"},
+		{"host files are never served", "GET", "/files?path=/etc/passwd", key, "", nil, 404, "no route"},
+		{"proxy: bad id", "GET", "/files?path=/etc/passwd", "", "", map[string]string{SandboxIDHeader: "../x"}, 400, SandboxIDHeader},
+		{"proxy: bad port", "GET", "/health", "", "", map[string]string{SandboxIDHeader: "abc", SandboxPortHeader: "99999"}, 400, SandboxPortHeader},
+		{"proxy: unknown sandbox", "GET", "/files?path=../../etc/passwd", "", "", map[string]string{SandboxIDHeader: "abc123"}, 502, "not found"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			a := call(t, srv, c.method, c.path, c.key, c.body, c.hdr)
+			if a.status != c.status {
+				t.Fatalf("status %d, want %d: %s", a.status, c.status, a.raw)
+			}
+			if code, _ := a.body["code"].(float64); int(code) != c.status {
+				t.Errorf("body code %v, want %d: %s", a.body["code"], c.status, a.raw)
+			}
+			if msg, _ := a.body["message"].(string); !strings.Contains(strings.ToLower(msg), strings.ToLower(c.mention)) {
+				t.Errorf("message %q does not mention %q", msg, c.mention)
+			}
+		})
+	}
+	// The daemon is unharmed and still serves everyone.
+	if a := call(t, srv, "GET", "/health", "", "", nil); a.status != 200 {
+		t.Fatalf("health after bad input: %d", a.status)
+	}
+	if a := call(t, srv, "GET", "/v2/sandboxes", key, "", nil); a.status != 200 || a.raw != "[]\n" {
+		t.Fatalf("list after bad input: %d %s", a.status, a.raw)
+	}
+}
+
+func TestProxyTargetByHost(t *testing.T) {
+	p := newProxy(nil, "cell.test", nil)
+	for _, c := range []struct {
+		host, id, port string
+		ok             bool
+	}{
+		{"49983-abc123.cell.test", "abc123", "49983", true},
+		{"8000-abc123.cell.test:3000", "abc123", "8000", true},
+		{"8000-abc123.other.test", "", "", false},
+		{"127.0.0.1:3000", "", "", false},
+		{"localhost:3000", "", "", false},
+		{"api.cell.test", "", "", false},
+	} {
+		r := httptest.NewRequest("GET", "/", nil)
+		r.Host = c.host
+		id, port, ok := p.target(r)
+		if ok != c.ok || id != c.id || port != c.port {
+			t.Errorf("%s: got %q %q %v", c.host, id, port, ok)
+		}
+	}
+}
+
+func TestOpenAPIServed(t *testing.T) {
+	srv, _, _ := setup(t)
+	a := call(t, srv, "GET", "/openapi.yaml", "", "", nil)
+	if a.status != 200 || !strings.Contains(a.raw, "openapi: 3.") || !strings.Contains(a.raw, "/v2/sandboxes") {
+		t.Fatalf("openapi: %d %.100s", a.status, a.raw)
+	}
+}

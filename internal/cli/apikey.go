@@ -1,0 +1,73 @@
+package cli
+
+import (
+	"fmt"
+	"os"
+	"text/tabwriter"
+
+	"github.com/spf13/cobra"
+
+	"github.com/cellhq/cell/internal/auth"
+)
+
+func apikeyCmd(g *globals) *cobra.Command {
+	c := &cobra.Command{Use: "apikey", Short: "Create, list and revoke API keys"}
+	var team, name string
+	create := &cobra.Command{
+		Use:   "create",
+		Short: "Create an API key (printed once; only its hash is stored)",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			st, err := g.openStore(cmd.Context())
+			if err != nil {
+				return err
+			}
+			defer func() { _ = st.Close() }()
+			key, _, err := auth.Keys{Store: st}.Create(cmd.Context(), team, name)
+			if err != nil {
+				return err
+			}
+			fmt.Println(key)
+			return nil
+		},
+	}
+	create.Flags().StringVar(&team, "team", "default", "team the key belongs to (created if new)")
+	create.Flags().StringVar(&name, "name", "", "a label for the key")
+	ls := &cobra.Command{
+		Use:   "ls",
+		Short: "List API keys",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			st, err := g.openStore(cmd.Context())
+			if err != nil {
+				return err
+			}
+			defer func() { _ = st.Close() }()
+			keys, err := st.ListAPIKeys(cmd.Context())
+			if err != nil {
+				return err
+			}
+			tw := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
+			fmt.Fprintln(tw, "ID\tKEY\tTEAM\tNAME\tCREATED\tREVOKED")
+			for _, k := range keys {
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%v\n", k.ID, k.Mask, k.TeamID, k.Name, k.CreatedAt.Format("2006-01-02 15:04"), k.Revoked)
+			}
+			return tw.Flush()
+		},
+	}
+	revoke := &cobra.Command{
+		Use:   "revoke ID",
+		Short: "Revoke an API key by its id",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			st, err := g.openStore(cmd.Context())
+			if err != nil {
+				return err
+			}
+			defer func() { _ = st.Close() }()
+			return st.RevokeAPIKey(cmd.Context(), args[0])
+		},
+	}
+	c.AddCommand(create, ls, revoke)
+	return c
+}

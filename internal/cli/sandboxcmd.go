@@ -1,0 +1,282 @@
+package cli
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"text/tabwriter"
+	"time"
+
+	"connectrpc.com/connect"
+	"github.com/spf13/cobra"
+	"golang.org/x/term"
+
+	"github.com/cellhq/cell/pkg/client"
+	pb "github.com/cellhq/cell/proto/process"
+)
+
+type remote struct{ url, key string }
+
+func (r *remote) flags(c *cobra.Command) {
+	url := os.Getenv("CELL_API_URL")
+	if url == "" {
+		url = os.Getenv("E2B_API_URL")
+	}
+	if url == "" {
+		url = "http://127.0.0.1:3000"
+	}
+	c.PersistentFlags().StringVar(&r.url, "api", url, "cell serve address ($CELL_API_URL or $E2B_API_URL)")
+	c.PersistentFlags().StringVar(&r.key, "api-key", os.Getenv("E2B_API_KEY"), "API key ($E2B_API_KEY)")
+}
+
+func (r *remote) client() (*client.Client, error) {
+	if r.key == "" {
+		return nil, errors.New("an API key is required: --api-key or $E2B_API_KEY (cell apikey create)")
+	}
+	return client.New(r.url, r.key), nil
+}
+
+func sandboxCmd() *cobra.Command {
+	r := &remote{}
+	c := &cobra.Command{Use: "sandbox", Aliases: []string{"sb"}, Short: "Manage sandboxes on a cell serve"}
+	r.flags(c)
+	ls := &cobra.Command{
+		Use: "ls", Short: "List running sandboxes", Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			cl, err := r.client()
+			if err != nil {
+				return err
+			}
+			list, err := cl.List(cmd.Context())
+			if err != nil {
+				return err
+			}
+			tw := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
+			fmt.Fprintln(tw, "ID\tTEMPLATE\tSTATE\tSTARTED\tENDS")
+			for _, s := range list {
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", s.SandboxID, s.TemplateID, s.State,
+					s.StartedAt.Local().Format(time.TimeOnly), s.EndAt.Local().Format(time.TimeOnly))
+			}
+			return tw.Flush()
+		},
+	}
+	var template string
+	var timeout time.Duration
+	var meta []string
+	create := &cobra.Command{
+		Use: "create", Short: "Create a sandbox and print its id", Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			cl, err := r.client()
+			if err != nil {
+				return err
+			}
+			md, err := parseEnv(meta)
+			if err != nil {
+				return err
+			}
+			info, err := cl.Create(cmd.Context(), client.CreateOptions{Template: template, Timeout: timeout, Metadata: md})
+			if err != nil {
+				return err
+			}
+			fmt.Println(info.SandboxID)
+			return nil
+		},
+	}
+	create.Flags().StringVar(&template, "template", "base", "template")
+	create.Flags().DurationVar(&timeout, "timeout", 5*time.Minute, "time to live")
+	create.Flags().StringArrayVar(&meta, "metadata", nil, "KEY=VALUE metadata (repeatable)")
+	kill := &cobra.Command{
+		Use: "kill ID…", Short: "Kill sandboxes", Args: cobra.MinimumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			cl, err := r.client()
+			if err != nil {
+				return err
+			}
+			var errs []error
+			for _, id := range args {
+				errs = append(errs, cl.Kill(cmd.Context(), id))
+			}
+			return errors.Join(errs...)
+		},
+	}
+	var user string
+	exec := &cobra.Command{
+		Use: "exec ID -- CMD…", Short: "Run a command in a sandbox", Args: cobra.MinimumNArgs(2),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			cl, err := r.client()
+			if err != nil {
+				return err
+			}
+			sb, err := cl.Connect(cmd.Context(), args[0])
+			if err != nil {
+				return err
+			}
+			res, err := sb.Exec(cmd.Context(), strings.Join(args[1:], " "), user, nil, os.Stdout, os.Stderr)
+			if err != nil {
+				return err
+			}
+			if res.ExitCode != 0 {
+				return &ExitError{Code: res.ExitCode}
+			}
+			return nil
+		},
+	}
+	exec.Flags().StringVar(&user, "user", "", "user to run as (default: the sandbox's)")
+	cp := &cobra.Command{
+		Use:   "cp SRC DST",
+		Short: "Copy a file into or out of a sandbox (ID:PATH names a sandbox path)",
+		Args:  cobra.ExactArgs(2),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			cl, err := r.client()
+			if err != nil {
+				return err
+			}
+			return copyFile(cmd.Context(), cl, args[0], args[1], user)
+		},
+	}
+	cp.Flags().StringVar(&user, "user", "", "user that owns the file in the sandbox")
+	shell := shellCmd(r)
+	c.AddCommand(ls, create, kill, exec, cp, shell)
+	return c
+}
+
+func remotePath(s string) (id, path string, ok bool) {
+	id, path, ok = strings.Cut(s, ":")
+	if !ok || id == "" || strings.Contains(id, "/") {
+		return "", "", false
+	}
+	return id, path, true
+}
+
+func copyFile(ctx context.Context, cl *client.Client, src, dst, user string) error {
+	if id, p, ok := remotePath(src); ok {
+		sb, err := cl.Connect(ctx, id)
+		if err != nil {
+			return err
+		}
+		f, err := os.Create(dst)
+		if err != nil {
+			return err
+		}
+		if _, err := sb.Download(ctx, p, user, f); err != nil {
+			_ = f.Close()
+			return err
+		}
+		return f.Close()
+	}
+	id, p, ok := remotePath(dst)
+	if !ok {
+		return errors.New("cp: one side must be ID:PATH")
+	}
+	sb, err := cl.Connect(ctx, id)
+	if err != nil {
+		return err
+	}
+	f, err := os.Open(src)
+	if err != nil {
+		return err
+	}
+	defer func() { _ = f.Close() }()
+	return sb.Upload(ctx, p, user, f)
+}
+
+func shellCmd(r *remote) *cobra.Command {
+	var user string
+	c := &cobra.Command{
+		Use: "shell ID", Short: "Open an interactive shell (PTY) in a sandbox", Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			cl, err := r.client()
+			if err != nil {
+				return err
+			}
+			sb, err := cl.Connect(cmd.Context(), args[0])
+			if err != nil {
+				return err
+			}
+			return interactiveShell(cmd.Context(), sb, user)
+		},
+	}
+	c.Flags().StringVar(&user, "user", "", "user to log in as (default: the sandbox's)")
+	return c
+}
+
+func interactiveShell(ctx context.Context, sb *client.Sandbox, user string) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	fd := int(os.Stdin.Fd())
+	cols, rows := 80, 24
+	if term.IsTerminal(fd) {
+		if w, h, err := term.GetSize(fd); err == nil {
+			cols, rows = w, h
+		}
+		old, err := term.MakeRaw(fd)
+		if err != nil {
+			return err
+		}
+		defer func() { _ = term.Restore(fd, old) }()
+	}
+	termEnv := os.Getenv("TERM")
+	if termEnv == "" {
+		termEnv = "xterm-256color"
+	}
+	req := &pb.StartRequest{
+		Process: &pb.ProcessConfig{Cmd: "/bin/bash", Args: []string{"-i", "-l"}, Envs: map[string]string{"TERM": termEnv}},
+		Pty:     &pb.PTY{Size: &pb.PTY_Size{Cols: uint32(cols), Rows: uint32(rows)}},
+	}
+	stream, err := sb.Process.Start(ctx, client.AsUser(connect.NewRequest(req), user))
+	if err != nil {
+		return err
+	}
+	defer func() { _ = stream.Close() }()
+	if !stream.Receive() {
+		return fmt.Errorf("starting the shell: %w", stream.Err())
+	}
+	pid := stream.Msg().GetEvent().GetStart().GetPid()
+	sel := &pb.ProcessSelector{Selector: &pb.ProcessSelector_Pid{Pid: pid}}
+	winch := make(chan os.Signal, 1)
+	signal.Notify(winch, syscall.SIGWINCH)
+	defer signal.Stop(winch)
+	go func() {
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-winch:
+				if w, h, err := term.GetSize(fd); err == nil {
+					_, _ = sb.Process.Update(ctx, connect.NewRequest(&pb.UpdateRequest{Process: sel, Pty: &pb.PTY{Size: &pb.PTY_Size{Cols: uint32(w), Rows: uint32(h)}}}))
+				}
+			}
+		}
+	}()
+	go func() {
+		buf := make([]byte, 4096)
+		for {
+			n, err := os.Stdin.Read(buf)
+			if n > 0 {
+				in := &pb.SendInputRequest{Process: sel, Input: &pb.ProcessInput{Input: &pb.ProcessInput_Pty{Pty: append([]byte(nil), buf[:n]...)}}}
+				if _, err := sb.Process.SendInput(ctx, connect.NewRequest(in)); err != nil {
+					return
+				}
+			}
+			if err != nil {
+				return
+			}
+		}
+	}()
+	for stream.Receive() {
+		switch ev := stream.Msg().GetEvent().GetEvent().(type) {
+		case *pb.ProcessEvent_Data:
+			_, _ = os.Stdout.Write(ev.Data.GetPty())
+		case *pb.ProcessEvent_End:
+			if code := int(ev.End.GetExitCode()); code != 0 {
+				return &ExitError{Code: code}
+			}
+			return nil
+		}
+	}
+	return stream.Err()
+}

@@ -1,0 +1,108 @@
+package cli
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"syscall"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/cellhq/cell/internal/api"
+	"github.com/cellhq/cell/internal/auth"
+	"github.com/cellhq/cell/internal/manager"
+	"github.com/cellhq/cell/internal/store"
+	"github.com/cellhq/cell/internal/vmm"
+)
+
+func (g *globals) openStore(ctx context.Context) (*store.Store, error) {
+	home, err := g.homeDir()
+	if err != nil {
+		return nil, err
+	}
+	if err := os.MkdirAll(home, 0o700); err != nil {
+		return nil, err
+	}
+	return store.Open(ctx, filepath.Join(home, "cell.db"))
+}
+
+func serveCmd(g *globals) *cobra.Command {
+	var listen, domain, accel string
+	var leave bool
+	var grace time.Duration
+	c := &cobra.Command{
+		Use:   "serve",
+		Short: "Run the E2B-compatible API server",
+		Long: `Run the E2B-compatible API server. Point E2B's SDKs at it with
+E2B_API_URL=http://ADDR E2B_SANDBOX_URL=http://ADDR E2B_API_KEY=<key from cell apikey create>.
+
+On SIGTERM or SIGINT it stops accepting, finishes in-flight calls (up to --grace), then kills
+every sandbox, or with --leave-running leaves them for the next cell serve to re-adopt.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			ctx, stop := signal.NotifyContext(cmd.Context(), syscall.SIGTERM, syscall.SIGINT)
+			defer stop()
+			log := g.logger()
+			acc, err := vmm.ParseAccel(accel)
+			if err != nil {
+				return err
+			}
+			rt, choice, err := g.runtime(ctx, runtimeOpts{accel: acc, detached: true})
+			if err != nil {
+				return err
+			}
+			log.Info("accelerator", "accel", choice.Accel, "reason", choice.Reason)
+			st, err := g.openStore(ctx)
+			if err != nil {
+				return err
+			}
+			defer func() { _ = st.Close() }()
+			mgr, err := manager.New(ctx, manager.Config{Runtime: rt, Store: st, RunDir: rt.Host.RunDir(), Log: log})
+			if err != nil {
+				return err
+			}
+			if err := mgr.Recover(ctx); err != nil {
+				return err
+			}
+			ln, err := net.Listen("tcp", listen)
+			if err != nil {
+				mgr.Shutdown(context.Background(), true)
+				return fmt.Errorf("listening on %s: %w", listen, err)
+			}
+			h := api.New(api.Config{Manager: mgr, Keys: auth.Keys{Store: st}, Domain: domain, Log: log})
+			srv := &http.Server{Handler: h, ReadHeaderTimeout: 30 * time.Second, ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelDebug)}
+			fmt.Fprintf(os.Stderr, "cell: serving on http://%s (accel %s)\n", ln.Addr(), choice.Accel)
+			errc := make(chan error, 1)
+			go func() { errc <- srv.Serve(ln) }()
+			select {
+			case err := <-errc:
+				mgr.Shutdown(context.Background(), true)
+				return fmt.Errorf("serving: %w", err)
+			case <-ctx.Done():
+			}
+			fmt.Fprintln(os.Stderr, "cell: shutting down")
+			sctx, cancel := context.WithTimeout(context.Background(), grace)
+			defer cancel()
+			if err := srv.Shutdown(sctx); err != nil && !errors.Is(err, context.DeadlineExceeded) {
+				log.Warn("http shutdown", "err", err)
+			}
+			_ = srv.Close() // streams still open after the grace period
+			mgr.Shutdown(sctx, leave)
+			return nil
+		},
+	}
+	c.Flags().StringVar(&listen, "listen", "127.0.0.1:3000", "address to listen on")
+	c.Flags().StringVar(&domain, "domain", "", "sandbox domain reported to clients; hosts {port}-{id}.{domain} are routed to sandboxes")
+	c.Flags().StringVar(&accel, "accel", "auto", "auto, kvm or tcg")
+	c.Flags().BoolVar(&leave, "leave-running", false, "on shutdown, leave sandboxes running for the next cell serve to re-adopt")
+	c.Flags().DurationVar(&grace, "grace", 10*time.Second, "how long shutdown waits for in-flight calls")
+	return c
+}
+

@@ -1,0 +1,578 @@
+package manager
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"maps"
+	"net/http"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/cellhq/cell/envd/server"
+	"github.com/cellhq/cell/internal/ids"
+	"github.com/cellhq/cell/internal/sandbox"
+	"github.com/cellhq/cell/internal/store"
+	"github.com/cellhq/cell/internal/vmm"
+)
+
+// Errors the API maps to HTTP statuses.
+var (
+	ErrNotFound   = errors.New("not found")
+	ErrInvalid    = errors.New("invalid request")
+	ErrConflict   = errors.New("conflict")
+	ErrShutdown   = errors.New("cell serve is shutting down")
+	ErrBootFailed = errors.New("sandbox failed to start")
+)
+
+// Limits.
+const (
+	DefaultTimeout = 15 * time.Second
+	MaxTimeout     = 24 * time.Hour
+	MaxMetadata    = 64
+	MaxEnvVars     = 256
+)
+
+// Runtime is what the manager needs of the sandbox runtime.
+type Runtime interface {
+	Boot(ctx context.Context, opts sandbox.Options) (*sandbox.Sandbox, error)
+	Adopt(ctx context.Context, id string, pid int, startTicks uint64) (*sandbox.Sandbox, error)
+}
+
+// Config configures a Manager.
+type Config struct {
+	Runtime Runtime
+	Store   *store.Store
+	RunDir  string // VM working directories (for orphan cleanup)
+	Log     *slog.Logger
+}
+
+// Manager runs the daemon's sandboxes.
+type Manager struct {
+	cfg Config
+	log *slog.Logger
+
+	mu       sync.Mutex
+	boxes    map[string]*box
+	seq      int64
+	closing  bool
+	inflight sync.WaitGroup
+	watchers sync.WaitGroup
+}
+
+type box struct {
+	mu    sync.Mutex
+	rec   store.Sandbox
+	sb    *sandbox.Sandbox
+	timer *time.Timer
+	ended bool
+	left  chan struct{} // closed when this process lets go of the VM without stopping it
+}
+
+func newBox(rec store.Sandbox) *box { return &box{rec: rec, left: make(chan struct{})} }
+
+// New opens a manager over cfg's store. Call Recover before serving.
+func New(ctx context.Context, cfg Config) (*Manager, error) {
+	if cfg.Log == nil {
+		cfg.Log = slog.New(slog.DiscardHandler)
+	}
+	seq, err := cfg.Store.NextSeq(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("reading the store: %w", err)
+	}
+	return &Manager{cfg: cfg, log: cfg.Log, boxes: map[string]*box{}, seq: seq}, nil
+}
+
+// CreateRequest is a new sandbox.
+type CreateRequest struct {
+	Team          string
+	Template      string
+	Timeout       time.Duration
+	Metadata      map[string]string
+	EnvVars       map[string]string
+	Secure        bool
+	AllowInternet bool
+	CPUs          int
+	MemoryMiB     int
+}
+
+// Info is a sandbox as the API shows it.
+type Info struct {
+	store.Sandbox
+}
+
+func (m *Manager) begin() error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.closing {
+		return ErrShutdown
+	}
+	m.inflight.Add(1)
+	return nil
+}
+
+func newToken() string {
+	b := make([]byte, 24)
+	_, _ = rand.Read(b)
+	return hex.EncodeToString(b)
+}
+
+func validateMap(field string, mp map[string]string, limit int) error {
+	if len(mp) > limit {
+		return fmt.Errorf("%w: %s: at most %d entries", ErrInvalid, field, limit)
+	}
+	for k, v := range mp {
+		if k == "" || len(k) > 256 || len(v) > 8192 || strings.ContainsRune(k, 0) || strings.ContainsRune(v, 0) {
+			return fmt.Errorf("%w: %s: key %q: keys must be 1..256 bytes and values at most 8192, without NUL", ErrInvalid, field, k)
+		}
+	}
+	return nil
+}
+
+// Create boots a sandbox for req.Team and returns it running, with envd initialised.
+func (m *Manager) Create(ctx context.Context, req CreateRequest) (Info, error) {
+	if err := m.begin(); err != nil {
+		return Info{}, err
+	}
+	defer m.inflight.Done()
+	if req.Template == "" {
+		req.Template = "base"
+	}
+	if err := ids.Validate("templateID", req.Template); err != nil {
+		return Info{}, fmt.Errorf("%w: %w", ErrInvalid, err)
+	}
+	if req.Template != "base" {
+		return Info{}, fmt.Errorf("%w: template %q (only \"base\" exists)", ErrNotFound, req.Template)
+	}
+	if req.Timeout == 0 {
+		req.Timeout = DefaultTimeout
+	}
+	if req.Timeout < 0 || req.Timeout > MaxTimeout {
+		return Info{}, fmt.Errorf("%w: timeout: must be between 0 and %d seconds", ErrInvalid, int(MaxTimeout.Seconds()))
+	}
+	if err := errors.Join(validateMap("metadata", req.Metadata, MaxMetadata), validateMap("envVars", req.EnvVars, MaxEnvVars)); err != nil {
+		return Info{}, err
+	}
+	if req.CPUs == 0 {
+		req.CPUs = sandbox.DefaultCPUs
+	}
+	if req.MemoryMiB == 0 {
+		req.MemoryMiB = sandbox.DefaultMemoryMiB
+	}
+	now := time.Now()
+	m.mu.Lock()
+	seq := m.seq
+	m.seq++
+	m.mu.Unlock()
+	rec := store.Sandbox{
+		ID: ids.NewSandboxID(), TeamID: req.Team, TemplateID: req.Template, State: store.StateCreating,
+		Metadata: maps.Clone(req.Metadata), EnvVars: maps.Clone(req.EnvVars), CPUs: req.CPUs, MemoryMiB: req.MemoryMiB,
+		AllowInternet: req.AllowInternet, StartedAt: now, EndAt: now.Add(req.Timeout), Seq: seq,
+	}
+	if req.Secure {
+		rec.EnvdToken = newToken()
+	}
+	if err := m.cfg.Store.PutSandbox(ctx, rec); err != nil {
+		return Info{}, err
+	}
+	b := newBox(rec)
+	m.mu.Lock()
+	m.boxes[rec.ID] = b
+	m.mu.Unlock()
+
+	sb, err := m.cfg.Runtime.Boot(ctx, sandbox.Options{ID: rec.ID, Template: req.Template, CPUs: req.CPUs, MemoryMiB: req.MemoryMiB})
+	if err == nil {
+		b.rec.PID, b.rec.StartTicks = sb.VM.PID, sb.VM.StartTicks
+		if err = initEnvd(ctx, sb, rec); err != nil {
+			_ = sb.Close()
+		}
+	}
+	if err != nil {
+		m.mu.Lock()
+		delete(m.boxes, rec.ID)
+		m.mu.Unlock()
+		b.rec.State, b.rec.Reason, b.rec.EndAt = store.StateFailed, err.Error(), time.Now()
+		_ = m.cfg.Store.PutSandbox(context.WithoutCancel(ctx), b.rec)
+		return Info{}, fmt.Errorf("%w: %w", ErrBootFailed, err)
+	}
+	b.mu.Lock()
+	if b.ended { // killed (or the daemon stopped) while it booted
+		reason := b.rec.Reason
+		b.mu.Unlock()
+		_ = sb.Close()
+		return Info{}, fmt.Errorf("%w: sandbox %s ended while starting: %s", ErrConflict, rec.ID, reason)
+	}
+	b.sb = sb
+	b.rec.State = store.StateRunning
+	// The timeout counts from when the sandbox is ready, as the client sees it.
+	b.rec.EndAt = time.Now().Add(req.Timeout)
+	err = m.cfg.Store.PutSandbox(context.WithoutCancel(ctx), b.rec)
+	m.arm(b)
+	info := Info{b.rec}
+	b.mu.Unlock()
+	if err != nil {
+		m.end(b, store.StateFailed, "storing the sandbox: "+err.Error())
+		return Info{}, err
+	}
+	m.watch(b)
+	return info, nil
+}
+
+// initEnvd hands envd its env vars, access token and the host's clock.
+func initEnvd(ctx context.Context, sb *sandbox.Sandbox, rec store.Sandbox) error {
+	now := time.Now()
+	body, _ := json.Marshal(server.InitRequest{EnvVars: rec.EnvVars, AccessToken: &rec.EnvdToken, Timestamp: &now})
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, sandbox.EnvdURL+"/init", bytes.NewReader(body))
+	if err != nil {
+		return err
+	}
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := sb.HTTP().Do(req)
+	if err != nil {
+		return fmt.Errorf("envd /init: %w", err)
+	}
+	defer func() { _ = resp.Body.Close() }()
+	if resp.StatusCode != http.StatusNoContent {
+		msg, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
+		return fmt.Errorf("envd /init: HTTP %d: %s", resp.StatusCode, msg)
+	}
+	return nil
+}
+
+// arm (re)starts b's timeout timer. b.mu must be held.
+func (m *Manager) arm(b *box) {
+	if b.timer != nil {
+		b.timer.Stop()
+	}
+	b.timer = time.AfterFunc(time.Until(b.rec.EndAt), func() {
+		m.log.Info("sandbox timed out", "sandbox", b.rec.ID)
+		m.end(b, store.StateExpired, "timeout")
+	})
+}
+
+// watch ends b as killed when its VM dies on its own.
+func (m *Manager) watch(b *box) {
+	m.watchers.Add(1)
+	go func() {
+		defer m.watchers.Done()
+		b.mu.Lock()
+		sb := b.sb
+		b.mu.Unlock()
+		if sb == nil {
+			return
+		}
+		select {
+		case <-sb.VM.Exited():
+			m.end(b, store.StateKilled, "qemu "+sb.VM.ExitReason())
+		case <-b.left:
+		}
+	}()
+}
+
+// end moves b to a final state (once) and releases its VM.
+func (m *Manager) end(b *box, state, reason string) {
+	b.mu.Lock()
+	if b.ended {
+		b.mu.Unlock()
+		return
+	}
+	b.ended = true
+	if b.timer != nil {
+		b.timer.Stop()
+	}
+	sb := b.sb
+	b.rec.State, b.rec.Reason = state, reason
+	if state != store.StateExpired {
+		b.rec.EndAt = time.Now()
+	}
+	rec := b.rec
+	b.mu.Unlock()
+	m.mu.Lock()
+	if m.boxes[rec.ID] == b {
+		delete(m.boxes, rec.ID)
+	}
+	m.mu.Unlock()
+	if sb != nil {
+		if err := sb.Close(); err != nil {
+			m.log.Warn("releasing sandbox", "sandbox", rec.ID, "err", err)
+		}
+	}
+	if err := m.cfg.Store.PutSandbox(context.Background(), rec); err != nil {
+		m.log.Error("storing sandbox end", "sandbox", rec.ID, "err", err)
+	}
+	m.log.Info("sandbox ended", "sandbox", rec.ID, "state", state, "reason", reason)
+}
+
+// lookup returns team's live sandbox id.
+func (m *Manager) lookup(team, id string) (*box, error) {
+	if err := ids.Validate("sandboxID", id); err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrInvalid, err)
+	}
+	m.mu.Lock()
+	b := m.boxes[id]
+	m.mu.Unlock()
+	if b == nil {
+		return nil, fmt.Errorf("%w: sandbox %q", ErrNotFound, id)
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if (team != "" && b.rec.TeamID != team) || b.ended {
+		return nil, fmt.Errorf("%w: sandbox %q", ErrNotFound, id)
+	}
+	return b, nil
+}
+
+// Get returns team's sandbox.
+func (m *Manager) Get(team, id string) (Info, error) {
+	b, err := m.lookup(team, id)
+	if err != nil {
+		return Info{}, err
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return Info{b.rec}, nil
+}
+
+// Kill stops team's sandbox.
+func (m *Manager) Kill(team, id string) error {
+	b, err := m.lookup(team, id)
+	if err != nil {
+		return err
+	}
+	m.end(b, store.StateKilled, "killed by request")
+	return nil
+}
+
+// SetTimeout makes the sandbox end timeout from now.
+func (m *Manager) SetTimeout(ctx context.Context, team, id string, timeout time.Duration) (Info, error) {
+	if timeout < 0 || timeout > MaxTimeout {
+		return Info{}, fmt.Errorf("%w: timeout: must be between 0 and %d seconds", ErrInvalid, int(MaxTimeout.Seconds()))
+	}
+	b, err := m.lookup(team, id)
+	if err != nil {
+		return Info{}, err
+	}
+	b.mu.Lock()
+	if b.rec.State != store.StateRunning {
+		b.mu.Unlock()
+		return Info{}, fmt.Errorf("%w: sandbox %s is %s", ErrConflict, id, b.rec.State)
+	}
+	b.rec.EndAt = time.Now().Add(timeout)
+	m.arm(b)
+	rec := b.rec
+	b.mu.Unlock()
+	return Info{rec}, m.cfg.Store.PutSandbox(ctx, rec)
+}
+
+// List returns team's live sandboxes, oldest first.
+func (m *Manager) List(team string) []Info {
+	m.mu.Lock()
+	bs := make([]*box, 0, len(m.boxes))
+	for _, b := range m.boxes {
+		bs = append(bs, b)
+	}
+	m.mu.Unlock()
+	var out []Info
+	for _, b := range bs {
+		b.mu.Lock()
+		if b.rec.TeamID == team && !b.ended && b.rec.State != store.StateCreating {
+			out = append(out, Info{b.rec})
+		}
+		b.mu.Unlock()
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Seq < out[j].Seq })
+	return out
+}
+
+// Envd returns a client for a running sandbox's envd (any team: envd checks its own token).
+func (m *Manager) Envd(id string) (*http.Client, error) {
+	b, err := m.lookup("", id)
+	if err != nil {
+		return nil, err
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.sb == nil || b.rec.State != store.StateRunning {
+		return nil, fmt.Errorf("%w: sandbox %q is %s", ErrNotFound, id, b.rec.State)
+	}
+	return b.sb.HTTP(), nil
+}
+
+// ConsoleLog returns the sandbox's console log.
+func (m *Manager) ConsoleLog(team, id string) (string, error) {
+	b, err := m.lookup(team, id)
+	if err != nil {
+		return "", err
+	}
+	b.mu.Lock()
+	sb := b.sb
+	b.mu.Unlock()
+	if sb == nil {
+		return "", nil
+	}
+	data, err := os.ReadFile(sb.VM.Dir.File("console.log"))
+	if err != nil && !errors.Is(err, os.ErrNotExist) {
+		return "", err
+	}
+	return string(data), nil
+}
+
+// Recover re-adopts the sandboxes a previous run left running; each one that cannot be adopted
+// is marked lost and its QEMU (if still ours) and directory are removed. Then orphans (VM
+// directories and QEMU processes of ours that no live record names) are cleaned up.
+func (m *Manager) Recover(ctx context.Context) error {
+	recs, err := m.cfg.Store.Sandboxes(ctx, store.StateCreating, store.StateRunning)
+	if err != nil {
+		return fmt.Errorf("reading sandboxes: %w", err)
+	}
+	keep := map[string]bool{}
+	for _, rec := range recs {
+		b := newBox(rec)
+		var sb *sandbox.Sandbox
+		var aerr error
+		if rec.State == store.StateRunning {
+			actx, cancel := context.WithTimeout(ctx, 10*time.Second)
+			sb, aerr = m.cfg.Runtime.Adopt(actx, rec.ID, rec.PID, rec.StartTicks)
+			cancel()
+		} else {
+			aerr = errors.New("was still creating")
+		}
+		if aerr != nil {
+			m.log.Warn("sandbox lost across restart", "sandbox", rec.ID, "err", aerr)
+			if vmm.IsOurs(rec.PID, rec.StartTicks, rec.ID) {
+				if p, err := os.FindProcess(rec.PID); err == nil {
+					_ = p.Kill()
+				}
+			}
+			if m.cfg.RunDir != "" {
+				_ = os.RemoveAll(filepath.Join(m.cfg.RunDir, rec.ID))
+			}
+			rec.State, rec.Reason, rec.EndAt = store.StateLost, "not re-adopted after restart: "+aerr.Error(), time.Now()
+			if err := m.cfg.Store.PutSandbox(ctx, rec); err != nil {
+				return err
+			}
+			continue
+		}
+		keep[rec.ID] = true
+		b.sb = sb
+		m.mu.Lock()
+		m.boxes[rec.ID] = b
+		m.mu.Unlock()
+		b.mu.Lock()
+		m.arm(b)
+		b.mu.Unlock()
+		m.watch(b)
+		m.log.Info("sandbox re-adopted", "sandbox", rec.ID, "pid", rec.PID)
+	}
+	m.cleanOrphans(keep)
+	return nil
+}
+
+// cleanOrphans kills QEMU processes running from our run directory and removes VM directories
+// that no live sandbox owns.
+func (m *Manager) cleanOrphans(keep map[string]bool) {
+	if m.cfg.RunDir == "" {
+		return
+	}
+	for _, o := range findQEMUs(m.cfg.RunDir) {
+		if !keep[o.id] {
+			m.log.Warn("killing orphan qemu", "sandbox", o.id, "pid", o.pid)
+			if p, err := os.FindProcess(o.pid); err == nil {
+				_ = p.Kill()
+			}
+		}
+	}
+	des, err := os.ReadDir(m.cfg.RunDir)
+	if err != nil {
+		return
+	}
+	for _, de := range des {
+		if de.IsDir() && !keep[de.Name()] && ids.Validate("sandboxID", de.Name()) == nil {
+			m.log.Warn("removing orphan VM directory", "dir", de.Name())
+			_ = os.RemoveAll(filepath.Join(m.cfg.RunDir, de.Name()))
+		}
+	}
+}
+
+// Shutdown stops accepting creates, waits for in-flight ones (bounded by ctx) and then either
+// kills every sandbox or, with leave, lets go of their VMs so the next `cell serve` adopts them.
+func (m *Manager) Shutdown(ctx context.Context, leave bool) {
+	m.mu.Lock()
+	m.closing = true
+	m.mu.Unlock()
+	done := make(chan struct{})
+	go func() { m.inflight.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-ctx.Done():
+	}
+	m.mu.Lock()
+	bs := make([]*box, 0, len(m.boxes))
+	for _, b := range m.boxes {
+		bs = append(bs, b)
+	}
+	m.mu.Unlock()
+	var wg sync.WaitGroup
+	for _, b := range bs {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if !leave {
+				m.end(b, store.StateKilled, "cell serve shut down")
+				return
+			}
+			b.mu.Lock()
+			if b.timer != nil {
+				b.timer.Stop()
+			}
+			b.ended = true // for this process; the record stays running for the next one
+			sb := b.sb
+			b.mu.Unlock()
+			close(b.left)
+			if sb != nil {
+				sb.VM.Detach()
+			}
+		}()
+	}
+	wg.Wait()
+	m.watchers.Wait()
+}
+
+// EnvdMetrics reads envd's /metrics through hc.
+func (m *Manager) EnvdMetrics(ctx context.Context, id string, hc *http.Client) (server.MetricsReport, error) {
+	var rep server.MetricsReport
+	b, err := m.lookup("", id)
+	if err != nil {
+		return rep, err
+	}
+	b.mu.Lock()
+	token := b.rec.EnvdToken
+	b.mu.Unlock()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, sandbox.EnvdURL+"/metrics", nil)
+	if err != nil {
+		return rep, err
+	}
+	req.Header.Set("X-Access-Token", token)
+	resp, err := hc.Do(req)
+	if err != nil {
+		return rep, fmt.Errorf("sandbox %s: envd /metrics: %w", id, err)
+	}
+	defer func() { _ = resp.Body.Close() }()
+	if resp.StatusCode != http.StatusOK {
+		return rep, fmt.Errorf("sandbox %s: envd /metrics: HTTP %d", id, resp.StatusCode)
+	}
+	if err := json.NewDecoder(io.LimitReader(resp.Body, 1<<16)).Decode(&rep); err != nil {
+		return rep, fmt.Errorf("sandbox %s: envd /metrics: %w", id, err)
+	}
+	return rep, nil
+}

@@ -1,0 +1,203 @@
+package vmm
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/cellhq/cell/internal/channel"
+	"github.com/cellhq/cell/internal/ids"
+	"github.com/cellhq/cell/internal/qmp"
+)
+
+// ErrNotOurs is returned by Adopt when the process is gone or is not the VM's QEMU.
+var ErrNotOurs = errors.New("not this VM's QEMU process")
+
+// ProcessStartTicks returns field 22 of /proc/PID/stat: when the process started, in clock ticks
+// since boot.
+func ProcessStartTicks(pid int) (uint64, error) {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		return 0, err
+	}
+	// The command name (field 2) may contain spaces and parentheses; fields resume after the last ')'.
+	i := bytes.LastIndexByte(b, ')')
+	if i < 0 {
+		return 0, fmt.Errorf("/proc/%d/stat: malformed", pid)
+	}
+	f := strings.Fields(string(b[i+1:]))
+	if len(f) < 20 {
+		return 0, fmt.Errorf("/proc/%d/stat: malformed", pid)
+	}
+	return strconv.ParseUint(f[19], 10, 64)
+}
+
+// IsOurs reports whether pid is the QEMU that runs VM id and started at startTicks.
+func IsOurs(pid int, startTicks uint64, id string) bool {
+	if pid <= 0 {
+		return false
+	}
+	st, err := ProcessStartTicks(pid)
+	if err != nil || st != startTicks {
+		return false
+	}
+	cmdline, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/cmdline")
+	if err != nil {
+		return false
+	}
+	return bytes.Contains(cmdline, []byte("\x00-name\x00cell-"+id+"\x00"))
+}
+
+// Adopt takes over a VM that an earlier process started detached: it checks that pid is still
+// that VM's QEMU, reconnects QMP, console and channel, and waits for envd. The VM holds a slot.
+func (h *Host) Adopt(ctx context.Context, id string, pid int, startTicks uint64) (_ *VM, retErr error) {
+	if err := ids.Validate("vm id", id); err != nil {
+		return nil, err
+	}
+	if !IsOurs(pid, startTicks, id) {
+		return nil, fmt.Errorf("vm %s pid %d: %w", id, pid, ErrNotOurs)
+	}
+	if !h.slots.TryAcquire(1) {
+		return nil, fmt.Errorf("vm %s: no free VM slot (%d running)", id, h.cfg.MaxVMs)
+	}
+	dir := WorkDir{Path: h.cfg.RunDir + "/" + id}
+	vm := &VM{ID: id, Dir: dir, PID: pid, StartTicks: startTicks, host: h, log: h.cfg.Log.With("vm", id),
+		stderr: &tail{}, exited: make(chan struct{}), detached: true}
+	proc, err := os.FindProcess(pid)
+	if err != nil {
+		h.slots.Release(1)
+		return nil, err
+	}
+	vm.proc = proc
+	stop, err := watchExit(pid, vm)
+	if err != nil {
+		h.slots.Release(1)
+		return nil, err
+	}
+	vm.stopWatch = stop
+	defer func() {
+		if retErr != nil {
+			vm.detach()
+			h.slots.Release(1)
+		}
+	}()
+	vm.QMP, err = dialRetry(ctx, dir.File("qmp.sock"), func(c net.Conn) (*qmp.Client, error) { return qmp.NewClient(ctx, c) })
+	if err != nil {
+		return nil, fmt.Errorf("vm %s: reconnecting QMP: %w", id, err)
+	}
+	if conn, err := (&net.Dialer{}).DialContext(ctx, "unix", dir.File("console.sock")); err == nil {
+		vm.conCon = conn
+		if vm.console, err = appendConsole(conn, dir.File("console.log")); err != nil {
+			return nil, err
+		}
+	}
+	chConn, err := (&net.Dialer{}).DialContext(ctx, "unix", dir.File("ch.sock"))
+	if err != nil {
+		return nil, fmt.Errorf("vm %s: reconnecting the channel: %w", id, err)
+	}
+	if vm.Channel, err = channel.Connect(ctx, chConn, vm.log); err != nil {
+		return nil, fmt.Errorf("vm %s: envd did not answer: %w", id, err)
+	}
+	return vm, nil
+}
+
+// watchExit closes vm.exited when pid exits (it need not be our child).
+func watchExit(pid int, vm *VM) (stop func(), err error) {
+	fd, err := unix.PidfdOpen(pid, 0)
+	if err != nil {
+		return nil, fmt.Errorf("pidfd_open %d: %w", pid, err)
+	}
+	done := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		defer func() { _ = unix.Close(fd) }()
+		for {
+			fds := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}
+			n, err := unix.Poll(fds, 200)
+			if err != nil && !errors.Is(err, syscall.EINTR) {
+				vm.exitErr = fmt.Errorf("watching pid %d: %w", pid, err)
+				close(vm.exited)
+				return
+			}
+			if n > 0 {
+				vm.exitErr = errors.New("exited (not our child: status unknown)")
+				close(vm.exited)
+				return
+			}
+			select {
+			case <-done:
+				return
+			default:
+			}
+		}
+	}()
+	var once sync.Once
+	return func() { once.Do(func() { close(done); wg.Wait() }) }, nil
+}
+
+// Detach lets go of the VM without stopping it: connections are closed, QEMU keeps running and
+// its directory stays, for a later Adopt. The slot is freed. Close after Detach does nothing.
+func (vm *VM) Detach() {
+	vm.closeOnce.Do(func() {
+		vm.detach()
+		vm.host.slots.Release(1)
+	})
+}
+
+func (vm *VM) detach() {
+	if vm.Channel != nil {
+		_ = vm.Channel.Close()
+	}
+	if vm.QMP != nil {
+		_ = vm.QMP.Close()
+	}
+	if vm.conCon != nil {
+		_ = vm.conCon.Close()
+	}
+	if vm.console != nil {
+		<-vm.console.done
+	}
+	if vm.stopWatch != nil {
+		vm.stopWatch()
+	}
+}
+
+// stderrText is what QEMU itself printed (the tail of qemu.log for a detached VM).
+func (vm *VM) stderrText() string {
+	if !vm.detached {
+		return vm.stderr.String()
+	}
+	f, err := os.Open(vm.Dir.File("qemu.log"))
+	if err != nil {
+		return ""
+	}
+	defer func() { _ = f.Close() }()
+	if st, err := f.Stat(); err == nil && st.Size() > 4096 {
+		_, _ = f.Seek(-4096, io.SeekEnd)
+	}
+	b, _ := io.ReadAll(f)
+	return string(b)
+}
+
+// WaitExit waits up to d for QEMU to exit.
+func (vm *VM) WaitExit(d time.Duration) bool {
+	select {
+	case <-vm.exited:
+		return true
+	case <-time.After(d):
+		return false
+	}
+}

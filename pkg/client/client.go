@@ -1,0 +1,308 @@
+package client
+
+import (
+	"bytes"
+	"context"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"strconv"
+	"strings"
+	"time"
+
+	"connectrpc.com/connect"
+
+	"github.com/cellhq/cell/proto/filesystem/filesystemconnect"
+	pb "github.com/cellhq/cell/proto/process"
+	"github.com/cellhq/cell/proto/process/processconnect"
+)
+
+// LifetimeTrailer is envd's trailer with a process's run time in microseconds.
+const LifetimeTrailer = "Cell-Process-Lifetime-Us"
+
+// Client talks to one `cell serve`.
+type Client struct {
+	BaseURL string // e.g. http://127.0.0.1:3000
+	APIKey  string
+	HTTP    *http.Client
+}
+
+// New returns a client for baseURL with apiKey.
+func New(baseURL, apiKey string) *Client {
+	return &Client{BaseURL: strings.TrimRight(baseURL, "/"), APIKey: apiKey, HTTP: &http.Client{}}
+}
+
+// Error is an API error answer.
+type Error struct {
+	Status  int
+	Message string
+}
+
+func (e *Error) Error() string { return fmt.Sprintf("HTTP %d: %s", e.Status, e.Message) }
+
+// IsNotFound reports whether err is a 404 from the API.
+func IsNotFound(err error) bool {
+	var e *Error
+	return errors.As(err, &e) && e.Status == http.StatusNotFound
+}
+
+func (c *Client) do(ctx context.Context, method, path string, in, out any) (http.Header, error) {
+	var body io.Reader
+	if in != nil {
+		b, err := json.Marshal(in)
+		if err != nil {
+			return nil, err
+		}
+		body = bytes.NewReader(b)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, c.BaseURL+path, body)
+	if err != nil {
+		return nil, err
+	}
+	req.Header.Set("X-API-KEY", c.APIKey)
+	if in != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	resp, err := c.HTTP.Do(req)
+	if err != nil {
+		return nil, err
+	}
+	defer func() { _ = resp.Body.Close() }()
+	if resp.StatusCode >= 300 {
+		var e struct {
+			Message string `json:"message"`
+		}
+		raw, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
+		if json.Unmarshal(raw, &e) != nil || e.Message == "" {
+			e.Message = strings.TrimSpace(string(raw))
+		}
+		return resp.Header, &Error{Status: resp.StatusCode, Message: e.Message}
+	}
+	if out != nil {
+		if err := json.NewDecoder(resp.Body).Decode(out); err != nil {
+			return resp.Header, fmt.Errorf("%s %s: decoding the answer: %w", method, path, err)
+		}
+	}
+	return resp.Header, nil
+}
+
+// CreateOptions are a new sandbox's settings.
+type CreateOptions struct {
+	Template string
+	Timeout  time.Duration
+	Metadata map[string]string
+	Envs     map[string]string
+}
+
+// Info describes a sandbox.
+type Info struct {
+	SandboxID       string            `json:"sandboxID"`
+	TemplateID      string            `json:"templateID"`
+	EnvdVersion     string            `json:"envdVersion"`
+	EnvdAccessToken string            `json:"envdAccessToken"`
+	StartedAt       time.Time         `json:"startedAt"`
+	EndAt           time.Time         `json:"endAt"`
+	State           string            `json:"state"`
+	CPUCount        int               `json:"cpuCount"`
+	MemoryMB        int               `json:"memoryMB"`
+	Metadata        map[string]string `json:"metadata"`
+}
+
+// Create starts a sandbox.
+func (c *Client) Create(ctx context.Context, o CreateOptions) (Info, error) {
+	if o.Template == "" {
+		o.Template = "base"
+	}
+	body := map[string]any{"templateID": o.Template, "metadata": o.Metadata, "envVars": o.Envs}
+	if o.Timeout > 0 {
+		body["timeout"] = int((o.Timeout + time.Second - 1) / time.Second)
+	}
+	var info Info
+	_, err := c.do(ctx, http.MethodPost, "/sandboxes", body, &info)
+	return info, err
+}
+
+// Get describes a sandbox.
+func (c *Client) Get(ctx context.Context, id string) (Info, error) {
+	var info Info
+	_, err := c.do(ctx, http.MethodGet, "/sandboxes/"+url.PathEscape(id), nil, &info)
+	return info, err
+}
+
+// List returns every running sandbox of the key's team.
+func (c *Client) List(ctx context.Context) ([]Info, error) {
+	var all []Info
+	token := ""
+	for {
+		q := url.Values{"limit": {"100"}}
+		if token != "" {
+			q.Set("nextToken", token)
+		}
+		var page []Info
+		h, err := c.do(ctx, http.MethodGet, "/v2/sandboxes?"+q.Encode(), nil, &page)
+		if err != nil {
+			return nil, err
+		}
+		all = append(all, page...)
+		if token = h.Get("X-Next-Token"); token == "" {
+			return all, nil
+		}
+	}
+}
+
+// Kill stops a sandbox.
+func (c *Client) Kill(ctx context.Context, id string) error {
+	_, err := c.do(ctx, http.MethodDelete, "/sandboxes/"+url.PathEscape(id), nil, nil)
+	return err
+}
+
+// SetTimeout makes the sandbox end d from now.
+func (c *Client) SetTimeout(ctx context.Context, id string, d time.Duration) error {
+	_, err := c.do(ctx, http.MethodPost, "/sandboxes/"+url.PathEscape(id)+"/timeout", map[string]int{"timeout": int(d / time.Second)}, nil)
+	return err
+}
+
+// Sandbox is a connection to one sandbox's envd through `cell serve`.
+type Sandbox struct {
+	ID      string
+	Process processconnect.ProcessClient
+	FS      filesystemconnect.FilesystemClient
+	c       *Client
+	token   string
+	http    *http.Client
+}
+
+// headerTransport adds the routing and access headers to every envd request.
+type headerTransport struct {
+	base  http.RoundTripper
+	id    string
+	token string
+}
+
+func (t headerTransport) RoundTrip(r *http.Request) (*http.Response, error) {
+	r = r.Clone(r.Context())
+	r.Header.Set("E2b-Sandbox-Id", t.id)
+	r.Header.Set("E2b-Sandbox-Port", "49983")
+	if t.token != "" {
+		r.Header.Set("X-Access-Token", t.token)
+	}
+	return t.base.RoundTrip(r)
+}
+
+// Connect returns a handle on a running sandbox.
+func (c *Client) Connect(ctx context.Context, id string) (*Sandbox, error) {
+	var info Info
+	if _, err := c.do(ctx, http.MethodPost, "/sandboxes/"+url.PathEscape(id)+"/connect", map[string]any{}, &info); err != nil {
+		return nil, err
+	}
+	base := c.HTTP.Transport
+	if base == nil {
+		base = http.DefaultTransport
+	}
+	hc := &http.Client{Transport: headerTransport{base: base, id: id, token: info.EnvdAccessToken}}
+	return &Sandbox{
+		ID: id, c: c, token: info.EnvdAccessToken, http: hc,
+		Process: processconnect.NewProcessClient(hc, c.BaseURL),
+		FS:      filesystemconnect.NewFilesystemClient(hc, c.BaseURL),
+	}, nil
+}
+
+// AsUser sets the user a request runs as (E2B's Basic auth convention).
+func AsUser[T any](req *connect.Request[T], user string) *connect.Request[T] {
+	if user != "" {
+		req.Header().Set("Authorization", "Basic "+base64.StdEncoding.EncodeToString([]byte(user+":")))
+	}
+	return req
+}
+
+// ExecResult is how a command ended.
+type ExecResult struct {
+	ExitCode int
+	Error    string
+	// Lifetime is how long the process ran as envd measured it (0 when envd did not say).
+	Lifetime time.Duration
+}
+
+// Exec runs cmd (through bash -l -c, as E2B's SDKs do) and streams its output.
+func (s *Sandbox) Exec(ctx context.Context, cmd, user string, envs map[string]string, stdout, stderr io.Writer) (ExecResult, error) {
+	req := &pb.StartRequest{Process: &pb.ProcessConfig{Cmd: "/bin/bash", Args: []string{"-l", "-c", cmd}, Envs: envs}}
+	stream, err := s.Process.Start(ctx, AsUser(connect.NewRequest(req), user))
+	if err != nil {
+		return ExecResult{}, err
+	}
+	defer func() { _ = stream.Close() }()
+	for stream.Receive() {
+		switch ev := stream.Msg().GetEvent().GetEvent().(type) {
+		case *pb.ProcessEvent_Data:
+			switch out := ev.Data.GetOutput().(type) {
+			case *pb.ProcessEvent_DataEvent_Stdout:
+				_, _ = stdout.Write(out.Stdout)
+			case *pb.ProcessEvent_DataEvent_Stderr:
+				_, _ = stderr.Write(out.Stderr)
+			}
+		case *pb.ProcessEvent_End:
+			res := ExecResult{ExitCode: int(ev.End.GetExitCode()), Error: ev.End.GetError()}
+			for stream.Receive() { // the trailer comes with the end of the stream
+			}
+			if us, err := strconv.ParseInt(stream.ResponseTrailer().Get(LifetimeTrailer), 10, 64); err == nil {
+				res.Lifetime = time.Duration(us) * time.Microsecond
+			}
+			return res, nil
+		}
+	}
+	if err := stream.Err(); err != nil {
+		return ExecResult{}, err
+	}
+	return ExecResult{}, errors.New("the command's stream ended before the command did")
+}
+
+func (s *Sandbox) filesURL(path, user string) string {
+	q := url.Values{"path": {path}}
+	if user != "" {
+		q.Set("username", user)
+	}
+	return s.c.BaseURL + "/files?" + q.Encode()
+}
+
+// Upload writes r to path in the sandbox.
+func (s *Sandbox) Upload(ctx context.Context, path, user string, r io.Reader) error {
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, s.filesURL(path, user), r)
+	if err != nil {
+		return err
+	}
+	req.Header.Set("Content-Type", "application/octet-stream")
+	resp, err := s.http.Do(req)
+	if err != nil {
+		return err
+	}
+	defer func() { _ = resp.Body.Close() }()
+	if resp.StatusCode != http.StatusOK {
+		msg, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
+		return &Error{Status: resp.StatusCode, Message: strings.TrimSpace(string(msg))}
+	}
+	_, _ = io.Copy(io.Discard, resp.Body)
+	return nil
+}
+
+// Download copies the file at path in the sandbox to w.
+func (s *Sandbox) Download(ctx context.Context, path, user string, w io.Writer) (int64, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, s.filesURL(path, user), nil)
+	if err != nil {
+		return 0, err
+	}
+	req.Header.Set("Accept-Encoding", "identity") // raw bytes: no compression work in the guest
+	resp, err := s.http.Do(req)
+	if err != nil {
+		return 0, err
+	}
+	defer func() { _ = resp.Body.Close() }()
+	if resp.StatusCode != http.StatusOK {
+		msg, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
+		return 0, &Error{Status: resp.StatusCode, Message: strings.TrimSpace(string(msg))}
+	}
+	return io.Copy(w, resp.Body)
+}

@@ -1,0 +1,61 @@
+// Starts `cell serve` on a free port with a fresh data directory (the guest image comes from
+// CELL_IMAGE_HOME, the project's cache), creates API keys for two teams, and stops it all after.
+import { spawn, execFileSync } from 'node:child_process'
+import { mkdtempSync, rmSync, readdirSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { join, resolve } from 'node:path'
+import net from 'node:net'
+
+const root = resolve(import.meta.dirname, '../..')
+export const cellBin = process.env.CELL_BIN || join(root, 'bin/cell')
+
+async function freePort() {
+  return new Promise((res, rej) => {
+    const s = net.createServer()
+    s.listen(0, '127.0.0.1', () => {
+      const { port } = s.address()
+      s.close(() => res(port))
+    })
+    s.on('error', rej)
+  })
+}
+
+export async function startServer() {
+  const home = mkdtempSync(join(tmpdir(), 'cell-sdk-'))
+  const imageHome = process.env.CELL_IMAGE_HOME || process.env.CELL_HOME || join(process.env.HOME || '/root', '.local/share/cell')
+  const env = { ...process.env, CELL_HOME: home, CELL_IMAGE_HOME: imageHome }
+  delete env.CELL_RUN_DIR
+  const key = (team) => execFileSync(cellBin, ['apikey', 'create', '--team', team], { env }).toString().trim()
+  const keyA = key('team-a')
+  const keyB = key('team-b')
+  const port = await freePort()
+  const url = `http://127.0.0.1:${port}`
+  const proc = spawn(cellBin, ['serve', '--listen', `127.0.0.1:${port}`, '--log-level', 'info'], { env, stdio: ['ignore', 'inherit', 'pipe'] })
+  let log = ''
+  proc.stderr.on('data', (d) => { log += d.toString() })
+  const exited = new Promise((res) => proc.on('exit', (code, sig) => res({ code, sig })))
+  const deadline = Date.now() + 600_000 // the first start may build the guest image
+  for (;;) {
+    try {
+      const r = await fetch(`${url}/health`)
+      if (r.ok) break
+    } catch {}
+    if (proc.exitCode !== null) throw new Error(`cell serve exited: ${proc.exitCode}\n${log}`)
+    if (Date.now() > deadline) throw new Error(`cell serve did not come up\n${log}`)
+    await new Promise((r) => setTimeout(r, 100))
+  }
+  process.env.E2B_API_URL = url
+  process.env.E2B_SANDBOX_URL = url
+  process.env.E2B_API_KEY = keyA
+  return {
+    url, keyA, keyB, home,
+    log: () => log,
+    async stop() {
+      proc.kill('SIGTERM')
+      const { code } = await exited
+      const left = readdirSync(join(home, 'run'), { withFileTypes: true }).filter((d) => d.isDirectory()).map((d) => d.name)
+      rmSync(home, { recursive: true, force: true })
+      return { code, left }
+    },
+  }
+}

@@ -1,0 +1,262 @@
+// E2B's JS SDK, unchanged, against cell serve: sandboxes, commands, PTY, files, auth, teams.
+import { test, before, after } from 'node:test'
+import assert from 'node:assert/strict'
+import { createHash, randomBytes } from 'node:crypto'
+import { Sandbox, CommandExitError, NotFoundError, SandboxNotFoundError, AuthenticationError, FileType, FilesystemEventType } from 'e2b'
+import { startServer } from './harness.mjs'
+
+let srv
+let sbx // shared by the command and file tests
+
+before(async () => {
+  srv = await startServer()
+  sbx = await Sandbox.create({ timeoutMs: 600_000, metadata: { suite: 'shared' }, envs: { SANDBOX_WIDE: 'yes' } })
+})
+
+after(async () => {
+  if (sbx) await sbx.kill().catch(() => {})
+  if (srv) {
+    const { code, left } = await srv.stop()
+    assert.equal(code, 0, 'cell serve exits 0 on SIGTERM')
+    assert.deepEqual(left, [], 'no VM directory is left behind')
+  }
+})
+
+test('create, getInfo, isRunning, kill', async () => {
+  const s = await Sandbox.create('base', { timeoutMs: 60_000, metadata: { who: 'create-test' } })
+  try {
+    assert.match(s.sandboxId, /^[a-z0-9]+$/)
+    const info = await s.getInfo()
+    assert.equal(info.sandboxId, s.sandboxId)
+    assert.equal(info.templateId, 'base')
+    assert.equal(info.state, 'running')
+    assert.deepEqual(info.metadata, { who: 'create-test' })
+    assert.ok(info.endAt.getTime() - info.startedAt.getTime() >= 55_000)
+    assert.equal(await s.isRunning(), true)
+  } finally {
+    assert.equal(await s.kill(), true)
+  }
+  assert.equal(await s.isRunning(), false)
+  assert.equal(await Sandbox.kill(s.sandboxId), false, 'killing twice reports not found')
+  await assert.rejects(Sandbox.getInfo(s.sandboxId), SandboxNotFoundError)
+  // A killed sandbox answers through the proxy as E2B's edge does.
+  const r = await fetch(`${srv.url}/health`, { headers: { 'E2b-Sandbox-Id': s.sandboxId, 'E2b-Sandbox-Port': '49983' } })
+  assert.equal(r.status, 502)
+  const body = await r.json()
+  assert.equal(body.code, 502)
+  assert.equal(body.sandboxId, s.sandboxId)
+  await assert.rejects(s.commands.run('true'))
+})
+
+test('list with metadata filter and pagination', async () => {
+  const tag = randomBytes(4).toString('hex')
+  const made = []
+  try {
+    for (let i = 0; i < 3; i++) made.push(await Sandbox.create({ timeoutMs: 120_000, metadata: { tag, i: String(i) } }))
+    const pager = Sandbox.list({ query: { metadata: { tag } }, limit: 2 })
+    const page1 = await pager.nextItems()
+    assert.equal(page1.length, 2)
+    assert.equal(pager.hasNext, true)
+    const page2 = await pager.nextItems()
+    assert.equal(page2.length, 1)
+    assert.equal(pager.hasNext, false)
+    const ids = [...page1, ...page2].map((s) => s.sandboxId).sort()
+    assert.deepEqual(ids, made.map((s) => s.sandboxId).sort())
+    const one = await Sandbox.list({ query: { metadata: { tag, i: '1' } } }).nextItems()
+    assert.deepEqual(one.map((s) => s.sandboxId), [made[1].sandboxId])
+    const running = await Sandbox.list({ query: { state: ['running'], metadata: { tag } } }).nextItems()
+    assert.equal(running.length, 3)
+  } finally {
+    await Promise.all(made.map((s) => s.kill()))
+  }
+})
+
+test('setTimeout shortens and the sandbox expires', async () => {
+  const s = await Sandbox.create({ timeoutMs: 300_000 })
+  await s.setTimeout(2_000)
+  const info = await s.getInfo()
+  assert.ok(info.endAt.getTime() - Date.now() < 3_000)
+  await new Promise((r) => setTimeout(r, 3_500))
+  assert.equal(await s.isRunning(), false)
+  await assert.rejects(Sandbox.getInfo(s.sandboxId), SandboxNotFoundError)
+})
+
+test('commands: stdout, stderr, exit code, env, cwd, user', async () => {
+  const r = await sbx.commands.run('echo out; echo err >&2')
+  assert.equal(r.stdout, 'out\n')
+  assert.equal(r.stderr, 'err\n')
+  assert.equal(r.exitCode, 0)
+  const err = await sbx.commands.run('exit 3').catch((e) => e)
+  assert.ok(err instanceof CommandExitError)
+  assert.equal(err.exitCode, 3)
+  const env = await sbx.commands.run('echo $FOO $SANDBOX_WIDE', { envs: { FOO: 'bar' } })
+  assert.equal(env.stdout, 'bar yes\n')
+  const cwd = await sbx.commands.run('pwd', { cwd: '/tmp' })
+  assert.equal(cwd.stdout, '/tmp\n')
+  assert.equal((await sbx.commands.run('whoami')).stdout, 'user\n')
+  assert.equal((await sbx.commands.run('whoami', { user: 'root' })).stdout, 'root\n')
+  assert.equal((await sbx.commands.run('echo $HOME')).stdout, '/home/user\n')
+  const py = await sbx.commands.run('python3 -c "print(6*7)"')
+  assert.equal(py.stdout, '42\n')
+})
+
+test('commands: onStdout streams before the command ends', async () => {
+  const seen = []
+  const started = Date.now()
+  const h = await sbx.commands.run('for i in 1 2 3; do echo line$i; sleep 0.3; done', {
+    background: true,
+    onStdout: (d) => seen.push([d, Date.now() - started]),
+  })
+  const r = await h.wait()
+  assert.equal(r.stdout, 'line1\nline2\nline3\n')
+  assert.ok(seen.length >= 2, 'output arrives in several chunks')
+  assert.ok(seen[0][1] < seen[seen.length - 1][1] - 300, 'the first chunk arrives well before the last')
+})
+
+test('commands: background, connect, sendStdin, kill, list', async () => {
+  const h = await sbx.commands.run('read line; echo got:$line; sleep 600', { background: true, stdin: true })
+  const procs = await sbx.commands.list()
+  assert.ok(procs.some((p) => p.pid === h.pid))
+  const out = []
+  const again = await sbx.commands.connect(h.pid, { onStdout: (d) => out.push(d) })
+  await sbx.commands.sendStdin(h.pid, 'hello\n')
+  for (let i = 0; i < 100 && !out.join('').includes('got:hello'); i++) await new Promise((r) => setTimeout(r, 50))
+  assert.equal(out.join(''), 'got:hello\n')
+  assert.equal(await sbx.commands.kill(h.pid), true)
+  const res = await again.wait().catch((e) => e)
+  assert.ok(res instanceof CommandExitError)
+  assert.equal(res.exitCode, 137)
+  assert.equal(await sbx.commands.kill(h.pid), false, 'a dead process is not found')
+})
+
+test('pty: create, sendInput, resize', async () => {
+  let out = ''
+  const t = await sbx.pty.create({ cols: 80, rows: 24, onData: (d) => { out += new TextDecoder().decode(d) } })
+  await sbx.pty.sendInput(t.pid, new TextEncoder().encode('stty size; tty\n'))
+  for (let i = 0; i < 100 && !/\/dev\/pts\/\d+/.test(out); i++) await new Promise((r) => setTimeout(r, 50))
+  assert.match(out, /24 80/)
+  assert.match(out, /\/dev\/pts\/\d+/)
+  assert.doesNotMatch(out, /no job control/)
+  await sbx.pty.resize(t.pid, { cols: 120, rows: 40 })
+  await sbx.pty.sendInput(t.pid, new TextEncoder().encode('stty size; exit 5\n'))
+  const r = await t.wait().catch((e) => e)
+  assert.match(out, /40 120/)
+  assert.equal(r.exitCode, 5)
+})
+
+test('files: write and read text, bytes, 20 MB; exists, getInfo', async () => {
+  await sbx.files.write('/home/user/hello.txt', 'hello world')
+  assert.equal(await sbx.files.read('/home/user/hello.txt'), 'hello world')
+  assert.equal(await sbx.files.read('hello.txt'), 'hello world', 'relative paths are from the home directory')
+  const bytes = randomBytes(1000)
+  await sbx.files.write('data/bin.dat', bytes)
+  assert.deepEqual(Buffer.from(await sbx.files.read('data/bin.dat', { format: 'bytes' })), bytes)
+  const big = randomBytes(20 << 20)
+  await sbx.files.write('big.bin', big)
+  const sum = (await sbx.commands.run('sha256sum big.bin')).stdout.split(' ')[0]
+  assert.equal(sum, createHash('sha256').update(big).digest('hex'))
+  const back = Buffer.from(await sbx.files.read('big.bin', { format: 'bytes' }))
+  assert.equal(back.length, big.length)
+  assert.ok(back.equals(big))
+  assert.equal(await sbx.files.exists('hello.txt'), true)
+  assert.equal(await sbx.files.exists('nope.txt'), false)
+  const info = await sbx.files.getInfo('hello.txt')
+  assert.equal(info.type, FileType.FILE)
+  assert.equal(info.size, 11)
+  assert.equal(info.owner, 'user')
+  assert.equal(info.path, '/home/user/hello.txt')
+  await assert.rejects(sbx.files.read('/nope/missing'), NotFoundError)
+  const asRoot = await sbx.files.write('/root/secret.txt', 'x', { user: 'root' })
+  assert.equal(asRoot.path, '/root/secret.txt')
+  assert.equal((await sbx.commands.run('stat -c %U /root/secret.txt', { user: 'root' })).stdout, 'root\n')
+})
+
+test('files: list, makeDir, rename, remove, metadata', async () => {
+  assert.equal(await sbx.files.makeDir('tree/a/b'), true)
+  assert.equal(await sbx.files.makeDir('tree/a/b'), false, 'an existing directory is reported')
+  await sbx.files.write('tree/a/one.txt', '1')
+  await sbx.files.write('tree/two.txt', '22')
+  const top = await sbx.files.list('tree')
+  assert.deepEqual(top.map((e) => e.name).sort(), ['a', 'two.txt'])
+  assert.equal(top.find((e) => e.name === 'a').type, FileType.DIR)
+  const deep = await sbx.files.list('tree', { depth: 3 })
+  assert.deepEqual(deep.map((e) => e.path).sort(), ['/home/user/tree/a', '/home/user/tree/a/b', '/home/user/tree/a/one.txt', '/home/user/tree/two.txt'])
+  const moved = await sbx.files.rename('tree/two.txt', 'tree/a/b/three.txt')
+  assert.equal(moved.path, '/home/user/tree/a/b/three.txt')
+  assert.equal(await sbx.files.exists('tree/two.txt'), false)
+  await sbx.files.remove('tree')
+  assert.equal(await sbx.files.exists('tree'), false)
+  await sbx.files.write('tagged.txt', 'm', { metadata: { owner: 'team-a' } })
+  const info = await sbx.files.getInfo('tagged.txt')
+  assert.deepEqual(info.metadata, { owner: 'team-a' })
+})
+
+test('files: watchDir reports events', async () => {
+  await sbx.files.makeDir('watched')
+  const events = []
+  const w = await sbx.files.watchDir('watched', (e) => events.push(e), { recursive: true })
+  try {
+    await sbx.files.write('watched/new.txt', 'x')
+    await sbx.files.makeDir('watched/sub')
+    await new Promise((r) => setTimeout(r, 300))
+    await sbx.files.write('watched/sub/deep.txt', 'y')
+    await sbx.files.remove('watched/new.txt')
+    for (let i = 0; i < 100 && !events.some((e) => e.type === FilesystemEventType.REMOVE); i++) await new Promise((r) => setTimeout(r, 50))
+  } finally {
+    await w.stop()
+  }
+  const seen = events.map((e) => `${e.type}:${e.name}`)
+  assert.ok(seen.includes(`${FilesystemEventType.CREATE}:new.txt`), seen.join(' '))
+  assert.ok(seen.includes(`${FilesystemEventType.CREATE}:sub/deep.txt`), seen.join(' '))
+  assert.ok(seen.includes(`${FilesystemEventType.REMOVE}:new.txt`), seen.join(' '))
+})
+
+test('signed upload and download URLs', async () => {
+  const hdr = { 'E2b-Sandbox-Id': sbx.sandboxId, 'E2b-Sandbox-Port': '49983' }
+  const up = await sbx.uploadUrl('/home/user/signed.txt')
+  assert.match(up, /signature=v1_/)
+  const form = new FormData()
+  form.append('file', new Blob(['signed content']), 'signed.txt')
+  const r1 = await fetch(up, { method: 'POST', body: form, headers: hdr })
+  assert.equal(r1.status, 200, await r1.clone().text())
+  const down = await sbx.downloadUrl('/home/user/signed.txt', { useSignatureExpiration: 60 })
+  const r2 = await fetch(down, { headers: hdr })
+  assert.equal(r2.status, 200)
+  assert.equal(await r2.text(), 'signed content')
+  // Tampering with the path, or no signature and no token, is refused.
+  const bad = new URL(down)
+  bad.searchParams.set('path', '/etc/shadow')
+  assert.equal((await fetch(bad, { headers: hdr })).status, 401)
+  const plain = new URL(down)
+  plain.search = '?path=/home/user/signed.txt'
+  assert.equal((await fetch(plain, { headers: hdr })).status, 401)
+  // A wrong access token is refused by envd for RPCs too.
+  const r3 = await fetch(`${srv.url}/process.Process/List`, {
+    method: 'POST', body: '{}', headers: { ...hdr, 'Content-Type': 'application/json', 'X-Access-Token': 'wrong' },
+  })
+  assert.equal(r3.status, 401)
+})
+
+test('metrics', async () => {
+  const m = await sbx.getMetrics()
+  assert.ok(m.length >= 1)
+  assert.ok(m[0].memTotal > 100 << 20)
+  assert.ok(m[0].memUsed > 0 && m[0].memUsed < m[0].memTotal)
+  assert.ok(m[0].diskTotal > 0 && m[0].diskUsed > 0)
+  assert.equal(m[0].cpuCount, 2)
+})
+
+test('API key rejected and accepted; teams are isolated', async () => {
+  await assert.rejects(Sandbox.list({ apiKey: 'e2b_' + '0'.repeat(40) }).nextItems(), AuthenticationError)
+  const r = await fetch(`${srv.url}/v2/sandboxes`)
+  assert.equal(r.status, 401)
+  assert.equal((await r.json()).code, 401)
+  const mine = await Sandbox.list().nextItems()
+  assert.ok(mine.some((s) => s.sandboxId === sbx.sandboxId))
+  const theirs = await Sandbox.list({ apiKey: srv.keyB }).nextItems()
+  assert.ok(!theirs.some((s) => s.sandboxId === sbx.sandboxId), 'team B does not see team A')
+  await assert.rejects(Sandbox.getInfo(sbx.sandboxId, { apiKey: srv.keyB }), SandboxNotFoundError)
+  assert.equal(await Sandbox.kill(sbx.sandboxId, { apiKey: srv.keyB }), false)
+  await assert.rejects(Sandbox.connect(sbx.sandboxId, { apiKey: srv.keyB }))
+  assert.equal(await sbx.isRunning(), true, 'team B could not kill it')
+})

@@ -1,0 +1,89 @@
+package e2e
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"io"
+	"sort"
+	"testing"
+	"time"
+
+	"github.com/cellhq/cell/pkg/client"
+)
+
+func median(ds []time.Duration) time.Duration {
+	s := append([]time.Duration(nil), ds...)
+	sort.Slice(s, func(i, j int) bool { return s[i] < s[j] })
+	return s[len(s)/2]
+}
+
+// BenchmarkServe measures `cell serve` end to end through its proxy with the Go client:
+// create (cold boot), a `true` command (round trip, and Cell's overhead: the round trip minus the
+// run time envd measured), and 100 MB through /files each way.
+func BenchmarkServe(b *testing.B) {
+	home := b.TempDir()
+	key := apiKey(b, home)
+	srv := startServe(b, home)
+	c := client.New(srv.url, key)
+	ctx := context.Background()
+
+	b.Run("Create", func(b *testing.B) {
+		var ds []time.Duration
+		for i := 0; i < b.N; i++ {
+			t0 := time.Now()
+			info, err := c.Create(ctx, client.CreateOptions{Timeout: time.Minute})
+			if err != nil {
+				b.Fatal(err)
+			}
+			ds = append(ds, time.Since(t0))
+			_ = c.Kill(ctx, info.SandboxID)
+		}
+		b.ReportMetric(float64(median(ds).Microseconds())/1000, "median-ms")
+	})
+
+	info, err := c.Create(ctx, client.CreateOptions{Timeout: 30 * time.Minute})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer func() { _ = c.Kill(ctx, info.SandboxID) }()
+	sb, err := c.Connect(ctx, info.SandboxID)
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Run("ExecTrue", func(b *testing.B) {
+		var rt, over []time.Duration
+		for i := 0; i < b.N; i++ {
+			t0 := time.Now()
+			res, err := sb.Exec(ctx, "true", "", nil, io.Discard, io.Discard)
+			d := time.Since(t0)
+			if err != nil || res.ExitCode != 0 || res.Lifetime == 0 {
+				b.Fatalf("%v %+v", err, res)
+			}
+			rt = append(rt, d)
+			over = append(over, d-res.Lifetime)
+		}
+		b.ReportMetric(float64(median(rt).Microseconds())/1000, "median-ms")
+		b.ReportMetric(float64(median(over).Microseconds())/1000, "overhead-median-ms")
+	})
+	const size = 100 << 20
+	data := make([]byte, size)
+	_, _ = rand.Read(data)
+	b.Run("Upload100MB", func(b *testing.B) {
+		b.SetBytes(size)
+		for i := 0; i < b.N; i++ {
+			if err := sb.Upload(ctx, "/tmp/big.bin", "", bytes.NewReader(data)); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+	b.Run("Download100MB", func(b *testing.B) {
+		b.SetBytes(size)
+		for i := 0; i < b.N; i++ {
+			n, err := sb.Download(ctx, "/tmp/big.bin", "", io.Discard)
+			if err != nil || n != size {
+				b.Fatal(n, err)
+			}
+		}
+	})
+}

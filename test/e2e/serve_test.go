@@ -1,0 +1,196 @@
+package e2e
+
+import (
+	"bytes"
+	"context"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/cellhq/cell/pkg/client"
+)
+
+// server is one `cell serve` process over a data directory.
+type server struct {
+	cmd  *exec.Cmd
+	url  string
+	logs *bytes.Buffer
+}
+
+func serveEnv(home string) []string {
+	return append(os.Environ(), "CELL_HOME="+home, "CELL_IMAGE_HOME="+testEnv.home, "CELL_RUN_DIR=")
+}
+
+func startServe(t testing.TB, home string, args ...string) *server {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	_ = ln.Close()
+	s := &server{url: "http://" + addr, logs: &bytes.Buffer{}}
+	s.cmd = exec.Command(testEnv.cell, append([]string{"serve", "--listen", addr, "--log-level", "info"}, args...)...)
+	s.cmd.Env = serveEnv(home)
+	s.cmd.Stderr = s.logs
+	if err := s.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if s.cmd.ProcessState == nil {
+			_ = s.cmd.Process.Kill()
+			_ = s.cmd.Wait()
+		}
+	})
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		resp, err := http.Get(s.url + "/health")
+		if err == nil {
+			_ = resp.Body.Close()
+			if resp.StatusCode == 200 {
+				return s
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("cell serve did not come up:\n%s", s.logs)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+func apiKey(t testing.TB, home string) string {
+	t.Helper()
+	cmd := exec.Command(testEnv.cell, "apikey", "create")
+	cmd.Env = serveEnv(home)
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("apikey create: %v", err)
+	}
+	key := strings.TrimSpace(string(out))
+	if !strings.HasPrefix(key, "e2b_") || len(key) != 44 {
+		t.Fatalf("key %q", key)
+	}
+	return key
+}
+
+func execOut(t *testing.T, c *client.Client, id, cmd string) string {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	sb, err := c.Connect(ctx, id)
+	if err != nil {
+		t.Fatalf("connect %s: %v", id, err)
+	}
+	var out, errb bytes.Buffer
+	res, err := sb.Exec(ctx, cmd, "", nil, &out, &errb)
+	if err != nil || res.ExitCode != 0 {
+		t.Fatalf("exec %q in %s: %v %+v %s", cmd, id, err, res, errb.String())
+	}
+	return out.String()
+}
+
+// TestServeRestart kills `cell serve` with SIGKILL while 3 sandboxes run and one of their QEMUs
+// dies meanwhile: the restarted daemon re-adopts the two live ones (state intact) and reports the
+// third lost and cleans it up. SIGTERM then stops everything and leaves nothing behind.
+func TestServeRestart(t *testing.T) {
+	home := t.TempDir()
+	key := apiKey(t, home)
+	s1 := startServe(t, home)
+	c := client.New(s1.url, key)
+	ctx := context.Background()
+	var ids []string
+	for i := 0; i < 3; i++ {
+		info, err := c.Create(ctx, client.CreateOptions{Timeout: 10 * time.Minute})
+		if err != nil {
+			t.Fatalf("create: %v\n%s", err, s1.logs)
+		}
+		ids = append(ids, info.SandboxID)
+		execOut(t, c, info.SandboxID, "echo mark-"+strconv.Itoa(i)+" > /tmp/mark")
+	}
+	if err := s1.cmd.Process.Signal(syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	_ = s1.cmd.Wait()
+	runDir := filepath.Join(home, "run")
+	for _, id := range ids {
+		if len(qemuProcesses(t, filepath.Join(runDir, id))) != 1 {
+			t.Fatalf("sandbox %s: its QEMU did not outlive the daemon", id)
+		}
+	}
+	// The third one's VM dies while no daemon watches.
+	for _, pid := range qemuProcesses(t, filepath.Join(runDir, ids[2])) {
+		n, _ := strconv.Atoi(pid)
+		_ = syscall.Kill(n, syscall.SIGKILL)
+	}
+
+	s2 := startServe(t, home)
+	c = client.New(s2.url, key)
+	list, err := c.List(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var listed []string
+	for _, s := range list {
+		listed = append(listed, s.SandboxID)
+	}
+	if len(listed) != 2 || listed[0] != ids[0] || listed[1] != ids[1] {
+		t.Fatalf("after restart: listed %v, want %v\n%s", listed, ids[:2], s2.logs)
+	}
+	for i, id := range ids[:2] {
+		if got := execOut(t, c, id, "cat /tmp/mark"); got != "mark-"+strconv.Itoa(i)+"\n" {
+			t.Errorf("sandbox %s after re-adoption: /tmp/mark = %q", id, got)
+		}
+	}
+	if _, err := c.Get(ctx, ids[2]); !client.IsNotFound(err) {
+		t.Errorf("lost sandbox: %v", err)
+	}
+	if !strings.Contains(s2.logs.String(), "sandbox lost across restart") {
+		t.Errorf("the lost sandbox is not reported:\n%s", s2.logs)
+	}
+	if _, err := os.Stat(filepath.Join(runDir, ids[2])); !os.IsNotExist(err) {
+		t.Errorf("lost sandbox's directory: %v", err)
+	}
+
+	if err := s2.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	if err := s2.cmd.Wait(); err != nil {
+		t.Fatalf("cell serve after SIGTERM: %v\n%s", err, s2.logs)
+	}
+	assertNothingLeft(t, runDir)
+}
+
+// TestServeLeaveRunning: with --leave-running a graceful stop keeps the VMs for the next daemon.
+func TestServeLeaveRunning(t *testing.T) {
+	home := t.TempDir()
+	key := apiKey(t, home)
+	s1 := startServe(t, home, "--leave-running")
+	c := client.New(s1.url, key)
+	info, err := c.Create(context.Background(), client.CreateOptions{Timeout: 10 * time.Minute})
+	if err != nil {
+		t.Fatalf("create: %v\n%s", err, s1.logs)
+	}
+	execOut(t, c, info.SandboxID, "echo kept > /tmp/kept")
+	_ = s1.cmd.Process.Signal(syscall.SIGTERM)
+	if err := s1.cmd.Wait(); err != nil {
+		t.Fatalf("SIGTERM: %v\n%s", err, s1.logs)
+	}
+	s2 := startServe(t, home)
+	c = client.New(s2.url, key)
+	if got := execOut(t, c, info.SandboxID, "cat /tmp/kept"); got != "kept\n" {
+		t.Fatalf("after restart: %q", got)
+	}
+	if err := c.Kill(context.Background(), info.SandboxID); err != nil {
+		t.Fatal(err)
+	}
+	_ = s2.cmd.Process.Signal(syscall.SIGTERM)
+	_ = s2.cmd.Wait()
+	assertNothingLeft(t, filepath.Join(home, "run"))
+}
