@@ -24,13 +24,33 @@ const (
 )
 
 type proxy struct {
-	mgr    *manager.Manager
-	domain string
-	log    *slog.Logger
+	mgr     *manager.Manager
+	domain  string
+	log     *slog.Logger
+	buffers bufferPool
 }
 
 func newProxy(mgr *manager.Manager, domain string, log *slog.Logger) *proxy {
-	return &proxy{mgr: mgr, domain: domain, log: log}
+	return &proxy{mgr: mgr, domain: domain, log: log, buffers: make(bufferPool, 32)}
+}
+
+// bufferPool lends the proxy's 256 KiB copy buffers; it keeps at most cap of them.
+type bufferPool chan []byte
+
+func (b bufferPool) Get() []byte {
+	select {
+	case buf := <-b:
+		return buf
+	default:
+		return make([]byte, 256<<10)
+	}
+}
+
+func (b bufferPool) Put(buf []byte) {
+	select {
+	case b <- buf:
+	default:
+	}
 }
 
 // target says whether r is for a sandbox and which: by the E2B headers, else by a Host of the
@@ -106,8 +126,10 @@ func (p *proxy) serve(w http.ResponseWriter, r *http.Request, id, port string) {
 			pr.Out.Header.Del(SandboxIDHeader)
 			pr.Out.Header.Del(SandboxPortHeader)
 		},
-		Transport:     hc.Transport,
-		FlushInterval: -1,
+		Transport: hc.Transport,
+		// Responses without a length (Connect streams, gzip) are flushed at every write by
+		// ReverseProxy itself; files with a length are copied in large buffers.
+		BufferPool: p.buffers,
 		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
 			p.log.Debug("proxy error", "sandbox", id, "path", r.URL.Path, "err", err)
 			if _, gone := p.mgr.Envd(id); gone != nil {

@@ -52,7 +52,7 @@ func Connect(ctx context.Context, conn io.ReadWriteCloser, log *slog.Logger) (*H
 	// The host never accepts streams from the guest; a backlog of one bounds what a hostile guest
 	// can queue.
 	cfg.AcceptBacklog = 1
-	sess, err := yamux.Client(rwc{br, conn, conn}, cfg)
+	sess, err := yamux.Client(rwc{br, &coalescer{w: conn}, conn}, cfg)
 	if err != nil {
 		_ = conn.Close()
 		return nil, fmt.Errorf("channel: starting session: %w", err)
@@ -99,7 +99,7 @@ func Serve(conn io.ReadWriteCloser, log *slog.Logger) (*yamux.Session, error) {
 	if err != nil {
 		return nil, err
 	}
-	sess, err := yamux.Server(rwc{br, conn, conn}, yamuxConfig(log))
+	sess, err := yamux.Server(rwc{br, &coalescer{w: conn}, conn}, yamuxConfig(log))
 	if err != nil {
 		return nil, fmt.Errorf("channel: starting session: %w", err)
 	}

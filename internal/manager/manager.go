@@ -41,6 +41,7 @@ const (
 	MaxTimeout     = 24 * time.Hour
 	MaxMetadata    = 64
 	MaxEnvVars     = 256
+	RetainEnded    = 7 * 24 * time.Hour
 )
 
 // Runtime is what the manager needs of the sandbox runtime.
@@ -475,6 +476,10 @@ func (m *Manager) Recover(ctx context.Context) error {
 		m.log.Info("sandbox re-adopted", "sandbox", rec.ID, "pid", rec.PID)
 	}
 	m.cleanOrphans(keep)
+	// Ended sandboxes are kept a week for inspection, then forgotten.
+	if err := m.cfg.Store.PruneEnded(ctx, time.Now().Add(-RetainEnded)); err != nil {
+		m.log.Warn("pruning ended sandboxes", "err", err)
+	}
 	return nil
 }
 

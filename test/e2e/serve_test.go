@@ -194,3 +194,71 @@ func TestServeLeaveRunning(t *testing.T) {
 	_ = s2.cmd.Wait()
 	assertNothingLeft(t, filepath.Join(home, "run"))
 }
+
+// TestSandboxCLI drives `cell serve` with Cell's own CLI: create, ls, exec, cp both ways, an
+// interactive shell over a PTY (stdin piped), kill.
+func TestSandboxCLI(t *testing.T) {
+	home := t.TempDir()
+	key := apiKey(t, home)
+	s := startServe(t, home)
+	run := func(stdin string, args ...string) (string, int) {
+		t.Helper()
+		cmd := exec.Command(testEnv.cell, append([]string{"sandbox", "--api", s.url, "--api-key", key}, args...)...)
+		cmd.Env = serveEnv(home)
+		cmd.Stdin = strings.NewReader(stdin)
+		var out, errb bytes.Buffer
+		cmd.Stdout, cmd.Stderr = &out, &errb
+		err := cmd.Run()
+		code := 0
+		if ee, ok := err.(*exec.ExitError); ok {
+			code = ee.ExitCode()
+		} else if err != nil {
+			t.Fatal(err)
+		}
+		if errb.Len() > 0 {
+			t.Logf("%v: %s", args, errb.String())
+		}
+		return out.String(), code
+	}
+	id, code := run("", "create", "--metadata", "purpose=cli-test")
+	id = strings.TrimSpace(id)
+	if code != 0 || id == "" {
+		t.Fatalf("create: %d %q", code, id)
+	}
+	if out, _ := run("", "ls"); !strings.Contains(out, id) || !strings.Contains(out, "running") {
+		t.Fatalf("ls: %q", out)
+	}
+	if out, code := run("", "exec", id, "--", "echo", "hi;", "exit", "4"); out != "hi\n" || code != 4 {
+		t.Fatalf("exec: %q %d", out, code)
+	}
+	src := filepath.Join(t.TempDir(), "in.txt")
+	if err := os.WriteFile(src, []byte("payload\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, code := run("", "cp", src, id+":/home/user/in.txt"); code != 0 {
+		t.Fatalf("cp in: %d", code)
+	}
+	if out, _ := run("", "exec", id, "--", "stat -c '%U %s' in.txt"); out != "user 8\n" {
+		t.Fatalf("owner and size: %q", out)
+	}
+	dst := filepath.Join(t.TempDir(), "out.txt")
+	if _, code := run("", "cp", id+":in.txt", dst); code != 0 {
+		t.Fatalf("cp out: %d", code)
+	}
+	if b, _ := os.ReadFile(dst); string(b) != "payload\n" {
+		t.Fatalf("round trip: %q", b)
+	}
+	out, code := run("tty; echo marker-$((6*7)); exit 3\n", "shell", id)
+	if code != 3 || !strings.Contains(out, "marker-42") || !strings.Contains(out, "/dev/pts/") {
+		t.Fatalf("shell: %d %q", code, out)
+	}
+	if _, code := run("", "kill", id); code != 0 {
+		t.Fatalf("kill: %d", code)
+	}
+	if out, _ := run("", "ls"); strings.Contains(out, id) {
+		t.Fatalf("killed sandbox still listed: %q", out)
+	}
+	_ = s.cmd.Process.Signal(syscall.SIGTERM)
+	_ = s.cmd.Wait()
+	assertNothingLeft(t, filepath.Join(home, "run"))
+}
