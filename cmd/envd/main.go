@@ -59,12 +59,13 @@ func serve(log *slog.Logger, args []string) int {
 	defer func() { _ = port.Close() }()
 	initd.Trace("serve: port open")
 	defaults := state.New(*user)
-	procs := process.New(log, defaults)
+	users := &process.Users{}
+	procs := process.New(log, defaults, users)
 	defer procs.Close()
-	files := filesystem.New(log, defaults)
+	files := filesystem.New(log, defaults, users)
 	defer files.Close()
 	h := server.Handler(server.Services{
-		Defaults: defaults, Process: procs, FS: files, Metrics: &server.Metrics{Root: "/"},
+		Defaults: defaults, Users: users, Process: procs, FS: files, Metrics: &server.Metrics{Root: "/"},
 		PowerOff: func() { _ = syscall.Kill(1, syscall.SIGTERM) },
 		SetClock: server.SetClock, Log: log,
 	})

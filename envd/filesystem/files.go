@@ -35,6 +35,7 @@ const AccessTokenHeader = "X-Access-Token"
 // Files serves GET and POST /files.
 type Files struct {
 	Defaults *state.Defaults
+	Users    *process.Users
 	// Now is the clock signatures are checked against (time.Now when nil).
 	Now func() time.Time
 }
@@ -109,7 +110,7 @@ func (f *Files) identity(r *http.Request) (process.Identity, int, error) {
 	if name == "" {
 		name = f.Defaults.User()
 	}
-	id, err := process.LookupUser(name)
+	id, err := f.Users.Lookup(name)
 	if err != nil {
 		return id, http.StatusUnauthorized, fmt.Errorf("username: user %q not found", name)
 	}

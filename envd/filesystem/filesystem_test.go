@@ -55,7 +55,7 @@ func filesServer(t *testing.T, token string) (*httptest.Server, *state.Defaults)
 	if token != "" {
 		d.Apply(state.Update{Token: &token})
 	}
-	srv := httptest.NewServer(&Files{Defaults: d})
+	srv := httptest.NewServer(&Files{Defaults: d, Users: &process.Users{}})
 	t.Cleanup(srv.Close)
 	return srv, d
 }
@@ -148,7 +148,7 @@ func TestFilesUploadDownloadAndSignatures(t *testing.T) {
 
 func TestWatcherBoundsItsBuffer(t *testing.T) {
 	dir := t.TempDir()
-	svc := New(slog.New(slog.DiscardHandler), state.New(me(t)))
+	svc := New(slog.New(slog.DiscardHandler), state.New(me(t)), &process.Users{})
 	defer svc.Close()
 	ctx := context.Background()
 	res, err := svc.CreateWatcher(ctx, connect.NewRequest(&pb.CreateWatcherRequest{Path: dir}))
@@ -190,7 +190,7 @@ func TestWatcherBoundsItsBuffer(t *testing.T) {
 
 func TestListDirDepthAndMakeDir(t *testing.T) {
 	dir := t.TempDir()
-	svc := New(slog.New(slog.DiscardHandler), state.New(me(t)))
+	svc := New(slog.New(slog.DiscardHandler), state.New(me(t)), &process.Users{})
 	ctx := context.Background()
 	if _, err := svc.MakeDir(ctx, connect.NewRequest(&pb.MakeDirRequest{Path: filepath.Join(dir, "a/b/c")})); err != nil {
 		t.Fatal(err)

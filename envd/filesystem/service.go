@@ -26,6 +26,7 @@ const MaxWatchers = 256
 type Service struct {
 	log      *slog.Logger
 	defaults *state.Defaults
+	users    *process.Users
 
 	mu       sync.Mutex
 	watchers map[string]*watcher
@@ -33,9 +34,9 @@ type Service struct {
 
 var _ filesystemconnect.FilesystemHandler = (*Service)(nil)
 
-// New returns a Service that resolves users with defaults.
-func New(log *slog.Logger, defaults *state.Defaults) *Service {
-	return &Service{log: log, defaults: defaults, watchers: map[string]*watcher{}}
+// New returns a Service that resolves users with users (the default one from defaults).
+func New(log *slog.Logger, defaults *state.Defaults, users *process.Users) *Service {
+	return &Service{log: log, defaults: defaults, users: users, watchers: map[string]*watcher{}}
 }
 
 // identity resolves the request's user (Basic auth, else the default user).
@@ -44,7 +45,7 @@ func (s *Service) identity(h interface{ Get(string) string }) (process.Identity,
 	if name == "" {
 		name = s.defaults.User()
 	}
-	id, err := process.LookupUser(name)
+	id, err := s.users.Lookup(name)
 	if err != nil {
 		return id, connect.NewError(connect.CodeUnauthenticated, fmt.Errorf("user %q: %w", name, err))
 	}

@@ -9,7 +9,6 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
-	"os/user"
 	"path/filepath"
 	"strconv"
 	"sync"
@@ -38,6 +37,7 @@ const DefaultPath = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bi
 type Service struct {
 	log      *slog.Logger
 	defaults *state.Defaults
+	users    *Users
 
 	mu    sync.Mutex
 	procs map[uint32]*proc
@@ -48,8 +48,8 @@ var _ processconnect.ProcessHandler = (*Service)(nil)
 
 // New returns a Service whose commands get the user, working directory and environment in
 // defaults unless a request names its own.
-func New(log *slog.Logger, defaults *state.Defaults) *Service {
-	return &Service{log: log, defaults: defaults, procs: map[uint32]*proc{}, tags: map[string]*proc{}}
+func New(log *slog.Logger, defaults *state.Defaults, users *Users) *Service {
+	return &Service{log: log, defaults: defaults, users: users, procs: map[uint32]*proc{}, tags: map[string]*proc{}}
 }
 
 type subscriber struct {
@@ -144,36 +144,6 @@ func (s *Service) lookup(sel *pb.ProcessSelector) (*proc, error) {
 	return nil, connect.NewError(connect.CodeInvalidArgument, errors.New("process: a pid or a tag is required"))
 }
 
-// Identity is who a process runs as.
-type Identity struct {
-	Name     string
-	UID, GID uint32
-	Groups   []uint32
-	Home     string
-}
-
-// LookupUser resolves a user name from the guest's /etc/passwd and /etc/group.
-func LookupUser(name string) (Identity, error) {
-	u, err := user.Lookup(name)
-	if err != nil {
-		return Identity{}, err
-	}
-	uid, err1 := strconv.ParseUint(u.Uid, 10, 32)
-	gid, err2 := strconv.ParseUint(u.Gid, 10, 32)
-	if err := errors.Join(err1, err2); err != nil {
-		return Identity{}, fmt.Errorf("user %s: %w", name, err)
-	}
-	id := Identity{Name: name, UID: uint32(uid), GID: uint32(gid), Home: u.HomeDir}
-	if gids, err := u.GroupIds(); err == nil {
-		for _, g := range gids {
-			if n, err := strconv.ParseUint(g, 10, 32); err == nil {
-				id.Groups = append(id.Groups, uint32(n))
-			}
-		}
-	}
-	return id, nil
-}
-
 func (s *Service) start(req *pb.StartRequest, userName string) (*proc, *subscriber, error) {
 	cfg := req.GetProcess()
 	if cfg.GetCmd() == "" {
@@ -182,7 +152,7 @@ func (s *Service) start(req *pb.StartRequest, userName string) (*proc, *subscrib
 	if userName == "" {
 		userName = s.defaults.User()
 	}
-	id, err := LookupUser(userName)
+	id, err := s.users.Lookup(userName)
 	if err != nil {
 		return nil, nil, connect.NewError(connect.CodeInvalidArgument, fmt.Errorf("user %q: %w", userName, err))
 	}
@@ -475,10 +445,14 @@ func stream(ctx context.Context, p *proc, sub *subscriber, keepalive time.Durati
 	for {
 		select {
 		case ev := <-sub.ch:
+			_, last := ev.Event.(*pb.ProcessEvent_End)
+			if last {
+				holdFlushes(ctx) // the end event leaves with the end of the stream
+			}
 			if err := send(ev); err != nil {
 				return err
 			}
-			if _, ok := ev.Event.(*pb.ProcessEvent_End); ok {
+			if last {
 				return nil
 			}
 		case <-ka.C:

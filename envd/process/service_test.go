@@ -35,7 +35,7 @@ func currentUser(t *testing.T) string {
 
 func newClient(t *testing.T) (processconnect.ProcessClient, *Service) {
 	t.Helper()
-	svc := New(slog.New(slog.DiscardHandler), state.New(currentUser(t)))
+	svc := New(slog.New(slog.DiscardHandler), state.New(currentUser(t)), &Users{})
 	mux := http.NewServeMux()
 	mux.Handle(processconnect.NewProcessHandler(svc))
 	srv := httptest.NewServer(mux)

@@ -35,6 +35,7 @@ const maxInitBody = 1 << 20
 // Services are what the handler serves.
 type Services struct {
 	Defaults *state.Defaults
+	Users    *process.Users
 	Process  *process.Service
 	FS       *filesystem.Service
 	Metrics  *Metrics
@@ -68,7 +69,7 @@ func Handler(s Services) http.Handler {
 		writeJSON(w, m)
 	})
 	mux.HandleFunc("POST /init", s.init)
-	files := &filesystem.Files{Defaults: s.Defaults}
+	files := &filesystem.Files{Defaults: s.Defaults, Users: s.Users}
 	mux.Handle("/files", files)
 	mux.HandleFunc("POST "+PowerOffPath, func(w http.ResponseWriter, _ *http.Request) {
 		w.WriteHeader(http.StatusAccepted)
@@ -89,6 +90,10 @@ func Handler(s Services) http.Handler {
 			}
 			filesystem.WriteError(w, http.StatusUnauthorized, "invalid or missing access token")
 			return
+		}
+		if r.URL.Path == processconnect.ProcessStartProcedure || r.URL.Path == processconnect.ProcessConnectProcedure {
+			h := &process.FlushHold{}
+			w, r = process.HoldingWriter(w, h), r.WithContext(process.WithFlushHold(r.Context(), h))
 		}
 		mux.ServeHTTP(w, r)
 	})
@@ -117,7 +122,7 @@ func (s Services) init(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if req.DefaultUser != nil && *req.DefaultUser != "" {
-		if _, err := process.LookupUser(*req.DefaultUser); err != nil {
+		if _, err := s.Users.Lookup(*req.DefaultUser); err != nil {
 			filesystem.WriteError(w, http.StatusBadRequest, "defaultUser: user %q not found", *req.DefaultUser)
 			return
 		}

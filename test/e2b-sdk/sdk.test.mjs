@@ -96,6 +96,9 @@ test('commands: stdout, stderr, exit code, env, cwd, user', async () => {
   assert.equal((await sbx.commands.run('whoami')).stdout, 'user\n')
   assert.equal((await sbx.commands.run('whoami', { user: 'root' })).stdout, 'root\n')
   assert.equal((await sbx.commands.run('echo $HOME')).stdout, '/home/user\n')
+  // A user added after envd started is found (envd's user cache follows /etc/passwd).
+  await sbx.commands.run('useradd -m bob', { user: 'root' })
+  assert.equal((await sbx.commands.run('whoami; echo $HOME', { user: 'bob' })).stdout, 'bob\n/home/bob\n')
   const py = await sbx.commands.run('python3 -c "print(6*7)"')
   assert.equal(py.stdout, '42\n')
 })
