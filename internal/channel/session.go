@@ -70,8 +70,10 @@ func Connect(ctx context.Context, conn io.ReadWriteCloser, log *slog.Logger) (*H
 		MaxIdleConnsPerHost: 64,
 		IdleConnTimeout:     90 * time.Second,
 		DisableCompression:  true,
-		WriteBufferSize:     64 << 10,
-		ReadBufferSize:      64 << 10,
+		// The guest is hostile: bound what it may make the host buffer.
+		MaxResponseHeaderBytes: 64 << 10,
+		WriteBufferSize:        64 << 10,
+		ReadBufferSize:         64 << 10,
 	}}
 	return h, nil
 }

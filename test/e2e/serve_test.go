@@ -3,6 +3,7 @@ package e2e
 import (
 	"bytes"
 	"context"
+	"io"
 	"net"
 	"net/http"
 	"os"
@@ -10,6 +11,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -261,4 +263,68 @@ func TestSandboxCLI(t *testing.T) {
 	_ = s.cmd.Process.Signal(syscall.SIGTERM)
 	_ = s.cmd.Wait()
 	assertNothingLeft(t, filepath.Join(home, "run"))
+}
+
+// TestServeGracefulShutdown: SIGTERM stops accepting, lets an in-flight command finish, then
+// kills the sandboxes (the default) and leaves nothing behind.
+func TestServeGracefulShutdown(t *testing.T) {
+	home := t.TempDir()
+	key := apiKey(t, home)
+	s := startServe(t, home)
+	c := client.New(s.url, key)
+	ctx := context.Background()
+	info, err := c.Create(ctx, client.CreateOptions{Timeout: 10 * time.Minute})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sb, err := c.Connect(ctx, info.SandboxID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	type result struct {
+		out string
+		res client.ExecResult
+		err error
+	}
+	done := make(chan result, 1)
+	started := make(chan struct{})
+	go func() {
+		var out bytes.Buffer
+		w := &notifyWriter{w: &out, first: started}
+		res, err := sb.Exec(ctx, "echo started; sleep 2; echo finished", "", nil, w, io.Discard)
+		done <- result{out.String(), res, err}
+	}()
+	select {
+	case <-started:
+	case <-time.After(30 * time.Second):
+		t.Fatal("the command did not start")
+	}
+	if err := s.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	// New connections are refused while the in-flight call finishes.
+	time.Sleep(300 * time.Millisecond)
+	if _, err := c.List(ctx); err == nil {
+		t.Error("a new request was accepted after SIGTERM")
+	}
+	r := <-done
+	if r.err != nil || r.res.ExitCode != 0 || r.out != "started\nfinished\n" {
+		t.Fatalf("in-flight command: %q %+v %v", r.out, r.res, r.err)
+	}
+	if err := s.cmd.Wait(); err != nil {
+		t.Fatalf("cell serve exit: %v\n%s", err, s.logs)
+	}
+	assertNothingLeft(t, filepath.Join(home, "run"))
+}
+
+// notifyWriter closes first on its first write.
+type notifyWriter struct {
+	w     io.Writer
+	first chan struct{}
+	once  sync.Once
+}
+
+func (n *notifyWriter) Write(p []byte) (int, error) {
+	n.once.Do(func() { close(n.first) })
+	return n.w.Write(p)
 }
