@@ -43,6 +43,9 @@ type Services struct {
 	PowerOff func()
 	// SetClock sets the guest's wall clock (nil: left alone).
 	SetClock func(time.Time) error
+	// Reseed and SetHostname apply /init's entropy and host name (nil: left alone).
+	Reseed      func([]byte) error
+	SetHostname func(string) error
 	Log      *slog.Logger
 }
 
@@ -112,6 +115,10 @@ type InitRequest struct {
 	DefaultUser    *string           `json:"defaultUser,omitempty"`
 	DefaultWorkdir *string           `json:"defaultWorkdir,omitempty"`
 	HyperloopIP    string            `json:"hyperloopIP,omitempty"`
+	// Cell's own: the sandbox's host name, and host randomness to reseed the kernel's RNG with
+	// (a restored clone must not share its template's random state).
+	Hostname *string `json:"hostname,omitempty"`
+	Entropy  []byte  `json:"entropy,omitempty"`
 }
 
 func (s Services) init(w http.ResponseWriter, r *http.Request) {
@@ -132,6 +139,26 @@ func (s Services) init(w http.ResponseWriter, r *http.Request) {
 			if err := s.SetClock(*req.Timestamp); err != nil {
 				s.Log.Warn("setting the clock", "err", err)
 			}
+		}
+	}
+	if len(req.Entropy) > 4096 {
+		filesystem.WriteError(w, http.StatusBadRequest, "entropy: at most 4096 bytes")
+		return
+	}
+	if len(req.Entropy) > 0 && s.Reseed != nil {
+		if err := s.Reseed(req.Entropy); err != nil {
+			filesystem.WriteError(w, http.StatusInternalServerError, "entropy: %v", err)
+			return
+		}
+	}
+	if req.Hostname != nil && s.SetHostname != nil {
+		if len(*req.Hostname) == 0 || len(*req.Hostname) > 64 {
+			filesystem.WriteError(w, http.StatusBadRequest, "hostname: 1 to 64 bytes")
+			return
+		}
+		if err := s.SetHostname(*req.Hostname); err != nil {
+			filesystem.WriteError(w, http.StatusInternalServerError, "hostname: %v", err)
+			return
 		}
 	}
 	s.Defaults.Apply(state.Update{User: req.DefaultUser, Workdir: req.DefaultWorkdir, Envs: req.EnvVars, Token: req.AccessToken})

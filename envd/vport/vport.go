@@ -95,6 +95,17 @@ func (p *Port) pump() {
 				return
 			}
 		}
+		if errors.Is(err, io.EOF) {
+			// No host: sleep until the port changes (the driver wakes pollers when a host
+			// connects), with a timeout in case a wake-up is missed.
+			p.waitChange(time.Second)
+			select {
+			case <-p.closed:
+				return
+			default:
+			}
+			continue
+		}
 		select {
 		case <-time.After(idle):
 		case <-p.closed:
@@ -102,6 +113,28 @@ func (p *Port) pump() {
 		}
 		idle = min(2*idle, 20*time.Millisecond)
 	}
+}
+
+// waitChange waits, through the runtime's poller, for the port's next readiness event or for d.
+func (p *Port) waitChange(d time.Duration) {
+	raw, err := p.f.SyscallConn()
+	if err != nil {
+		time.Sleep(d)
+		return
+	}
+	if err := p.f.SetReadDeadline(time.Now().Add(d)); err != nil {
+		time.Sleep(10 * time.Millisecond) // not pollable: fall back to polling
+		return
+	}
+	first := true
+	_ = raw.Read(func(uintptr) bool {
+		if first {
+			first = false
+			return false
+		}
+		return true
+	})
+	_ = p.f.SetReadDeadline(time.Time{})
 }
 
 // Next returns a connection for the next host visit. Reads on it end with io.EOF when the host

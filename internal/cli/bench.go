@@ -21,8 +21,17 @@ import (
 type benchFlags struct {
 	n      int
 	json   bool
-	accel  string
-	memory int
+	accel   string
+	memory  int
+	restore bool
+}
+
+// name prefixes a measurement's name when sandboxes are restored from the template.
+func (f *benchFlags) name(n string) string {
+	if f.restore {
+		return "restore_" + n
+	}
+	return n
 }
 
 func benchCmd(g *globals) *cobra.Command {
@@ -32,6 +41,7 @@ func benchCmd(g *globals) *cobra.Command {
 	cmd.PersistentFlags().BoolVar(&f.json, "json", false, "one JSON object per line")
 	cmd.PersistentFlags().StringVar(&f.accel, "accel", "auto", "auto, kvm or tcg")
 	cmd.PersistentFlags().IntVar(&f.memory, "memory", sandbox.DefaultMemoryMiB, "guest memory in MiB")
+	cmd.PersistentFlags().BoolVar(&f.restore, "restore", false, "restore sandboxes from the base template's memory snapshot (built if missing) instead of booting them")
 	cmd.AddCommand(
 		&cobra.Command{Use: "boot", Short: "Cold boot: QEMU start to envd ready; QEMU's RSS", Args: cobra.NoArgs,
 			RunE: func(c *cobra.Command, _ []string) error { return benchBoot(c.Context(), g, f, c.OutOrStdout()) }},
@@ -52,7 +62,13 @@ func benchRuntime(ctx context.Context, g *globals, f *benchFlags) (*sandbox.Runt
 		return nil, err
 	}
 	rt, _, err := g.runtime(ctx, runtimeOpts{accel: accel, dieWithParent: true, attempts: 1})
-	return rt, err
+	if err != nil || !f.restore {
+		return rt, err
+	}
+	if f.memory != sandbox.DefaultMemoryMiB {
+		return nil, fmt.Errorf("--memory %d: the template has %d MiB", f.memory, sandbox.DefaultMemoryMiB)
+	}
+	return rt, g.useTemplate(ctx, rt, "base")
 }
 
 // rssMiB reads a process's resident set size.
@@ -97,7 +113,7 @@ func benchBoot(ctx context.Context, g *globals, f *benchFlags, out io.Writer) er
 			return err
 		}
 	}
-	s := bench.Summarize("boot", boots)
+	s := bench.Summarize(f.name("boot"), boots)
 	s.Extra = map[string]float64{"qemu_rss_mib_median": bench.MedianFloat(rss), "memory_mib": float64(f.memory)}
 	return bench.Print(out, f.json, s)
 }
@@ -129,7 +145,7 @@ func benchRun(ctx context.Context, g *globals, f *benchFlags, out io.Writer) err
 			return fmt.Errorf("true exited %d", res.ExitCode)
 		}
 	}
-	return bench.Print(out, f.json, bench.Summarize("run", total), bench.Summarize("run_command", cmd))
+	return bench.Print(out, f.json, bench.Summarize(f.name("run"), total), bench.Summarize(f.name("run_command"), cmd))
 }
 
 // benchDensity boots f.n sandboxes, keeps them all running, and reports what each costs this
@@ -167,7 +183,7 @@ func benchDensity(ctx context.Context, g *globals, f *benchFlags, out io.Writer)
 	for _, sb := range boxes {
 		qemu = append(qemu, rssMiB(sb.VM.PID))
 	}
-	s := bench.Summarize("density_boot", boots)
+	s := bench.Summarize(f.name("density_boot"), boots)
 	s.Extra = map[string]float64{
 		"vms":                    float64(f.n),
 		"memory_mib":             float64(f.memory),

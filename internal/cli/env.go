@@ -118,3 +118,18 @@ func (g *globals) runtime(ctx context.Context, o runtimeOpts) (*sandbox.Runtime,
 		Build: true, Progress: os.Stderr, Log: g.logger(),
 	})
 }
+
+// useTemplate makes rt restore sandboxes of template name from its memory snapshot, building the
+// snapshot first when there is none for this machine.
+func (g *globals) useTemplate(ctx context.Context, rt *sandbox.Runtime, name string) error {
+	home, err := g.homeDir()
+	if err != nil {
+		return err
+	}
+	t, err := rt.EnsureTemplate(ctx, imageHome(home), name)
+	if err != nil {
+		return err
+	}
+	rt.Templates = map[string]*sandbox.Template{name: t}
+	return nil
+}

@@ -39,6 +39,7 @@ type runFlags struct {
 	accel      string
 	kernelArgs []string
 	bootTO     time.Duration
+	cold       bool
 }
 
 func parseEnv(kvs []string) (map[string]string, error) {
@@ -84,6 +85,7 @@ func runCmd(g *globals) *cobra.Command {
 	fl.StringVar(&f.user, "user", sandbox.DefaultUser, "user to run as")
 	fl.StringVar(&f.accel, "accel", "auto", "accelerator: auto, kvm or tcg")
 	fl.StringArrayVar(&f.kernelArgs, "kernel-arg", nil, "extra guest kernel argument (debugging)")
+	fl.BoolVar(&f.cold, "cold", false, "boot the sandbox instead of restoring the template's memory snapshot")
 	fl.DurationVar(&f.bootTO, "boot-timeout", 30*time.Second, "give up if the guest is not ready after this long")
 	_ = fl.MarkHidden("kernel-arg")
 	return cmd
@@ -112,7 +114,12 @@ func runOnce(ctx context.Context, g *globals, f *runFlags, args []string) (int, 
 	if err != nil {
 		return exitCellError, err
 	}
-	sb, err := rt.Boot(ctx, sandbox.Options{Template: f.template, MemoryMiB: f.memory, CPUs: f.cpus, KernelArgs: f.kernelArgs})
+	if !f.cold && len(f.kernelArgs) == 0 && f.memory == sandbox.DefaultMemoryMiB && f.cpus == sandbox.DefaultCPUs {
+		if err := g.useTemplate(ctx, rt, f.template); err != nil {
+			fmt.Fprintln(os.Stderr, "cell: no template snapshot, booting cold:", err)
+		}
+	}
+	sb, err := rt.Boot(ctx, sandbox.Options{Template: f.template, MemoryMiB: f.memory, CPUs: f.cpus, KernelArgs: f.kernelArgs, Cold: f.cold})
 	if err != nil {
 		return exitCellError, err
 	}

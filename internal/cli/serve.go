@@ -35,7 +35,7 @@ func (g *globals) openStore(ctx context.Context) (*store.Store, error) {
 
 func serveCmd(g *globals) *cobra.Command {
 	var listen, domain, accel string
-	var leave bool
+	var leave, cold bool
 	var grace time.Duration
 	c := &cobra.Command{
 		Use:   "serve",
@@ -59,6 +59,15 @@ every sandbox, or with --leave-running leaves them for the next cell serve to re
 				return err
 			}
 			log.Info("accelerator", "accel", choice.Accel, "reason", choice.Reason)
+			if !cold {
+				// Sandboxes are restored from the base template's memory snapshot; without one
+				// they boot cold, which works, only slower.
+				if err := g.useTemplate(ctx, rt, "base"); err != nil {
+					log.Warn("no template snapshot: sandboxes will boot cold", "err", err)
+				} else {
+					log.Info("template snapshot ready", "template", "base", "dir", rt.Templates["base"].Dir)
+				}
+			}
 			st, err := g.openStore(ctx)
 			if err != nil {
 				return err
@@ -101,6 +110,7 @@ every sandbox, or with --leave-running leaves them for the next cell serve to re
 	c.Flags().StringVar(&listen, "listen", "127.0.0.1:3000", "address to listen on")
 	c.Flags().StringVar(&domain, "domain", "", "sandbox domain reported to clients; hosts {port}-{id}.{domain} are routed to sandboxes")
 	c.Flags().StringVar(&accel, "accel", "auto", "auto, kvm or tcg")
+	c.Flags().BoolVar(&cold, "cold", false, "boot every sandbox instead of restoring the base template's memory snapshot")
 	c.Flags().BoolVar(&leave, "leave-running", false, "on shutdown, leave sandboxes running for the next cell serve to re-adopt")
 	c.Flags().DurationVar(&grace, "grace", 10*time.Second, "how long shutdown waits for in-flight calls")
 	return c

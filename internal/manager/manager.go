@@ -1,7 +1,6 @@
 package manager
 
 import (
-	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -229,25 +228,11 @@ func (m *Manager) Create(ctx context.Context, req CreateRequest) (Info, error) {
 	return info, nil
 }
 
-// initEnvd hands envd its env vars, access token and the host's clock.
+// initEnvd hands envd its env vars and access token (and, through Init, its name, fresh
+// randomness and the host's clock).
 func initEnvd(ctx context.Context, sb *sandbox.Sandbox, rec store.Sandbox) error {
-	now := time.Now()
-	body, _ := json.Marshal(server.InitRequest{EnvVars: rec.EnvVars, AccessToken: &rec.EnvdToken, Timestamp: &now})
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, sandbox.EnvdURL+"/init", bytes.NewReader(body))
-	if err != nil {
-		return err
-	}
-	req.Header.Set("Content-Type", "application/json")
-	resp, err := sb.HTTP().Do(req)
-	if err != nil {
-		return fmt.Errorf("envd /init: %w", err)
-	}
-	defer func() { _ = resp.Body.Close() }()
-	if resp.StatusCode != http.StatusNoContent {
-		msg, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
-		return fmt.Errorf("envd /init: HTTP %d: %s", resp.StatusCode, msg)
-	}
-	return nil
+	token := rec.EnvdToken
+	return sb.Init(ctx, server.InitRequest{EnvVars: rec.EnvVars, AccessToken: &token})
 }
 
 // arm (re)starts b's timeout timer. b.mu must be held.

@@ -1,7 +1,10 @@
 package sandbox
 
 import (
+	"bytes"
 	"context"
+	"crypto/rand"
+	"encoding/json"
 	"encoding/base64"
 	"errors"
 	"fmt"
@@ -12,6 +15,7 @@ import (
 
 	"connectrpc.com/connect"
 
+	"github.com/cellhq/cell/envd/server"
 	"github.com/cellhq/cell/internal/ids"
 	"github.com/cellhq/cell/internal/image"
 	"github.com/cellhq/cell/internal/vmm"
@@ -35,15 +39,33 @@ type Runtime struct {
 	Image image.Image
 	Accel vmm.Accel
 	Log   *slog.Logger
+	// Templates are memory snapshots, by template name, that sandboxes are restored from
+	// instead of booted. Set before the runtime is shared; read-only afterwards.
+	Templates map[string]*Template
+}
+
+// Template is a memory snapshot of a booted, warmed-up sandbox: its disk layer, its RAM file and
+// device state, and the machine it must be restored into.
+type Template struct {
+	Name       string
+	Dir        string
+	Disk       string // qcow2 layer, backed by the image's base disk
+	Snapshot   vmm.Snapshot
+	MemoryMiB  int
+	CPUs       int
+	KernelArgs []string
 }
 
 // Options describe one sandbox.
 type Options struct {
 	ID         string // chosen by Boot when empty
+	Cold       bool   // boot even when a template snapshot exists
 	Template   string
 	MemoryMiB  int
 	CPUs       int
 	KernelArgs []string // for tests and debugging
+
+	memPath string // RAM in this shared file (a template being built)
 }
 
 // Sandbox is a running VM with envd ready. Close releases it.
@@ -52,7 +74,9 @@ type Sandbox struct {
 	VM       *vmm.VM
 	Process  processconnect.ProcessClient
 	BootTime time.Duration
+	Restored bool // started from a template snapshot
 	http     *http.Client
+	token    string // envd's access token, once Init set one
 }
 
 // ErrVMExited is wrapped when the sandbox's VM ended while a call was waiting on it.
@@ -80,14 +104,31 @@ func (r *Runtime) Boot(ctx context.Context, opts Options) (*Sandbox, error) {
 	if id == "" {
 		id = ids.NewSandboxID()
 	}
-	vm, err := r.Host.Start(ctx, vmm.Spec{
+	spec := vmm.Spec{
 		ID: id, Kernel: r.Image.Kernel, BaseDisk: r.Image.Disk, MemoryMiB: opts.MemoryMiB, CPUs: opts.CPUs,
 		Accel: r.Accel, KernelArgs: append([]string{"cell.hostname=" + id}, opts.KernelArgs...),
-	})
+		MemPath: opts.memPath, MemShared: opts.memPath != "",
+	}
+	what := "booting sandbox"
+	if t := r.Templates[opts.Template]; t != nil && !opts.Cold && len(opts.KernelArgs) == 0 &&
+		opts.MemoryMiB == t.MemoryMiB && opts.CPUs == t.CPUs && opts.memPath == "" {
+		spec.BaseDisk, spec.KernelArgs, spec.Restore = t.Disk, t.KernelArgs, &t.Snapshot
+		what = "restoring sandbox from template " + t.Name
+	}
+	vm, err := r.Host.Start(ctx, spec)
 	if err != nil {
-		return nil, fmt.Errorf("booting sandbox: %w", err)
+		return nil, fmt.Errorf("%s: %w", what, err)
 	}
 	sb := newSandbox(vm)
+	sb.Restored = spec.Restore != nil
+	if sb.Restored {
+		// A clone wakes up as its template: give it its own name, fresh randomness and the
+		// time before anything else runs in it.
+		if err := sb.Init(ctx, server.InitRequest{}); err != nil {
+			_ = sb.Close()
+			return nil, err
+		}
+	}
 	sb.BootTime = time.Since(start)
 	return sb, nil
 }
@@ -104,6 +145,43 @@ func (r *Runtime) Adopt(ctx context.Context, id string, pid int, startTicks uint
 		return nil, err
 	}
 	return newSandbox(vm), nil
+}
+
+// Init sends envd its /init: req as given, plus the sandbox's host name, 64 bytes of fresh host
+// randomness (reseeding the guest's RNG) and the host's clock.
+func (s *Sandbox) Init(ctx context.Context, req server.InitRequest) error {
+	entropy := make([]byte, 64)
+	if _, err := rand.Read(entropy); err != nil {
+		return err
+	}
+	now := time.Now()
+	hostname := s.ID
+	req.Hostname, req.Entropy, req.Timestamp = &hostname, entropy, &now
+	body, err := json.Marshal(req)
+	if err != nil {
+		return err
+	}
+	hreq, err := http.NewRequestWithContext(ctx, http.MethodPost, envdURL+"/init", bytes.NewReader(body))
+	if err != nil {
+		return err
+	}
+	hreq.Header.Set("Content-Type", "application/json")
+	if s.token != "" {
+		hreq.Header.Set("X-Access-Token", s.token)
+	}
+	resp, err := s.http.Do(hreq)
+	if err != nil {
+		return fmt.Errorf("envd /init: %w", err)
+	}
+	defer func() { _ = resp.Body.Close() }()
+	if resp.StatusCode != http.StatusNoContent {
+		msg, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
+		return fmt.Errorf("envd /init: HTTP %d: %s", resp.StatusCode, msg)
+	}
+	if req.AccessToken != nil {
+		s.token = *req.AccessToken
+	}
+	return nil
 }
 
 // HTTP returns a client whose requests reach envd (any URL host; by convention http://envd).

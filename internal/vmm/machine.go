@@ -56,6 +56,13 @@ type Machine struct {
 	ChannelSocket string
 	// Sandbox enables QEMU's seccomp sandbox.
 	Sandbox bool
+
+	// MemPath backs guest RAM with this file: shared (MAP_SHARED) when MemShared, so that a
+	// snapshot leaves RAM in the file; private copy-on-write otherwise, for a clone of it.
+	MemPath   string
+	MemShared bool
+	// Incoming starts QEMU waiting for a migration stream (restore) instead of booting.
+	Incoming bool
 }
 
 // Validate checks the machine description.
@@ -70,8 +77,12 @@ func (m Machine) Validate() error {
 	if m.Accel != AccelKVM && m.Accel != AccelTCG {
 		errs = append(errs, fmt.Errorf("accel: %q must be resolved to kvm or tcg", m.Accel))
 	}
-	for name, p := range map[string]string{"kernel": m.Kernel, "disk": m.Disk, "qmp socket": m.QMPSocket,
-		"console socket": m.ConsoleSocket, "channel socket": m.ChannelSocket} {
+	paths := map[string]string{"kernel": m.Kernel, "disk": m.Disk, "qmp socket": m.QMPSocket,
+		"console socket": m.ConsoleSocket, "channel socket": m.ChannelSocket}
+	if m.MemPath != "" {
+		paths["memory file"] = m.MemPath
+	}
+	for name, p := range paths {
 		if !strings.HasPrefix(p, "/") {
 			errs = append(errs, fmt.Errorf("%s: path %q must be absolute", name, p))
 		}
@@ -116,7 +127,7 @@ func (m Machine) Args() ([]string, error) {
 	args := []string{
 		"-name", m.Name,
 		"-nodefaults", "-no-user-config", "-display", "none", "-no-reboot", "-S",
-		"-M", "microvm,acpi=off,x-option-roms=off",
+		"-M", m.machineOpt(),
 	}
 	switch m.Accel {
 	case AccelKVM:
@@ -144,5 +155,23 @@ func (m Machine) Args() ([]string, error) {
 		"-drive", "file="+m.Disk+",if=none,id=d0,format=qcow2,node-name=n0,cache=unsafe,discard=unmap",
 		"-device", "virtio-blk-device,drive=d0",
 	)
+	if m.MemPath != "" {
+		share := "off"
+		if m.MemShared {
+			share = "on"
+		}
+		args = append(args, "-object", "memory-backend-file,id=ram0,size="+strconv.Itoa(m.MemoryMiB)+"M,mem-path="+m.MemPath+",share="+share)
+	}
+	if m.Incoming {
+		args = append(args, "-incoming", "defer")
+	}
 	return args, nil
+}
+
+func (m Machine) machineOpt() string {
+	opt := "microvm,acpi=off,x-option-roms=off"
+	if m.MemPath != "" {
+		opt += ",memory-backend=ram0"
+	}
+	return opt
 }

@@ -93,6 +93,20 @@ type Spec struct {
 	CPUs       int
 	Accel      Accel // resolved: kvm or tcg
 	KernelArgs []string
+
+	// MemPath and MemShared back RAM with a file (see Machine); a VM to be snapshotted as a
+	// template uses a shared one.
+	MemPath   string
+	MemShared bool
+	// Restore, when set, starts the VM from this snapshot instead of booting it: RAM maps the
+	// snapshot's file copy-on-write and BaseDisk must be the snapshot's disk layer.
+	Restore *Snapshot
+}
+
+// Snapshot is a saved VM: device state, and RAM in a file.
+type Snapshot struct {
+	MemPath   string
+	StatePath string
 }
 
 // VM is a running QEMU. Close releases everything it holds.
@@ -240,6 +254,10 @@ func (h *Host) startOnce(ctx context.Context, spec Spec) (_ *VM, retErr error) {
 		MemoryMiB: spec.MemoryMiB, CPUs: spec.CPUs, Accel: spec.Accel, TSCkHz: h.cfg.TSCkHz,
 		QMPSocket: dir.File("qmp.sock"), ConsoleSocket: dir.File("console.sock"),
 		ChannelSocket: dir.File("ch.sock"), Sandbox: h.cfg.Sandbox,
+		MemPath: spec.MemPath, MemShared: spec.MemShared,
+	}
+	if spec.Restore != nil {
+		m.MemPath, m.MemShared, m.Incoming = spec.Restore.MemPath, false, true
 	}
 	args, err := m.Args()
 	if err != nil {
@@ -324,6 +342,12 @@ func (h *Host) startOnce(ctx context.Context, spec Spec) (_ *VM, retErr error) {
 	chConn, err := dialRetry(bootCtx, m.ChannelSocket, func(c net.Conn) (net.Conn, error) { return c, nil })
 	if err != nil {
 		return nil, fail("connecting to the guest channel", err)
+	}
+	if spec.Restore != nil {
+		if err := vm.incoming(bootCtx, spec.Restore.StatePath); err != nil {
+			_ = chConn.Close()
+			return nil, fail("restoring the snapshot", err)
+		}
 	}
 	if err := vm.QMP.Execute(bootCtx, "cont", nil, nil); err != nil {
 		_ = chConn.Close()

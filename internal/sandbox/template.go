@@ -1,0 +1,215 @@
+package sandbox
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/cellhq/cell/internal/ids"
+	"github.com/cellhq/cell/internal/vmm"
+)
+
+// templateMeta is a template's meta.json.
+type templateMeta struct {
+	Name        string    `json:"name"`
+	Fingerprint string    `json:"fingerprint"`
+	MemoryMiB   int       `json:"memoryMiB"`
+	CPUs        int       `json:"cpus"`
+	KernelArgs  []string  `json:"kernelArgs"`
+	Accel       vmm.Accel `json:"accel"`
+	CreatedAt   time.Time `json:"createdAt"`
+	BuildMillis int64     `json:"buildMillis"`
+}
+
+// warmUp runs once in a template before it is saved, so that what most commands load (bash,
+// its profile, python3 and node with their libraries) is in the snapshot's page cache.
+const warmUp = "python3 -c pass; node -e 0; true"
+
+// EnsureTemplate returns the memory snapshot of template name (only "base" exists), building it
+// under home/templates when there is none for this exact QEMU, kernel, image and machine (their
+// fingerprint names the directory, so a snapshot never meets a machine it was not made on).
+// Builds are serialised by a lock file and published with a rename: readers see a whole
+// template or none.
+func (r *Runtime) EnsureTemplate(ctx context.Context, home, name string) (*Template, error) {
+	if err := ids.Validate("template", name); err != nil {
+		return nil, err
+	}
+	if name != "base" {
+		return nil, fmt.Errorf("template %q: not found (only \"base\" exists)", name)
+	}
+	spec := vmm.Spec{Kernel: r.Image.Kernel, BaseDisk: r.Image.Disk, MemoryMiB: DefaultMemoryMiB, CPUs: DefaultCPUs, Accel: r.Accel}
+	fp, err := r.Host.Fingerprint(spec)
+	if err != nil {
+		return nil, fmt.Errorf("template %s: %w", name, err)
+	}
+	parent := filepath.Join(home, "templates", name)
+	if err := os.MkdirAll(parent, 0o700); err != nil {
+		return nil, err
+	}
+	final := filepath.Join(parent, fp[:16])
+	if t, err := loadTemplate(final, fp); err == nil {
+		return t, nil
+	}
+	lock, err := os.OpenFile(filepath.Join(parent, ".lock"), os.O_CREATE|os.O_RDWR, 0o600)
+	if err != nil {
+		return nil, err
+	}
+	defer func() { _ = lock.Close() }()
+	if err := flock(ctx, lock); err != nil {
+		return nil, fmt.Errorf("template %s: waiting for another build: %w", name, err)
+	}
+	if t, err := loadTemplate(final, fp); err == nil {
+		return t, nil // built while we waited
+	}
+	t0 := time.Now()
+	staging, err := os.MkdirTemp(parent, ".staging-")
+	if err != nil {
+		return nil, err
+	}
+	defer func() { _ = os.RemoveAll(staging) }()
+	meta := templateMeta{Name: name, Fingerprint: fp, MemoryMiB: spec.MemoryMiB, CPUs: spec.CPUs, Accel: r.Accel}
+	if err := r.buildTemplate(ctx, staging, &meta); err != nil {
+		return nil, fmt.Errorf("building template %s: %w", name, err)
+	}
+	meta.CreatedAt, meta.BuildMillis = time.Now().UTC(), time.Since(t0).Milliseconds()
+	b, _ := json.MarshalIndent(meta, "", "  ")
+	if err := writeSynced(filepath.Join(staging, "meta.json"), b); err != nil {
+		return nil, err
+	}
+	if err := os.Rename(staging, final); err != nil {
+		return nil, fmt.Errorf("publishing template %s: %w", name, err)
+	}
+	syncDir(parent)
+	// Older snapshots of this template (another QEMU, kernel or image) can no longer be used.
+	// Running clones keep their mappings and open files; nothing else refers to them.
+	if des, err := os.ReadDir(parent); err == nil {
+		for _, de := range des {
+			if de.IsDir() && de.Name() != filepath.Base(final) && !strings.HasPrefix(de.Name(), ".") {
+				_ = os.RemoveAll(filepath.Join(parent, de.Name()))
+			}
+		}
+	}
+	r.Log.Info("template built", "template", name, "took", time.Since(t0))
+	return loadTemplate(final, fp)
+}
+
+func (r *Runtime) buildTemplate(ctx context.Context, dir string, meta *templateMeta) error {
+	sb, err := r.Boot(ctx, Options{Template: meta.Name, Cold: true, memPath: filepath.Join(dir, "mem"),
+		MemoryMiB: meta.MemoryMiB, CPUs: meta.CPUs})
+	if err != nil {
+		return err
+	}
+	defer func() { _ = sb.Close() }()
+	for _, c := range []RunSpec{
+		{Cmd: "/bin/bash", Args: []string{"-l", "-c", warmUp}, User: DefaultUser},
+		{Cmd: "/bin/sync", User: "root"},
+	} {
+		res, err := sb.Run(ctx, c, nil, io.Discard, io.Discard, nil)
+		if err != nil {
+			return fmt.Errorf("warming up: %w", err)
+		}
+		if res.ExitCode != 0 {
+			return fmt.Errorf("warming up: %s %v exited %d", c.Cmd, c.Args, res.ExitCode)
+		}
+	}
+	// The host side of the channel must be gone before the snapshot: a clone's envd then finds
+	// its port closed and waits for its own host, instead of talking into a dead session.
+	_ = sb.VM.Channel.Close()
+	if err := sb.VM.Save(ctx, filepath.Join(dir, "state")); err != nil {
+		return err
+	}
+	// The VM's overlay is the template's disk layer. QEMU keeps writing to the same inode
+	// until it exits (below, in Close), and the guest is stopped, so it matches the RAM.
+	if err := os.Rename(sb.VM.Dir.File("disk.qcow2"), filepath.Join(dir, "disk.qcow2")); err != nil {
+		return err
+	}
+	meta.KernelArgs = []string{"cell.hostname=" + sb.ID}
+	if err := sb.Close(); err != nil {
+		return err
+	}
+	for _, f := range []string{"mem", "state", "disk.qcow2"} {
+		if err := syncFile(filepath.Join(dir, f)); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func loadTemplate(dir, fp string) (*Template, error) {
+	b, err := os.ReadFile(filepath.Join(dir, "meta.json"))
+	if err != nil {
+		return nil, err
+	}
+	var m templateMeta
+	if err := json.Unmarshal(b, &m); err != nil {
+		return nil, fmt.Errorf("%s: %w", dir, err)
+	}
+	if m.Fingerprint != fp {
+		return nil, fmt.Errorf("%s: made for another machine (fingerprint %.16s, want %.16s)", dir, m.Fingerprint, fp)
+	}
+	for _, f := range []string{"mem", "state", "disk.qcow2"} {
+		if _, err := os.Stat(filepath.Join(dir, f)); err != nil {
+			return nil, fmt.Errorf("%s: incomplete: %w", dir, err)
+		}
+	}
+	return &Template{
+		Name: m.Name, Dir: dir, Disk: filepath.Join(dir, "disk.qcow2"), MemoryMiB: m.MemoryMiB, CPUs: m.CPUs, KernelArgs: m.KernelArgs,
+		Snapshot: vmm.Snapshot{MemPath: filepath.Join(dir, "mem"), StatePath: filepath.Join(dir, "state")},
+	}, nil
+}
+
+func flock(ctx context.Context, f *os.File) error {
+	for {
+		err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB)
+		if err == nil {
+			return nil
+		}
+		if !errors.Is(err, unix.EWOULDBLOCK) {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+}
+
+func writeSynced(path string, b []byte) error {
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o600)
+	if err != nil {
+		return err
+	}
+	_, err = f.Write(b)
+	if serr := f.Sync(); err == nil {
+		err = serr
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	return err
+}
+
+func syncFile(path string) error {
+	f, err := os.Open(path)
+	if err != nil {
+		return err
+	}
+	defer func() { _ = f.Close() }()
+	return f.Sync()
+}
+
+func syncDir(path string) {
+	if d, err := os.Open(path); err == nil {
+		_ = d.Sync()
+		_ = d.Close()
+	}
+}

@@ -1,0 +1,170 @@
+package vmm
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"strings"
+	"time"
+)
+
+// ignoreShared makes migration leave file-backed shared RAM out of the stream.
+func (vm *VM) ignoreShared(ctx context.Context) error {
+	caps := map[string]any{"capabilities": []map[string]any{{"capability": "x-ignore-shared", "state": true}}}
+	if err := vm.QMP.Execute(ctx, "migrate-set-capabilities", caps, nil); err != nil {
+		return fmt.Errorf("migrate-set-capabilities: %w", err)
+	}
+	return nil
+}
+
+type migrationStatus struct {
+	Status    string `json:"status"`
+	ErrorDesc string `json:"error-desc"`
+}
+
+// waitMigration polls query-migrate until the migration completes or fails.
+func (vm *VM) waitMigration(ctx context.Context) error {
+	delay := 500 * time.Microsecond
+	for {
+		var st migrationStatus
+		if err := vm.QMP.Execute(ctx, "query-migrate", nil, &st); err != nil {
+			return fmt.Errorf("query-migrate: %w", err)
+		}
+		switch st.Status {
+		case "completed":
+			return nil
+		case "failed", "cancelled":
+			return fmt.Errorf("migration %s: %s", st.Status, st.ErrorDesc)
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("waiting for the migration: %w", context.Cause(ctx))
+		case <-vm.exited:
+			return fmt.Errorf("%w during migration: %s", ErrQEMUExited, describeExit(vm.exitErr))
+		case <-time.After(delay):
+		}
+		delay = min(2*delay, 10*time.Millisecond)
+	}
+}
+
+// serveOnce listens on path and runs fn on the first connection; the returned channel gets its
+// result. The listener is closed when fn returns or ctx ends.
+func serveOnce(ctx context.Context, path string, fn func(net.Conn) error) (<-chan error, error) {
+	_ = os.Remove(path)
+	ln, err := net.Listen("unix", path)
+	if err != nil {
+		return nil, err
+	}
+	done := make(chan error, 1)
+	stop := context.AfterFunc(ctx, func() { _ = ln.Close() })
+	go func() {
+		defer stop()
+		conn, err := ln.Accept()
+		_ = ln.Close()
+		_ = os.Remove(path)
+		if err != nil {
+			done <- fmt.Errorf("waiting for QEMU's migration connection: %w", err)
+			return
+		}
+		stopConn := context.AfterFunc(ctx, func() { _ = conn.Close() })
+		err = fn(conn)
+		stopConn()
+		_ = conn.Close()
+		done <- err
+	}()
+	return done, nil
+}
+
+// incoming feeds a saved device state to a VM started with Incoming, and waits until it is loaded.
+func (vm *VM) incoming(ctx context.Context, statePath string) error {
+	f, err := os.Open(statePath)
+	if err != nil {
+		return fmt.Errorf("opening the snapshot state: %w", err)
+	}
+	defer func() { _ = f.Close() }()
+	if err := vm.ignoreShared(ctx); err != nil {
+		return err
+	}
+	// For an incoming migration QEMU is the one that listens.
+	sock := vm.Dir.File("mig.sock")
+	if err := vm.QMP.Execute(ctx, "migrate-incoming", map[string]any{"uri": "unix:" + sock}, nil); err != nil {
+		return fmt.Errorf("migrate-incoming: %w", err)
+	}
+	conn, err := dialRetry(ctx, sock, func(c net.Conn) (net.Conn, error) { return c, nil })
+	if err != nil {
+		return fmt.Errorf("connecting to QEMU's migration socket: %w", err)
+	}
+	stop := context.AfterFunc(ctx, func() { _ = conn.Close() })
+	_, err = io.Copy(conn, f)
+	stop()
+	_ = conn.Close()
+	if err != nil {
+		return fmt.Errorf("sending the snapshot state: %w", err)
+	}
+	return vm.waitMigration(ctx)
+}
+
+// Save stops the guest and writes its device state to statePath (RAM stays in the VM's shared
+// memory file, which must then not change: the VM is left paused, to be closed).
+func (vm *VM) Save(ctx context.Context, statePath string) error {
+	if err := vm.QMP.Execute(ctx, "stop", nil, nil); err != nil {
+		return fmt.Errorf("stopping the guest: %w", err)
+	}
+	if err := vm.ignoreShared(ctx); err != nil {
+		return err
+	}
+	out, err := os.OpenFile(statePath, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o600)
+	if err != nil {
+		return fmt.Errorf("creating the snapshot state: %w", err)
+	}
+	defer func() { _ = out.Close() }()
+	sock := vm.Dir.File("mig-out.sock")
+	done, err := serveOnce(ctx, sock, func(c net.Conn) error {
+		if _, err := io.Copy(out, c); err != nil {
+			return err
+		}
+		return out.Sync()
+	})
+	if err != nil {
+		return err
+	}
+	if err := vm.QMP.Execute(ctx, "migrate", map[string]any{"uri": "unix:" + sock}, nil); err != nil {
+		return fmt.Errorf("migrate: %w", err)
+	}
+	if err := vm.waitMigration(ctx); err != nil {
+		return err
+	}
+	if err := <-done; err != nil {
+		return fmt.Errorf("receiving the snapshot state: %w", err)
+	}
+	return nil
+}
+
+// Fingerprint identifies everything a snapshot of a VM started from spec depends on: the QEMU
+// binary (path, size, mtime), the machine's command line (with per-VM paths left out), the
+// kernel and the disk layers. A snapshot is only ever restored into a VM with the same one.
+func (h *Host) Fingerprint(spec Spec) (string, error) {
+	m := Machine{
+		Name: "cell-x", Kernel: spec.Kernel, KernelArgs: spec.KernelArgs, Disk: "/disk", MemoryMiB: spec.MemoryMiB,
+		CPUs: spec.CPUs, Accel: spec.Accel, TSCkHz: h.cfg.TSCkHz, QMPSocket: "/q", ConsoleSocket: "/c",
+		ChannelSocket: "/ch", Sandbox: h.cfg.Sandbox, MemPath: "/mem",
+	}
+	args, err := m.Args()
+	if err != nil {
+		return "", err
+	}
+	sum := sha256.New()
+	for _, p := range []string{h.cfg.QEMU, spec.Kernel, spec.BaseDisk} {
+		st, err := os.Stat(p)
+		if err != nil {
+			return "", err
+		}
+		fmt.Fprintf(sum, "%s|%d|%d\n", p, st.Size(), st.ModTime().UnixNano())
+	}
+	fmt.Fprintln(sum, strings.Join(args, "\x00"))
+	return hex.EncodeToString(sum.Sum(nil)), nil
+}
