@@ -190,12 +190,13 @@ func (m *Manager) Create(ctx context.Context, req CreateRequest) (Info, error) {
 	m.boxes[rec.ID] = b
 	m.mu.Unlock()
 
-	sb, err := m.cfg.Runtime.Boot(ctx, sandbox.Options{ID: rec.ID, Template: req.Template, CPUs: req.CPUs, MemoryMiB: req.MemoryMiB})
+	// envd gets the env vars and the access token (with its name, randomness and clock) before
+	// the sandbox is handed out.
+	token := rec.EnvdToken
+	sb, err := m.cfg.Runtime.Boot(ctx, sandbox.Options{ID: rec.ID, Template: req.Template, CPUs: req.CPUs, MemoryMiB: req.MemoryMiB,
+		Init: &server.InitRequest{EnvVars: rec.EnvVars, AccessToken: &token}})
 	if err == nil {
 		b.rec.PID, b.rec.StartTicks = sb.VM.PID, sb.VM.StartTicks
-		if err = initEnvd(ctx, sb, rec); err != nil {
-			_ = sb.Close()
-		}
 	}
 	if err != nil {
 		m.mu.Lock()
@@ -226,13 +227,6 @@ func (m *Manager) Create(ctx context.Context, req CreateRequest) (Info, error) {
 	}
 	m.watch(b)
 	return info, nil
-}
-
-// initEnvd hands envd its env vars and access token (and, through Init, its name, fresh
-// randomness and the host's clock).
-func initEnvd(ctx context.Context, sb *sandbox.Sandbox, rec store.Sandbox) error {
-	token := rec.EnvdToken
-	return sb.Init(ctx, server.InitRequest{EnvVars: rec.EnvVars, AccessToken: &token})
 }
 
 // arm (re)starts b's timeout timer. b.mu must be held.

@@ -60,6 +60,9 @@ type Template struct {
 type Options struct {
 	ID         string // chosen by Boot when empty
 	Cold       bool   // boot even when a template snapshot exists
+	// Init, when set, is sent to envd's /init as soon as it answers (with the identity Init
+	// always adds); a restored sandbox gets an identity /init even without it.
+	Init *server.InitRequest
 	Template   string
 	MemoryMiB  int
 	CPUs       int
@@ -121,10 +124,14 @@ func (r *Runtime) Boot(ctx context.Context, opts Options) (*Sandbox, error) {
 	}
 	sb := newSandbox(vm)
 	sb.Restored = spec.Restore != nil
-	if sb.Restored {
+	if sb.Restored || opts.Init != nil {
 		// A clone wakes up as its template: give it its own name, fresh randomness and the
 		// time before anything else runs in it.
-		if err := sb.Init(ctx, server.InitRequest{}); err != nil {
+		var req server.InitRequest
+		if opts.Init != nil {
+			req = *opts.Init
+		}
+		if err := sb.Init(ctx, req); err != nil {
 			_ = sb.Close()
 			return nil, err
 		}
