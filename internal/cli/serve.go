@@ -36,6 +36,7 @@ func (g *globals) openStore(ctx context.Context) (*store.Store, error) {
 func serveCmd(g *globals) *cobra.Command {
 	var listen, domain, accel string
 	var leave, cold bool
+	var pools map[string]int
 	var grace time.Duration
 	c := &cobra.Command{
 		Use:   "serve",
@@ -80,6 +81,13 @@ every sandbox, or with --leave-running leaves them for the next cell serve to re
 			if err := mgr.Recover(ctx); err != nil {
 				return err
 			}
+			for name, n := range pools {
+				if rt.Templates[name] == nil {
+					log.Warn("no pool without a template snapshot", "template", name)
+					continue
+				}
+				mgr.StartPool(name, n)
+			}
 			ln, err := net.Listen("tcp", listen)
 			if err != nil {
 				mgr.Shutdown(context.Background(), true)
@@ -111,6 +119,7 @@ every sandbox, or with --leave-running leaves them for the next cell serve to re
 	c.Flags().StringVar(&domain, "domain", "", "sandbox domain reported to clients; hosts {port}-{id}.{domain} are routed to sandboxes")
 	c.Flags().StringVar(&accel, "accel", "auto", "auto, kvm or tcg")
 	c.Flags().BoolVar(&cold, "cold", false, "boot every sandbox instead of restoring the base template's memory snapshot")
+	c.Flags().StringToIntVar(&pools, "pool", nil, "keep this many restored, warmed sandboxes of a template ready, e.g. base=4")
 	c.Flags().BoolVar(&leave, "leave-running", false, "on shutdown, leave sandboxes running for the next cell serve to re-adopt")
 	c.Flags().DurationVar(&grace, "grace", 10*time.Second, "how long shutdown waits for in-flight calls")
 	return c

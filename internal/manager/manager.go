@@ -66,6 +66,7 @@ type Manager struct {
 	boxes    map[string]*box
 	seq      int64
 	closing  bool
+	pools    map[string]*pool
 	inflight sync.WaitGroup
 	watchers sync.WaitGroup
 }
@@ -174,13 +175,25 @@ func (m *Manager) Create(ctx context.Context, req CreateRequest) (Info, error) {
 	seq := m.seq
 	m.seq++
 	m.mu.Unlock()
+	// A sandbox from the warm pool already runs: it only needs this sandbox's settings.
+	var fromPool *pooled
+	if req.CPUs == sandbox.DefaultCPUs && req.MemoryMiB == sandbox.DefaultMemoryMiB {
+		fromPool = m.takePooled(req.Template)
+	}
+	id := ids.NewSandboxID()
+	if fromPool != nil {
+		id = fromPool.sb.ID
+	}
 	rec := store.Sandbox{
-		ID: ids.NewSandboxID(), TeamID: req.Team, TemplateID: req.Template, State: store.StateCreating,
+		ID: id, TeamID: req.Team, TemplateID: req.Template, State: store.StateCreating,
 		Metadata: maps.Clone(req.Metadata), EnvVars: maps.Clone(req.EnvVars), CPUs: req.CPUs, MemoryMiB: req.MemoryMiB,
 		AllowInternet: req.AllowInternet, StartedAt: now, EndAt: now.Add(req.Timeout), Seq: seq,
 	}
 	if req.Secure {
 		rec.EnvdToken = newToken()
+		if fromPool != nil {
+			rec.EnvdToken = fromPool.token // enforced since the pool filled; never shown before
+		}
 	}
 	if err := m.cfg.Store.PutSandbox(ctx, rec); err != nil {
 		return Info{}, err
@@ -193,8 +206,21 @@ func (m *Manager) Create(ctx context.Context, req CreateRequest) (Info, error) {
 	// envd gets the env vars and the access token (with its name, randomness and clock) before
 	// the sandbox is handed out.
 	token := rec.EnvdToken
-	sb, err := m.cfg.Runtime.Boot(ctx, sandbox.Options{ID: rec.ID, Template: req.Template, CPUs: req.CPUs, MemoryMiB: req.MemoryMiB,
-		Init: &server.InitRequest{EnvVars: rec.EnvVars, AccessToken: &token}})
+	initReq := server.InitRequest{EnvVars: rec.EnvVars, AccessToken: &token}
+	var sb *sandbox.Sandbox
+	var err error
+	if fromPool != nil {
+		sb = fromPool.sb
+		// The pool sandbox already has its own name, randomness, clock and token: only other
+		// settings need a trip into the guest.
+		if len(rec.EnvVars) > 0 || rec.EnvdToken != fromPool.token {
+			if err = sb.Init(ctx, initReq); err != nil {
+				_ = sb.Close()
+			}
+		}
+	} else {
+		sb, err = m.cfg.Runtime.Boot(ctx, sandbox.Options{ID: rec.ID, Template: req.Template, CPUs: req.CPUs, MemoryMiB: req.MemoryMiB, Init: &initReq})
+	}
 	if err == nil {
 		b.rec.PID, b.rec.StartTicks = sb.VM.PID, sb.VM.StartTicks
 	}
@@ -444,6 +470,7 @@ func (m *Manager) Recover(ctx context.Context) error {
 			continue
 		}
 		keep[rec.ID] = true
+		sb.SetToken(rec.EnvdToken)
 		b.sb = sb
 		m.mu.Lock()
 		m.boxes[rec.ID] = b
@@ -494,6 +521,7 @@ func (m *Manager) Shutdown(ctx context.Context, leave bool) {
 	m.mu.Lock()
 	m.closing = true
 	m.mu.Unlock()
+	m.drainPools()
 	done := make(chan struct{})
 	go func() { m.inflight.Wait(); close(done) }()
 	select {

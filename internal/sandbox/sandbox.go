@@ -11,6 +11,7 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"sync/atomic"
 	"time"
 
 	"connectrpc.com/connect"
@@ -78,8 +79,9 @@ type Sandbox struct {
 	Process  processconnect.ProcessClient
 	BootTime time.Duration
 	Restored bool // started from a template snapshot
-	http     *http.Client
-	token    string // envd's access token, once Init set one
+	http     *http.Client // raw: for the proxy, whose clients bring their own token
+	own      *http.Client // with envd's access token: for Cell's own calls
+	token    atomic.Pointer[string]
 }
 
 // ErrVMExited is wrapped when the sandbox's VM ended while a call was waiting on it.
@@ -142,7 +144,26 @@ func (r *Runtime) Boot(ctx context.Context, opts Options) (*Sandbox, error) {
 
 func newSandbox(vm *vmm.VM) *Sandbox {
 	hc := vm.Channel.HTTPClient()
-	return &Sandbox{ID: vm.ID, VM: vm, http: hc, Process: processconnect.NewProcessClient(hc, envdURL)}
+	sb := &Sandbox{ID: vm.ID, VM: vm, http: hc}
+	// Cell's own calls carry envd's access token once one is set; the proxy's (HTTP()) do not.
+	own := &http.Client{Transport: tokenTransport{base: hc.Transport, token: &sb.token}}
+	sb.own = own
+	sb.Process = processconnect.NewProcessClient(own, envdURL)
+	return sb
+}
+
+// tokenTransport adds envd's access token, when there is one, to each request.
+type tokenTransport struct {
+	base  http.RoundTripper
+	token *atomic.Pointer[string]
+}
+
+func (t tokenTransport) RoundTrip(r *http.Request) (*http.Response, error) {
+	if tok := t.token.Load(); tok != nil && *tok != "" && r.Header.Get("X-Access-Token") == "" {
+		r = r.Clone(r.Context())
+		r.Header.Set("X-Access-Token", *tok)
+	}
+	return t.base.RoundTrip(r)
 }
 
 // Adopt takes over a sandbox an earlier process booted detached (see vmm.Host.Adopt).
@@ -173,10 +194,7 @@ func (s *Sandbox) Init(ctx context.Context, req server.InitRequest) error {
 		return err
 	}
 	hreq.Header.Set("Content-Type", "application/json")
-	if s.token != "" {
-		hreq.Header.Set("X-Access-Token", s.token)
-	}
-	resp, err := s.http.Do(hreq)
+	resp, err := s.own.Do(hreq)
 	if err != nil {
 		return fmt.Errorf("envd /init: %w", err)
 	}
@@ -186,10 +204,14 @@ func (s *Sandbox) Init(ctx context.Context, req server.InitRequest) error {
 		return fmt.Errorf("envd /init: HTTP %d: %s", resp.StatusCode, msg)
 	}
 	if req.AccessToken != nil {
-		s.token = *req.AccessToken
+		tok := *req.AccessToken
+		s.token.Store(&tok)
 	}
 	return nil
 }
+
+// SetToken tells the sandbox envd's access token (after Adopt: the daemon that set it is gone).
+func (s *Sandbox) SetToken(tok string) { s.token.Store(&tok) }
 
 // HTTP returns a client whose requests reach envd (any URL host; by convention http://envd).
 func (s *Sandbox) HTTP() *http.Client { return s.http }
@@ -359,7 +381,7 @@ func (s *Sandbox) PowerOff(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	resp, err := s.http.Do(req)
+	resp, err := s.own.Do(req)
 	if err != nil {
 		return fmt.Errorf("asking envd to power off: %w", err)
 	}

@@ -128,7 +128,7 @@ func newRuntime(t *testing.T, rd string, mutate func(*sandbox.RuntimeConfig)) *s
 }
 
 // qemuProcesses lists live QEMU processes whose command line mentions dir.
-func qemuProcesses(t *testing.T, dir string) []string {
+func qemuProcesses(t testing.TB, dir string) []string {
 	t.Helper()
 	entries, err := os.ReadDir("/proc")
 	if err != nil {

@@ -87,3 +87,35 @@ func BenchmarkServe(b *testing.B) {
 		}
 	})
 }
+
+// BenchmarkServePool measures a create served from the warm pool (the pool is refilled, untimed,
+// between creates) and the first command in such a sandbox.
+func BenchmarkServePool(b *testing.B) {
+	home := b.TempDir()
+	key := apiKey(b, home)
+	srv := startServe(b, home, "--pool", "base=2")
+	c := client.New(srv.url, key)
+	ctx := context.Background()
+	var creates, first []time.Duration
+	for i := 0; i < b.N; i++ {
+		poolReady(b, srv.url, 2)
+		t0 := time.Now()
+		info, err := c.Create(ctx, client.CreateOptions{Timeout: time.Minute})
+		if err != nil {
+			b.Fatal(err)
+		}
+		creates = append(creates, time.Since(t0))
+		sb, err := c.Connect(ctx, info.SandboxID)
+		if err != nil {
+			b.Fatal(err)
+		}
+		t1 := time.Now()
+		if res, err := sb.Exec(ctx, "true", "", nil, io.Discard, io.Discard); err != nil || res.ExitCode != 0 {
+			b.Fatal(err, res)
+		}
+		first = append(first, time.Since(t1))
+		_ = c.Kill(ctx, info.SandboxID)
+	}
+	b.ReportMetric(float64(median(creates).Microseconds())/1000, "create-median-ms")
+	b.ReportMetric(float64(median(first).Microseconds())/1000, "first-command-median-ms")
+}

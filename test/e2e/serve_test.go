@@ -3,6 +3,7 @@ package e2e
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"io"
 	"net"
 	"net/http"
@@ -46,9 +47,23 @@ func startServe(t testing.TB, home string, args ...string) *server {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() {
+		// A graceful stop kills the daemon's VMs; QEMUs of a daemon killed on purpose (they
+		// outlive it by design) are killed here, so no test leaves one behind.
 		if s.cmd.ProcessState == nil {
-			_ = s.cmd.Process.Kill()
-			_ = s.cmd.Wait()
+			_ = s.cmd.Process.Signal(syscall.SIGTERM)
+			done := make(chan struct{})
+			go func() { _ = s.cmd.Wait(); close(done) }()
+			select {
+			case <-done:
+			case <-time.After(30 * time.Second):
+				_ = s.cmd.Process.Kill()
+				<-done
+			}
+		}
+		for _, pid := range qemuProcesses(t, filepath.Join(home, "run")) {
+			if n, err := strconv.Atoi(pid); err == nil {
+				_ = syscall.Kill(n, syscall.SIGKILL)
+			}
 		}
 	})
 	deadline := time.Now().Add(60 * time.Second)
@@ -327,4 +342,62 @@ type notifyWriter struct {
 func (n *notifyWriter) Write(p []byte) (int, error) {
 	n.once.Do(func() { close(n.first) })
 	return n.w.Write(p)
+}
+
+// poolReady waits until the server's base pool holds n sandboxes.
+func poolReady(t testing.TB, url string, n int) {
+	t.Helper()
+	deadline := time.Now().Add(2 * time.Minute)
+	for time.Now().Before(deadline) {
+		resp, err := http.Get(url + "/health")
+		if err == nil {
+			var h struct {
+				Pools map[string]struct{ Ready, Size int }
+			}
+			err = json.NewDecoder(resp.Body).Decode(&h)
+			_ = resp.Body.Close()
+			if err == nil && h.Pools["base"].Ready >= n {
+				return
+			}
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	t.Fatalf("the pool did not fill to %d", n)
+}
+
+// TestServePool: with --pool base=2, creates are served from warmed sandboxes, each handed out
+// once, each with its own identity and settings; the pool refills, and shutdown drains it.
+func TestServePool(t *testing.T) {
+	home := t.TempDir()
+	key := apiKey(t, home)
+	s := startServe(t, home, "--pool", "base=2")
+	c := client.New(s.url, key)
+	ctx := context.Background()
+	poolReady(t, s.url, 2)
+	seen := map[string]bool{}
+	for i := 0; i < 3; i++ { // the third may come from the refill or be restored on demand
+		info, err := c.Create(ctx, client.CreateOptions{Timeout: time.Minute, Envs: map[string]string{"N": strconv.Itoa(i)}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if seen[info.SandboxID] {
+			t.Fatalf("sandbox %s handed out twice", info.SandboxID)
+		}
+		seen[info.SandboxID] = true
+		out := execOut(t, c, info.SandboxID, "echo $N $(hostname) $(head -c 8 /dev/urandom | od -An -tx1 | tr -d ' ')")
+		f := strings.Fields(out)
+		if len(f) != 3 || f[0] != strconv.Itoa(i) || f[1] != info.SandboxID {
+			t.Fatalf("sandbox %d: %q", i, out)
+		}
+		if seen[f[2]] {
+			t.Fatalf("random bytes repeated: %s", f[2])
+		}
+		seen[f[2]] = true
+	}
+	poolReady(t, s.url, 2)
+	_ = s.cmd.Process.Signal(syscall.SIGTERM)
+	if err := s.cmd.Wait(); err != nil {
+		t.Fatalf("shutdown: %v\n%s", err, s.logs)
+	}
+	assertNothingLeft(t, filepath.Join(home, "run"))
 }
