@@ -2,6 +2,7 @@ package filesystem
 
 import (
 	"bytes"
+	"crypto/rand"
 	"compress/gzip"
 	"context"
 	"io"
@@ -209,5 +210,34 @@ func TestListDirDepthAndMakeDir(t *testing.T) {
 	}
 	if _, err := svc.Remove(ctx, connect.NewRequest(&pb.RemoveRequest{Path: filepath.Join(dir, "nope")})); connect.CodeOf(err) != connect.CodeNotFound {
 		t.Fatalf("remove missing: %v", err)
+	}
+}
+
+func TestGzipOnlyWhenItPays(t *testing.T) {
+	srv, _ := filesServer(t, "")
+	dir := t.TempDir()
+	text := filepath.Join(dir, "text.txt")
+	random := filepath.Join(dir, "random.bin")
+	if err := os.WriteFile(text, bytes.Repeat([]byte("hello world\n"), 10000), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	rnd := make([]byte, 100000)
+	if _, err := rand.Read(rnd); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(random, rnd, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for path, wantGzip := range map[string]bool{text: true, random: false} {
+		req, _ := http.NewRequest("GET", srv.URL+"/files?"+url.Values{"path": {path}}.Encode(), nil)
+		req.Header.Set("Accept-Encoding", "gzip, deflate")
+		resp, err := http.DefaultTransport.RoundTrip(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_ = resp.Body.Close()
+		if got := resp.Header.Get("Content-Encoding") == "gzip"; got != wantGzip {
+			t.Errorf("%s: gzip %v, want %v", path, got, wantGzip)
+		}
 	}
 }
