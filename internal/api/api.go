@@ -69,8 +69,10 @@ func New(cfg Config) *API {
 	a.route("GET /sandboxes/{id}/metrics", a.metrics)
 	a.route("GET /sandboxes/{id}/logs", a.logs)
 	a.route("GET /v2/sandboxes/{id}/logs", a.logs)
+	a.route("POST /sandboxes/{id}/pause", a.pause)
+	a.route("POST /sandboxes/{id}/resume", a.resume)
 	for _, p := range []string{
-		"POST /sandboxes/{id}/pause", "POST /sandboxes/{id}/resume", "POST /sandboxes/{id}/snapshots",
+		"POST /sandboxes/{id}/snapshots",
 		"GET /snapshots", "POST /sandboxes/{id}/fork", "DELETE /templates/{tid}", "PUT /sandboxes/{id}/network",
 		"POST /v3/templates", "POST /v2/templates/{tid}/builds/{bid}", "GET /templates/{tid}/builds/{bid}/status",
 		"GET /templates/{tid}/files/{hash}",
@@ -385,9 +387,17 @@ func (a *API) connect(w http.ResponseWriter, r *http.Request, team string) {
 		return
 	}
 	id := r.PathValue("id")
-	info, err := a.cfg.Manager.Get(team, id)
+	var timeout time.Duration
+	if body.Timeout != nil {
+		timeout = time.Duration(*body.Timeout) * time.Second
+	}
+	info, resumed, err := a.cfg.Manager.Resume(r.Context(), team, id, timeout)
 	if err != nil {
 		fail(w, err)
+		return
+	}
+	if resumed {
+		writeJSON(w, http.StatusCreated, a.sandboxResponse(info))
 		return
 	}
 	if body.Timeout != nil {
@@ -578,4 +588,42 @@ func (a *API) logs(w http.ResponseWriter, r *http.Request, team string) {
 		entries = append(entries, logEntry{Timestamp: now, Level: "info", Message: l, Fields: map[string]string{"source": "console"}})
 	}
 	writeJSON(w, http.StatusOK, map[string]any{"logs": lines, "logEntries": entries})
+}
+
+type pauseBody struct {
+	Memory *bool `json:"memory,omitempty"`
+}
+
+func (a *API) pause(w http.ResponseWriter, r *http.Request, team string) {
+	var body pauseBody
+	if !decode(w, r, &body, true) {
+		return
+	}
+	if err := a.cfg.Manager.Pause(r.Context(), team, r.PathValue("id"), body.Memory == nil || *body.Memory); err != nil {
+		fail(w, err)
+		return
+	}
+	w.WriteHeader(http.StatusNoContent)
+}
+
+// resume is E2B's deprecated POST /sandboxes/{id}/resume: 201 when resumed, 409 when running.
+func (a *API) resume(w http.ResponseWriter, r *http.Request, team string) {
+	var body connectBody
+	if !decode(w, r, &body, true) {
+		return
+	}
+	var timeout time.Duration
+	if body.Timeout != nil {
+		timeout = time.Duration(*body.Timeout) * time.Second
+	}
+	info, resumed, err := a.cfg.Manager.Resume(r.Context(), team, r.PathValue("id"), timeout)
+	if err != nil {
+		fail(w, err)
+		return
+	}
+	if !resumed {
+		writeError(w, http.StatusConflict, "sandbox "+info.ID+" is already running")
+		return
+	}
+	writeJSON(w, http.StatusCreated, a.sandboxResponse(info))
 }

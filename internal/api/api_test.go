@@ -11,6 +11,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/cellhq/cell/envd/server"
 	"github.com/cellhq/cell/internal/auth"
 	"github.com/cellhq/cell/internal/manager"
 	"github.com/cellhq/cell/internal/sandbox"
@@ -30,6 +31,11 @@ func (u unreachable) Adopt(context.Context, string, int, uint64) (*sandbox.Sandb
 	return nil, errors.New("unreachable")
 }
 
+func (u unreachable) Resume(context.Context, string, server.InitRequest) (*sandbox.Sandbox, error) {
+	u.t.Error("Resume called for a request that should have been refused")
+	return nil, errors.New("unreachable")
+}
+
 func setup(t *testing.T) (*httptest.Server, string, *store.Store) {
 	t.Helper()
 	ctx := context.Background()
@@ -38,7 +44,7 @@ func setup(t *testing.T) (*httptest.Server, string, *store.Store) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = st.Close() })
-	mgr, err := manager.New(ctx, manager.Config{Runtime: unreachable{t}, Store: st})
+	mgr, err := manager.New(ctx, manager.Config{Runtime: unreachable{t}, Store: st, PausedDir: t.TempDir()})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -124,7 +130,9 @@ func TestErrors(t *testing.T) {
 		{"bad limit", "GET", "/v2/sandboxes?limit=0", key, "", nil, 400, "limit"},
 		{"bad token", "GET", "/v2/sandboxes?nextToken=zz", key, "", nil, 400, "nextToken"},
 		{"bad state", "GET", "/v2/sandboxes?state=dead", key, "", nil, 400, "state"},
-		{"pause not yet", "POST", "/sandboxes/abc123/pause", key, `{}`, nil, 501, "not implemented"},
+		{"pause unknown", "POST", "/sandboxes/abc123/pause", key, `{}`, nil, 404, "abc123"},
+		{"pause bad body", "POST", "/sandboxes/abc123/pause", key, `{"memory": "yes"}`, nil, 400, "memory"},
+		{"snapshots not yet", "POST", "/sandboxes/abc123/snapshots", key, `{}`, nil, 501, "not implemented"},
 		{"no route", "GET", "/nope", key, "", nil, 404, "no route"},
 		{"host files are never served", "GET", "/files?path=/etc/passwd", key, "", nil, 404, "no route"},
 		{"proxy: bad id", "GET", "/files?path=/etc/passwd", "", "", map[string]string{SandboxIDHeader: "../x"}, 400, SandboxIDHeader},

@@ -139,8 +139,31 @@ func sandboxCmd() *cobra.Command {
 		},
 	}
 	cp.Flags().StringVar(&user, "user", "", "user that owns the file in the sandbox")
+	var noMemory bool
+	pause := &cobra.Command{
+		Use: "pause ID", Short: "Pause a sandbox: save it (RAM too, unless --no-memory) and stop its VM", Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			cl, err := r.client()
+			if err != nil {
+				return err
+			}
+			return cl.Pause(cmd.Context(), args[0], !noMemory)
+		},
+	}
+	pause.Flags().BoolVar(&noMemory, "no-memory", false, "keep only the file system (resume boots from it)")
+	resume := &cobra.Command{
+		Use: "resume ID", Short: "Resume a paused sandbox", Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			cl, err := r.client()
+			if err != nil {
+				return err
+			}
+			return cl.Resume(cmd.Context(), args[0], timeout)
+		},
+	}
+	resume.Flags().DurationVar(&timeout, "timeout", 5*time.Minute, "time to live from now")
 	shell := shellCmd(r)
-	c.AddCommand(ls, create, kill, exec, cp, shell)
+	c.AddCommand(ls, create, kill, exec, cp, shell, pause, resume)
 	return c
 }
 

@@ -74,7 +74,12 @@ every sandbox, or with --leave-running leaves them for the next cell serve to re
 				return err
 			}
 			defer func() { _ = st.Close() }()
-			mgr, err := manager.New(ctx, manager.Config{Runtime: rt, Store: st, RunDir: rt.Host.RunDir(), Log: log})
+			home, err := g.homeDir()
+			if err != nil {
+				return err
+			}
+			mgr, err := manager.New(ctx, manager.Config{Runtime: rt, Store: st, RunDir: rt.Host.RunDir(),
+				PausedDir: filepath.Join(home, "paused"), Log: log})
 			if err != nil {
 				return err
 			}

@@ -47,6 +47,7 @@ const (
 type Runtime interface {
 	Boot(ctx context.Context, opts sandbox.Options) (*sandbox.Sandbox, error)
 	Adopt(ctx context.Context, id string, pid int, startTicks uint64) (*sandbox.Sandbox, error)
+	Resume(ctx context.Context, dir string, init server.InitRequest) (*sandbox.Sandbox, error)
 }
 
 // Config configures a Manager.
@@ -54,7 +55,9 @@ type Config struct {
 	Runtime Runtime
 	Store   *store.Store
 	RunDir  string // VM working directories (for orphan cleanup)
-	Log     *slog.Logger
+	// PausedDir holds paused sandboxes, one directory each (see sandbox.Sandbox.Pause).
+	PausedDir string
+	Log       *slog.Logger
 }
 
 // Manager runs the daemon's sandboxes.
@@ -72,7 +75,10 @@ type Manager struct {
 }
 
 type box struct {
+	op    sync.Mutex // serialises pause and resume
 	mu    sync.Mutex
+	// pausing is set while the VM is being saved: its exit then is not a death.
+	pausing bool
 	rec   store.Sandbox
 	sb    *sandbox.Sandbox
 	timer *time.Timer
@@ -279,7 +285,12 @@ func (m *Manager) watch(b *box) {
 		}
 		select {
 		case <-sb.VM.Exited():
-			m.end(b, store.StateKilled, "qemu "+sb.VM.ExitReason())
+			b.mu.Lock()
+			stale := b.pausing || b.sb != sb
+			b.mu.Unlock()
+			if !stale {
+				m.end(b, store.StateKilled, "qemu "+sb.VM.ExitReason())
+			}
 		case <-b.left:
 		}
 	}()
@@ -312,6 +323,9 @@ func (m *Manager) end(b *box, state, reason string) {
 		if err := sb.Close(); err != nil {
 			m.log.Warn("releasing sandbox", "sandbox", rec.ID, "err", err)
 		}
+	}
+	if m.cfg.PausedDir != "" {
+		_ = os.RemoveAll(filepath.Join(m.cfg.PausedDir, rec.ID)) // a paused one's saved state
 	}
 	if err := m.cfg.Store.PutSandbox(context.Background(), rec); err != nil {
 		m.log.Error("storing sandbox end", "sandbox", rec.ID, "err", err)
@@ -437,12 +451,18 @@ func (m *Manager) ConsoleLog(team, id string) (string, error) {
 // is marked lost and its QEMU (if still ours) and directory are removed. Then orphans (VM
 // directories and QEMU processes of ours that no live record names) are cleaned up.
 func (m *Manager) Recover(ctx context.Context) error {
-	recs, err := m.cfg.Store.Sandboxes(ctx, store.StateCreating, store.StateRunning)
+	recs, err := m.cfg.Store.Sandboxes(ctx, store.StateCreating, store.StateRunning, store.StatePaused)
 	if err != nil {
 		return fmt.Errorf("reading sandboxes: %w", err)
 	}
 	keep := map[string]bool{}
 	for _, rec := range recs {
+		if rec.State == store.StatePaused {
+			if err := m.recoverPaused(ctx, rec); err != nil {
+				return err
+			}
+			continue
+		}
 		b := newBox(rec)
 		var sb *sandbox.Sandbox
 		var aerr error
@@ -452,6 +472,22 @@ func (m *Manager) Recover(ctx context.Context) error {
 			cancel()
 		} else {
 			aerr = errors.New("was still creating")
+		}
+		if aerr != nil && m.pausedCopy(rec.ID) {
+			// The previous daemon died between publishing a pause and recording it.
+			if vmm.IsOurs(rec.PID, rec.StartTicks, rec.ID) {
+				if p, err := os.FindProcess(rec.PID); err == nil {
+					_ = p.Kill()
+				}
+			}
+			rec.State, rec.PID, rec.StartTicks = store.StatePaused, 0, 0
+			if err := m.cfg.Store.PutSandbox(ctx, rec); err != nil {
+				return err
+			}
+			if err := m.recoverPaused(ctx, rec); err != nil {
+				return err
+			}
+			continue
 		}
 		if aerr != nil {
 			m.log.Warn("sandbox lost across restart", "sandbox", rec.ID, "err", aerr)
@@ -482,6 +518,7 @@ func (m *Manager) Recover(ctx context.Context) error {
 		m.log.Info("sandbox re-adopted", "sandbox", rec.ID, "pid", rec.PID)
 	}
 	m.cleanOrphans(keep)
+	m.cleanPausedOrphans(ctx)
 	// Ended sandboxes are kept a week for inspection, then forgotten.
 	if err := m.cfg.Store.PruneEnded(ctx, time.Now().Add(-RetainEnded)); err != nil {
 		m.log.Warn("pruning ended sandboxes", "err", err)
@@ -515,6 +552,34 @@ func (m *Manager) cleanOrphans(keep map[string]bool) {
 	}
 }
 
+// cleanPausedOrphans removes saved states of sandboxes that ended (killed or expired) or that the
+// store does not know; never those of paused (or lost, kept for inspection) sandboxes.
+func (m *Manager) cleanPausedOrphans(ctx context.Context) {
+	if m.cfg.PausedDir == "" {
+		return
+	}
+	des, err := os.ReadDir(m.cfg.PausedDir)
+	if err != nil {
+		return
+	}
+	all, err := m.cfg.Store.Sandboxes(ctx)
+	if err != nil {
+		return
+	}
+	state := map[string]string{}
+	for _, r := range all {
+		state[r.ID] = r.State
+	}
+	for _, de := range des {
+		switch state[de.Name()] {
+		case store.StatePaused, store.StateLost, store.StateRunning, store.StateCreating:
+			continue
+		}
+		m.log.Warn("removing saved state of an ended sandbox", "sandbox", de.Name())
+		_ = os.RemoveAll(filepath.Join(m.cfg.PausedDir, de.Name()))
+	}
+}
+
 // Shutdown stops accepting creates, waits for in-flight ones (bounded by ctx) and then either
 // kills every sandbox or, with leave, lets go of their VMs so the next `cell serve` adopts them.
 func (m *Manager) Shutdown(ctx context.Context, leave bool) {
@@ -539,6 +604,12 @@ func (m *Manager) Shutdown(ctx context.Context, leave bool) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
+			b.mu.Lock()
+			paused := b.rec.State == store.StatePaused
+			b.mu.Unlock()
+			if paused {
+				return // holds no VM; the next cell serve takes it back from the store
+			}
 			if !leave {
 				m.end(b, store.StateKilled, "cell serve shut down")
 				return

@@ -80,6 +80,9 @@ func (h *Host) Adopt(ctx context.Context, id string, pid int, startTicks uint64)
 		return nil, err
 	}
 	vm.proc = proc
+	if cmdline, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/cmdline"); err == nil {
+		vm.machineFromArgs(strings.Split(strings.TrimRight(string(cmdline), "\x00"), "\x00"))
+	}
 	stop, err := watchExit(pid, vm)
 	if err != nil {
 		h.slots.Release(1)
@@ -199,5 +202,23 @@ func (vm *VM) WaitExit(d time.Duration) bool {
 		return true
 	case <-time.After(d):
 		return false
+	}
+}
+
+// machineFromArgs recovers the machine facts of an adopted VM from QEMU's command line.
+func (vm *VM) machineFromArgs(args []string) {
+	for i := 0; i+1 < len(args); i++ {
+		switch args[i] {
+		case "-m":
+			vm.MemoryMiB, _ = strconv.Atoi(args[i+1])
+		case "-smp":
+			vm.CPUs, _ = strconv.Atoi(args[i+1])
+		case "-M":
+			vm.NamedRAM = strings.Contains(args[i+1], "memory-backend=ram0")
+		case "-append":
+			if _, extra, ok := strings.Cut(args[i+1], "init=/usr/bin/envd"); ok {
+				vm.KernelArgs = strings.Fields(extra)
+			}
+		}
 	}
 }

@@ -61,6 +61,9 @@ type Machine struct {
 	// snapshot leaves RAM in the file; private copy-on-write otherwise, for a clone of it.
 	MemPath   string
 	MemShared bool
+	// MemAnon puts RAM in an anonymous memory backend object (for a VM restored from a full
+	// snapshot of one that had its RAM in a file: the RAM block names must match).
+	MemAnon bool
 	// Incoming starts QEMU waiting for a migration stream (restore) instead of booting.
 	Incoming bool
 }
@@ -161,6 +164,8 @@ func (m Machine) Args() ([]string, error) {
 			share = "on"
 		}
 		args = append(args, "-object", "memory-backend-file,id=ram0,size="+strconv.Itoa(m.MemoryMiB)+"M,mem-path="+m.MemPath+",share="+share)
+	} else if m.MemAnon {
+		args = append(args, "-object", "memory-backend-ram,id=ram0,size="+strconv.Itoa(m.MemoryMiB)+"M")
 	}
 	if m.Incoming {
 		args = append(args, "-incoming", "defer")
@@ -170,7 +175,7 @@ func (m Machine) Args() ([]string, error) {
 
 func (m Machine) machineOpt() string {
 	opt := "microvm,acpi=off,x-option-roms=off"
-	if m.MemPath != "" {
+	if m.MemPath != "" || m.MemAnon {
 		opt += ",memory-backend=ram0"
 	}
 	return opt

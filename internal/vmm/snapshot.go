@@ -13,8 +13,12 @@ import (
 )
 
 // ignoreShared makes migration leave file-backed shared RAM out of the stream.
-func (vm *VM) ignoreShared(ctx context.Context) error {
-	caps := map[string]any{"capabilities": []map[string]any{{"capability": "x-ignore-shared", "state": true}}}
+func (vm *VM) ignoreShared(ctx context.Context) error { return vm.setIgnoreShared(ctx, true) }
+
+// setIgnoreShared sets x-ignore-shared (a VM restored from a template has it on, and a full save
+// of it must turn it off: the capability travels in the stream).
+func (vm *VM) setIgnoreShared(ctx context.Context, on bool) error {
+	caps := map[string]any{"capabilities": []map[string]any{{"capability": "x-ignore-shared", "state": on}}}
 	if err := vm.QMP.Execute(ctx, "migrate-set-capabilities", caps, nil); err != nil {
 		return fmt.Errorf("migrate-set-capabilities: %w", err)
 	}
@@ -80,14 +84,16 @@ func serveOnce(ctx context.Context, path string, fn func(net.Conn) error) (<-cha
 }
 
 // incoming feeds a saved device state to a VM started with Incoming, and waits until it is loaded.
-func (vm *VM) incoming(ctx context.Context, statePath string) error {
+func (vm *VM) incoming(ctx context.Context, statePath string, ignoreShared bool) error {
 	f, err := os.Open(statePath)
 	if err != nil {
 		return fmt.Errorf("opening the snapshot state: %w", err)
 	}
 	defer func() { _ = f.Close() }()
-	if err := vm.ignoreShared(ctx); err != nil {
-		return err
+	if ignoreShared {
+		if err := vm.ignoreShared(ctx); err != nil {
+			return err
+		}
 	}
 	// For an incoming migration QEMU is the one that listens.
 	sock := vm.Dir.File("mig.sock")
@@ -111,10 +117,28 @@ func (vm *VM) incoming(ctx context.Context, statePath string) error {
 // Save stops the guest and writes its device state to statePath (RAM stays in the VM's shared
 // memory file, which must then not change: the VM is left paused, to be closed).
 func (vm *VM) Save(ctx context.Context, statePath string) error {
+	return vm.save(ctx, statePath, false)
+}
+
+// SaveFull stops the guest and writes its device state and all of its RAM to statePath. The VM
+// is left paused, to be closed (or continued with `cont`).
+func (vm *VM) SaveFull(ctx context.Context, statePath string) error {
+	return vm.save(ctx, statePath, true)
+}
+
+func (vm *VM) save(ctx context.Context, statePath string, full bool) error {
 	if err := vm.QMP.Execute(ctx, "stop", nil, nil); err != nil {
 		return fmt.Errorf("stopping the guest: %w", err)
 	}
-	if err := vm.ignoreShared(ctx); err != nil {
+	if full {
+		if err := vm.setIgnoreShared(ctx, false); err != nil {
+			return err
+		}
+		// QEMU's default migration bandwidth (128 MiB/s) would make a pause take seconds.
+		if err := vm.QMP.Execute(ctx, "migrate-set-parameters", map[string]any{"max-bandwidth": int64(64) << 30}, nil); err != nil {
+			return fmt.Errorf("migrate-set-parameters: %w", err)
+		}
+	} else if err := vm.ignoreShared(ctx); err != nil {
 		return err
 	}
 	out, err := os.OpenFile(statePath, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o600)
@@ -167,4 +191,25 @@ func (h *Host) Fingerprint(spec Spec) (string, error) {
 	}
 	fmt.Fprintln(sum, strings.Join(args, "\x00"))
 	return hex.EncodeToString(sum.Sum(nil)), nil
+}
+
+// copyFile copies src to a new file dst and syncs it.
+func copyFile(src, dst string) error {
+	in, err := os.Open(src)
+	if err != nil {
+		return err
+	}
+	defer func() { _ = in.Close() }()
+	out, err := os.OpenFile(dst, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o600)
+	if err != nil {
+		return err
+	}
+	_, err = io.Copy(out, in)
+	if serr := out.Sync(); err == nil {
+		err = serr
+	}
+	if cerr := out.Close(); err == nil {
+		err = cerr
+	}
+	return err
 }

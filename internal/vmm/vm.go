@@ -99,14 +99,21 @@ type Spec struct {
 	MemPath   string
 	MemShared bool
 	// Restore, when set, starts the VM from this snapshot instead of booting it: RAM maps the
-	// snapshot's file copy-on-write and BaseDisk must be the snapshot's disk layer.
+	// snapshot's file copy-on-write (or comes whole from the stream) and BaseDisk must be the
+	// snapshot's disk layer (or Disk the VM's own disk).
 	Restore *Snapshot
+	// Disk, when set, is copied to be the VM's disk instead of a new overlay on BaseDisk.
+	Disk string
 }
 
 // Snapshot is a saved VM: device state, and RAM in a file.
 type Snapshot struct {
 	MemPath   string
 	StatePath string
+	// Full snapshots carry RAM in the stream. MemPath, if set, is still mapped (the stream
+	// overwrites it); NamedRAM says the saved VM had its RAM in a memory backend object.
+	Full     bool
+	NamedRAM bool
 }
 
 // VM is a running QEMU. Close releases everything it holds.
@@ -117,6 +124,10 @@ type VM struct {
 	// StartTicks is QEMU's start time (/proc/PID/stat field 22): with PID it names the process
 	// even after the PID is reused.
 	StartTicks uint64
+	// The machine, as a pause must reproduce it.
+	MemoryMiB, CPUs int
+	NamedRAM        bool     // RAM is the memory backend object ram0
+	KernelArgs      []string // Cell's extra kernel arguments
 
 	host    *Host
 	log     *slog.Logger
@@ -182,7 +193,11 @@ func (h *Host) Start(ctx context.Context, spec Spec) (*VM, error) {
 	if err := ids.Validate("vm id", spec.ID); err != nil {
 		return nil, err
 	}
-	for name, p := range map[string]string{"kernel": spec.Kernel, "base disk": spec.BaseDisk} {
+	disks := map[string]string{"kernel": spec.Kernel, "base disk": spec.BaseDisk}
+	if spec.Disk != "" {
+		disks = map[string]string{"kernel": spec.Kernel, "disk": spec.Disk}
+	}
+	for name, p := range disks {
 		if _, err := os.Stat(p); err != nil {
 			return nil, fmt.Errorf("%s: %w", name, err)
 		}
@@ -244,11 +259,21 @@ func (h *Host) startOnce(ctx context.Context, spec Spec) (_ *VM, retErr error) {
 	}()
 
 	disk := dir.File("disk.qcow2")
-	out, err := exec.CommandContext(ctx, h.cfg.QEMUImg, "create", "-q", "-f", "qcow2",
-		"-F", "qcow2", "-b", spec.BaseDisk, disk).CombinedOutput()
-	if err != nil {
-		return nil, fmt.Errorf("creating disk overlay: %w: %s", err, strings.TrimSpace(string(out)))
+	if spec.Disk != "" {
+		// The VM's own disk already exists (a paused sandbox's): a copy, so that the original
+		// stays a consistent snapshot until the VM is safely running.
+		if err := copyFile(spec.Disk, disk); err != nil {
+			return nil, fmt.Errorf("copying the disk: %w", err)
+		}
+	} else {
+		out, err := exec.CommandContext(ctx, h.cfg.QEMUImg, "create", "-q", "-f", "qcow2",
+			"-F", "qcow2", "-b", spec.BaseDisk, disk).CombinedOutput()
+		if err != nil {
+			return nil, fmt.Errorf("creating disk overlay: %w: %s", err, strings.TrimSpace(string(out)))
+		}
 	}
+	vm.MemoryMiB, vm.CPUs, vm.KernelArgs = spec.MemoryMiB, spec.CPUs, spec.KernelArgs
+	vm.NamedRAM = spec.MemPath != "" || (spec.Restore != nil && (spec.Restore.MemPath != "" || spec.Restore.NamedRAM))
 	m := Machine{
 		Name: "cell-" + spec.ID, Kernel: spec.Kernel, KernelArgs: spec.KernelArgs, Disk: disk,
 		MemoryMiB: spec.MemoryMiB, CPUs: spec.CPUs, Accel: spec.Accel, TSCkHz: h.cfg.TSCkHz,
@@ -258,6 +283,7 @@ func (h *Host) startOnce(ctx context.Context, spec Spec) (_ *VM, retErr error) {
 	}
 	if spec.Restore != nil {
 		m.MemPath, m.MemShared, m.Incoming = spec.Restore.MemPath, false, true
+		m.MemAnon = spec.Restore.Full && spec.Restore.MemPath == "" && spec.Restore.NamedRAM
 	}
 	args, err := m.Args()
 	if err != nil {
@@ -344,7 +370,7 @@ func (h *Host) startOnce(ctx context.Context, spec Spec) (_ *VM, retErr error) {
 		return nil, fail("connecting to the guest channel", err)
 	}
 	if spec.Restore != nil {
-		if err := vm.incoming(bootCtx, spec.Restore.StatePath); err != nil {
+		if err := vm.incoming(bootCtx, spec.Restore.StatePath, !spec.Restore.Full); err != nil {
 			_ = chConn.Close()
 			return nil, fail("restoring the snapshot", err)
 		}

@@ -306,3 +306,19 @@ func (s *Sandbox) Download(ctx context.Context, path, user string, w io.Writer) 
 	}
 	return io.Copy(w, resp.Body)
 }
+
+// Pause saves and stops a sandbox (its RAM too when memory).
+func (c *Client) Pause(ctx context.Context, id string, memory bool) error {
+	_, err := c.do(ctx, http.MethodPost, "/sandboxes/"+url.PathEscape(id)+"/pause", map[string]bool{"memory": memory}, nil)
+	return err
+}
+
+// Resume starts a paused sandbox again (E2B's connect: a running one is left as it is).
+func (c *Client) Resume(ctx context.Context, id string, timeout time.Duration) error {
+	body := map[string]any{}
+	if timeout > 0 {
+		body["timeout"] = int(timeout / time.Second)
+	}
+	_, err := c.do(ctx, http.MethodPost, "/sandboxes/"+url.PathEscape(id)+"/connect", body, nil)
+	return err
+}

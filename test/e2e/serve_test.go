@@ -4,12 +4,14 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"sort"
 	"strconv"
 	"strings"
 	"sync"
@@ -400,4 +402,125 @@ func TestServePool(t *testing.T) {
 		t.Fatalf("shutdown: %v\n%s", err, s.logs)
 	}
 	assertNothingLeft(t, filepath.Join(home, "run"))
+}
+
+// TestPauseResume: pause/resume cycles keep every write and a running process's memory (a counter
+// that keeps counting); a paused sandbox survives a daemon restart; a pause without memory keeps
+// the files and boots fresh.
+func TestPauseResume(t *testing.T) {
+	cycles := 100
+	if s := os.Getenv("CELL_PAUSE_CYCLES"); s != "" {
+		cycles, _ = strconv.Atoi(s)
+	}
+	home := t.TempDir()
+	key := apiKey(t, home)
+	s := startServe(t, home)
+	c := client.New(s.url, key)
+	ctx := context.Background()
+	info, err := c.Create(ctx, client.CreateOptions{Timeout: 30 * time.Minute})
+	if err != nil {
+		t.Fatal(err)
+	}
+	id := info.SandboxID
+	// The counter lives only in the process's memory; it writes it out when asked (SIGUSR1).
+	execOut(t, c, id, `cat > /tmp/counter.py <<'PY'
+import signal, time
+n = 0
+def dump(*_):
+    open('/tmp/count', 'w').write(str(n))
+signal.signal(signal.SIGUSR1, dump)
+dump()
+while True:
+    n += 1
+    time.sleep(0.01)
+PY
+nohup python3 /tmp/counter.py >/dev/null 2>&1 &
+for i in $(seq 100); do [ -e /tmp/count ] && break; sleep 0.1; done
+echo started`)
+	count := func() int {
+		out := execOut(t, c, id, `pkill -USR1 -f '^python3 /tmp/counter'; sleep 0.3; cat /tmp/count`)
+		n, err := strconv.Atoi(strings.TrimSpace(out))
+		if err != nil {
+			t.Fatalf("counter: %q", out)
+		}
+		return n
+	}
+	last := count()
+	for i := 0; i < cycles; i++ {
+		execOut(t, c, id, fmt.Sprintf("echo %d > ~/cycle-%d.txt && sync", i, i))
+		if err := c.Pause(ctx, id, true); err != nil {
+			t.Fatalf("cycle %d: pause: %v\n%s", i, err, s.logs)
+		}
+		if got, err := c.Get(ctx, id); err != nil || got.State != "paused" {
+			t.Fatalf("cycle %d: after pause: %+v %v", i, got, err)
+		}
+		if err := c.Pause(ctx, id, true); err == nil || !strings.Contains(err.Error(), "409") {
+			t.Fatalf("cycle %d: pausing twice: %v", i, err)
+		}
+		if err := c.Resume(ctx, id, 30*time.Minute); err != nil {
+			t.Fatalf("cycle %d: resume: %v\n%s", i, err, s.logs)
+		}
+		files := execOut(t, c, id, "cat ~/cycle-*.txt | sort -n | tr '\\n' ' '")
+		var want []string
+		for j := 0; j <= i; j++ {
+			want = append(want, strconv.Itoa(j))
+		}
+		sortNumeric(want)
+		if strings.TrimSpace(files) != strings.Join(want, " ") {
+			t.Fatalf("cycle %d: files %q, want %q", i, files, strings.Join(want, " "))
+		}
+		n := count()
+		if n <= last {
+			t.Fatalf("cycle %d: counter %d did not grow past %d: the process lost its memory", i, n, last)
+		}
+		last = n
+	}
+
+	// Paused across a daemon restart (a graceful stop kills running sandboxes, not paused ones).
+	if err := c.Pause(ctx, id, true); err != nil {
+		t.Fatal(err)
+	}
+	_ = s.cmd.Process.Signal(syscall.SIGTERM)
+	if err := s.cmd.Wait(); err != nil {
+		t.Fatal(err)
+	}
+	s2 := startServe(t, home)
+	c = client.New(s2.url, key)
+	if got, err := c.Get(ctx, id); err != nil || got.State != "paused" {
+		t.Fatalf("after restart: %+v %v", got, err)
+	}
+	if err := c.Resume(ctx, id, 30*time.Minute); err != nil {
+		t.Fatalf("resume after restart: %v\n%s", err, s2.logs)
+	}
+	if n := count(); n <= last {
+		t.Fatalf("after restart: counter %d <= %d", n, last)
+	}
+
+	// Without memory: files stay, processes do not.
+	if err := c.Pause(ctx, id, false); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Resume(ctx, id, 30*time.Minute); err != nil {
+		t.Fatalf("resume without memory: %v\n%s", err, s2.logs)
+	}
+	if out := execOut(t, c, id, "cat ~/cycle-0.txt; pgrep -f '^python3 /tmp/counter' || echo gone"); out != "0\ngone\n" {
+		t.Fatalf("after a pause without memory: %q", out)
+	}
+	if err := c.Kill(ctx, id); err != nil {
+		t.Fatal(err)
+	}
+	_ = s2.cmd.Process.Signal(syscall.SIGTERM)
+	_ = s2.cmd.Wait()
+	assertNothingLeft(t, filepath.Join(home, "run"))
+	if des, _ := os.ReadDir(filepath.Join(home, "paused")); len(des) != 0 {
+		t.Fatalf("paused state left behind: %v", des)
+	}
+}
+
+func sortNumeric(s []string) {
+	sort.Slice(s, func(i, j int) bool {
+		a, _ := strconv.Atoi(s[i])
+		b, _ := strconv.Atoi(s[j])
+		return a < b
+	})
 }

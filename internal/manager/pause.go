@@ -1,0 +1,160 @@
+package manager
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/cellhq/cell/envd/server"
+	"github.com/cellhq/cell/internal/sandbox"
+	"github.com/cellhq/cell/internal/store"
+)
+
+func (m *Manager) pausedDir(id string) string { return filepath.Join(m.cfg.PausedDir, id) }
+
+// Pause saves team's running sandbox (its RAM too when memory) and stops its VM.
+func (m *Manager) Pause(ctx context.Context, team, id string, memory bool) error {
+	if m.cfg.PausedDir == "" {
+		return fmt.Errorf("%w: pausing is not configured", ErrInvalid)
+	}
+	if err := m.begin(); err != nil {
+		return err
+	}
+	defer m.inflight.Done()
+	b, err := m.lookup(team, id)
+	if err != nil {
+		return err
+	}
+	b.op.Lock()
+	defer b.op.Unlock()
+	b.mu.Lock()
+	switch {
+	case b.ended:
+		b.mu.Unlock()
+		return fmt.Errorf("%w: sandbox %q", ErrNotFound, id)
+	case b.rec.State == store.StatePaused:
+		b.mu.Unlock()
+		return fmt.Errorf("%w: sandbox %s is already paused", ErrConflict, id)
+	case b.rec.State != store.StateRunning || b.sb == nil:
+		b.mu.Unlock()
+		return fmt.Errorf("%w: sandbox %s is %s", ErrConflict, id, b.rec.State)
+	}
+	sb := b.sb
+	b.pausing = true
+	if b.timer != nil {
+		b.timer.Stop()
+	}
+	b.mu.Unlock()
+
+	t0 := time.Now()
+	_, perr := sb.Pause(context.WithoutCancel(ctx), m.pausedDir(id), memory)
+	if perr != nil {
+		if _, _, err := sandbox.CurrentPaused(m.pausedDir(id)); err != nil {
+			// Nothing was published and the VM is half-stopped: the sandbox cannot go on.
+			b.mu.Lock()
+			b.pausing = false
+			b.mu.Unlock()
+			m.end(b, store.StateFailed, "pause failed: "+perr.Error())
+			return fmt.Errorf("pausing sandbox %s: %w", id, perr)
+		}
+		m.log.Warn("pause finished with an error after publishing", "sandbox", id, "err", perr)
+	}
+	b.mu.Lock()
+	b.pausing = false
+	b.sb = nil
+	b.rec.State, b.rec.PID, b.rec.StartTicks = store.StatePaused, 0, 0
+	rec := b.rec
+	b.mu.Unlock()
+	if err := m.cfg.Store.PutSandbox(context.WithoutCancel(ctx), rec); err != nil {
+		return err
+	}
+	m.log.Info("sandbox paused", "sandbox", id, "memory", memory, "took", time.Since(t0))
+	return nil
+}
+
+// Resume starts team's paused sandbox again, to live timeout from now (DefaultTimeout when 0).
+// It reports whether the sandbox was paused; a running one is left as it is.
+func (m *Manager) Resume(ctx context.Context, team, id string, timeout time.Duration) (Info, bool, error) {
+	if err := m.begin(); err != nil {
+		return Info{}, false, err
+	}
+	defer m.inflight.Done()
+	b, err := m.lookup(team, id)
+	if err != nil {
+		return Info{}, false, err
+	}
+	b.op.Lock()
+	defer b.op.Unlock()
+	b.mu.Lock()
+	if b.ended {
+		b.mu.Unlock()
+		return Info{}, false, fmt.Errorf("%w: sandbox %q", ErrNotFound, id)
+	}
+	if b.rec.State != store.StatePaused {
+		info := Info{b.rec}
+		b.mu.Unlock()
+		return info, false, nil
+	}
+	token := b.rec.EnvdToken
+	init := server.InitRequest{EnvVars: b.rec.EnvVars, AccessToken: &token}
+	b.mu.Unlock()
+	if timeout <= 0 {
+		timeout = DefaultTimeout
+	}
+	t0 := time.Now()
+	sb, err := m.cfg.Runtime.Resume(ctx, m.pausedDir(id), init)
+	if err != nil {
+		return Info{}, false, fmt.Errorf("%w: %w", ErrBootFailed, err)
+	}
+	b.mu.Lock()
+	if b.ended { // killed while it resumed
+		b.mu.Unlock()
+		_ = sb.Close()
+		return Info{}, false, fmt.Errorf("%w: sandbox %q", ErrNotFound, id)
+	}
+	b.sb = sb
+	b.rec.State, b.rec.PID, b.rec.StartTicks = store.StateRunning, sb.VM.PID, sb.VM.StartTicks
+	b.rec.EndAt = time.Now().Add(timeout)
+	rec := b.rec
+	m.arm(b)
+	b.mu.Unlock()
+	if err := m.cfg.Store.PutSandbox(context.WithoutCancel(ctx), rec); err != nil {
+		return Info{}, false, err
+	}
+	m.watch(b)
+	// Running and recorded: the saved generation has served its purpose.
+	if err := os.RemoveAll(m.pausedDir(id)); err != nil {
+		m.log.Warn("removing the resumed sandbox's saved state", "sandbox", id, "err", err)
+	}
+	m.log.Info("sandbox resumed", "sandbox", id, "took", time.Since(t0))
+	return Info{rec}, true, nil
+}
+
+// recoverPaused takes back a paused record at startup; one whose saved state is gone is lost.
+func (m *Manager) recoverPaused(ctx context.Context, rec store.Sandbox) error {
+	dir := m.pausedDir(rec.ID)
+	if _, _, err := sandbox.CurrentPaused(dir); err != nil {
+		rec.State, rec.Reason, rec.EndAt = store.StateLost, "paused state unreadable: "+err.Error(), time.Now()
+		m.log.Warn("paused sandbox lost", "sandbox", rec.ID, "err", err)
+		return m.cfg.Store.PutSandbox(ctx, rec) // its files, if any, are kept for inspection
+	}
+	sandbox.CleanPaused(dir)
+	b := newBox(rec)
+	m.mu.Lock()
+	m.boxes[rec.ID] = b
+	m.mu.Unlock()
+	return nil
+}
+
+// pausedCopy reports whether a saved generation exists for id (a daemon that died between
+// publishing a pause and recording it leaves one).
+func (m *Manager) pausedCopy(id string) bool {
+	if m.cfg.PausedDir == "" {
+		return false
+	}
+	_, _, err := sandbox.CurrentPaused(m.pausedDir(id))
+	return err == nil || !errors.Is(err, os.ErrNotExist)
+}

@@ -1,0 +1,159 @@
+package sandbox
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/cellhq/cell/envd/server"
+	"github.com/cellhq/cell/internal/vmm"
+)
+
+// PausedMeta describes a paused sandbox's saved generation.
+type PausedMeta struct {
+	ID         string    `json:"id"`
+	Memory     bool      `json:"memory"`   // RAM and device state saved (else the disk only)
+	NamedRAM   bool      `json:"namedRAM"` // the VM's RAM was a memory backend object
+	MemoryMiB  int       `json:"memoryMiB"`
+	CPUs       int       `json:"cpus"`
+	KernelArgs []string  `json:"kernelArgs"`
+	PausedAt   time.Time `json:"pausedAt"`
+}
+
+// Pause flushes the guest's file systems, saves the sandbox into a new generation under dir
+// (RAM and device state too when memory), publishes it atomically, and stops the VM: a paused
+// sandbox holds no RAM. dir holds generations g<N>, and a file "current" naming the complete one;
+// it is replaced by rename, so a crash at any point leaves the old or the new generation current.
+func (s *Sandbox) Pause(ctx context.Context, dir string, memory bool) (PausedMeta, error) {
+	meta := PausedMeta{ID: s.ID, Memory: memory, NamedRAM: s.VM.NamedRAM, MemoryMiB: s.VM.MemoryMiB, CPUs: s.VM.CPUs,
+		KernelArgs: s.VM.KernelArgs, PausedAt: time.Now().UTC()}
+	if res, err := s.Run(ctx, RunSpec{Cmd: "/bin/sync", User: "root"}, nil, io.Discard, io.Discard, nil); err != nil || res.ExitCode != 0 {
+		return meta, fmt.Errorf("flushing the guest's file systems: %v (exit %d)", err, res.ExitCode)
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return meta, err
+	}
+	staging, err := os.MkdirTemp(dir, ".staging-")
+	if err != nil {
+		return meta, err
+	}
+	defer func() { _ = os.RemoveAll(staging) }()
+	_ = s.VM.Channel.Close() // as for a template: the resumed envd must find its port closed
+	if memory {
+		if err := s.VM.SaveFull(ctx, filepath.Join(staging, "state")); err != nil {
+			return meta, fmt.Errorf("saving the VM: %w", err)
+		}
+	} else if err := s.VM.QMP.Execute(ctx, "stop", nil, nil); err != nil {
+		return meta, fmt.Errorf("stopping the VM: %w", err)
+	}
+	// QEMU keeps writing to the same inode until it exits (in Close), with the guest stopped.
+	if err := os.Rename(s.VM.Dir.File("disk.qcow2"), filepath.Join(staging, "disk.qcow2")); err != nil {
+		return meta, err
+	}
+	if err := s.Close(); err != nil {
+		return meta, err
+	}
+	b, _ := json.MarshalIndent(meta, "", "  ")
+	if err := writeSynced(filepath.Join(staging, "meta.json"), b); err != nil {
+		return meta, err
+	}
+	for _, f := range []string{"state", "disk.qcow2"} {
+		if err := syncFile(filepath.Join(staging, f)); err != nil && !(errors.Is(err, os.ErrNotExist) && f == "state") {
+			return meta, err
+		}
+	}
+	gen := "g" + strconv.FormatInt(time.Now().UnixNano(), 10)
+	if err := os.Rename(staging, filepath.Join(dir, gen)); err != nil {
+		return meta, err
+	}
+	syncDir(dir)
+	if err := writeSynced(filepath.Join(dir, ".current.tmp"), []byte(gen)); err != nil {
+		return meta, err
+	}
+	if err := os.Rename(filepath.Join(dir, ".current.tmp"), filepath.Join(dir, "current")); err != nil {
+		return meta, err
+	}
+	syncDir(dir)
+	CleanPaused(dir)
+	return meta, nil
+}
+
+// CurrentPaused returns the current generation under dir and its meta.
+func CurrentPaused(dir string) (string, PausedMeta, error) {
+	var meta PausedMeta
+	b, err := os.ReadFile(filepath.Join(dir, "current"))
+	if err != nil {
+		return "", meta, err
+	}
+	gen := strings.TrimSpace(string(b))
+	if !strings.HasPrefix(gen, "g") || strings.ContainsAny(gen, "/.") {
+		return "", meta, fmt.Errorf("%s: bad generation %q", dir, gen)
+	}
+	g := filepath.Join(dir, gen)
+	mb, err := os.ReadFile(filepath.Join(g, "meta.json"))
+	if err != nil {
+		return "", meta, err
+	}
+	if err := json.Unmarshal(mb, &meta); err != nil {
+		return "", meta, err
+	}
+	return g, meta, nil
+}
+
+// CleanPaused removes what is not the current generation under dir: staging directories of
+// interrupted pauses and superseded generations. Without a readable current it removes nothing.
+func CleanPaused(dir string) {
+	cur, _, err := CurrentPaused(dir)
+	if err != nil {
+		return
+	}
+	des, err := os.ReadDir(dir)
+	if err != nil {
+		return
+	}
+	for _, de := range des {
+		p := filepath.Join(dir, de.Name())
+		if de.IsDir() && p != cur {
+			_ = os.RemoveAll(p)
+		}
+	}
+}
+
+// Resume starts a paused sandbox from its current generation under dir: from its RAM when it was
+// saved, else by booting its disk. init is sent to envd with a fresh identity (same host name,
+// new randomness, the clock). The generation is left in place; the caller removes it once the
+// sandbox is recorded as running.
+func (r *Runtime) Resume(ctx context.Context, dir string, init server.InitRequest) (*Sandbox, error) {
+	g, meta, err := CurrentPaused(dir)
+	if err != nil {
+		return nil, fmt.Errorf("paused sandbox: %w", err)
+	}
+	spec := vmm.Spec{ID: meta.ID, Kernel: r.Image.Kernel, Disk: filepath.Join(g, "disk.qcow2"), MemoryMiB: meta.MemoryMiB,
+		CPUs: meta.CPUs, Accel: r.Accel, KernelArgs: meta.KernelArgs}
+	if meta.Memory {
+		spec.Restore = &vmm.Snapshot{StatePath: filepath.Join(g, "state"), Full: true, NamedRAM: meta.NamedRAM}
+	} else {
+		spec.KernelArgs = []string{"cell.hostname=" + meta.ID}
+	}
+	vm, err := r.Host.Start(ctx, spec)
+	if err != nil {
+		return nil, fmt.Errorf("resuming sandbox %s: %w", meta.ID, err)
+	}
+	sb := newSandbox(vm)
+	sb.Restored = meta.Memory
+	if init.AccessToken != nil {
+		sb.SetToken(*init.AccessToken) // envd (resumed from RAM) already enforces it
+	}
+	if err := sb.Init(ctx, init); err != nil {
+		_ = sb.Close()
+		return nil, err
+	}
+	return sb, nil
+}
