@@ -1,4 +1,5 @@
-// E2B's JS SDK, unchanged, against cell serve: sandboxes, commands, PTY, files, auth, teams.
+// E2B's JS SDK, unchanged, against cell serve: sandboxes, pause/resume, commands, PTY, files,
+// auth, teams.
 import { test, before, after } from 'node:test'
 import assert from 'node:assert/strict'
 import { createHash, randomBytes } from 'node:crypto'
@@ -79,6 +80,26 @@ test('setTimeout shortens and the sandbox expires', async () => {
   await new Promise((r) => setTimeout(r, 3_500))
   assert.equal(await s.isRunning(), false)
   await assert.rejects(Sandbox.getInfo(s.sandboxId), SandboxNotFoundError)
+})
+
+test('pause and connect (resume) keep files and processes', async () => {
+  const s = await Sandbox.create({ timeoutMs: 120_000 })
+  try {
+    await s.files.write('kept.txt', 'still here')
+    const bg = await s.commands.run('sleep 600', { background: true })
+    assert.equal(await s.pause(), true)
+    assert.equal((await s.getInfo()).state, 'paused')
+    assert.equal(await s.pause(), false, 'pausing a paused sandbox reports false')
+    const listed = await Sandbox.list({ query: { state: ['paused'] } }).nextItems()
+    assert.ok(listed.some((x) => x.sandboxId === s.sandboxId))
+    const back = await Sandbox.connect(s.sandboxId, { timeoutMs: 60_000 })
+    assert.equal((await back.getInfo()).state, 'running')
+    assert.equal(await back.files.read('kept.txt'), 'still here')
+    const procs = await back.commands.list()
+    assert.ok(procs.some((p) => p.pid === bg.pid), 'the background process survived the pause')
+  } finally {
+    await Sandbox.kill(s.sandboxId)
+  }
 })
 
 test('commands: stdout, stderr, exit code, env, cwd, user', async () => {
