@@ -8,7 +8,6 @@ import (
 	"io"
 	"os"
 	"path/filepath"
-	"strings"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -88,15 +87,8 @@ func (r *Runtime) EnsureTemplate(ctx context.Context, home, name string) (*Templ
 		return nil, fmt.Errorf("publishing template %s: %w", name, err)
 	}
 	syncDir(parent)
-	// Older snapshots of this template (another QEMU, kernel or image) can no longer be used.
-	// Running clones keep their mappings and open files; nothing else refers to them.
-	if des, err := os.ReadDir(parent); err == nil {
-		for _, de := range des {
-			if de.IsDir() && de.Name() != filepath.Base(final) && !strings.HasPrefix(de.Name(), ".") {
-				_ = os.RemoveAll(filepath.Join(parent, de.Name()))
-			}
-		}
-	}
+	// Older snapshots of this template (another QEMU, kernel or image) are kept: the disks of
+	// running and paused sandboxes restored from them are overlays on their disk layers.
 	r.Log.Info("template built", "template", name, "took", time.Since(t0))
 	return loadTemplate(final, fp)
 }
