@@ -49,6 +49,7 @@ bench-sdk: build
 	  CELL_BIN=$(CURDIR)/$(BIN)/cell CELL_IMAGE_HOME="$${CELL_HOME:-$$HOME/.local/share/cell}" npm run bench
 
 lint:
+	@test -z "$$(gofmt -l .)" || { echo "gofmt needed:"; gofmt -l .; exit 1; }
 	$(GO) vet ./...
 	$(GO) run honnef.co/go/tools/cmd/staticcheck@v0.8.2 ./...
 

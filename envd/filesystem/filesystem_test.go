@@ -2,9 +2,9 @@ package filesystem
 
 import (
 	"bytes"
-	"crypto/rand"
 	"compress/gzip"
 	"context"
+	"crypto/rand"
 	"io"
 	"log/slog"
 	"net/http"

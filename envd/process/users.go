@@ -84,4 +84,3 @@ func LookupUser(name string) (Identity, error) {
 	}
 	return id, nil
 }
-

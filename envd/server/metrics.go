@@ -30,7 +30,7 @@ type MetricsReport struct {
 type Metrics struct {
 	Root string // filesystem whose use is reported
 
-	mu               sync.Mutex
+	mu                sync.Mutex
 	lastBusy, lastAll uint64
 }
 

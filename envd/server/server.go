@@ -46,7 +46,7 @@ type Services struct {
 	// Reseed and SetHostname apply /init's entropy and host name (nil: left alone).
 	Reseed      func([]byte) error
 	SetHostname func(string) error
-	Log      *slog.Logger
+	Log         *slog.Logger
 }
 
 // Handler returns envd's HTTP handler.

@@ -19,8 +19,8 @@ import (
 )
 
 type benchFlags struct {
-	n      int
-	json   bool
+	n       int
+	json    bool
 	accel   string
 	memory  int
 	restore bool

@@ -33,6 +33,17 @@ func (r *remote) flags(c *cobra.Command) {
 	c.PersistentFlags().StringVar(&r.key, "api-key", os.Getenv("E2B_API_KEY"), "API key ($E2B_API_KEY)")
 }
 
+// run makes a command that needs a client of cell serve.
+func (r *remote) run(f func(cmd *cobra.Command, args []string, cl *client.Client) error) func(*cobra.Command, []string) error {
+	return func(cmd *cobra.Command, args []string) error {
+		cl, err := r.client()
+		if err != nil {
+			return err
+		}
+		return f(cmd, args, cl)
+	}
+}
+
 func (r *remote) client() (*client.Client, error) {
 	if r.key == "" {
 		return nil, errors.New("an API key is required: --api-key or $E2B_API_KEY (cell apikey create)")
@@ -46,11 +57,7 @@ func sandboxCmd() *cobra.Command {
 	r.flags(c)
 	ls := &cobra.Command{
 		Use: "ls", Short: "List running sandboxes", Args: cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			cl, err := r.client()
-			if err != nil {
-				return err
-			}
+		RunE: r.run(func(cmd *cobra.Command, _ []string, cl *client.Client) error {
 			list, err := cl.List(cmd.Context())
 			if err != nil {
 				return err
@@ -62,18 +69,14 @@ func sandboxCmd() *cobra.Command {
 					s.StartedAt.Local().Format(time.TimeOnly), s.EndAt.Local().Format(time.TimeOnly))
 			}
 			return tw.Flush()
-		},
+		}),
 	}
 	var template string
 	var timeout time.Duration
 	var meta []string
 	create := &cobra.Command{
 		Use: "create", Short: "Create a sandbox and print its id", Args: cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			cl, err := r.client()
-			if err != nil {
-				return err
-			}
+		RunE: r.run(func(cmd *cobra.Command, _ []string, cl *client.Client) error {
 			md, err := parseEnv(meta)
 			if err != nil {
 				return err
@@ -84,33 +87,25 @@ func sandboxCmd() *cobra.Command {
 			}
 			fmt.Println(info.SandboxID)
 			return nil
-		},
+		}),
 	}
 	create.Flags().StringVar(&template, "template", "base", "template")
 	create.Flags().DurationVar(&timeout, "timeout", 5*time.Minute, "time to live")
 	create.Flags().StringArrayVar(&meta, "metadata", nil, "KEY=VALUE metadata (repeatable)")
 	kill := &cobra.Command{
 		Use: "kill ID…", Short: "Kill sandboxes", Args: cobra.MinimumNArgs(1),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			cl, err := r.client()
-			if err != nil {
-				return err
-			}
+		RunE: r.run(func(cmd *cobra.Command, args []string, cl *client.Client) error {
 			var errs []error
 			for _, id := range args {
 				errs = append(errs, cl.Kill(cmd.Context(), id))
 			}
 			return errors.Join(errs...)
-		},
+		}),
 	}
 	var user string
 	exec := &cobra.Command{
 		Use: "exec ID -- CMD…", Short: "Run a command in a sandbox", Args: cobra.MinimumNArgs(2),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			cl, err := r.client()
-			if err != nil {
-				return err
-			}
+		RunE: r.run(func(cmd *cobra.Command, args []string, cl *client.Client) error {
 			sb, err := cl.Connect(cmd.Context(), args[0])
 			if err != nil {
 				return err
@@ -123,43 +118,31 @@ func sandboxCmd() *cobra.Command {
 				return &ExitError{Code: res.ExitCode}
 			}
 			return nil
-		},
+		}),
 	}
 	exec.Flags().StringVar(&user, "user", "", "user to run as (default: the sandbox's)")
 	cp := &cobra.Command{
 		Use:   "cp SRC DST",
 		Short: "Copy a file into or out of a sandbox (ID:PATH names a sandbox path)",
 		Args:  cobra.ExactArgs(2),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			cl, err := r.client()
-			if err != nil {
-				return err
-			}
+		RunE: r.run(func(cmd *cobra.Command, args []string, cl *client.Client) error {
 			return copyFile(cmd.Context(), cl, args[0], args[1], user)
-		},
+		}),
 	}
 	cp.Flags().StringVar(&user, "user", "", "user that owns the file in the sandbox")
 	var noMemory bool
 	pause := &cobra.Command{
 		Use: "pause ID", Short: "Pause a sandbox: save it (RAM too, unless --no-memory) and stop its VM", Args: cobra.ExactArgs(1),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			cl, err := r.client()
-			if err != nil {
-				return err
-			}
+		RunE: r.run(func(cmd *cobra.Command, args []string, cl *client.Client) error {
 			return cl.Pause(cmd.Context(), args[0], !noMemory)
-		},
+		}),
 	}
 	pause.Flags().BoolVar(&noMemory, "no-memory", false, "keep only the file system (resume boots from it)")
 	resume := &cobra.Command{
 		Use: "resume ID", Short: "Resume a paused sandbox", Args: cobra.ExactArgs(1),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			cl, err := r.client()
-			if err != nil {
-				return err
-			}
+		RunE: r.run(func(cmd *cobra.Command, args []string, cl *client.Client) error {
 			return cl.Resume(cmd.Context(), args[0], timeout)
-		},
+		}),
 	}
 	resume.Flags().DurationVar(&timeout, "timeout", 5*time.Minute, "time to live from now")
 	shell := shellCmd(r)
@@ -211,17 +194,13 @@ func shellCmd(r *remote) *cobra.Command {
 	var user string
 	c := &cobra.Command{
 		Use: "shell ID", Short: "Open an interactive shell (PTY) in a sandbox", Args: cobra.ExactArgs(1),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			cl, err := r.client()
-			if err != nil {
-				return err
-			}
+		RunE: r.run(func(cmd *cobra.Command, args []string, cl *client.Client) error {
 			sb, err := cl.Connect(cmd.Context(), args[0])
 			if err != nil {
 				return err
 			}
 			return interactiveShell(cmd.Context(), sb, user)
-		},
+		}),
 	}
 	c.Flags().StringVar(&user, "user", "", "user to log in as (default: the sandbox's)")
 	return c

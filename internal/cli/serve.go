@@ -129,4 +129,3 @@ every sandbox, or with --leave-running leaves them for the next cell serve to re
 	c.Flags().DurationVar(&grace, "grace", 10*time.Second, "how long shutdown waits for in-flight calls")
 	return c
 }
-

@@ -75,15 +75,15 @@ type Manager struct {
 }
 
 type box struct {
-	op    sync.Mutex // serialises pause and resume
-	mu    sync.Mutex
+	op sync.Mutex // serialises pause and resume
+	mu sync.Mutex
 	// pausing is set while the VM is being saved: its exit then is not a death.
 	pausing bool
-	rec   store.Sandbox
-	sb    *sandbox.Sandbox
-	timer *time.Timer
-	ended bool
-	left  chan struct{} // closed when this process lets go of the VM without stopping it
+	rec     store.Sandbox
+	sb      *sandbox.Sandbox
+	timer   *time.Timer
+	ended   bool
+	left    chan struct{} // closed when this process lets go of the VM without stopping it
 }
 
 func newBox(rec store.Sandbox) *box { return &box{rec: rec, left: make(chan struct{})} }

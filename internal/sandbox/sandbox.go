@@ -4,8 +4,8 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
-	"encoding/json"
 	"encoding/base64"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -59,11 +59,11 @@ type Template struct {
 
 // Options describe one sandbox.
 type Options struct {
-	ID         string // chosen by Boot when empty
-	Cold       bool   // boot even when a template snapshot exists
+	ID   string // chosen by Boot when empty
+	Cold bool   // boot even when a template snapshot exists
 	// Init, when set, is sent to envd's /init as soon as it answers (with the identity Init
 	// always adds); a restored sandbox gets an identity /init even without it.
-	Init *server.InitRequest
+	Init       *server.InitRequest
 	Template   string
 	MemoryMiB  int
 	CPUs       int
@@ -78,7 +78,7 @@ type Sandbox struct {
 	VM       *vmm.VM
 	Process  processconnect.ProcessClient
 	BootTime time.Duration
-	Restored bool // started from a template snapshot
+	Restored bool         // started from a template snapshot
 	http     *http.Client // raw: for the proxy, whose clients bring their own token
 	own      *http.Client // with envd's access token: for Cell's own calls
 	token    atomic.Pointer[string]

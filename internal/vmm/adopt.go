@@ -160,6 +160,8 @@ func (vm *VM) Detach() {
 	})
 }
 
+// detach closes this process's connections to the VM (channel, QMP, console) and stops the
+// exit watcher of an adopted one; QEMU itself is left alone.
 func (vm *VM) detach() {
 	if vm.Channel != nil {
 		_ = vm.Channel.Close()

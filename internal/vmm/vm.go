@@ -478,18 +478,7 @@ func (vm *VM) teardown() error {
 			}
 		}
 	}
-	if vm.stopWatch != nil {
-		vm.stopWatch()
-	}
-	if vm.QMP != nil {
-		_ = vm.QMP.Close()
-	}
-	if vm.conCon != nil {
-		_ = vm.conCon.Close()
-	}
-	if vm.console != nil {
-		<-vm.console.done
-	}
+	vm.detach()
 	if err := vm.Dir.Remove(); err != nil {
 		errs = append(errs, err)
 	}
