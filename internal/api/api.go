@@ -290,16 +290,13 @@ func (a *API) create(w http.ResponseWriter, r *http.Request, team string) {
 			return
 		}
 	}
-	if req.AutoPause != nil && *req.AutoPause {
-		writeError(w, http.StatusNotImplemented, "autoPause: pausing is not supported by Cell yet")
-		return
-	}
 	if req.TemplateID == "" {
 		writeError(w, http.StatusBadRequest, "templateID: required")
 		return
 	}
 	cr := manager.CreateRequest{Team: team, Template: req.TemplateID, Metadata: req.Metadata, EnvVars: req.EnvVars,
-		Secure: req.Secure == nil || *req.Secure, AllowInternet: req.AllowInternetAccess == nil || *req.AllowInternetAccess}
+		Secure: req.Secure == nil || *req.Secure, AllowInternet: req.AllowInternetAccess == nil || *req.AllowInternetAccess,
+		AutoPause: req.AutoPause != nil && *req.AutoPause, AutoPauseMemory: req.AutoPauseMemory == nil || *req.AutoPauseMemory}
 	if req.Timeout != nil {
 		if *req.Timeout < 0 {
 			writeError(w, http.StatusBadRequest, "timeout: must not be negative")

@@ -35,7 +35,7 @@ func (g *globals) openStore(ctx context.Context) (*store.Store, error) {
 
 func serveCmd(g *globals) *cobra.Command {
 	var listen, domain, accel string
-	var leave, cold bool
+	var leave, cold, pauseAll bool
 	var pools map[string]int
 	var grace time.Duration
 	c := &cobra.Command{
@@ -95,7 +95,7 @@ every sandbox, or with --leave-running leaves them for the next cell serve to re
 			}
 			ln, err := net.Listen("tcp", listen)
 			if err != nil {
-				mgr.Shutdown(context.Background(), true)
+				mgr.Shutdown(context.Background(), manager.Leave)
 				return fmt.Errorf("listening on %s: %w", listen, err)
 			}
 			h := api.New(api.Config{Manager: mgr, Keys: auth.Keys{Store: st}, Domain: domain, Log: log})
@@ -105,7 +105,7 @@ every sandbox, or with --leave-running leaves them for the next cell serve to re
 			go func() { errc <- srv.Serve(ln) }()
 			select {
 			case err := <-errc:
-				mgr.Shutdown(context.Background(), true)
+				mgr.Shutdown(context.Background(), manager.Leave)
 				return fmt.Errorf("serving: %w", err)
 			case <-ctx.Done():
 			}
@@ -116,7 +116,14 @@ every sandbox, or with --leave-running leaves them for the next cell serve to re
 				log.Warn("http shutdown", "err", err)
 			}
 			_ = srv.Close() // streams still open after the grace period
-			mgr.Shutdown(sctx, leave)
+			mode := manager.Kill
+			switch {
+			case leave:
+				mode = manager.Leave
+			case pauseAll:
+				mode = manager.PauseAll
+			}
+			mgr.Shutdown(sctx, mode)
 			return nil
 		},
 	}
@@ -125,6 +132,7 @@ every sandbox, or with --leave-running leaves them for the next cell serve to re
 	c.Flags().StringVar(&accel, "accel", "auto", "auto, kvm or tcg")
 	c.Flags().BoolVar(&cold, "cold", false, "boot every sandbox instead of restoring the base template's memory snapshot")
 	c.Flags().StringToIntVar(&pools, "pool", nil, "keep this many restored, warmed sandboxes of a template ready, e.g. base=4")
+	c.Flags().BoolVar(&pauseAll, "pause-on-shutdown", false, "on shutdown, pause running sandboxes (with their RAM) instead of killing them")
 	c.Flags().BoolVar(&leave, "leave-running", false, "on shutdown, leave sandboxes running for the next cell serve to re-adopt")
 	c.Flags().DurationVar(&grace, "grace", 10*time.Second, "how long shutdown waits for in-flight calls")
 	return c

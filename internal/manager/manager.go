@@ -109,6 +109,8 @@ type CreateRequest struct {
 	EnvVars       map[string]string
 	Secure        bool
 	AllowInternet bool
+	// AutoPause pauses instead of killing at the timeout (with RAM when AutoPauseMemory).
+	AutoPause, AutoPauseMemory bool
 	CPUs          int
 	MemoryMiB     int
 }
@@ -194,6 +196,7 @@ func (m *Manager) Create(ctx context.Context, req CreateRequest) (Info, error) {
 		ID: id, TeamID: req.Team, TemplateID: req.Template, State: store.StateCreating,
 		Metadata: maps.Clone(req.Metadata), EnvVars: maps.Clone(req.EnvVars), CPUs: req.CPUs, MemoryMiB: req.MemoryMiB,
 		AllowInternet: req.AllowInternet, StartedAt: now, EndAt: now.Add(req.Timeout), Seq: seq,
+		AutoPause: req.AutoPause, AutoPauseMemory: req.AutoPauseMemory,
 	}
 	if req.Secure {
 		rec.EnvdToken = newToken()
@@ -266,8 +269,17 @@ func (m *Manager) arm(b *box) {
 	if b.timer != nil {
 		b.timer.Stop()
 	}
-	b.timer = time.AfterFunc(time.Until(b.rec.EndAt), func() {
-		m.log.Info("sandbox timed out", "sandbox", b.rec.ID)
+	rec := b.rec
+	b.timer = time.AfterFunc(time.Until(rec.EndAt), func() {
+		if rec.AutoPause && m.cfg.PausedDir != "" {
+			m.log.Info("sandbox timed out: pausing it", "sandbox", rec.ID)
+			err := m.Pause(context.Background(), rec.TeamID, rec.ID, rec.AutoPauseMemory)
+			if err == nil || errors.Is(err, ErrNotFound) || errors.Is(err, ErrConflict) {
+				return
+			}
+			m.log.Warn("pausing a timed-out sandbox failed: killing it", "sandbox", rec.ID, "err", err)
+		}
+		m.log.Info("sandbox timed out", "sandbox", rec.ID)
 		m.end(b, store.StateExpired, "timeout")
 	})
 }
@@ -580,9 +592,23 @@ func (m *Manager) cleanPausedOrphans(ctx context.Context) {
 	}
 }
 
+// ShutdownMode says what Shutdown does with running sandboxes.
+type ShutdownMode int
+
+// Shutdown modes.
+const (
+	Kill     ShutdownMode = iota // kill them
+	Leave                        // let go of their VMs for the next cell serve to adopt
+	PauseAll                     // pause them (with RAM), PauseConcurrency at a time
+)
+
+// PauseConcurrency bounds the pauses PauseAll runs at once.
+const PauseConcurrency = 2
+
 // Shutdown stops accepting creates, waits for in-flight ones (bounded by ctx) and then either
 // kills every sandbox or, with leave, lets go of their VMs so the next `cell serve` adopts them.
-func (m *Manager) Shutdown(ctx context.Context, leave bool) {
+func (m *Manager) Shutdown(ctx context.Context, mode ShutdownMode) {
+	leave := mode == Leave
 	m.mu.Lock()
 	m.closing = true
 	m.mu.Unlock()
@@ -600,6 +626,7 @@ func (m *Manager) Shutdown(ctx context.Context, leave bool) {
 	}
 	m.mu.Unlock()
 	var wg sync.WaitGroup
+	slots := make(chan struct{}, PauseConcurrency) // pauses write whole RAM images: a few at a time
 	for _, b := range bs {
 		wg.Add(1)
 		go func() {
@@ -609,6 +636,15 @@ func (m *Manager) Shutdown(ctx context.Context, leave bool) {
 			b.mu.Unlock()
 			if paused {
 				return // holds no VM; the next cell serve takes it back from the store
+			}
+			if mode == PauseAll {
+				slots <- struct{}{}
+				err := m.pause(context.Background(), b, true)
+				<-slots
+				if err == nil {
+					return
+				}
+				m.log.Warn("pausing at shutdown failed: killing", "sandbox", b.rec.ID, "err", err)
 			}
 			if !leave {
 				m.end(b, store.StateKilled, "cell serve shut down")

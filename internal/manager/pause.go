@@ -28,6 +28,12 @@ func (m *Manager) Pause(ctx context.Context, team, id string, memory bool) error
 	if err != nil {
 		return err
 	}
+	return m.pause(ctx, b, memory)
+}
+
+// pause pauses b (see Pause).
+func (m *Manager) pause(ctx context.Context, b *box, memory bool) error {
+	id := b.rec.ID
 	b.op.Lock()
 	defer b.op.Unlock()
 	b.mu.Lock()

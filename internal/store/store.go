@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	_ "modernc.org/sqlite" // the database/sql driver "sqlite"
@@ -53,6 +54,12 @@ CREATE TABLE IF NOT EXISTS sandboxes (
 CREATE INDEX IF NOT EXISTS sandboxes_team ON sandboxes(team_id, seq);
 `
 
+// migrations add columns to databases made by earlier versions; "duplicate column" means done.
+var migrations = []string{
+	`ALTER TABLE sandboxes ADD COLUMN auto_pause INTEGER NOT NULL DEFAULT 0`,
+	`ALTER TABLE sandboxes ADD COLUMN auto_pause_memory INTEGER NOT NULL DEFAULT 1`,
+}
+
 // Open opens (creating if needed) the database at path.
 func Open(ctx context.Context, path string) (*Store, error) {
 	db, err := sql.Open("sqlite", "file:"+path+"?_pragma=busy_timeout(5000)&_pragma=journal_mode(WAL)&_pragma=synchronous(NORMAL)&_pragma=foreign_keys(1)")
@@ -63,6 +70,12 @@ func Open(ctx context.Context, path string) (*Store, error) {
 	if _, err := db.ExecContext(ctx, schema); err != nil {
 		_ = db.Close()
 		return nil, fmt.Errorf("creating the schema in %s: %w", path, err)
+	}
+	for _, m := range migrations {
+		if _, err := db.ExecContext(ctx, m); err != nil && !strings.Contains(err.Error(), "duplicate column") {
+			_ = db.Close()
+			return nil, fmt.Errorf("migrating %s: %w", path, err)
+		}
 	}
 	return &Store{db: db}, nil
 }
@@ -188,6 +201,9 @@ type Sandbox struct {
 	StartTicks                    uint64
 	Seq                           int64
 	Reason                        string // why it ended, for killed/expired/lost/failed
+	// AutoPause pauses the sandbox at its timeout instead of killing it (with its RAM when
+	// AutoPauseMemory).
+	AutoPause, AutoPauseMemory bool
 }
 
 // PutSandbox inserts or replaces a record.
@@ -198,9 +214,11 @@ func (s *Store) PutSandbox(ctx context.Context, sb Sandbox) error {
 		return err
 	}
 	_, err := s.db.ExecContext(ctx, `INSERT OR REPLACE INTO sandboxes(id, team_id, template_id, state, metadata, env_vars, cpus,
-		memory_mib, envd_token, allow_internet, started_at, end_at, pid, start_ticks, seq, reason) VALUES(?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)`,
+		memory_mib, envd_token, allow_internet, started_at, end_at, pid, start_ticks, seq, reason, auto_pause, auto_pause_memory)
+		VALUES(?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)`,
 		sb.ID, sb.TeamID, sb.TemplateID, sb.State, string(md), string(env), sb.CPUs, sb.MemoryMiB, sb.EnvdToken,
-		sb.AllowInternet, sb.StartedAt.UnixMilli(), sb.EndAt.UnixMilli(), sb.PID, int64(sb.StartTicks), sb.Seq, sb.Reason)
+		sb.AllowInternet, sb.StartedAt.UnixMilli(), sb.EndAt.UnixMilli(), sb.PID, int64(sb.StartTicks), sb.Seq, sb.Reason,
+		sb.AutoPause, sb.AutoPauseMemory)
 	if err != nil {
 		return fmt.Errorf("storing sandbox %s: %w", sb.ID, err)
 	}
@@ -217,7 +235,7 @@ func nonNil(m map[string]string) map[string]string {
 // Sandboxes returns the records in the given states (all when none), oldest first.
 func (s *Store) Sandboxes(ctx context.Context, states ...string) ([]Sandbox, error) {
 	rows, err := s.db.QueryContext(ctx, `SELECT id, team_id, template_id, state, metadata, env_vars, cpus, memory_mib, envd_token,
-		allow_internet, started_at, end_at, pid, start_ticks, seq, reason FROM sandboxes ORDER BY seq`)
+		allow_internet, started_at, end_at, pid, start_ticks, seq, reason, auto_pause, auto_pause_memory FROM sandboxes ORDER BY seq`)
 	if err != nil {
 		return nil, err
 	}
@@ -232,7 +250,7 @@ func (s *Store) Sandboxes(ctx context.Context, states ...string) ([]Sandbox, err
 		var md, env string
 		var started, end, ticks int64
 		if err := rows.Scan(&sb.ID, &sb.TeamID, &sb.TemplateID, &sb.State, &md, &env, &sb.CPUs, &sb.MemoryMiB, &sb.EnvdToken,
-			&sb.AllowInternet, &started, &end, &sb.PID, &ticks, &sb.Seq, &sb.Reason); err != nil {
+			&sb.AllowInternet, &started, &end, &sb.PID, &ticks, &sb.Seq, &sb.Reason, &sb.AutoPause, &sb.AutoPauseMemory); err != nil {
 			return nil, err
 		}
 		if len(want) > 0 && !want[sb.State] {

@@ -53,3 +53,32 @@ func TestSandboxRecordsSurviveReopen(t *testing.T) {
 		t.Errorf("after prune: %+v", all)
 	}
 }
+
+func TestOpenMigratesAnOlderDatabase(t *testing.T) {
+	ctx := context.Background()
+	path := filepath.Join(t.TempDir(), "cell.db")
+	st, err := Open(ctx, path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Make it look like the first version: no auto-pause columns.
+	for _, q := range []string{`ALTER TABLE sandboxes DROP COLUMN auto_pause`, `ALTER TABLE sandboxes DROP COLUMN auto_pause_memory`} {
+		if _, err := st.db.ExecContext(ctx, q); err != nil {
+			t.Fatal(err)
+		}
+	}
+	_ = st.Close()
+	st, err = Open(ctx, path)
+	if err != nil {
+		t.Fatalf("reopening an older database: %v", err)
+	}
+	defer func() { _ = st.Close() }()
+	rec := Sandbox{ID: "x", TeamID: "t", TemplateID: "base", State: StateRunning, AutoPause: true, AutoPauseMemory: true, Seq: 1}
+	if err := st.PutSandbox(ctx, rec); err != nil {
+		t.Fatal(err)
+	}
+	got, err := st.Sandboxes(ctx)
+	if err != nil || len(got) != 1 || !got[0].AutoPause || !got[0].AutoPauseMemory {
+		t.Fatalf("%+v %v", got, err)
+	}
+}

@@ -102,6 +102,23 @@ test('pause and connect (resume) keep files and processes', async () => {
   }
 })
 
+test('lifecycle onTimeout pause: the sandbox is paused, not killed, at its timeout', async () => {
+  const s = await Sandbox.create({ timeoutMs: 3_000, lifecycle: { onTimeout: 'pause' } })
+  try {
+    await s.files.write('x.txt', 'x')
+    let state
+    for (let i = 0; i < 100 && state !== 'paused'; i++) {
+      await new Promise((r) => setTimeout(r, 200))
+      state = (await Sandbox.getInfo(s.sandboxId)).state
+    }
+    assert.equal(state, 'paused')
+    const back = await Sandbox.connect(s.sandboxId, { timeoutMs: 60_000 })
+    assert.equal(await back.files.read('x.txt'), 'x')
+  } finally {
+    await Sandbox.kill(s.sandboxId)
+  }
+})
+
 test('commands: stdout, stderr, exit code, env, cwd, user', async () => {
   const r = await sbx.commands.run('echo out; echo err >&2')
   assert.equal(r.stdout, 'out\n')

@@ -524,3 +524,34 @@ func sortNumeric(s []string) {
 		return a < b
 	})
 }
+
+// TestServePauseOnShutdown: with --pause-on-shutdown a graceful stop pauses running sandboxes; the
+// next cell serve resumes them with their files.
+func TestServePauseOnShutdown(t *testing.T) {
+	home := t.TempDir()
+	key := apiKey(t, home)
+	s1 := startServe(t, home, "--pause-on-shutdown")
+	c := client.New(s1.url, key)
+	ctx := context.Background()
+	info, err := c.Create(ctx, client.CreateOptions{Timeout: 10 * time.Minute})
+	if err != nil {
+		t.Fatal(err)
+	}
+	execOut(t, c, info.SandboxID, "echo kept > ~/kept.txt")
+	_ = s1.cmd.Process.Signal(syscall.SIGTERM)
+	if err := s1.cmd.Wait(); err != nil {
+		t.Fatalf("SIGTERM: %v\n%s", err, s1.logs)
+	}
+	assertNothingLeft(t, filepath.Join(home, "run"))
+	s2 := startServe(t, home)
+	c = client.New(s2.url, key)
+	if got, err := c.Get(ctx, info.SandboxID); err != nil || got.State != "paused" {
+		t.Fatalf("after restart: %+v %v", got, err)
+	}
+	if err := c.Resume(ctx, info.SandboxID, time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	if got := execOut(t, c, info.SandboxID, "cat ~/kept.txt"); got != "kept\n" {
+		t.Fatalf("after resume: %q", got)
+	}
+}
