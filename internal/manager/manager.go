@@ -111,8 +111,8 @@ type CreateRequest struct {
 	AllowInternet bool
 	// AutoPause pauses instead of killing at the timeout (with RAM when AutoPauseMemory).
 	AutoPause, AutoPauseMemory bool
-	CPUs          int
-	MemoryMiB     int
+	CPUs                       int
+	MemoryMiB                  int
 }
 
 // Info is a sandbox as the API shows it.
