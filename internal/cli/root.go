@@ -27,7 +27,7 @@ func Main(ctx context.Context, args []string) int {
 	root.PersistentFlags().StringVar(&g.envd, "envd", "", "envd binary to install in the guest image (default: next to cell)")
 	root.PersistentFlags().StringVar(&g.logLevel, "log-level", "warn", "debug, info, warn or error")
 	root.PersistentFlags().IntVar(&g.maxVMs, "max-vms", 64, "maximum VMs running at once")
-	root.AddCommand(runCmd(g), imageCmd(g), doctorCmd(g), benchCmd(g), serveCmd(g), apikeyCmd(g), sandboxCmd())
+	root.AddCommand(runCmd(g), imageCmd(g), doctorCmd(g), benchCmd(g), serveCmd(g), apikeyCmd(g), sandboxCmd(), templateCmd(g))
 	top := &remote{}
 	shell := shellCmd(top)
 	top.flags(shell)

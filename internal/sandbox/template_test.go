@@ -1,7 +1,9 @@
 package sandbox
 
 import (
+	"errors"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -28,5 +30,53 @@ func TestLoadTemplateRefusesOtherMachinesAndIncompleteOnes(t *testing.T) {
 	}
 	if _, err := loadTemplate(dir, "aaaa"); err == nil || !strings.Contains(err.Error(), "incomplete") {
 		t.Fatalf("incomplete template loaded: %v", err)
+	}
+}
+
+func TestRemoveTemplateRefusesWhileSandboxesDependOnIt(t *testing.T) {
+	qemuImg, err := FindTool("qemu-img", "qemu-utils")
+	if err != nil {
+		t.Fatal(err)
+	}
+	home, run, paused := t.TempDir(), t.TempDir(), t.TempDir()
+	tdir := filepath.Join(home, "templates", "base", "0123456789abcdef")
+	if err := os.MkdirAll(tdir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(tdir, "meta.json"), []byte(`{"name":"base","fingerprint":"0123"}`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	img := func(path, backing string) {
+		args := []string{"create", "-q", "-f", "qcow2", path, "16M"}
+		if backing != "" {
+			args = []string{"create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", backing, path}
+		}
+		if out, err := exec.Command(qemuImg, args...).CombinedOutput(); err != nil {
+			t.Fatalf("qemu-img: %v %s", err, out)
+		}
+	}
+	tdisk := filepath.Join(tdir, "disk.qcow2")
+	img(tdisk, "")
+	// One running sandbox and one paused generation are overlays on the template's disk.
+	for _, d := range []string{filepath.Join(run, "sb1"), filepath.Join(paused, "sb2", "g1")} {
+		if err := os.MkdirAll(d, 0o700); err != nil {
+			t.Fatal(err)
+		}
+		img(filepath.Join(d, "disk.qcow2"), tdisk)
+	}
+	list, err := ListTemplates(home, run, paused)
+	if err != nil || len(list) != 1 || len(list[0].Users) != 2 {
+		t.Fatalf("ls: %+v %v", list, err)
+	}
+	if err := RemoveTemplate(tdir, run, paused); !errors.Is(err, ErrTemplateInUse) || !strings.Contains(err.Error(), "sb1") || !strings.Contains(err.Error(), "sb2") {
+		t.Fatalf("removing a used template: %v", err)
+	}
+	_ = os.RemoveAll(filepath.Join(run, "sb1"))
+	_ = os.RemoveAll(filepath.Join(paused, "sb2"))
+	if err := RemoveTemplate(tdir, run, paused); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(tdir); !os.IsNotExist(err) {
+		t.Fatalf("template still there: %v", err)
 	}
 }

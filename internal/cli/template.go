@@ -1,0 +1,81 @@
+package cli
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/cellhq/cell/internal/ids"
+	"github.com/cellhq/cell/internal/sandbox"
+)
+
+func templateCmd(g *globals) *cobra.Command {
+	c := &cobra.Command{Use: "template", Short: "List and remove template memory snapshots"}
+	dirs := func() (images, run, paused string, err error) {
+		home, err := g.homeDir()
+		if err != nil {
+			return "", "", "", err
+		}
+		run = os.Getenv("CELL_RUN_DIR")
+		if run == "" {
+			if run, err = sandbox.RunDir(home); err != nil {
+				return "", "", "", err
+			}
+		}
+		return imageHome(home), run, filepath.Join(home, "paused"), nil
+	}
+	ls := &cobra.Command{
+		Use: "ls", Short: "List template snapshots and the sandboxes that depend on each", Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			images, run, paused, err := dirs()
+			if err != nil {
+				return err
+			}
+			list, err := sandbox.ListTemplates(images, run, paused)
+			if err != nil {
+				return err
+			}
+			tw := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
+			fmt.Fprintln(tw, "TEMPLATE\tSNAPSHOT\tCREATED\tSIZE\tUSED BY")
+			for _, t := range list {
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%.0f MiB\t%d sandboxes\n", t.Name, filepath.Base(t.Dir),
+					t.CreatedAt.Local().Format(time.DateTime), float64(t.Bytes)/(1<<20), len(t.Users))
+			}
+			return tw.Flush()
+		},
+	}
+	rm := &cobra.Command{
+		Use: "rm TEMPLATE/SNAPSHOT…", Short: "Remove template snapshots no sandbox depends on (see ls)", Args: cobra.MinimumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			images, run, paused, err := dirs()
+			if err != nil {
+				return err
+			}
+			for _, a := range args {
+				name, snap, ok := cutTemplate(a)
+				if !ok {
+					return fmt.Errorf("%q: want TEMPLATE/SNAPSHOT as `cell template ls` shows them", a)
+				}
+				if err := sandbox.RemoveTemplate(filepath.Join(images, "templates", name, snap), run, paused); err != nil {
+					return err
+				}
+			}
+			return nil
+		},
+	}
+	c.AddCommand(ls, rm)
+	return c
+}
+
+func cutTemplate(s string) (name, snap string, ok bool) {
+	name, snap, ok = strings.Cut(s, "/")
+	if !ok || ids.Validate("template", name) != nil || ids.Validate("snapshot", snap) != nil {
+		return "", "", false
+	}
+	return name, snap, true
+}
