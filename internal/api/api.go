@@ -71,9 +71,12 @@ func New(cfg Config) *API {
 	a.route("GET /v2/sandboxes/{id}/logs", a.logs)
 	a.route("POST /sandboxes/{id}/pause", a.pause)
 	a.route("POST /sandboxes/{id}/resume", a.resume)
+	a.route("POST /sandboxes/{id}/snapshots", a.snapshot)
+	a.route("GET /snapshots", a.snapshots)
+	a.route("DELETE /templates/{tid}", a.deleteTemplate)
+	a.route("POST /sandboxes/{id}/fork", a.fork)
 	for _, p := range []string{
-		"POST /sandboxes/{id}/snapshots",
-		"GET /snapshots", "POST /sandboxes/{id}/fork", "DELETE /templates/{tid}", "PUT /sandboxes/{id}/network",
+		"PUT /sandboxes/{id}/network",
 		"POST /v3/templates", "POST /v2/templates/{tid}/builds/{bid}", "GET /templates/{tid}/builds/{bid}/status",
 		"GET /templates/{tid}/files/{hash}",
 	} {
@@ -623,4 +626,103 @@ func (a *API) resume(w http.ResponseWriter, r *http.Request, team string) {
 		return
 	}
 	writeJSON(w, http.StatusCreated, a.sandboxResponse(info))
+}
+
+type snapshotBody struct {
+	Name string `json:"name,omitempty"`
+}
+
+// SnapshotResponse is a snapshot in E2B's shape.
+type SnapshotResponse struct {
+	SnapshotID string   `json:"snapshotID"`
+	Names      []string `json:"names"`
+}
+
+func snapshotResponse(s manager.SnapshotInfo) SnapshotResponse {
+	r := SnapshotResponse{SnapshotID: s.ID, Names: []string{}}
+	if s.Name != "" {
+		r.Names = append(r.Names, s.Name)
+	}
+	return r
+}
+
+func (a *API) snapshot(w http.ResponseWriter, r *http.Request, team string) {
+	var body snapshotBody
+	if !decode(w, r, &body, true) {
+		return
+	}
+	snap, err := a.cfg.Manager.Snapshot(r.Context(), team, r.PathValue("id"), body.Name)
+	if err != nil {
+		fail(w, err)
+		return
+	}
+	writeJSON(w, http.StatusCreated, snapshotResponse(snap))
+}
+
+func (a *API) snapshots(w http.ResponseWriter, r *http.Request, team string) {
+	q := r.URL.Query()
+	out := []SnapshotResponse{}
+	for _, s := range a.cfg.Manager.Snapshots(team, q.Get("sandboxID")) {
+		if name := q.Get("name"); name != "" && s.Name != name {
+			continue
+		}
+		out = append(out, snapshotResponse(s))
+	}
+	writeJSON(w, http.StatusOK, out)
+}
+
+func (a *API) deleteTemplate(w http.ResponseWriter, r *http.Request, team string) {
+	if err := a.cfg.Manager.DeleteTemplate(team, r.PathValue("tid")); err != nil {
+		fail(w, err)
+		return
+	}
+	w.WriteHeader(http.StatusNoContent)
+}
+
+type forkBody struct {
+	Count   *int `json:"count"`
+	Timeout *int `json:"timeout,omitempty"`
+}
+
+type forkResult struct {
+	Sandbox *SandboxResponse `json:"sandbox,omitempty"`
+	Error   *apiError        `json:"error,omitempty"`
+}
+
+func (a *API) fork(w http.ResponseWriter, r *http.Request, team string) {
+	var body forkBody
+	if !decode(w, r, &body, false) {
+		return
+	}
+	count := 1
+	if body.Count != nil {
+		count = *body.Count
+	}
+	var timeout time.Duration
+	if body.Timeout != nil {
+		if *body.Timeout < 0 {
+			writeError(w, http.StatusBadRequest, "timeout: must not be negative")
+			return
+		}
+		timeout = time.Duration(*body.Timeout) * time.Second
+	}
+	results, err := a.cfg.Manager.Fork(r.Context(), team, r.PathValue("id"), count, timeout)
+	if err != nil {
+		fail(w, err)
+		return
+	}
+	out := make([]forkResult, len(results))
+	for i, res := range results {
+		if res.Err != nil {
+			code := http.StatusInternalServerError
+			if errors.Is(res.Err, manager.ErrNotFound) {
+				code = http.StatusNotFound
+			}
+			out[i].Error = &apiError{Code: code, Message: res.Err.Error()}
+			continue
+		}
+		sr := a.sandboxResponse(res.Info)
+		out[i].Sandbox = &sr
+	}
+	writeJSON(w, http.StatusCreated, out)
 }

@@ -31,6 +31,15 @@ func (u unreachable) Adopt(context.Context, string, int, uint64) (*sandbox.Sandb
 	return nil, errors.New("unreachable")
 }
 
+func (u unreachable) Snapshot(context.Context, *sandbox.Sandbox, string, string, string) (*sandbox.Template, error) {
+	u.t.Error("Snapshot called for a request that should have been refused")
+	return nil, errors.New("unreachable")
+}
+
+func (unreachable) SetTemplate(string, *sandbox.Template) {}
+func (unreachable) Template(string) *sandbox.Template     { return nil }
+func (unreachable) DropTemplate(string)                   {}
+
 func (u unreachable) Resume(context.Context, string, server.InitRequest) (*sandbox.Sandbox, error) {
 	u.t.Error("Resume called for a request that should have been refused")
 	return nil, errors.New("unreachable")
@@ -44,7 +53,7 @@ func setup(t *testing.T) (*httptest.Server, string, *store.Store) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = st.Close() })
-	mgr, err := manager.New(ctx, manager.Config{Runtime: unreachable{t}, Store: st, PausedDir: t.TempDir()})
+	mgr, err := manager.New(ctx, manager.Config{Runtime: unreachable{t}, Store: st, PausedDir: t.TempDir(), TemplateHome: t.TempDir()})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -132,7 +141,13 @@ func TestErrors(t *testing.T) {
 		{"bad state", "GET", "/v2/sandboxes?state=dead", key, "", nil, 400, "state"},
 		{"pause unknown", "POST", "/sandboxes/abc123/pause", key, `{}`, nil, 404, "abc123"},
 		{"pause bad body", "POST", "/sandboxes/abc123/pause", key, `{"memory": "yes"}`, nil, 400, "memory"},
-		{"snapshots not yet", "POST", "/sandboxes/abc123/snapshots", key, `{}`, nil, 501, "not implemented"},
+		{"snapshot unknown", "POST", "/sandboxes/abc123/snapshots", key, `{}`, nil, 404, "abc123"},
+		{"snapshot bad name", "POST", "/sandboxes/abc123/snapshots", key, `{"name": "../x"}`, nil, 400, "name"},
+		{"fork unknown", "POST", "/sandboxes/abc123/fork", key, `{"count": 2}`, nil, 404, "abc123"},
+		{"fork too many", "POST", "/sandboxes/abc123/fork", key, `{"count": 101}`, nil, 400, "count"},
+		{"delete base template", "DELETE", "/templates/base", key, "", nil, 409, "base"},
+		{"delete unknown template", "DELETE", "/templates/nosuch", key, "", nil, 404, "nosuch"},
+		{"network not yet", "PUT", "/sandboxes/abc123/network", key, `{}`, nil, 501, "not implemented"},
 		{"no route", "GET", "/nope", key, "", nil, 404, "no route"},
 		{"host files are never served", "GET", "/files?path=/etc/passwd", key, "", nil, 404, "no route"},
 		{"proxy: bad id", "GET", "/files?path=/etc/passwd", "", "", map[string]string{SandboxIDHeader: "../x"}, 400, SandboxIDHeader},

@@ -130,6 +130,6 @@ func (g *globals) useTemplate(ctx context.Context, rt *sandbox.Runtime, name str
 	if err != nil {
 		return err
 	}
-	rt.Templates = map[string]*sandbox.Template{name: t}
+	rt.SetTemplate(name, t)
 	return nil
 }

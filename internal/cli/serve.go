@@ -66,7 +66,7 @@ every sandbox, or with --leave-running leaves them for the next cell serve to re
 				if err := g.useTemplate(ctx, rt, "base"); err != nil {
 					log.Warn("no template snapshot: sandboxes will boot cold", "err", err)
 				} else {
-					log.Info("template snapshot ready", "template", "base", "dir", rt.Templates["base"].Dir)
+					log.Info("template snapshot ready", "template", "base", "dir", rt.Template("base").Dir)
 				}
 			}
 			st, err := g.openStore(ctx)
@@ -79,15 +79,18 @@ every sandbox, or with --leave-running leaves them for the next cell serve to re
 				return err
 			}
 			mgr, err := manager.New(ctx, manager.Config{Runtime: rt, Store: st, RunDir: rt.Host.RunDir(),
-				PausedDir: filepath.Join(home, "paused"), Log: log})
+				PausedDir: filepath.Join(home, "paused"), TemplateHome: home, Log: log})
 			if err != nil {
 				return err
+			}
+			if snaps, err := rt.LoadSnapshots(home); err == nil {
+				mgr.AddSnapshots(snaps)
 			}
 			if err := mgr.Recover(ctx); err != nil {
 				return err
 			}
 			for name, n := range pools {
-				if rt.Templates[name] == nil {
+				if rt.Template(name) == nil {
 					log.Warn("no pool without a template snapshot", "template", name)
 					continue
 				}

@@ -16,29 +16,38 @@ import (
 
 func templateCmd(g *globals) *cobra.Command {
 	c := &cobra.Command{Use: "template", Short: "List and remove template memory snapshots"}
-	dirs := func() (images, run, paused string, err error) {
+	// Base templates live with the image cache, snapshots of sandboxes with the data.
+	dirs := func() (homes []string, run, paused string, err error) {
 		home, err := g.homeDir()
 		if err != nil {
-			return "", "", "", err
+			return nil, "", "", err
 		}
 		run = os.Getenv("CELL_RUN_DIR")
 		if run == "" {
 			if run, err = sandbox.RunDir(home); err != nil {
-				return "", "", "", err
+				return nil, "", "", err
 			}
 		}
-		return imageHome(home), run, filepath.Join(home, "paused"), nil
+		homes = []string{home}
+		if ih := imageHome(home); ih != home {
+			homes = append(homes, ih)
+		}
+		return homes, run, filepath.Join(home, "paused"), nil
 	}
 	ls := &cobra.Command{
 		Use: "ls", Short: "List template snapshots and the sandboxes that depend on each", Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			images, run, paused, err := dirs()
+			homes, run, paused, err := dirs()
 			if err != nil {
 				return err
 			}
-			list, err := sandbox.ListTemplates(images, run, paused)
-			if err != nil {
-				return err
+			var list []sandbox.TemplateInfo
+			for _, h := range homes {
+				l, err := sandbox.ListTemplates(h, run, paused)
+				if err != nil {
+					return err
+				}
+				list = append(list, l...)
 			}
 			tw := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
 			fmt.Fprintln(tw, "TEMPLATE\tSNAPSHOT\tCREATED\tSIZE\tUSED BY")
@@ -52,7 +61,7 @@ func templateCmd(g *globals) *cobra.Command {
 	rm := &cobra.Command{
 		Use: "rm TEMPLATE/SNAPSHOT…", Short: "Remove template snapshots no sandbox depends on (see ls)", Args: cobra.MinimumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			images, run, paused, err := dirs()
+			homes, run, paused, err := dirs()
 			if err != nil {
 				return err
 			}
@@ -61,7 +70,15 @@ func templateCmd(g *globals) *cobra.Command {
 				if !ok {
 					return fmt.Errorf("%q: want TEMPLATE/SNAPSHOT as `cell template ls` shows them", a)
 				}
-				if err := sandbox.RemoveTemplate(filepath.Join(images, "templates", name, snap), run, paused); err != nil {
+				err := fmt.Errorf("template %s: not found", a)
+				for _, h := range homes {
+					dir := filepath.Join(h, "templates", name, snap)
+					if _, serr := os.Stat(dir); serr == nil {
+						err = sandbox.RemoveTemplate(dir, run, paused)
+						break
+					}
+				}
+				if err != nil {
 					return err
 				}
 			}

@@ -48,6 +48,10 @@ type Runtime interface {
 	Boot(ctx context.Context, opts sandbox.Options) (*sandbox.Sandbox, error)
 	Adopt(ctx context.Context, id string, pid int, startTicks uint64) (*sandbox.Sandbox, error)
 	Resume(ctx context.Context, dir string, init server.InitRequest) (*sandbox.Sandbox, error)
+	Snapshot(ctx context.Context, sb *sandbox.Sandbox, home, name, team string) (*sandbox.Template, error)
+	SetTemplate(name string, t *sandbox.Template)
+	Template(name string) *sandbox.Template
+	DropTemplate(name string)
 }
 
 // Config configures a Manager.
@@ -57,7 +61,9 @@ type Config struct {
 	RunDir  string // VM working directories (for orphan cleanup)
 	// PausedDir holds paused sandboxes, one directory each (see sandbox.Sandbox.Pause).
 	PausedDir string
-	Log       *slog.Logger
+	// TemplateHome is the data directory whose templates/ holds snapshots of sandboxes.
+	TemplateHome string
+	Log          *slog.Logger
 }
 
 // Manager runs the daemon's sandboxes.
@@ -65,13 +71,16 @@ type Manager struct {
 	cfg Config
 	log *slog.Logger
 
-	mu       sync.Mutex
-	boxes    map[string]*box
-	seq      int64
-	closing  bool
-	pools    map[string]*pool
-	inflight sync.WaitGroup
-	watchers sync.WaitGroup
+	mu      sync.Mutex
+	boxes   map[string]*box
+	seq     int64
+	closing bool
+	pools   map[string]*pool
+	// snapshots found at startup, and names of those taken since
+	snapshots []string
+	snapNames map[string]string
+	inflight  sync.WaitGroup
+	watchers  sync.WaitGroup
 }
 
 type box struct {
@@ -161,7 +170,9 @@ func (m *Manager) Create(ctx context.Context, req CreateRequest) (Info, error) {
 		return Info{}, fmt.Errorf("%w: %w", ErrInvalid, err)
 	}
 	if req.Template != "base" {
-		return Info{}, fmt.Errorf("%w: template %q (only \"base\" exists)", ErrNotFound, req.Template)
+		if t := m.cfg.Runtime.Template(req.Template); t == nil || t.Team != req.Team {
+			return Info{}, fmt.Errorf("%w: template %q", ErrNotFound, req.Template)
+		}
 	}
 	if req.Timeout == 0 {
 		req.Timeout = DefaultTimeout

@@ -38,3 +38,17 @@ func findQEMUs(runDir string) []qemuProc {
 	}
 	return out
 }
+
+// removeIfEmpty removes dir if nothing (but a lock file) is left in it.
+func removeIfEmpty(dir string) error {
+	des, err := os.ReadDir(dir)
+	if err != nil {
+		return err
+	}
+	for _, de := range des {
+		if de.Name() != ".lock" {
+			return nil
+		}
+	}
+	return os.RemoveAll(dir)
+}

@@ -11,6 +11,7 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -40,9 +41,34 @@ type Runtime struct {
 	Image image.Image
 	Accel vmm.Accel
 	Log   *slog.Logger
-	// Templates are memory snapshots, by template name, that sandboxes are restored from
-	// instead of booted. Set before the runtime is shared; read-only afterwards.
-	Templates map[string]*Template
+	// templates are memory snapshots, by template name, that sandboxes are restored from
+	// instead of booted.
+	tmu       sync.RWMutex
+	templates map[string]*Template
+}
+
+// SetTemplate makes sandboxes of name restore from t.
+func (r *Runtime) SetTemplate(name string, t *Template) {
+	r.tmu.Lock()
+	defer r.tmu.Unlock()
+	if r.templates == nil {
+		r.templates = map[string]*Template{}
+	}
+	r.templates[name] = t
+}
+
+// Template returns the snapshot sandboxes of name restore from (nil: they boot).
+func (r *Runtime) Template(name string) *Template {
+	r.tmu.RLock()
+	defer r.tmu.RUnlock()
+	return r.templates[name]
+}
+
+// DropTemplate forgets name's snapshot.
+func (r *Runtime) DropTemplate(name string) {
+	r.tmu.Lock()
+	defer r.tmu.Unlock()
+	delete(r.templates, name)
 }
 
 // Template is a memory snapshot of a booted, warmed-up sandbox: its disk layer, its RAM file and
@@ -55,6 +81,12 @@ type Template struct {
 	MemoryMiB  int
 	CPUs       int
 	KernelArgs []string
+	// Full snapshots (of a running sandbox) carry RAM in the state stream; NamedRAM says how
+	// that sandbox's RAM was configured.
+	Full, NamedRAM bool
+	// Team and Source are set for snapshots of sandboxes: who owns it and what it was taken of.
+	Team, Source string
+	token        string // envd's access token inside the snapshot
 }
 
 // Options describe one sandbox.
@@ -95,9 +127,6 @@ func (r *Runtime) Boot(ctx context.Context, opts Options) (*Sandbox, error) {
 	if err := ids.Validate("template", opts.Template); err != nil {
 		return nil, err
 	}
-	if opts.Template != "base" {
-		return nil, fmt.Errorf("template %q: not found (only \"base\" exists)", opts.Template)
-	}
 	if opts.MemoryMiB == 0 {
 		opts.MemoryMiB = DefaultMemoryMiB
 	}
@@ -115,10 +144,16 @@ func (r *Runtime) Boot(ctx context.Context, opts Options) (*Sandbox, error) {
 		MemPath: opts.memPath, MemShared: opts.memPath != "",
 	}
 	what := "booting sandbox"
-	if t := r.Templates[opts.Template]; t != nil && !opts.Cold && len(opts.KernelArgs) == 0 &&
+	if t := r.Template(opts.Template); t != nil && !opts.Cold && len(opts.KernelArgs) == 0 &&
 		opts.MemoryMiB == t.MemoryMiB && opts.CPUs == t.CPUs && opts.memPath == "" {
-		spec.BaseDisk, spec.KernelArgs, spec.Restore = t.Disk, t.KernelArgs, &t.Snapshot
+		snap := t.Snapshot
+		if t.Full {
+			snap = vmm.Snapshot{StatePath: t.Snapshot.StatePath, Full: true, NamedRAM: t.NamedRAM}
+		}
+		spec.BaseDisk, spec.KernelArgs, spec.Restore = t.Disk, t.KernelArgs, &snap
 		what = "restoring sandbox from template " + t.Name
+	} else if opts.Template != "base" {
+		return nil, fmt.Errorf("template %q: not found or made for another machine size", opts.Template)
 	}
 	vm, err := r.Host.Start(ctx, spec)
 	if err != nil {
@@ -126,6 +161,9 @@ func (r *Runtime) Boot(ctx context.Context, opts Options) (*Sandbox, error) {
 	}
 	sb := newSandbox(vm)
 	sb.Restored = spec.Restore != nil
+	if t := r.Template(opts.Template); sb.Restored && t != nil && t.token != "" {
+		sb.SetToken(t.token) // the snapshot's envd enforces its source's token until /init
+	}
 	if sb.Restored || opts.Init != nil {
 		// A clone wakes up as its template: give it its own name, fresh randomness and the
 		// time before anything else runs in it.

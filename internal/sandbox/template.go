@@ -26,6 +26,14 @@ type templateMeta struct {
 	Accel       vmm.Accel `json:"accel"`
 	CreatedAt   time.Time `json:"createdAt"`
 	BuildMillis int64     `json:"buildMillis"`
+	// Snapshots of running sandboxes.
+	Full     bool   `json:"full,omitempty"`
+	NamedRAM bool   `json:"namedRAM,omitempty"`
+	Team     string `json:"team,omitempty"`
+	Source   string `json:"source,omitempty"`
+	// Token is the access token the snapshot's envd enforces (its source's): a clone's first
+	// /init must carry it. meta.json is private to the data directory's owner.
+	Token string `json:"token,omitempty"`
 }
 
 // warmUp runs once in a template before it is saved, so that what most commands load (bash,
@@ -147,15 +155,24 @@ func loadTemplate(dir, fp string) (*Template, error) {
 	if m.Fingerprint != fp {
 		return nil, fmt.Errorf("%s: made for another machine (fingerprint %.16s, want %.16s)", dir, m.Fingerprint, fp)
 	}
-	for _, f := range []string{"mem", "state", "disk.qcow2"} {
+	files := []string{"mem", "state", "disk.qcow2"}
+	if m.Full {
+		files = files[1:]
+	}
+	for _, f := range files {
 		if _, err := os.Stat(filepath.Join(dir, f)); err != nil {
 			return nil, fmt.Errorf("%s: incomplete: %w", dir, err)
 		}
 	}
-	return &Template{
+	t := &Template{
 		Name: m.Name, Dir: dir, Disk: filepath.Join(dir, "disk.qcow2"), MemoryMiB: m.MemoryMiB, CPUs: m.CPUs, KernelArgs: m.KernelArgs,
 		Snapshot: vmm.Snapshot{MemPath: filepath.Join(dir, "mem"), StatePath: filepath.Join(dir, "state")},
-	}, nil
+		Full:     m.Full, NamedRAM: m.NamedRAM, Team: m.Team, Source: m.Source, token: m.Token,
+	}
+	if m.Full {
+		t.Snapshot.MemPath = ""
+	}
+	return t, nil
 }
 
 func flock(ctx context.Context, f *os.File) error {

@@ -301,3 +301,37 @@ test('API key rejected and accepted; teams are isolated', async () => {
   await assert.rejects(Sandbox.connect(sbx.sandboxId, { apiKey: srv.keyB }))
   assert.equal(await sbx.isRunning(), true, 'team B could not kill it')
 })
+
+test('snapshots: create from one, list, delete refused while used; fork', async () => {
+  const s = await Sandbox.create({ timeoutMs: 300_000 })
+  try {
+    await s.files.write('from-source.txt', 'source')
+    const snap = await s.createSnapshot()
+    assert.match(snap.snapshotId, /^[a-z0-9]+$/)
+    assert.equal(await s.isRunning(), true, 'the source keeps running')
+    await s.files.write('after.txt', 'later') // not in the snapshot
+    const listed = await Sandbox.listSnapshots({ sandboxId: s.sandboxId }).nextItems()
+    assert.ok(listed.some((x) => x.snapshotId === snap.snapshotId))
+    const c = await Sandbox.create(snap.snapshotId, { timeoutMs: 60_000 })
+    assert.equal(await c.files.read('from-source.txt'), 'source')
+    assert.equal(await c.files.exists('after.txt'), false)
+    assert.equal((await c.commands.run('hostname')).stdout.trim(), c.sandboxId)
+    await assert.rejects(Sandbox.deleteSnapshot(snap.snapshotId), /409|in use|used/)
+    await c.kill()
+    assert.equal(await Sandbox.deleteSnapshot(snap.snapshotId), true)
+    // Another team cannot start from it or see it.
+    await assert.rejects(Sandbox.create(snap.snapshotId, { apiKey: srv.keyB }))
+    const forks = await s.fork({ count: 2, timeoutMs: 60_000 })
+    assert.equal(forks.length, 2)
+    for (const f of forks) {
+      assert.ok(!(f instanceof Error), String(f))
+      assert.equal(await f.files.read('after.txt'), 'later')
+      const r = await f.commands.run('head -c 16 /dev/urandom | od -An -tx1')
+      f.rand = r.stdout
+      await f.kill()
+    }
+    assert.notEqual(forks[0].rand, forks[1].rand, 'forks do not share random state')
+  } finally {
+    await Sandbox.kill(s.sandboxId)
+  }
+})

@@ -23,7 +23,7 @@ func TestTemplateClones(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	rt.Templates = map[string]*sandbox.Template{"base": tmpl}
+	rt.SetTemplate("base", tmpl)
 	seen := map[string]string{}
 	for i := 0; i < 3; i++ {
 		sb, err := rt.Boot(ctx, sandbox.Options{})

@@ -1,0 +1,176 @@
+package manager
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"path/filepath"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/cellhq/cell/internal/ids"
+	"github.com/cellhq/cell/internal/sandbox"
+	"github.com/cellhq/cell/internal/store"
+)
+
+// MaxForks bounds one fork request.
+const MaxForks = 100
+
+// SnapshotInfo is a snapshot as the API lists it.
+type SnapshotInfo struct {
+	ID, Name, Source string
+	CreatedAt        time.Time
+}
+
+// Snapshot saves team's running sandbox as a new template (the sandbox keeps running) and returns
+// its id. Sandboxes created from that id start where the sandbox was.
+func (m *Manager) Snapshot(ctx context.Context, team, id, name string) (SnapshotInfo, error) {
+	if m.cfg.TemplateHome == "" {
+		return SnapshotInfo{}, fmt.Errorf("%w: snapshots are not configured", ErrInvalid)
+	}
+	if name != "" {
+		if err := ids.Validate("name", name); err != nil {
+			return SnapshotInfo{}, fmt.Errorf("%w: %w", ErrInvalid, err)
+		}
+	}
+	if err := m.begin(); err != nil {
+		return SnapshotInfo{}, err
+	}
+	defer m.inflight.Done()
+	b, err := m.lookup(team, id)
+	if err != nil {
+		return SnapshotInfo{}, err
+	}
+	b.op.Lock()
+	defer b.op.Unlock()
+	b.mu.Lock()
+	sb, state := b.sb, b.rec.State
+	b.mu.Unlock()
+	if sb == nil || state != store.StateRunning {
+		return SnapshotInfo{}, fmt.Errorf("%w: sandbox %s is %s", ErrConflict, id, state)
+	}
+	snapID := ids.New(20)
+	t, err := m.cfg.Runtime.Snapshot(ctx, sb, m.cfg.TemplateHome, snapID, team)
+	if err != nil {
+		return SnapshotInfo{}, err
+	}
+	m.cfg.Runtime.SetTemplate(snapID, t)
+	m.mu.Lock()
+	if m.snapNames == nil {
+		m.snapNames = map[string]string{}
+	}
+	m.snapNames[snapID] = name
+	m.mu.Unlock()
+	return SnapshotInfo{ID: snapID, Name: name, Source: id, CreatedAt: time.Now()}, nil
+}
+
+// AddSnapshots registers snapshots found on disk at startup.
+func (m *Manager) AddSnapshots(ts []*sandbox.Template) {
+	for _, t := range ts {
+		m.cfg.Runtime.SetTemplate(t.Name, t)
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for _, t := range ts {
+		m.snapshots = append(m.snapshots, t.Name)
+	}
+}
+
+// Snapshots lists team's snapshots, oldest first (of sandbox source only, when set).
+func (m *Manager) Snapshots(team, source string) []SnapshotInfo {
+	m.mu.Lock()
+	names := append([]string(nil), m.snapshots...)
+	for id := range m.snapNames {
+		names = append(names, id)
+	}
+	labels := m.snapNames
+	m.mu.Unlock()
+	seen := map[string]bool{}
+	var out []SnapshotInfo
+	for _, id := range names {
+		if seen[id] {
+			continue
+		}
+		seen[id] = true
+		t := m.cfg.Runtime.Template(id)
+		if t == nil || !t.Full || t.Team != team || (source != "" && t.Source != source) {
+			continue
+		}
+		m.mu.Lock()
+		label := labels[id]
+		m.mu.Unlock()
+		out = append(out, SnapshotInfo{ID: id, Name: label, Source: t.Source})
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
+	return out
+}
+
+// DeleteTemplate removes team's snapshot; ErrConflict while a sandbox still depends on it.
+func (m *Manager) DeleteTemplate(team, id string) error {
+	if err := ids.Validate("templateID", id); err != nil {
+		return fmt.Errorf("%w: %w", ErrInvalid, err)
+	}
+	if id == "base" {
+		return fmt.Errorf("%w: the base template cannot be deleted", ErrConflict)
+	}
+	t := m.cfg.Runtime.Template(id)
+	if t == nil || !t.Full || t.Team != team {
+		return fmt.Errorf("%w: template %q", ErrNotFound, id)
+	}
+	if err := sandbox.RemoveTemplate(t.Dir, m.cfg.RunDir, m.cfg.PausedDir); err != nil {
+		if errors.Is(err, sandbox.ErrTemplateInUse) {
+			return fmt.Errorf("%w: %w", ErrConflict, err)
+		}
+		return err
+	}
+	m.cfg.Runtime.DropTemplate(id)
+	_ = filepathRemoveParent(t.Dir)
+	m.mu.Lock()
+	delete(m.snapNames, id)
+	m.mu.Unlock()
+	return nil
+}
+
+// ForkResult is one fork: a sandbox or why it failed.
+type ForkResult struct {
+	Info Info
+	Err  error
+}
+
+// Fork snapshots team's running sandbox once and starts count sandboxes from it (each with
+// timeout to live); each fork succeeds or fails on its own.
+func (m *Manager) Fork(ctx context.Context, team, id string, count int, timeout time.Duration) ([]ForkResult, error) {
+	if count < 1 || count > MaxForks {
+		return nil, fmt.Errorf("%w: count: must be from 1 to %d", ErrInvalid, MaxForks)
+	}
+	src, err := m.Get(team, id)
+	if err != nil {
+		return nil, err
+	}
+	snap, err := m.Snapshot(ctx, team, id, "")
+	if err != nil {
+		return nil, err
+	}
+	out := make([]ForkResult, count)
+	var wg sync.WaitGroup
+	slots := make(chan struct{}, 4)
+	for i := range out {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			slots <- struct{}{}
+			defer func() { <-slots }()
+			info, err := m.Create(ctx, CreateRequest{Team: team, Template: snap.ID, Timeout: timeout, Metadata: src.Metadata,
+				EnvVars: src.EnvVars, Secure: src.EnvdToken != "", AllowInternet: src.AllowInternet,
+				CPUs: src.CPUs, MemoryMiB: src.MemoryMiB})
+			out[i] = ForkResult{Info: info, Err: err}
+		}()
+	}
+	wg.Wait()
+	return out, nil
+}
+
+func filepathRemoveParent(dir string) error {
+	return removeIfEmpty(filepath.Dir(dir))
+}

@@ -1,0 +1,109 @@
+package sandbox
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/cellhq/cell/internal/vmm"
+)
+
+// Snapshot saves the running sandbox s as template name (a snapshot owned by team) under
+// home/templates/name/snap: its device state and RAM, and a frozen copy of its disk, which is an
+// overlay on its own template's disk layer. s is stopped only while it is saved, then continues.
+func (r *Runtime) Snapshot(ctx context.Context, s *Sandbox, home, name, team string) (*Template, error) {
+	spec := vmm.Spec{Kernel: r.Image.Kernel, BaseDisk: r.Image.Disk, MemoryMiB: DefaultMemoryMiB, CPUs: DefaultCPUs, Accel: r.Accel}
+	fp, err := r.Host.Fingerprint(spec)
+	if err != nil {
+		return nil, err
+	}
+	parent := filepath.Join(home, "templates", name)
+	if err := os.MkdirAll(parent, 0o700); err != nil {
+		return nil, err
+	}
+	final := filepath.Join(parent, "snap")
+	if _, err := os.Stat(final); err == nil {
+		return nil, fmt.Errorf("snapshot %s already exists", name)
+	}
+	staging, err := os.MkdirTemp(parent, ".staging-")
+	if err != nil {
+		return nil, err
+	}
+	defer func() { _ = os.RemoveAll(staging) }()
+	t0 := time.Now()
+	err = s.VM.SaveFull(ctx, filepath.Join(staging, "state"))
+	if err == nil {
+		// Stopping the VM flushed QEMU's qcow2 caches to the file: it is consistent now.
+		err = copySynced(s.VM.Dir.File("disk.qcow2"), filepath.Join(staging, "disk.qcow2"))
+	}
+	// The sandbox goes on whatever happened.
+	if cerr := s.VM.QMP.Execute(context.WithoutCancel(ctx), "cont", nil, nil); cerr != nil && err == nil {
+		err = fmt.Errorf("continuing the sandbox: %w", cerr)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("snapshot of %s: %w", s.ID, err)
+	}
+	meta := templateMeta{Name: name, Fingerprint: fp, MemoryMiB: s.VM.MemoryMiB, CPUs: s.VM.CPUs, KernelArgs: s.VM.KernelArgs,
+		Accel: r.Accel, CreatedAt: time.Now().UTC(), BuildMillis: time.Since(t0).Milliseconds(),
+		Full: true, NamedRAM: s.VM.NamedRAM, Team: team, Source: s.ID}
+	if tok := s.token.Load(); tok != nil {
+		meta.Token = *tok
+	}
+	b, _ := json.MarshalIndent(meta, "", "  ")
+	if err := writeSynced(filepath.Join(staging, "meta.json"), b); err != nil {
+		return nil, err
+	}
+	if err := syncFile(filepath.Join(staging, "state")); err != nil {
+		return nil, err
+	}
+	if err := os.Rename(staging, final); err != nil {
+		return nil, err
+	}
+	syncDir(parent)
+	return loadTemplate(final, fp)
+}
+
+// LoadSnapshots returns the snapshots of running sandboxes stored under home that this machine
+// can restore.
+func (r *Runtime) LoadSnapshots(home string) ([]*Template, error) {
+	spec := vmm.Spec{Kernel: r.Image.Kernel, BaseDisk: r.Image.Disk, MemoryMiB: DefaultMemoryMiB, CPUs: DefaultCPUs, Accel: r.Accel}
+	fp, err := r.Host.Fingerprint(spec)
+	if err != nil {
+		return nil, err
+	}
+	dirs, _ := filepath.Glob(filepath.Join(home, "templates", "*", "snap"))
+	var out []*Template
+	for _, d := range dirs {
+		t, err := loadTemplate(d, fp)
+		if err != nil {
+			r.Log.Warn("snapshot not usable here", "dir", d, "err", err)
+			continue
+		}
+		out = append(out, t)
+	}
+	return out, nil
+}
+
+func copySynced(src, dst string) error {
+	in, err := os.Open(src)
+	if err != nil {
+		return err
+	}
+	defer func() { _ = in.Close() }()
+	out, err := os.OpenFile(dst, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o600)
+	if err != nil {
+		return err
+	}
+	_, err = io.Copy(out, in)
+	if serr := out.Sync(); err == nil {
+		err = serr
+	}
+	if cerr := out.Close(); err == nil {
+		err = cerr
+	}
+	return err
+}
