@@ -11,6 +11,8 @@ import (
 	"strings"
 	"testing"
 
+	"gopkg.in/yaml.v3"
+
 	"github.com/cellhq/cell/envd/server"
 	"github.com/cellhq/cell/internal/auth"
 	"github.com/cellhq/cell/internal/manager"
@@ -199,10 +201,30 @@ func TestProxyTargetByHost(t *testing.T) {
 	}
 }
 
-func TestOpenAPIServed(t *testing.T) {
+func TestOpenAPIServedAndComplete(t *testing.T) {
 	srv, _, _ := setup(t)
 	a := call(t, srv, "GET", "/openapi.yaml", "", "", nil)
-	if a.status != 200 || !strings.Contains(a.raw, "openapi: 3.") || !strings.Contains(a.raw, "/v2/sandboxes") {
-		t.Fatalf("openapi: %d %.100s", a.status, a.raw)
+	if a.status != 200 {
+		t.Fatalf("openapi: %d", a.status)
+	}
+	var doc struct {
+		OpenAPI string                    `yaml:"openapi"`
+		Paths   map[string]map[string]any `yaml:"paths"`
+	}
+	if err := yaml.Unmarshal([]byte(a.raw), &doc); err != nil {
+		t.Fatalf("openapi.yaml does not parse: %v", err)
+	}
+	// Every route the API serves is described.
+	for _, r := range []string{
+		"POST /sandboxes", "GET /sandboxes", "POST /v2/sandboxes", "GET /v2/sandboxes", "GET /sandboxes/{sandboxID}",
+		"DELETE /sandboxes/{sandboxID}", "POST /sandboxes/{sandboxID}/timeout", "POST /sandboxes/{sandboxID}/refreshes",
+		"POST /sandboxes/{sandboxID}/connect", "GET /sandboxes/{sandboxID}/metrics", "GET /sandboxes/{sandboxID}/logs",
+		"POST /sandboxes/{sandboxID}/pause", "POST /sandboxes/{sandboxID}/resume", "POST /sandboxes/{sandboxID}/snapshots",
+		"GET /snapshots", "DELETE /templates/{templateID}", "POST /sandboxes/{sandboxID}/fork", "GET /health",
+	} {
+		method, path, _ := strings.Cut(r, " ")
+		if _, ok := doc.Paths[path][strings.ToLower(method)]; !ok {
+			t.Errorf("openapi.yaml does not describe %s", r)
+		}
 	}
 }
