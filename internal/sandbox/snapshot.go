@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"io"
 	"os"
 	"path/filepath"
 	"time"
@@ -38,7 +37,7 @@ func (r *Runtime) Snapshot(ctx context.Context, s *Sandbox, home, name, team str
 	err = s.VM.SaveFull(ctx, filepath.Join(staging, "state"))
 	if err == nil {
 		// Stopping the VM flushed QEMU's qcow2 caches to the file: it is consistent now.
-		err = copySynced(s.VM.Dir.File("disk.qcow2"), filepath.Join(staging, "disk.qcow2"))
+		err = vmm.CopyFile(s.VM.Dir.File("disk.qcow2"), filepath.Join(staging, "disk.qcow2"))
 	}
 	// The sandbox goes on whatever happened.
 	if cerr := s.VM.QMP.Execute(context.WithoutCancel(ctx), "cont", nil, nil); cerr != nil && err == nil {
@@ -86,24 +85,4 @@ func (r *Runtime) LoadSnapshots(home string) ([]*Template, error) {
 		out = append(out, t)
 	}
 	return out, nil
-}
-
-func copySynced(src, dst string) error {
-	in, err := os.Open(src)
-	if err != nil {
-		return err
-	}
-	defer func() { _ = in.Close() }()
-	out, err := os.OpenFile(dst, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o600)
-	if err != nil {
-		return err
-	}
-	_, err = io.Copy(out, in)
-	if serr := out.Sync(); err == nil {
-		err = serr
-	}
-	if cerr := out.Close(); err == nil {
-		err = cerr
-	}
-	return err
 }

@@ -193,8 +193,8 @@ func (h *Host) Fingerprint(spec Spec) (string, error) {
 	return hex.EncodeToString(sum.Sum(nil)), nil
 }
 
-// copyFile copies src to a new file dst and syncs it.
-func copyFile(src, dst string) error {
+// CopyFile copies src to a new file dst and syncs it.
+func CopyFile(src, dst string) error {
 	in, err := os.Open(src)
 	if err != nil {
 		return err

@@ -262,7 +262,7 @@ func (h *Host) startOnce(ctx context.Context, spec Spec) (_ *VM, retErr error) {
 	if spec.Disk != "" {
 		// The VM's own disk already exists (a paused sandbox's): a copy, so that the original
 		// stays a consistent snapshot until the VM is safely running.
-		if err := copyFile(spec.Disk, disk); err != nil {
+		if err := CopyFile(spec.Disk, disk); err != nil {
 			return nil, fmt.Errorf("copying the disk: %w", err)
 		}
 	} else {
