@@ -33,7 +33,7 @@ func (u unreachable) Adopt(context.Context, string, int, uint64) (*sandbox.Sandb
 	return nil, errors.New("unreachable")
 }
 
-func (u unreachable) Snapshot(context.Context, *sandbox.Sandbox, string, string, string) (*sandbox.Template, error) {
+func (u unreachable) Snapshot(context.Context, *sandbox.Sandbox, string, string, string, bool) (*sandbox.Template, error) {
 	u.t.Error("Snapshot called for a request that should have been refused")
 	return nil, errors.New("unreachable")
 }

@@ -48,7 +48,7 @@ type Runtime interface {
 	Boot(ctx context.Context, opts sandbox.Options) (*sandbox.Sandbox, error)
 	Adopt(ctx context.Context, id string, pid int, startTicks uint64) (*sandbox.Sandbox, error)
 	Resume(ctx context.Context, dir string, init server.InitRequest) (*sandbox.Sandbox, error)
-	Snapshot(ctx context.Context, sb *sandbox.Sandbox, home, name, team string) (*sandbox.Template, error)
+	Snapshot(ctx context.Context, sb *sandbox.Sandbox, home, name, team string, fork bool) (*sandbox.Template, error)
 	SetTemplate(name string, t *sandbox.Template)
 	Template(name string) *sandbox.Template
 	DropTemplate(name string)
@@ -79,6 +79,7 @@ type Manager struct {
 	// snapshots found at startup, and names of those taken since
 	snapshots []string
 	snapNames map[string]string
+	forking   map[string]bool // fork snapshots whose forks are being created
 	inflight  sync.WaitGroup
 	watchers  sync.WaitGroup
 }
@@ -350,6 +351,7 @@ func (m *Manager) end(b *box, state, reason string) {
 	if m.cfg.PausedDir != "" {
 		_ = os.RemoveAll(filepath.Join(m.cfg.PausedDir, rec.ID)) // a paused one's saved state
 	}
+	m.collectFork(rec.TemplateID)
 	if err := m.cfg.Store.PutSandbox(context.Background(), rec); err != nil {
 		m.log.Error("storing sandbox end", "sandbox", rec.ID, "err", err)
 	}

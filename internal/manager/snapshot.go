@@ -26,6 +26,10 @@ type SnapshotInfo struct {
 // Snapshot saves team's running sandbox as a new template (the sandbox keeps running) and returns
 // its id. Sandboxes created from that id start where the sandbox was.
 func (m *Manager) Snapshot(ctx context.Context, team, id, name string) (SnapshotInfo, error) {
+	return m.snapshot(ctx, team, id, name, false)
+}
+
+func (m *Manager) snapshot(ctx context.Context, team, id, name string, fork bool) (SnapshotInfo, error) {
 	if m.cfg.TemplateHome == "" {
 		return SnapshotInfo{}, fmt.Errorf("%w: snapshots are not configured", ErrInvalid)
 	}
@@ -51,7 +55,7 @@ func (m *Manager) Snapshot(ctx context.Context, team, id, name string) (Snapshot
 		return SnapshotInfo{}, fmt.Errorf("%w: sandbox %s is %s", ErrConflict, id, state)
 	}
 	snapID := ids.New(20)
-	t, err := m.cfg.Runtime.Snapshot(ctx, sb, m.cfg.TemplateHome, snapID, team)
+	t, err := m.cfg.Runtime.Snapshot(ctx, sb, m.cfg.TemplateHome, snapID, team, fork)
 	if err != nil {
 		return SnapshotInfo{}, err
 	}
@@ -94,7 +98,7 @@ func (m *Manager) Snapshots(team, source string) []SnapshotInfo {
 		}
 		seen[id] = true
 		t := m.cfg.Runtime.Template(id)
-		if t == nil || !t.Full || t.Team != team || (source != "" && t.Source != source) {
+		if t == nil || !t.Full || t.Fork || t.Team != team || (source != "" && t.Source != source) {
 			continue
 		}
 		m.mu.Lock()
@@ -148,10 +152,22 @@ func (m *Manager) Fork(ctx context.Context, team, id string, count int, timeout 
 	if err != nil {
 		return nil, err
 	}
-	snap, err := m.Snapshot(ctx, team, id, "")
+	snap, err := m.snapshot(ctx, team, id, "", true)
 	if err != nil {
 		return nil, err
 	}
+	m.mu.Lock()
+	if m.forking == nil {
+		m.forking = map[string]bool{}
+	}
+	m.forking[snap.ID] = true // forks being created may not have a disk yet
+	m.mu.Unlock()
+	defer func() {
+		m.mu.Lock()
+		delete(m.forking, snap.ID)
+		m.mu.Unlock()
+		m.collectFork(snap.ID) // when every fork failed, nothing depends on it
+	}()
 	out := make([]ForkResult, count)
 	var wg sync.WaitGroup
 	slots := make(chan struct{}, 4)
@@ -173,4 +189,21 @@ func (m *Manager) Fork(ctx context.Context, team, id string, count int, timeout 
 
 func filepathRemoveParent(dir string) error {
 	return removeIfEmpty(filepath.Dir(dir))
+}
+
+// collectFork removes a fork's snapshot once no sandbox (running or paused) depends on it.
+func (m *Manager) collectFork(template string) {
+	t := m.cfg.Runtime.Template(template)
+	m.mu.Lock()
+	busy := m.forking[template]
+	m.mu.Unlock()
+	if t == nil || !t.Fork || busy {
+		return
+	}
+	if err := sandbox.RemoveTemplate(t.Dir, m.cfg.RunDir, m.cfg.PausedDir); err != nil {
+		return // still in use (or gone): the next end tries again
+	}
+	m.cfg.Runtime.DropTemplate(template)
+	_ = filepathRemoveParent(t.Dir)
+	m.log.Info("fork snapshot removed", "template", template)
 }

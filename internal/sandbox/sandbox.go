@@ -86,6 +86,7 @@ type Template struct {
 	Full, NamedRAM bool
 	// Team and Source are set for snapshots of sandboxes: who owns it and what it was taken of.
 	Team, Source string
+	Fork         bool   // taken for a fork: removed once no fork depends on it
 	token        string // envd's access token inside the snapshot
 }
 

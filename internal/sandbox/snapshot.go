@@ -14,7 +14,7 @@ import (
 // Snapshot saves the running sandbox s as template name (a snapshot owned by team) under
 // home/templates/name/snap: its device state and RAM, and a frozen copy of its disk, which is an
 // overlay on its own template's disk layer. s is stopped only while it is saved, then continues.
-func (r *Runtime) Snapshot(ctx context.Context, s *Sandbox, home, name, team string) (*Template, error) {
+func (r *Runtime) Snapshot(ctx context.Context, s *Sandbox, home, name, team string, fork bool) (*Template, error) {
 	spec := vmm.Spec{Kernel: r.Image.Kernel, BaseDisk: r.Image.Disk, MemoryMiB: DefaultMemoryMiB, CPUs: DefaultCPUs, Accel: r.Accel}
 	fp, err := r.Host.Fingerprint(spec)
 	if err != nil {
@@ -48,7 +48,7 @@ func (r *Runtime) Snapshot(ctx context.Context, s *Sandbox, home, name, team str
 	}
 	meta := templateMeta{Name: name, Fingerprint: fp, MemoryMiB: s.VM.MemoryMiB, CPUs: s.VM.CPUs, KernelArgs: s.VM.KernelArgs,
 		Accel: r.Accel, CreatedAt: time.Now().UTC(), BuildMillis: time.Since(t0).Milliseconds(),
-		Full: true, NamedRAM: s.VM.NamedRAM, Team: team, Source: s.ID}
+		Full: true, NamedRAM: s.VM.NamedRAM, Team: team, Source: s.ID, Fork: fork}
 	if tok := s.token.Load(); tok != nil {
 		meta.Token = *tok
 	}

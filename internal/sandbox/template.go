@@ -34,6 +34,8 @@ type templateMeta struct {
 	// Token is the access token the snapshot's envd enforces (its source's): a clone's first
 	// /init must carry it. meta.json is private to the data directory's owner.
 	Token string `json:"token,omitempty"`
+	// Fork marks a snapshot taken for a fork: removed once no fork depends on it.
+	Fork bool `json:"fork,omitempty"`
 }
 
 // warmUp runs once in a template before it is saved, so that what most commands load (bash,
@@ -167,7 +169,7 @@ func loadTemplate(dir, fp string) (*Template, error) {
 	t := &Template{
 		Name: m.Name, Dir: dir, Disk: filepath.Join(dir, "disk.qcow2"), MemoryMiB: m.MemoryMiB, CPUs: m.CPUs, KernelArgs: m.KernelArgs,
 		Snapshot: vmm.Snapshot{MemPath: filepath.Join(dir, "mem"), StatePath: filepath.Join(dir, "state")},
-		Full:     m.Full, NamedRAM: m.NamedRAM, Team: m.Team, Source: m.Source, token: m.Token,
+		Full:     m.Full, NamedRAM: m.NamedRAM, Team: m.Team, Source: m.Source, token: m.Token, Fork: m.Fork,
 	}
 	if m.Full {
 		t.Snapshot.MemPath = ""

@@ -5,6 +5,8 @@ import assert from 'node:assert/strict'
 import { createHash, randomBytes } from 'node:crypto'
 import { Sandbox, CommandExitError, NotFoundError, SandboxNotFoundError, AuthenticationError, FileType, FilesystemEventType } from 'e2b'
 import { startServer } from './harness.mjs'
+import { readdirSync } from 'node:fs'
+import { join } from 'node:path'
 
 let srv
 let sbx // shared by the command and file tests
@@ -331,6 +333,9 @@ test('snapshots: create from one, list, delete refused while used; fork', async 
       await f.kill()
     }
     assert.notEqual(forks[0].rand, forks[1].rand, 'forks do not share random state')
+    // The fork's snapshot goes once no fork depends on it.
+    const left = readdirSync(join(srv.home, 'templates'), { withFileTypes: true }).filter((d) => d.isDirectory())
+    assert.deepEqual(left.map((d) => d.name), [], 'fork snapshot removed')
   } finally {
     await Sandbox.kill(s.sandboxId)
   }
