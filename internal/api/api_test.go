@@ -33,7 +33,7 @@ func (u unreachable) Adopt(context.Context, string, int, uint64) (*sandbox.Sandb
 	return nil, errors.New("unreachable")
 }
 
-func (u unreachable) Snapshot(context.Context, *sandbox.Sandbox, string, string, string, bool) (*sandbox.Template, error) {
+func (u unreachable) Snapshot(context.Context, *sandbox.Sandbox, string, string, string, string, bool) (*sandbox.Template, error) {
 	u.t.Error("Snapshot called for a request that should have been refused")
 	return nil, errors.New("unreachable")
 }
@@ -41,6 +41,7 @@ func (u unreachable) Snapshot(context.Context, *sandbox.Sandbox, string, string,
 func (unreachable) SetTemplate(string, *sandbox.Template) {}
 func (unreachable) Template(string) *sandbox.Template     { return nil }
 func (unreachable) DropTemplate(string)                   {}
+func (unreachable) Templates() []*sandbox.Template        { return nil }
 
 func (u unreachable) Resume(context.Context, string, server.InitRequest) (*sandbox.Sandbox, error) {
 	u.t.Error("Resume called for a request that should have been refused")

@@ -84,7 +84,9 @@ every sandbox, or with --leave-running leaves them for the next cell serve to re
 				return err
 			}
 			if snaps, err := rt.LoadSnapshots(home); err == nil {
-				mgr.AddSnapshots(snaps)
+				for _, t := range snaps {
+					rt.SetTemplate(t.Name, t)
+				}
 			}
 			if err := mgr.Recover(ctx); err != nil {
 				return err

@@ -48,9 +48,10 @@ type Runtime interface {
 	Boot(ctx context.Context, opts sandbox.Options) (*sandbox.Sandbox, error)
 	Adopt(ctx context.Context, id string, pid int, startTicks uint64) (*sandbox.Sandbox, error)
 	Resume(ctx context.Context, dir string, init server.InitRequest) (*sandbox.Sandbox, error)
-	Snapshot(ctx context.Context, sb *sandbox.Sandbox, home, name, team string, fork bool) (*sandbox.Template, error)
+	Snapshot(ctx context.Context, sb *sandbox.Sandbox, home, name, label, team string, fork bool) (*sandbox.Template, error)
 	SetTemplate(name string, t *sandbox.Template)
 	Template(name string) *sandbox.Template
+	Templates() []*sandbox.Template
 	DropTemplate(name string)
 }
 
@@ -71,17 +72,14 @@ type Manager struct {
 	cfg Config
 	log *slog.Logger
 
-	mu      sync.Mutex
-	boxes   map[string]*box
-	seq     int64
-	closing bool
-	pools   map[string]*pool
-	// snapshots found at startup, and names of those taken since
-	snapshots []string
-	snapNames map[string]string
-	forking   map[string]bool // fork snapshots whose forks are being created
-	inflight  sync.WaitGroup
-	watchers  sync.WaitGroup
+	mu       sync.Mutex
+	boxes    map[string]*box
+	seq      int64
+	closing  bool
+	pools    map[string]*pool
+	forking  map[string]bool // fork snapshots whose forks are being created
+	inflight sync.WaitGroup
+	watchers sync.WaitGroup
 }
 
 type box struct {

@@ -2,6 +2,7 @@ package manager
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"sync"
 	"time"
@@ -73,7 +74,7 @@ func (m *Manager) fill(ctx context.Context, p *pool) {
 			var res sandbox.Result
 			res, err = sb.Run(ctx, poolWarmUp, nil, io.Discard, io.Discard, nil)
 			if err == nil && res.ExitCode != 0 {
-				err = context.DeadlineExceeded // not expected: treat as a failed fill
+				err = fmt.Errorf("warm-up exited %d", res.ExitCode)
 			}
 			if err != nil {
 				_ = sb.Close()

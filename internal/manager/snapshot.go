@@ -55,56 +55,22 @@ func (m *Manager) snapshot(ctx context.Context, team, id, name string, fork bool
 		return SnapshotInfo{}, fmt.Errorf("%w: sandbox %s is %s", ErrConflict, id, state)
 	}
 	snapID := ids.New(20)
-	t, err := m.cfg.Runtime.Snapshot(ctx, sb, m.cfg.TemplateHome, snapID, team, fork)
+	t, err := m.cfg.Runtime.Snapshot(ctx, sb, m.cfg.TemplateHome, snapID, name, team, fork)
 	if err != nil {
 		return SnapshotInfo{}, err
 	}
 	m.cfg.Runtime.SetTemplate(snapID, t)
-	m.mu.Lock()
-	if m.snapNames == nil {
-		m.snapNames = map[string]string{}
-	}
-	m.snapNames[snapID] = name
-	m.mu.Unlock()
 	return SnapshotInfo{ID: snapID, Name: name, Source: id, CreatedAt: time.Now()}, nil
 }
 
-// AddSnapshots registers snapshots found on disk at startup.
-func (m *Manager) AddSnapshots(ts []*sandbox.Template) {
-	for _, t := range ts {
-		m.cfg.Runtime.SetTemplate(t.Name, t)
-	}
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	for _, t := range ts {
-		m.snapshots = append(m.snapshots, t.Name)
-	}
-}
-
-// Snapshots lists team's snapshots, oldest first (of sandbox source only, when set).
+// Snapshots lists team's snapshots (of sandbox source only, when set), by id.
 func (m *Manager) Snapshots(team, source string) []SnapshotInfo {
-	m.mu.Lock()
-	names := append([]string(nil), m.snapshots...)
-	for id := range m.snapNames {
-		names = append(names, id)
-	}
-	labels := m.snapNames
-	m.mu.Unlock()
-	seen := map[string]bool{}
 	var out []SnapshotInfo
-	for _, id := range names {
-		if seen[id] {
+	for _, t := range m.cfg.Runtime.Templates() {
+		if !t.Full || t.Fork || t.Team != team || (source != "" && t.Source != source) {
 			continue
 		}
-		seen[id] = true
-		t := m.cfg.Runtime.Template(id)
-		if t == nil || !t.Full || t.Fork || t.Team != team || (source != "" && t.Source != source) {
-			continue
-		}
-		m.mu.Lock()
-		label := labels[id]
-		m.mu.Unlock()
-		out = append(out, SnapshotInfo{ID: id, Name: label, Source: t.Source})
+		out = append(out, SnapshotInfo{ID: t.Name, Name: t.Label, Source: t.Source})
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
 	return out
@@ -129,10 +95,7 @@ func (m *Manager) DeleteTemplate(team, id string) error {
 		return err
 	}
 	m.cfg.Runtime.DropTemplate(id)
-	_ = filepathRemoveParent(t.Dir)
-	m.mu.Lock()
-	delete(m.snapNames, id)
-	m.mu.Unlock()
+	_ = removeIfEmpty(filepath.Dir(t.Dir))
 	return nil
 }
 
@@ -187,10 +150,6 @@ func (m *Manager) Fork(ctx context.Context, team, id string, count int, timeout 
 	return out, nil
 }
 
-func filepathRemoveParent(dir string) error {
-	return removeIfEmpty(filepath.Dir(dir))
-}
-
 // collectFork removes a fork's snapshot once no sandbox (running or paused) depends on it.
 func (m *Manager) collectFork(template string) {
 	t := m.cfg.Runtime.Template(template)
@@ -204,6 +163,6 @@ func (m *Manager) collectFork(template string) {
 		return // still in use (or gone): the next end tries again
 	}
 	m.cfg.Runtime.DropTemplate(template)
-	_ = filepathRemoveParent(t.Dir)
+	_ = removeIfEmpty(filepath.Dir(t.Dir))
 	m.log.Info("fork snapshot removed", "template", template)
 }

@@ -64,6 +64,17 @@ func (r *Runtime) Template(name string) *Template {
 	return r.templates[name]
 }
 
+// Templates returns every snapshot sandboxes can be restored from.
+func (r *Runtime) Templates() []*Template {
+	r.tmu.RLock()
+	defer r.tmu.RUnlock()
+	out := make([]*Template, 0, len(r.templates))
+	for _, t := range r.templates {
+		out = append(out, t)
+	}
+	return out
+}
+
 // DropTemplate forgets name's snapshot.
 func (r *Runtime) DropTemplate(name string) {
 	r.tmu.Lock()
@@ -87,6 +98,7 @@ type Template struct {
 	// Team and Source are set for snapshots of sandboxes: who owns it and what it was taken of.
 	Team, Source string
 	Fork         bool   // taken for a fork: removed once no fork depends on it
+	Label        string // the name a snapshot was given
 	token        string // envd's access token inside the snapshot
 }
 
@@ -145,7 +157,8 @@ func (r *Runtime) Boot(ctx context.Context, opts Options) (*Sandbox, error) {
 		MemPath: opts.memPath, MemShared: opts.memPath != "",
 	}
 	what := "booting sandbox"
-	if t := r.Template(opts.Template); t != nil && !opts.Cold && len(opts.KernelArgs) == 0 &&
+	t := r.Template(opts.Template)
+	if t != nil && !opts.Cold && len(opts.KernelArgs) == 0 &&
 		opts.MemoryMiB == t.MemoryMiB && opts.CPUs == t.CPUs && opts.memPath == "" {
 		snap := t.Snapshot
 		if t.Full {
@@ -162,7 +175,7 @@ func (r *Runtime) Boot(ctx context.Context, opts Options) (*Sandbox, error) {
 	}
 	sb := newSandbox(vm)
 	sb.Restored = spec.Restore != nil
-	if t := r.Template(opts.Template); sb.Restored && t != nil && t.token != "" {
+	if sb.Restored && t.token != "" {
 		sb.SetToken(t.token) // the snapshot's envd enforces its source's token until /init
 	}
 	if sb.Restored || opts.Init != nil {

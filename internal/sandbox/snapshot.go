@@ -11,12 +11,11 @@ import (
 	"github.com/cellhq/cell/internal/vmm"
 )
 
-// Snapshot saves the running sandbox s as template name (a snapshot owned by team) under
+// Snapshot saves the running sandbox s as template name (a snapshot labelled label, owned by team) under
 // home/templates/name/snap: its device state and RAM, and a frozen copy of its disk, which is an
 // overlay on its own template's disk layer. s is stopped only while it is saved, then continues.
-func (r *Runtime) Snapshot(ctx context.Context, s *Sandbox, home, name, team string, fork bool) (*Template, error) {
-	spec := vmm.Spec{Kernel: r.Image.Kernel, BaseDisk: r.Image.Disk, MemoryMiB: DefaultMemoryMiB, CPUs: DefaultCPUs, Accel: r.Accel}
-	fp, err := r.Host.Fingerprint(spec)
+func (r *Runtime) Snapshot(ctx context.Context, s *Sandbox, home, name, label, team string, fork bool) (*Template, error) {
+	fp, err := r.Host.Fingerprint(r.baseSpec())
 	if err != nil {
 		return nil, err
 	}
@@ -48,7 +47,7 @@ func (r *Runtime) Snapshot(ctx context.Context, s *Sandbox, home, name, team str
 	}
 	meta := templateMeta{Name: name, Fingerprint: fp, MemoryMiB: s.VM.MemoryMiB, CPUs: s.VM.CPUs, KernelArgs: s.VM.KernelArgs,
 		Accel: r.Accel, CreatedAt: time.Now().UTC(), BuildMillis: time.Since(t0).Milliseconds(),
-		Full: true, NamedRAM: s.VM.NamedRAM, Team: team, Source: s.ID, Fork: fork}
+		Full: true, NamedRAM: s.VM.NamedRAM, Team: team, Source: s.ID, Fork: fork, Label: label}
 	if tok := s.token.Load(); tok != nil {
 		meta.Token = *tok
 	}
@@ -69,8 +68,7 @@ func (r *Runtime) Snapshot(ctx context.Context, s *Sandbox, home, name, team str
 // LoadSnapshots returns the snapshots of running sandboxes stored under home that this machine
 // can restore.
 func (r *Runtime) LoadSnapshots(home string) ([]*Template, error) {
-	spec := vmm.Spec{Kernel: r.Image.Kernel, BaseDisk: r.Image.Disk, MemoryMiB: DefaultMemoryMiB, CPUs: DefaultCPUs, Accel: r.Accel}
-	fp, err := r.Host.Fingerprint(spec)
+	fp, err := r.Host.Fingerprint(r.baseSpec())
 	if err != nil {
 		return nil, err
 	}

@@ -36,6 +36,8 @@ type templateMeta struct {
 	Token string `json:"token,omitempty"`
 	// Fork marks a snapshot taken for a fork: removed once no fork depends on it.
 	Fork bool `json:"fork,omitempty"`
+	// Label is the name a snapshot was given.
+	Label string `json:"label,omitempty"`
 }
 
 // warmUp runs once in a template before it is saved, so that what most commands load (bash,
@@ -54,7 +56,7 @@ func (r *Runtime) EnsureTemplate(ctx context.Context, home, name string) (*Templ
 	if name != "base" {
 		return nil, fmt.Errorf("template %q: not found (only \"base\" exists)", name)
 	}
-	spec := vmm.Spec{Kernel: r.Image.Kernel, BaseDisk: r.Image.Disk, MemoryMiB: DefaultMemoryMiB, CPUs: DefaultCPUs, Accel: r.Accel}
+	spec := r.baseSpec()
 	fp, err := r.Host.Fingerprint(spec)
 	if err != nil {
 		return nil, fmt.Errorf("template %s: %w", name, err)
@@ -101,6 +103,12 @@ func (r *Runtime) EnsureTemplate(ctx context.Context, home, name string) (*Templ
 	// running and paused sandboxes restored from them are overlays on their disk layers.
 	r.Log.Info("template built", "template", name, "took", time.Since(t0))
 	return loadTemplate(final, fp)
+}
+
+// baseSpec is the machine templates are made on; its fingerprint names what a snapshot (of the
+// template or of a sandbox restored from it) may be restored into.
+func (r *Runtime) baseSpec() vmm.Spec {
+	return vmm.Spec{Kernel: r.Image.Kernel, BaseDisk: r.Image.Disk, MemoryMiB: DefaultMemoryMiB, CPUs: DefaultCPUs, Accel: r.Accel}
 }
 
 func (r *Runtime) buildTemplate(ctx context.Context, dir string, meta *templateMeta) error {
@@ -169,7 +177,7 @@ func loadTemplate(dir, fp string) (*Template, error) {
 	t := &Template{
 		Name: m.Name, Dir: dir, Disk: filepath.Join(dir, "disk.qcow2"), MemoryMiB: m.MemoryMiB, CPUs: m.CPUs, KernelArgs: m.KernelArgs,
 		Snapshot: vmm.Snapshot{MemPath: filepath.Join(dir, "mem"), StatePath: filepath.Join(dir, "state")},
-		Full:     m.Full, NamedRAM: m.NamedRAM, Team: m.Team, Source: m.Source, token: m.Token, Fork: m.Fork,
+		Full:     m.Full, NamedRAM: m.NamedRAM, Team: m.Team, Source: m.Source, token: m.Token, Fork: m.Fork, Label: m.Label,
 	}
 	if m.Full {
 		t.Snapshot.MemPath = ""
