@@ -3,10 +3,18 @@
 package main
 
 import (
+	"io"
+
 	"context"
+	"github.com/sirupsen/logrus"
 	"os"
 
 	"github.com/cellhq/cell/internal/cli"
 )
 
-func main() { os.Exit(cli.Main(context.Background(), os.Args[1:])) }
+func main() {
+	// gvisor-tap-vsock's switch logs every closed VM link through logrus at error level; Cell
+	// reports network events itself (internal/netstack) with log/slog.
+	logrus.SetOutput(io.Discard)
+	os.Exit(cli.Main(context.Background(), os.Args[1:]))
+}

@@ -97,6 +97,10 @@ func Main(log *slog.Logger, serveArgs []string) int {
 	if err := loopbackUp(); err != nil {
 		log.Warn("bringing up lo", "err", err)
 	}
+	if err := networkUp(); err != nil {
+		log.Warn("configuring the network", "err", err)
+	}
+	Trace("init: network configured")
 	_ = os.Setenv("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
 	_ = os.Setenv("HOME", "/root")
 

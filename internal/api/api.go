@@ -17,6 +17,7 @@ import (
 	"github.com/cellhq/cell/envd/server"
 	"github.com/cellhq/cell/internal/auth"
 	"github.com/cellhq/cell/internal/manager"
+	"github.com/cellhq/cell/internal/store"
 )
 
 // OpenAPI is Cell's API description, served at /openapi.yaml.
@@ -75,8 +76,8 @@ func New(cfg Config) *API {
 	a.route("GET /snapshots", a.snapshots)
 	a.route("DELETE /templates/{tid}", a.deleteTemplate)
 	a.route("POST /sandboxes/{id}/fork", a.fork)
+	a.route("PUT /sandboxes/{id}/network", a.updateNetwork)
 	for _, p := range []string{
-		"PUT /sandboxes/{id}/network",
 		"POST /v3/templates", "POST /v2/templates/{tid}/builds/{bid}", "GET /templates/{tid}/builds/{bid}/status",
 		"GET /templates/{tid}/files/{hash}",
 	} {
@@ -204,7 +205,7 @@ type NewSandbox struct {
 	AutoPause           *bool             `json:"autoPause,omitempty"`
 	AutoPauseMemory     *bool             `json:"autoPauseMemory,omitempty"`
 	AutoResume          json.RawMessage   `json:"autoResume,omitempty"`
-	Network             json.RawMessage   `json:"network,omitempty"`
+	Network             *NetworkConfig    `json:"network,omitempty"`
 	MCP                 json.RawMessage   `json:"mcp,omitempty"`
 	IAM                 json.RawMessage   `json:"iam,omitempty"`
 	VolumeMounts        json.RawMessage   `json:"volumeMounts,omitempty"`
@@ -244,7 +245,20 @@ type SandboxDetail struct {
 	Metadata            map[string]string `json:"metadata"`
 	State               string            `json:"state"`
 	AllowInternetAccess bool              `json:"allowInternetAccess"`
+	Network             NetworkConfig     `json:"network"`
 	VolumeMounts        []any             `json:"volumeMounts"`
+}
+
+// NetworkConfig is a sandbox's network in E2B's shape (create body and details).
+type NetworkConfig struct {
+	AllowOut           []string `json:"allowOut,omitempty"`
+	DenyOut            []string `json:"denyOut,omitempty"`
+	AllowPublicTraffic *bool    `json:"allowPublicTraffic,omitempty"`
+	MaskRequestHost    *string  `json:"maskRequestHost,omitempty"`
+	// Not supported by Cell: refused with 501 when set.
+	Rules       json.RawMessage `json:"rules,omitempty"`
+	EgressProxy json.RawMessage `json:"egressProxy,omitempty"`
+	HTTPSPorts  json.RawMessage `json:"httpsPorts,omitempty"`
 }
 
 const clientID = "cell"
@@ -263,6 +277,10 @@ func (a *API) sandboxResponse(info manager.Info) SandboxResponse {
 		tok := info.EnvdToken
 		res.EnvdAccessToken = &tok
 	}
+	if info.TrafficToken != "" {
+		tok := info.TrafficToken
+		res.TrafficAccessToken = &tok
+	}
 	return res
 }
 
@@ -271,6 +289,12 @@ func (a *API) detail(info manager.Info, withToken bool) SandboxDetail {
 		TemplateID: info.TemplateID, SandboxID: info.ID, ClientID: clientID, StartedAt: info.StartedAt.UTC(),
 		EndAt: info.EndAt.UTC(), EnvdVersion: server.Version, Domain: a.domain(), CPUCount: info.CPUs, MemoryMB: info.MemoryMiB,
 		Metadata: info.Metadata, State: info.State, AllowInternetAccess: info.AllowInternet, VolumeMounts: []any{},
+	}
+	public := !info.Network.PrivateTraffic
+	d.Network = NetworkConfig{AllowOut: info.Network.AllowOut, DenyOut: info.Network.DenyOut, AllowPublicTraffic: &public}
+	if info.Network.MaskRequestHost != "" {
+		mask := info.Network.MaskRequestHost
+		d.Network.MaskRequestHost = &mask
 	}
 	if d.Metadata == nil {
 		d.Metadata = map[string]string{}
@@ -287,7 +311,11 @@ func (a *API) create(w http.ResponseWriter, r *http.Request, team string) {
 	if !decode(w, r, &req, false) {
 		return
 	}
-	for name, v := range map[string]json.RawMessage{"mcp": req.MCP, "volumeMounts": req.VolumeMounts, "iam": req.IAM, "network": req.Network, "autoResume": req.AutoResume} {
+	unsupported := map[string]json.RawMessage{"mcp": req.MCP, "volumeMounts": req.VolumeMounts, "iam": req.IAM, "autoResume": req.AutoResume}
+	if req.Network != nil {
+		unsupported["network.rules"], unsupported["network.egressProxy"], unsupported["network.httpsPorts"] = req.Network.Rules, req.Network.EgressProxy, req.Network.HTTPSPorts
+	}
+	for name, v := range unsupported {
 		if !isNull(v) {
 			writeError(w, http.StatusNotImplemented, fmt.Sprintf("%s: not supported by Cell yet", name))
 			return
@@ -300,6 +328,13 @@ func (a *API) create(w http.ResponseWriter, r *http.Request, team string) {
 	cr := manager.CreateRequest{Team: team, Template: req.TemplateID, Metadata: req.Metadata, EnvVars: req.EnvVars,
 		Secure: req.Secure == nil || *req.Secure, AllowInternet: req.AllowInternetAccess == nil || *req.AllowInternetAccess,
 		AutoPause: req.AutoPause != nil && *req.AutoPause, AutoPauseMemory: req.AutoPauseMemory == nil || *req.AutoPauseMemory}
+	if n := req.Network; n != nil {
+		cr.Network = store.Network{AllowOut: n.AllowOut, DenyOut: n.DenyOut,
+			PrivateTraffic: n.AllowPublicTraffic != nil && !*n.AllowPublicTraffic}
+		if n.MaskRequestHost != nil {
+			cr.Network.MaskRequestHost = *n.MaskRequestHost
+		}
+	}
 	if req.Timeout != nil {
 		if *req.Timeout < 0 {
 			writeError(w, http.StatusBadRequest, "timeout: must not be negative")
@@ -537,6 +572,10 @@ type Metric struct {
 	MemCache      uint64    `json:"memCache"`
 	DiskUsed      uint64    `json:"diskUsed"`
 	DiskTotal     uint64    `json:"diskTotal"`
+	// Cell's additions: the sandbox's network counters since it (last) started.
+	NetBytesIn  uint64 `json:"netBytesIn"`
+	NetBytesOut uint64 `json:"netBytesOut"`
+	NetDenied   uint64 `json:"netDeniedConnections"`
 }
 
 func (a *API) metrics(w http.ResponseWriter, r *http.Request, team string) {
@@ -556,8 +595,10 @@ func (a *API) metrics(w http.ResponseWriter, r *http.Request, team string) {
 		return
 	}
 	ts := time.Unix(m.Timestamp, 0).UTC()
+	ns, _, _ := a.cfg.Manager.NetStats(team, id)
 	writeJSON(w, http.StatusOK, []Metric{{Timestamp: ts, TimestampUnix: m.Timestamp, CPUCount: m.CPUCount, CPUUsedPct: m.CPUUsedPct,
-		MemUsed: m.MemUsed, MemTotal: m.MemTotal, MemCache: m.MemCache, DiskUsed: m.DiskUsed, DiskTotal: m.DiskTotal}})
+		MemUsed: m.MemUsed, MemTotal: m.MemTotal, MemCache: m.MemCache, DiskUsed: m.DiskUsed, DiskTotal: m.DiskTotal,
+		NetBytesIn: ns.BytesIn, NetBytesOut: ns.BytesOut, NetDenied: ns.Denied}})
 }
 
 type logLine struct {

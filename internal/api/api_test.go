@@ -16,6 +16,7 @@ import (
 	"github.com/cellhq/cell/envd/server"
 	"github.com/cellhq/cell/internal/auth"
 	"github.com/cellhq/cell/internal/manager"
+	"github.com/cellhq/cell/internal/netstack"
 	"github.com/cellhq/cell/internal/sandbox"
 	"github.com/cellhq/cell/internal/store"
 )
@@ -29,7 +30,7 @@ func (u unreachable) Boot(context.Context, sandbox.Options) (*sandbox.Sandbox, e
 	return nil, errors.New("unreachable")
 }
 
-func (u unreachable) Adopt(context.Context, string, int, uint64) (*sandbox.Sandbox, error) {
+func (u unreachable) Adopt(context.Context, string, int, uint64, *netstack.Rules) (*sandbox.Sandbox, error) {
 	return nil, errors.New("unreachable")
 }
 
@@ -43,7 +44,7 @@ func (unreachable) Template(string) *sandbox.Template     { return nil }
 func (unreachable) DropTemplate(string)                   {}
 func (unreachable) Templates() []*sandbox.Template        { return nil }
 
-func (u unreachable) Resume(context.Context, string, server.InitRequest) (*sandbox.Sandbox, error) {
+func (u unreachable) Resume(context.Context, string, server.InitRequest, *netstack.Rules) (*sandbox.Sandbox, error) {
 	u.t.Error("Resume called for a request that should have been refused")
 	return nil, errors.New("unreachable")
 }

@@ -1,6 +1,7 @@
 package api
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -9,6 +10,7 @@ import (
 	"net/http/httputil"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/cellhq/cell/internal/ids"
 	"github.com/cellhq/cell/internal/manager"
@@ -23,15 +25,54 @@ const (
 	SandboxPortHeader = "E2b-Sandbox-Port"
 )
 
+// TrafficTokenHeader carries a sandbox's traffic access token to its exposed ports.
+const TrafficTokenHeader = "E2b-Traffic-Access-Token"
+
 type proxy struct {
 	mgr     *manager.Manager
 	domain  string
 	log     *slog.Logger
 	buffers bufferPool
+	// ports reaches guest ports; connections are pooled per sandbox and port (the dial address
+	// is "<id>:<port>").
+	ports *http.Transport
 }
 
 func newProxy(mgr *manager.Manager, domain string, log *slog.Logger) *proxy {
-	return &proxy{mgr: mgr, domain: domain, log: log, buffers: make(bufferPool, 32)}
+	p := &proxy{mgr: mgr, domain: domain, log: log, buffers: make(bufferPool, 32)}
+	p.ports = &http.Transport{
+		DialContext:         p.dialPort,
+		MaxIdleConnsPerHost: 16,
+		IdleConnTimeout:     30 * time.Second,
+		ForceAttemptHTTP2:   false,
+	}
+	return p
+}
+
+// errPortClosed is a guest port nothing listens on.
+var errPortClosed = errors.New("port is not open")
+
+func (p *proxy) dialPort(ctx context.Context, _, addr string) (net.Conn, error) {
+	id, portStr, err := net.SplitHostPort(addr)
+	if err != nil {
+		return nil, err
+	}
+	port, err := strconv.ParseUint(portStr, 10, 16)
+	if err != nil {
+		return nil, err
+	}
+	t, err := p.mgr.Port(id, uint16(port))
+	if err != nil {
+		return nil, err
+	}
+	c, err := t.Dial(ctx)
+	if err != nil {
+		if strings.Contains(err.Error(), "refused") {
+			return nil, fmt.Errorf("%w: %w", errPortClosed, err)
+		}
+		return nil, err
+	}
+	return c, nil
 }
 
 // bufferPool lends the proxy's 256 KiB copy buffers; it keeps at most cap of them.
@@ -115,7 +156,7 @@ func (p *proxy) serve(w http.ResponseWriter, r *http.Request, id, port string) {
 		return
 	}
 	if n != EnvdPort {
-		badGateway(w, id, fmt.Sprintf("The sandbox is running but port %d is not open (only envd's port %d is served until networking lands)", n, EnvdPort))
+		p.servePort(w, r, id, n)
 		return
 	}
 	rp := &httputil.ReverseProxy{
@@ -137,6 +178,60 @@ func (p *proxy) serve(w http.ResponseWriter, r *http.Request, id, port string) {
 				return
 			}
 			badGateway(w, id, "envd did not answer: "+err.Error())
+		},
+	}
+	rp.ServeHTTP(w, r)
+}
+
+// portError is E2B's body for a sandbox port nothing listens on.
+type portError struct {
+	SandboxID string `json:"sandboxId"`
+	Message   string `json:"message"`
+	Port      int    `json:"port"`
+	Code      int    `json:"code"`
+}
+
+// servePort proxies a request (HTTP/1.1, streamed, or a WebSocket upgrade) to a port the guest
+// listens on, reached through the sandbox's network.
+func (p *proxy) servePort(w http.ResponseWriter, r *http.Request, id string, port int) {
+	t, err := p.mgr.Port(id, uint16(port))
+	if err != nil {
+		badGateway(w, id, "The sandbox was not found")
+		return
+	}
+	if t.TrafficToken != "" && r.Header.Get(TrafficTokenHeader) != t.TrafficToken {
+		writeJSON(w, http.StatusForbidden, sandboxError{SandboxID: id, Code: http.StatusForbidden,
+			Message: "The sandbox requires the " + strings.ToLower(TrafficTokenHeader) + " header (its allowPublicTraffic is false)"})
+		return
+	}
+	mask := ""
+	if info, err := p.mgr.Get("", id); err == nil {
+		mask = info.Network.MaskRequestHost
+	}
+	rp := &httputil.ReverseProxy{
+		Rewrite: func(pr *httputil.ProxyRequest) {
+			pr.Out.URL.Scheme = "http"
+			pr.Out.URL.Host = net.JoinHostPort(id, strconv.Itoa(port))
+			pr.Out.Host = pr.In.Host
+			if mask != "" {
+				pr.Out.Host = strings.ReplaceAll(mask, "${PORT}", strconv.Itoa(port))
+			}
+			pr.Out.Header.Del(SandboxIDHeader)
+			pr.Out.Header.Del(SandboxPortHeader)
+			pr.Out.Header.Del(TrafficTokenHeader)
+			pr.SetXForwarded()
+		},
+		Transport:     p.ports,
+		BufferPool:    p.buffers,
+		FlushInterval: -1, // a server's stream (SSE, chunks) reaches the client as it comes
+		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
+			p.log.Debug("port proxy error", "sandbox", id, "port", port, "err", err)
+			if errors.Is(err, errPortClosed) {
+				writeJSON(w, http.StatusBadGateway, portError{SandboxID: id, Port: port, Code: http.StatusBadGateway,
+					Message: "The sandbox is running but port is not open"})
+				return
+			}
+			badGateway(w, id, fmt.Sprintf("port %d did not answer: %v", port, err))
 		},
 	}
 	rp.ServeHTTP(w, r)

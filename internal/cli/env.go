@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -100,6 +101,8 @@ type runtimeOpts struct {
 	bootTimeout   time.Duration
 	attempts      int
 	detached      bool
+	dnsHosts      map[string]netip.Addr
+	netExempt     []netip.Prefix
 }
 
 // runtime builds the image if needed, resolves the accelerator and returns a sandbox runtime.
@@ -115,7 +118,7 @@ func (g *globals) runtime(ctx context.Context, o runtimeOpts) (*sandbox.Runtime,
 	return sandbox.NewRuntime(ctx, sandbox.RuntimeConfig{
 		Home: home, ImageHome: imageHome(home), Envd: envd, RunDir: os.Getenv("CELL_RUN_DIR"), Accel: o.accel, MaxVMs: g.maxVMs,
 		Attempts: o.attempts, BootTimeout: o.bootTimeout, DieWithParent: o.dieWithParent, Detached: o.detached,
-		Build: true, Progress: os.Stderr, Log: g.logger(),
+		Build: true, Progress: os.Stderr, DNSHosts: o.dnsHosts, NetExempt: o.netExempt, Log: g.logger(),
 	})
 }
 

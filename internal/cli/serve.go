@@ -34,7 +34,8 @@ func (g *globals) openStore(ctx context.Context) (*store.Store, error) {
 }
 
 func serveCmd(g *globals) *cobra.Command {
-	var listen, domain, accel string
+	var listen, domain, accel, metricsListen string
+	var nf netFlags
 	var leave, cold, pauseAll bool
 	var pools map[string]int
 	var grace time.Duration
@@ -55,7 +56,11 @@ every sandbox, or with --leave-running leaves them for the next cell serve to re
 			if err != nil {
 				return err
 			}
-			rt, choice, err := g.runtime(ctx, runtimeOpts{accel: acc, detached: true})
+			hosts, exempt, err := nf.parse()
+			if err != nil {
+				return err
+			}
+			rt, choice, err := g.runtime(ctx, runtimeOpts{accel: acc, detached: true, dnsHosts: hosts, netExempt: exempt})
 			if err != nil {
 				return err
 			}
@@ -106,8 +111,24 @@ every sandbox, or with --leave-running leaves them for the next cell serve to re
 			h := api.New(api.Config{Manager: mgr, Keys: auth.Keys{Store: st}, Domain: domain, Log: log})
 			srv := &http.Server{Handler: h, ReadHeaderTimeout: 30 * time.Second, ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelDebug)}
 			fmt.Fprintf(os.Stderr, "cell: serving on http://%s (accel %s)\n", ln.Addr(), choice.Accel)
-			errc := make(chan error, 1)
+			errc := make(chan error, 2)
 			go func() { errc <- srv.Serve(ln) }()
+			if metricsListen != "" {
+				mln, err := net.Listen("tcp", metricsListen)
+				if err != nil {
+					_ = srv.Close()
+					mgr.Shutdown(context.Background(), manager.Leave)
+					return fmt.Errorf("--metrics-listen %s: %w", metricsListen, err)
+				}
+				msrv := &http.Server{Handler: api.MetricsHandler(mgr), ReadHeaderTimeout: 10 * time.Second}
+				defer func() { _ = msrv.Close() }()
+				go func() {
+					if err := msrv.Serve(mln); !errors.Is(err, http.ErrServerClosed) {
+						errc <- err
+					}
+				}()
+				fmt.Fprintf(os.Stderr, "cell: metrics on http://%s/metrics\n", mln.Addr())
+			}
 			select {
 			case err := <-errc:
 				mgr.Shutdown(context.Background(), manager.Leave)
@@ -140,5 +161,7 @@ every sandbox, or with --leave-running leaves them for the next cell serve to re
 	c.Flags().BoolVar(&pauseAll, "pause-on-shutdown", false, "on shutdown, pause running sandboxes (with their RAM) instead of killing them")
 	c.Flags().BoolVar(&leave, "leave-running", false, "on shutdown, leave sandboxes running for the next cell serve to re-adopt")
 	c.Flags().DurationVar(&grace, "grace", 10*time.Second, "how long shutdown waits for in-flight calls")
+	c.Flags().StringVar(&metricsListen, "metrics-listen", "", "serve Prometheus metrics on this (operator-only) address, e.g. 127.0.0.1:9464")
+	nf.register(c)
 	return c
 }

@@ -20,6 +20,7 @@ import (
 
 	"github.com/cellhq/cell/envd/server"
 	"github.com/cellhq/cell/internal/ids"
+	"github.com/cellhq/cell/internal/netstack"
 	"github.com/cellhq/cell/internal/sandbox"
 	"github.com/cellhq/cell/internal/store"
 	"github.com/cellhq/cell/internal/vmm"
@@ -46,8 +47,8 @@ const (
 // Runtime is what the manager needs of the sandbox runtime.
 type Runtime interface {
 	Boot(ctx context.Context, opts sandbox.Options) (*sandbox.Sandbox, error)
-	Adopt(ctx context.Context, id string, pid int, startTicks uint64) (*sandbox.Sandbox, error)
-	Resume(ctx context.Context, dir string, init server.InitRequest) (*sandbox.Sandbox, error)
+	Adopt(ctx context.Context, id string, pid int, startTicks uint64, rules *netstack.Rules) (*sandbox.Sandbox, error)
+	Resume(ctx context.Context, dir string, init server.InitRequest, rules *netstack.Rules) (*sandbox.Sandbox, error)
 	Snapshot(ctx context.Context, sb *sandbox.Sandbox, home, name, label, team string, fork bool) (*sandbox.Template, error)
 	SetTemplate(name string, t *sandbox.Template)
 	Template(name string) *sandbox.Template
@@ -117,6 +118,7 @@ type CreateRequest struct {
 	EnvVars       map[string]string
 	Secure        bool
 	AllowInternet bool
+	Network       store.Network
 	// AutoPause pauses instead of killing at the timeout (with RAM when AutoPauseMemory).
 	AutoPause, AutoPauseMemory bool
 	CPUs                       int
@@ -182,6 +184,10 @@ func (m *Manager) Create(ctx context.Context, req CreateRequest) (Info, error) {
 	if err := errors.Join(validateMap("metadata", req.Metadata, MaxMetadata), validateMap("envVars", req.EnvVars, MaxEnvVars)); err != nil {
 		return Info{}, err
 	}
+	rules, err := compileNet(req.AllowInternet, req.Network)
+	if err != nil {
+		return Info{}, err
+	}
 	if req.CPUs == 0 {
 		req.CPUs = sandbox.DefaultCPUs
 	}
@@ -206,7 +212,10 @@ func (m *Manager) Create(ctx context.Context, req CreateRequest) (Info, error) {
 		ID: id, TeamID: req.Team, TemplateID: req.Template, State: store.StateCreating,
 		Metadata: maps.Clone(req.Metadata), EnvVars: maps.Clone(req.EnvVars), CPUs: req.CPUs, MemoryMiB: req.MemoryMiB,
 		AllowInternet: req.AllowInternet, StartedAt: now, EndAt: now.Add(req.Timeout), Seq: seq,
-		AutoPause: req.AutoPause, AutoPauseMemory: req.AutoPauseMemory,
+		AutoPause: req.AutoPause, AutoPauseMemory: req.AutoPauseMemory, Network: req.Network,
+	}
+	if req.Network.PrivateTraffic {
+		rec.TrafficToken = newToken()
 	}
 	if req.Secure {
 		rec.EnvdToken = newToken()
@@ -227,9 +236,11 @@ func (m *Manager) Create(ctx context.Context, req CreateRequest) (Info, error) {
 	token := rec.EnvdToken
 	initReq := server.InitRequest{EnvVars: rec.EnvVars, AccessToken: &token}
 	var sb *sandbox.Sandbox
-	var err error
 	if fromPool != nil {
 		sb = fromPool.sb
+		if sb.Net != nil {
+			sb.Net.SetRules(rules) // nothing ran in it yet
+		}
 		// The pool sandbox already has its own name, randomness, clock and token: only other
 		// settings need a trip into the guest.
 		if len(rec.EnvVars) > 0 || rec.EnvdToken != fromPool.token {
@@ -238,7 +249,7 @@ func (m *Manager) Create(ctx context.Context, req CreateRequest) (Info, error) {
 			}
 		}
 	} else {
-		sb, err = m.cfg.Runtime.Boot(ctx, sandbox.Options{ID: rec.ID, Template: req.Template, CPUs: req.CPUs, MemoryMiB: req.MemoryMiB, Init: &initReq})
+		sb, err = m.cfg.Runtime.Boot(ctx, sandbox.Options{ID: rec.ID, Template: req.Template, CPUs: req.CPUs, MemoryMiB: req.MemoryMiB, Init: &initReq, Net: rules})
 	}
 	if err == nil {
 		b.rec.PID, b.rec.StartTicks = sb.VM.PID, sb.VM.StartTicks
@@ -491,7 +502,11 @@ func (m *Manager) Recover(ctx context.Context) error {
 		var aerr error
 		if rec.State == store.StateRunning {
 			actx, cancel := context.WithTimeout(ctx, 10*time.Second)
-			sb, aerr = m.cfg.Runtime.Adopt(actx, rec.ID, rec.PID, rec.StartTicks)
+			rules, err := compileNet(rec.AllowInternet, rec.Network)
+			if err != nil {
+				rules = denyAll() // a stored policy that no longer compiles must not open the way out
+			}
+			sb, aerr = m.cfg.Runtime.Adopt(actx, rec.ID, rec.PID, rec.StartTicks, rules)
 			cancel()
 		} else {
 			aerr = errors.New("was still creating")

@@ -106,12 +106,16 @@ func (m *Manager) Resume(ctx context.Context, team, id string, timeout time.Dura
 	}
 	token := b.rec.EnvdToken
 	init := server.InitRequest{EnvVars: b.rec.EnvVars, AccessToken: &token}
+	rules, err := compileNet(b.rec.AllowInternet, b.rec.Network)
+	if err != nil {
+		rules = denyAll()
+	}
 	b.mu.Unlock()
 	if timeout <= 0 {
 		timeout = DefaultTimeout
 	}
 	t0 := time.Now()
-	sb, err := m.cfg.Runtime.Resume(ctx, m.pausedDir(id), init)
+	sb, err := m.cfg.Runtime.Resume(ctx, m.pausedDir(id), init, rules)
 	if err != nil {
 		return Info{}, false, fmt.Errorf("%w: %w", ErrBootFailed, err)
 	}

@@ -141,7 +141,7 @@ func (m *Manager) Fork(ctx context.Context, team, id string, count int, timeout 
 			slots <- struct{}{}
 			defer func() { <-slots }()
 			info, err := m.Create(ctx, CreateRequest{Team: team, Template: snap.ID, Timeout: timeout, Metadata: src.Metadata,
-				EnvVars: src.EnvVars, Secure: src.EnvdToken != "", AllowInternet: src.AllowInternet,
+				EnvVars: src.EnvVars, Secure: src.EnvdToken != "", AllowInternet: src.AllowInternet, Network: src.Network,
 				CPUs: src.CPUs, MemoryMiB: src.MemoryMiB})
 			out[i] = ForkResult{Info: info, Err: err}
 		}()

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/cellhq/cell/envd/server"
+	"github.com/cellhq/cell/internal/netstack"
 	"github.com/cellhq/cell/internal/vmm"
 )
 
@@ -130,7 +131,8 @@ func CleanPaused(dir string) {
 // saved, else by booting its disk. init is sent to envd with a fresh identity (same host name,
 // new randomness, the clock). The generation is left in place; the caller removes it once the
 // sandbox is recorded as running.
-func (r *Runtime) Resume(ctx context.Context, dir string, init server.InitRequest) (*Sandbox, error) {
+// The sandbox gets a new network under rules.
+func (r *Runtime) Resume(ctx context.Context, dir string, init server.InitRequest, rules *netstack.Rules) (*Sandbox, error) {
 	g, meta, err := CurrentPaused(dir)
 	if err != nil {
 		return nil, fmt.Errorf("paused sandbox: %w", err)
@@ -140,7 +142,7 @@ func (r *Runtime) Resume(ctx context.Context, dir string, init server.InitReques
 	if meta.Memory {
 		spec.Restore = &vmm.Snapshot{StatePath: filepath.Join(g, "state"), Full: true, NamedRAM: meta.NamedRAM}
 	} else {
-		spec.KernelArgs = []string{"cell.hostname=" + meta.ID}
+		spec.KernelArgs = kernelArgs(meta.ID)
 	}
 	vm, err := r.Host.Start(ctx, spec)
 	if err != nil {
@@ -148,6 +150,10 @@ func (r *Runtime) Resume(ctx context.Context, dir string, init server.InitReques
 	}
 	sb := newSandbox(vm)
 	sb.Restored = meta.Memory
+	if err := r.attachNet(sb, rules); err != nil {
+		_ = sb.Close()
+		return nil, err
+	}
 	if init.AccessToken != nil {
 		sb.SetToken(*init.AccessToken) // envd (resumed from RAM) already enforces it
 	}

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -13,6 +14,7 @@ import (
 	"time"
 
 	"github.com/cellhq/cell/internal/image"
+	"github.com/cellhq/cell/internal/netstack"
 	"github.com/cellhq/cell/internal/vmm"
 )
 
@@ -33,7 +35,13 @@ type RuntimeConfig struct {
 	// image is an error.
 	Build    bool
 	Progress io.Writer
-	Log      *slog.Logger
+	// DNSHosts are names every sandbox resolves to fixed addresses (operator overrides).
+	DNSHosts map[string]netip.Addr
+	// NetExempt are reserved destinations (see netstack.Guard) sandboxes may reach anyway.
+	NetExempt []netip.Prefix
+	// ResolvConf names the host's resolvers sandboxes' DNS asks (default /etc/resolv.conf).
+	ResolvConf string
+	Log        *slog.Logger
 }
 
 // FindTool looks a host tool up on PATH and names the Debian package when it is missing.
@@ -105,12 +113,26 @@ func NewRuntime(ctx context.Context, cfg RuntimeConfig) (*Runtime, vmm.AccelChoi
 	if cfg.Attempts == 0 {
 		cfg.Attempts = 3
 	}
-	host, err := vmm.NewHost(vmm.Config{
+	if cfg.ResolvConf == "" {
+		cfg.ResolvConf = "/etc/resolv.conf"
+	}
+	upstream, err := netstack.HostResolvers(cfg.ResolvConf)
+	if err != nil {
+		// Sandboxes still resolve the operator's names; everything else fails clearly.
+		cfg.Log.Warn("no upstream DNS for sandboxes", "resolv_conf", cfg.ResolvConf, "err", err)
+	}
+	vcfg := vmm.Config{
 		QEMU: qemu, QEMUImg: qemuImg, RunDir: rd, MaxVMs: cfg.MaxVMs, Attempts: cfg.Attempts,
 		BootTimeout: cfg.BootTimeout, DieWithParent: cfg.DieWithParent, Detached: cfg.Detached, Sandbox: true, Log: cfg.Log,
-	})
+	}
+	netVM(&vcfg)
+	host, err := vmm.NewHost(vcfg)
 	if err != nil {
 		return nil, choice, err
 	}
-	return &Runtime{Host: host, Image: img, Accel: choice.Accel, Log: cfg.Log}, choice, nil
+	env := NetEnv{
+		Resolver: &netstack.Resolver{Hosts: cfg.DNSHosts, Upstream: upstream},
+		Guard:    &netstack.Guard{Exempt: cfg.NetExempt},
+	}
+	return &Runtime{Host: host, Image: img, Accel: choice.Accel, Net: env, Log: cfg.Log}, choice, nil
 }

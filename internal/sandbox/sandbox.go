@@ -20,6 +20,7 @@ import (
 	"github.com/cellhq/cell/envd/server"
 	"github.com/cellhq/cell/internal/ids"
 	"github.com/cellhq/cell/internal/image"
+	"github.com/cellhq/cell/internal/netstack"
 	"github.com/cellhq/cell/internal/vmm"
 	pb "github.com/cellhq/cell/proto/process"
 	"github.com/cellhq/cell/proto/process/processconnect"
@@ -40,6 +41,7 @@ type Runtime struct {
 	Host  *vmm.Host
 	Image image.Image
 	Accel vmm.Accel
+	Net   NetEnv
 	Log   *slog.Logger
 	// templates are memory snapshots, by template name, that sandboxes are restored from
 	// instead of booted.
@@ -113,6 +115,8 @@ type Options struct {
 	MemoryMiB  int
 	CPUs       int
 	KernelArgs []string // for tests and debugging
+	// Net is the sandbox's egress policy (nil: DefaultRules).
+	Net *netstack.Rules
 
 	memPath string // RAM in this shared file (a template being built)
 }
@@ -123,7 +127,8 @@ type Sandbox struct {
 	VM       *vmm.VM
 	Process  processconnect.ProcessClient
 	BootTime time.Duration
-	Restored bool         // started from a template snapshot
+	Restored bool // started from a template snapshot
+	Net      *netstack.Network
 	http     *http.Client // raw: for the proxy, whose clients bring their own token
 	own      *http.Client // with envd's access token: for Cell's own calls
 	token    atomic.Pointer[string]
@@ -153,7 +158,7 @@ func (r *Runtime) Boot(ctx context.Context, opts Options) (*Sandbox, error) {
 	}
 	spec := vmm.Spec{
 		ID: id, Kernel: r.Image.Kernel, BaseDisk: r.Image.Disk, MemoryMiB: opts.MemoryMiB, CPUs: opts.CPUs,
-		Accel: r.Accel, KernelArgs: append([]string{"cell.hostname=" + id}, opts.KernelArgs...),
+		Accel: r.Accel, KernelArgs: append(kernelArgs(id), opts.KernelArgs...),
 		MemPath: opts.memPath, MemShared: opts.memPath != "",
 	}
 	what := "booting sandbox"
@@ -175,6 +180,10 @@ func (r *Runtime) Boot(ctx context.Context, opts Options) (*Sandbox, error) {
 	}
 	sb := newSandbox(vm)
 	sb.Restored = spec.Restore != nil
+	if err := r.attachNet(sb, opts.Net); err != nil {
+		_ = sb.Close()
+		return nil, err
+	}
 	if sb.Restored && t.token != "" {
 		sb.SetToken(t.token) // the snapshot's envd enforces its source's token until /init
 	}
@@ -219,12 +228,18 @@ func (t tokenTransport) RoundTrip(r *http.Request) (*http.Response, error) {
 }
 
 // Adopt takes over a sandbox an earlier process booted detached (see vmm.Host.Adopt).
-func (r *Runtime) Adopt(ctx context.Context, id string, pid int, startTicks uint64) (*Sandbox, error) {
+// The sandbox gets a new network under rules: connections open before are gone.
+func (r *Runtime) Adopt(ctx context.Context, id string, pid int, startTicks uint64, rules *netstack.Rules) (*Sandbox, error) {
 	vm, err := r.Host.Adopt(ctx, id, pid, startTicks)
 	if err != nil {
 		return nil, err
 	}
-	return newSandbox(vm), nil
+	sb := newSandbox(vm)
+	if err := r.attachNet(sb, rules); err != nil {
+		vm.Detach()
+		return nil, err
+	}
+	return sb, nil
 }
 
 // Init sends envd its /init: req as given, plus the sandbox's host name, 64 bytes of fresh host
@@ -272,7 +287,13 @@ func (s *Sandbox) HTTP() *http.Client { return s.http }
 const EnvdURL = envdURL
 
 // Close stops the VM and releases everything. It is idempotent.
-func (s *Sandbox) Close() error { return s.VM.Close() }
+func (s *Sandbox) Close() error {
+	err := s.VM.Close()
+	if s.Net != nil {
+		_ = s.Net.Close()
+	}
+	return err
+}
 
 // guard returns a context that is cancelled, with a cause naming the VM's exit, when the VM dies.
 func (s *Sandbox) guard(ctx context.Context) (context.Context, context.CancelFunc) {

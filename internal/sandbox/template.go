@@ -13,6 +13,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/cellhq/cell/internal/ids"
+	"github.com/cellhq/cell/internal/netstack"
 	"github.com/cellhq/cell/internal/vmm"
 )
 
@@ -108,7 +109,8 @@ func (r *Runtime) EnsureTemplate(ctx context.Context, home, name string) (*Templ
 // baseSpec is the machine templates are made on; its fingerprint names what a snapshot (of the
 // template or of a sandbox restored from it) may be restored into.
 func (r *Runtime) baseSpec() vmm.Spec {
-	return vmm.Spec{Kernel: r.Image.Kernel, BaseDisk: r.Image.Disk, MemoryMiB: DefaultMemoryMiB, CPUs: DefaultCPUs, Accel: r.Accel}
+	return vmm.Spec{Kernel: r.Image.Kernel, BaseDisk: r.Image.Disk, MemoryMiB: DefaultMemoryMiB, CPUs: DefaultCPUs, Accel: r.Accel,
+		KernelArgs: []string{netstack.KernelArg()}}
 }
 
 func (r *Runtime) buildTemplate(ctx context.Context, dir string, meta *templateMeta) error {
@@ -141,7 +143,7 @@ func (r *Runtime) buildTemplate(ctx context.Context, dir string, meta *templateM
 	if err := os.Rename(sb.VM.Dir.File("disk.qcow2"), filepath.Join(dir, "disk.qcow2")); err != nil {
 		return err
 	}
-	meta.KernelArgs = []string{"cell.hostname=" + sb.ID}
+	meta.KernelArgs = kernelArgs(sb.ID)
 	if err := sb.Close(); err != nil {
 		return err
 	}

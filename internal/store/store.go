@@ -58,6 +58,8 @@ CREATE INDEX IF NOT EXISTS sandboxes_team ON sandboxes(team_id, seq);
 var migrations = []string{
 	`ALTER TABLE sandboxes ADD COLUMN auto_pause INTEGER NOT NULL DEFAULT 0`,
 	`ALTER TABLE sandboxes ADD COLUMN auto_pause_memory INTEGER NOT NULL DEFAULT 1`,
+	`ALTER TABLE sandboxes ADD COLUMN network TEXT NOT NULL DEFAULT '{}'`,
+	`ALTER TABLE sandboxes ADD COLUMN traffic_token TEXT NOT NULL DEFAULT ''`,
 }
 
 // Open opens (creating if needed) the database at path.
@@ -204,21 +206,35 @@ type Sandbox struct {
 	// AutoPause pauses the sandbox at its timeout instead of killing it (with its RAM when
 	// AutoPauseMemory).
 	AutoPause, AutoPauseMemory bool
+	// Network is the sandbox's egress policy and public-traffic setting (with AllowInternet).
+	Network Network
+	// TrafficToken is required on requests to its exposed ports unless public traffic is allowed.
+	TrafficToken string
+}
+
+// Network is a sandbox's network configuration in E2B's terms.
+type Network struct {
+	AllowOut        []string `json:"allowOut,omitempty"`
+	DenyOut         []string `json:"denyOut,omitempty"`
+	PrivateTraffic  bool     `json:"privateTraffic,omitempty"` // allowPublicTraffic: false
+	MaskRequestHost string   `json:"maskRequestHost,omitempty"`
 }
 
 // PutSandbox inserts or replaces a record.
 func (s *Store) PutSandbox(ctx context.Context, sb Sandbox) error {
 	md, err1 := json.Marshal(nonNil(sb.Metadata))
 	env, err2 := json.Marshal(nonNil(sb.EnvVars))
-	if err := errors.Join(err1, err2); err != nil {
+	nw, err3 := json.Marshal(sb.Network)
+	if err := errors.Join(err1, err2, err3); err != nil {
 		return err
 	}
 	_, err := s.db.ExecContext(ctx, `INSERT OR REPLACE INTO sandboxes(id, team_id, template_id, state, metadata, env_vars, cpus,
-		memory_mib, envd_token, allow_internet, started_at, end_at, pid, start_ticks, seq, reason, auto_pause, auto_pause_memory)
-		VALUES(?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)`,
+		memory_mib, envd_token, allow_internet, started_at, end_at, pid, start_ticks, seq, reason, auto_pause, auto_pause_memory,
+		network, traffic_token)
+		VALUES(?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)`,
 		sb.ID, sb.TeamID, sb.TemplateID, sb.State, string(md), string(env), sb.CPUs, sb.MemoryMiB, sb.EnvdToken,
 		sb.AllowInternet, sb.StartedAt.UnixMilli(), sb.EndAt.UnixMilli(), sb.PID, int64(sb.StartTicks), sb.Seq, sb.Reason,
-		sb.AutoPause, sb.AutoPauseMemory)
+		sb.AutoPause, sb.AutoPauseMemory, string(nw), sb.TrafficToken)
 	if err != nil {
 		return fmt.Errorf("storing sandbox %s: %w", sb.ID, err)
 	}
@@ -235,7 +251,7 @@ func nonNil(m map[string]string) map[string]string {
 // Sandboxes returns the records in the given states (all when none), oldest first.
 func (s *Store) Sandboxes(ctx context.Context, states ...string) ([]Sandbox, error) {
 	rows, err := s.db.QueryContext(ctx, `SELECT id, team_id, template_id, state, metadata, env_vars, cpus, memory_mib, envd_token,
-		allow_internet, started_at, end_at, pid, start_ticks, seq, reason, auto_pause, auto_pause_memory FROM sandboxes ORDER BY seq`)
+		allow_internet, started_at, end_at, pid, start_ticks, seq, reason, auto_pause, auto_pause_memory, network, traffic_token FROM sandboxes ORDER BY seq`)
 	if err != nil {
 		return nil, err
 	}
@@ -247,10 +263,10 @@ func (s *Store) Sandboxes(ctx context.Context, states ...string) ([]Sandbox, err
 	var out []Sandbox
 	for rows.Next() {
 		var sb Sandbox
-		var md, env string
+		var md, env, nw string
 		var started, end, ticks int64
 		if err := rows.Scan(&sb.ID, &sb.TeamID, &sb.TemplateID, &sb.State, &md, &env, &sb.CPUs, &sb.MemoryMiB, &sb.EnvdToken,
-			&sb.AllowInternet, &started, &end, &sb.PID, &ticks, &sb.Seq, &sb.Reason, &sb.AutoPause, &sb.AutoPauseMemory); err != nil {
+			&sb.AllowInternet, &started, &end, &sb.PID, &ticks, &sb.Seq, &sb.Reason, &sb.AutoPause, &sb.AutoPauseMemory, &nw, &sb.TrafficToken); err != nil {
 			return nil, err
 		}
 		if len(want) > 0 && !want[sb.State] {
@@ -258,6 +274,7 @@ func (s *Store) Sandboxes(ctx context.Context, states ...string) ([]Sandbox, err
 		}
 		_ = json.Unmarshal([]byte(md), &sb.Metadata)
 		_ = json.Unmarshal([]byte(env), &sb.EnvVars)
+		_ = json.Unmarshal([]byte(nw), &sb.Network)
 		sb.StartedAt, sb.EndAt, sb.StartTicks = time.UnixMilli(started), time.UnixMilli(end), uint64(ticks)
 		out = append(out, sb)
 	}

@@ -112,6 +112,12 @@ func (h *Host) Adopt(ctx context.Context, id string, pid int, startTicks uint64)
 	if vm.Channel, err = channel.Connect(ctx, chConn, vm.log); err != nil {
 		return nil, fmt.Errorf("vm %s: envd did not answer: %w", id, err)
 	}
+	if h.cfg.NetMAC != "" {
+		// QEMU accepts a new connection on its network socket once the old one closed.
+		if vm.net, err = dialRetry(ctx, dir.File(netSocket), func(c net.Conn) (net.Conn, error) { return c, nil }); err != nil {
+			return nil, fmt.Errorf("vm %s: reconnecting the network device: %w", id, err)
+		}
+	}
 	return vm, nil
 }
 
@@ -163,6 +169,9 @@ func (vm *VM) Detach() {
 // detach closes this process's connections to the VM (channel, QMP, console) and stops the
 // exit watcher of an adopted one; QEMU itself is left alone.
 func (vm *VM) detach() {
+	if c := vm.TakeNet(); c != nil {
+		_ = c.Close()
+	}
 	if vm.Channel != nil {
 		_ = vm.Channel.Close()
 	}
@@ -178,6 +187,19 @@ func (vm *VM) detach() {
 	if vm.stopWatch != nil {
 		vm.stopWatch()
 	}
+}
+
+// netSocket is the network device's socket in a VM's directory.
+const netSocket = "net.sock"
+
+// TakeNet hands over the host end of the VM's network device (a stream of frames in QEMU's
+// length-prefixed framing); the caller then owns it. Nil if the VM has none or it was taken.
+func (vm *VM) TakeNet() net.Conn {
+	vm.netMu.Lock()
+	defer vm.netMu.Unlock()
+	c := vm.net
+	vm.net = nil
+	return c
 }
 
 // stderrText is what QEMU itself printed (the tail of qemu.log for a detached VM).

@@ -3,6 +3,7 @@ package vmm
 import (
 	"errors"
 	"fmt"
+	"net"
 	"strconv"
 	"strings"
 
@@ -54,6 +55,10 @@ type Machine struct {
 	QMPSocket     string
 	ConsoleSocket string
 	ChannelSocket string
+	// NetSocket is where QEMU listens for the host's end of the guest's network device (a
+	// stream of length-prefixed Ethernet frames); empty: no network device.
+	NetSocket string
+	NetMAC    string
 	// Sandbox enables QEMU's seccomp sandbox.
 	Sandbox bool
 
@@ -84,6 +89,12 @@ func (m Machine) Validate() error {
 		"console socket": m.ConsoleSocket, "channel socket": m.ChannelSocket}
 	if m.MemPath != "" {
 		paths["memory file"] = m.MemPath
+	}
+	if m.NetSocket != "" {
+		paths["network socket"] = m.NetSocket
+		if _, err := net.ParseMAC(m.NetMAC); err != nil {
+			errs = append(errs, fmt.Errorf("net mac: %w", err))
+		}
 	}
 	for name, p := range paths {
 		if !strings.HasPrefix(p, "/") {
@@ -162,6 +173,12 @@ func (m Machine) Args() ([]string, error) {
 		"-drive", "file="+m.Disk+",if=none,id=d0,format=qcow2,node-name=n0,cache=unsafe,discard=unmap",
 		"-device", "virtio-blk-device,drive=d0",
 	)
+	if m.NetSocket != "" {
+		// QEMU listens; after the host process restarts it dials again and QEMU accepts anew.
+		args = append(args,
+			"-netdev", "stream,id=net0,server=on,addr.type=unix,addr.path="+m.NetSocket,
+			"-device", "virtio-net-device,netdev=net0,mac="+m.NetMAC)
+	}
 	if m.MemPath != "" {
 		share := "off"
 		if m.MemShared {

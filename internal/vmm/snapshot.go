@@ -177,6 +177,9 @@ func (h *Host) Fingerprint(spec Spec) (string, error) {
 		CPUs: spec.CPUs, Accel: spec.Accel, TSCkHz: h.cfg.TSCkHz, QMPSocket: "/q", ConsoleSocket: "/c",
 		ChannelSocket: "/ch", Sandbox: h.cfg.Sandbox, MemPath: "/mem",
 	}
+	if h.cfg.NetMAC != "" {
+		m.NetSocket, m.NetMAC = "/net", h.cfg.NetMAC
+	}
 	args, err := m.Args()
 	if err != nil {
 		return "", err

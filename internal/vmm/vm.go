@@ -41,8 +41,11 @@ type Config struct {
 	Detached bool
 	// Sandbox enables QEMU's seccomp sandbox.
 	Sandbox bool
-	TSCkHz  int
-	Log     *slog.Logger
+	// NetMAC, when set, gives every VM a virtio-net device with this MAC whose host end is a
+	// unix socket in the VM's directory (see VM.TakeNet).
+	NetMAC string
+	TSCkHz int
+	Log    *slog.Logger
 }
 
 // Host starts VMs on this machine.
@@ -138,6 +141,9 @@ type VM struct {
 	conCon  net.Conn
 	QMP     *qmp.Client
 	Channel *channel.Host
+
+	netMu sync.Mutex
+	net   net.Conn // the host end of the network device until TakeNet
 
 	exited  chan struct{}
 	exitErr error // valid once exited is closed
@@ -281,6 +287,9 @@ func (h *Host) startOnce(ctx context.Context, spec Spec) (_ *VM, retErr error) {
 		ChannelSocket: dir.File("ch.sock"), Sandbox: h.cfg.Sandbox,
 		MemPath: spec.MemPath, MemShared: spec.MemShared,
 	}
+	if h.cfg.NetMAC != "" {
+		m.NetSocket, m.NetMAC = dir.File(netSocket), h.cfg.NetMAC
+	}
 	if spec.Restore != nil {
 		m.MemPath, m.MemShared, m.Incoming = spec.Restore.MemPath, false, true
 		m.MemAnon = spec.Restore.Full && spec.Restore.MemPath == "" && spec.Restore.NamedRAM
@@ -368,6 +377,14 @@ func (h *Host) startOnce(ctx context.Context, spec Spec) (_ *VM, retErr error) {
 	chConn, err := dialRetry(bootCtx, m.ChannelSocket, func(c net.Conn) (net.Conn, error) { return c, nil })
 	if err != nil {
 		return nil, fail("connecting to the guest channel", err)
+	}
+	if m.NetSocket != "" {
+		// Connected before the guest runs: frames it sends early wait in the socket.
+		vm.net, err = dialRetry(bootCtx, m.NetSocket, func(c net.Conn) (net.Conn, error) { return c, nil })
+		if err != nil {
+			_ = chConn.Close()
+			return nil, fail("connecting to the network device", err)
+		}
 	}
 	if spec.Restore != nil {
 		if err := vm.incoming(bootCtx, spec.Restore.StatePath, !spec.Restore.Full); err != nil {

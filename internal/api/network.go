@@ -1,0 +1,72 @@
+package api
+
+import (
+	"fmt"
+	"net/http"
+	"strings"
+
+	"github.com/cellhq/cell/internal/manager"
+)
+
+// networkUpdate is the body of PUT /sandboxes/{id}/network. The SDK sends the internet switch
+// as allow_internet_access; allowInternetAccess is accepted too.
+type networkUpdate struct {
+	AllowOut            *[]string `json:"allowOut,omitempty"`
+	DenyOut             *[]string `json:"denyOut,omitempty"`
+	AllowInternetAccess *bool     `json:"allowInternetAccess,omitempty"`
+	AllowInternetSnake  *bool     `json:"allow_internet_access,omitempty"`
+	Rules               any       `json:"rules,omitempty"`
+	EgressProxy         any       `json:"egressProxy,omitempty"`
+}
+
+func (a *API) updateNetwork(w http.ResponseWriter, r *http.Request, team string) {
+	var body networkUpdate
+	if !decode(w, r, &body, false) {
+		return
+	}
+	if body.Rules != nil || body.EgressProxy != nil {
+		writeError(w, http.StatusNotImplemented, "network.rules and network.egressProxy: not supported by Cell yet")
+		return
+	}
+	u := manager.NetworkUpdate{AllowOut: body.AllowOut, DenyOut: body.DenyOut, AllowInternet: body.AllowInternetAccess}
+	if body.AllowInternetSnake != nil {
+		if u.AllowInternet != nil && *u.AllowInternet != *body.AllowInternetSnake {
+			writeError(w, http.StatusBadRequest, "allowInternetAccess and allow_internet_access disagree")
+			return
+		}
+		u.AllowInternet = body.AllowInternetSnake
+	}
+	if _, err := a.cfg.Manager.UpdateNetwork(r.Context(), team, r.PathValue("id"), u); err != nil {
+		fail(w, err)
+		return
+	}
+	w.WriteHeader(http.StatusNoContent)
+}
+
+// MetricsHandler serves the daemon's Prometheus metrics (text exposition format): per running
+// sandbox, its network counters. It is meant for an operator-only listener.
+func MetricsHandler(mgr *manager.Manager) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
+		var b strings.Builder
+		all := mgr.NetStatsAll()
+		fmt.Fprintf(&b, "# HELP cell_sandboxes_running Running sandboxes with a network.\n# TYPE cell_sandboxes_running gauge\ncell_sandboxes_running %d\n", len(all))
+		series := []struct {
+			name, help string
+			get        func(manager.SandboxNet) uint64
+		}{
+			{"cell_sandbox_network_receive_bytes_total", "Bytes the sandbox received (frames to the guest).", func(s manager.SandboxNet) uint64 { return s.Stats.BytesIn }},
+			{"cell_sandbox_network_transmit_bytes_total", "Bytes the sandbox sent (frames from the guest).", func(s manager.SandboxNet) uint64 { return s.Stats.BytesOut }},
+			{"cell_sandbox_network_denied_connections_total", "Outbound connections and flows refused by policy.", func(s manager.SandboxNet) uint64 { return s.Stats.Denied }},
+			{"cell_sandbox_network_connections_total", "Outbound connections and flows let through.", func(s manager.SandboxNet) uint64 { return s.Stats.Connections }},
+			{"cell_sandbox_dns_refused_total", "DNS queries refused by policy.", func(s manager.SandboxNet) uint64 { return s.Stats.DNSRefused }},
+		}
+		for _, m := range series {
+			fmt.Fprintf(&b, "# HELP %s %s\n# TYPE %s counter\n", m.name, m.help, m.name)
+			for _, s := range all {
+				fmt.Fprintf(&b, "%s{sandbox_id=%q,team_id=%q} %d\n", m.name, s.ID, s.Team, m.get(s))
+			}
+		}
+		_, _ = w.Write([]byte(b.String()))
+	})
+}
