@@ -135,10 +135,10 @@ func (l *learned) names(a netip.Addr) []string {
 	return out
 }
 
-// ServeDNS answers the guest's queries under the sandbox's policy: operator overrides locally;
-// other names go upstream only if the policy could let the guest use the answer (an allowed name,
-// or some destination outside allowOut is not denied). A sandbox whose policy denies everything
-// else cannot use DNS to leak data to the outside.
+// ServeDNS answers the guest's queries under the sandbox's policy. A name is resolved only if the
+// policy could let the guest use the answer (an allowed name, or some destination is reachable
+// by address): a sandbox whose policy denies everything else cannot use DNS to leak data to the
+// outside. Operator overrides are answered locally, other names by the host's resolvers.
 func (n *Network) ServeDNS(w dns.ResponseWriter, req *dns.Msg) {
 	resp := n.answer(req)
 	_ = w.WriteMsg(resp)
@@ -151,6 +151,11 @@ func (n *Network) answer(req *dns.Msg) *dns.Msg {
 	}
 	q := req.Question[0]
 	name := normName(q.Name)
+	rules := n.rules.Load()
+	if rules.DeniesAll() && !rules.NameAllowed(name) && len(rules.allowNets) == 0 {
+		n.stats.dnsRefused.Add(1)
+		return resp.SetRcode(req, dns.RcodeRefused)
+	}
 	if ip, ok := n.cfg.Resolver.Hosts[name]; ok {
 		resp.SetReply(req)
 		resp.Authoritative = true
@@ -162,11 +167,6 @@ func (n *Network) answer(req *dns.Msg) *dns.Msg {
 			n.learned.add(ip, name, time.Minute)
 		}
 		return resp
-	}
-	rules := n.rules.Load()
-	if rules.DeniesAll() && !rules.NameAllowed(name) && len(rules.allowNets) == 0 {
-		n.stats.dnsRefused.Add(1)
-		return resp.SetRcode(req, dns.RcodeRefused)
 	}
 	ctx, cancel := context.WithTimeout(n.ctx, 5*time.Second)
 	defer cancel()

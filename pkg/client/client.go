@@ -96,6 +96,16 @@ type CreateOptions struct {
 	Timeout  time.Duration
 	Metadata map[string]string
 	Envs     map[string]string
+	// Internet false: no connection leaves the sandbox except to AllowOut (nil: on).
+	Internet *bool
+	Network  *Network
+}
+
+// Network is a sandbox's egress policy and public-traffic setting (E2B's names).
+type Network struct {
+	AllowOut           []string `json:"allowOut,omitempty"`
+	DenyOut            []string `json:"denyOut,omitempty"`
+	AllowPublicTraffic *bool    `json:"allowPublicTraffic,omitempty"`
 }
 
 // Info describes a sandbox.
@@ -104,6 +114,9 @@ type Info struct {
 	TemplateID      string            `json:"templateID"`
 	EnvdVersion     string            `json:"envdVersion"`
 	EnvdAccessToken string            `json:"envdAccessToken"`
+	// TrafficAccessToken must accompany requests to the sandbox's ports when it was created
+	// with AllowPublicTraffic false.
+	TrafficAccessToken string `json:"trafficAccessToken"`
 	StartedAt       time.Time         `json:"startedAt"`
 	EndAt           time.Time         `json:"endAt"`
 	State           string            `json:"state"`
@@ -121,9 +134,28 @@ func (c *Client) Create(ctx context.Context, o CreateOptions) (Info, error) {
 	if o.Timeout > 0 {
 		body["timeout"] = int((o.Timeout + time.Second - 1) / time.Second)
 	}
+	if o.Internet != nil {
+		body["allow_internet_access"] = *o.Internet
+	}
+	if o.Network != nil {
+		body["network"] = o.Network
+	}
 	var info Info
 	_, err := c.do(ctx, http.MethodPost, "/sandboxes", body, &info)
 	return info, err
+}
+
+// NetworkUpdate changes a running sandbox's egress policy; nil fields stay as they are.
+type NetworkUpdate struct {
+	Internet *bool     `json:"allow_internet_access,omitempty"`
+	AllowOut *[]string `json:"allowOut,omitempty"`
+	DenyOut  *[]string `json:"denyOut,omitempty"`
+}
+
+// UpdateNetwork changes a sandbox's egress policy; new connections follow it at once.
+func (c *Client) UpdateNetwork(ctx context.Context, id string, u NetworkUpdate) error {
+	_, err := c.do(ctx, http.MethodPut, "/sandboxes/"+url.PathEscape(id)+"/network", u, nil)
+	return err
 }
 
 // Get describes a sandbox.

@@ -30,6 +30,9 @@ func TestMain(m *testing.M) {
 	if code == 0 {
 		code = m.Run()
 	}
+	if hosts != nil {
+		hosts.close()
+	}
 	os.Exit(code)
 }
 

@@ -1,0 +1,409 @@
+package e2e
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/cellhq/cell/pkg/client"
+)
+
+// netServe starts `cell serve` whose sandboxes resolve the test hosts' names (see testHosts).
+func netServe(t *testing.T, extra ...string) (*server, *client.Client) {
+	t.Helper()
+	needTestHosts(t)
+	home := t.TempDir()
+	key := apiKey(t, home)
+	args := append([]string{
+		"--dns-host", "allowed.test=" + testHostA,
+		"--dns-host", "evil.test=" + testHostA, // the allowed host's address under a name no policy allows
+		"--dns-host", "other.test=" + testHostB,
+		"--dns-host", "api.wild.test=" + testHostA,
+	}, extra...)
+	s := startServe(t, home, args...)
+	return s, client.New(s.url, key)
+}
+
+// sbx is a sandbox under test with the test CA installed at /tmp/ca.pem.
+type sbx struct {
+	t  *testing.T
+	c  *client.Client
+	id string
+	sb *client.Sandbox
+}
+
+func newSbx(t *testing.T, c *client.Client, o client.CreateOptions) *sbx {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	info, err := c.Create(ctx, o)
+	if err != nil {
+		t.Fatalf("create: %v", err)
+	}
+	t.Cleanup(func() { _ = c.Kill(context.Background(), info.SandboxID) })
+	return connectSbx(t, c, info.SandboxID)
+}
+
+func connectSbx(t *testing.T, c *client.Client, id string) *sbx {
+	t.Helper()
+	sb, err := c.Connect(context.Background(), id)
+	if err != nil {
+		t.Fatalf("connect %s: %v", id, err)
+	}
+	s := &sbx{t: t, c: c, id: id, sb: sb}
+	if err := sb.Upload(context.Background(), "/tmp/ca.pem", "user", bytes.NewReader(hosts.caPEM)); err != nil {
+		t.Fatalf("uploading the test CA: %v", err)
+	}
+	return s
+}
+
+// run runs cmd in the sandbox and returns its stdout+stderr and exit code.
+func (s *sbx) run(cmd string) (string, int) {
+	s.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	var out bytes.Buffer
+	res, err := s.sb.Exec(ctx, cmd, "", nil, &out, &out)
+	if err != nil {
+		s.t.Fatalf("exec %q: %v", cmd, err)
+	}
+	return out.String(), res.ExitCode
+}
+
+// ok runs cmd and requires success.
+func (s *sbx) ok(cmd string) string {
+	s.t.Helper()
+	out, code := s.run(cmd)
+	if code != 0 {
+		s.t.Fatalf("%q exited %d:\n%s", cmd, code, out)
+	}
+	return out
+}
+
+// refused runs cmd (a curl) and requires that it failed fast: a refused or reset connection
+// (curl 7, 35, 52, 56) or a name that did not resolve (curl 6), never a timeout.
+func (s *sbx) refused(cmd string) {
+	s.t.Helper()
+	start := time.Now()
+	out, code := s.run(cmd)
+	switch code {
+	case 6, 7, 35, 52, 56:
+	default:
+		s.t.Fatalf("%q: exit %d, want a refused connection or an unresolved name:\n%s", cmd, code, out)
+	}
+	if d := time.Since(start); d > 5*time.Second {
+		s.t.Fatalf("%q took %v: denied connections must be refused quickly", cmd, d)
+	}
+}
+
+const curl = "curl -sS --max-time 8 --cacert /tmp/ca.pem "
+
+func netMetrics(t *testing.T, srv *server, c *client.Client, id string) map[string]any {
+	t.Helper()
+	req, _ := http.NewRequest("GET", srv.url+"/sandboxes/"+id+"/metrics", nil)
+	req.Header.Set("X-API-KEY", c.APIKey)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = resp.Body.Close() }()
+	var ms []map[string]any
+	if err := json.NewDecoder(resp.Body).Decode(&ms); err != nil || len(ms) != 1 {
+		t.Fatalf("metrics: %v %v", err, ms)
+	}
+	return ms[0]
+}
+
+func TestNetworkInternetOff(t *testing.T) {
+	srv, c := netServe(t)
+	off := false
+	s := newSbx(t, c, client.CreateOptions{Internet: &off})
+	s.refused(curl + "http://" + testHostA + "/")
+	s.refused(curl + "https://allowed.test/")
+	if out, code := s.run("getent hosts allowed.test"); code == 0 {
+		t.Fatalf("DNS resolved with the internet off: %s", out)
+	}
+	// UDP: no echo comes back.
+	udp := `python3 -c "
+import socket; s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(2)
+s.sendto(b'ping', ('` + testHostA + `', 7))
+try: print(s.recv(100)); exit(0)
+except Exception as e: print(e); exit(3)"`
+	if out, code := s.run(udp); code != 3 {
+		t.Fatalf("UDP with the internet off: exit %d %s", code, out)
+	}
+	// Exposed ports still answer.
+	s.ok("mkdir -p /tmp/www && hostname > /tmp/www/id && (nohup python3 -m http.server 8000 --directory /tmp/www >/dev/null 2>&1 &)")
+	body := portGet(t, srv, s.id, 8000, "/id", nil, 200)
+	if !strings.Contains(body, s.id) {
+		t.Fatalf("exposed port answered %q, want the sandbox's hostname", body)
+	}
+	m := netMetrics(t, srv, c, s.id)
+	if m["netDeniedConnections"].(float64) < 2 || m["netBytesOut"].(float64) == 0 {
+		t.Fatalf("metrics after denied connections: %v", m)
+	}
+}
+
+// portGet requests path from a guest port through cell serve (E2B's routing headers) and
+// checks the status.
+func portGet(t *testing.T, srv *server, id string, port int, path string, hdr http.Header, want int) string {
+	t.Helper()
+	var body string
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		req, _ := http.NewRequest("GET", srv.url+path, nil)
+		req.Header.Set("E2b-Sandbox-Id", id)
+		req.Header.Set("E2b-Sandbox-Port", fmt.Sprint(port))
+		for k, v := range hdr {
+			req.Header[k] = v
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		_ = resp.Body.Close()
+		body = string(b)
+		if resp.StatusCode == want {
+			return body
+		}
+		// The server in the guest may still be starting (502 port not open).
+		if resp.StatusCode != http.StatusBadGateway || time.Now().After(deadline) {
+			t.Fatalf("GET port %d%s: %d %s, want %d", port, path, resp.StatusCode, body, want)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}
+
+func TestNetworkAllowByDomain(t *testing.T) {
+	_, c := netServe(t)
+	s := newSbx(t, c, client.CreateOptions{Network: &client.Network{
+		DenyOut: []string{"0.0.0.0/0"}, AllowOut: []string{"allowed.test", "*.wild.test"}}})
+	// The allowed name's address, before any lookup made it known: denied.
+	s.refused(curl + "http://" + testHostA + "/")
+	if out := s.ok(curl + "https://allowed.test/"); !strings.Contains(out, "sni=allowed.test") {
+		t.Fatalf("https://allowed.test/: %s", out)
+	}
+	if out := s.ok(curl + "http://allowed.test/"); !strings.Contains(out, "host=allowed.test") {
+		t.Fatalf("http://allowed.test/: %s", out)
+	}
+	if out := s.ok(curl + "https://api.wild.test/"); !strings.Contains(out, "sni=api.wild.test") {
+		t.Fatalf("wildcard: %s", out)
+	}
+	s.refused(curl + "http://other.test/") // not allowed: no address for it
+	// Known now, but a connection admitted by a name rule must name an allowed host.
+	s.refused(curl + "http://" + testHostA + "/")
+	s.refused(curl + "-H 'Host: evil.test' http://allowed.test/")
+	s.refused(curl + "--resolve evil.test:443:" + testHostA + " https://evil.test/")
+	s.refused(curl + "--resolve other.test:443:" + testHostA + " https://other.test/")
+}
+
+func TestNetworkCIDRRulesAndLiveUpdate(t *testing.T) {
+	srv, c := netServe(t)
+	// allowOut beats denyOut.
+	s := newSbx(t, c, client.CreateOptions{Network: &client.Network{DenyOut: []string{"10.200.0.0/24"}, AllowOut: []string{testHostA}}})
+	s.ok(curl + "http://" + testHostA + "/")
+	s.refused(curl + "http://" + testHostB + "/")
+	// denyOut alone.
+	s2 := newSbx(t, c, client.CreateOptions{Network: &client.Network{DenyOut: []string{testHostB + "/32"}}})
+	s2.ok(curl + "http://" + testHostA + "/")
+	s2.refused(curl + "http://" + testHostB + "/")
+	// Live: deny A too; new connections follow at once. Then open everything again.
+	deny := []string{"10.200.0.0/24"}
+	if err := c.UpdateNetwork(context.Background(), s2.id, client.NetworkUpdate{DenyOut: &deny}); err != nil {
+		t.Fatal(err)
+	}
+	s2.refused(curl + "http://" + testHostA + "/")
+	none := []string{}
+	if err := c.UpdateNetwork(context.Background(), s2.id, client.NetworkUpdate{DenyOut: &none}); err != nil {
+		t.Fatal(err)
+	}
+	s2.ok(curl + "http://" + testHostB + "/")
+	// A domain in denyOut is refused, naming the field; nothing is created.
+	before, _ := c.List(context.Background())
+	_, err := c.Create(context.Background(), client.CreateOptions{Network: &client.Network{DenyOut: []string{"example.com"}}})
+	var ae *client.Error
+	if !errors.As(err, &ae) || ae.Status != 400 || !strings.Contains(ae.Message, "network.denyOut[0]") {
+		t.Fatalf("domain in denyOut: %v", err)
+	}
+	after, _ := c.List(context.Background())
+	if len(after) != len(before) {
+		t.Fatalf("a refused create left a sandbox: %d -> %d", len(before), len(after))
+	}
+	bad := []string{"not a cidr"}
+	err = c.UpdateNetwork(context.Background(), s2.id, client.NetworkUpdate{DenyOut: &bad})
+	if !errors.As(err, &ae) || ae.Status != 400 {
+		t.Fatalf("bad live update: %v", err)
+	}
+	s2.ok(curl + "http://" + testHostB + "/") // the bad update changed nothing
+	_ = srv
+}
+
+// TestNetworkIsolation: whatever the policy, a sandbox reaches neither the host (its loopback
+// services, its own addresses, cell serve) nor link-local addresses nor another sandbox.
+func TestNetworkIsolation(t *testing.T) {
+	srv, c := netServe(t)
+	// A host service on every host address, loopback included.
+	ln, err := net.Listen("tcp", "0.0.0.0:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = ln.Close() }()
+	hits := make(chan string, 16)
+	go func() {
+		for {
+			conn, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			hits <- conn.RemoteAddr().String()
+			_ = conn.Close()
+		}
+	}()
+	port := ln.Addr().(*net.TCPAddr).Port
+	_, servePort, _ := net.SplitHostPort(strings.TrimPrefix(srv.url, "http://"))
+	a := newSbx(t, c, client.CreateOptions{})
+	b := newSbx(t, c, client.CreateOptions{})
+	b.ok("(nohup python3 -m http.server 8000 --directory /tmp >/tmp/http.log 2>&1 &)")
+	portGet(t, srv, b.id, 8000, "/", nil, 200) // b's server is up
+	targets := []string{
+		fmt.Sprintf("http://%s:%d/", hosts.hostIP, port),            // the host's own address
+		fmt.Sprintf("http://192.168.127.1:%d/", port),               // the gateway
+		fmt.Sprintf("http://%s:%s/health", hosts.hostIP, servePort), // cell serve
+		"http://169.254.169.254/latest/meta-data/",                  // metadata
+	}
+	if ip := primaryIP(); ip != "" {
+		targets = append(targets, fmt.Sprintf("http://%s:%d/", ip, port), fmt.Sprintf("http://%s:%s/health", ip, servePort))
+	}
+	for _, u := range targets {
+		a.refused(curl + u)
+	}
+	// b through the proxy, as the host sees it: a host address, so denied.
+	a.refused(curl + fmt.Sprintf("-H 'E2b-Sandbox-Id: %s' -H 'E2b-Sandbox-Port: 8000' http://%s:%s/", b.id, hosts.hostIP, servePort))
+	// 192.168.127.2 is a's own address in a's own network: b is not there.
+	a.refused(curl + "http://192.168.127.2:8000/")
+	if log := b.ok("cat /tmp/http.log"); strings.Count(log, "GET /") != 1 {
+		t.Fatalf("b's server saw requests other than the test's own:\n%s", log)
+	}
+	select {
+	case h := <-hits:
+		t.Fatalf("the host service was reached from %s", h)
+	default:
+	}
+}
+
+// primaryIP is the host's address on its default route, if any.
+func primaryIP() string {
+	conn, err := net.Dial("udp", "203.0.113.1:9") // no packet is sent: this only picks a route
+	if err != nil {
+		return ""
+	}
+	defer func() { _ = conn.Close() }()
+	return conn.LocalAddr().(*net.UDPAddr).IP.String()
+}
+
+func TestNetworkResumeAndFork(t *testing.T) {
+	srv, c := netServe(t)
+	s := newSbx(t, c, client.CreateOptions{})
+	s.ok(curl + "https://allowed.test/")
+	ctx := context.Background()
+	if err := c.Pause(ctx, s.id, true); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Resume(ctx, s.id, time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	s = connectSbx(t, c, s.id)
+	// At once: no DHCP, the interface, route and resolver are as they were.
+	if out := s.ok("ip -br addr show eth0; " + curl + "https://allowed.test/"); !strings.Contains(out, "192.168.127.2") || !strings.Contains(out, "sni=allowed.test") {
+		t.Fatalf("after resume: %s", out)
+	}
+	forks := forkSandbox(t, srv, c, s.id, 2)
+	f1, f2 := connectSbx(t, c, forks[0]), connectSbx(t, c, forks[1])
+	f1.ok(curl + "http://other.test/")
+	f2.ok(curl + "http://other.test/")
+	// Each fork has its own network: denying f1 leaves f2 alone.
+	off := false
+	if err := c.UpdateNetwork(ctx, f1.id, client.NetworkUpdate{Internet: &off}); err != nil {
+		t.Fatal(err)
+	}
+	f1.refused(curl + "http://" + testHostB + "/")
+	f2.ok(curl + "http://" + testHostB + "/")
+	s.ok(curl + "http://" + testHostB + "/")
+}
+
+func forkSandbox(t *testing.T, srv *server, c *client.Client, id string, n int) []string {
+	t.Helper()
+	req, _ := http.NewRequest("POST", srv.url+"/sandboxes/"+id+"/fork", strings.NewReader(fmt.Sprintf(`{"count":%d}`, n)))
+	req.Header.Set("X-API-KEY", c.APIKey)
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = resp.Body.Close() }()
+	body, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode/100 != 2 {
+		t.Fatalf("fork: %d %s", resp.StatusCode, body)
+	}
+	var out []struct {
+		Sandbox struct {
+			SandboxID string `json:"sandboxID"`
+		} `json:"sandbox"`
+	}
+	if err := json.Unmarshal(body, &out); err != nil || len(out) != n {
+		t.Fatalf("fork answer %s: %v", body, err)
+	}
+	var ids []string
+	for _, s := range out {
+		id := s.Sandbox.SandboxID
+		if id == "" {
+			t.Fatalf("a fork failed: %s", body)
+		}
+		ids = append(ids, id)
+		t.Cleanup(func() { _ = c.Kill(context.Background(), id) })
+	}
+	return ids
+}
+
+// TestNetworkNpmInstall installs a real package from the npm registry inside a sandbox. It needs
+// the host to reach the registry: when it cannot, the test fails saying so.
+func TestNetworkNpmInstall(t *testing.T) {
+	const registry = "https://registry.npmjs.org/"
+	resp, err := http.Get(registry + "is-odd")
+	if err != nil {
+		t.Fatalf("the host itself cannot reach the npm registry (%v): this test needs it", err)
+	}
+	_ = resp.Body.Close()
+	if resp.StatusCode != 200 {
+		t.Fatalf("the host itself cannot use the npm registry (HTTP %d): this test needs it", resp.StatusCode)
+	}
+	_, c := netServe(t)
+	s := newSbx(t, c, client.CreateOptions{Timeout: 10 * time.Minute})
+	// The guest trusts what the host trusts (this machine's egress may re-sign TLS).
+	bundle, err := os.ReadFile("/etc/ssl/certs/ca-certificates.crt")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.sb.Upload(context.Background(), "/tmp/host-ca.crt", "user", bytes.NewReader(bundle)); err != nil {
+		t.Fatal(err)
+	}
+	// Debian's nodejs has no npm: fetch npm itself from the registry, then install with it.
+	out := s.ok(`set -e; export NODE_EXTRA_CA_CERTS=/tmp/host-ca.crt
+curl -sSf --cacert /tmp/host-ca.crt ` + registry + `npm/-/npm-10.9.2.tgz | tar xz -C /tmp
+mkdir -p ~/app && cd ~/app
+node /tmp/package/bin/npm-cli.js install --no-audit --no-fund --cafile /tmp/host-ca.crt is-odd@3.0.1 2>&1 | tail -3
+node -e "console.log('is-odd(3) =', require('is-odd')(3))"`)
+	if !strings.Contains(out, "is-odd(3) = true") {
+		t.Fatalf("npm install in the guest:\n%s", out)
+	}
+}
