@@ -99,8 +99,9 @@ func parseName(s string) (string, error) {
 			}
 		}
 	}
-	if _, err := netip.ParseAddr(name); err == nil {
-		return "", errors.New("an IPv6 address")
+	labels := strings.Split(name, ".")
+	if strings.Trim(labels[len(labels)-1], "0123456789") == "" {
+		return "", errors.New("looks like an IPv4 address but is not a valid one")
 	}
 	if wild {
 		return "." + name, nil

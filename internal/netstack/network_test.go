@@ -1,0 +1,134 @@
+package netstack
+
+import (
+	"context"
+	"net"
+	"net/netip"
+	"testing"
+	"time"
+
+	"github.com/miekg/dns"
+	"go.uber.org/goleak"
+)
+
+// upstream is a real DNS server on the host's loopback standing in for the host's resolver.
+func upstream(t *testing.T) string {
+	t.Helper()
+	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &dns.Server{PacketConn: pc, Handler: dns.HandlerFunc(func(w dns.ResponseWriter, r *dns.Msg) {
+		m := new(dns.Msg)
+		m.SetReply(r)
+		if r.Question[0].Qtype == dns.TypeA {
+			m.Answer = append(m.Answer, &dns.A{Hdr: dns.RR_Header{Name: r.Question[0].Name, Rrtype: dns.TypeA, Class: dns.ClassINET, Ttl: 30},
+				A: net.IPv4(198, 51, 100, 7)})
+		}
+		_ = w.WriteMsg(m)
+	})}
+	started := make(chan struct{})
+	srv.NotifyStartedFunc = func() { close(started) }
+	go func() { _ = srv.ActivateAndServe() }()
+	<-started
+	t.Cleanup(func() { _ = srv.Shutdown() })
+	return pc.LocalAddr().String()
+}
+
+func newTestNetwork(t *testing.T, p Policy) *Network {
+	t.Helper()
+	r, err := Compile(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	n, err := New(Config{SandboxID: "t", Rules: r, Guard: &Guard{},
+		Resolver: &Resolver{Upstream: []string{upstream(t)}, Hosts: map[string]netip.Addr{"pinned.test": netip.MustParseAddr("10.200.0.9")}, Timeout: time.Second}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
+
+// noLeaks checks, after every other cleanup of t, that no goroutine t started is left.
+func noLeaks(t *testing.T) {
+	ignore := goleak.IgnoreCurrent()
+	t.Cleanup(func() { goleak.VerifyNone(t, ignore) })
+}
+
+func query(name string) *dns.Msg {
+	m := new(dns.Msg)
+	m.SetQuestion(dns.Fqdn(name), dns.TypeA)
+	return m
+}
+
+func TestDNSUnderPolicy(t *testing.T) {
+	noLeaks(t)
+	n := newTestNetwork(t, Policy{DenyOut: []string{"0.0.0.0/0"}, AllowOut: []string{"*.example.com", "pinned.test"}})
+	defer func() { _ = n.Close() }()
+
+	// An allowed name goes upstream; its address becomes reachable only by that name.
+	resp := n.answer(query("api.example.com"))
+	if resp.Rcode != dns.RcodeSuccess || len(resp.Answer) != 1 {
+		t.Fatalf("allowed name: %v", resp)
+	}
+	if v, _ := n.judge(netip.MustParseAddr("198.51.100.7")); v != AllowIfName {
+		t.Fatalf("learned address: %v, want allow-if-name", v)
+	}
+	// A name no rule allows is refused without asking upstream: nothing leaks through DNS.
+	if resp := n.answer(query("leak-secret.attacker.net")); resp.Rcode != dns.RcodeRefused {
+		t.Fatalf("denied name: rcode %d", resp.Rcode)
+	}
+	if n.Stats().DNSRefused != 1 {
+		t.Fatalf("stats: %+v", n.Stats())
+	}
+	// Operator overrides answer locally.
+	resp = n.answer(query("pinned.test"))
+	if len(resp.Answer) != 1 || resp.Answer[0].(*dns.A).A.String() != "10.200.0.9" {
+		t.Fatalf("override: %v", resp)
+	}
+	// The gateway and reserved addresses stay closed whatever the policy.
+	for _, s := range []string{"192.168.127.1", "127.0.0.1", "169.254.169.254"} {
+		if v, _ := n.judge(netip.MustParseAddr(s)); v != Deny {
+			t.Fatalf("%s: %v", s, v)
+		}
+	}
+	// A live update applies to the next decision.
+	n.SetRules(mustCompile(t, Policy{Internet: true}))
+	if v, _ := n.judge(netip.MustParseAddr("203.0.113.5")); v != Allow {
+		t.Fatalf("after update: %v", v)
+	}
+}
+
+func mustCompile(t *testing.T, p Policy) *Rules {
+	t.Helper()
+	r, err := Compile(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return r
+}
+
+// TestCloseReleasesEverything: a network with a VM link attached, closed, leaves no goroutine
+// and closes the link.
+func TestCloseReleasesEverything(t *testing.T) {
+	noLeaks(t)
+	n := newTestNetwork(t, Policy{Internet: true})
+	vm, host := net.Pipe()
+	if err := n.Attach(host); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+	defer cancel()
+	if _, err := n.DialGuest(ctx, 8000); err == nil {
+		t.Fatal("dialled a guest that is not there")
+	}
+	if err := n.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := vm.Write([]byte{0, 0, 0, 1, 0}); err == nil {
+		t.Fatal("the VM link is still open after Close")
+	}
+	if err := n.Attach(host); err == nil {
+		t.Fatal("Attach after Close succeeded")
+	}
+}
