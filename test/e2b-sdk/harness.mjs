@@ -20,7 +20,7 @@ async function freePort() {
   })
 }
 
-export async function startServer() {
+export async function startServer(extraArgs = []) {
   const home = mkdtempSync(join(tmpdir(), 'cell-sdk-'))
   const imageHome = process.env.CELL_IMAGE_HOME || process.env.CELL_HOME || join(process.env.HOME || '/root', '.local/share/cell')
   const env = { ...process.env, CELL_HOME: home, CELL_IMAGE_HOME: imageHome }
@@ -30,7 +30,7 @@ export async function startServer() {
   const keyB = key('team-b')
   const port = await freePort()
   const url = `http://127.0.0.1:${port}`
-  const proc = spawn(cellBin, ['serve', '--listen', `127.0.0.1:${port}`, '--log-level', 'info'], { env, stdio: ['ignore', 'inherit', 'pipe'] })
+  const proc = spawn(cellBin, ['serve', '--listen', `127.0.0.1:${port}`, '--log-level', 'info', ...extraArgs], { env, stdio: ['ignore', 'inherit', 'pipe'] })
   let log = ''
   proc.stderr.on('data', (d) => { log += d.toString() })
   const exited = new Promise((res) => proc.on('exit', (code, sig) => res({ code, sig })))
