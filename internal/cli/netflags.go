@@ -8,6 +8,8 @@ import (
 	"strings"
 
 	"github.com/spf13/cobra"
+
+	"github.com/cellhq/cell/internal/netstack"
 )
 
 // netFlags are the operator's network settings for sandboxes.
@@ -87,4 +89,21 @@ func (f *netFlags) parse() (map[string]netip.Addr, []netip.Prefix, error) {
 		exempt = append(exempt, p.Masked())
 	}
 	return hosts, exempt, nil
+}
+
+// egressFlags are a sandbox's egress policy on the command line.
+type egressFlags struct {
+	noInternet bool
+	allowOut   []string
+	denyOut    []string
+}
+
+func (f *egressFlags) register(c *cobra.Command) {
+	c.Flags().BoolVar(&f.noInternet, "no-internet", false, "no connection leaves the sandbox except to --allow-out")
+	c.Flags().StringArrayVar(&f.allowOut, "allow-out", nil, "CIDR, IP, domain or *.domain the sandbox may reach; beats --deny-out (repeatable)")
+	c.Flags().StringArrayVar(&f.denyOut, "deny-out", nil, "CIDR or IP the sandbox may not reach (repeatable)")
+}
+
+func (f *egressFlags) policy() netstack.Policy {
+	return netstack.Policy{Internet: !f.noInternet, AllowOut: f.allowOut, DenyOut: f.denyOut}
 }

@@ -14,6 +14,7 @@ import (
 	"connectrpc.com/connect"
 	"github.com/spf13/cobra"
 
+	"github.com/cellhq/cell/internal/netstack"
 	"github.com/cellhq/cell/internal/sandbox"
 	"github.com/cellhq/cell/internal/vmm"
 	pb "github.com/cellhq/cell/proto/process"
@@ -40,6 +41,7 @@ type runFlags struct {
 	kernelArgs []string
 	bootTO     time.Duration
 	cold       bool
+	egress     egressFlags
 }
 
 func parseEnv(kvs []string) (map[string]string, error) {
@@ -88,6 +90,7 @@ func runCmd(g *globals) *cobra.Command {
 	fl.BoolVar(&f.cold, "cold", false, "boot the sandbox instead of restoring the template's memory snapshot")
 	fl.DurationVar(&f.bootTO, "boot-timeout", 30*time.Second, "give up if the guest is not ready after this long")
 	_ = fl.MarkHidden("kernel-arg")
+	f.egress.register(cmd)
 	return cmd
 }
 
@@ -102,6 +105,10 @@ func runOnce(ctx context.Context, g *globals, f *runFlags, args []string) (int, 
 	}
 	if f.timeout < 0 {
 		return exitCellError, fmt.Errorf("--timeout %v: must not be negative", f.timeout)
+	}
+	rules, err := netstack.Compile(f.egress.policy())
+	if err != nil {
+		return exitCellError, err
 	}
 	// Signals: the first SIGINT/SIGTERM goes to the command; a second one gives up.
 	sigs := make(chan os.Signal, 4)
@@ -119,7 +126,7 @@ func runOnce(ctx context.Context, g *globals, f *runFlags, args []string) (int, 
 			fmt.Fprintln(os.Stderr, "cell: no template snapshot, booting cold:", err)
 		}
 	}
-	sb, err := rt.Boot(ctx, sandbox.Options{Template: f.template, MemoryMiB: f.memory, CPUs: f.cpus, KernelArgs: f.kernelArgs, Cold: f.cold})
+	sb, err := rt.Boot(ctx, sandbox.Options{Template: f.template, MemoryMiB: f.memory, CPUs: f.cpus, KernelArgs: f.kernelArgs, Cold: f.cold, Net: rules})
 	if err != nil {
 		return exitCellError, err
 	}

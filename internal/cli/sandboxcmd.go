@@ -74,6 +74,7 @@ func sandboxCmd() *cobra.Command {
 	var template string
 	var timeout time.Duration
 	var meta []string
+	var egress egressFlags
 	create := &cobra.Command{
 		Use: "create", Short: "Create a sandbox and print its id", Args: cobra.NoArgs,
 		RunE: r.run(func(cmd *cobra.Command, _ []string, cl *client.Client) error {
@@ -81,7 +82,15 @@ func sandboxCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			info, err := cl.Create(cmd.Context(), client.CreateOptions{Template: template, Timeout: timeout, Metadata: md})
+			o := client.CreateOptions{Template: template, Timeout: timeout, Metadata: md}
+			if egress.noInternet {
+				off := false
+				o.Internet = &off
+			}
+			if len(egress.allowOut) > 0 || len(egress.denyOut) > 0 {
+				o.Network = &client.Network{AllowOut: egress.allowOut, DenyOut: egress.denyOut}
+			}
+			info, err := cl.Create(cmd.Context(), o)
 			if err != nil {
 				return err
 			}
@@ -92,6 +101,7 @@ func sandboxCmd() *cobra.Command {
 	create.Flags().StringVar(&template, "template", "base", "template")
 	create.Flags().DurationVar(&timeout, "timeout", 5*time.Minute, "time to live")
 	create.Flags().StringArrayVar(&meta, "metadata", nil, "KEY=VALUE metadata (repeatable)")
+	egress.register(create)
 	kill := &cobra.Command{
 		Use: "kill ID…", Short: "Kill sandboxes", Args: cobra.MinimumNArgs(1),
 		RunE: r.run(func(cmd *cobra.Command, args []string, cl *client.Client) error {

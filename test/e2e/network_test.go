@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"os"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -18,7 +19,7 @@ import (
 )
 
 // netServe starts `cell serve` whose sandboxes resolve the test hosts' names (see testHosts).
-func netServe(t *testing.T, extra ...string) (*server, *client.Client) {
+func netServe(t testing.TB, extra ...string) (*server, *client.Client) {
 	t.Helper()
 	needTestHosts(t)
 	home := t.TempDir()
@@ -35,13 +36,13 @@ func netServe(t *testing.T, extra ...string) (*server, *client.Client) {
 
 // sbx is a sandbox under test with the test CA installed at /tmp/ca.pem.
 type sbx struct {
-	t  *testing.T
+	t  testing.TB
 	c  *client.Client
 	id string
 	sb *client.Sandbox
 }
 
-func newSbx(t *testing.T, c *client.Client, o client.CreateOptions) *sbx {
+func newSbx(t testing.TB, c *client.Client, o client.CreateOptions) *sbx {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
@@ -53,7 +54,7 @@ func newSbx(t *testing.T, c *client.Client, o client.CreateOptions) *sbx {
 	return connectSbx(t, c, info.SandboxID)
 }
 
-func connectSbx(t *testing.T, c *client.Client, id string) *sbx {
+func connectSbx(t testing.TB, c *client.Client, id string) *sbx {
 	t.Helper()
 	sb, err := c.Connect(context.Background(), id)
 	if err != nil {
@@ -155,7 +156,7 @@ except Exception as e: print(e); exit(3)"`
 
 // portGet requests path from a guest port through cell serve (E2B's routing headers) and
 // checks the status.
-func portGet(t *testing.T, srv *server, id string, port int, path string, hdr http.Header, want int) string {
+func portGet(t testing.TB, srv *server, id string, port int, path string, hdr http.Header, want int) string {
 	t.Helper()
 	var body string
 	deadline := time.Now().Add(20 * time.Second)
@@ -406,4 +407,67 @@ node -e "console.log('is-odd(3) =', require('is-odd')(3))"`)
 	if !strings.Contains(out, "is-odd(3) = true") {
 		t.Fatalf("npm install in the guest:\n%s", out)
 	}
+}
+
+// TestNetworkAfterRestart: a daemon killed with sandboxes running comes back, re-adopts them and
+// gives each a new network under its stored policy; the Prometheus endpoint counts per sandbox.
+func TestNetworkAfterRestart(t *testing.T) {
+	needTestHosts(t)
+	home := t.TempDir()
+	key := apiKey(t, home)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	metricsAddr := ln.Addr().String()
+	_ = ln.Close()
+	flags := []string{"--dns-host", "allowed.test=" + testHostA, "--metrics-listen", metricsAddr}
+	s1 := startServe(t, home, flags...)
+	c := client.New(s1.url, key)
+	s := newSbx(t, c, client.CreateOptions{Timeout: 10 * time.Minute, Network: &client.Network{DenyOut: []string{testHostB + "/32"}}})
+	s.ok(curl + "https://allowed.test/")
+	if err := s1.cmd.Process.Signal(syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	_ = s1.cmd.Wait()
+
+	s2 := startServe(t, home, flags...)
+	c = client.New(s2.url, key)
+	s = connectSbx(t, c, s.id)
+	s.ok(curl + "https://allowed.test/")
+	s.refused(curl + "http://" + testHostB + "/")
+	resp, err := http.Get("http://" + metricsAddr + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	_ = resp.Body.Close()
+	want := fmt.Sprintf(`cell_sandbox_network_denied_connections_total{sandbox_id=%q,team_id=`, s.id)
+	if !strings.Contains(string(body), want) || !strings.Contains(string(body), "cell_sandbox_network_transmit_bytes_total{sandbox_id=") {
+		t.Fatalf("metrics:\n%s", body)
+	}
+	for _, line := range strings.Split(string(body), "\n") {
+		if strings.HasPrefix(line, want) && strings.HasSuffix(line, " 0") {
+			t.Fatalf("the denied connection is not counted: %s", line)
+		}
+	}
+}
+
+// TestRunNetwork: `cell run` sandboxes have the network too, with the same policy flags.
+func TestRunNetwork(t *testing.T) {
+	needTestHosts(t)
+	rd := runDir(t)
+	if r := cli(t, rd, "", "run", "--", "curl", "-sS", "-m", "8", "http://"+testHostA+"/"); r.code != 0 || !strings.Contains(r.stdout, "local="+testHostA) {
+		t.Fatalf("cell run, internet on: %d %s %s", r.code, r.stdout, r.stderr)
+	}
+	if r := cli(t, rd, "", "run", "--no-internet", "--allow-out", testHostB, "--", "curl", "-sS", "-m", "8", "http://"+testHostA+"/"); r.code != 7 {
+		t.Fatalf("cell run --no-internet: exit %d, want curl's 7 (refused): %s %s", r.code, r.stdout, r.stderr)
+	}
+	if r := cli(t, rd, "", "run", "--no-internet", "--allow-out", testHostB, "--", "curl", "-sS", "-m", "8", "http://"+testHostB+"/"); r.code != 0 {
+		t.Fatalf("cell run --allow-out: %d %s %s", r.code, r.stdout, r.stderr)
+	}
+	if r := cli(t, rd, "", "run", "--deny-out", "example.com", "--", "true"); r.code != 125 || !strings.Contains(r.stderr, "denyOut[0]") {
+		t.Fatalf("cell run --deny-out example.com: %d %s", r.code, r.stderr)
+	}
+	assertNothingLeft(t, rd)
 }
