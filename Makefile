@@ -4,7 +4,7 @@ GO ?= go
 BIN := bin
 GOFLAGS_BUILD := -trimpath
 
-.PHONY: all build setup image demo test test-unit test-e2e test-sdk bench-serve bench-sdk lint proto clean
+.PHONY: all build setup image demo test test-unit test-e2e test-sdk bench-serve bench-net bench-sdk lint proto clean
 
 all: build
 
@@ -44,6 +44,9 @@ test-sdk: build
 # Benchmarks (real VMs): Go client through the proxy, then E2B's SDK. Not part of `make test`.
 bench-serve: build
 	CELL_BIN=$(CURDIR)/$(BIN)/cell $(GO) test -run '^$$' -bench BenchmarkServe -benchtime 20x -count 1 ./test/e2e/
+bench-net: build
+	CELL_BIN=$(CURDIR)/$(BIN)/cell $(GO) test -run '^$$' -bench 'BenchmarkNet|BenchmarkPort' -benchtime 5x -count 1 ./test/e2e/
+	$(GO) test -run '^$$' -bench BenchmarkSetup -count 5 ./internal/netstack/
 bench-sdk: build
 	cd test/e2b-sdk && npm ci --no-audit --no-fund --loglevel=error && \
 	  CELL_BIN=$(CURDIR)/$(BIN)/cell CELL_IMAGE_HOME="$${CELL_HOME:-$$HOME/.local/share/cell}" npm run bench

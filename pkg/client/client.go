@@ -110,19 +110,19 @@ type Network struct {
 
 // Info describes a sandbox.
 type Info struct {
-	SandboxID       string            `json:"sandboxID"`
-	TemplateID      string            `json:"templateID"`
-	EnvdVersion     string            `json:"envdVersion"`
-	EnvdAccessToken string            `json:"envdAccessToken"`
+	SandboxID       string `json:"sandboxID"`
+	TemplateID      string `json:"templateID"`
+	EnvdVersion     string `json:"envdVersion"`
+	EnvdAccessToken string `json:"envdAccessToken"`
 	// TrafficAccessToken must accompany requests to the sandbox's ports when it was created
 	// with AllowPublicTraffic false.
-	TrafficAccessToken string `json:"trafficAccessToken"`
-	StartedAt       time.Time         `json:"startedAt"`
-	EndAt           time.Time         `json:"endAt"`
-	State           string            `json:"state"`
-	CPUCount        int               `json:"cpuCount"`
-	MemoryMB        int               `json:"memoryMB"`
-	Metadata        map[string]string `json:"metadata"`
+	TrafficAccessToken string            `json:"trafficAccessToken"`
+	StartedAt          time.Time         `json:"startedAt"`
+	EndAt              time.Time         `json:"endAt"`
+	State              string            `json:"state"`
+	CPUCount           int               `json:"cpuCount"`
+	MemoryMB           int               `json:"memoryMB"`
+	Metadata           map[string]string `json:"metadata"`
 }
 
 // Create starts a sandbox.
