@@ -55,7 +55,7 @@ func (f *netFlags) parse() (map[string]netip.Addr, []netip.Prefix, error) {
 				continue
 			}
 			if len(fields) < 2 {
-				return nil, nil, fmt.Errorf("--dns-hosts-file %s:%d: want IP NAME...", f.hostsFile, line)
+				return nil, nil, fmt.Errorf("--dns-hosts-file %s:%d: want \"IP NAME [NAME]\"", f.hostsFile, line)
 			}
 			for _, name := range fields[1:] {
 				if err := add(fmt.Sprintf("--dns-hosts-file %s:%d", f.hostsFile, line), name, fields[0]); err != nil {

@@ -168,6 +168,11 @@ func (n *Network) answer(req *dns.Msg) *dns.Msg {
 		}
 		return resp
 	}
+	if n.dnsInFlight.Add(1) > maxDNSInFlight {
+		n.dnsInFlight.Add(-1)
+		return resp.SetRcode(req, dns.RcodeServerFailure)
+	}
+	defer n.dnsInFlight.Add(-1)
 	ctx, cancel := context.WithTimeout(n.ctx, 5*time.Second)
 	defer cancel()
 	up, err := n.cfg.Resolver.exchange(ctx, req)

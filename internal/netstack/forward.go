@@ -46,7 +46,21 @@ func (n *Network) denied(proto string, dst netip.Addr, port uint16, why string) 
 	}
 }
 
+// takeFlow reserves one of the network's flows; release it with n.flows.Add(-1).
+func (n *Network) takeFlow() bool {
+	if n.flows.Add(1) > maxFlows {
+		n.flows.Add(-1)
+		return false
+	}
+	return true
+}
+
 func (n *Network) forwardTCP(r *tcp.ForwarderRequest) {
+	if !n.enter() {
+		r.Complete(true)
+		return
+	}
+	defer n.wg.Done()
 	id := r.ID()
 	dst, port := addrOf(id.LocalAddress), id.LocalPort
 	verdict, why := n.judge(dst)
@@ -55,6 +69,12 @@ func (n *Network) forwardTCP(r *tcp.ForwarderRequest) {
 		r.Complete(true) // RST
 		return
 	}
+	if !n.takeFlow() {
+		n.denied("tcp", dst, port, fmt.Sprintf("more than %d connections open", maxFlows))
+		r.Complete(true)
+		return
+	}
+	defer n.flows.Add(-1)
 	target := net.JoinHostPort(dst.String(), strconv.Itoa(int(port)))
 	var out net.Conn
 	if verdict == Allow {
@@ -156,6 +176,15 @@ func copyHalf(dst, src net.Conn) {
 }
 
 func (n *Network) forwardUDP(r *udp.ForwarderRequest) {
+	if !n.enter() {
+		return
+	}
+	done := true // whether this call still owns the wait-group entry
+	defer func() {
+		if done {
+			n.wg.Done()
+		}
+	}()
 	id := r.ID()
 	dst, port := addrOf(id.LocalAddress), id.LocalPort
 	verdict, why := n.judge(dst)
@@ -166,6 +195,16 @@ func (n *Network) forwardUDP(r *udp.ForwarderRequest) {
 		n.denied("udp", dst, port, why)
 		return
 	}
+	if !n.takeFlow() {
+		n.denied("udp", dst, port, fmt.Sprintf("more than %d flows open", maxFlows))
+		return
+	}
+	ok := false
+	defer func() {
+		if !ok {
+			n.flows.Add(-1)
+		}
+	}()
 	var wq waiter.Queue
 	ep, terr := r.CreateEndpoint(&wq)
 	if terr != nil {
@@ -186,10 +225,11 @@ func (n *Network) forwardUDP(r *udp.ForwarderRequest) {
 		n.untrack(guest)
 		return
 	}
+	ok, done = true, false
 	n.stats.connections.Add(1)
-	n.wg.Add(1)
 	go func() {
 		defer n.wg.Done()
+		defer n.flows.Add(-1)
 		defer n.untrack(out)
 		defer n.untrack(guest)
 		var wg sync.WaitGroup

@@ -65,7 +65,16 @@ type Network struct {
 	wg     sync.WaitGroup
 
 	denyLog rateLimit
+	// flows counts forwarded TCP connections and UDP flows open at once (bounded by maxFlows);
+	// dnsInFlight, upstream DNS queries (bounded by maxDNSInFlight).
+	flows, dnsInFlight atomic.Int64
 }
+
+// Per-sandbox bounds, so that a guest cannot exhaust the host's sockets or flood its resolver.
+const (
+	maxFlows       = 4096
+	maxDNSInFlight = 64
+)
 
 // dialTimeout bounds an outbound connection attempt made for the guest.
 const dialTimeout = 10 * time.Second
@@ -181,11 +190,15 @@ func (n *Network) serveDNS() error {
 // network and serves it until it closes or the network does. A later Attach replaces it (after
 // a restart of the host process, the VM's socket is dialled again).
 func (n *Network) Attach(conn net.Conn) error {
-	if !n.track(conn) {
+	if !n.enter() {
 		_ = conn.Close()
 		return errors.New("netstack: network closed")
 	}
-	n.wg.Add(1)
+	if !n.track(conn) {
+		n.wg.Done()
+		_ = conn.Close()
+		return errors.New("netstack: network closed")
+	}
 	go func() {
 		defer n.wg.Done()
 		defer n.untrack(conn)
@@ -249,6 +262,17 @@ func (n *Network) Close() error {
 	n.wg.Wait()
 	n.stack.Wait()
 	return nil
+}
+
+// enter registers a goroutine that Close must wait for; false once the network is closed.
+func (n *Network) enter() bool {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.closed {
+		return false
+	}
+	n.wg.Add(1)
+	return true
 }
 
 func (n *Network) track(c net.Conn) bool {
