@@ -685,7 +685,7 @@ func (m *Manager) Shutdown(ctx context.Context, mode ShutdownMode) {
 			b.mu.Unlock()
 			close(b.left)
 			if sb != nil {
-				sb.VM.Detach()
+				sb.Detach()
 			}
 		}()
 	}

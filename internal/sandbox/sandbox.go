@@ -286,7 +286,16 @@ func (s *Sandbox) HTTP() *http.Client { return s.http }
 // EnvdURL is the base URL for HTTP().
 const EnvdURL = envdURL
 
-// Close stops the VM and releases everything. It is idempotent.
+// Detach lets go of the VM, which keeps running for another process to adopt; its network
+// (which lives in this process) ends, and the adopter makes a new one.
+func (s *Sandbox) Detach() {
+	s.VM.Detach()
+	if s.Net != nil {
+		_ = s.Net.Close()
+	}
+}
+
+// Close stops the VM and releases everything the sandbox holds. It is idempotent.
 func (s *Sandbox) Close() error {
 	err := s.VM.Close()
 	if s.Net != nil {
