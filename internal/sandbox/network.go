@@ -9,6 +9,8 @@ import (
 
 // NetEnv is what every sandbox network of a runtime is made with.
 type NetEnv struct {
+	// Off: VMs have no network device at all.
+	Off      bool
 	Resolver *netstack.Resolver
 	Guard    *netstack.Guard
 }
@@ -23,8 +25,15 @@ func DefaultRules() *netstack.Rules {
 }
 
 // kernelArgs are the guest kernel arguments Cell adds for a sandbox: its name and its network.
-func kernelArgs(id string) []string {
-	return []string{"cell.hostname=" + id, netstack.KernelArg()}
+func (r *Runtime) kernelArgs(id string) []string {
+	return append([]string{"cell.hostname=" + id}, r.netArgs()...)
+}
+
+func (r *Runtime) netArgs() []string {
+	if r.Net.Off {
+		return nil
+	}
+	return []string{netstack.KernelArg()}
 }
 
 // attachNet gives a started VM its own network under rules (nil: DefaultRules). A VM without a
@@ -51,4 +60,8 @@ func (r *Runtime) attachNet(s *Sandbox, rules *netstack.Rules) error {
 }
 
 // netVM is the vmm configuration that gives VMs a network device.
-func netVM(cfg *vmm.Config) { cfg.NetMAC = netstack.GuestMAC }
+func netVM(cfg *vmm.Config, off bool) {
+	if !off {
+		cfg.NetMAC = netstack.GuestMAC
+	}
+}

@@ -142,7 +142,7 @@ func (r *Runtime) Resume(ctx context.Context, dir string, init server.InitReques
 	if meta.Memory {
 		spec.Restore = &vmm.Snapshot{StatePath: filepath.Join(g, "state"), Full: true, NamedRAM: meta.NamedRAM}
 	} else {
-		spec.KernelArgs = kernelArgs(meta.ID)
+		spec.KernelArgs = r.kernelArgs(meta.ID)
 	}
 	vm, err := r.Host.Start(ctx, spec)
 	if err != nil {

@@ -39,6 +39,8 @@ type RuntimeConfig struct {
 	DNSHosts map[string]netip.Addr
 	// NetExempt are reserved destinations (see netstack.Guard) sandboxes may reach anyway.
 	NetExempt []netip.Prefix
+	// NoNetwork gives VMs no network device at all.
+	NoNetwork bool
 	// ResolvConf names the host's resolvers sandboxes' DNS asks (default /etc/resolv.conf).
 	ResolvConf string
 	Log        *slog.Logger
@@ -125,12 +127,13 @@ func NewRuntime(ctx context.Context, cfg RuntimeConfig) (*Runtime, vmm.AccelChoi
 		QEMU: qemu, QEMUImg: qemuImg, RunDir: rd, MaxVMs: cfg.MaxVMs, Attempts: cfg.Attempts,
 		BootTimeout: cfg.BootTimeout, DieWithParent: cfg.DieWithParent, Detached: cfg.Detached, Sandbox: true, Log: cfg.Log,
 	}
-	netVM(&vcfg)
+	netVM(&vcfg, cfg.NoNetwork)
 	host, err := vmm.NewHost(vcfg)
 	if err != nil {
 		return nil, choice, err
 	}
 	env := NetEnv{
+		Off:      cfg.NoNetwork,
 		Resolver: &netstack.Resolver{Hosts: cfg.DNSHosts, Upstream: upstream},
 		Guard:    &netstack.Guard{Exempt: cfg.NetExempt},
 	}

@@ -158,7 +158,7 @@ func (r *Runtime) Boot(ctx context.Context, opts Options) (*Sandbox, error) {
 	}
 	spec := vmm.Spec{
 		ID: id, Kernel: r.Image.Kernel, BaseDisk: r.Image.Disk, MemoryMiB: opts.MemoryMiB, CPUs: opts.CPUs,
-		Accel: r.Accel, KernelArgs: append(kernelArgs(id), opts.KernelArgs...),
+		Accel: r.Accel, KernelArgs: append(r.kernelArgs(id), opts.KernelArgs...),
 		MemPath: opts.memPath, MemShared: opts.memPath != "",
 	}
 	what := "booting sandbox"

@@ -13,7 +13,6 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/cellhq/cell/internal/ids"
-	"github.com/cellhq/cell/internal/netstack"
 	"github.com/cellhq/cell/internal/vmm"
 )
 
@@ -110,7 +109,7 @@ func (r *Runtime) EnsureTemplate(ctx context.Context, home, name string) (*Templ
 // template or of a sandbox restored from it) may be restored into.
 func (r *Runtime) baseSpec() vmm.Spec {
 	return vmm.Spec{Kernel: r.Image.Kernel, BaseDisk: r.Image.Disk, MemoryMiB: DefaultMemoryMiB, CPUs: DefaultCPUs, Accel: r.Accel,
-		KernelArgs: []string{netstack.KernelArg()}}
+		KernelArgs: r.netArgs()}
 }
 
 func (r *Runtime) buildTemplate(ctx context.Context, dir string, meta *templateMeta) error {
@@ -143,7 +142,7 @@ func (r *Runtime) buildTemplate(ctx context.Context, dir string, meta *templateM
 	if err := os.Rename(sb.VM.Dir.File("disk.qcow2"), filepath.Join(dir, "disk.qcow2")); err != nil {
 		return err
 	}
-	meta.KernelArgs = kernelArgs(sb.ID)
+	meta.KernelArgs = r.kernelArgs(sb.ID)
 	if err := sb.Close(); err != nil {
 		return err
 	}

@@ -4,12 +4,15 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/sirupsen/logrus"
 
 	"github.com/cellhq/cell/internal/sandbox"
 )
@@ -22,6 +25,7 @@ type env struct {
 var testEnv env // set once by TestMain, read-only afterwards
 
 func TestMain(m *testing.M) {
+	logrus.SetOutput(io.Discard) // gvisor-tap-vsock's switch, in in-process runtimes (as in cmd/cell)
 	code, err := setup()
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "e2e setup:", err)

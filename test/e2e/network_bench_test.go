@@ -5,12 +5,14 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"os"
 	"sort"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/cellhq/cell/internal/sandbox"
 	"github.com/cellhq/cell/pkg/client"
 )
 
@@ -99,4 +101,52 @@ func BenchmarkPortLatency(b *testing.B) {
 	b.ReportMetric(float64(m.Microseconds())/1000, "proxy-median-ms")
 	b.ReportMetric(insideUs/1000, "inside-median-ms")
 	b.ReportMetric(float64(m.Microseconds())/1000-insideUs/1000, "overhead-ms")
+}
+
+// BenchmarkRestoreNetwork restores sandboxes from the base template side by side on two
+// runtimes, one whose VMs have a network and one whose VMs have no network device, and reports
+// both medians and what the network adds (restore to envd ready, /init included, then Close).
+func BenchmarkRestoreNetwork(b *testing.B) {
+	ctx := context.Background()
+	rts := map[string]*sandbox.Runtime{}
+	for name, off := range map[string]bool{"net": false, "nonet": true} {
+		rd, err := os.MkdirTemp("", "cell-bench-run-")
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.Cleanup(func() { _ = os.RemoveAll(rd) })
+		cfg := sandbox.RuntimeConfig{Home: testEnv.home, Envd: testEnv.envd, RunDir: rd, Attempts: 1,
+			BootTimeout: 60 * time.Second, DieWithParent: true, NoNetwork: off}
+		rt, _, err := sandbox.NewRuntime(ctx, cfg)
+		if err != nil {
+			b.Fatal(err)
+		}
+		tmpl, err := rt.EnsureTemplate(ctx, testEnv.home, "base")
+		if err != nil {
+			b.Fatal(err)
+		}
+		rt.SetTemplate("base", tmpl)
+		rts[name] = rt
+	}
+	ds := map[string][]time.Duration{}
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		for _, name := range []string{"net", "nonet"} {
+			t0 := time.Now()
+			sb, err := rts[name].Boot(ctx, sandbox.Options{})
+			if err != nil {
+				b.Fatal(err)
+			}
+			ds[name] = append(ds[name], time.Since(t0))
+			if (sb.Net != nil) != (name == "net") {
+				b.Fatalf("%s: network %v", name, sb.Net)
+			}
+			_ = sb.Close()
+		}
+	}
+	b.StopTimer()
+	withNet, without := median(ds["net"]), median(ds["nonet"])
+	b.ReportMetric(float64(withNet.Microseconds())/1000, "net-median-ms")
+	b.ReportMetric(float64(without.Microseconds())/1000, "nonet-median-ms")
+	b.ReportMetric(float64((withNet-without).Microseconds())/1000, "added-ms")
 }

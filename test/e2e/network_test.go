@@ -471,3 +471,40 @@ func TestRunNetwork(t *testing.T) {
 	}
 	assertNothingLeft(t, rd)
 }
+
+// TestNetworkExposedStreaming: a response the guest's server writes in pieces reaches the client
+// piece by piece through the proxy, not when it ends.
+func TestNetworkExposedStreaming(t *testing.T) {
+	srv, c := netServe(t)
+	s := newSbx(t, c, client.CreateOptions{})
+	s.ok(`(nohup node -e "require('http').createServer((q, r) => { r.write('first\n'); setTimeout(() => r.end('second\n'), 3000) }).listen(8000)" >/dev/null 2>&1 &)`)
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		req, _ := http.NewRequest("GET", srv.url+"/", nil)
+		req.Header.Set("E2b-Sandbox-Id", s.id)
+		req.Header.Set("E2b-Sandbox-Port", "8000")
+		t0 := time.Now()
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if resp.StatusCode == http.StatusBadGateway && time.Now().Before(deadline) {
+			_ = resp.Body.Close()
+			time.Sleep(200 * time.Millisecond)
+			continue
+		}
+		buf := make([]byte, 6)
+		if _, err := io.ReadFull(resp.Body, buf); err != nil || string(buf) != "first\n" {
+			t.Fatalf("first piece: %q %v (status %d)", buf, err, resp.StatusCode)
+		}
+		if d := time.Since(t0); d > 2*time.Second {
+			t.Fatalf("the first piece took %v: the proxy held it back", d)
+		}
+		rest, _ := io.ReadAll(resp.Body)
+		_ = resp.Body.Close()
+		if string(rest) != "second\n" || time.Since(t0) < 2500*time.Millisecond {
+			t.Fatalf("rest %q after %v", rest, time.Since(t0))
+		}
+		return
+	}
+}
