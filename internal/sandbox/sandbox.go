@@ -194,10 +194,12 @@ func (r *Runtime) Boot(ctx context.Context, opts Options) (*Sandbox, error) {
 		if opts.Init != nil {
 			req = *opts.Init
 		}
+		tInit := time.Now()
 		if err := sb.Init(ctx, req); err != nil {
 			_ = sb.Close()
 			return nil, err
 		}
+		r.Log.Debug("sandbox initialised", "sandbox", id, "init", time.Since(tInit))
 	}
 	sb.BootTime = time.Since(start)
 	return sb, nil

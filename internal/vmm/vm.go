@@ -50,8 +50,9 @@ type Config struct {
 
 // Host starts VMs on this machine.
 type Host struct {
-	cfg   Config
-	slots *semaphore.Weighted
+	cfg      Config
+	slots    *semaphore.Weighted
+	overlays overlays
 }
 
 // NewHost checks cfg and returns a Host.
@@ -272,10 +273,8 @@ func (h *Host) startOnce(ctx context.Context, spec Spec) (_ *VM, retErr error) {
 			return nil, fmt.Errorf("copying the disk: %w", err)
 		}
 	} else {
-		out, err := exec.CommandContext(ctx, h.cfg.QEMUImg, "create", "-q", "-f", "qcow2",
-			"-F", "qcow2", "-b", spec.BaseDisk, disk).CombinedOutput()
-		if err != nil {
-			return nil, fmt.Errorf("creating disk overlay: %w: %s", err, strings.TrimSpace(string(out)))
+		if err := h.overlays.create(ctx, h.cfg.QEMUImg, spec.BaseDisk, disk); err != nil {
+			return nil, err
 		}
 	}
 	vm.MemoryMiB, vm.CPUs, vm.KernelArgs = spec.MemoryMiB, spec.CPUs, spec.KernelArgs

@@ -1,0 +1,53 @@
+package vmm
+
+import (
+	"bytes"
+	"context"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestOverlaysAreReusedPerBackingDisk(t *testing.T) {
+	qemuImg, err := exec.LookPath("qemu-img")
+	if err != nil {
+		t.Fatal("qemu-img is required (apt-get install qemu-utils)")
+	}
+	dir := t.TempDir()
+	base := filepath.Join(dir, "base.qcow2")
+	if out, err := exec.Command(qemuImg, "create", "-q", "-f", "qcow2", base, "64M").CombinedOutput(); err != nil {
+		t.Fatalf("%v %s", err, out)
+	}
+	var o overlays
+	ctx := context.Background()
+	a, b := filepath.Join(dir, "a.qcow2"), filepath.Join(dir, "b.qcow2")
+	if err := o.create(ctx, qemuImg, base, a); err != nil {
+		t.Fatal(err)
+	}
+	if err := o.create(ctx, qemuImg, base, b); err != nil {
+		t.Fatal(err)
+	}
+	ab, _ := os.ReadFile(a)
+	bb, _ := os.ReadFile(b)
+	if !bytes.Equal(ab, bb) || len(o.files) != 1 {
+		t.Fatalf("the second overlay is not the cached one (%d cached)", len(o.files))
+	}
+	out, err := exec.Command(qemuImg, "info", b).CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "backing file: "+base) {
+		t.Fatalf("qemu-img info: %v %s", err, out)
+	}
+	if err := o.create(ctx, qemuImg, base, b); err == nil {
+		t.Fatal("an existing file was overwritten")
+	}
+	// A replaced backing disk (new mtime) gets a new overlay.
+	future := time.Now().Add(time.Hour)
+	if err := os.Chtimes(base, future, future); err != nil {
+		t.Fatal(err)
+	}
+	if err := o.create(ctx, qemuImg, base, filepath.Join(dir, "c.qcow2")); err != nil || len(o.files) != 2 {
+		t.Fatalf("after the disk changed: %v, %d cached", err, len(o.files))
+	}
+}
