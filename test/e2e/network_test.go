@@ -29,6 +29,7 @@ func netServe(t testing.TB, extra ...string) (*server, *client.Client) {
 		"--dns-host", "evil.test=" + testHostA, // the allowed host's address under a name no policy allows
 		"--dns-host", "other.test=" + testHostB,
 		"--dns-host", "api.wild.test=" + testHostA,
+		"--dns-host", "loop.test=127.0.0.2", // the host's loopback, by name
 	}, extra...)
 	s := startServe(t, home, args...)
 	return s, client.New(s.url, key)
@@ -253,24 +254,32 @@ func TestNetworkCIDRRulesAndLiveUpdate(t *testing.T) {
 // services, its own addresses, cell serve) nor link-local addresses nor another sandbox.
 func TestNetworkIsolation(t *testing.T) {
 	srv, c := netServe(t)
-	// A host service on every host address, loopback included.
+	// Host services: one on every host address, one on the loopback only.
 	ln, err := net.Listen("tcp", "0.0.0.0:0")
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer func() { _ = ln.Close() }()
-	hits := make(chan string, 16)
-	go func() {
-		for {
-			conn, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			hits <- conn.RemoteAddr().String()
-			_ = conn.Close()
-		}
-	}()
 	port := ln.Addr().(*net.TCPAddr).Port
+	lo, err := net.Listen("tcp", "127.0.0.2:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = lo.Close() }()
+	loPort := lo.Addr().(*net.TCPAddr).Port
+	hits := make(chan string, 16)
+	for _, l := range []net.Listener{ln, lo} {
+		go func() {
+			for {
+				conn, err := l.Accept()
+				if err != nil {
+					return
+				}
+				hits <- conn.RemoteAddr().String()
+				_ = conn.Close()
+			}
+		}()
+	}
 	_, servePort, _ := net.SplitHostPort(strings.TrimPrefix(srv.url, "http://"))
 	a := newSbx(t, c, client.CreateOptions{})
 	b := newSbx(t, c, client.CreateOptions{})
@@ -281,6 +290,9 @@ func TestNetworkIsolation(t *testing.T) {
 		fmt.Sprintf("http://192.168.127.1:%d/", port),               // the gateway
 		fmt.Sprintf("http://%s:%s/health", hosts.hostIP, servePort), // cell serve
 		"http://169.254.169.254/latest/meta-data/",                  // metadata
+		fmt.Sprintf("http://loop.test:%d/", loPort),                 // the host's loopback, by name
+		fmt.Sprintf("http://192.168.127.1:%d/", loPort),             // the loopback service via the gateway
+		fmt.Sprintf("http://%s:%d/", hosts.hostIP, loPort),
 	}
 	if ip := primaryIP(); ip != "" {
 		targets = append(targets, fmt.Sprintf("http://%s:%d/", ip, port), fmt.Sprintf("http://%s:%s/health", ip, servePort))
