@@ -428,16 +428,21 @@ func (m *Manager) SetTimeout(ctx context.Context, team, id string, timeout time.
 	return Info{rec}, m.cfg.Store.PutSandbox(ctx, rec)
 }
 
-// List returns team's live sandboxes, oldest first.
-func (m *Manager) List(team string) []Info {
+// allBoxes returns the boxes known now (each then locked on its own).
+func (m *Manager) allBoxes() []*box {
 	m.mu.Lock()
+	defer m.mu.Unlock()
 	bs := make([]*box, 0, len(m.boxes))
 	for _, b := range m.boxes {
 		bs = append(bs, b)
 	}
-	m.mu.Unlock()
+	return bs
+}
+
+// List returns team's live sandboxes, oldest first.
+func (m *Manager) List(team string) []Info {
 	var out []Info
-	for _, b := range bs {
+	for _, b := range m.allBoxes() {
 		b.mu.Lock()
 		if b.rec.TeamID == team && !b.ended && b.rec.State != store.StateCreating {
 			out = append(out, Info{b.rec})
@@ -645,12 +650,7 @@ func (m *Manager) Shutdown(ctx context.Context, mode ShutdownMode) {
 	case <-done:
 	case <-ctx.Done():
 	}
-	m.mu.Lock()
-	bs := make([]*box, 0, len(m.boxes))
-	for _, b := range m.boxes {
-		bs = append(bs, b)
-	}
-	m.mu.Unlock()
+	bs := m.allBoxes()
 	var wg sync.WaitGroup
 	slots := make(chan struct{}, PauseConcurrency) // pauses write whole RAM images: a few at a time
 	for _, b := range bs {

@@ -132,14 +132,8 @@ type SandboxNet struct {
 
 // NetStatsAll returns the network counters of every running sandbox (for the daemon's metrics).
 func (m *Manager) NetStatsAll() []SandboxNet {
-	m.mu.Lock()
-	boxes := make([]*box, 0, len(m.boxes))
-	for _, b := range m.boxes {
-		boxes = append(boxes, b)
-	}
-	m.mu.Unlock()
 	var out []SandboxNet
-	for _, b := range boxes {
+	for _, b := range m.allBoxes() {
 		b.mu.Lock()
 		if b.sb != nil && b.sb.Net != nil && !b.ended {
 			out = append(out, SandboxNet{ID: b.rec.ID, Team: b.rec.TeamID, Stats: b.sb.Net.Stats()})
