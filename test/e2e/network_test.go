@@ -32,6 +32,11 @@ func netServe(t testing.TB, extra ...string) (*server, *client.Client) {
 		"--dns-host", "loop.test=127.0.0.2", // the host's loopback, by name
 	}, extra...)
 	s := startServe(t, home, args...)
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("cell serve's log:\n%s", s.logs)
+		}
+	})
 	return s, client.New(s.url, key)
 }
 
@@ -47,6 +52,9 @@ func newSbx(t testing.TB, c *client.Client, o client.CreateOptions) *sbx {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
+	if o.Timeout == 0 {
+		o.Timeout = 10 * time.Minute // E2B's default of 15 s is shorter than some tests
+	}
 	info, err := c.Create(ctx, o)
 	if err != nil {
 		t.Fatalf("create: %v", err)
@@ -76,7 +84,7 @@ func (s *sbx) run(cmd string) (string, int) {
 	var out bytes.Buffer
 	res, err := s.sb.Exec(ctx, cmd, "", nil, &out, &out)
 	if err != nil {
-		s.t.Fatalf("exec %q: %v", cmd, err)
+		s.t.Fatalf("exec %q in %s: %v", cmd, s.id, err)
 	}
 	return out.String(), res.ExitCode
 }
@@ -519,4 +527,94 @@ func TestNetworkExposedStreaming(t *testing.T) {
 		}
 		return
 	}
+}
+
+// fdCount is how many file descriptors process pid holds.
+func fdCount(t *testing.T, pid int) int {
+	t.Helper()
+	ents, err := os.ReadDir(fmt.Sprintf("/proc/%d/fd", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return len(ents)
+}
+
+// TestNetworkHostileGuest: a guest that opens hundreds of connections and UDP flows and floods
+// denied destinations and DNS does not stall the daemon or another sandbox, and everything it
+// made the host open is released when it lets go (and when it is killed).
+func TestNetworkHostileGuest(t *testing.T) {
+	srv, c := netServe(t)
+	pid := srv.cmd.Process.Pid
+	calm := newSbx(t, c, client.CreateOptions{})
+	bad := newSbx(t, c, client.CreateOptions{Network: &client.Network{DenyOut: []string{testHostB + "/32"}}})
+	base := fdCount(t, pid)
+	// Hold 300 TCP connections and 100 UDP flows open to the test host, flood a denied address
+	// and the resolver, then wait to be told to let go.
+	bad.ok(`cat > /tmp/flood.py <<'PY'
+import socket, sys, time, threading
+held = []
+for i in range(300):
+    held.append(socket.create_connection(("` + testHostA + `", 9000), timeout=10))
+for i in range(100):
+    u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); u.sendto(b"x", ("` + testHostA + `", 7)); held.append(u)
+def deny():
+    for i in range(300):
+        s = socket.socket(); s.settimeout(5)
+        try: s.connect(("` + testHostB + `", 80))
+        except OSError: pass
+        s.close()
+def dns():
+    for i in range(200):
+        try: socket.gethostbyname("n%d.flood.invalid" % i)
+        except OSError: pass
+ts = [threading.Thread(target=deny), threading.Thread(target=dns)]
+[t.start() for t in ts]; [t.join() for t in ts]
+open("/tmp/holding", "w").write(str(len(held)))
+while True: time.sleep(1)
+PY
+(nohup python3 /tmp/flood.py >/tmp/flood.log 2>&1 &)`)
+	deadline := time.Now().Add(90 * time.Second)
+	for {
+		out, _ := bad.run("cat /tmp/holding 2>/dev/null; tail -2 /tmp/flood.log")
+		if strings.HasPrefix(out, "400") {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the flood did not get going: %s", out)
+		}
+		// Meanwhile the other sandbox and the API answer.
+		calm.ok(curl + "http://" + testHostA + "/")
+		if _, err := c.List(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+	during := fdCount(t, pid)
+	if during < base+400 {
+		t.Fatalf("the daemon holds %d fds (from %d) while the guest holds 400 flows: they are not forwarded?", during, base)
+	}
+	m := netMetrics(t, srv, c, bad.id)
+	if m["netDeniedConnections"].(float64) < 300 {
+		t.Fatalf("denied connections: %v", m["netDeniedConnections"])
+	}
+	if out, code := calm.run(curl + "http://" + testHostA + "/"); code != 0 {
+		t.Fatalf("the other sandbox after the flood: %d %s\n%s", code, out, srv.logs)
+	}
+	// Letting go releases the host side; so does killing the sandbox.
+	bad.ok("pkill -x python3; sleep 1")
+	waitFDs := func(what string, limit int) {
+		t.Helper()
+		deadline := time.Now().Add(30 * time.Second)
+		for fdCount(t, pid) > limit {
+			if time.Now().After(deadline) {
+				t.Fatalf("%s: the daemon still holds %d fds (baseline %d)", what, fdCount(t, pid), base)
+			}
+			time.Sleep(200 * time.Millisecond)
+		}
+	}
+	waitFDs("after the guest closed its connections", base+110) // UDP flows end after 60 s idle
+	if err := c.Kill(context.Background(), bad.id); err != nil {
+		t.Fatal(err)
+	}
+	waitFDs("after the sandbox was killed", base-5)
 }
