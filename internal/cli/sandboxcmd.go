@@ -155,9 +155,55 @@ func sandboxCmd() *cobra.Command {
 		}),
 	}
 	resume.Flags().DurationVar(&timeout, "timeout", 5*time.Minute, "time to live from now")
+	var internet string
+	var setAllow, setDeny []string
+	network := &cobra.Command{
+		Use:   "network ID [--internet on|off] [--allow-out X]... [--deny-out CIDR]...",
+		Short: "Change a sandbox's egress policy (new connections follow it at once)",
+		Long: "Replaces the lists given (an empty --allow-out= or --deny-out= clears one) and switches\n" +
+			"the internet on or off; what is not given stays as it is.",
+		Args: cobra.ExactArgs(1),
+		RunE: r.run(func(cmd *cobra.Command, args []string, cl *client.Client) error {
+			var u client.NetworkUpdate
+			switch internet {
+			case "":
+			case "on", "off":
+				on := internet == "on"
+				u.Internet = &on
+			default:
+				return fmt.Errorf("--internet %q: want on or off", internet)
+			}
+			if cmd.Flags().Changed("allow-out") {
+				list := nonEmpty(setAllow)
+				u.AllowOut = &list
+			}
+			if cmd.Flags().Changed("deny-out") {
+				list := nonEmpty(setDeny)
+				u.DenyOut = &list
+			}
+			if u.Internet == nil && u.AllowOut == nil && u.DenyOut == nil {
+				return errors.New("nothing to change: give --internet, --allow-out or --deny-out")
+			}
+			return cl.UpdateNetwork(cmd.Context(), args[0], u)
+		}),
+	}
+	network.Flags().StringVar(&internet, "internet", "", "on or off")
+	network.Flags().StringArrayVar(&setAllow, "allow-out", nil, "CIDR, IP, domain or *.domain (repeatable; replaces the list)")
+	network.Flags().StringArrayVar(&setDeny, "deny-out", nil, "CIDR or IP (repeatable; replaces the list)")
 	shell := shellCmd(r)
-	c.AddCommand(ls, create, kill, exec, cp, shell, pause, resume)
+	c.AddCommand(ls, create, kill, exec, cp, shell, pause, resume, network)
 	return c
+}
+
+// nonEmpty drops empty entries (an empty flag value clears a list).
+func nonEmpty(in []string) []string {
+	out := []string{}
+	for _, s := range in {
+		if s != "" {
+			out = append(out, s)
+		}
+	}
+	return out
 }
 
 func remotePath(s string) (id, path string, ok bool) {

@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"os/exec"
 	"strings"
 	"syscall"
 	"testing"
@@ -617,4 +618,44 @@ PY
 		t.Fatal(err)
 	}
 	waitFDs("after the sandbox was killed", base-5)
+}
+
+// TestSandboxCLINetwork: `cell sandbox create --no-internet` and `cell sandbox network`.
+func TestSandboxCLINetwork(t *testing.T) {
+	srv, c := netServe(t)
+	cellCLI := func(args ...string) (string, int) {
+		cmd := exec.Command(testEnv.cell, append([]string{"sandbox", "--api", srv.url, "--api-key", c.APIKey}, args...)...)
+		out, err := cmd.CombinedOutput()
+		var ee *exec.ExitError
+		if errors.As(err, &ee) {
+			return string(out), ee.ExitCode()
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		return string(out), 0
+	}
+	out, code := cellCLI("create", "--no-internet", "--timeout", "10m")
+	if code != 0 {
+		t.Fatalf("create: %d %s", code, out)
+	}
+	id := strings.TrimSpace(out)
+	t.Cleanup(func() { _ = c.Kill(context.Background(), id) })
+	s := connectSbx(t, c, id)
+	s.refused(curl + "http://" + testHostA + "/")
+	if out, code := cellCLI("network", id, "--allow-out", testHostA); code != 0 {
+		t.Fatalf("network --allow-out: %d %s", code, out)
+	}
+	s.ok(curl + "http://" + testHostA + "/")
+	s.refused(curl + "http://" + testHostB + "/")
+	if out, code := cellCLI("network", id, "--internet", "on", "--allow-out="); code != 0 {
+		t.Fatalf("network --internet on: %d %s", code, out)
+	}
+	s.ok(curl + "http://" + testHostB + "/")
+	if out, code := cellCLI("network", id, "--deny-out", "example.com"); code == 0 || !strings.Contains(out, "denyOut[0]") {
+		t.Fatalf("network --deny-out example.com: %d %s", code, out)
+	}
+	if out, code := cellCLI("network", id); code == 0 || !strings.Contains(out, "nothing to change") {
+		t.Fatalf("network without flags: %d %s", code, out)
+	}
 }
