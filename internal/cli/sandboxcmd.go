@@ -190,8 +190,43 @@ func sandboxCmd() *cobra.Command {
 	network.Flags().StringVar(&internet, "internet", "", "on or off")
 	network.Flags().StringArrayVar(&setAllow, "allow-out", nil, "CIDR, IP, domain or *.domain (repeatable; replaces the list)")
 	network.Flags().StringArrayVar(&setDeny, "deny-out", nil, "CIDR or IP (repeatable; replaces the list)")
+	var snapName string
+	snapshot := &cobra.Command{
+		Use: "snapshot ID [--name NAME]", Short: "Save a running sandbox (it keeps running) as a template; prints its id", Args: cobra.ExactArgs(1),
+		RunE: r.run(func(cmd *cobra.Command, args []string, cl *client.Client) error {
+			s, err := cl.Snapshot(cmd.Context(), args[0], snapName)
+			if err != nil {
+				return err
+			}
+			fmt.Println(s.SnapshotID)
+			return nil
+		}),
+	}
+	snapshot.Flags().StringVar(&snapName, "name", "", "a name for the snapshot")
+	var forks int
+	fork := &cobra.Command{
+		Use: "fork ID [--count N]", Short: "Start N copies of a running sandbox; prints their ids", Args: cobra.ExactArgs(1),
+		RunE: r.run(func(cmd *cobra.Command, args []string, cl *client.Client) error {
+			res, err := cl.Fork(cmd.Context(), args[0], forks, timeout)
+			if err != nil {
+				return err
+			}
+			var errs []error
+			for i, f := range res {
+				switch {
+				case f.Sandbox != nil:
+					fmt.Println(f.Sandbox.SandboxID)
+				case f.Error != nil:
+					errs = append(errs, fmt.Errorf("fork %d: %s", i, f.Error.Message))
+				}
+			}
+			return errors.Join(errs...)
+		}),
+	}
+	fork.Flags().IntVar(&forks, "count", 1, "how many copies (1..100)")
+	fork.Flags().DurationVar(&timeout, "timeout", 5*time.Minute, "time each copy lives")
 	shell := shellCmd(r)
-	c.AddCommand(ls, create, kill, exec, cp, shell, pause, resume, network)
+	c.AddCommand(ls, create, kill, exec, cp, shell, pause, resume, network, snapshot, fork)
 	return c
 }
 

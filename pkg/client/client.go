@@ -354,3 +354,40 @@ func (c *Client) Resume(ctx context.Context, id string, timeout time.Duration) e
 	_, err := c.do(ctx, http.MethodPost, "/sandboxes/"+url.PathEscape(id)+"/connect", body, nil)
 	return err
 }
+
+// Snapshot is a snapshot of a sandbox: a template others can be created from.
+type Snapshot struct {
+	SnapshotID string   `json:"snapshotID"`
+	Names      []string `json:"names"`
+}
+
+// Snapshot saves a running sandbox (it keeps running) as a template named name (optional).
+func (c *Client) Snapshot(ctx context.Context, id, name string) (Snapshot, error) {
+	body := map[string]any{}
+	if name != "" {
+		body["name"] = name
+	}
+	var s Snapshot
+	_, err := c.do(ctx, http.MethodPost, "/sandboxes/"+url.PathEscape(id)+"/snapshots", body, &s)
+	return s, err
+}
+
+// ForkResult is one fork: its sandbox, or why it failed.
+type ForkResult struct {
+	Sandbox *Info `json:"sandbox"`
+	Error   *struct {
+		Code    int    `json:"code"`
+		Message string `json:"message"`
+	} `json:"error"`
+}
+
+// Fork starts count copies of a running sandbox (each to live timeout; 0: the default).
+func (c *Client) Fork(ctx context.Context, id string, count int, timeout time.Duration) ([]ForkResult, error) {
+	body := map[string]any{"count": count}
+	if timeout > 0 {
+		body["timeout"] = int((timeout + time.Second - 1) / time.Second)
+	}
+	var out []ForkResult
+	_, err := c.do(ctx, http.MethodPost, "/sandboxes/"+url.PathEscape(id)+"/fork", body, &out)
+	return out, err
+}

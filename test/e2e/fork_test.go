@@ -1,0 +1,103 @@
+package e2e
+
+import (
+	"context"
+	"errors"
+	"os/exec"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/cellhq/cell/pkg/client"
+)
+
+// TestForkAndSnapshotCLI: `cell sandbox fork --count 5` of a sandbox running a process: each fork
+// has its own copy of the process, which keeps counting, its own host name and its own files;
+// `cell sandbox snapshot` gives a template that new sandboxes start from.
+func TestForkAndSnapshotCLI(t *testing.T) {
+	home := t.TempDir()
+	key := apiKey(t, home)
+	srv := startServe(t, home)
+	c := client.New(srv.url, key)
+	ctx := context.Background()
+	cellCLI := func(args ...string) string {
+		t.Helper()
+		cmd := exec.Command(testEnv.cell, append([]string{"sandbox", "--api", srv.url, "--api-key", key}, args...)...)
+		out, err := cmd.Output()
+		if err != nil {
+			var ee *exec.ExitError
+			if errors.As(err, &ee) {
+				t.Fatalf("cell sandbox %v: %v: %s%s", args, err, out, ee.Stderr)
+			}
+			t.Fatal(err)
+		}
+		return strings.TrimSpace(string(out))
+	}
+	info, err := c.Create(ctx, client.CreateOptions{Timeout: 10 * time.Minute})
+	if err != nil {
+		t.Fatal(err)
+	}
+	src := info.SandboxID
+	t.Cleanup(func() { _ = c.Kill(ctx, src) })
+	execOut(t, c, src, `echo source > /tmp/origin; (nohup python3 -c "
+import time
+n = 0
+while True:
+    n += 1
+    open('/tmp/count.tmp', 'w').write(str(n)); __import__('os').replace('/tmp/count.tmp', '/tmp/count')
+    time.sleep(0.05)" >/dev/null 2>&1 &)`)
+	count := func(id string) int {
+		t.Helper()
+		n, err := strconv.Atoi(strings.TrimSpace(execOut(t, c, id, "cat /tmp/count 2>/dev/null || echo 0")))
+		if err != nil {
+			t.Fatalf("%s: counter: %v", id, err)
+		}
+		return n
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for count(src) < 5 {
+		if time.Now().After(deadline) {
+			t.Fatal("the counter does not count")
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	ids := strings.Fields(cellCLI("fork", src, "--count", "5", "--timeout", "10m"))
+	if len(ids) != 5 {
+		t.Fatalf("fork printed %v", ids)
+	}
+	for _, id := range ids {
+		t.Cleanup(func() { _ = c.Kill(ctx, id) })
+	}
+	at := map[string]int{}
+	for _, id := range ids {
+		if h := strings.TrimSpace(execOut(t, c, id, "hostname; cat /tmp/origin")); h != id+"\nsource" {
+			t.Fatalf("fork %s: hostname and origin %q", id, h)
+		}
+		execOut(t, c, id, "echo "+id+" > /tmp/mine")
+		at[id] = count(id)
+	}
+	time.Sleep(time.Second)
+	for _, id := range append(ids, src) {
+		if n := count(id); n <= at[id] {
+			t.Errorf("%s: the counter stopped at %d", id, n)
+		}
+		mine := strings.TrimSpace(execOut(t, c, id, "cat /tmp/mine 2>/dev/null || echo none"))
+		want := id
+		if id == src {
+			want = "none"
+		}
+		if mine != want {
+			t.Errorf("%s: /tmp/mine = %q, want %q (forks share no writes)", id, mine, want)
+		}
+	}
+	snap := cellCLI("snapshot", src, "--name", "counted")
+	from, err := c.Create(ctx, client.CreateOptions{Template: snap, Timeout: 10 * time.Minute})
+	if err != nil {
+		t.Fatalf("create from snapshot %s: %v", snap, err)
+	}
+	t.Cleanup(func() { _ = c.Kill(ctx, from.SandboxID) })
+	if got := strings.TrimSpace(execOut(t, c, from.SandboxID, "cat /tmp/origin; pgrep -c python3")); got != "source\n1" {
+		t.Fatalf("sandbox from the snapshot: %q", got)
+	}
+}
