@@ -506,6 +506,15 @@ func (m *Manager) Recover(ctx context.Context) error {
 		var sb *sandbox.Sandbox
 		var aerr error
 		if rec.State == store.StateRunning {
+			done, err := m.recoverPause(ctx, &rec)
+			if err != nil {
+				return err
+			}
+			if done {
+				continue
+			}
+		}
+		if rec.State == store.StateRunning {
 			actx, cancel := context.WithTimeout(ctx, 10*time.Second)
 			rules, err := compileNet(rec.AllowInternet, rec.Network)
 			if err != nil {
@@ -549,6 +558,10 @@ func (m *Manager) Recover(ctx context.Context) error {
 			continue
 		}
 		keep[rec.ID] = true
+		// The VM is the truth: a generation left by a resume that was not cleaned up is stale.
+		if m.cfg.PausedDir != "" {
+			_ = os.RemoveAll(m.pausedDir(rec.ID))
+		}
 		sb.SetToken(rec.EnvdToken)
 		b.sb = sb
 		m.mu.Lock()

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/cellhq/cell/internal/vmm"
 	"os"
 	"path/filepath"
 	"time"
@@ -167,4 +168,44 @@ func (m *Manager) pausedCopy(id string) bool {
 	}
 	_, _, err := sandbox.CurrentPaused(m.pausedDir(id))
 	return err == nil || !errors.Is(err, os.ErrNotExist)
+}
+
+// recoverPause settles a running record whose pause a crash interrupted after the pause took
+// the VM's disk. If the VM is still ours and the pause had not finished saving, the VM gets its
+// disk back (and is adopted, running, by the caller). Otherwise the pause is completed from what
+// was saved and the sandbox is recorded paused (done). A VM that still has its disk is left to
+// the caller.
+func (m *Manager) recoverPause(ctx context.Context, rec *store.Sandbox) (done bool, err error) {
+	if m.cfg.RunDir == "" || m.cfg.PausedDir == "" {
+		return false, nil
+	}
+	disk := filepath.Join(m.cfg.RunDir, rec.ID, "disk.qcow2")
+	if _, err := os.Stat(disk); err == nil || !errors.Is(err, os.ErrNotExist) {
+		return false, nil
+	}
+	dir := m.pausedDir(rec.ID)
+	if _, err := os.Stat(dir); err != nil {
+		return false, nil
+	}
+	alive := vmm.IsOurs(rec.PID, rec.StartTicks, rec.ID)
+	if alive && sandbox.UndoPause(dir, disk) {
+		m.log.Warn("interrupted pause undone: the sandbox runs on", "sandbox", rec.ID)
+		return false, nil
+	}
+	ok, err := sandbox.FinishPause(dir, rec.ID, rec.MemoryMiB, rec.CPUs)
+	if err != nil || !ok {
+		return false, err // adoption fails without a disk: the caller reports it lost
+	}
+	if alive {
+		if p, err := os.FindProcess(rec.PID); err == nil {
+			_ = p.Kill()
+		}
+	}
+	_ = os.RemoveAll(filepath.Join(m.cfg.RunDir, rec.ID))
+	m.log.Warn("interrupted pause completed: the sandbox is paused", "sandbox", rec.ID)
+	rec.State, rec.PID, rec.StartTicks = store.StatePaused, 0, 0
+	if err := m.cfg.Store.PutSandbox(ctx, *rec); err != nil {
+		return false, err
+	}
+	return true, m.recoverPaused(ctx, *rec)
 }

@@ -46,6 +46,10 @@ func (s *Sandbox) Pause(ctx context.Context, dir string, memory bool) (PausedMet
 		return meta, err
 	}
 	defer func() { _ = os.RemoveAll(staging) }()
+	b, _ := json.MarshalIndent(meta, "", "  ")
+	if err := writeSynced(filepath.Join(staging, "meta.pending"), b); err != nil {
+		return meta, err
+	}
 	_ = s.VM.Channel.Close() // as for a template: the resumed envd must find its port closed
 	if memory {
 		if err := s.VM.SaveFull(ctx, filepath.Join(staging, "state")); err != nil {
@@ -61,29 +65,116 @@ func (s *Sandbox) Pause(ctx context.Context, dir string, memory bool) (PausedMet
 	if err := s.Close(); err != nil {
 		return meta, err
 	}
-	b, _ := json.MarshalIndent(meta, "", "  ")
-	if err := writeSynced(filepath.Join(staging, "meta.json"), b); err != nil {
-		return meta, err
-	}
 	for _, f := range []string{"state", "disk.qcow2"} {
 		if err := syncFile(filepath.Join(staging, f)); err != nil && !(errors.Is(err, os.ErrNotExist) && f == "state") {
 			return meta, err
 		}
 	}
+	// meta.json comes last: a staging directory with it is complete (see FinishPause).
+	if err := os.Rename(filepath.Join(staging, "meta.pending"), filepath.Join(staging, "meta.json")); err != nil {
+		return meta, err
+	}
+	syncDir(staging)
+	if err := publish(dir, staging); err != nil {
+		return meta, err
+	}
+	CleanPaused(dir)
+	return meta, nil
+}
+
+// publish makes the complete staging directory the current generation under dir.
+func publish(dir, staging string) error {
 	gen := "g" + strconv.FormatInt(time.Now().UnixNano(), 10)
 	if err := os.Rename(staging, filepath.Join(dir, gen)); err != nil {
-		return meta, err
+		return err
 	}
 	syncDir(dir)
 	if err := writeSynced(filepath.Join(dir, ".current.tmp"), []byte(gen)); err != nil {
-		return meta, err
+		return err
 	}
 	if err := os.Rename(filepath.Join(dir, ".current.tmp"), filepath.Join(dir, "current")); err != nil {
-		return meta, err
+		return err
 	}
 	syncDir(dir)
-	CleanPaused(dir)
-	return meta, nil
+	return nil
+}
+
+// UndoPause gives a VM back the disk an interrupted pause took from it (a staging generation
+// with the disk but without meta.json: the VM had not been stopped for good yet). It reports
+// whether it did.
+func UndoPause(dir, vmDisk string) bool {
+	des, err := os.ReadDir(dir)
+	if err != nil {
+		return false
+	}
+	for _, de := range des {
+		st := filepath.Join(dir, de.Name())
+		if !de.IsDir() || !strings.HasPrefix(de.Name(), ".staging-") {
+			continue
+		}
+		if _, err := os.Stat(filepath.Join(st, "meta.json")); err == nil {
+			continue
+		}
+		if os.Rename(filepath.Join(st, "disk.qcow2"), vmDisk) == nil {
+			_ = os.RemoveAll(st)
+			return true
+		}
+	}
+	return false
+}
+
+// FinishPause completes a pause that a crash interrupted after it took the sandbox's disk (the
+// VM is gone or must go): a complete staging generation is published; failing that, one holding
+// the disk is completed from its meta.pending (with its saved state), or as a disk-only
+// generation when even that is missing (resume then boots from the disk). It reports whether
+// dir now has a current generation.
+func FinishPause(dir string, id string, memoryMiB, cpus int) (bool, error) {
+	if _, _, err := CurrentPaused(dir); err == nil {
+		return true, nil
+	}
+	des, err := os.ReadDir(dir)
+	if err != nil {
+		return false, err
+	}
+	var withDisk string
+	for _, de := range des {
+		if !de.IsDir() || !strings.HasPrefix(de.Name(), ".staging-") {
+			continue
+		}
+		st := filepath.Join(dir, de.Name())
+		if _, err := os.Stat(filepath.Join(st, "meta.json")); err == nil {
+			return true, publish(dir, st)
+		}
+		if _, err := os.Stat(filepath.Join(st, "disk.qcow2")); err == nil {
+			withDisk = st
+		}
+	}
+	if withDisk == "" {
+		return false, nil
+	}
+	// The disk moves into staging only once the VM is saved and stopped: with it, the state (when
+	// the pause saved one) is complete, and meta.pending says what it is.
+	var meta PausedMeta
+	if b, err := os.ReadFile(filepath.Join(withDisk, "meta.pending")); err == nil && json.Unmarshal(b, &meta) == nil && meta.ID == id {
+		if _, err := os.Stat(filepath.Join(withDisk, "state")); err != nil {
+			meta.Memory = false
+		}
+	} else {
+		meta = PausedMeta{ID: id, MemoryMiB: memoryMiB, CPUs: cpus, PausedAt: time.Now().UTC()}
+	}
+	if !meta.Memory {
+		_ = os.Remove(filepath.Join(withDisk, "state"))
+	}
+	for _, f := range []string{"state", "disk.qcow2"} {
+		if err := syncFile(filepath.Join(withDisk, f)); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return false, err
+		}
+	}
+	b, _ := json.MarshalIndent(meta, "", "  ")
+	if err := writeSynced(filepath.Join(withDisk, "meta.json"), b); err != nil {
+		return false, err
+	}
+	return true, publish(dir, withDisk)
 }
 
 // CurrentPaused returns the current generation under dir and its meta.

@@ -66,11 +66,20 @@ func (r *Runtime) Snapshot(ctx context.Context, s *Sandbox, home, name, label, t
 }
 
 // LoadSnapshots returns the snapshots of running sandboxes stored under home that this machine
-// can restore.
+// can restore. Snapshots a crash interrupted (staging directories) are removed first.
 func (r *Runtime) LoadSnapshots(home string) ([]*Template, error) {
 	fp, err := r.Host.Fingerprint(r.baseSpec())
 	if err != nil {
 		return nil, err
+	}
+	stale, _ := filepath.Glob(filepath.Join(home, "templates", "*", ".staging-*"))
+	for _, d := range stale {
+		if filepath.Base(filepath.Dir(d)) == "base" {
+			continue // the base template's builds have their own lock
+		}
+		r.Log.Warn("removing an interrupted snapshot", "dir", d)
+		_ = os.RemoveAll(d)
+		_ = os.Remove(filepath.Dir(d)) // its template directory, if nothing else is in it
 	}
 	dirs, _ := filepath.Glob(filepath.Join(home, "templates", "*", "snap"))
 	var out []*Template

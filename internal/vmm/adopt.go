@@ -99,6 +99,21 @@ func (h *Host) Adopt(ctx context.Context, id string, pid int, startTicks uint64)
 	if err != nil {
 		return nil, fmt.Errorf("vm %s: reconnecting QMP: %w", id, err)
 	}
+	// A daemon killed while the VM was stopped (saving a snapshot, a pause that went no further)
+	// left it stopped: it runs again, as the record says.
+	var st struct {
+		Running bool   `json:"running"`
+		Status  string `json:"status"`
+	}
+	if err := vm.QMP.Execute(ctx, "query-status", nil, &st); err != nil {
+		return nil, fmt.Errorf("vm %s: query-status: %w", id, err)
+	}
+	if !st.Running {
+		h.cfg.Log.Warn("adopted VM was stopped: continuing it", "vm", id, "status", st.Status)
+		if err := vm.QMP.Execute(ctx, "cont", nil, nil); err != nil {
+			return nil, fmt.Errorf("vm %s: continuing it (%s): %w", id, st.Status, err)
+		}
+	}
 	if conn, err := (&net.Dialer{}).DialContext(ctx, "unix", dir.File("console.sock")); err == nil {
 		vm.conCon = conn
 		if vm.console, err = appendConsole(conn, dir.File("console.log")); err != nil {

@@ -1,0 +1,129 @@
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/cellhq/cell/pkg/client"
+)
+
+// TestCrashSafety SIGKILLs `cell serve` at 24 random points during pauses, resumes and
+// snapshots. After each restart every sandbox is running or paused (resumable), with its disk
+// and memory as they were; no QEMU, VM directory or half-written state is left over.
+func TestCrashSafety(t *testing.T) {
+	home := t.TempDir()
+	key := apiKey(t, home)
+	seed := uint64(time.Now().UnixNano())
+	t.Logf("seed %d", seed)
+	rng := rand.New(rand.NewPCG(seed, seed>>7))
+	srv := startServe(t, home)
+	c := client.New(srv.url, key)
+	ctx := context.Background()
+	marks := map[string]string{}
+	var ids []string
+	for i := 0; i < 2; i++ {
+		info, err := c.Create(ctx, client.CreateOptions{Timeout: time.Hour})
+		if err != nil {
+			t.Fatal(err)
+		}
+		id := info.SandboxID
+		ids = append(ids, id)
+		marks[id] = fmt.Sprintf("mark-%d-%d", i, rng.Uint32())
+		execOut(t, c, id, "echo "+marks[id]+" > /tmp/mem; echo "+marks[id]+" > /home/user/disk; sync")
+	}
+	maxDelay := map[string]int{"pause": 2500, "resume": 1200, "snapshot": 2500}
+	for i := 0; i < 24; i++ {
+		id := ids[i%2]
+		info, err := c.Get(ctx, id)
+		if err != nil {
+			t.Fatalf("round %d: %s: %v\n%s", i, id, err, srv.logs)
+		}
+		op := "resume"
+		if info.State == "running" {
+			op = []string{"pause", "snapshot"}[rng.IntN(2)]
+		}
+		done := make(chan error, 1)
+		go func() {
+			var err error
+			switch op {
+			case "pause":
+				err = c.Pause(ctx, id, true)
+			case "resume":
+				err = c.Resume(ctx, id, time.Hour)
+			case "snapshot":
+				_, err = c.Snapshot(ctx, id, "")
+			}
+			done <- err
+		}()
+		delay := time.Duration(rng.IntN(maxDelay[op])) * time.Millisecond
+		time.Sleep(delay)
+		_ = srv.cmd.Process.Signal(syscall.SIGKILL)
+		_ = srv.cmd.Wait()
+		<-done
+		t.Logf("round %d: %s of %s killed after %v", i, op, id, delay)
+
+		srv = startServe(t, home)
+		c = client.New(srv.url, key)
+		for _, line := range strings.Split(srv.logs.String(), "\n") {
+			if strings.Contains(line, "level=WARN") {
+				t.Logf("  recovery: %s", line[strings.Index(line, "msg="):])
+			}
+		}
+		running := map[string]bool{}
+		for _, sid := range ids {
+			info, err := c.Get(ctx, sid)
+			if err != nil {
+				t.Fatalf("round %d (%s of %s after %v): %s is gone: %v\n%s", i, op, id, delay, sid, err, srv.logs)
+			}
+			switch info.State {
+			case "running":
+				running[sid] = true
+				if got := execOut(t, c, sid, "cat /tmp/mem /home/user/disk"); got != marks[sid]+"\n"+marks[sid]+"\n" {
+					t.Fatalf("round %d: %s lost its state: %q", i, sid, got)
+				}
+			case "paused":
+			default:
+				t.Fatalf("round %d: %s is %s", i, sid, info.State)
+			}
+		}
+		checkNoLeftovers(t, home, running)
+	}
+	// Everything paused can still be resumed, with its data.
+	for _, id := range ids {
+		if err := c.Resume(ctx, id, time.Hour); err != nil {
+			t.Fatalf("final resume of %s: %v", id, err)
+		}
+		if got := execOut(t, c, id, "cat /tmp/mem /home/user/disk"); got != marks[id]+"\n"+marks[id]+"\n" {
+			t.Fatalf("%s after the last resume: %q", id, got)
+		}
+	}
+}
+
+// checkNoLeftovers: QEMUs and VM directories only for running sandboxes, no staging directory
+// of a pause or a snapshot.
+func checkNoLeftovers(t *testing.T, home string, running map[string]bool) {
+	t.Helper()
+	runDir := filepath.Join(home, "run")
+	ents, _ := os.ReadDir(runDir)
+	for _, e := range ents {
+		if !running[e.Name()] {
+			t.Fatalf("VM directory of %s left in %s (running: %v)", e.Name(), runDir, running)
+		}
+	}
+	if n := len(qemuProcesses(t, runDir)); n != len(running) {
+		t.Fatalf("%d QEMU processes for %d running sandboxes", n, len(running))
+	}
+	_ = filepath.WalkDir(home, func(p string, d os.DirEntry, err error) error {
+		if err == nil && strings.HasPrefix(d.Name(), ".staging-") {
+			t.Fatalf("half-written state left: %s", p)
+		}
+		return nil
+	})
+}
