@@ -1,14 +1,10 @@
 package cli
 
 import (
-	"bufio"
 	"context"
 	"fmt"
 	"io"
-	"os"
 	"runtime"
-	"strconv"
-	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -72,22 +68,6 @@ func benchRuntime(ctx context.Context, g *globals, f *benchFlags) (*sandbox.Runt
 }
 
 // rssMiB reads a process's resident set size.
-func rssMiB(pid int) float64 {
-	fh, err := os.Open("/proc/" + strconv.Itoa(pid) + "/status")
-	if err != nil {
-		return 0
-	}
-	defer func() { _ = fh.Close() }()
-	sc := bufio.NewScanner(fh)
-	for sc.Scan() {
-		if v, ok := strings.CutPrefix(sc.Text(), "VmRSS:"); ok {
-			kb, _ := strconv.ParseFloat(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 64)
-			return kb / 1024
-		}
-	}
-	return 0
-}
-
 // timedBoot boots one sandbox with the bench's memory size and says how long it took.
 func timedBoot(ctx context.Context, rt *sandbox.Runtime, f *benchFlags) (*sandbox.Sandbox, time.Duration, error) {
 	start := time.Now()
@@ -108,7 +88,7 @@ func benchBoot(ctx context.Context, g *globals, f *benchFlags, out io.Writer) er
 			return err
 		}
 		boots = append(boots, took)
-		rss = append(rss, rssMiB(sb.VM.PID))
+		rss = append(rss, bench.RSSMiB(sb.VM.PID))
 		if err := sb.Close(); err != nil {
 			return err
 		}
@@ -161,7 +141,7 @@ func benchDensity(ctx context.Context, g *globals, f *benchFlags, out io.Writer)
 		runtime.ReadMemStats(&ms)
 		return float64(ms.HeapInuse+ms.StackInuse) / (1 << 20)
 	}
-	before, goroutines := goMem(), runtime.NumGoroutine()
+	before, goroutines, avail := goMem(), runtime.NumGoroutine(), bench.MemAvailableMiB()
 	var boxes []*sandbox.Sandbox
 	defer func() {
 		for _, sb := range boxes {
@@ -179,9 +159,13 @@ func benchDensity(ctx context.Context, g *globals, f *benchFlags, out io.Writer)
 	}
 	time.Sleep(2 * time.Second) // let the guests settle
 	after, goroutinesAfter := goMem(), runtime.NumGoroutine()
-	var qemu []float64
+	var qemu, pss []float64
+	total := 0.0
 	for _, sb := range boxes {
-		qemu = append(qemu, rssMiB(sb.VM.PID))
+		qemu = append(qemu, bench.RSSMiB(sb.VM.PID))
+		p := bench.PSSMiB(sb.VM.PID)
+		pss = append(pss, p)
+		total += p
 	}
 	s := bench.Summarize(f.name("density_boot"), boots)
 	s.Extra = map[string]float64{
@@ -190,6 +174,9 @@ func benchDensity(ctx context.Context, g *globals, f *benchFlags, out io.Writer)
 		"cell_go_mem_per_vm_mib": (after - before) / float64(f.n),
 		"cell_goroutines_per_vm": float64(goroutinesAfter-goroutines) / float64(f.n),
 		"qemu_rss_mib_median":    bench.MedianFloat(qemu),
+		"qemu_pss_mib_median":    bench.MedianFloat(pss),
+		"qemu_pss_mib_total":     total,
+		"host_mem_used_mib":      avail - bench.MemAvailableMiB(),
 	}
 	return bench.Print(out, f.json, s)
 }

@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cellhq/cell/internal/bench"
 	"github.com/cellhq/cell/internal/sandbox"
 )
 
@@ -67,4 +68,59 @@ func TestTemplateClones(t *testing.T) {
 		}
 	}
 	assertNothingLeft(t, rd)
+}
+
+// TestDensityClonesShareTemplate holds 50 idle clones of the base template: they share the
+// template's RAM (total PSS far below 50 × RAM) and each costs at most 40 MiB of PSS.
+func TestDensityClonesShareTemplate(t *testing.T) {
+	rd := runDir(t)
+	rt := newRuntime(t, rd, nil)
+	ctx := context.Background()
+	tmpl, err := rt.EnsureTemplate(ctx, testEnv.home, "base")
+	if err != nil {
+		t.Fatal(err)
+	}
+	rt.SetTemplate("base", tmpl)
+	const n = 50
+	avail := bench.MemAvailableMiB()
+	var boxes []*sandbox.Sandbox
+	defer func() {
+		for _, sb := range boxes {
+			_ = sb.Close()
+		}
+		assertNothingLeft(t, rd)
+	}()
+	for i := 0; i < n; i++ {
+		sb, err := rt.Boot(ctx, sandbox.Options{})
+		if err != nil {
+			t.Fatalf("clone %d: %v", i, err)
+		}
+		boxes = append(boxes, sb)
+	}
+	time.Sleep(2 * time.Second) // idle
+	var pss []float64
+	total := 0.0
+	for _, sb := range boxes {
+		p := bench.PSSMiB(sb.VM.PID)
+		if p == 0 {
+			t.Fatalf("no PSS for QEMU %d", sb.VM.PID)
+		}
+		pss = append(pss, p)
+		total += p
+	}
+	med := bench.MedianFloat(pss)
+	used := avail - bench.MemAvailableMiB()
+	t.Logf("%d idle clones of %d MiB: PSS median %.1f MiB, total %.0f MiB; host memory used %.0f MiB", n, tmpl.MemoryMiB, med, total, used)
+	if limit := float64(n*tmpl.MemoryMiB) / 8; total > limit {
+		t.Errorf("total PSS %.0f MiB: the clones do not share the template's pages (limit %.0f)", total, limit)
+	}
+	if med > 40 {
+		t.Errorf("PSS per idle clone %.1f MiB, want ≤ 40", med)
+	}
+	// They all still answer.
+	for i, sb := range boxes {
+		if res, err := sb.Run(ctx, sandbox.RunSpec{Cmd: "/bin/true"}, nil, io.Discard, io.Discard, nil); err != nil || res.ExitCode != 0 {
+			t.Fatalf("clone %d: %v %+v", i, err, res)
+		}
+	}
 }
