@@ -46,6 +46,7 @@ func benchCmd(g *globals) *cobra.Command {
 		&cobra.Command{Use: "run", Short: "Boot, run `true`, tear down: `cell run -- true` without process start", Args: cobra.NoArgs,
 			RunE: func(c *cobra.Command, _ []string) error { return benchRun(c.Context(), g, f, c.OutOrStdout()) }},
 	)
+	cmd.AddCommand(managerBenchCmds(g, f)...)
 	return cmd
 }
 
@@ -67,7 +68,6 @@ func benchRuntime(ctx context.Context, g *globals, f *benchFlags) (*sandbox.Runt
 	return rt, g.useTemplate(ctx, rt, "base")
 }
 
-// rssMiB reads a process's resident set size.
 // timedBoot boots one sandbox with the bench's memory size and says how long it took.
 func timedBoot(ctx context.Context, rt *sandbox.Runtime, f *benchFlags) (*sandbox.Sandbox, time.Duration, error) {
 	start := time.Now()

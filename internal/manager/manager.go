@@ -734,3 +734,17 @@ func (m *Manager) EnvdMetrics(ctx context.Context, id string, hc *http.Client) (
 	}
 	return rep, nil
 }
+
+// Sandbox returns team's running sandbox (for Cell's own tools: benchmarks, tests).
+func (m *Manager) Sandbox(team, id string) (*sandbox.Sandbox, error) {
+	b, err := m.lookup(team, id)
+	if err != nil {
+		return nil, err
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.sb == nil || b.rec.State != store.StateRunning {
+		return nil, fmt.Errorf("%w: sandbox %q is %s", ErrConflict, id, b.rec.State)
+	}
+	return b.sb, nil
+}

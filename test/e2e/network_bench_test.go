@@ -103,9 +103,9 @@ func BenchmarkPortLatency(b *testing.B) {
 	b.ReportMetric(float64(m.Microseconds())/1000-insideUs/1000, "overhead-ms")
 }
 
-// BenchmarkRestoreNetwork restores sandboxes from the base template side by side on two
-// runtimes, one whose VMs have a network and one whose VMs have no network device, and reports
-// both medians and what the network adds (restore to envd ready, /init included, then Close).
+// BenchmarkRestoreNetwork starts sandboxes side by side on two runtimes, one whose VMs have a
+// network and one whose VMs have no network device, restored from the base template or booted
+// cold, and reports both medians and what the network adds (to envd ready, then Close).
 func BenchmarkRestoreNetwork(b *testing.B) {
 	ctx := context.Background()
 	rts := map[string]*sandbox.Runtime{}
@@ -128,25 +128,27 @@ func BenchmarkRestoreNetwork(b *testing.B) {
 		rt.SetTemplate("base", tmpl)
 		rts[name] = rt
 	}
-	ds := map[string][]time.Duration{}
-	b.ResetTimer()
-	for i := 0; i < b.N; i++ {
-		for _, name := range []string{"net", "nonet"} {
-			t0 := time.Now()
-			sb, err := rts[name].Boot(ctx, sandbox.Options{})
-			if err != nil {
-				b.Fatal(err)
+	for _, mode := range []string{"Restore", "Cold"} {
+		b.Run(mode, func(b *testing.B) {
+			ds := map[string][]time.Duration{}
+			for i := 0; i < b.N; i++ {
+				for _, name := range []string{"net", "nonet"} {
+					t0 := time.Now()
+					sb, err := rts[name].Boot(ctx, sandbox.Options{Cold: mode == "Cold"})
+					if err != nil {
+						b.Fatal(err)
+					}
+					ds[name] = append(ds[name], time.Since(t0))
+					if (sb.Net != nil) != (name == "net") {
+						b.Fatalf("%s: network %v", name, sb.Net)
+					}
+					_ = sb.Close()
+				}
 			}
-			ds[name] = append(ds[name], time.Since(t0))
-			if (sb.Net != nil) != (name == "net") {
-				b.Fatalf("%s: network %v", name, sb.Net)
-			}
-			_ = sb.Close()
-		}
+			withNet, without := median(ds["net"]), median(ds["nonet"])
+			b.ReportMetric(float64(withNet.Microseconds())/1000, "net-median-ms")
+			b.ReportMetric(float64(without.Microseconds())/1000, "nonet-median-ms")
+			b.ReportMetric(float64((withNet-without).Microseconds())/1000, "added-ms")
+		})
 	}
-	b.StopTimer()
-	withNet, without := median(ds["net"]), median(ds["nonet"])
-	b.ReportMetric(float64(withNet.Microseconds())/1000, "net-median-ms")
-	b.ReportMetric(float64(without.Microseconds())/1000, "nonet-median-ms")
-	b.ReportMetric(float64((withNet-without).Microseconds())/1000, "added-ms")
 }

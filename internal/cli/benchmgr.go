@@ -1,0 +1,194 @@
+package cli
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/cellhq/cell/internal/bench"
+	"github.com/cellhq/cell/internal/manager"
+	"github.com/cellhq/cell/internal/sandbox"
+	"github.com/cellhq/cell/internal/store"
+)
+
+// managerBenchCmds measure what `cell serve` does, through its sandbox manager (in process, with
+// a throw-away store): create from the template, a pool hit, pause and resume, fork.
+func managerBenchCmds(g *globals, f *benchFlags) []*cobra.Command {
+	mk := func(use, short string, run func(context.Context, *manager.Manager, *benchFlags, io.Writer) error) *cobra.Command {
+		return &cobra.Command{Use: use, Short: short, Args: cobra.NoArgs, RunE: func(c *cobra.Command, _ []string) error {
+			mgr, done, err := benchManager(c.Context(), g, f)
+			if err != nil {
+				return err
+			}
+			defer done()
+			return run(c.Context(), mgr, f, c.OutOrStdout())
+		}}
+	}
+	return []*cobra.Command{
+		mk("create", "Create from the base template (restore + /init), as POST /sandboxes does", benchCreate),
+		mk("pool", "Create served from a warm pool of 2", benchPool),
+		mk("pause", "Pause with RAM (512 MiB touched in the guest), then resume to envd ready", benchPauseResume),
+		mk("resume", "Same as pause: both are measured on each cycle", benchPauseResume),
+		mk("fork", "Fork a running sandbox ×10", benchFork),
+	}
+}
+
+// benchManager is a manager over a temporary data directory that restores from the real base
+// template (built if missing).
+func benchManager(ctx context.Context, g *globals, f *benchFlags) (*manager.Manager, func(), error) {
+	f.restore = true
+	rt, err := benchRuntime(ctx, g, f)
+	if err != nil {
+		return nil, nil, err
+	}
+	tmp, err := os.MkdirTemp("", "cell-bench-")
+	if err != nil {
+		return nil, nil, err
+	}
+	st, err := store.Open(ctx, filepath.Join(tmp, "cell.db"))
+	if err != nil {
+		_ = os.RemoveAll(tmp)
+		return nil, nil, err
+	}
+	mgr, err := manager.New(ctx, manager.Config{Runtime: rt, Store: st, RunDir: rt.Host.RunDir(),
+		PausedDir: filepath.Join(tmp, "paused"), TemplateHome: tmp, Log: g.logger()})
+	if err != nil {
+		_ = st.Close()
+		_ = os.RemoveAll(tmp)
+		return nil, nil, err
+	}
+	return mgr, func() {
+		mgr.Shutdown(context.Background(), manager.Kill)
+		_ = st.Close()
+		_ = os.RemoveAll(tmp)
+	}, nil
+}
+
+const benchTeam = "bench"
+
+func benchCreate(ctx context.Context, mgr *manager.Manager, f *benchFlags, out io.Writer) error {
+	var ds []time.Duration
+	for i := 0; i < f.n; i++ {
+		t0 := time.Now()
+		info, err := mgr.Create(ctx, manager.CreateRequest{Team: benchTeam, Secure: true, AllowInternet: true})
+		if err != nil {
+			return err
+		}
+		ds = append(ds, time.Since(t0))
+		_ = mgr.Kill(benchTeam, info.ID)
+	}
+	return bench.Print(out, f.json, bench.Summarize("create_from_template", ds))
+}
+
+func benchPool(ctx context.Context, mgr *manager.Manager, f *benchFlags, out io.Writer) error {
+	mgr.StartPool("base", 2)
+	var ds []time.Duration
+	for i := 0; i < f.n; i++ {
+		if err := waitPool(ctx, mgr, 2); err != nil {
+			return err
+		}
+		t0 := time.Now()
+		info, err := mgr.Create(ctx, manager.CreateRequest{Team: benchTeam, Secure: true, AllowInternet: true})
+		if err != nil {
+			return err
+		}
+		ds = append(ds, time.Since(t0))
+		_ = mgr.Kill(benchTeam, info.ID)
+	}
+	return bench.Print(out, f.json, bench.Summarize("pool_hit", ds))
+}
+
+func waitPool(ctx context.Context, mgr *manager.Manager, n int) error {
+	deadline := time.Now().Add(2 * time.Minute)
+	for mgr.Pools()["base"].Ready < n {
+		if time.Now().After(deadline) {
+			return fmt.Errorf("the pool did not fill: %+v", mgr.Pools())
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+	return nil
+}
+
+// touch512 makes the guest hold 512 MiB of written memory in a process that stays.
+const touch512 = `(nohup python3 -c "
+import time
+b = bytearray(512 << 20)
+for i in range(0, len(b), 4096): b[i] = 1
+open('/tmp/touched', 'w').write('yes')
+time.sleep(1e9)" >/dev/null 2>&1 &); while [ ! -e /tmp/touched ]; do sleep 0.1; done`
+
+func benchPauseResume(ctx context.Context, mgr *manager.Manager, f *benchFlags, out io.Writer) error {
+	info, err := mgr.Create(ctx, manager.CreateRequest{Team: benchTeam, Secure: true, AllowInternet: true, MemoryMiB: 1024, Timeout: time.Hour})
+	if err != nil {
+		return err
+	}
+	defer func() { _ = mgr.Kill(benchTeam, info.ID) }()
+	if err := mgrExec(ctx, mgr, info.ID, touch512); err != nil {
+		return err
+	}
+	var pauses, resumes []time.Duration
+	for i := 0; i < f.n; i++ {
+		t0 := time.Now()
+		if err := mgr.Pause(ctx, benchTeam, info.ID, true); err != nil {
+			return err
+		}
+		pauses = append(pauses, time.Since(t0))
+		t0 = time.Now()
+		if _, _, err := mgr.Resume(ctx, benchTeam, info.ID, time.Hour); err != nil {
+			return err
+		}
+		resumes = append(resumes, time.Since(t0))
+	}
+	p := bench.Summarize("pause_512mib_touched", pauses)
+	p.Extra = map[string]float64{"seconds_per_gib_touched": bench.Median(pauses).Seconds() * 2}
+	return bench.Print(out, f.json, p, bench.Summarize("resume_envd_ready", resumes))
+}
+
+func benchFork(ctx context.Context, mgr *manager.Manager, f *benchFlags, out io.Writer) error {
+	info, err := mgr.Create(ctx, manager.CreateRequest{Team: benchTeam, Secure: true, AllowInternet: true, Timeout: time.Hour})
+	if err != nil {
+		return err
+	}
+	defer func() { _ = mgr.Kill(benchTeam, info.ID) }()
+	var ds []time.Duration
+	for i := 0; i < f.n; i++ {
+		t0 := time.Now()
+		res, err := mgr.Fork(ctx, benchTeam, info.ID, 10, time.Hour)
+		if err != nil {
+			return err
+		}
+		ds = append(ds, time.Since(t0))
+		for _, r := range res {
+			if r.Err != nil {
+				return r.Err
+			}
+			_ = mgr.Kill(benchTeam, r.Info.ID)
+		}
+	}
+	return bench.Print(out, f.json, bench.Summarize("fork_x10", ds))
+}
+
+// mgrExec runs a shell command in a manager's sandbox and requires success.
+func mgrExec(ctx context.Context, mgr *manager.Manager, id, cmd string) error {
+	sb, err := mgr.Sandbox(benchTeam, id)
+	if err != nil {
+		return err
+	}
+	res, err := sb.Run(ctx, sandbox.RunSpec{Cmd: "/bin/bash", Args: []string{"-c", cmd}, User: "root"}, nil, io.Discard, io.Discard, nil)
+	if err != nil {
+		return err
+	}
+	if res.ExitCode != 0 {
+		return fmt.Errorf("%q exited %d", cmd, res.ExitCode)
+	}
+	return nil
+}
