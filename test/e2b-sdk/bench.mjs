@@ -28,6 +28,18 @@ try {
   }
   report('sdk_create', creates)
 
+  // Create and the first command (E2B runs it as `bash -l -c true`), as a user sees them.
+  const firsts = []
+  for (let i = 0; i < 5; i++) {
+    let s
+    firsts.push(await time(async () => {
+      s = await Sandbox.create({ timeoutMs: 60_000 })
+      await s.commands.run('true')
+    }))
+    await s.kill()
+  }
+  report('sdk_create_and_run_true', firsts)
+
   const sbx = await Sandbox.create({ timeoutMs: 600_000 })
   await sbx.commands.run('true') // warm
   const runs = []
