@@ -72,35 +72,38 @@ func benchManager(ctx context.Context, g *globals, f *benchFlags) (*manager.Mana
 const benchTeam = "bench"
 
 func benchCreate(ctx context.Context, mgr *manager.Manager, f *benchFlags, out io.Writer) error {
-	var ds []time.Duration
-	for i := 0; i < f.n; i++ {
-		t0 := time.Now()
-		info, err := mgr.Create(ctx, manager.CreateRequest{Team: benchTeam, Secure: true, AllowInternet: true})
-		if err != nil {
-			return err
-		}
-		ds = append(ds, time.Since(t0))
-		_ = mgr.Kill(benchTeam, info.ID)
+	ds, err := timedCreates(ctx, mgr, f.n, func() error { return nil })
+	if err != nil {
+		return err
 	}
 	return bench.Print(out, f.json, bench.Summarize("create_from_template", ds))
 }
 
 func benchPool(ctx context.Context, mgr *manager.Manager, f *benchFlags, out io.Writer) error {
 	mgr.StartPool("base", 2)
+	ds, err := timedCreates(ctx, mgr, f.n, func() error { return waitPool(ctx, mgr, 2) })
+	if err != nil {
+		return err
+	}
+	return bench.Print(out, f.json, bench.Summarize("pool_hit", ds))
+}
+
+// timedCreates times n creates (each killed after), calling before, untimed, ahead of each.
+func timedCreates(ctx context.Context, mgr *manager.Manager, n int, before func() error) ([]time.Duration, error) {
 	var ds []time.Duration
-	for i := 0; i < f.n; i++ {
-		if err := waitPool(ctx, mgr, 2); err != nil {
-			return err
+	for i := 0; i < n; i++ {
+		if err := before(); err != nil {
+			return nil, err
 		}
 		t0 := time.Now()
 		info, err := mgr.Create(ctx, manager.CreateRequest{Team: benchTeam, Secure: true, AllowInternet: true})
 		if err != nil {
-			return err
+			return nil, err
 		}
 		ds = append(ds, time.Since(t0))
 		_ = mgr.Kill(benchTeam, info.ID)
 	}
-	return bench.Print(out, f.json, bench.Summarize("pool_hit", ds))
+	return ds, nil
 }
 
 func waitPool(ctx context.Context, mgr *manager.Manager, n int) error {

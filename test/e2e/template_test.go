@@ -14,17 +14,25 @@ import (
 	"github.com/cellhq/cell/internal/sandbox"
 )
 
-// TestTemplateClones restores 3 sandboxes from the base template's memory snapshot: each has its
-// own host name, the host's clock, and random bytes (kernel and Python) that no sibling shares.
-func TestTemplateClones(t *testing.T) {
+// templateRuntime is an in-process runtime (VMs in a run directory of the test's own) whose
+// sandboxes restore from the base template.
+func templateRuntime(t *testing.T) (*sandbox.Runtime, *sandbox.Template, string) {
+	t.Helper()
 	rd := runDir(t)
 	rt := newRuntime(t, rd, nil)
-	ctx := context.Background()
-	tmpl, err := rt.EnsureTemplate(ctx, testEnv.home, "base")
+	tmpl, err := rt.EnsureTemplate(context.Background(), testEnv.home, "base")
 	if err != nil {
 		t.Fatal(err)
 	}
 	rt.SetTemplate("base", tmpl)
+	return rt, tmpl, rd
+}
+
+// TestTemplateClones restores 3 sandboxes from the base template's memory snapshot: each has its
+// own host name, the host's clock, and random bytes (kernel and Python) that no sibling shares.
+func TestTemplateClones(t *testing.T) {
+	rt, _, rd := templateRuntime(t)
+	ctx := context.Background()
 	seen := map[string]string{}
 	for i := 0; i < 3; i++ {
 		sb, err := rt.Boot(ctx, sandbox.Options{})
@@ -73,14 +81,8 @@ func TestTemplateClones(t *testing.T) {
 // TestDensityClonesShareTemplate holds 50 idle clones of the base template: they share the
 // template's RAM (total PSS far below 50 × RAM) and each costs at most 40 MiB of PSS.
 func TestDensityClonesShareTemplate(t *testing.T) {
-	rd := runDir(t)
-	rt := newRuntime(t, rd, nil)
+	rt, tmpl, rd := templateRuntime(t)
 	ctx := context.Background()
-	tmpl, err := rt.EnsureTemplate(ctx, testEnv.home, "base")
-	if err != nil {
-		t.Fatal(err)
-	}
-	rt.SetTemplate("base", tmpl)
 	const n = 50
 	avail := bench.MemAvailableMiB()
 	var boxes []*sandbox.Sandbox
