@@ -7,9 +7,13 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"os"
+	"runtime"
 	"strconv"
 	"sync"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // Event is an asynchronous QMP event such as SHUTDOWN, STOP or RESUME.
@@ -148,6 +152,16 @@ func (c *Client) readLoop(dec *json.Decoder) {
 // Execute runs command with args (nil for none) and decodes its return value into result (nil to
 // discard it).
 func (c *Client) Execute(ctx context.Context, command string, args, result any) error {
+	return c.execute(ctx, command, args, result, nil)
+}
+
+// AddFD hands QEMU a copy of f's descriptor under name (QMP's getfd, the descriptor passed with
+// SCM_RIGHTS), for a later command to use as "fd:name". The connection must be a unix socket.
+func (c *Client) AddFD(ctx context.Context, name string, f *os.File) error {
+	return c.execute(ctx, "getfd", map[string]string{"fdname": name}, nil, f)
+}
+
+func (c *Client) execute(ctx context.Context, command string, args, result any, fd *os.File) error {
 	ch := make(chan reply, 1)
 	c.mu.Lock()
 	if c.err != nil {
@@ -173,7 +187,17 @@ func (c *Client) Execute(ctx context.Context, command string, args, result any) 
 	if dl, ok := ctx.Deadline(); ok {
 		_ = c.conn.SetWriteDeadline(dl)
 	}
-	_, err = c.conn.Write(append(b, '\n'))
+	if fd != nil {
+		uc, ok := c.conn.(*net.UnixConn)
+		if !ok {
+			err = errors.New("passing a descriptor needs a unix socket")
+		} else {
+			_, _, err = uc.WriteMsgUnix(append(b, '\n'), unix.UnixRights(int(fd.Fd())), nil)
+			runtime.KeepAlive(fd)
+		}
+	} else {
+		_, err = c.conn.Write(append(b, '\n'))
+	}
 	_ = c.conn.SetWriteDeadline(time.Time{})
 	c.writeMu.Unlock()
 	if err != nil {

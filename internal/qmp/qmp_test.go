@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"net"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
@@ -73,6 +74,24 @@ func TestRealQEMU(t *testing.T) {
 	var qe *Error
 	if !errors.As(err, &qe) || qe.Class != "CommandNotFound" {
 		t.Fatalf("unknown command error = %v, want CommandNotFound", err)
+	}
+	// A descriptor handed over with AddFD is QEMU's under its name (closefd finds it once).
+	f, err := os.CreateTemp(dir, "fd")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.AddFD(ctx, "passed", f); err != nil {
+		t.Fatal(err)
+	}
+	_ = f.Close()
+	if err := c.Execute(ctx, "closefd", map[string]string{"fdname": "passed"}, nil); err != nil {
+		t.Fatalf("closefd of a passed descriptor: %v", err)
+	}
+	if err := c.Execute(ctx, "closefd", map[string]string{"fdname": "passed"}, nil); err == nil {
+		t.Fatal("closefd found a descriptor twice")
+	}
+	if err := c.Execute(ctx, "getfd", map[string]string{"fdname": "none"}, nil); err == nil {
+		t.Fatal("getfd without a descriptor succeeded")
 	}
 	// quit: QEMU exits, the client notices, later commands fail with ErrClosed.
 	if err := c.Execute(ctx, "quit", nil, nil); err != nil {

@@ -6,7 +6,6 @@ import (
 	"encoding/hex"
 	"fmt"
 	"io"
-	"net"
 	"os"
 	"strings"
 	"time"
@@ -55,34 +54,6 @@ func (vm *VM) waitMigration(ctx context.Context) error {
 	}
 }
 
-// serveOnce listens on path and runs fn on the first connection; the returned channel gets its
-// result. The listener is closed when fn returns or ctx ends.
-func serveOnce(ctx context.Context, path string, fn func(net.Conn) error) (<-chan error, error) {
-	_ = os.Remove(path)
-	ln, err := net.Listen("unix", path)
-	if err != nil {
-		return nil, err
-	}
-	done := make(chan error, 1)
-	stop := context.AfterFunc(ctx, func() { _ = ln.Close() })
-	go func() {
-		defer stop()
-		conn, err := ln.Accept()
-		_ = ln.Close()
-		_ = os.Remove(path)
-		if err != nil {
-			done <- fmt.Errorf("waiting for QEMU's migration connection: %w", err)
-			return
-		}
-		stopConn := context.AfterFunc(ctx, func() { _ = conn.Close() })
-		err = fn(conn)
-		stopConn()
-		_ = conn.Close()
-		done <- err
-	}()
-	return done, nil
-}
-
 // incoming feeds a saved device state to a VM started with Incoming, and waits until it is loaded.
 func (vm *VM) incoming(ctx context.Context, statePath string, ignoreShared bool) error {
 	f, err := os.Open(statePath)
@@ -95,21 +66,12 @@ func (vm *VM) incoming(ctx context.Context, statePath string, ignoreShared bool)
 			return err
 		}
 	}
-	// For an incoming migration QEMU is the one that listens.
-	sock := vm.Dir.File("mig.sock")
-	if err := vm.QMP.Execute(ctx, "migrate-incoming", map[string]any{"uri": "unix:" + sock}, nil); err != nil {
+	// QEMU reads the stream from the file itself.
+	if err := vm.QMP.AddFD(ctx, "migin", f); err != nil {
+		return fmt.Errorf("passing the state file: %w", err)
+	}
+	if err := vm.QMP.Execute(ctx, "migrate-incoming", map[string]any{"uri": "fd:migin"}, nil); err != nil {
 		return fmt.Errorf("migrate-incoming: %w", err)
-	}
-	conn, err := dialRetry(ctx, sock, func(c net.Conn) (net.Conn, error) { return c, nil })
-	if err != nil {
-		return fmt.Errorf("connecting to QEMU's migration socket: %w", err)
-	}
-	stop := context.AfterFunc(ctx, func() { _ = conn.Close() })
-	_, err = io.Copy(conn, f)
-	stop()
-	_ = conn.Close()
-	if err != nil {
-		return fmt.Errorf("sending the snapshot state: %w", err)
 	}
 	return vm.waitMigration(ctx)
 }
@@ -146,24 +108,18 @@ func (vm *VM) save(ctx context.Context, statePath string, full bool) error {
 		return fmt.Errorf("creating the snapshot state: %w", err)
 	}
 	defer func() { _ = out.Close() }()
-	sock := vm.Dir.File("mig-out.sock")
-	done, err := serveOnce(ctx, sock, func(c net.Conn) error {
-		if _, err := io.Copy(out, c); err != nil {
-			return err
-		}
-		return out.Sync()
-	})
-	if err != nil {
-		return err
+	// QEMU writes the stream into the file itself: no copy through this process.
+	if err := vm.QMP.AddFD(ctx, "migout", out); err != nil {
+		return fmt.Errorf("passing the state file: %w", err)
 	}
-	if err := vm.QMP.Execute(ctx, "migrate", map[string]any{"uri": "unix:" + sock}, nil); err != nil {
+	if err := vm.QMP.Execute(ctx, "migrate", map[string]any{"uri": "fd:migout"}, nil); err != nil {
 		return fmt.Errorf("migrate: %w", err)
 	}
 	if err := vm.waitMigration(ctx); err != nil {
 		return err
 	}
-	if err := <-done; err != nil {
-		return fmt.Errorf("receiving the snapshot state: %w", err)
+	if err := out.Sync(); err != nil {
+		return fmt.Errorf("syncing the snapshot state: %w", err)
 	}
 	return nil
 }
