@@ -74,6 +74,7 @@ func Handler(s Services) http.Handler {
 	mux.HandleFunc("POST /init", s.init)
 	files := &filesystem.Files{Defaults: s.Defaults, Users: s.Users}
 	mux.Handle("/files", files)
+	mux.HandleFunc("GET "+LocalTCPPath, localTCP)
 	mux.HandleFunc("POST "+PowerOffPath, func(w http.ResponseWriter, _ *http.Request) {
 		w.WriteHeader(http.StatusAccepted)
 		if f, ok := w.(http.Flusher); ok {

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"sort"
+	"strings"
 
 	"github.com/cellhq/cell/internal/netstack"
 	"github.com/cellhq/cell/internal/store"
@@ -100,12 +101,23 @@ func (m *Manager) Port(id string, port uint16) (PortTarget, error) {
 	if b.sb == nil || b.rec.State != store.StateRunning {
 		return PortTarget{}, fmt.Errorf("%w: sandbox %q is %s", ErrNotFound, id, b.rec.State)
 	}
-	n := b.sb.Net
-	if n == nil {
-		return PortTarget{}, fmt.Errorf("%w: sandbox %q has no network", ErrNotFound, id)
-	}
+	sb := b.sb
 	return PortTarget{
-		Dial:         func(ctx context.Context) (net.Conn, error) { return n.DialGuest(ctx, port) },
+		Dial: func(ctx context.Context) (net.Conn, error) {
+			// Through the sandbox's network first (a server on 0.0.0.0, as on E2B); a refusal
+			// there may be a server on 127.0.0.1 only, reached through envd instead.
+			if sb.Net != nil {
+				c, err := sb.Net.DialGuest(ctx, port)
+				if err == nil || !strings.Contains(err.Error(), "refused") {
+					return c, err
+				}
+			}
+			c, err := sb.DialLocal(ctx, port)
+			if err != nil && strings.Contains(err.Error(), "not open") {
+				return nil, fmt.Errorf("port %d: connection refused: %w", port, err)
+			}
+			return c, err
+		},
 		TrafficToken: b.rec.TrafficToken,
 	}, nil
 }

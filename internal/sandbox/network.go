@@ -1,7 +1,15 @@
 package sandbox
 
 import (
+	"context"
 	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"strconv"
+	"time"
+
+	"github.com/cellhq/cell/envd/server"
 
 	"github.com/cellhq/cell/internal/netstack"
 	"github.com/cellhq/cell/internal/vmm"
@@ -65,3 +73,44 @@ func netVM(cfg *vmm.Config, off bool) {
 		cfg.NetMAC = netstack.GuestMAC
 	}
 }
+
+// DialLocal opens a connection to port on the guest's loopback, through envd over the channel
+// (for servers that listen on 127.0.0.1 only, which the network cannot reach). An error whose
+// text says "not open" means nothing listens there.
+func (s *Sandbox) DialLocal(ctx context.Context, port uint16) (net.Conn, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, envdURL+server.LocalTCPPath+"?port="+strconv.Itoa(int(port)), nil)
+	if err != nil {
+		return nil, err
+	}
+	req.Header.Set("Connection", "Upgrade")
+	req.Header.Set("Upgrade", server.LocalTCPProtocol)
+	resp, err := s.own.Do(req)
+	if err != nil {
+		return nil, fmt.Errorf("envd %s: %w", server.LocalTCPPath, err)
+	}
+	if resp.StatusCode != http.StatusSwitchingProtocols {
+		msg, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
+		_ = resp.Body.Close()
+		return nil, fmt.Errorf("envd %s: HTTP %d: %s", server.LocalTCPPath, resp.StatusCode, msg)
+	}
+	rwc, ok := resp.Body.(io.ReadWriteCloser)
+	if !ok {
+		_ = resp.Body.Close()
+		return nil, fmt.Errorf("envd %s: the upgraded stream is not writable", server.LocalTCPPath)
+	}
+	return &streamConn{ReadWriteCloser: rwc, port: int(port)}, nil
+}
+
+// streamConn is a net.Conn over an upgraded HTTP stream (deadlines are not supported).
+type streamConn struct {
+	io.ReadWriteCloser
+	port int
+}
+
+func (c *streamConn) LocalAddr() net.Addr { return &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)} }
+func (c *streamConn) RemoteAddr() net.Addr {
+	return &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1), Port: c.port}
+}
+func (c *streamConn) SetDeadline(time.Time) error      { return nil }
+func (c *streamConn) SetReadDeadline(time.Time) error  { return nil }
+func (c *streamConn) SetWriteDeadline(time.Time) error { return nil }

@@ -659,3 +659,21 @@ func TestSandboxCLINetwork(t *testing.T) {
 		t.Fatalf("network without flags: %d %s", code, out)
 	}
 }
+
+// TestNetworkExposedLoopbackServer: a server listening on the guest's 127.0.0.1 only is reached
+// too (through envd), even with the internet off; a port nothing listens on is E2B's 502.
+func TestNetworkExposedLoopbackServer(t *testing.T) {
+	srv, c := netServe(t)
+	off := false
+	s := newSbx(t, c, client.CreateOptions{Internet: &off})
+	s.ok("mkdir -p /tmp/lo && echo loopback-only > /tmp/lo/x && (nohup python3 -m http.server 8001 --bind 127.0.0.1 --directory /tmp/lo >/dev/null 2>&1 &)")
+	for i := 0; i < 3; i++ {
+		if body := portGet(t, srv, s.id, 8001, "/x", nil, 200); body != "loopback-only\n" {
+			t.Fatalf("loopback server answered %q", body)
+		}
+	}
+	body := portGet(t, srv, s.id, 8002, "/", nil, http.StatusBadGateway)
+	if !strings.Contains(body, "port is not open") {
+		t.Fatalf("closed port: %s", body)
+	}
+}

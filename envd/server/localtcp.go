@@ -1,0 +1,61 @@
+package server
+
+import (
+	"io"
+	"net"
+	"net/http"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/cellhq/cell/envd/filesystem"
+)
+
+// LocalTCPPath opens a byte stream to a TCP port on the guest's loopback (Cell-specific): the
+// host's proxy uses it for servers that listen on 127.0.0.1 only, which its network cannot reach.
+// The request upgrades to the protocol "cell-tcp"; after the 101 the stream is the connection.
+const LocalTCPPath = "/cell/tcp"
+
+// LocalTCPProtocol is the Upgrade token of LocalTCPPath.
+const LocalTCPProtocol = "cell-tcp"
+
+func localTCP(w http.ResponseWriter, r *http.Request) {
+	port, err := strconv.Atoi(r.URL.Query().Get("port"))
+	if err != nil || port < 1 || port > 65535 {
+		filesystem.WriteError(w, http.StatusBadRequest, "port: %q is not a port number", r.URL.Query().Get("port"))
+		return
+	}
+	c, err := net.DialTimeout("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(port)), 5*time.Second)
+	if err != nil {
+		filesystem.WriteError(w, http.StatusBadGateway, "port %d is not open: %v", port, err)
+		return
+	}
+	hj, ok := w.(http.Hijacker)
+	if !ok {
+		_ = c.Close()
+		filesystem.WriteError(w, http.StatusInternalServerError, "the connection cannot be taken over")
+		return
+	}
+	conn, brw, err := hj.Hijack()
+	if err != nil {
+		_ = c.Close()
+		return
+	}
+	defer func() { _ = conn.Close() }()
+	defer func() { _ = c.Close() }()
+	if _, err := io.WriteString(conn, "HTTP/1.1 101 Switching Protocols\r\nUpgrade: "+LocalTCPProtocol+"\r\nConnection: Upgrade\r\n\r\n"); err != nil {
+		return
+	}
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		_, _ = io.Copy(c, brw.Reader) // what the host sent after the request, then the rest
+		if tc, ok := c.(*net.TCPConn); ok {
+			_ = tc.CloseWrite()
+		}
+	}()
+	_, _ = io.Copy(conn, c)
+	_ = conn.Close() // ends the copy above if the host is still sending
+	wg.Wait()
+}
