@@ -66,6 +66,13 @@ func (vm *VM) incoming(ctx context.Context, statePath string, ignoreShared bool)
 			return err
 		}
 	}
+	// No self-announcement after the load: QEMU would write those frames to the network device
+	// even before it has accepted the host's connection on it (QEMU 7.2 then dereferences a
+	// null channel and dies; seen once in ~1000 restores). The host's switch learns the guest's
+	// address from its first frame anyway.
+	if err := vm.QMP.Execute(ctx, "migrate-set-parameters", map[string]any{"announce-rounds": 0}, nil); err != nil {
+		return fmt.Errorf("migrate-set-parameters: %w", err)
+	}
 	// QEMU reads the stream from the file itself.
 	if err := vm.QMP.AddFD(ctx, "migin", f); err != nil {
 		return fmt.Errorf("passing the state file: %w", err)

@@ -350,6 +350,9 @@ func (h *Host) startOnce(ctx context.Context, spec Spec) (_ *VM, retErr error) {
 			}
 		}
 		switch {
+		case errors.Is(cause, ErrQEMUExited) && crashed(vm.exitErr):
+			// QEMU itself crashed (not killed, not a refused configuration): worth another try.
+			return &BootError{Err: cause, Transient: true}
 		case errors.Is(cause, ErrQEMUExited):
 			return cause
 		case errors.Is(cause, errBootTimeout):
@@ -409,6 +412,23 @@ func (h *Host) startOnce(ctx context.Context, spec Spec) (_ *VM, retErr error) {
 	}
 	vm.log.Debug("vm booted", "qemu_ready", tCont.Sub(t0), "guest_ready", time.Since(tCont), "pid", vm.PID)
 	return vm, nil
+}
+
+// crashed says whether a process ended by a crash signal (SIGSEGV, SIGBUS, SIGILL, SIGABRT).
+func crashed(err error) bool {
+	var ee *exec.ExitError
+	if !errors.As(err, &ee) {
+		return false
+	}
+	ws, ok := ee.Sys().(syscall.WaitStatus)
+	if !ok || !ws.Signaled() {
+		return false
+	}
+	switch ws.Signal() {
+	case syscall.SIGSEGV, syscall.SIGBUS, syscall.SIGILL, syscall.SIGABRT:
+		return true
+	}
+	return false
 }
 
 // dialRetry dials a unix socket until it accepts or ctx ends.

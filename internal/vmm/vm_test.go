@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -62,5 +63,26 @@ func TestStartPermanentFailures(t *testing.T) {
 	entries, _ := os.ReadDir(h.cfg.RunDir)
 	if len(entries) != 0 {
 		t.Fatalf("a failed start left %d entries in the run dir", len(entries))
+	}
+}
+
+func TestCrashedIsOnlyACrashSignal(t *testing.T) {
+	for _, c := range []struct {
+		script string
+		want   bool
+	}{
+		{"kill -SEGV $$", true},
+		{"kill -ABRT $$", true},
+		{"kill -KILL $$", false},
+		{"kill -TERM $$", false},
+		{"exit 1", false},
+	} {
+		err := exec.Command("sh", "-c", c.script).Run()
+		if got := crashed(err); got != c.want {
+			t.Errorf("%q: crashed(%v) = %v, want %v", c.script, err, got, c.want)
+		}
+	}
+	if crashed(nil) {
+		t.Error("crashed(nil)")
 	}
 }
