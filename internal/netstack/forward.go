@@ -269,12 +269,18 @@ const maxFrame = 65536 + 64
 // length the switch would allocate blindly is refused instead.
 type frameGuard struct {
 	net.Conn
-	hdr    [4]byte
-	inHdr  int // header bytes seen of the current frame
-	remain int // body bytes left in the current frame
+	pending []byte // frames to read before the connection's own
+	hdr     [4]byte
+	inHdr   int // header bytes seen of the current frame
+	remain  int // body bytes left in the current frame
 }
 
 func (f *frameGuard) Read(p []byte) (int, error) {
+	if len(f.pending) > 0 {
+		k := copy(p, f.pending)
+		f.pending = f.pending[k:]
+		return k, nil
+	}
 	k, err := f.Conn.Read(p)
 	for i := 0; i < k; {
 		if f.remain > 0 {

@@ -2,6 +2,7 @@ package netstack
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -205,12 +206,37 @@ func (n *Network) Attach(conn net.Conn) error {
 	go func() {
 		defer n.wg.Done()
 		defer n.untrack(conn)
-		err := n.sw.Accept(n.ctx, &frameGuard{Conn: conn}, types.QemuProtocol)
+		err := n.sw.Accept(n.ctx, &frameGuard{Conn: conn, pending: announceFrame()}, types.QemuProtocol)
 		if err != nil && n.ctx.Err() == nil {
 			n.log.Debug("network device detached", "err", err)
 		}
 	}()
 	return nil
+}
+
+// announceFrame is a gratuitous ARP from the guest, in QEMU's stream framing, read by the switch
+// as if the VM had sent it first: the switch learns which link the guest's MAC is on, so traffic
+// to the guest (an exposed port) flows before the guest has sent anything itself. (QEMU's own
+// announcement after a restore is off: see vmm.)
+func announceFrame() []byte {
+	guest, gw := mustMAC(GuestMAC), mustMAC(GatewayMAC)
+	gip, gwip := GuestIP.As4(), GatewayIP.As4()
+	f := make([]byte, 4+60) // length, then a minimum-size Ethernet frame
+	binary.BigEndian.PutUint32(f, 60)
+	e := f[4:]
+	copy(e[0:6], gw)
+	copy(e[6:12], guest)
+	binary.BigEndian.PutUint16(e[12:], 0x0806) // ARP
+	a := e[14:]
+	binary.BigEndian.PutUint16(a[0:], 1)      // Ethernet
+	binary.BigEndian.PutUint16(a[2:], 0x0800) // IPv4
+	a[4], a[5] = 6, 4
+	binary.BigEndian.PutUint16(a[6:], 2) // reply
+	copy(a[8:14], guest)
+	copy(a[14:18], gip[:])
+	copy(a[18:24], gw)
+	copy(a[24:28], gwip[:])
+	return f
 }
 
 // SetRules replaces the egress policy; it applies to new connections.

@@ -1,15 +1,17 @@
 package netstack
 
 import (
-	"io"
-	"os"
-
+	"bytes"
 	"context"
-	"github.com/sirupsen/logrus"
+	"encoding/binary"
+	"io"
 	"net"
 	"net/netip"
+	"os"
 	"testing"
 	"time"
+
+	"github.com/sirupsen/logrus"
 
 	"github.com/miekg/dns"
 	"go.uber.org/goleak"
@@ -134,6 +136,41 @@ func TestCloseReleasesEverything(t *testing.T) {
 	}
 	if err := n.Attach(host); err == nil {
 		t.Fatal("Attach after Close succeeded")
+	}
+}
+
+// TestDialGuestBeforeTheGuestSpeaks: a connection to the guest (an exposed port) is sent down the
+// VM's link even when the guest has not sent a frame yet (a restored guest is silent until it
+// has something to say; the switch drops frames for MACs it has not learned).
+func TestDialGuestBeforeTheGuestSpeaks(t *testing.T) {
+	noLeaks(t)
+	n := newTestNetwork(t, Policy{Internet: true})
+	vm, host := net.Pipe()
+	defer func() { _ = vm.Close() }()
+	if err := n.Attach(host); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = n.Close() }()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	go func() { _, _ = n.DialGuest(ctx, 8000) }() // fails at ctx's end: nothing answers
+	// The first frame on the link must be a TCP SYN to the guest's port 8000.
+	_ = vm.SetReadDeadline(time.Now().Add(time.Second))
+	var hdr [4]byte
+	if _, err := io.ReadFull(vm, hdr[:]); err != nil {
+		t.Fatalf("no frame reached the VM link: %v", err)
+	}
+	frame := make([]byte, binary.BigEndian.Uint32(hdr[:]))
+	if _, err := io.ReadFull(vm, frame); err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(frame[0:6], mustMAC(GuestMAC)) || binary.BigEndian.Uint16(frame[12:]) != 0x0800 {
+		t.Fatalf("frame to %x, ethertype %x: want IPv4 to the guest", frame[0:6], frame[12:14])
+	}
+	ip := frame[14:]
+	tcp := ip[int(ip[0]&0x0f)*4:]
+	if ip[9] != 6 || binary.BigEndian.Uint16(tcp[2:]) != 8000 || tcp[13]&0x02 == 0 {
+		t.Fatalf("not a SYN to port 8000: proto %d, port %d, flags %x", ip[9], binary.BigEndian.Uint16(tcp[2:]), tcp[13])
 	}
 }
 
