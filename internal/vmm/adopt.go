@@ -110,6 +110,11 @@ func (h *Host) Adopt(ctx context.Context, id string, pid int, startTicks uint64)
 	}
 	if !st.Running {
 		h.cfg.Log.Warn("adopted VM was stopped: continuing it", "vm", id, "status", st.Status)
+		// QEMU writes migration state files itself, so a save the daemon started may still be
+		// going: continued under it, the guest would be stopped again when it completes.
+		if err := vm.cancelMigration(ctx); err != nil {
+			return nil, fmt.Errorf("vm %s: %w", id, err)
+		}
 		if err := vm.QMP.Execute(ctx, "cont", nil, nil); err != nil {
 			return nil, fmt.Errorf("vm %s: continuing it (%s): %w", id, st.Status, err)
 		}

@@ -54,6 +54,45 @@ func (vm *VM) waitMigration(ctx context.Context) error {
 	}
 }
 
+// migrationActive says whether a migration in this state is still under way.
+func migrationActive(status string) bool {
+	switch status {
+	case "", "none", "completed", "failed", "cancelled":
+		return false
+	}
+	return true
+}
+
+// cancelMigration cancels an outgoing migration still under way, if any, and waits until QEMU
+// has finished with it (cancelled, or completed meanwhile). A VM that was stopped for it stays
+// stopped.
+func (vm *VM) cancelMigration(ctx context.Context) error {
+	var st migrationStatus
+	if err := vm.QMP.Execute(ctx, "query-migrate", nil, &st); err != nil {
+		return fmt.Errorf("query-migrate: %w", err)
+	}
+	if !migrationActive(st.Status) {
+		return nil
+	}
+	vm.log.Warn("cancelling a migration left running", "status", st.Status)
+	if err := vm.QMP.Execute(ctx, "migrate_cancel", nil, nil); err != nil {
+		return fmt.Errorf("migrate_cancel: %w", err)
+	}
+	for migrationActive(st.Status) {
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("waiting for the migration to end: %w", context.Cause(ctx))
+		case <-vm.exited:
+			return fmt.Errorf("%w while cancelling a migration: %s", ErrQEMUExited, describeExit(vm.exitErr))
+		case <-time.After(2 * time.Millisecond):
+		}
+		if err := vm.QMP.Execute(ctx, "query-migrate", nil, &st); err != nil {
+			return fmt.Errorf("query-migrate: %w", err)
+		}
+	}
+	return nil
+}
+
 // incoming feeds a saved device state to a VM started with Incoming, and waits until it is loaded.
 func (vm *VM) incoming(ctx context.Context, statePath string, ignoreShared bool) error {
 	f, err := os.Open(statePath)

@@ -127,3 +127,75 @@ func checkNoLeftovers(t *testing.T, home string, running map[string]bool) {
 		return nil
 	})
 }
+
+// TestCrashMidMigration SIGKILLs `cell serve` while QEMU is writing a snapshot's or a pause's
+// state file. QEMU writes that file itself, so the save outlives the daemon: the restarted
+// daemon must cancel it before it continues the VM (continued under it, the guest would be
+// stopped again when the save completes, and every call to it would hang).
+func TestCrashMidMigration(t *testing.T) {
+	for _, op := range []string{"snapshot", "pause"} {
+		t.Run(op, func(t *testing.T) {
+			home := t.TempDir()
+			key := apiKey(t, home)
+			srv := startServe(t, home)
+			c := client.New(srv.url, key)
+			ctx := context.Background()
+			info, err := c.Create(ctx, client.CreateOptions{Timeout: time.Hour})
+			if err != nil {
+				t.Fatal(err)
+			}
+			id := info.SandboxID
+			// 200 MB of random bytes in RAM: a full save takes long enough to be caught.
+			execOut(t, c, id, "echo m > /tmp/mem; echo d > /home/user/disk; sync; "+
+				"python3 -c \"import os; open('/dev/shm/fill','wb').write(os.urandom(200<<20))\"")
+			pattern := filepath.Join(home, "templates", "*", ".staging-*", "state")
+			if op == "pause" {
+				pattern = filepath.Join(home, "paused", id, ".staging-*", "state")
+			}
+			done := make(chan error, 1)
+			go func() {
+				var err error
+				if op == "pause" {
+					err = c.Pause(ctx, id, true)
+				} else {
+					_, err = c.Snapshot(ctx, id, "")
+				}
+				done <- err
+			}()
+			deadline := time.Now().Add(30 * time.Second)
+			for {
+				if m, _ := filepath.Glob(pattern); len(m) == 1 {
+					if st, err := os.Stat(m[0]); err == nil && st.Size() > 0 {
+						break
+					}
+				}
+				if time.Now().After(deadline) {
+					t.Fatalf("no state file was being written (%s)\n%s", pattern, srv.logs)
+				}
+				time.Sleep(2 * time.Millisecond)
+			}
+			_ = srv.cmd.Process.Signal(syscall.SIGKILL)
+			_ = srv.cmd.Wait()
+			<-done
+
+			srv = startServe(t, home)
+			c = client.New(srv.url, key)
+			info, err = c.Get(ctx, id)
+			if err != nil || info.State != "running" {
+				t.Fatalf("after restart: %+v %v\n%s", info, err, srv.logs)
+			}
+			if got := execOut(t, c, id, "cat /tmp/mem /home/user/disk"); got != "m\nd\n" {
+				t.Fatalf("state lost: %q", got)
+			}
+			// Still running a moment later (a save completing under it would have stopped it).
+			time.Sleep(2 * time.Second)
+			if got := execOut(t, c, id, "cat /tmp/mem"); got != "m\n" {
+				t.Fatalf("state lost: %q", got)
+			}
+			checkNoLeftovers(t, home, map[string]bool{id: true})
+			if !strings.Contains(srv.logs.String(), "cancelling a migration left running") {
+				t.Fatalf("the save had finished before the kill: nothing tested\n%s", srv.logs)
+			}
+		})
+	}
+}
