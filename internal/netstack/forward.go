@@ -266,13 +266,29 @@ func relayUDP(dst, src net.Conn) {
 const maxFrame = 65536 + 64
 
 // frameGuard checks QEMU's stream framing (4-byte big-endian length, then the frame) so that a
-// length the switch would allocate blindly is refused instead.
+// length the switch would allocate blindly is refused instead. Writes to the VM time out: a
+// guest that stops taking frames (QEMU stops reading the socket when the guest's receive ring
+// is full) would otherwise block the switch, and with it every sender in the sandbox's stack,
+// forever; after writeTimeout the switch drops the link instead.
 type frameGuard struct {
 	net.Conn
-	pending []byte // frames to read before the connection's own
-	hdr     [4]byte
-	inHdr   int // header bytes seen of the current frame
-	remain  int // body bytes left in the current frame
+	writeTimeout time.Duration // 0: none
+	pending      []byte        // frames to read before the connection's own
+	// taken is closed when the switch asks for more than pending: it has handled pending's
+	// frames by then (it reads the next frame only once it is done with the previous one).
+	taken  chan struct{}
+	hdr    [4]byte
+	inHdr  int // header bytes seen of the current frame
+	remain int // body bytes left in the current frame
+}
+
+func (f *frameGuard) Write(p []byte) (int, error) {
+	if f.writeTimeout > 0 {
+		if err := f.Conn.SetWriteDeadline(time.Now().Add(f.writeTimeout)); err != nil {
+			return 0, err
+		}
+	}
+	return f.Conn.Write(p)
 }
 
 func (f *frameGuard) Read(p []byte) (int, error) {
@@ -280,6 +296,10 @@ func (f *frameGuard) Read(p []byte) (int, error) {
 		k := copy(p, f.pending)
 		f.pending = f.pending[k:]
 		return k, nil
+	}
+	if f.taken != nil {
+		close(f.taken)
+		f.taken = nil
 	}
 	k, err := f.Conn.Read(p)
 	for i := 0; i < k; {

@@ -66,6 +66,8 @@ type Network struct {
 	wg     sync.WaitGroup
 
 	denyLog rateLimit
+	// linkWriteTimeout bounds one write of a frame to the VM (see frameGuard).
+	linkWriteTimeout time.Duration
 	// flows counts forwarded TCP connections and UDP flows open at once (bounded by maxFlows);
 	// dnsInFlight, upstream DNS queries (bounded by maxDNSInFlight).
 	flows, dnsInFlight atomic.Int64
@@ -80,6 +82,10 @@ const (
 // dialTimeout bounds an outbound connection attempt made for the guest.
 const dialTimeout = 10 * time.Second
 
+// linkWriteTimeout is how long the VM may leave a frame untaken before its link is dropped
+// (far longer than any stop of the VM for a snapshot).
+const linkWriteTimeout = 30 * time.Second
+
 // New builds a network. Attach a VM to it with Attach; Close releases it.
 func New(cfg Config) (*Network, error) {
 	if cfg.Rules == nil || cfg.Resolver == nil || cfg.Guard == nil {
@@ -90,7 +96,7 @@ func New(cfg Config) (*Network, error) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	n := &Network{cfg: cfg, log: cfg.Log.With("sandbox", cfg.SandboxID), ctx: ctx, cancel: cancel,
-		conns: map[net.Conn]struct{}{}}
+		conns: map[net.Conn]struct{}{}, linkWriteTimeout: linkWriteTimeout}
 	n.rules.Store(cfg.Rules)
 	if err := n.build(); err != nil {
 		cancel()
@@ -203,21 +209,31 @@ func (n *Network) Attach(conn net.Conn) error {
 		_ = conn.Close()
 		return errors.New("netstack: network closed")
 	}
+	link := &frameGuard{Conn: conn, writeTimeout: n.linkWriteTimeout, pending: announceFrame(), taken: make(chan struct{})}
+	taken := link.taken
 	go func() {
 		defer n.wg.Done()
 		defer n.untrack(conn)
-		err := n.sw.Accept(n.ctx, &frameGuard{Conn: conn, pending: announceFrame()}, types.QemuProtocol)
+		err := n.sw.Accept(n.ctx, link, types.QemuProtocol)
 		if err != nil && n.ctx.Err() == nil {
 			n.log.Debug("network device detached", "err", err)
 		}
 	}()
+	// Once the switch has taken the announcement, frames for the guest go down this link.
+	select {
+	case <-taken:
+	case <-n.ctx.Done():
+	case <-time.After(time.Second):
+		n.log.Warn("network switch did not take the guest's announcement")
+	}
 	return nil
 }
 
 // announceFrame is a gratuitous ARP from the guest, in QEMU's stream framing, read by the switch
 // as if the VM had sent it first: the switch learns which link the guest's MAC is on, so traffic
-// to the guest (an exposed port) flows before the guest has sent anything itself. (QEMU's own
-// announcement after a restore is off: see vmm.)
+// to the guest (an exposed port) flows before the guest has sent anything itself (the switch
+// drops frames for MACs it has not learned, and the gateway knows the guest's MAC statically, so
+// it never asks). QEMU's own announcement after a restore is off: see vmm.
 func announceFrame() []byte {
 	guest, gw := mustMAC(GuestMAC), mustMAC(GatewayMAC)
 	gip, gwip := GuestIP.As4(), GatewayIP.As4()

@@ -115,18 +115,24 @@ func mustCompile(t *testing.T, p Policy) *Rules {
 }
 
 // TestCloseReleasesEverything: a network with a VM link attached, closed, leaves no goroutine
-// and closes the link.
+// and closes the link. The VM never takes a frame: a dial to it still ends with its context
+// (the link is dropped after its write timeout instead of blocking the stack).
 func TestCloseReleasesEverything(t *testing.T) {
 	noLeaks(t)
 	n := newTestNetwork(t, Policy{Internet: true})
+	n.linkWriteTimeout = 50 * time.Millisecond
 	vm, host := net.Pipe()
 	if err := n.Attach(host); err != nil {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
 	defer cancel()
+	t0 := time.Now()
 	if _, err := n.DialGuest(ctx, 8000); err == nil {
 		t.Fatal("dialled a guest that is not there")
+	}
+	if d := time.Since(t0); d > 5*time.Second {
+		t.Fatalf("a dial to a VM that takes no frames returned after %v", d)
 	}
 	if err := n.Close(); err != nil {
 		t.Fatal(err)
@@ -152,8 +158,9 @@ func TestDialGuestBeforeTheGuestSpeaks(t *testing.T) {
 	}
 	defer func() { _ = n.Close() }()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-	defer cancel()
-	go func() { _, _ = n.DialGuest(ctx, 8000) }() // fails at ctx's end: nothing answers
+	dialed := make(chan struct{})
+	go func() { _, _ = n.DialGuest(ctx, 8000); close(dialed) }() // fails at ctx's end: nothing answers
+	defer func() { cancel(); <-dialed }()
 	// The first frame on the link must be a TCP SYN to the guest's port 8000.
 	_ = vm.SetReadDeadline(time.Now().Add(time.Second))
 	var hdr [4]byte
