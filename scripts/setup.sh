@@ -7,6 +7,7 @@ packages=(
   linux-source-6.1 make gcc flex bison bc libelf-dev xz-utils cpio  # guest kernel
   ca-certificates
   iproute2                              # `ip`: the network tests make their own test hosts (netns + veth)
+  bubblewrap                            # `cell bench compare`: a process sandbox on the host, the floor
 )
 # The E2B SDK test suite needs Node.js 20+ and npm; Debian's nodejs is used only when none is there.
 command -v node >/dev/null || packages+=(nodejs npm)

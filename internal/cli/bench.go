@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"os/exec"
 	"runtime"
 	"time"
 
@@ -45,6 +46,8 @@ func benchCmd(g *globals) *cobra.Command {
 			RunE: func(c *cobra.Command, _ []string) error { return benchDensity(c.Context(), g, f, c.OutOrStdout()) }},
 		&cobra.Command{Use: "run", Short: "Boot, run `true`, tear down: `cell run -- true` without process start", Args: cobra.NoArgs,
 			RunE: func(c *cobra.Command, _ []string) error { return benchRun(c.Context(), g, f, c.OutOrStdout()) }},
+		&cobra.Command{Use: "compare", Short: "Side by side, interleaved: a sandbox restored from the template, a cold boot, and bwrap running python3 on the host (the floor)", Args: cobra.NoArgs,
+			RunE: func(c *cobra.Command, _ []string) error { return benchCompare(c.Context(), g, f, c.OutOrStdout()) }},
 	)
 	cmd.AddCommand(managerBenchCmds(g, f)...)
 	return cmd
@@ -179,4 +182,68 @@ func benchDensity(ctx context.Context, g *globals, f *benchFlags, out io.Writer)
 		"host_mem_used_mib":      avail - bench.MemAvailableMiB(),
 	}
 	return bench.Print(out, f.json, s)
+}
+
+// benchCompare measures, interleaved in one run so that the machine's load is the same for all:
+// a sandbox restored from the template (to envd ready, identity given), the same followed by
+// `python3 -c pass` in it, a cold boot, and `bwrap --ro-bind / / python3 -c pass` on the host
+// (a process sandbox: the floor of what isolation can cost).
+func benchCompare(ctx context.Context, g *globals, f *benchFlags, out io.Writer) error {
+	bwrap, err := exec.LookPath("bwrap")
+	if err != nil {
+		return fmt.Errorf("bwrap (the host-process floor) is not installed: apt-get install bubblewrap")
+	}
+	f.restore = true
+	rt, err := benchRuntime(ctx, g, f)
+	if err != nil {
+		return err
+	}
+	boot := func(cold bool, run bool) (time.Duration, error) {
+		t0 := time.Now()
+		sb, err := rt.Boot(ctx, sandbox.Options{Cold: cold})
+		if err != nil {
+			return 0, err
+		}
+		defer func() { _ = sb.Close() }()
+		if run {
+			res, err := sb.Run(ctx, sandbox.RunSpec{Cmd: "python3", Args: []string{"-c", "pass"}}, nil, io.Discard, io.Discard, nil)
+			if err != nil {
+				return 0, err
+			}
+			if res.ExitCode != 0 {
+				return 0, fmt.Errorf("python3 -c pass exited %d in the sandbox", res.ExitCode)
+			}
+		}
+		return time.Since(t0), nil
+	}
+	var restore, restorePy, cold, floor []time.Duration
+	for i := 0; i < f.n; i++ {
+		d, err := boot(false, false)
+		if err != nil {
+			return err
+		}
+		restore = append(restore, d)
+		if d, err = boot(false, true); err != nil {
+			return err
+		}
+		restorePy = append(restorePy, d)
+		if d, err = boot(true, false); err != nil {
+			return err
+		}
+		cold = append(cold, d)
+		t0 := time.Now()
+		if b, err := exec.CommandContext(ctx, bwrap, "--ro-bind", "/", "/", "python3", "-c", "pass").CombinedOutput(); err != nil {
+			return fmt.Errorf("bwrap: %w: %s", err, b)
+		}
+		floor = append(floor, time.Since(t0))
+	}
+	r := bench.Summarize("compare_restore", restore)
+	r.Extra = map[string]float64{
+		"cold_over_restore":            float64(bench.Median(cold)) / float64(bench.Median(restore)),
+		"restore_over_bwrap":           float64(bench.Median(restore)) / float64(bench.Median(floor)),
+		"restore_python_over_bwrap":    float64(bench.Median(restorePy)) / float64(bench.Median(floor)),
+		"restore_python_minus_restore": float64((bench.Median(restorePy) - bench.Median(restore)).Microseconds()) / 1000,
+	}
+	return bench.Print(out, f.json, r, bench.Summarize("compare_restore_python", restorePy),
+		bench.Summarize("compare_cold", cold), bench.Summarize("compare_bwrap_python", floor))
 }
