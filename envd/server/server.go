@@ -29,6 +29,10 @@ const Version = "0.6.4"
 // PowerOffPath asks envd to power the guest off (Cell-specific, not part of E2B's API).
 const PowerOffPath = "/cell/poweroff"
 
+// SyncPath asks envd to flush the guest's file systems (sync(2)) and answers when they are
+// (Cell-specific: a pause needs it, and it saves starting /bin/sync in the guest).
+const SyncPath = "/cell/sync"
+
 // maxInitBody bounds the /init request.
 const maxInitBody = 1 << 20
 
@@ -41,6 +45,8 @@ type Services struct {
 	Metrics  *Metrics
 	// PowerOff is called (once per request) for PowerOffPath.
 	PowerOff func()
+	// Sync flushes the file systems, for SyncPath (nil: sync(2)).
+	Sync func()
 	// SetClock sets the guest's wall clock (nil: left alone).
 	SetClock func(time.Time) error
 	// Reseed and SetHostname apply /init's entropy and host name (nil: left alone).
@@ -81,6 +87,14 @@ func Handler(s Services) http.Handler {
 			f.Flush()
 		}
 		go s.PowerOff()
+	})
+	mux.HandleFunc("POST "+SyncPath, func(w http.ResponseWriter, _ *http.Request) {
+		if s.Sync != nil {
+			s.Sync()
+		} else {
+			unix.Sync()
+		}
+		w.WriteHeader(http.StatusNoContent)
 	})
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		// /health is open; /files checks the token or a signed URL itself; the rest need the token.

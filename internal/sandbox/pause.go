@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -35,8 +34,8 @@ type PausedMeta struct {
 func (s *Sandbox) Pause(ctx context.Context, dir string, memory bool) (PausedMeta, error) {
 	meta := PausedMeta{ID: s.ID, Memory: memory, NamedRAM: s.VM.NamedRAM, MemoryMiB: s.VM.MemoryMiB, CPUs: s.VM.CPUs,
 		KernelArgs: s.VM.KernelArgs, PausedAt: time.Now().UTC()}
-	if res, err := s.Run(ctx, RunSpec{Cmd: "/bin/sync", User: "root"}, nil, io.Discard, io.Discard, nil); err != nil || res.ExitCode != 0 {
-		return meta, fmt.Errorf("flushing the guest's file systems: %v (exit %d)", err, res.ExitCode)
+	if err := s.Sync(ctx); err != nil {
+		return meta, fmt.Errorf("flushing the guest's file systems: %w", err)
 	}
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return meta, err

@@ -459,6 +459,31 @@ func (s *Sandbox) Signal(ctx context.Context, pid uint32, sig pb.Signal) error {
 	return err
 }
 
+// Sync flushes the guest's file systems. An envd older than SyncPath (a VM adopted from an
+// earlier Cell) gets /bin/sync run instead.
+func (s *Sandbox) Sync(ctx context.Context) error {
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, envdURL+server.SyncPath, nil)
+	if err != nil {
+		return err
+	}
+	resp, err := s.own.Do(req)
+	if err != nil {
+		return fmt.Errorf("asking envd to sync: %w", err)
+	}
+	_ = resp.Body.Close()
+	switch resp.StatusCode {
+	case http.StatusNoContent:
+		return nil
+	case http.StatusNotFound, http.StatusMethodNotAllowed:
+		res, err := s.Run(ctx, RunSpec{Cmd: "/bin/sync", User: "root"}, nil, io.Discard, io.Discard, nil)
+		if err == nil && res.ExitCode != 0 {
+			err = fmt.Errorf("/bin/sync exited %d", res.ExitCode)
+		}
+		return err
+	}
+	return fmt.Errorf("asking envd to sync: HTTP %d", resp.StatusCode)
+}
+
 // PowerOff asks envd to stop everything and power the VM off, and waits for QEMU to exit.
 func (s *Sandbox) PowerOff(ctx context.Context) error {
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, envdURL+"/cell/poweroff", nil)

@@ -122,7 +122,7 @@ func BenchmarkServePool(b *testing.B) {
 	srv := startServe(b, home, "--pool", "base=2")
 	c := client.New(srv.url, key)
 	ctx := context.Background()
-	var creates, first []time.Duration
+	var creates, first, firstPy []time.Duration
 	for i := 0; i < b.N; i++ {
 		poolReady(b, srv.url, 2)
 		t0 := time.Now()
@@ -140,8 +140,14 @@ func BenchmarkServePool(b *testing.B) {
 			b.Fatal(err, res)
 		}
 		first = append(first, time.Since(t1))
+		t2 := time.Now()
+		if res, err := sb.Exec(ctx, "python3 -c pass", "", nil, io.Discard, io.Discard); err != nil || res.ExitCode != 0 {
+			b.Fatal(err, res)
+		}
+		firstPy = append(firstPy, time.Since(t2))
 		_ = c.Kill(ctx, info.SandboxID)
 	}
 	b.ReportMetric(float64(median(creates).Microseconds())/1000, "create-median-ms")
 	b.ReportMetric(float64(median(first).Microseconds())/1000, "first-command-median-ms")
+	b.ReportMetric(float64(median(firstPy).Microseconds())/1000, "first-python-median-ms")
 }
