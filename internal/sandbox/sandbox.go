@@ -459,44 +459,47 @@ func (s *Sandbox) Signal(ctx context.Context, pid uint32, sig pb.Signal) error {
 	return err
 }
 
-// Sync flushes the guest's file systems. An envd older than SyncPath (a VM adopted from an
-// earlier Cell) gets /bin/sync run instead.
-func (s *Sandbox) Sync(ctx context.Context) error {
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, envdURL+server.SyncPath, nil)
+// postEnvd sends an empty POST to one of envd's own (Cell-specific) paths and returns the status.
+func (s *Sandbox) postEnvd(ctx context.Context, path string) (int, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, envdURL+path, nil)
 	if err != nil {
-		return err
+		return 0, err
 	}
 	resp, err := s.own.Do(req)
 	if err != nil {
-		return fmt.Errorf("asking envd to sync: %w", err)
+		return 0, err
 	}
 	_ = resp.Body.Close()
-	switch resp.StatusCode {
-	case http.StatusNoContent:
+	return resp.StatusCode, nil
+}
+
+// Sync flushes the guest's file systems. An envd older than SyncPath (a VM adopted from an
+// earlier Cell) gets /bin/sync run instead.
+func (s *Sandbox) Sync(ctx context.Context) error {
+	status, err := s.postEnvd(ctx, server.SyncPath)
+	switch {
+	case err != nil:
+		return fmt.Errorf("asking envd to sync: %w", err)
+	case status == http.StatusNoContent:
 		return nil
-	case http.StatusNotFound, http.StatusMethodNotAllowed:
+	case status == http.StatusNotFound || status == http.StatusMethodNotAllowed:
 		res, err := s.Run(ctx, RunSpec{Cmd: "/bin/sync", User: "root"}, nil, io.Discard, io.Discard, nil)
 		if err == nil && res.ExitCode != 0 {
 			err = fmt.Errorf("/bin/sync exited %d", res.ExitCode)
 		}
 		return err
 	}
-	return fmt.Errorf("asking envd to sync: HTTP %d", resp.StatusCode)
+	return fmt.Errorf("asking envd to sync: HTTP %d", status)
 }
 
 // PowerOff asks envd to stop everything and power the VM off, and waits for QEMU to exit.
 func (s *Sandbox) PowerOff(ctx context.Context) error {
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, envdURL+"/cell/poweroff", nil)
-	if err != nil {
-		return err
-	}
-	resp, err := s.own.Do(req)
+	status, err := s.postEnvd(ctx, server.PowerOffPath)
 	if err != nil {
 		return fmt.Errorf("asking envd to power off: %w", err)
 	}
-	_ = resp.Body.Close()
-	if resp.StatusCode != http.StatusAccepted {
-		return fmt.Errorf("asking envd to power off: HTTP %d", resp.StatusCode)
+	if status != http.StatusAccepted {
+		return fmt.Errorf("asking envd to power off: HTTP %d", status)
 	}
 	select {
 	case <-s.VM.Exited():
