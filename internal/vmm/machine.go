@@ -117,16 +117,18 @@ func (m Machine) Validate() error {
 
 // KernelCmdline is the guest kernel command line. The timing options come from measurements on
 // TCG (see docs/ARCHITECTURE.md): without tsc_early_khz some boots hang calibrating the TSC,
-// without tsc=reliable the guest falls back to jiffies. The local APIC timer stays on although
-// calibrating it costs ~0.3 s of a cold boot: without it (noapictimer) the guest has no one-shot
-// clock events, so no high-resolution timers (every sleep rounds up to 10 ms) and no tickless
-// idle (an idle VM took 5.6% of a host core; with it 0.1%). Sandboxes are restored from a
-// template snapshot anyway, where the calibration was paid once.
+// without tsc=reliable the guest falls back to jiffies. The local APIC timer stays on, with its
+// period given (calibrating it cost ~0.24 s of a cold boot): without it (noapictimer) the guest
+// has no one-shot clock events, so no high-resolution timers (every sleep rounds up to 10 ms)
+// and no tickless idle (an idle VM took 5.6% of a host core; with it 0.1%).
 func (m Machine) KernelCmdline() string {
 	args := []string{
 		"console=ttyS0", "quiet", "loglevel=4",
 		"tsc_early_khz=" + strconv.Itoa(m.TSCkHz), "tsc=reliable", "no_timer_check",
 		"lpj=" + strconv.Itoa(m.TSCkHz*10), // loops per jiffy at HZ=100
+		// QEMU's local APIC (TCG, and KVM's) counts at 1 GHz: 10^7 ticks per jiffy at HZ=100.
+		// Given, the kernel (patched: images/kernel/build.sh) skips ~0.24 s of calibration.
+		"lapic_timer_period=10000000",
 		"mitigations=off", "nokaslr", "noreplace-smp", "rcupdate.rcu_expedited=1",
 		"random.trust_cpu=on",
 		"panic=-1", "reboot=t", // a panic or reboot ends QEMU (-no-reboot)
