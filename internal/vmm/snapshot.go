@@ -29,31 +29,6 @@ type migrationStatus struct {
 	ErrorDesc string `json:"error-desc"`
 }
 
-// waitMigration polls query-migrate until the migration completes or fails.
-func (vm *VM) waitMigration(ctx context.Context) error {
-	delay := 500 * time.Microsecond
-	for {
-		var st migrationStatus
-		if err := vm.QMP.Execute(ctx, "query-migrate", nil, &st); err != nil {
-			return fmt.Errorf("query-migrate: %w", err)
-		}
-		switch st.Status {
-		case "completed":
-			return nil
-		case "failed", "cancelled":
-			return fmt.Errorf("migration %s: %s", st.Status, st.ErrorDesc)
-		}
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("waiting for the migration: %w", context.Cause(ctx))
-		case <-vm.exited:
-			return fmt.Errorf("%w during migration: %s", ErrQEMUExited, describeExit(vm.exitErr))
-		case <-time.After(delay):
-		}
-		delay = min(2*delay, 10*time.Millisecond)
-	}
-}
-
 // migrationActive says whether a migration in this state is still under way.
 func migrationActive(status string) bool {
 	switch status {
@@ -63,34 +38,55 @@ func migrationActive(status string) bool {
 	return true
 }
 
+// pollMigration queries the migration until done says its state is final, and returns that state.
+func (vm *VM) pollMigration(ctx context.Context, done func(status string) bool) (migrationStatus, error) {
+	delay := 500 * time.Microsecond
+	for {
+		var st migrationStatus
+		if err := vm.QMP.Execute(ctx, "query-migrate", nil, &st); err != nil {
+			return st, fmt.Errorf("query-migrate: %w", err)
+		}
+		if done(st.Status) {
+			return st, nil
+		}
+		select {
+		case <-ctx.Done():
+			return st, fmt.Errorf("waiting for the migration: %w", context.Cause(ctx))
+		case <-vm.exited:
+			return st, fmt.Errorf("%w during migration: %s", ErrQEMUExited, describeExit(vm.exitErr))
+		case <-time.After(delay):
+		}
+		delay = min(2*delay, 10*time.Millisecond)
+	}
+}
+
+// waitMigration waits until the migration completes or fails ("none", which QEMU may report
+// before a migration has started, is not an end).
+func (vm *VM) waitMigration(ctx context.Context) error {
+	st, err := vm.pollMigration(ctx, func(s string) bool { return s == "completed" || s == "failed" || s == "cancelled" })
+	if err != nil {
+		return err
+	}
+	if st.Status != "completed" {
+		return fmt.Errorf("migration %s: %s", st.Status, st.ErrorDesc)
+	}
+	return nil
+}
+
 // cancelMigration cancels an outgoing migration still under way, if any, and waits until QEMU
 // has finished with it (cancelled, or completed meanwhile). A VM that was stopped for it stays
 // stopped.
 func (vm *VM) cancelMigration(ctx context.Context) error {
-	var st migrationStatus
-	if err := vm.QMP.Execute(ctx, "query-migrate", nil, &st); err != nil {
-		return fmt.Errorf("query-migrate: %w", err)
-	}
-	if !migrationActive(st.Status) {
-		return nil
+	st, err := vm.pollMigration(ctx, func(string) bool { return true })
+	if err != nil || !migrationActive(st.Status) {
+		return err
 	}
 	vm.log.Warn("cancelling a migration left running", "status", st.Status)
 	if err := vm.QMP.Execute(ctx, "migrate_cancel", nil, nil); err != nil {
 		return fmt.Errorf("migrate_cancel: %w", err)
 	}
-	for migrationActive(st.Status) {
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("waiting for the migration to end: %w", context.Cause(ctx))
-		case <-vm.exited:
-			return fmt.Errorf("%w while cancelling a migration: %s", ErrQEMUExited, describeExit(vm.exitErr))
-		case <-time.After(2 * time.Millisecond):
-		}
-		if err := vm.QMP.Execute(ctx, "query-migrate", nil, &st); err != nil {
-			return fmt.Errorf("query-migrate: %w", err)
-		}
-	}
-	return nil
+	_, err = vm.pollMigration(ctx, func(s string) bool { return !migrationActive(s) })
+	return err
 }
 
 // incoming feeds a saved device state to a VM started with Incoming, and waits until it is loaded.
