@@ -19,8 +19,9 @@ import (
 // PausedMeta describes a paused sandbox's saved generation.
 type PausedMeta struct {
 	ID         string    `json:"id"`
-	Memory     bool      `json:"memory"`   // RAM and device state saved (else the disk only)
-	NamedRAM   bool      `json:"namedRAM"` // the VM's RAM was a memory backend object
+	Memory     bool      `json:"memory"`            // RAM and device state saved (else the disk only)
+	NamedRAM   bool      `json:"namedRAM"`          // the VM's RAM was a memory backend object
+	RAMFile    bool      `json:"ramFile,omitempty"` // RAM is in the file mem, not in the state stream
 	MemoryMiB  int       `json:"memoryMiB"`
 	CPUs       int       `json:"cpus"`
 	KernelArgs []string  `json:"kernelArgs"`
@@ -32,7 +33,7 @@ type PausedMeta struct {
 // sandbox holds no RAM. dir holds generations g<N>, and a file "current" naming the complete one;
 // it is replaced by rename, so a crash at any point leaves the old or the new generation current.
 func (s *Sandbox) Pause(ctx context.Context, dir string, memory bool) (PausedMeta, error) {
-	meta := PausedMeta{ID: s.ID, Memory: memory, NamedRAM: s.VM.NamedRAM, MemoryMiB: s.VM.MemoryMiB, CPUs: s.VM.CPUs,
+	meta := PausedMeta{ID: s.ID, Memory: memory, NamedRAM: s.VM.NamedRAM, RAMFile: memory && s.VM.NamedRAM, MemoryMiB: s.VM.MemoryMiB, CPUs: s.VM.CPUs,
 		KernelArgs: s.VM.KernelArgs, PausedAt: time.Now().UTC()}
 	if err := s.Sync(ctx); err != nil {
 		return meta, fmt.Errorf("flushing the guest's file systems: %w", err)
@@ -51,7 +52,7 @@ func (s *Sandbox) Pause(ctx context.Context, dir string, memory bool) (PausedMet
 	}
 	_ = s.VM.Channel.Close() // as for a template: the resumed envd must find its port closed
 	if memory {
-		if err := s.VM.SaveFull(ctx, filepath.Join(staging, "state")); err != nil {
+		if err := saveMemory(ctx, s.VM, staging, meta.RAMFile); err != nil {
 			return meta, fmt.Errorf("saving the VM: %w", err)
 		}
 	} else if err := s.VM.QMP.Execute(ctx, "stop", nil, nil); err != nil {
@@ -64,10 +65,9 @@ func (s *Sandbox) Pause(ctx context.Context, dir string, memory bool) (PausedMet
 	if err := s.Close(); err != nil {
 		return meta, err
 	}
-	for _, f := range []string{"state", "disk.qcow2"} {
-		if err := syncFile(filepath.Join(staging, f)); err != nil && !(errors.Is(err, os.ErrNotExist) && f == "state") {
-			return meta, err
-		}
+	// The state (and memory file) were synced by the save.
+	if err := syncFile(filepath.Join(staging, "disk.qcow2")); err != nil {
+		return meta, err
 	}
 	// meta.json comes last: a staging directory with it is complete (see FinishPause).
 	if err := os.Rename(filepath.Join(staging, "meta.pending"), filepath.Join(staging, "meta.json")); err != nil {
@@ -155,16 +155,17 @@ func FinishPause(dir string, id string, memoryMiB, cpus int) (bool, error) {
 	// the pause saved one) is complete, and meta.pending says what it is.
 	var meta PausedMeta
 	if b, err := os.ReadFile(filepath.Join(withDisk, "meta.pending")); err == nil && json.Unmarshal(b, &meta) == nil && meta.ID == id {
-		if _, err := os.Stat(filepath.Join(withDisk, "state")); err != nil {
-			meta.Memory = false
+		if !savedMemory(withDisk, meta) {
+			meta.Memory, meta.RAMFile = false, false
 		}
 	} else {
 		meta = PausedMeta{ID: id, MemoryMiB: memoryMiB, CPUs: cpus, PausedAt: time.Now().UTC()}
 	}
 	if !meta.Memory {
 		_ = os.Remove(filepath.Join(withDisk, "state"))
+		_ = os.Remove(filepath.Join(withDisk, "mem"))
 	}
-	for _, f := range []string{"state", "disk.qcow2"} {
+	for _, f := range []string{"state", "mem", "disk.qcow2"} {
 		if err := syncFile(filepath.Join(withDisk, f)); err != nil && !errors.Is(err, os.ErrNotExist) {
 			return false, err
 		}
@@ -174,6 +175,20 @@ func FinishPause(dir string, id string, memoryMiB, cpus int) (bool, error) {
 		return false, err
 	}
 	return true, publish(dir, withDisk)
+}
+
+// savedMemory says whether a staging generation holds the saved memory its meta describes.
+func savedMemory(dir string, meta PausedMeta) bool {
+	files := []string{"state"}
+	if meta.RAMFile {
+		files = append(files, "mem")
+	}
+	for _, f := range files {
+		if _, err := os.Stat(filepath.Join(dir, f)); err != nil {
+			return false
+		}
+	}
+	return true
 }
 
 // CurrentPaused returns the current generation under dir and its meta.
@@ -231,6 +246,10 @@ func (r *Runtime) Resume(ctx context.Context, dir string, init server.InitReques
 		CPUs: meta.CPUs, Accel: r.Accel, KernelArgs: meta.KernelArgs}
 	if meta.Memory {
 		spec.Restore = &vmm.Snapshot{StatePath: filepath.Join(g, "state"), Full: true, NamedRAM: meta.NamedRAM}
+		if meta.RAMFile {
+			// QEMU maps it copy-on-write; removing the generation later leaves the mapping intact.
+			spec.Restore.MemPath = filepath.Join(g, "mem")
+		}
 	} else {
 		spec.KernelArgs = r.kernelArgs(meta.ID)
 	}

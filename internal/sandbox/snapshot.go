@@ -33,7 +33,8 @@ func (r *Runtime) Snapshot(ctx context.Context, s *Sandbox, home, name, label, t
 	}
 	defer func() { _ = os.RemoveAll(staging) }()
 	t0 := time.Now()
-	err = s.VM.SaveFull(ctx, filepath.Join(staging, "state"))
+	ramFile := s.VM.NamedRAM
+	err = saveMemory(ctx, s.VM, staging, ramFile)
 	if err == nil {
 		// Stopping the VM flushed QEMU's qcow2 caches to the file: it is consistent now.
 		err = vmm.CopyFile(s.VM.Dir.File("disk.qcow2"), filepath.Join(staging, "disk.qcow2"))
@@ -47,7 +48,7 @@ func (r *Runtime) Snapshot(ctx context.Context, s *Sandbox, home, name, label, t
 	}
 	meta := templateMeta{Name: name, Fingerprint: fp, MemoryMiB: s.VM.MemoryMiB, CPUs: s.VM.CPUs, KernelArgs: s.VM.KernelArgs,
 		Accel: r.Accel, CreatedAt: time.Now().UTC(), BuildMillis: time.Since(t0).Milliseconds(),
-		Full: true, NamedRAM: s.VM.NamedRAM, Team: team, Source: s.ID, Fork: fork, Label: label}
+		Full: true, RAMFile: ramFile, NamedRAM: s.VM.NamedRAM, Team: team, Source: s.ID, Fork: fork, Label: label}
 	if tok := s.token.Load(); tok != nil {
 		meta.Token = *tok
 	}
@@ -55,14 +56,21 @@ func (r *Runtime) Snapshot(ctx context.Context, s *Sandbox, home, name, label, t
 	if err := writeSynced(filepath.Join(staging, "meta.json"), b); err != nil {
 		return nil, err
 	}
-	if err := syncFile(filepath.Join(staging, "state")); err != nil {
-		return nil, err
-	}
 	if err := os.Rename(staging, final); err != nil {
 		return nil, err
 	}
 	syncDir(parent)
 	return loadTemplate(final, fp)
+}
+
+// saveMemory stops vm and saves its device state and RAM into dir: RAM into the file mem when
+// ramFile (restores map it: clones share its pages and start as fast as from a template), else
+// into the state stream. Both are synced.
+func saveMemory(ctx context.Context, vm *vmm.VM, dir string, ramFile bool) error {
+	if ramFile {
+		return vm.SaveSplit(ctx, filepath.Join(dir, "state"), filepath.Join(dir, "mem"))
+	}
+	return vm.SaveFull(ctx, filepath.Join(dir, "state"))
 }
 
 // LoadSnapshots returns the snapshots of running sandboxes stored under home that this machine

@@ -27,10 +27,12 @@ type templateMeta struct {
 	CreatedAt   time.Time `json:"createdAt"`
 	BuildMillis int64     `json:"buildMillis"`
 	// Snapshots of running sandboxes.
-	Full     bool   `json:"full,omitempty"`
-	NamedRAM bool   `json:"namedRAM,omitempty"`
-	Team     string `json:"team,omitempty"`
-	Source   string `json:"source,omitempty"`
+	Full     bool `json:"full,omitempty"`
+	NamedRAM bool `json:"namedRAM,omitempty"`
+	// RAMFile: a full snapshot whose RAM is in the file mem (mapped by clones), not the stream.
+	RAMFile bool   `json:"ramFile,omitempty"`
+	Team    string `json:"team,omitempty"`
+	Source  string `json:"source,omitempty"`
 	// Token is the access token the snapshot's envd enforces (its source's): a clone's first
 	// /init must carry it. meta.json is private to the data directory's owner.
 	Token string `json:"token,omitempty"`
@@ -167,7 +169,7 @@ func loadTemplate(dir, fp string) (*Template, error) {
 		return nil, fmt.Errorf("%s: made for another machine (fingerprint %.16s, want %.16s)", dir, m.Fingerprint, fp)
 	}
 	files := []string{"mem", "state", "disk.qcow2"}
-	if m.Full {
+	if m.Full && !m.RAMFile {
 		files = files[1:]
 	}
 	for _, f := range files {
@@ -178,9 +180,9 @@ func loadTemplate(dir, fp string) (*Template, error) {
 	t := &Template{
 		Name: m.Name, Dir: dir, Disk: filepath.Join(dir, "disk.qcow2"), MemoryMiB: m.MemoryMiB, CPUs: m.CPUs, KernelArgs: m.KernelArgs,
 		Snapshot: vmm.Snapshot{MemPath: filepath.Join(dir, "mem"), StatePath: filepath.Join(dir, "state")},
-		Full:     m.Full, NamedRAM: m.NamedRAM, Team: m.Team, Source: m.Source, token: m.Token, Fork: m.Fork, Label: m.Label,
+		Full:     m.Full, RAMFile: m.RAMFile, NamedRAM: m.NamedRAM, Team: m.Team, Source: m.Source, token: m.Token, Fork: m.Fork, Label: m.Label,
 	}
-	if m.Full {
+	if m.Full && !m.RAMFile {
 		t.Snapshot.MemPath = ""
 	}
 	return t, nil

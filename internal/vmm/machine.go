@@ -66,8 +66,8 @@ type Machine struct {
 	// snapshot leaves RAM in the file; private copy-on-write otherwise, for a clone of it.
 	MemPath   string
 	MemShared bool
-	// MemAnon puts RAM in an anonymous memory backend object (for a VM restored from a full
-	// snapshot of one that had its RAM in a file: the RAM block names must match).
+	// MemAnon puts RAM in an anonymous memory backend object named like a file-backed one (the
+	// RAM block names of a saved VM and its restore must match; a split save needs the name).
 	MemAnon bool
 	// Incoming starts QEMU waiting for a migration stream (restore) instead of booting.
 	Incoming bool

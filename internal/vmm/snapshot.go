@@ -4,11 +4,15 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"io"
 	"os"
 	"strings"
 	"time"
+
+	"github.com/cellhq/cell/internal/migstream"
+	"golang.org/x/sys/unix"
 )
 
 // ignoreShared makes migration leave file-backed shared RAM out of the stream.
@@ -131,18 +135,7 @@ func (vm *VM) SaveFull(ctx context.Context, statePath string) error {
 }
 
 func (vm *VM) save(ctx context.Context, statePath string, full bool) error {
-	if err := vm.QMP.Execute(ctx, "stop", nil, nil); err != nil {
-		return fmt.Errorf("stopping the guest: %w", err)
-	}
-	if full {
-		if err := vm.setIgnoreShared(ctx, false); err != nil {
-			return err
-		}
-		// QEMU's default migration bandwidth (128 MiB/s) would make a pause take seconds.
-		if err := vm.QMP.Execute(ctx, "migrate-set-parameters", map[string]any{"max-bandwidth": int64(64) << 30}, nil); err != nil {
-			return fmt.Errorf("migrate-set-parameters: %w", err)
-		}
-	} else if err := vm.ignoreShared(ctx); err != nil {
+	if err := vm.prepareSave(ctx, full); err != nil {
 		return err
 	}
 	out, err := os.OpenFile(statePath, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o600)
@@ -165,6 +158,123 @@ func (vm *VM) save(ctx context.Context, statePath string, full bool) error {
 	}
 	return nil
 }
+
+// prepareSave stops the guest and sets the migration up: with RAM in the stream (full), or
+// leaving the shared memory file out.
+func (vm *VM) prepareSave(ctx context.Context, full bool) error {
+	if err := vm.QMP.Execute(ctx, "stop", nil, nil); err != nil {
+		return fmt.Errorf("stopping the guest: %w", err)
+	}
+	if !full {
+		return vm.ignoreShared(ctx)
+	}
+	if err := vm.setIgnoreShared(ctx, false); err != nil {
+		return err
+	}
+	// QEMU's default migration bandwidth (128 MiB/s) would make a pause take seconds.
+	if err := vm.QMP.Execute(ctx, "migrate-set-parameters", map[string]any{"max-bandwidth": int64(64) << 30}, nil); err != nil {
+		return fmt.Errorf("migrate-set-parameters: %w", err)
+	}
+	return nil
+}
+
+// SaveSplit stops the guest and saves it like SaveFull, except that its RAM (the memory backend
+// ram0: vm.NamedRAM) goes to memPath, a file laid out like the RAM with zero pages as holes,
+// and statePath gets the rest. A restore maps memPath (Snapshot{MemPath, Full}) instead of
+// reading the RAM from the stream. QEMU writes the stream into a pipe that this process splits
+// (internal/migstream); the RAM's writeback to disk starts while it is being written, and both
+// files are synced before SaveSplit returns. The VM is left paused, to be closed or continued.
+func (vm *VM) SaveSplit(ctx context.Context, statePath, memPath string) error {
+	if !vm.NamedRAM {
+		return errors.New("a split save needs the RAM in a memory backend (ram0)")
+	}
+	if err := vm.prepareSave(ctx, true); err != nil {
+		return err
+	}
+	state, err := os.OpenFile(statePath, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o600)
+	if err != nil {
+		return fmt.Errorf("creating the snapshot state: %w", err)
+	}
+	defer func() { _ = state.Close() }()
+	mem, err := os.OpenFile(memPath, os.O_CREATE|os.O_EXCL|os.O_RDWR, 0o600)
+	if err != nil {
+		return fmt.Errorf("creating the memory file: %w", err)
+	}
+	defer func() { _ = mem.Close() }()
+	pr, pw, err := os.Pipe()
+	if err != nil {
+		return err
+	}
+	defer func() { _ = pr.Close() }()
+	// A larger pipe: fewer wake-ups per MiB (best effort; the default works too).
+	_, _ = unix.FcntlInt(pw.Fd(), unix.F_SETPIPE_SZ, 1<<20)
+	err = vm.QMP.AddFD(ctx, "migout", pw)
+	_ = pw.Close() // QEMU has its own copy: the stream ends when QEMU closes it
+	if err != nil {
+		return fmt.Errorf("passing the migration pipe: %w", err)
+	}
+	type result struct {
+		stats migstream.Stats
+		err   error
+	}
+	split := make(chan result, 1)
+	go func() {
+		st, err := migstream.Split(pr, state, &writeback{f: mem}, "ram0", int64(vm.MemoryMiB)<<20)
+		// A failed split stops reading: closing the pipe fails QEMU's writes instead of blocking them.
+		_ = pr.Close()
+		split <- result{st, err}
+	}()
+	if err := vm.QMP.Execute(ctx, "migrate", map[string]any{"uri": "fd:migout"}, nil); err != nil {
+		_ = pr.Close()
+		<-split
+		return fmt.Errorf("migrate: %w", err)
+	}
+	t0 := time.Now()
+	werr := vm.waitMigration(ctx)
+	tMig := time.Since(t0)
+	var res result
+	if werr != nil {
+		_ = pr.Close()
+		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+		_ = vm.cancelMigration(cctx)
+		cancel()
+		res = <-split
+		return errors.Join(werr, res.err)
+	}
+	select {
+	case res = <-split:
+	case <-ctx.Done():
+		_ = pr.Close()
+		<-split
+		return fmt.Errorf("splitting the migration stream: %w", context.Cause(ctx))
+	}
+	if res.err != nil {
+		return fmt.Errorf("splitting the migration stream: %w", res.err)
+	}
+	tSplit := time.Since(t0)
+	if err := state.Sync(); err != nil {
+		return fmt.Errorf("syncing the snapshot state: %w", err)
+	}
+	if err := mem.Sync(); err != nil {
+		return fmt.Errorf("syncing the memory file: %w", err)
+	}
+	vm.log.Debug("split save", "migrated", tMig, "split", tSplit, "synced", time.Since(t0), "ramPages", res.stats.Pages, "zeroPages", res.stats.ZeroPages, "stateBytes", res.stats.StateBytes)
+	return nil
+}
+
+// writeback writes a memory file and starts writing each piece back to disk at once, so that
+// the final sync has little left to wait for.
+type writeback struct{ f *os.File }
+
+func (w *writeback) WriteAt(p []byte, off int64) (int, error) {
+	n, err := w.f.WriteAt(p, off)
+	if err == nil {
+		_ = unix.SyncFileRange(int(w.f.Fd()), off, int64(n), unix.SYNC_FILE_RANGE_WRITE)
+	}
+	return n, err
+}
+
+func (w *writeback) Truncate(size int64) error { return w.f.Truncate(size) }
 
 // Fingerprint identifies everything a snapshot of a VM started from spec depends on: the QEMU
 // binary (path, size, mtime), the machine's command line (with per-VM paths left out), the

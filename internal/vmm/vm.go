@@ -278,7 +278,9 @@ func (h *Host) startOnce(ctx context.Context, spec Spec) (_ *VM, retErr error) {
 		}
 	}
 	vm.MemoryMiB, vm.CPUs, vm.KernelArgs = spec.MemoryMiB, spec.CPUs, spec.KernelArgs
-	vm.NamedRAM = spec.MemPath != "" || (spec.Restore != nil && (spec.Restore.MemPath != "" || spec.Restore.NamedRAM))
+	// A booted VM's RAM is a named memory backend too (anonymous unless MemPath): a pause or
+	// snapshot can then put it in a file that restores map (SaveSplit).
+	vm.NamedRAM = spec.Restore == nil || spec.Restore.MemPath != "" || spec.Restore.NamedRAM
 	m := Machine{
 		Name: "cell-" + spec.ID, Kernel: spec.Kernel, KernelArgs: spec.KernelArgs, Disk: disk,
 		MemoryMiB: spec.MemoryMiB, CPUs: spec.CPUs, Accel: spec.Accel, TSCkHz: h.cfg.TSCkHz,
@@ -292,6 +294,8 @@ func (h *Host) startOnce(ctx context.Context, spec Spec) (_ *VM, retErr error) {
 	if spec.Restore != nil {
 		m.MemPath, m.MemShared, m.Incoming = spec.Restore.MemPath, false, true
 		m.MemAnon = spec.Restore.Full && spec.Restore.MemPath == "" && spec.Restore.NamedRAM
+	} else {
+		m.MemAnon = spec.MemPath == ""
 	}
 	args, err := m.Args()
 	if err != nil {
