@@ -67,7 +67,7 @@ func serve(log *slog.Logger, args []string) int {
 	h := server.Handler(server.Services{
 		Defaults: defaults, Users: users, Process: procs, FS: files, Metrics: &server.Metrics{Root: "/"},
 		PowerOff: func() { _ = syscall.Kill(1, syscall.SIGTERM) },
-		SetClock: server.SetClock, Reseed: server.Reseed, SetHostname: initd.SetHostname, Log: log,
+		SetClock: server.SetClock, Reseed: server.Reseed, SetHostname: server.SetHostname, Log: log,
 	})
 	server.ServeChannel(ctx, log, func() server.Conn { return port.Next() }, h)
 	return 0

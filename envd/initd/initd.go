@@ -53,7 +53,7 @@ func setupFS() error {
 	return errors.Join(errs...)
 }
 
-func setHostname(log *slog.Logger) {
+func setHostname() {
 	name := "sandbox"
 	if b, err := os.ReadFile("/proc/cmdline"); err == nil {
 		for _, f := range strings.Fields(string(b)) {
@@ -62,60 +62,7 @@ func setHostname(log *slog.Logger) {
 			}
 		}
 	}
-	if err := SetHostname(name); err != nil {
-		log.Warn("setting the host name", "err", err)
-	}
-}
-
-// SetHostname sets the kernel's host name and makes it resolve (127.0.1.1 in /etc/hosts, as
-// Debian does): without that, sudo and others look the name up in DNS and complain.
-func SetHostname(name string) error {
-	if err := unix.Sethostname([]byte(name)); err != nil {
-		return fmt.Errorf("sethostname: %w", err)
-	}
-	return setHostsName("/etc/hosts", name)
-}
-
-// setHostsName makes the 127.0.1.1 line of the hosts file at path name the host (adding one if
-// there is none) and leaves every other line alone. An unchanged file is not rewritten.
-func setHostsName(path, name string) error {
-	old, err := os.ReadFile(path)
-	if err != nil && !errors.Is(err, os.ErrNotExist) {
-		return err
-	}
-	lines := strings.SplitAfter(string(old), "\n")
-	if n := len(lines); n > 0 && lines[n-1] == "" {
-		lines = lines[:n-1]
-	}
-	want, found := "127.0.1.1\t"+name+"\n", false
-	for i, l := range lines {
-		if f := strings.Fields(l); len(f) > 0 && f[0] == "127.0.1.1" {
-			if found {
-				lines[i] = ""
-				continue
-			}
-			lines[i], found = want, true
-		}
-	}
-	if !found {
-		if n := len(lines); n > 0 && !strings.HasSuffix(lines[n-1], "\n") {
-			lines[n-1] += "\n"
-		}
-		lines = append(lines, want)
-	}
-	updated := strings.Join(lines, "")
-	if updated == string(old) {
-		return nil
-	}
-	tmp := path + ".cell-tmp"
-	if err := os.WriteFile(tmp, []byte(updated), 0o644); err != nil {
-		return err
-	}
-	if err := os.Rename(tmp, path); err != nil {
-		_ = os.Remove(tmp)
-		return err
-	}
-	return nil
+	_ = unix.Sethostname([]byte(name))
 }
 
 // loopbackUp brings up "lo" so that servers in the guest are reachable on 127.0.0.1.
@@ -146,7 +93,7 @@ func Main(log *slog.Logger, serveArgs []string) int {
 		log.Warn("setting up file systems", "err", err)
 	}
 	Trace("init: file systems mounted")
-	setHostname(log)
+	setHostname()
 	if err := loopbackUp(); err != nil {
 		log.Warn("bringing up lo", "err", err)
 	}

@@ -34,3 +34,11 @@ func Reseed(entropy []byte) error {
 	}
 	return nil
 }
+
+// SetHostname sets the kernel's host name.
+func SetHostname(name string) error {
+	if err := unix.Sethostname([]byte(name)); err != nil {
+		return fmt.Errorf("sethostname: %w", err)
+	}
+	return nil
+}
