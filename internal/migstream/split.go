@@ -33,6 +33,8 @@ const (
 	flagContinue = 0x20 // same block as the previous record: no block name
 
 	ramSection = "ram"
+	// maxRAM bounds the RAM a stream may declare (1 TiB).
+	maxRAM = 1 << 40
 	// runMax bounds the contiguous pages gathered into one write.
 	runMax = 1 << 20
 )
@@ -130,6 +132,15 @@ func (s *splitter) str(n int) (string, error) {
 	b := make([]byte, n)
 	err := s.read(b)
 	return string(b), err
+}
+
+// name reads a string that its length in one byte precedes.
+func (s *splitter) name() (string, error) {
+	n, err := s.u8()
+	if err != nil {
+		return "", err
+	}
+	return s.str(int(n))
 }
 
 func (s *splitter) write(p []byte) {
@@ -246,11 +257,7 @@ func (s *splitter) start() error {
 	if err != nil {
 		return err
 	}
-	n, err := s.u8()
-	if err != nil {
-		return err
-	}
-	name, err := s.str(int(n))
+	name, err := s.name()
 	if err != nil {
 		return err
 	}
@@ -309,7 +316,7 @@ func (s *splitter) records(setup bool) error {
 		if err != nil {
 			return err
 		}
-		flags, addr := hdr&flagMask, int64(hdr&^flagMask)
+		flags, addr := hdr&flagMask, hdr&^flagMask
 		switch {
 		case flags == flagEOS:
 			s.put64(hdr)
@@ -333,15 +340,14 @@ func (s *splitter) records(setup bool) error {
 }
 
 // blockList reads the RAM blocks (name and size) that add up to total.
-func (s *splitter) blockList(total int64) error {
+func (s *splitter) blockList(total uint64) error {
+	if total > maxRAM {
+		return s.errorf("%d bytes of RAM", total)
+	}
 	s.blocks = map[string]int64{}
-	var sum int64
+	var sum uint64
 	for sum < total {
-		n, err := s.u8()
-		if err != nil {
-			return err
-		}
-		name, err := s.str(int(n))
+		name, err := s.name()
 		if err != nil {
 			return err
 		}
@@ -349,11 +355,11 @@ func (s *splitter) blockList(total int64) error {
 		if err != nil {
 			return err
 		}
-		if size > uint64(total) {
+		if size > total-sum {
 			return s.errorf("RAM block %q of %d bytes in %d bytes of RAM", name, size, total)
 		}
 		s.blocks[name] = int64(size)
-		sum += int64(size)
+		sum += size
 		s.putStr(name)
 		s.put64(size)
 	}
@@ -378,14 +384,11 @@ func (s *splitter) blockList(total int64) error {
 var zeroPage [PageSize]byte
 
 // page handles one page record: the block's pages go to ram, others stay in the stream.
-func (s *splitter) page(flags uint64, addr int64) error {
+func (s *splitter) page(flags, addr uint64) error {
 	name := s.lastBlock
 	if flags&flagContinue == 0 {
-		n, err := s.u8()
-		if err != nil {
-			return err
-		}
-		if name, err = s.str(int(n)); err != nil {
+		var err error
+		if name, err = s.name(); err != nil {
 			return err
 		}
 	} else if name == "" {
@@ -395,7 +398,7 @@ func (s *splitter) page(flags uint64, addr int64) error {
 	if !ok {
 		return s.errorf("a page of unknown RAM block %q", name)
 	}
-	if addr+PageSize > size {
+	if size < PageSize || addr > uint64(size-PageSize) {
 		return s.errorf("page at %#x beyond RAM block %q of %d bytes", addr, name, size)
 	}
 	s.lastBlock = name
@@ -423,15 +426,15 @@ func (s *splitter) page(flags uint64, addr int64) error {
 			}
 		}
 		s.written[i/64] |= 1 << (i % 64)
-		return s.writeRAM(page, addr)
+		return s.writeRAM(page, int64(addr))
 	}
-	if len(s.run) > 0 && (s.runOff+int64(len(s.run)) != addr || len(s.run)+PageSize > cap(s.run)) {
+	if len(s.run) > 0 && (s.runOff+int64(len(s.run)) != int64(addr) || len(s.run)+PageSize > cap(s.run)) {
 		if err := s.flushRun(); err != nil {
 			return err
 		}
 	}
 	if len(s.run) == 0 {
-		s.runOff = addr
+		s.runOff = int64(addr)
 	}
 	n := len(s.run)
 	s.run = s.run[:n+PageSize]
@@ -445,7 +448,7 @@ func (s *splitter) page(flags uint64, addr int64) error {
 
 // keep writes a record of another block to the stream, naming its block whenever the previous
 // record written was of a different one (the reader tracks the last block it was given).
-func (s *splitter) keep(flags uint64, addr int64, name string) error {
+func (s *splitter) keep(flags, addr uint64, name string) error {
 	data := make([]byte, 1)
 	if flags&^flagContinue == flagPage {
 		data = make([]byte, PageSize)
@@ -454,9 +457,9 @@ func (s *splitter) keep(flags uint64, addr int64, name string) error {
 		return err
 	}
 	if s.lastKept == name {
-		s.put64(uint64(addr) | flags | flagContinue)
+		s.put64(addr | flags | flagContinue)
 	} else {
-		s.put64(uint64(addr) | flags&^flagContinue)
+		s.put64(addr | flags&^flagContinue)
 		s.putStr(name)
 	}
 	s.write(data)

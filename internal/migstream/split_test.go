@@ -3,6 +3,7 @@ package migstream
 import (
 	"bytes"
 	"encoding/binary"
+	"fmt"
 	"io"
 	"os"
 	"path/filepath"
@@ -154,9 +155,12 @@ func TestSplitRefusesWhatItDoesNotKnow(t *testing.T) {
 		"truncated page":   {good(func(s *stream) { s.page("ram0", 0, 1, false) })[:200], "unexpected EOF"},
 		"beyond the block": {good(func(s *stream) { s.page("ram0", 4*PageSize, 1, false) }), "beyond RAM block"},
 		"unknown block":    {good(func(s *stream) { s.page("nope", 0, 1, false) }), `unknown RAM block "nope"`},
-		"continue first":   {good(func(s *stream) { s.page("ram0", 0, 1, true) }), "before any was named"},
-		"compressed page":  {good(func(s *stream) { s.be64(0x100) }), "flags 0x100 are not supported"},
-		"wrong size":       {func() []byte { var s stream; s.header("ram0", 2*PageSize); return s.Bytes() }(), "has 8192 bytes, not 16384"},
+		"address wraps":    {good(func(s *stream) { s.page("ram0", 0xffffffffffff0000, 0, false) }), "beyond RAM block"},
+		"huge RAM": {func() []byte { var s stream; s.header("ram0", 4*PageSize); b := s.Bytes(); b[37] = 0xff; return b }(),
+			"bytes of RAM"},
+		"continue first":  {good(func(s *stream) { s.page("ram0", 0, 1, true) }), "before any was named"},
+		"compressed page": {good(func(s *stream) { s.be64(0x100) }), "flags 0x100 are not supported"},
+		"wrong size":      {func() []byte { var s stream; s.header("ram0", 2*PageSize); return s.Bytes() }(), "has 8192 bytes, not 16384"},
 		"missing block": {func() []byte { var s stream; s.header("other", 4*PageSize); return s.Bytes() }(),
 			`RAM block "ram0" is not in the stream`},
 		"device before RAM ends": {func() []byte {
@@ -200,4 +204,46 @@ func BenchmarkSplit(b *testing.B) {
 		}
 		_ = f.Close()
 	}
+}
+
+// FuzzSplit feeds Split arbitrary streams: it must return (an error or not) without panicking,
+// and never write outside the block.
+func FuzzSplit(f *testing.F) {
+	var s stream
+	s.header("pc.bios", PageSize, "ram0", 4*PageSize)
+	s.section(secEnd)
+	s.page("ram0", 0, 7, false)
+	s.page("ram0", PageSize, 0, true)
+	s.page("pc.bios", 0, 9, false)
+	s.close()
+	s.WriteString(devState)
+	f.Add(s.Bytes())
+	f.Add(s.Bytes()[:len(s.Bytes())/2])
+	f.Fuzz(func(t *testing.T, in []byte) {
+		ram := &boundedFile{size: 4 * PageSize}
+		_, _ = Split(bytes.NewReader(in), io.Discard, ram, "ram0", 4*PageSize)
+		if ram.bad != "" {
+			t.Fatal(ram.bad)
+		}
+	})
+}
+
+// boundedFile records writes outside its size.
+type boundedFile struct {
+	size int64
+	bad  string
+}
+
+func (b *boundedFile) WriteAt(p []byte, off int64) (int, error) {
+	if off < 0 || off+int64(len(p)) > b.size {
+		b.bad = fmt.Sprintf("write of %d bytes at %d outside %d", len(p), off, b.size)
+	}
+	return len(p), nil
+}
+
+func (b *boundedFile) Truncate(size int64) error {
+	if size != b.size {
+		b.bad = fmt.Sprintf("truncated to %d, not %d", size, b.size)
+	}
+	return nil
 }
