@@ -33,6 +33,7 @@ func pending(t *testing.T, m PausedMeta) string {
 
 func TestFinishPause(t *testing.T) {
 	full := PausedMeta{ID: "sb1", Memory: true, NamedRAM: true, MemoryMiB: 512, CPUs: 2}
+	split := PausedMeta{ID: "sb1", Memory: true, NamedRAM: true, RAMFile: true, MemoryMiB: 512, CPUs: 2}
 	for _, c := range []struct {
 		name       string
 		files      map[string]string
@@ -44,6 +45,8 @@ func TestFinishPause(t *testing.T) {
 		{"disk only", map[string]string{"disk.qcow2": "d", "state": "partial"}, true, false},
 		{"pending meta of another sandbox", map[string]string{"meta.pending": pending(t, PausedMeta{ID: "other", Memory: true}), "state": "s", "disk.qcow2": "d"}, true, false},
 		{"nothing taken yet", map[string]string{"meta.pending": pending(t, full), "state": "partial"}, false, false},
+		{"RAM file, state and disk", map[string]string{"meta.pending": pending(t, split), "state": "s", "mem": "m", "disk.qcow2": "d"}, true, true},
+		{"RAM file missing", map[string]string{"meta.pending": pending(t, split), "state": "s", "disk.qcow2": "d"}, true, false},
 	} {
 		dir := t.TempDir()
 		stagingWith(t, dir, c.files)
@@ -63,6 +66,12 @@ func TestFinishPause(t *testing.T) {
 		}
 		if _, err := os.Stat(filepath.Join(g, "state")); (err == nil) != c.memory {
 			t.Fatalf("%s: state file present = %v, memory %v", c.name, err == nil, c.memory)
+		}
+		if _, err := os.Stat(filepath.Join(g, "mem")); err == nil && !meta.RAMFile {
+			t.Fatalf("%s: a memory file left in a generation that does not use it", c.name)
+		}
+		if meta.RAMFile && !c.memory {
+			t.Fatalf("%s: meta says the RAM is in a file, but memory was dropped", c.name)
 		}
 	}
 }
