@@ -177,13 +177,6 @@ func loadTemplate(dir, fp string) (*Template, error) {
 			return nil, fmt.Errorf("%s: incomplete: %w", dir, err)
 		}
 	}
-	if !m.Full || m.RAMFile {
-		// Templates made before Cell allocated their holes get them now (idempotent, and safe
-		// while clones map the file: its content does not change).
-		if err := vmm.AllocateHoles(filepath.Join(dir, "mem")); err != nil {
-			return nil, fmt.Errorf("%s: %w", dir, err)
-		}
-	}
 	t := &Template{
 		Name: m.Name, Dir: dir, Disk: filepath.Join(dir, "disk.qcow2"), MemoryMiB: m.MemoryMiB, CPUs: m.CPUs, KernelArgs: m.KernelArgs,
 		Snapshot: vmm.Snapshot{MemPath: filepath.Join(dir, "mem"), StatePath: filepath.Join(dir, "state")},
