@@ -94,9 +94,8 @@ type Template struct {
 	MemoryMiB  int
 	CPUs       int
 	KernelArgs []string
-	// Full snapshots (of a running sandbox) carry RAM in the state stream, or in the file mem
-	// when RAMFile; NamedRAM says how that sandbox's RAM was configured.
-	Full, RAMFile, NamedRAM bool
+	// Full snapshots are of a running sandbox (Snapshot says where their RAM is).
+	Full bool
 	// Team and Source are set for snapshots of sandboxes: who owns it and what it was taken of.
 	Team, Source string
 	Fork         bool   // taken for a fork: removed once no fork depends on it
@@ -166,12 +165,6 @@ func (r *Runtime) Boot(ctx context.Context, opts Options) (*Sandbox, error) {
 	if t != nil && !opts.Cold && len(opts.KernelArgs) == 0 &&
 		opts.MemoryMiB == t.MemoryMiB && opts.CPUs == t.CPUs && opts.memPath == "" {
 		snap := t.Snapshot
-		if t.Full {
-			snap = vmm.Snapshot{StatePath: t.Snapshot.StatePath, Full: true, NamedRAM: t.NamedRAM}
-			if t.RAMFile {
-				snap.MemPath = t.Snapshot.MemPath
-			}
-		}
 		spec.BaseDisk, spec.KernelArgs, spec.Restore = t.Disk, t.KernelArgs, &snap
 		what = "restoring sandbox from template " + t.Name
 	} else if opts.Template != "base" {

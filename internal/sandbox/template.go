@@ -179,11 +179,11 @@ func loadTemplate(dir, fp string) (*Template, error) {
 	}
 	t := &Template{
 		Name: m.Name, Dir: dir, Disk: filepath.Join(dir, "disk.qcow2"), MemoryMiB: m.MemoryMiB, CPUs: m.CPUs, KernelArgs: m.KernelArgs,
-		Snapshot: vmm.Snapshot{MemPath: filepath.Join(dir, "mem"), StatePath: filepath.Join(dir, "state")},
-		Full:     m.Full, RAMFile: m.RAMFile, NamedRAM: m.NamedRAM, Team: m.Team, Source: m.Source, token: m.Token, Fork: m.Fork, Label: m.Label,
+		Snapshot: vmm.Snapshot{MemPath: filepath.Join(dir, "mem"), StatePath: filepath.Join(dir, "state"), Full: m.Full, NamedRAM: m.NamedRAM},
+		Full:     m.Full, Team: m.Team, Source: m.Source, token: m.Token, Fork: m.Fork, Label: m.Label,
 	}
 	if m.Full && !m.RAMFile {
-		t.Snapshot.MemPath = ""
+		t.Snapshot.MemPath = "" // RAM comes from the stream
 	}
 	return t, nil
 }
