@@ -483,3 +483,40 @@ func (s *splitter) writeRAM(p []byte, off int64) error {
 	}
 	return nil
 }
+
+// maxDeviceState bounds a device state (Cell's VMs write ~70 KB).
+const maxDeviceState = 64 << 20
+
+// DeviceStream writes to w a stream that a VM started with -incoming loads, made of the device
+// state r that QEMU's xen-save-devices-state wrote (header, device sections, end of stream; no
+// configuration section and no RAM): the configuration section naming machine goes in after the
+// header, as a migration would have sent it. The RAM must come from elsewhere (the memory
+// backend's file).
+func DeviceStream(w io.Writer, r io.Reader, machine string) error {
+	if machine == "" || len(machine) > 255 {
+		return fmt.Errorf("machine name %q: 1 to 255 bytes", machine)
+	}
+	b, err := io.ReadAll(io.LimitReader(r, maxDeviceState+1))
+	if err != nil {
+		return err
+	}
+	switch {
+	case len(b) > maxDeviceState:
+		return fmt.Errorf("device state larger than %d bytes", maxDeviceState)
+	case len(b) < 9 || binary.BigEndian.Uint32(b) != fileMagic || binary.BigEndian.Uint32(b[4:]) != fileVersion:
+		return errors.New("device state: not a QEMU stream of version 3")
+	case b[len(b)-1] != secEOF:
+		return errors.New("device state: no end of stream (truncated?)")
+	case b[8] == secConfiguration:
+		return errors.New("device state: already has a configuration section")
+	case b[8] == secStart || b[8] == secPart:
+		return errors.New("device state: has RAM or iterative sections")
+	}
+	out := append([]byte(nil), b[:8]...)
+	out = append(out, secConfiguration)
+	out = binary.BigEndian.AppendUint32(out, uint32(len(machine)))
+	out = append(out, machine...)
+	out = append(out, b[8:]...)
+	_, err = w.Write(out)
+	return err
+}

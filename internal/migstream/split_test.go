@@ -247,3 +247,41 @@ func (b *boundedFile) Truncate(size int64) error {
 	}
 	return nil
 }
+
+func TestDeviceStream(t *testing.T) {
+	header := binary.BigEndian.AppendUint32(binary.BigEndian.AppendUint32(nil, fileMagic), fileVersion)
+	// One full device section (type 4), then the end of the stream.
+	devices := append(append([]byte(nil), header...), 0x04, 0, 0, 0, 1, 3, 'c', 'p', 'u', 0, 0, 0, 0, 0, 0, 0, 1, 42, secEOF)
+	var out bytes.Buffer
+	if err := DeviceStream(&out, bytes.NewReader(devices), "microvm"); err != nil {
+		t.Fatal(err)
+	}
+	want := append(append([]byte(nil), header...), secConfiguration, 0, 0, 0, 7)
+	want = append(append(want, "microvm"...), devices[8:]...)
+	if !bytes.Equal(out.Bytes(), want) {
+		t.Fatalf("got % x\nwant % x", out.Bytes(), want)
+	}
+
+	for name, tc := range map[string]struct {
+		in      []byte
+		machine string
+		err     string
+	}{
+		"not QEMU's":       {append([]byte("QEVX"), devices[4:]...), "microvm", "not a QEMU stream"},
+		"truncated":        {devices[:len(devices)-1], "microvm", "no end of stream"},
+		"header only":      {header, "microvm", "not a QEMU stream"},
+		"configured":       {append(append(append([]byte(nil), header...), secConfiguration), devices[8:]...), "microvm", "already has a configuration"},
+		"RAM in it":        {append(append(append([]byte(nil), header...), secStart), devices[9:]...), "microvm", "RAM or iterative"},
+		"no machine":       {devices, "", "machine name"},
+		"machine too long": {devices, strings.Repeat("m", 256), "machine name"},
+	} {
+		var out bytes.Buffer
+		err := DeviceStream(&out, bytes.NewReader(tc.in), tc.machine)
+		if err == nil || !strings.Contains(err.Error(), tc.err) {
+			t.Errorf("%s: error %v, want one saying %q", name, err, tc.err)
+		}
+		if out.Len() != 0 {
+			t.Errorf("%s: %d bytes written on error", name, out.Len())
+		}
+	}
+}

@@ -35,6 +35,7 @@ func (r *Runtime) Snapshot(ctx context.Context, s *Sandbox, home, name, label, t
 	t0 := time.Now()
 	ramFile := s.VM.NamedRAM
 	err = saveMemory(ctx, s.VM, staging, ramFile)
+	tSaved := time.Now()
 	if err == nil {
 		// Stopping the VM flushed QEMU's qcow2 caches to the file: it is consistent now.
 		err = vmm.CopyFile(s.VM.Dir.File("disk.qcow2"), filepath.Join(staging, "disk.qcow2"))
@@ -60,6 +61,7 @@ func (r *Runtime) Snapshot(ctx context.Context, s *Sandbox, home, name, label, t
 		return nil, err
 	}
 	syncDir(parent)
+	r.Log.Debug("snapshot saved", "sandbox", s.ID, "memory", tSaved.Sub(t0), "total", time.Since(t0))
 	return loadTemplate(final, fp)
 }
 

@@ -189,6 +189,10 @@ func (vm *VM) Detach() {
 // detach closes this process's connections to the VM (channel, QMP, console) and stops the
 // exit watcher of an adopted one; QEMU itself is left alone.
 func (vm *VM) detach() {
+	if f := vm.ramSrc; f != nil {
+		vm.ramSrc = nil
+		_ = f.Close()
+	}
 	if c := vm.TakeNet(); c != nil {
 		_ = c.Close()
 	}

@@ -196,8 +196,11 @@ func (m Machine) Args() ([]string, error) {
 	return args, nil
 }
 
+// machineType is QEMU's machine: saved device states name it, and a restore checks it.
+const machineType = "microvm"
+
 func (m Machine) machineOpt() string {
-	opt := "microvm,acpi=off,x-option-roms=off"
+	opt := machineType + ",acpi=off,x-option-roms=off"
 	if m.MemPath != "" || m.MemAnon {
 		opt += ",memory-backend=ram0"
 	}

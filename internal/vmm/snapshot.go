@@ -184,9 +184,17 @@ func (vm *VM) prepareSave(ctx context.Context, full bool) error {
 // reading the RAM from the stream. QEMU writes the stream into a pipe that this process splits
 // (internal/migstream); the RAM's writeback to disk starts while it is being written, and both
 // files are synced before SaveSplit returns. The VM is left paused, to be closed or continued.
+// A VM restored from a memory file is saved without the stream when it can be (see delta.go).
 func (vm *VM) SaveSplit(ctx context.Context, statePath, memPath string) error {
 	if !vm.NamedRAM {
 		return errors.New("a split save needs the RAM in a memory backend (ram0)")
+	}
+	if vm.ramSrc != nil {
+		err := vm.saveDelta(ctx, statePath, memPath)
+		if !errors.Is(err, errNoDelta) {
+			return err
+		}
+		vm.log.Warn("saving RAM through the migration stream instead", "reason", err)
 	}
 	if err := vm.prepareSave(ctx, true); err != nil {
 		return err
@@ -269,9 +277,14 @@ type writeback struct{ f *os.File }
 func (w *writeback) WriteAt(p []byte, off int64) (int, error) {
 	n, err := w.f.WriteAt(p, off)
 	if err == nil {
-		_ = unix.SyncFileRange(int(w.f.Fd()), off, int64(n), unix.SYNC_FILE_RANGE_WRITE)
+		w.started(off, int64(n))
 	}
 	return n, err
+}
+
+// started starts writing n bytes at off back (they were written some other way).
+func (w *writeback) started(off, n int64) {
+	_ = unix.SyncFileRange(int(w.f.Fd()), off, n, unix.SYNC_FILE_RANGE_WRITE)
 }
 
 func (w *writeback) Truncate(size int64) error { return w.f.Truncate(size) }

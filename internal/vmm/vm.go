@@ -132,6 +132,9 @@ type VM struct {
 	MemoryMiB, CPUs int
 	NamedRAM        bool     // RAM is the memory backend object ram0
 	KernelArgs      []string // Cell's extra kernel arguments
+	// ramSrc is the memory file the RAM maps copy-on-write (a restored VM), open so that a save
+	// can read what the guest did not change even once the file is renamed or removed.
+	ramSrc *os.File
 
 	host    *Host
 	log     *slog.Logger
@@ -292,6 +295,12 @@ func (h *Host) startOnce(ctx context.Context, spec Spec) (_ *VM, retErr error) {
 		m.NetSocket, m.NetMAC = dir.File(netSocket), h.cfg.NetMAC
 	}
 	if spec.Restore != nil {
+		if spec.Restore.MemPath != "" {
+			// Opened before QEMU maps it: the same file.
+			if vm.ramSrc, err = os.Open(spec.Restore.MemPath); err != nil {
+				return nil, fmt.Errorf("opening the snapshot's memory file: %w", err)
+			}
+		}
 		m.MemPath, m.MemShared, m.Incoming = spec.Restore.MemPath, false, true
 		m.MemAnon = spec.Restore.Full && spec.Restore.MemPath == "" && spec.Restore.NamedRAM
 	} else {

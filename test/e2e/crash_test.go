@@ -130,9 +130,10 @@ func checkNoLeftovers(t *testing.T, home string, running map[string]bool) {
 
 // TestCrashMidMigration SIGKILLs `cell serve` while a snapshot's or a pause's RAM is being
 // written: the VM is stopped for the save. The restarted daemon must find it stopped and
-// continue it, with nothing of the save left running under it. (The RAM goes through the
-// daemon, so its death fails QEMU's save; a save QEMU writes itself, as for VMs whose RAM is
-// not a named backend, would outlive the daemon, and adoption cancels it before continuing.)
+// continue it, with nothing of the save left running under it. (The daemon writes the RAM, from
+// QEMU's mapping or through the migration stream, so its death ends the save; a save QEMU writes
+// itself, as for VMs whose RAM is not a named backend, would outlive the daemon, and adoption
+// cancels it before continuing.)
 func TestCrashMidMigration(t *testing.T) {
 	for _, op := range []string{"snapshot", "pause"} {
 		t.Run(op, func(t *testing.T) {

@@ -475,6 +475,11 @@ echo started`)
 		}
 		last = n
 	}
+	// A restored sandbox is saved from its mapping (vmm's delta.go), not through QEMU's
+	// migration of all of its RAM.
+	if strings.Contains(s.logs.String(), "through the migration stream instead") {
+		t.Fatalf("pauses fell back to the migration stream:\n%s", s.logs)
+	}
 
 	// Paused across a daemon restart (a graceful stop kills running sandboxes, not paused ones).
 	if err := c.Pause(ctx, id, true); err != nil {

@@ -1,0 +1,311 @@
+package vmm
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"strconv"
+	"strings"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/cellhq/cell/internal/migstream"
+)
+
+// A VM restored from a memory file maps it copy-on-write (MAP_PRIVATE): a page the guest never
+// wrote since is still the file's page, and a written one is an anonymous copy in QEMU. The
+// kernel's page map of QEMU tells the two apart, so a save needs neither QEMU's migration of all
+// RAM (which reads every page, and reading a hole of the file allocates and zeroes page cache)
+// nor the stream: the new memory file is the old one's data where the guest did not write, plus
+// the written pages read from QEMU's memory. QEMU saves only the device state.
+
+// Page map entry bits (Documentation/admin-guide/mm/pagemap.rst).
+const (
+	pmPresent = 1 << 63
+	pmSwapped = 1 << 62
+	pmFile    = 1 << 61 // a page of the file (or shared anonymous memory), not a private copy
+)
+
+// errNoDelta says that the VM's RAM cannot be saved from its mapping (no source file, mapping
+// not found, or QEMU's memory not readable): the caller falls back to the migration stream.
+var errNoDelta = errors.New("RAM cannot be saved from its mapping")
+
+// ramMapping is where QEMU maps the VM's memory file, and the handles to read it.
+type ramMapping struct {
+	addr    uint64   // start of the mapping in QEMU's address space
+	pagemap *os.File // /proc/PID/pagemap
+	mem     *os.File // /proc/PID/mem
+}
+
+func (m *ramMapping) close() {
+	_ = m.pagemap.Close()
+	_ = m.mem.Close()
+}
+
+// findMapping locates the mapping of src (the whole file of size bytes, from offset 0) in the
+// address space of process pid (QEMU) and opens its page map and memory. Any failure is
+// errNoDelta.
+func findMapping(pid int, src *os.File, size int64) (*ramMapping, error) {
+	var st unix.Stat_t
+	if err := unix.Fstat(int(src.Fd()), &st); err != nil {
+		return nil, fmt.Errorf("%w: %v", errNoDelta, err)
+	}
+	proc := "/proc/" + strconv.Itoa(pid)
+	maps, err := os.Open(proc + "/maps")
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v", errNoDelta, err)
+	}
+	defer func() { _ = maps.Close() }()
+	dev := fmt.Sprintf("%02x:%02x", unix.Major(st.Dev), unix.Minor(st.Dev))
+	var found []uint64
+	sc := bufio.NewScanner(maps)
+	for sc.Scan() {
+		// start-end perms offset dev inode path
+		f := strings.Fields(sc.Text())
+		if len(f) < 5 || f[3] != dev || f[4] != strconv.FormatUint(st.Ino, 10) {
+			continue
+		}
+		start, end, ok := strings.Cut(f[0], "-")
+		a, err1 := strconv.ParseUint(start, 16, 64)
+		b, err2 := strconv.ParseUint(end, 16, 64)
+		off, err3 := strconv.ParseUint(f[2], 16, 64)
+		if ok && err1 == nil && err2 == nil && err3 == nil && off == 0 && b-a == uint64(size) {
+			found = append(found, a)
+		}
+	}
+	if err := sc.Err(); err != nil {
+		return nil, fmt.Errorf("%w: reading %s/maps: %v", errNoDelta, proc, err)
+	}
+	if len(found) != 1 {
+		return nil, fmt.Errorf("%w: %d mappings of the memory file (inode %d) of %d bytes in process %d", errNoDelta, len(found), st.Ino, size, pid)
+	}
+	pm, err := os.Open(proc + "/pagemap")
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v", errNoDelta, err)
+	}
+	mem, err := os.Open(proc + "/mem")
+	if err != nil {
+		_ = pm.Close()
+		return nil, fmt.Errorf("%w: %v", errNoDelta, err)
+	}
+	m := &ramMapping{addr: found[0], pagemap: pm, mem: mem}
+	// Both must really be readable (ptrace access is checked on read).
+	var probe [8]byte
+	if _, err := pm.ReadAt(probe[:], int64(m.addr/migstream.PageSize*8)); err != nil {
+		m.close()
+		return nil, fmt.Errorf("%w: reading the page map: %v", errNoDelta, err)
+	}
+	if _, err := mem.ReadAt(probe[:], int64(m.addr)); err != nil {
+		m.close()
+		return nil, fmt.Errorf("%w: reading the memory: %v", errNoDelta, err)
+	}
+	return m, nil
+}
+
+// saveDelta is SaveSplit for a VM whose RAM maps vm.ramSrc copy-on-write (see above). It
+// returns errNoDelta, having changed nothing, when that is not possible.
+func (vm *VM) saveDelta(ctx context.Context, statePath, memPath string) error {
+	size := int64(vm.MemoryMiB) << 20
+	m, err := findMapping(vm.PID, vm.ramSrc, size)
+	if err != nil {
+		return err
+	}
+	defer m.close()
+	if err := vm.QMP.Execute(ctx, "stop", nil, nil); err != nil {
+		return fmt.Errorf("stopping the guest: %w", err)
+	}
+	// Stopping flushed the disks; the guest's RAM and the devices stay as they are now.
+	if err := vm.saveDevices(ctx, statePath); err != nil {
+		return err
+	}
+	out, err := os.OpenFile(memPath, os.O_CREATE|os.O_EXCL|os.O_RDWR, 0o600)
+	if err != nil {
+		return fmt.Errorf("creating the memory file: %w", err)
+	}
+	defer func() { _ = out.Close() }()
+	if err := out.Truncate(size); err != nil {
+		return fmt.Errorf("sizing the memory file: %w", err)
+	}
+	st, err := copyRAM(m, vm.ramSrc, &writeback{f: out}, size)
+	if err != nil {
+		return fmt.Errorf("saving RAM: %w", err)
+	}
+	if err := out.Sync(); err != nil {
+		return fmt.Errorf("syncing the memory file: %w", err)
+	}
+	vm.log.Debug("delta save", "written", st.written, "copied", st.copied, "zero", st.zero)
+	return nil
+}
+
+// saveDevices has QEMU write its device state (no RAM) and makes of it, at statePath (synced),
+// a stream that a VM started with -incoming loads.
+func (vm *VM) saveDevices(ctx context.Context, statePath string) error {
+	raw := statePath + ".devices"
+	defer func() { _ = os.Remove(raw) }()
+	// live=false: QEMU keeps its disks active (the sandbox may go on).
+	if err := vm.QMP.Execute(ctx, "xen-save-devices-state", map[string]any{"filename": raw, "live": false}, nil); err != nil {
+		return fmt.Errorf("saving the device state: %w", err)
+	}
+	in, err := os.Open(raw)
+	if err != nil {
+		return fmt.Errorf("reading the device state: %w", err)
+	}
+	defer func() { _ = in.Close() }()
+	out, err := os.OpenFile(statePath, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o600)
+	if err != nil {
+		return fmt.Errorf("creating the snapshot state: %w", err)
+	}
+	defer func() { _ = out.Close() }()
+	if err := migstream.DeviceStream(out, in, machineType); err != nil {
+		return fmt.Errorf("the device state: %w", err)
+	}
+	if err := out.Sync(); err != nil {
+		return fmt.Errorf("syncing the snapshot state: %w", err)
+	}
+	return nil
+}
+
+type copyStats struct{ written, copied, zero int64 } // pages
+
+// copyRAM writes the RAM of mapping m to out: the pages QEMU holds a private copy of from its
+// memory (zero ones left as holes), every other page from src where src has data.
+func copyRAM(m *ramMapping, src *os.File, out *writeback, size int64) (copyStats, error) {
+	var st copyStats
+	ext, err := dataExtents(src, size)
+	if err != nil {
+		return st, err
+	}
+	data := &extents{list: ext}
+	const chunk = 256 // pages per page-map read and per memory read (1 MiB)
+	entries := make([]byte, chunk*8)
+	buf := make([]byte, chunk*migstream.PageSize)
+	pages := size / migstream.PageSize
+	for first := int64(0); first < pages; first += chunk {
+		n := min(chunk, pages-first)
+		if _, err := m.pagemap.ReadAt(entries[:n*8], int64(m.addr/migstream.PageSize+uint64(first))*8); err != nil {
+			return st, fmt.Errorf("reading QEMU's page map: %w", err)
+		}
+		// Runs of pages of one kind: QEMU's private copies, or the file's.
+		for i := int64(0); i < n; {
+			private := isPrivate(entries[i*8:])
+			j := i + 1
+			for j < n && isPrivate(entries[j*8:]) == private {
+				j++
+			}
+			off, end := (first+i)*migstream.PageSize, (first+j)*migstream.PageSize
+			if private {
+				w, z, err := copyPrivate(m, out, buf[:end-off], off)
+				if err != nil {
+					return st, err
+				}
+				st.written, st.zero = st.written+w, st.zero+z
+			} else {
+				c, err := data.copy(src, out, off, end)
+				if err != nil {
+					return st, err
+				}
+				st.copied += c
+			}
+			i = j
+		}
+	}
+	return st, nil
+}
+
+func isPrivate(e []byte) bool {
+	v := uint64(e[0]) | uint64(e[1])<<8 | uint64(e[2])<<16 | uint64(e[3])<<24 |
+		uint64(e[4])<<32 | uint64(e[5])<<40 | uint64(e[6])<<48 | uint64(e[7])<<56
+	return v&(pmPresent|pmSwapped) != 0 && v&pmFile == 0
+}
+
+var zeroPage [migstream.PageSize]byte
+
+// copyPrivate reads len(buf) bytes of RAM at off from QEMU and writes its non-zero pages.
+func copyPrivate(m *ramMapping, out *writeback, buf []byte, off int64) (written, zero int64, err error) {
+	if _, err := m.mem.ReadAt(buf, int64(m.addr)+off); err != nil {
+		return 0, 0, fmt.Errorf("reading QEMU's memory at RAM offset %#x: %w", off, err)
+	}
+	// Consecutive non-zero pages go out in one write.
+	flush := func(a, b int) error {
+		if a == b {
+			return nil
+		}
+		_, err := out.WriteAt(buf[a:b], off+int64(a))
+		return err
+	}
+	start := 0
+	for p := 0; p < len(buf); p += migstream.PageSize {
+		if bytes.Equal(buf[p:p+migstream.PageSize], zeroPage[:]) {
+			if err := flush(start, p); err != nil {
+				return 0, 0, err
+			}
+			start = p + migstream.PageSize
+			zero++
+			continue
+		}
+		written++
+	}
+	return written, zero, flush(start, len(buf))
+}
+
+// extent is a range of a file that holds data.
+type extent struct{ start, end int64 }
+
+// dataExtents lists where the sparse file f (of size bytes) has data.
+func dataExtents(f *os.File, size int64) ([]extent, error) {
+	var ext []extent
+	fd := int(f.Fd())
+	for off := int64(0); off < size; {
+		d, err := unix.Seek(fd, off, unix.SEEK_DATA)
+		if errors.Is(err, unix.ENXIO) {
+			break // no data after off
+		}
+		if err != nil {
+			return nil, fmt.Errorf("finding data in the memory file: %w", err)
+		}
+		h, err := unix.Seek(fd, d, unix.SEEK_HOLE)
+		if err != nil {
+			return nil, fmt.Errorf("finding holes in the memory file: %w", err)
+		}
+		ext = append(ext, extent{d, min(h, size)})
+		off = h
+	}
+	return ext, nil
+}
+
+// extents walks a file's data extents in order.
+type extents struct {
+	list []extent
+	next int // first extent that may still overlap a later range
+}
+
+// copy copies the data of src within [off, end) to out at the same offsets, in the kernel.
+// Successive calls must ask for increasing ranges.
+func (x *extents) copy(src *os.File, out *writeback, off, end int64) (int64, error) {
+	var pages int64
+	for x.next < len(x.list) && x.list[x.next].end <= off {
+		x.next++
+	}
+	for _, e := range x.list[x.next:] {
+		if e.start >= end {
+			break
+		}
+		a, b := max(e.start, off), min(e.end, end)
+		for roff, woff := a, a; roff < b; {
+			n, err := unix.CopyFileRange(int(src.Fd()), &roff, int(out.f.Fd()), &woff, int(b-roff), 0)
+			if err != nil {
+				return pages, fmt.Errorf("copying the memory file at %#x: %w", roff, err)
+			}
+			if n == 0 {
+				return pages, fmt.Errorf("copying the memory file at %#x: %w", roff, io.ErrUnexpectedEOF)
+			}
+		}
+		out.started(a, b-a)
+		pages += (b - a) / migstream.PageSize
+	}
+	return pages, nil
+}

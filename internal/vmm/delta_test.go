@@ -1,0 +1,96 @@
+package vmm
+
+import (
+	"bytes"
+	"errors"
+	"os"
+	"path/filepath"
+	"testing"
+
+	"golang.org/x/sys/unix"
+)
+
+// TestCopyRAM saves a private mapping of this test's own: the pages written through it come
+// from memory (zero ones as holes), the others from the file, holes stay holes.
+func TestCopyRAM(t *testing.T) {
+	const ps, pages = 4096, 1024
+	const size = ps * pages
+	dir := t.TempDir()
+	src, err := os.OpenFile(filepath.Join(dir, "src"), os.O_CREATE|os.O_RDWR, 0o600)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = src.Close() }()
+	if err := src.Truncate(size); err != nil {
+		t.Fatal(err)
+	}
+	for p := 10; p < 20; p++ {
+		if _, err := src.WriteAt(bytes.Repeat([]byte{byte(p)}, ps), int64(p*ps)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := src.WriteAt(make([]byte, ps), 100*ps); err != nil { // zeros, but data
+		t.Fatal(err)
+	}
+	mem, err := unix.Mmap(int(src.Fd()), 0, size, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = unix.Munmap(mem) }()
+	copy(mem[15*ps:], bytes.Repeat([]byte{0xaa}, ps))   // a data page changed
+	copy(mem[500*ps+7:], []byte("written into a hole")) // a hole written
+	clear(mem[12*ps : 13*ps])                           // a data page zeroed
+	_ = mem[700*ps]                                     // a hole only read
+
+	if _, err := findMapping(os.Getpid(), src, size-ps); !errors.Is(err, errNoDelta) {
+		t.Fatalf("a mapping of another size was found: %v", err)
+	}
+	m, err := findMapping(os.Getpid(), src, size)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.close()
+	out, err := os.OpenFile(filepath.Join(dir, "out"), os.O_CREATE|os.O_RDWR, 0o600)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = out.Close() }()
+	if err := out.Truncate(size); err != nil {
+		t.Fatal(err)
+	}
+	st, err := copyRAM(m, src, &writeback{f: out}, size)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := (copyStats{written: 2, copied: 9, zero: 1}); st != want {
+		t.Errorf("stats %+v, want %+v", st, want)
+	}
+	got := make([]byte, size)
+	if _, err := out.ReadAt(got, 0); err != nil {
+		t.Fatal(err)
+	}
+	for p := 0; p < pages; p++ {
+		if !bytes.Equal(got[p*ps:(p+1)*ps], mem[p*ps:(p+1)*ps]) {
+			t.Fatalf("page %d differs from the mapping", p)
+		}
+	}
+	ext, err := dataExtents(out, size)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var data []int
+	for _, e := range ext {
+		for off := e.start; off < e.end; off += ps {
+			data = append(data, int(off/ps))
+		}
+	}
+	want := []int{10, 11, 13, 14, 15, 16, 17, 18, 19, 100, 500}
+	if len(data) != len(want) {
+		t.Fatalf("data pages %v, want %v", data, want)
+	}
+	for i := range want {
+		if data[i] != want[i] {
+			t.Fatalf("data pages %v, want %v", data, want)
+		}
+	}
+}
