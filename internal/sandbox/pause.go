@@ -52,7 +52,7 @@ func (s *Sandbox) Pause(ctx context.Context, dir string, memory bool) (PausedMet
 	}
 	_ = s.VM.Channel.Close() // as for a template: the resumed envd must find its port closed
 	if memory {
-		if err := saveMemory(ctx, s.VM, staging, meta.RAMFile); err != nil {
+		if err := saveMemory(ctx, s.VM, staging, meta.RAMFile, true); err != nil {
 			return meta, fmt.Errorf("saving the VM: %w", err)
 		}
 	} else if err := s.VM.QMP.Execute(ctx, "stop", nil, nil); err != nil {
@@ -247,8 +247,9 @@ func (r *Runtime) Resume(ctx context.Context, dir string, init server.InitReques
 	if meta.Memory {
 		spec.Restore = &vmm.Snapshot{StatePath: filepath.Join(g, "state"), Full: true, NamedRAM: meta.NamedRAM}
 		if meta.RAMFile {
-			// QEMU maps it copy-on-write; removing the generation later leaves the mapping intact.
-			spec.Restore.MemPath = filepath.Join(g, "mem")
+			// QEMU maps it copy-on-write; the VM takes it over (it is this sandbox's alone), so
+			// that removing the generation later leaves it, and the next pause updates it.
+			spec.Restore.MemPath, spec.Restore.OwnMem = filepath.Join(g, "mem"), true
 		}
 	} else {
 		spec.KernelArgs = r.kernelArgs(meta.ID)

@@ -34,7 +34,7 @@ func (r *Runtime) Snapshot(ctx context.Context, s *Sandbox, home, name, label, t
 	defer func() { _ = os.RemoveAll(staging) }()
 	t0 := time.Now()
 	ramFile := s.VM.NamedRAM
-	err = saveMemory(ctx, s.VM, staging, ramFile)
+	err = saveMemory(ctx, s.VM, staging, ramFile, false)
 	tSaved := time.Now()
 	if err == nil {
 		// Stopping the VM flushed QEMU's qcow2 caches to the file: it is consistent now.
@@ -67,10 +67,10 @@ func (r *Runtime) Snapshot(ctx context.Context, s *Sandbox, home, name, label, t
 
 // saveMemory stops vm and saves its device state and RAM into dir: RAM into the file mem when
 // ramFile (restores map it: clones share its pages and start as fast as from a template), else
-// into the state stream. Both are synced.
-func saveMemory(ctx context.Context, vm *vmm.VM, dir string, ramFile bool) error {
+// into the state stream. Both are synced. last: the VM will not run again (see vmm.SaveSplit).
+func saveMemory(ctx context.Context, vm *vmm.VM, dir string, ramFile, last bool) error {
 	if ramFile {
-		return vm.SaveSplit(ctx, filepath.Join(dir, "state"), filepath.Join(dir, "mem"))
+		return vm.SaveSplit(ctx, filepath.Join(dir, "state"), filepath.Join(dir, "mem"), last)
 	}
 	return vm.SaveFull(ctx, filepath.Join(dir, "state"))
 }

@@ -95,6 +95,11 @@ func (h *Host) Adopt(ctx context.Context, id string, pid int, startTicks uint64)
 			h.slots.Release(1)
 		}
 	}()
+	// A VM that took its memory file over still has it: saves work as before the restart (a
+	// file that is not the one QEMU maps is found out by the save, which then uses the stream).
+	if f, err := os.OpenFile(dir.File(ownRAMFile), os.O_RDWR, 0); err == nil {
+		vm.ramSrc, vm.ownRAM = f, true
+	}
 	vm.QMP, err = dialRetry(ctx, dir.File("qmp.sock"), func(c net.Conn) (*qmp.Client, error) { return qmp.NewClient(ctx, c) })
 	if err != nil {
 		return nil, fmt.Errorf("vm %s: reconnecting QMP: %w", id, err)

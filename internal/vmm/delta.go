@@ -30,6 +30,9 @@ const (
 	pmFile    = 1 << 61 // a page of the file (or shared anonymous memory), not a private copy
 )
 
+// ownRAMFile is a VM's own memory file in its working directory (Snapshot.OwnMem).
+const ownRAMFile = "ram"
+
 // errNoDelta says that the VM's RAM cannot be saved from its mapping (no source file, mapping
 // not found, or QEMU's memory not readable): the caller falls back to the migration stream.
 var errNoDelta = errors.New("RAM cannot be saved from its mapping")
@@ -107,8 +110,11 @@ func findMapping(pid int, src *os.File, size int64) (*ramMapping, error) {
 }
 
 // saveDelta is SaveSplit for a VM whose RAM maps vm.ramSrc copy-on-write (see above). It
-// returns errNoDelta, having changed nothing, when that is not possible.
-func (vm *VM) saveDelta(ctx context.Context, statePath, memPath string) error {
+// returns errNoDelta, having changed nothing, when that is not possible. When the file is the
+// VM's own and last (the VM will not run again), the written pages go into it in place and
+// memPath becomes another name of it: nothing else is copied. (QEMU holds private copies of
+// exactly those pages, so what it maps does not change if the VM goes on after all.)
+func (vm *VM) saveDelta(ctx context.Context, statePath, memPath string, last bool) error {
 	size := int64(vm.MemoryMiB) << 20
 	m, err := findMapping(vm.PID, vm.ramSrc, size)
 	if err != nil {
@@ -121,6 +127,20 @@ func (vm *VM) saveDelta(ctx context.Context, statePath, memPath string) error {
 	// Stopping flushed the disks; the guest's RAM and the devices stay as they are now.
 	if err := vm.saveDevices(ctx, statePath); err != nil {
 		return err
+	}
+	if last && vm.ownRAM {
+		st, err := copyRAM(m, nil, &writeback{f: vm.ramSrc}, size)
+		if err != nil {
+			return fmt.Errorf("saving RAM in place: %w", err)
+		}
+		if err := vm.ramSrc.Sync(); err != nil {
+			return fmt.Errorf("syncing the memory file: %w", err)
+		}
+		if err := os.Link(vm.Dir.File(ownRAMFile), memPath); err != nil {
+			return fmt.Errorf("naming the memory file: %w", err)
+		}
+		vm.log.Debug("delta save in place", "written", st.written, "zero", st.zero)
+		return nil
 	}
 	out, err := os.OpenFile(memPath, os.O_CREATE|os.O_EXCL|os.O_RDWR, 0o600)
 	if err != nil {
@@ -172,14 +192,18 @@ func (vm *VM) saveDevices(ctx context.Context, statePath string) error {
 type copyStats struct{ written, copied, zero int64 } // pages
 
 // copyRAM writes the RAM of mapping m to out: the pages QEMU holds a private copy of from its
-// memory (zero ones left as holes), every other page from src where src has data.
+// memory (zero ones as holes), every other page from src where src has data. With src nil, out
+// is the mapped file itself: only the private copies are written, and zero ones punched out.
 func copyRAM(m *ramMapping, src *os.File, out *writeback, size int64) (copyStats, error) {
 	var st copyStats
-	ext, err := dataExtents(src, size)
-	if err != nil {
-		return st, err
+	data := &extents{}
+	if src != nil {
+		ext, err := dataExtents(src, size)
+		if err != nil {
+			return st, err
+		}
+		data.list = ext
 	}
-	data := &extents{list: ext}
 	const chunk = 256 // pages per page-map read and per memory read (1 MiB)
 	entries := make([]byte, chunk*8)
 	buf := make([]byte, chunk*migstream.PageSize)
@@ -198,12 +222,12 @@ func copyRAM(m *ramMapping, src *os.File, out *writeback, size int64) (copyStats
 			}
 			off, end := (first+i)*migstream.PageSize, (first+j)*migstream.PageSize
 			if private {
-				w, z, err := copyPrivate(m, out, buf[:end-off], off)
+				w, z, err := copyPrivate(m, out, buf[:end-off], off, src == nil)
 				if err != nil {
 					return st, err
 				}
 				st.written, st.zero = st.written+w, st.zero+z
-			} else {
+			} else if src != nil {
 				c, err := data.copy(src, out, off, end)
 				if err != nil {
 					return st, err
@@ -224,32 +248,46 @@ func isPrivate(e []byte) bool {
 
 var zeroPage [migstream.PageSize]byte
 
-// copyPrivate reads len(buf) bytes of RAM at off from QEMU and writes its non-zero pages.
-func copyPrivate(m *ramMapping, out *writeback, buf []byte, off int64) (written, zero int64, err error) {
+// copyPrivate reads len(buf) bytes of RAM at off from QEMU and writes its non-zero pages; zero
+// ones are left out, or punched out of the file when punch.
+func copyPrivate(m *ramMapping, out *writeback, buf []byte, off int64, punch bool) (written, zero int64, err error) {
 	if _, err := m.mem.ReadAt(buf, int64(m.addr)+off); err != nil {
 		return 0, 0, fmt.Errorf("reading QEMU's memory at RAM offset %#x: %w", off, err)
 	}
-	// Consecutive non-zero pages go out in one write.
-	flush := func(a, b int) error {
-		if a == b {
+	// Consecutive pages of one kind go out in one call.
+	flush := func(a, b int, isZero bool) error {
+		switch {
+		case a == b || isZero && !punch:
+			return nil
+		case isZero:
+			err := unix.Fallocate(int(out.f.Fd()), unix.FALLOC_FL_PUNCH_HOLE|unix.FALLOC_FL_KEEP_SIZE, off+int64(a), int64(b-a))
+			if err != nil {
+				return fmt.Errorf("punching zero pages out at %#x: %w", off+int64(a), err)
+			}
 			return nil
 		}
 		_, err := out.WriteAt(buf[a:b], off+int64(a))
 		return err
 	}
-	start := 0
+	start, startZero := 0, false
 	for p := 0; p < len(buf); p += migstream.PageSize {
-		if bytes.Equal(buf[p:p+migstream.PageSize], zeroPage[:]) {
-			if err := flush(start, p); err != nil {
+		isZero := bytes.Equal(buf[p:p+migstream.PageSize], zeroPage[:])
+		if isZero {
+			zero++
+		} else {
+			written++
+		}
+		if p > start && isZero != startZero {
+			if err := flush(start, p, startZero); err != nil {
 				return 0, 0, err
 			}
-			start = p + migstream.PageSize
-			zero++
-			continue
+			start = p
 		}
-		written++
+		if p == start {
+			startZero = isZero
+		}
 	}
-	return written, zero, flush(start, len(buf))
+	return written, zero, flush(start, len(buf), startZero)
 }
 
 // extent is a range of a file that holds data.

@@ -94,3 +94,65 @@ func TestCopyRAM(t *testing.T) {
 		}
 	}
 }
+
+// TestCopyRAMInPlace: a VM's own file gets the written pages and loses the zeroed ones; the
+// pages never written stay as they were.
+func TestCopyRAMInPlace(t *testing.T) {
+	const ps, pages = 4096, 256
+	const size = ps * pages
+	f, err := os.OpenFile(filepath.Join(t.TempDir(), "ram"), os.O_CREATE|os.O_RDWR, 0o600)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = f.Close() }()
+	if err := f.Truncate(size); err != nil {
+		t.Fatal(err)
+	}
+	for p := 10; p < 20; p++ {
+		if _, err := f.WriteAt(bytes.Repeat([]byte{byte(p)}, ps), int64(p*ps)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	mem, err := unix.Mmap(int(f.Fd()), 0, size, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = unix.Munmap(mem) }()
+	copy(mem[11*ps:], bytes.Repeat([]byte{0xbb}, 2*ps)) // pages 11 and 12 changed
+	clear(mem[13*ps : 15*ps])                           // 13 and 14 zeroed
+	copy(mem[200*ps:], []byte("new"))                   // a hole written
+	want := append([]byte(nil), mem...)
+
+	m, err := findMapping(os.Getpid(), f, size)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.close()
+	st, err := copyRAM(m, nil, &writeback{f: f}, size)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if w := (copyStats{written: 3, zero: 2}); st != w {
+		t.Errorf("stats %+v, want %+v", st, w)
+	}
+	got := make([]byte, size)
+	if _, err := f.ReadAt(got, 0); err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got, want) {
+		t.Fatal("the file differs from the mapping")
+	}
+	// The mapping itself is unchanged (its private copies hide the file's new pages).
+	if !bytes.Equal(mem, want) {
+		t.Fatal("the mapping changed")
+	}
+	ext, err := dataExtents(f, size)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range ext {
+		if e.start < 15*ps && e.end > 13*ps {
+			t.Fatalf("zeroed pages still hold data: extent %+v", e)
+		}
+	}
+}

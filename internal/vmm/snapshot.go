@@ -184,13 +184,15 @@ func (vm *VM) prepareSave(ctx context.Context, full bool) error {
 // reading the RAM from the stream. QEMU writes the stream into a pipe that this process splits
 // (internal/migstream); the RAM's writeback to disk starts while it is being written, and both
 // files are synced before SaveSplit returns. The VM is left paused, to be closed or continued.
-// A VM restored from a memory file is saved without the stream when it can be (see delta.go).
-func (vm *VM) SaveSplit(ctx context.Context, statePath, memPath string) error {
+// A VM restored from a memory file is saved without the stream when it can be (see delta.go);
+// last says that the VM will not run again (a pause), so that its own memory file may be updated
+// in place.
+func (vm *VM) SaveSplit(ctx context.Context, statePath, memPath string, last bool) error {
 	if !vm.NamedRAM {
 		return errors.New("a split save needs the RAM in a memory backend (ram0)")
 	}
 	if vm.ramSrc != nil {
-		err := vm.saveDelta(ctx, statePath, memPath)
+		err := vm.saveDelta(ctx, statePath, memPath, last)
 		if !errors.Is(err, errNoDelta) {
 			return err
 		}

@@ -118,6 +118,9 @@ type Snapshot struct {
 	// overwrites it); NamedRAM says the saved VM had its RAM in a memory backend object.
 	Full     bool
 	NamedRAM bool
+	// OwnMem says that MemPath belongs to this VM alone (a paused sandbox's): the VM takes it
+	// over (a link in its working directory) and a final save updates it in place.
+	OwnMem bool
 }
 
 // VM is a running QEMU. Close releases everything it holds.
@@ -133,8 +136,10 @@ type VM struct {
 	NamedRAM        bool     // RAM is the memory backend object ram0
 	KernelArgs      []string // Cell's extra kernel arguments
 	// ramSrc is the memory file the RAM maps copy-on-write (a restored VM), open so that a save
-	// can read what the guest did not change even once the file is renamed or removed.
+	// can read what the guest did not change even once the file is renamed or removed. ownRAM:
+	// it is the VM's own (ownRAMFile in its working directory), writable.
 	ramSrc *os.File
+	ownRAM bool
 
 	host    *Host
 	log     *slog.Logger
@@ -295,13 +300,27 @@ func (h *Host) startOnce(ctx context.Context, spec Spec) (_ *VM, retErr error) {
 		m.NetSocket, m.NetMAC = dir.File(netSocket), h.cfg.NetMAC
 	}
 	if spec.Restore != nil {
-		if spec.Restore.MemPath != "" {
+		mem := spec.Restore.MemPath
+		if mem != "" {
+			if spec.Restore.OwnMem {
+				// A name of the VM's own (no copy): the file outlives its snapshot's removal,
+				// and goes with the working directory.
+				if err := os.Link(mem, dir.File(ownRAMFile)); err == nil {
+					mem, vm.ownRAM = dir.File(ownRAMFile), true
+				} else {
+					vm.log.Debug("the memory file stays shared", "err", err)
+				}
+			}
 			// Opened before QEMU maps it: the same file.
-			if vm.ramSrc, err = os.Open(spec.Restore.MemPath); err != nil {
+			flag := os.O_RDONLY
+			if vm.ownRAM {
+				flag = os.O_RDWR
+			}
+			if vm.ramSrc, err = os.OpenFile(mem, flag, 0); err != nil {
 				return nil, fmt.Errorf("opening the snapshot's memory file: %w", err)
 			}
 		}
-		m.MemPath, m.MemShared, m.Incoming = spec.Restore.MemPath, false, true
+		m.MemPath, m.MemShared, m.Incoming = mem, false, true
 		m.MemAnon = spec.Restore.Full && spec.Restore.MemPath == "" && spec.Restore.NamedRAM
 	} else {
 		m.MemAnon = spec.MemPath == ""

@@ -135,7 +135,7 @@ func checkNoLeftovers(t *testing.T, home string, running map[string]bool) {
 // itself, as for VMs whose RAM is not a named backend, would outlive the daemon, and adoption
 // cancels it before continuing.)
 func TestCrashMidMigration(t *testing.T) {
-	for _, op := range []string{"snapshot", "pause"} {
+	for _, op := range []string{"snapshot", "pause", "pause-in-place"} {
 		t.Run(op, func(t *testing.T) {
 			home := t.TempDir()
 			key := apiKey(t, home)
@@ -147,17 +147,37 @@ func TestCrashMidMigration(t *testing.T) {
 				t.Fatal(err)
 			}
 			id := info.SandboxID
+			if op == "pause-in-place" {
+				// Resumed from its own generation, the sandbox's next pause writes into the
+				// memory file its VM maps (run/<id>/ram) instead of a new one.
+				if err := c.Pause(ctx, id, true); err != nil {
+					t.Fatal(err)
+				}
+				if err := c.Resume(ctx, id, time.Hour); err != nil {
+					t.Fatal(err)
+				}
+			}
 			// 200 MB of random bytes in RAM: a full save takes long enough to be caught.
 			execOut(t, c, id, "echo m > /tmp/mem; echo d > /home/user/disk; sync; "+
-				"python3 -c \"import os; open('/dev/shm/fill','wb').write(os.urandom(200<<20))\"")
+				"python3 -c \"import os; open('/dev/shm/fill','wb').write(os.urandom(200<<20))\"; "+
+				"sha256sum < /dev/shm/fill | cut -c1-16 > /tmp/fill.sum")
 			pattern := filepath.Join(home, "templates", "*", ".staging-*", "mem")
 			if op == "pause" {
 				pattern = filepath.Join(home, "paused", id, ".staging-*", "mem")
 			}
+			ram := filepath.Join(home, "run", id, "ram")
+			var before time.Time
+			if op == "pause-in-place" {
+				st, err := os.Stat(ram)
+				if err != nil {
+					t.Fatalf("the resumed VM has no memory file of its own: %v", err)
+				}
+				before = st.ModTime()
+			}
 			done := make(chan error, 1)
 			go func() {
 				var err error
-				if op == "pause" {
+				if op != "snapshot" {
 					err = c.Pause(ctx, id, true)
 				} else {
 					_, err = c.Snapshot(ctx, id, "")
@@ -166,7 +186,11 @@ func TestCrashMidMigration(t *testing.T) {
 			}()
 			deadline := time.Now().Add(30 * time.Second)
 			for {
-				if m, _ := filepath.Glob(pattern); len(m) == 1 {
+				if op == "pause-in-place" {
+					if st, err := os.Stat(ram); err == nil && st.ModTime().After(before) {
+						break
+					}
+				} else if m, _ := filepath.Glob(pattern); len(m) == 1 {
 					// Allocated blocks, not the size (the file is sized before it is written).
 					if st, err := os.Stat(m[0]); err == nil && st.Sys().(*syscall.Stat_t).Blocks > 0 {
 						break
@@ -198,6 +222,21 @@ func TestCrashMidMigration(t *testing.T) {
 			checkNoLeftovers(t, home, map[string]bool{id: true})
 			if !strings.Contains(srv.logs.String(), "adopted VM was stopped") {
 				t.Fatalf("the save had finished before the kill: nothing tested\n%s", srv.logs)
+			}
+			if op == "pause-in-place" {
+				// The adopted VM pauses in place too, and its memory comes back whole.
+				if err := c.Pause(ctx, id, true); err != nil {
+					t.Fatalf("pause after the restart: %v\n%s", err, srv.logs)
+				}
+				if err := c.Resume(ctx, id, time.Hour); err != nil {
+					t.Fatalf("resume after the restart: %v\n%s", err, srv.logs)
+				}
+				if got := execOut(t, c, id, "cat /tmp/mem; sha256sum < /dev/shm/fill | cut -c1-16; cat /tmp/fill.sum"); !strings.HasPrefix(got, "m\n") || len(strings.Split(got, "\n")) != 4 || strings.Split(got, "\n")[1] != strings.Split(got, "\n")[2] {
+					t.Fatalf("state lost: %q", got)
+				}
+				if strings.Contains(srv.logs.String(), "through the migration stream instead") {
+					t.Fatalf("the adopted VM's pause fell back to the migration stream:\n%s", srv.logs)
+				}
 			}
 		})
 	}
