@@ -10,33 +10,41 @@ import (
 	"golang.org/x/sys/unix"
 )
 
+// mappedFile creates a sparse file of size bytes whose pages 10 to 19 hold data (page p is all
+// p), and maps it privately, as QEMU maps a VM's memory file. Both go with the test.
+func mappedFile(t *testing.T, path string, size int) (*os.File, []byte) {
+	t.Helper()
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_RDWR, 0o600)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = f.Close() })
+	if err := f.Truncate(int64(size)); err != nil {
+		t.Fatal(err)
+	}
+	for p := 10; p < 20; p++ {
+		if _, err := f.WriteAt(bytes.Repeat([]byte{byte(p)}, 4096), int64(p*4096)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	mem, err := unix.Mmap(int(f.Fd()), 0, size, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = unix.Munmap(mem) })
+	return f, mem
+}
+
 // TestCopyRAM saves a private mapping of this test's own: the pages written through it come
 // from memory (zero ones as holes), the others from the file, holes stay holes.
 func TestCopyRAM(t *testing.T) {
 	const ps, pages = 4096, 1024
 	const size = ps * pages
 	dir := t.TempDir()
-	src, err := os.OpenFile(filepath.Join(dir, "src"), os.O_CREATE|os.O_RDWR, 0o600)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer func() { _ = src.Close() }()
-	if err := src.Truncate(size); err != nil {
-		t.Fatal(err)
-	}
-	for p := 10; p < 20; p++ {
-		if _, err := src.WriteAt(bytes.Repeat([]byte{byte(p)}, ps), int64(p*ps)); err != nil {
-			t.Fatal(err)
-		}
-	}
+	src, mem := mappedFile(t, filepath.Join(dir, "src"), size)
 	if _, err := src.WriteAt(make([]byte, ps), 100*ps); err != nil { // zeros, but data
 		t.Fatal(err)
 	}
-	mem, err := unix.Mmap(int(src.Fd()), 0, size, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer func() { _ = unix.Munmap(mem) }()
 	copy(mem[15*ps:], bytes.Repeat([]byte{0xaa}, ps))   // a data page changed
 	copy(mem[500*ps+7:], []byte("written into a hole")) // a hole written
 	clear(mem[12*ps : 13*ps])                           // a data page zeroed
@@ -100,24 +108,7 @@ func TestCopyRAM(t *testing.T) {
 func TestCopyRAMInPlace(t *testing.T) {
 	const ps, pages = 4096, 256
 	const size = ps * pages
-	f, err := os.OpenFile(filepath.Join(t.TempDir(), "ram"), os.O_CREATE|os.O_RDWR, 0o600)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer func() { _ = f.Close() }()
-	if err := f.Truncate(size); err != nil {
-		t.Fatal(err)
-	}
-	for p := 10; p < 20; p++ {
-		if _, err := f.WriteAt(bytes.Repeat([]byte{byte(p)}, ps), int64(p*ps)); err != nil {
-			t.Fatal(err)
-		}
-	}
-	mem, err := unix.Mmap(int(f.Fd()), 0, size, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer func() { _ = unix.Munmap(mem) }()
+	f, mem := mappedFile(t, filepath.Join(t.TempDir(), "ram"), size)
 	copy(mem[11*ps:], bytes.Repeat([]byte{0xbb}, 2*ps)) // pages 11 and 12 changed
 	clear(mem[13*ps : 15*ps])                           // 13 and 14 zeroed
 	copy(mem[200*ps:], []byte("new"))                   // a hole written
