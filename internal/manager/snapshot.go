@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"path/filepath"
+	"runtime"
 	"sort"
 	"sync"
 	"time"
@@ -133,7 +134,9 @@ func (m *Manager) Fork(ctx context.Context, team, id string, count int, timeout 
 	}()
 	out := make([]ForkResult, count)
 	var wg sync.WaitGroup
-	slots := make(chan struct{}, 4)
+	// As many restores at once as there are CPUs: they are CPU-bound (under TCG, on 2 CPUs:
+	// fork ×10 in 0.98–1.01 s two at a time, 1.03–1.06 s four, 1.07–1.17 s eight).
+	slots := make(chan struct{}, max(2, runtime.NumCPU()))
 	for i := range out {
 		wg.Add(1)
 		go func() {
