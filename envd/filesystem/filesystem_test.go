@@ -241,3 +241,48 @@ func TestGzipOnlyWhenItPays(t *testing.T) {
 		}
 	}
 }
+
+// TestDownloadWholeRangeAndConditional: a whole file comes in large writes with its length; a
+// range or a conditional request is still answered as HTTP says (206, 304).
+func TestDownloadWholeRangeAndConditional(t *testing.T) {
+	srv, _ := filesServer(t, "")
+	p := filepath.Join(t.TempDir(), "data.bin")
+	data := make([]byte, 3*downloadChunk+12345)
+	if _, err := rand.Read(data); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(p, data, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	get := func(method string, h map[string]string) (*http.Response, []byte) {
+		t.Helper()
+		req, _ := http.NewRequest(method, srv.URL+"/files?"+url.Values{"path": {p}}.Encode(), nil)
+		for k, v := range h {
+			req.Header.Set(k, v)
+		}
+		resp, err := http.DefaultTransport.RoundTrip(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		_ = resp.Body.Close()
+		return resp, b
+	}
+	resp, b := get("GET", nil)
+	if resp.StatusCode != 200 || !bytes.Equal(b, data) || resp.ContentLength != int64(len(data)) {
+		t.Fatalf("whole file: %d, %d bytes (length %d), equal %v", resp.StatusCode, len(b), resp.ContentLength, bytes.Equal(b, data))
+	}
+	lm := resp.Header.Get("Last-Modified")
+	if lm == "" {
+		t.Fatal("no Last-Modified")
+	}
+	if resp, b := get("HEAD", nil); resp.StatusCode != 200 || len(b) != 0 || resp.ContentLength != int64(len(data)) {
+		t.Fatalf("HEAD: %d, %d bytes, length %d", resp.StatusCode, len(b), resp.ContentLength)
+	}
+	if resp, b := get("GET", map[string]string{"Range": "bytes=10-19"}); resp.StatusCode != 206 || !bytes.Equal(b, data[10:20]) {
+		t.Fatalf("range: %d %x", resp.StatusCode, b)
+	}
+	if resp, _ := get("GET", map[string]string{"If-Modified-Since": lm}); resp.StatusCode != 304 {
+		t.Fatalf("If-Modified-Since: %d, want 304", resp.StatusCode)
+	}
+}
