@@ -195,11 +195,11 @@ func (f *Files) download(w http.ResponseWriter, r *http.Request, id process.Iden
 		return
 	}
 	// Neither side's shortcut (File.WriteTo, ReaderFrom) may pick a smaller buffer.
-	_, _ = io.CopyBuffer(struct{ io.Writer }{w}, io.LimitReader(file, st.Size()), make([]byte, downloadChunk))
+	_, _ = io.CopyBuffer(struct{ io.Writer }{w}, io.LimitReader(file, st.Size()), make([]byte, fileChunk))
 }
 
-// downloadChunk is the size of the writes of a download (and of the reads of an upload).
-const downloadChunk = 256 << 10
+// fileChunk is the size of the writes of a download and of the reads of an upload.
+const fileChunk = 256 << 10
 
 // conditional says whether r asks for the file only under a condition (ServeContent answers
 // those).
@@ -362,7 +362,7 @@ func writeFile(path string, r io.Reader, id process.Identity, md map[string]stri
 		return uploaded{}, statusFor(err), fmt.Errorf("opening %s: %w", p, err)
 	}
 	// Large reads, as for downloads (File.ReadFrom would read 32 KiB at a time).
-	_, err = io.CopyBuffer(struct{ io.Writer }{file}, r, make([]byte, downloadChunk))
+	_, err = io.CopyBuffer(struct{ io.Writer }{file}, r, make([]byte, fileChunk))
 	if cerr := file.Close(); err == nil {
 		err = cerr
 	}

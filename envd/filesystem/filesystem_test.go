@@ -247,7 +247,7 @@ func TestGzipOnlyWhenItPays(t *testing.T) {
 func TestDownloadWholeRangeAndConditional(t *testing.T) {
 	srv, _ := filesServer(t, "")
 	p := filepath.Join(t.TempDir(), "data.bin")
-	data := make([]byte, 3*downloadChunk+12345)
+	data := make([]byte, 3*fileChunk+12345)
 	if _, err := rand.Read(data); err != nil {
 		t.Fatal(err)
 	}

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -64,12 +65,13 @@ func findMapping(pid int, src *os.File, size int64) (*ramMapping, error) {
 	}
 	defer func() { _ = maps.Close() }()
 	dev := fmt.Sprintf("%02x:%02x", unix.Major(st.Dev), unix.Minor(st.Dev))
+	ino := strconv.FormatUint(st.Ino, 10)
 	var found []uint64
 	sc := bufio.NewScanner(maps)
 	for sc.Scan() {
 		// start-end perms offset dev inode path
 		f := strings.Fields(sc.Text())
-		if len(f) < 5 || f[3] != dev || f[4] != strconv.FormatUint(st.Ino, 10) {
+		if len(f) < 5 || f[3] != dev || f[4] != ino {
 			continue
 		}
 		start, end, ok := strings.Cut(f[0], "-")
@@ -175,9 +177,9 @@ func (vm *VM) saveDevices(ctx context.Context, statePath string) error {
 		return fmt.Errorf("reading the device state: %w", err)
 	}
 	defer func() { _ = in.Close() }()
-	out, err := os.OpenFile(statePath, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o600)
+	out, err := createState(statePath)
 	if err != nil {
-		return fmt.Errorf("creating the snapshot state: %w", err)
+		return err
 	}
 	defer func() { _ = out.Close() }()
 	if err := migstream.DeviceStream(out, in, machineType); err != nil {
@@ -214,36 +216,46 @@ func copyRAM(m *ramMapping, src *os.File, out *writeback, size int64) (copyStats
 			return st, fmt.Errorf("reading QEMU's page map: %w", err)
 		}
 		// Runs of pages of one kind: QEMU's private copies, or the file's.
-		for i := int64(0); i < n; {
-			private := isPrivate(entries[i*8:])
-			j := i + 1
-			for j < n && isPrivate(entries[j*8:]) == private {
-				j++
-			}
-			off, end := (first+i)*migstream.PageSize, (first+j)*migstream.PageSize
+		err := forRuns(int(n), func(i int) bool { return isPrivate(entries[i*8:]) }, func(i, j int, private bool) error {
+			off, end := (first+int64(i))*migstream.PageSize, (first+int64(j))*migstream.PageSize
 			if private {
 				w, z, err := copyPrivate(m, out, buf[:end-off], off, src == nil)
-				if err != nil {
-					return st, err
-				}
 				st.written, st.zero = st.written+w, st.zero+z
-			} else if src != nil {
-				c, err := data.copy(src, out, off, end)
-				if err != nil {
-					return st, err
-				}
-				st.copied += c
+				return err
 			}
-			i = j
+			if src != nil {
+				c, err := data.copy(src, out, off, end)
+				st.copied += c
+				return err
+			}
+			return nil
+		})
+		if err != nil {
+			return st, err
 		}
 	}
 	return st, nil
 }
 
+// isPrivate says whether page map entry e (the kernel's byte order) is a private copy.
 func isPrivate(e []byte) bool {
-	v := uint64(e[0]) | uint64(e[1])<<8 | uint64(e[2])<<16 | uint64(e[3])<<24 |
-		uint64(e[4])<<32 | uint64(e[5])<<40 | uint64(e[6])<<48 | uint64(e[7])<<56
+	v := binary.NativeEndian.Uint64(e)
 	return v&(pmPresent|pmSwapped) != 0 && v&pmFile == 0
+}
+
+// forRuns calls f for each maximal run [a, b) of the indexes below n that kind puts alike.
+func forRuns(n int, kind func(i int) bool, f func(a, b int, k bool) error) error {
+	for a := 0; a < n; {
+		k, b := kind(a), a+1
+		for b < n && kind(b) == k {
+			b++
+		}
+		if err := f(a, b, k); err != nil {
+			return err
+		}
+		a = b
+	}
+	return nil
 }
 
 var zeroPage [migstream.PageSize]byte
@@ -255,39 +267,25 @@ func copyPrivate(m *ramMapping, out *writeback, buf []byte, off int64, punch boo
 		return 0, 0, fmt.Errorf("reading QEMU's memory at RAM offset %#x: %w", off, err)
 	}
 	// Consecutive pages of one kind go out in one call.
-	flush := func(a, b int, isZero bool) error {
-		switch {
-		case a == b || isZero && !punch:
+	const ps = migstream.PageSize
+	isZero := func(i int) bool { return bytes.Equal(buf[i*ps:(i+1)*ps], zeroPage[:]) }
+	err = forRuns(len(buf)/ps, isZero, func(a, b int, zeros bool) error {
+		at := off + int64(a*ps)
+		if !zeros {
+			written += int64(b - a)
+			_, err := out.WriteAt(buf[a*ps:b*ps], at)
+			return err
+		}
+		zero += int64(b - a)
+		if !punch {
 			return nil
-		case isZero:
-			err := unix.Fallocate(int(out.f.Fd()), unix.FALLOC_FL_PUNCH_HOLE|unix.FALLOC_FL_KEEP_SIZE, off+int64(a), int64(b-a))
-			if err != nil {
-				return fmt.Errorf("punching zero pages out at %#x: %w", off+int64(a), err)
-			}
-			return nil
 		}
-		_, err := out.WriteAt(buf[a:b], off+int64(a))
-		return err
-	}
-	start, startZero := 0, false
-	for p := 0; p < len(buf); p += migstream.PageSize {
-		isZero := bytes.Equal(buf[p:p+migstream.PageSize], zeroPage[:])
-		if isZero {
-			zero++
-		} else {
-			written++
+		if err := unix.Fallocate(int(out.f.Fd()), unix.FALLOC_FL_PUNCH_HOLE|unix.FALLOC_FL_KEEP_SIZE, at, int64((b-a)*ps)); err != nil {
+			return fmt.Errorf("punching zero pages out at %#x: %w", at, err)
 		}
-		if p > start && isZero != startZero {
-			if err := flush(start, p, startZero); err != nil {
-				return 0, 0, err
-			}
-			start = p
-		}
-		if p == start {
-			startZero = isZero
-		}
-	}
-	return written, zero, flush(start, len(buf), startZero)
+		return nil
+	})
+	return written, zero, err
 }
 
 // extent is a range of a file that holds data.

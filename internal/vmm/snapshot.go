@@ -138,9 +138,9 @@ func (vm *VM) save(ctx context.Context, statePath string, full bool) error {
 	if err := vm.prepareSave(ctx, full); err != nil {
 		return err
 	}
-	out, err := os.OpenFile(statePath, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o600)
+	out, err := createState(statePath)
 	if err != nil {
-		return fmt.Errorf("creating the snapshot state: %w", err)
+		return err
 	}
 	defer func() { _ = out.Close() }()
 	// QEMU writes the stream into the file itself: no copy through this process.
@@ -157,6 +157,15 @@ func (vm *VM) save(ctx context.Context, statePath string, full bool) error {
 		return fmt.Errorf("syncing the snapshot state: %w", err)
 	}
 	return nil
+}
+
+// createState creates the new file statePath for a saved device state.
+func createState(statePath string) (*os.File, error) {
+	f, err := os.OpenFile(statePath, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("creating the snapshot state: %w", err)
+	}
+	return f, nil
 }
 
 // prepareSave stops the guest and sets the migration up: with RAM in the stream (full), or
@@ -201,9 +210,9 @@ func (vm *VM) SaveSplit(ctx context.Context, statePath, memPath string, last boo
 	if err := vm.prepareSave(ctx, true); err != nil {
 		return err
 	}
-	state, err := os.OpenFile(statePath, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o600)
+	state, err := createState(statePath)
 	if err != nil {
-		return fmt.Errorf("creating the snapshot state: %w", err)
+		return err
 	}
 	defer func() { _ = state.Close() }()
 	mem, err := os.OpenFile(memPath, os.O_CREATE|os.O_EXCL|os.O_RDWR, 0o600)
