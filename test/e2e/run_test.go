@@ -69,6 +69,13 @@ func TestRunUserCwdStdin(t *testing.T) {
 	if r.stdout != "1000\nuser\n/home/user\n/home/user\n" {
 		t.Fatalf("default user: %q %q", r.stdout, r.stderr)
 	}
+	// Under TCG, processes are not randomised (QEMU's translations are then reused), and the
+	// sandbox's root can turn it back on.
+	r = cli(t, rd, "", "run", "--accel", "tcg", "--user", "root", "--", "bash", "-c",
+		"cat /proc/sys/kernel/randomize_va_space; sysctl -qw kernel.randomize_va_space=2 && cat /proc/sys/kernel/randomize_va_space")
+	if r.stdout != "0\n2\n" {
+		t.Fatalf("address-space randomisation under TCG: %q %q", r.stdout, r.stderr)
+	}
 	r = cli(t, rd, "", "run", "--user", "root", "--cwd", "/tmp", "--", "bash", "-c", "id -u; pwd; sudo -n true 2>/dev/null; echo $?")
 	if r.stdout != "0\n/tmp\n0\n" {
 		t.Fatalf("root: %q %q", r.stdout, r.stderr)
