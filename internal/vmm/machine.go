@@ -133,7 +133,6 @@ func (m Machine) KernelCmdline() string {
 		"random.trust_cpu=on",
 		"panic=-1", "reboot=t", // a panic or reboot ends QEMU (-no-reboot)
 		"root=/dev/vda", "rw", "rootfstype=ext4",
-		"init=/usr/bin/envd",
 	}
 	if m.Accel == AccelTCG {
 		// TCG (QEMU 7.2) finds translated code by its virtual address. With address-space
@@ -144,6 +143,8 @@ func (m Machine) KernelCmdline() string {
 		// who wants it back sets the kernel.randomize_va_space sysctl.
 		args = append(args, "norandmaps")
 	}
+	// init= ends Cell's own arguments: an adopted VM's extra ones are read back after it.
+	args = append(args, "init=/usr/bin/envd")
 	return strings.Join(append(args, m.KernelArgs...), " ")
 }
 

@@ -114,3 +114,23 @@ func TestParseAccel(t *testing.T) {
 		t.Error("ParseAccel(hvf) accepted")
 	}
 }
+
+// An adopted VM's facts are read back from QEMU's command line: its extra kernel arguments must
+// come back exactly, without any of Cell's own (a pause would store them, and each later restore
+// would add Cell's again).
+func TestMachineFromArgsRoundTrip(t *testing.T) {
+	for _, accel := range []Accel{AccelTCG, AccelKVM} {
+		m := testMachine()
+		m.Accel = accel
+		m.KernelArgs = []string{"cell.hostname=abc", "cell.net=192.168.127.2/24,192.168.127.1,65520"}
+		args, err := m.Args()
+		if err != nil {
+			t.Fatal(err)
+		}
+		var vm VM
+		vm.machineFromArgs(args)
+		if !slices.Equal(vm.KernelArgs, m.KernelArgs) || vm.MemoryMiB != m.MemoryMiB || vm.CPUs != m.CPUs {
+			t.Errorf("%s: read back %v, %d MiB, %d CPUs; want %v", accel, vm.KernelArgs, vm.MemoryMiB, vm.CPUs, m.KernelArgs)
+		}
+	}
+}
