@@ -1,6 +1,10 @@
 package vmm
 
 import (
+	"bytes"
+	"debug/elf"
+	"encoding/binary"
+	"io"
 	"slices"
 	"strings"
 	"testing"
@@ -132,5 +136,37 @@ func TestMachineFromArgsRoundTrip(t *testing.T) {
 		if !slices.Equal(vm.KernelArgs, m.KernelArgs) || vm.MemoryMiB != m.MemoryMiB || vm.CPUs != m.CPUs {
 			t.Errorf("%s: read back %v, %d MiB, %d CPUs; want %v", accel, vm.KernelArgs, vm.MemoryMiB, vm.CPUs, m.KernelArgs)
 		}
+	}
+}
+
+// The stand-in kernel of a restore is an ELF QEMU's PVH loader takes: a Xen PHYS32_ENTRY note
+// naming an address that a loadable segment holds.
+func TestStubKernel(t *testing.T) {
+	f, err := elf.NewFile(bytes.NewReader(stubKernel()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if f.Class != elf.ELFCLASS64 || f.Machine != elf.EM_X86_64 || f.Type != elf.ET_EXEC || f.Entry != stubKernelEntry {
+		t.Fatalf("header: %v %v %v %#x", f.Class, f.Machine, f.Type, f.Entry)
+	}
+	var entry uint64
+	loaded := false
+	for _, p := range f.Progs {
+		b, err := io.ReadAll(p.Open())
+		if err != nil {
+			t.Fatal(err)
+		}
+		switch p.Type {
+		case elf.PT_NOTE:
+			if len(b) != 24 || binary.LittleEndian.Uint32(b[8:]) != 18 || string(b[12:16]) != "Xen\x00" {
+				t.Fatalf("note %x", b)
+			}
+			entry = binary.LittleEndian.Uint64(b[16:])
+		case elf.PT_LOAD:
+			loaded = p.Paddr <= stubKernelEntry && stubKernelEntry < p.Paddr+p.Filesz && len(b) == int(p.Filesz)
+		}
+	}
+	if entry != stubKernelEntry || !loaded {
+		t.Fatalf("PVH entry %#x, loaded %v", entry, loaded)
 	}
 }
