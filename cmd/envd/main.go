@@ -69,6 +69,17 @@ func serve(log *slog.Logger, args []string) int {
 		PowerOff: func() { _ = syscall.Kill(1, syscall.SIGTERM) },
 		SetClock: server.SetClock, Reseed: server.Reseed, SetHostname: server.SetHostname, Log: log,
 	})
-	server.ServeChannel(ctx, log, func() server.Conn { return port.Next() }, h)
+	server.ServeChannel(ctx, log, func() server.Conn { return port.Next() }, h, idleNotice(log))
 	return 0
+}
+
+// idleNotice returns a function that prints channel.IdleMarker on the console, by which the host
+// knows that envd has let go of a host's session before it snapshots the VM.
+func idleNotice(log *slog.Logger) func() {
+	con, err := os.OpenFile("/dev/console", os.O_WRONLY|syscall.O_NOCTTY, 0)
+	if err != nil {
+		log.Warn("opening the console", "err", err)
+		return nil
+	}
+	return func() { _, _ = con.WriteString(channel.IdleMarker + "\n") }
 }

@@ -202,9 +202,13 @@ type Conn interface {
 	Close() error
 }
 
-// ServeChannel serves h on every host visit that next returns, until ctx ends.
-func ServeChannel(ctx context.Context, log *slog.Logger, next func() Conn, h http.Handler) {
+// ServeChannel serves h on every host visit that next returns, until ctx ends. idle, when set, is
+// called each time envd is ready for a new host (before next).
+func ServeChannel(ctx context.Context, log *slog.Logger, next func() Conn, h http.Handler, idle func()) {
 	for ctx.Err() == nil {
+		if idle != nil {
+			idle()
+		}
 		conn := next()
 		sess, err := channel.Serve(conn, log)
 		if err != nil {

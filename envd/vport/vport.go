@@ -89,6 +89,11 @@ func (p *Port) pump() {
 		}
 		if connected {
 			connected = false
+			// Writes of the departed host's session fail from now on instead of waiting for a
+			// host to come back: a write parked on the full (or hostless) port would hold up
+			// the session's end, and with it envd's readiness for the next host (a restore then
+			// found envd inside its template's old session). Next clears it.
+			_ = p.f.SetWriteDeadline(time.Now())
 			select {
 			case p.chunks <- chunk{eof: true}:
 			case <-p.closed:
@@ -143,8 +148,6 @@ func (p *Port) waitChange(d time.Duration) {
 	_ = p.f.SetReadDeadline(time.Time{})
 }
 
-// Next returns a connection for the next host visit. Reads on it end with io.EOF when the host
-// leaves; it never closes the device.
 // readBatch reads what the port has, up to len(buf): the guest driver hands out one 4 KiB buffer
 // per read, so batching them before the hand-off to the reader saves a goroutine switch (slow
 // under TCG) per 4 KiB. It blocks, through the runtime's poller, only while nothing has arrived.
@@ -186,7 +189,12 @@ func (p *Port) readBatch(buf []byte) (int, error) {
 	return n, rerr
 }
 
-func (p *Port) Next() *Conn { return &Conn{p: p, done: make(chan struct{})} }
+// Next returns a connection for the next host visit. Reads on it end with io.EOF when the host
+// leaves (and writes fail); it never closes the device.
+func (p *Port) Next() *Conn {
+	_ = p.f.SetWriteDeadline(time.Time{})
+	return &Conn{p: p, done: make(chan struct{})}
+}
 
 // Close closes the device.
 func (p *Port) Close() error {

@@ -15,6 +15,11 @@ import (
 // PortName is the name of the virtio-serial port that carries the channel.
 const PortName = "ctl"
 
+// IdleMarker is what envd prints on the guest's console each time it is ready for a new host:
+// after the host has left, it tells the host that envd has let go of the session (see
+// vmm.VM.LeaveGuest).
+const IdleMarker = "cell-envd: waiting for a host"
+
 // yamuxConfig is shared by both ends. Keepalives are off: an idle guest under TCG should not be
 // woken every few seconds, and the end of the byte stream already tells each side the other left.
 func yamuxConfig(log *slog.Logger) *yamux.Config {

@@ -50,7 +50,7 @@ func (s *Sandbox) Pause(ctx context.Context, dir string, memory bool) (PausedMet
 	if err := writeSynced(filepath.Join(staging, "meta.pending"), b); err != nil {
 		return meta, err
 	}
-	_ = s.VM.Channel.Close() // as for a template: the resumed envd must find its port closed
+	s.VM.LeaveGuest(ctx, leaveWait) // as for a template: the resumed envd must find its port closed
 	if memory {
 		if err := saveMemory(ctx, s.VM, staging, meta.RAMFile, true); err != nil {
 			return meta, fmt.Errorf("saving the VM: %w", err)

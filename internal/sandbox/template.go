@@ -115,6 +115,10 @@ func (r *Runtime) baseSpec() vmm.Spec {
 		KernelArgs: r.netArgs()}
 }
 
+// leaveWait bounds the wait for envd to let go of its session before a snapshot (see
+// vmm.VM.LeaveGuest): it takes milliseconds; an envd from before Cell did this never does.
+const leaveWait = time.Second
+
 func (r *Runtime) buildTemplate(ctx context.Context, dir string, meta *templateMeta) error {
 	sb, err := r.Boot(ctx, Options{Template: meta.Name, Cold: true, memPath: filepath.Join(dir, "mem"),
 		MemoryMiB: meta.MemoryMiB, CPUs: meta.CPUs})
@@ -142,7 +146,9 @@ func (r *Runtime) buildTemplate(ctx context.Context, dir string, meta *templateM
 	}
 	// The host side of the channel must be gone before the snapshot: a clone's envd then finds
 	// its port closed and waits for its own host, instead of talking into a dead session.
-	_ = sb.VM.Channel.Close()
+	if !sb.VM.LeaveGuest(ctx, leaveWait) {
+		r.Log.Warn("building a template: envd did not let go of its session; restores will be slower")
+	}
 	if err := sb.VM.Save(ctx, filepath.Join(dir, "state")); err != nil {
 		return err
 	}

@@ -1,10 +1,13 @@
 package vmm
 
 import (
+	"bytes"
 	"fmt"
 	"io"
 	"os"
 	"sync"
+
+	"github.com/cellhq/cell/internal/channel"
 )
 
 // ConsoleLogLimit bounds the console log file: a guest printing forever must not fill the disk.
@@ -35,10 +38,47 @@ func (t *tail) String() string {
 	return string(t.buf)
 }
 
-// console copies the guest's serial console into a bounded log file and an in-memory tail.
+// console copies the guest's serial console into a bounded log file and an in-memory tail, and
+// counts envd's idle markers.
 type console struct {
 	tail tail
+	idle markers
 	done chan struct{}
+}
+
+// markers counts occurrences of channel.IdleMarker in a stream written in pieces.
+type markers struct {
+	mu    sync.Mutex
+	carry []byte // the end of the stream that may begin a marker
+	n     uint64
+	more  chan struct{} // closed (and replaced) when n grows
+}
+
+func (m *markers) Write(p []byte) (int, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	buf := append(m.carry, p...)
+	if k := bytes.Count(buf, []byte(channel.IdleMarker)); k > 0 {
+		m.n += uint64(k)
+		if m.more != nil {
+			close(m.more)
+			m.more = nil
+		}
+	}
+	// A whole marker never fits in what is kept, so none is counted twice.
+	keep := min(len(buf), len(channel.IdleMarker)-1)
+	m.carry = append(m.carry[:0:0], buf[len(buf)-keep:]...)
+	return len(p), nil
+}
+
+// count returns how many markers were seen, and a channel closed when there are more.
+func (m *markers) count() (uint64, <-chan struct{}) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.more == nil {
+		m.more = make(chan struct{})
+	}
+	return m.n, m.more
 }
 
 // startConsole reads r until it ends, writing at most ConsoleLogLimit bytes to the file at path.
@@ -61,7 +101,7 @@ func openConsole(r io.Reader, path string, mode int) (*console, error) {
 		defer close(c.done)
 		defer func() { _ = f.Close() }()
 		lw := &limitedWriter{w: f, left: ConsoleLogLimit}
-		_, _ = io.Copy(io.MultiWriter(&c.tail, lw), r)
+		_, _ = io.Copy(io.MultiWriter(&c.tail, &c.idle, lw), r)
 	}()
 	return c, nil
 }

@@ -6,6 +6,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/cellhq/cell/internal/channel"
 )
 
 func TestConsoleBounded(t *testing.T) {
@@ -27,5 +29,30 @@ func TestConsoleBounded(t *testing.T) {
 	got := c.tail.String()
 	if len(got) != tailSize || !strings.HasSuffix(got, "THE END\n") {
 		t.Fatalf("tail has %d bytes, ends %q", len(got), got[len(got)-10:])
+	}
+}
+
+// envd's idle markers are counted however the console stream is cut, and none twice.
+func TestIdleMarkers(t *testing.T) {
+	var m markers
+	n, more := m.count()
+	if n != 0 {
+		t.Fatalf("count %d before any output", n)
+	}
+	stream := "boot\r\n" + channel.IdleMarker + "\r\nnoise cell-envd: wait\r\n" + channel.IdleMarker + channel.IdleMarker + "\r\n"
+	for i := 0; i < len(stream); i += 3 { // pieces that split every marker somewhere
+		_, _ = m.Write([]byte(stream[i:min(i+3, len(stream))]))
+	}
+	select {
+	case <-more:
+	default:
+		t.Fatal("the channel from count was not closed when markers came")
+	}
+	if n, _ := m.count(); n != 3 {
+		t.Fatalf("counted %d markers, want 3", n)
+	}
+	_, _ = m.Write([]byte(channel.IdleMarker[:5]))
+	if n, _ := m.count(); n != 3 {
+		t.Fatalf("a partial marker counted: %d", n)
 	}
 }
