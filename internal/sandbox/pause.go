@@ -50,7 +50,11 @@ func (s *Sandbox) Pause(ctx context.Context, dir string, memory bool) (PausedMet
 	if err := writeSynced(filepath.Join(staging, "meta.pending"), b); err != nil {
 		return meta, err
 	}
-	s.VM.LeaveGuest(ctx, leaveWait) // as for a template: the resumed envd must find its port closed
+	// As for a template, the resumed envd should find its port closed. Unlike a template build,
+	// a pause does not wait for envd to say so (vmm.VM.LeaveGuest): the wait took 5-13 ms, in
+	// which a guest that has just written much kept dirtying memory, and a pause with 512 MiB
+	// written took ~30 ms longer for a resume ~10 ms shorter.
+	_ = s.VM.Channel.Close()
 	if memory {
 		if err := saveMemory(ctx, s.VM, staging, meta.RAMFile, true); err != nil {
 			return meta, fmt.Errorf("saving the VM: %w", err)

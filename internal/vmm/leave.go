@@ -8,8 +8,8 @@ import (
 // LeaveGuest closes the host's end of the channel and waits, at most d, until envd has let go of
 // the session: it then prints channel.IdleMarker on the console. A snapshot taken after that
 // restores with envd waiting for a new host; taken before, the restored envd first tears down
-// the old host's session on its cold translation cache (under TCG a resume took ~8 ms longer, a
-// create's handshake ~10 ms). It reports whether envd was seen to let go (an older envd prints no
+// the old host's session on its cold translation cache (under TCG a create's handshake took ~10
+// ms longer). It reports whether envd was seen to let go (an older envd prints no
 // marker; a guest may print one early: either way a restore is only slower).
 func (vm *VM) LeaveGuest(ctx context.Context, d time.Duration) bool {
 	var seen uint64
