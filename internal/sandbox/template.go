@@ -116,7 +116,7 @@ func (r *Runtime) baseSpec() vmm.Spec {
 }
 
 // leaveWait bounds the wait for envd to let go of its session before a snapshot (see
-// vmm.VM.LeaveGuest): it takes milliseconds; an envd from before Cell did this never does.
+// vmm.VM.LeaveGuest): it takes milliseconds; an envd older than the marker never says so.
 const leaveWait = time.Second
 
 func (r *Runtime) buildTemplate(ctx context.Context, dir string, meta *templateMeta) error {
