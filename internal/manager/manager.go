@@ -575,11 +575,29 @@ func (m *Manager) Recover(ctx context.Context) error {
 	}
 	m.cleanOrphans(keep)
 	m.cleanPausedOrphans(ctx)
+	m.pruneTemplates()
 	// Ended sandboxes are kept a week for inspection, then forgotten.
 	if err := m.cfg.Store.PruneEnded(ctx, time.Now().Add(-RetainEnded)); err != nil {
 		m.log.Warn("pruning ended sandboxes", "err", err)
 	}
 	return nil
+}
+
+// pruneTemplates removes base templates made for an earlier QEMU, kernel, image or envd that no
+// sandbox or snapshot depends on any more (the orphans are gone by now).
+func (m *Manager) pruneTemplates() {
+	cur := m.cfg.Runtime.Template("base")
+	if cur == nil || m.cfg.TemplateHome == "" || m.cfg.RunDir == "" || m.cfg.PausedDir == "" ||
+		!strings.HasPrefix(cur.Dir, filepath.Join(m.cfg.TemplateHome, "templates")+string(filepath.Separator)) {
+		return // the base template lives elsewhere: so may what depends on the ones here
+	}
+	gone, err := sandbox.PruneTemplates(m.cfg.TemplateHome, "base", cur.Dir, m.cfg.RunDir, m.cfg.PausedDir)
+	for _, t := range gone {
+		m.log.Info("removed an outdated template", "dir", t.Dir, "bytes", t.Bytes, "created", t.CreatedAt)
+	}
+	if err != nil {
+		m.log.Warn("removing outdated templates", "err", err)
+	}
 }
 
 // cleanOrphans kills QEMU processes running from our run directory and removes VM directories

@@ -80,3 +80,59 @@ func TestRemoveTemplateRefusesWhileSandboxesDependOnIt(t *testing.T) {
 		t.Fatalf("template still there: %v", err)
 	}
 }
+
+// Outdated base templates go once nothing depends on them: not a running or paused sandbox, not
+// a snapshot made from a sandbox of theirs; the current one, other names and builds under way stay.
+func TestPruneTemplates(t *testing.T) {
+	qemuImg, err := FindTool("qemu-img", "qemu-utils")
+	if err != nil {
+		t.Fatal(err)
+	}
+	home, run, paused := t.TempDir(), t.TempDir(), t.TempDir()
+	mk := func(name, dir, backing string) string {
+		d := filepath.Join(home, "templates", name, dir)
+		if err := os.MkdirAll(d, 0o700); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(d, "meta.json"), []byte(`{"name":"`+name+`","fingerprint":"`+dir+`"}`), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		args := []string{"create", "-q", "-f", "qcow2", filepath.Join(d, "disk.qcow2"), "16M"}
+		if backing != "" {
+			args = []string{"create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", backing, filepath.Join(d, "disk.qcow2")}
+		}
+		if out, err := exec.Command(qemuImg, args...).CombinedOutput(); err != nil {
+			t.Fatalf("qemu-img: %v %s", err, out)
+		}
+		return d
+	}
+	unused := mk("base", "1111111111111111", "")
+	usedByRun := mk("base", "2222222222222222", "")
+	usedBySnapshot := mk("base", "3333333333333333", "")
+	building := mk("base", ".staging-x", "")
+	cur := mk("base", "4444444444444444", "")
+	snap := mk("mysnap", "5555555555555555", filepath.Join(usedBySnapshot, "disk.qcow2"))
+	sb := filepath.Join(run, "sb1")
+	if err := os.MkdirAll(sb, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := exec.Command(qemuImg, "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b",
+		filepath.Join(usedByRun, "disk.qcow2"), filepath.Join(sb, "disk.qcow2")).CombinedOutput(); err != nil {
+		t.Fatalf("qemu-img: %v %s", err, out)
+	}
+	if err := RemoveTemplate(usedBySnapshot, run, paused); !errors.Is(err, ErrTemplateInUse) || !strings.Contains(err.Error(), "mysnap") {
+		t.Fatalf("removing a template a snapshot depends on: %v", err)
+	}
+	gone, err := PruneTemplates(home, "base", cur, run, paused)
+	if err != nil || len(gone) != 1 || gone[0].Dir != unused {
+		t.Fatalf("pruned %+v, %v; want only %s", gone, err, unused)
+	}
+	for _, d := range []string{usedByRun, usedBySnapshot, building, cur, snap} {
+		if _, err := os.Stat(filepath.Join(d, "meta.json")); err != nil {
+			t.Errorf("%s was removed: %v", d, err)
+		}
+	}
+	if _, err := os.Stat(unused); !os.IsNotExist(err) {
+		t.Errorf("%s is still there: %v", unused, err)
+	}
+}

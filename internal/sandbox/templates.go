@@ -26,7 +26,7 @@ type TemplateInfo struct {
 // those whose disk (in runDir, or a paused generation in pausedDir) is an overlay on its disk.
 func ListTemplates(home, runDir, pausedDir string) ([]TemplateInfo, error) {
 	dirs, _ := filepath.Glob(filepath.Join(home, "templates", "*", "*", "meta.json"))
-	users := diskUsers(runDir, pausedDir)
+	users := diskUsers(home, runDir, pausedDir)
 	var out []TemplateInfo
 	for _, m := range dirs {
 		dir := filepath.Dir(m)
@@ -55,12 +55,14 @@ func ListTemplates(home, runDir, pausedDir string) ([]TemplateInfo, error) {
 	return out, nil
 }
 
-// RemoveTemplate removes the template snapshot in dir, unless a sandbox depends on it.
+// RemoveTemplate removes the template snapshot in dir (home/templates/<name>/<fingerprint>),
+// unless a sandbox or another snapshot depends on it.
 func RemoveTemplate(dir, runDir, pausedDir string) error {
 	if _, err := os.Stat(filepath.Join(dir, "meta.json")); err != nil {
 		return fmt.Errorf("template %s: %w", dir, err)
 	}
-	if u := diskUsers(runDir, pausedDir)[filepath.Join(dir, "disk.qcow2")]; len(u) > 0 {
+	home := filepath.Dir(filepath.Dir(filepath.Dir(dir)))
+	if u := diskUsers(home, runDir, pausedDir)[filepath.Join(dir, "disk.qcow2")]; len(u) > 0 {
 		return fmt.Errorf("template %s: %w: used by sandboxes %s", dir, ErrTemplateInUse, strings.Join(u, ", "))
 	}
 	return os.RemoveAll(dir)
@@ -69,8 +71,35 @@ func RemoveTemplate(dir, runDir, pausedDir string) error {
 // ErrTemplateInUse is returned when removing a template that sandboxes depend on.
 var ErrTemplateInUse = errors.New("in use")
 
-// diskUsers maps a backing file to the sandboxes whose disks are overlays on it.
-func diskUsers(runDir, pausedDir string) map[string][]string {
+// PruneTemplates removes the snapshots of template name under home, other than the one in keep,
+// that nothing depends on (see RemoveTemplate), and returns what it removed. A new QEMU, kernel,
+// image or envd makes a new base template; the old one (hundreds of MB) stayed behind for good.
+// Snapshots users made of their sandboxes have other names and are never pruned.
+func PruneTemplates(home, name, keep, runDir, pausedDir string) ([]TemplateInfo, error) {
+	all, err := ListTemplates(home, runDir, pausedDir)
+	if err != nil {
+		return nil, err
+	}
+	var removed []TemplateInfo
+	var errs []error
+	for _, t := range all {
+		// A staging directory may be a build under way: left alone.
+		if filepath.Base(filepath.Dir(t.Dir)) != name || t.Dir == keep || len(t.Users) > 0 ||
+			strings.HasPrefix(filepath.Base(t.Dir), ".") {
+			continue
+		}
+		if err := RemoveTemplate(t.Dir, runDir, pausedDir); err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		removed = append(removed, t)
+	}
+	return removed, errors.Join(errs...)
+}
+
+// diskUsers maps a backing file to what has a disk that is an overlay on it: running sandboxes
+// (by id), paused ones (by id) and template snapshots ("template <name>/<dir>").
+func diskUsers(home, runDir, pausedDir string) map[string][]string {
 	users := map[string][]string{}
 	add := func(disk, id string) {
 		if b, err := backingFile(disk); err == nil && b != "" {
@@ -85,6 +114,11 @@ func diskUsers(runDir, pausedDir string) map[string][]string {
 	gens, _ := filepath.Glob(filepath.Join(pausedDir, "*", "g*", "disk.qcow2"))
 	for _, g := range gens {
 		add(g, filepath.Base(filepath.Dir(filepath.Dir(g))))
+	}
+	disks, _ := filepath.Glob(filepath.Join(home, "templates", "*", "*", "disk.qcow2"))
+	for _, d := range disks {
+		dir := filepath.Dir(d)
+		add(d, "template "+filepath.Base(filepath.Dir(dir))+"/"+filepath.Base(dir))
 	}
 	return users
 }
