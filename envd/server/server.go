@@ -203,10 +203,10 @@ type Conn interface {
 }
 
 // ServeChannel serves h on every host visit that next returns, until ctx ends. idle, when set, is
-// called each time envd is ready for a new host (before next).
+// called each time envd is ready for another host (before next, except the first time).
 func ServeChannel(ctx context.Context, log *slog.Logger, next func() Conn, h http.Handler, idle func()) {
-	for ctx.Err() == nil {
-		if idle != nil {
+	for first := true; ctx.Err() == nil; first = false {
+		if idle != nil && !first {
 			idle()
 		}
 		conn := next()

@@ -15,7 +15,7 @@ import (
 // PortName is the name of the virtio-serial port that carries the channel.
 const PortName = "ctl"
 
-// IdleMarker is what envd prints on the guest's console each time it is ready for a new host:
+// IdleMarker is what envd prints on the guest's console each time it is ready for another host:
 // after the host has left, it tells the host that envd has let go of the session (see
 // vmm.VM.LeaveGuest).
 const IdleMarker = "cell-envd: waiting for a host"
