@@ -22,8 +22,9 @@ type TemplateInfo struct {
 	Users       []string
 }
 
-// ListTemplates lists the snapshots under home/templates with the sandboxes that depend on each:
-// those whose disk (in runDir, or a paused generation in pausedDir) is an overlay on its disk.
+// ListTemplates lists the snapshots under home/templates with what depends on each: the sandboxes
+// whose disk (in runDir, or a paused generation in pausedDir) and the snapshots whose disk is an
+// overlay on its disk.
 func ListTemplates(home, runDir, pausedDir string) ([]TemplateInfo, error) {
 	dirs, _ := filepath.Glob(filepath.Join(home, "templates", "*", "*", "meta.json"))
 	users := diskUsers(home, runDir, pausedDir)
@@ -63,7 +64,7 @@ func RemoveTemplate(dir, runDir, pausedDir string) error {
 	}
 	home := filepath.Dir(filepath.Dir(filepath.Dir(dir)))
 	if u := diskUsers(home, runDir, pausedDir)[filepath.Join(dir, "disk.qcow2")]; len(u) > 0 {
-		return fmt.Errorf("template %s: %w: used by sandboxes %s", dir, ErrTemplateInUse, strings.Join(u, ", "))
+		return fmt.Errorf("template %s: %w: used by %s", dir, ErrTemplateInUse, strings.Join(u, ", "))
 	}
 	return os.RemoveAll(dir)
 }
