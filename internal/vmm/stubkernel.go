@@ -3,7 +3,6 @@ package vmm
 import (
 	"bytes"
 	"encoding/binary"
-	"os"
 )
 
 // stubKernelFile is the stand-in kernel a restore starts QEMU with, in the VM's directory.
@@ -66,9 +65,4 @@ func stubKernel() []byte {
 	w(uint64(stubKernelEntry))
 	b.WriteByte(0xf4) // hlt
 	return b.Bytes()
-}
-
-// writeStubKernel writes the stub kernel to path.
-func writeStubKernel(path string) error {
-	return os.WriteFile(path, stubKernel(), 0o600)
 }

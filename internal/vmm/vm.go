@@ -323,7 +323,7 @@ func (h *Host) startOnce(ctx context.Context, spec Spec) (_ *VM, retErr error) {
 		m.MemPath, m.MemShared, m.Incoming = mem, false, true
 		// The guest's kernel is in the snapshot's memory: QEMU gets a stand-in to load.
 		m.Kernel = dir.File(stubKernelFile)
-		if err := writeStubKernel(m.Kernel); err != nil {
+		if err := os.WriteFile(m.Kernel, stubKernel(), 0o600); err != nil {
 			return nil, fmt.Errorf("writing the stand-in kernel: %w", err)
 		}
 		m.MemAnon = spec.Restore.Full && spec.Restore.MemPath == "" && spec.Restore.NamedRAM
