@@ -58,6 +58,12 @@ func serve(log *slog.Logger, args []string) int {
 	}
 	defer func() { _ = port.Close() }()
 	initd.Trace("serve: port open")
+	reseeder, err := server.OpenReseeder()
+	if err != nil {
+		log.Error("opening the kernel's RNG", "err", err)
+		return 1
+	}
+	defer func() { _ = reseeder.Close() }()
 	defaults := state.New(*user)
 	users := &process.Users{}
 	procs := process.New(log, defaults, users)
@@ -67,7 +73,7 @@ func serve(log *slog.Logger, args []string) int {
 	h := server.Handler(server.Services{
 		Defaults: defaults, Users: users, Process: procs, FS: files, Metrics: &server.Metrics{Root: "/"},
 		PowerOff: func() { _ = syscall.Kill(1, syscall.SIGTERM) },
-		SetClock: server.SetClock, Reseed: server.Reseed, SetHostname: server.SetHostname, Log: log,
+		SetClock: server.SetClock, Reseed: reseeder.Reseed, SetHostname: server.SetHostname, Log: log,
 	})
 	server.ServeChannel(ctx, log, func() server.Conn { return port.Next() }, h, idleNotice(log))
 	return 0

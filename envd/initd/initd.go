@@ -111,6 +111,11 @@ func Main(log *slog.Logger, serveArgs []string) int {
 	start := func() {
 		cmd := exec.Command("/proc/self/exe", serveArgs...)
 		cmd.Stdout, cmd.Stderr = os.Stdout, os.Stderr
+		// No asynchronous preemption in the server: under TCG a goroutine easily runs past
+		// the runtime's 10 ms slice, and each preemption is a signal whose delivery (kernel and
+		// runtime paths, cold in every restored clone) costs more than the fairness it buys an
+		// I/O-bound server. Commands get an environment of their own, without this.
+		cmd.Env = append(os.Environ(), "GODEBUG=asyncpreemptoff=1")
 		if err := cmd.Start(); err != nil {
 			log.Error("starting envd server", "err", err)
 			return

@@ -103,6 +103,9 @@ func Handler(s Services) http.Handler {
 		w.WriteHeader(http.StatusNoContent)
 	})
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		// No Date header: the host's proxy dates what it forwards, and formatting a date is a
+		// detour of cold code through package time on a clone's first request under TCG.
+		w.Header()["Date"] = nil
 		// /health is open; /files checks the token or a signed URL itself; the rest need the token.
 		if r.URL.Path != "/health" && r.URL.Path != "/files" && !s.Defaults.CheckToken(r.Header.Get(filesystem.AccessTokenHeader)) {
 			if strings.HasPrefix(r.URL.Path, "/process.") || strings.HasPrefix(r.URL.Path, "/filesystem.") {
@@ -217,7 +220,10 @@ func ServeChannel(ctx context.Context, log *slog.Logger, next func() Conn, h htt
 			continue
 		}
 		log.Debug("host connected")
-		srv := &http.Server{Handler: h, ReadHeaderTimeout: 30 * time.Second}
+		// HTTP/1.1 only (the host speaks nothing else on the channel): a server that may speak
+		// HTTP/2 configures it on every Serve, cold code in each restored clone.
+		srv := &http.Server{Handler: h, ReadHeaderTimeout: 30 * time.Second, Protocols: new(http.Protocols)}
+		srv.Protocols.SetHTTP1(true)
 		stop := context.AfterFunc(ctx, func() { _ = sess.Close() })
 		err = srv.Serve(sess)
 		stop()
