@@ -1,10 +1,11 @@
 // Package images holds the recipes of Cell's guest image, embedded into the cell binary: the
-// kernel config fragment and build script, and the root file system build script.
+// kernel config fragment and build script, the root file system build script, and the build
+// script, device list and patch of Cell's QEMU.
 package images
 
 import "embed"
 
-// Recipes holds kernel/ and rootfs/.
+// Recipes holds kernel/, rootfs/ and qemu/.
 //
-//go:embed kernel/fragment.config kernel/build.sh rootfs/build.sh
+//go:embed kernel/fragment.config kernel/build.sh rootfs/build.sh qemu/build.sh qemu/devices.mak qemu/acpi-stub.patch
 var Recipes embed.FS

@@ -2,7 +2,8 @@
 # Installs the Debian packages Cell needs to build and run sandboxes, skipping those present.
 set -euo pipefail
 packages=(
-  qemu-system-x86 qemu-utils            # the VMM and disk tool
+  qemu-system-x86 qemu-utils            # Debian's QEMU (its source and firmware) and the disk tool
+  dpkg-dev patch g++ ninja-build meson pkg-config python3 libglib2.0-dev libpixman-1-dev libfdt-dev libseccomp-dev zlib1g-dev  # Cell's static QEMU
   debootstrap e2fsprogs                 # guest root file system
   linux-source-6.1 make gcc flex bison bc libelf-dev xz-utils cpio  # guest kernel
   ca-certificates

@@ -26,13 +26,10 @@ func doctorCmd(g *globals) *cobra.Command {
 				return err
 			}
 			fmt.Fprintf(out, "data directory: %s\n", home)
-			qemu, err := sandbox.FindTool("qemu-system-x86_64", "qemu-system-x86")
-			if err != nil {
+			if _, err := sandbox.FindTool("qemu-system-x86_64", "qemu-system-x86"); err != nil {
+				// Cell builds its QEMU from this package's source and uses its firmware.
 				ok = false
-				fmt.Fprintf(out, "qemu:           MISSING: %v\n", err)
-			} else {
-				v, _ := exec.Command(qemu, "--version").Output()
-				fmt.Fprintf(out, "qemu:           %s (%s)\n", strings.SplitN(string(v), "\n", 2)[0], qemu)
+				fmt.Fprintf(out, "debian qemu:    MISSING: %v\n", err)
 			}
 			b, err := g.builder(false)
 			if err != nil {
@@ -44,6 +41,8 @@ func doctorCmd(g *globals) *cobra.Command {
 				ok = false
 				fmt.Fprintf(out, "image:          NOT BUILT: %v\n", err)
 			} else {
+				v, _ := exec.Command(img.QEMU, "--version").Output()
+				fmt.Fprintf(out, "qemu:           %s (%s)\n                %s\n", strings.SplitN(string(v), "\n", 2)[0], img.QEMU, img.QEMUInfo())
 				fmt.Fprintf(out, "kernel:         %s\n                %s\n", img.Kernel, img.KernelInfo())
 				fmt.Fprintf(out, "image:          base, %s\n", img.Disk)
 			}
@@ -51,7 +50,7 @@ func doctorCmd(g *globals) *cobra.Command {
 			if err == nil {
 				fmt.Fprintf(out, "run directory:  %s\n", rd)
 			}
-			if qemu != "" && img.Kernel != "" {
+			if qemu := img.QEMU; qemu != "" && img.Kernel != "" {
 				a, err := vmm.ParseAccel(accelFlag)
 				if err != nil {
 					return err

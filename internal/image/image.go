@@ -26,13 +26,20 @@ import (
 // DiskSizeBytes is the size of the base ext4 file system (sparse).
 const DiskSizeBytes = 2 << 30
 
-// Image is a bootable guest image.
+// Image is a bootable guest image and the QEMU built to run it.
 type Image struct {
 	Kernel    string // PVH vmlinux
 	KernelKey string
 	Disk      string // qcow2 base disk with envd as init
 	DiskKey   string
 	TreeKey   string
+	QEMU      string // Cell's static qemu-system-x86_64
+	QEMUKey   string
+}
+
+// keySet names every part of an image by the hash of its recipe.
+type keySet struct {
+	kernel, tree, disk, qemu string
 }
 
 // Builder finds or builds the image under Home.
@@ -84,6 +91,21 @@ func linuxSourceID() string {
 	return fmt.Sprintf("%s|%d|%d", matches[0], st.Size(), st.ModTime().UnixNano())
 }
 
+// systemQEMU is Debian's QEMU. Cell builds its own from the same source version, and uses the
+// package's firmware (qboot).
+const systemQEMU = "/usr/bin/qemu-system-x86_64"
+
+// qemuPackageID identifies the installed qemu-system-x86 cheaply (no exec on the `cell run`
+// path): an upgrade changes its binary's size or modification time, and Cell's QEMU is rebuilt
+// from the new source.
+func qemuPackageID() string {
+	st, err := os.Stat(systemQEMU)
+	if err != nil {
+		return ""
+	}
+	return fmt.Sprintf("%s|%d|%d", systemQEMU, st.Size(), st.ModTime().UnixNano())
+}
+
 // linuxSourceVersion is the installed linux-source-6.1 package version ("" if not installed).
 func linuxSourceVersion() string {
 	out, err := exec.Command("dpkg-query", "-W", "-f=${Version}", "linux-source-6.1").Output()
@@ -93,16 +115,19 @@ func linuxSourceVersion() string {
 	return strings.TrimSpace(string(out))
 }
 
-func (b *Builder) keys() (kernelKey, treeKey, diskKey string, err error) {
-	kernelKey = hashOf([]byte("kernel-v1"), recipe("kernel/fragment.config"), recipe("kernel/build.sh"),
+func (b *Builder) keys() (keySet, error) {
+	var k keySet
+	k.kernel = hashOf([]byte("kernel-v1"), recipe("kernel/fragment.config"), recipe("kernel/build.sh"),
 		[]byte(linuxSourceID()))
-	treeKey = hashOf([]byte("rootfs-v1"), recipe("rootfs/build.sh"))
+	k.tree = hashOf([]byte("rootfs-v1"), recipe("rootfs/build.sh"))
+	k.qemu = hashOf([]byte("qemu-v1"), recipe("qemu/build.sh"), recipe("qemu/devices.mak"),
+		recipe("qemu/acpi-stub.patch"), []byte(qemuPackageID()))
 	envdSum, err := b.envdHash()
 	if err != nil {
-		return "", "", "", fmt.Errorf("envd binary: %w (build it with `make build`)", err)
+		return k, fmt.Errorf("envd binary: %w (build it with `make build`)", err)
 	}
-	diskKey = hashOf([]byte("disk-v1"), []byte(treeKey), []byte(envdSum), []byte(fmt.Sprint(DiskSizeBytes)))
-	return kernelKey, treeKey, diskKey, nil
+	k.disk = hashOf([]byte("disk-v1"), []byte(k.tree), []byte(envdSum), []byte(fmt.Sprint(DiskSizeBytes)))
+	return k, nil
 }
 
 // envdHash is the sha256 of the envd binary. Hashing 9 MB costs tens of milliseconds, so the sum
@@ -147,12 +172,12 @@ func (b *Builder) envdHash() (string, error) {
 
 // Lookup returns the image if it is fully built, without building anything.
 func (b *Builder) Lookup() (Image, error) {
-	kk, tk, dk, err := b.keys()
+	k, err := b.keys()
 	if err != nil {
 		return Image{}, err
 	}
-	img := b.image(kk, tk, dk)
-	for _, p := range []string{img.Kernel, img.Disk} {
+	img := b.image(k)
+	for _, p := range []string{img.Kernel, img.Disk, img.QEMU} {
 		if _, err := os.Stat(p); err != nil {
 			return Image{}, fmt.Errorf("image not built (missing %s): run `cell image build`", p)
 		}
@@ -160,10 +185,11 @@ func (b *Builder) Lookup() (Image, error) {
 	return img, nil
 }
 
-func (b *Builder) image(kk, tk, dk string) Image {
+func (b *Builder) image(k keySet) Image {
 	return Image{
-		Kernel: b.dir("kernel", kk, "vmlinux"), KernelKey: kk,
-		Disk: b.dir("base", dk, "rootfs.qcow2"), DiskKey: dk, TreeKey: tk,
+		Kernel: b.dir("kernel", k.kernel, "vmlinux"), KernelKey: k.kernel,
+		Disk: b.dir("base", k.disk, "rootfs.qcow2"), DiskKey: k.disk, TreeKey: k.tree,
+		QEMU: b.dir("qemu", k.qemu, "qemu-system-x86_64"), QEMUKey: k.qemu,
 	}
 }
 
@@ -172,13 +198,22 @@ func (img Image) KernelInfo() string {
 	return "built from Debian linux-source-6.1 " + linuxSourceVersion() + " with Cell's fragment (recipe " + img.KernelKey + ")"
 }
 
+// QEMUInfo says what the image's QEMU was built from (for `cell doctor`).
+func (img Image) QEMUInfo() string {
+	v, err := os.ReadFile(img.QEMU + ".version")
+	if err != nil {
+		return "recipe " + img.QEMUKey
+	}
+	return "built static from Debian's qemu " + strings.TrimSpace(string(v)) + " source, microvm only (recipe " + img.QEMUKey + ")"
+}
+
 // Ensure returns the image, building whatever part is missing (or everything, with force).
 func (b *Builder) Ensure(ctx context.Context, force bool) (Image, error) {
-	kk, tk, dk, err := b.keys()
+	k, err := b.keys()
 	if err != nil {
 		return Image{}, err
 	}
-	img := b.image(kk, tk, dk)
+	img := b.image(k)
 	if !force {
 		if _, err := b.Lookup(); err == nil {
 			return img, nil
@@ -193,8 +228,12 @@ func (b *Builder) Ensure(ctx context.Context, force bool) (Image, error) {
 	}
 	defer unlock()
 
-	kernelDir, treeDir, diskDir := b.dir("kernel", kk), b.dir("rootfs", tk), b.dir("base", dk)
+	kernelDir, treeDir, diskDir, qemuDir := b.dir("kernel", k.kernel), b.dir("rootfs", k.tree), b.dir("base", k.disk), b.dir("qemu", k.qemu)
 	var missing []string
+	needQEMU := force || !exists(qemuDir)
+	if needQEMU {
+		missing = append(missing, missingPackages(qemuPackages())...)
+	}
 	needKernel := force || !exists(kernelDir)
 	needTree := force || !exists(treeDir)
 	needDisk := force || needTree || !exists(diskDir)
@@ -211,8 +250,18 @@ func (b *Builder) Ensure(ctx context.Context, force bool) (Image, error) {
 		return Image{}, fmt.Errorf("building the guest image needs these Debian packages, which are missing: %s\ninstall them with: apt-get install -y %s   (or run `make setup`)",
 			strings.Join(missing, ", "), strings.Join(missing, " "))
 	}
+	if needQEMU {
+		b.progress("==> building QEMU (recipe %s; about 3 minutes on 2 cores, once)", k.qemu)
+		if err := b.publish(ctx, qemuDir, func(tmp string) error {
+			return b.runScript(ctx, "qemu", "qemu/build.sh", tmp,
+				filepath.Join(tmp, "recipes/qemu/devices.mak"), filepath.Join(tmp, "recipes/qemu/acpi-stub.patch"),
+				filepath.Join(tmp, "qemu-system-x86_64"), filepath.Join(tmp, "src"))
+		}, func(tmp string) error { return os.RemoveAll(filepath.Join(tmp, "src")) }); err != nil {
+			return Image{}, fmt.Errorf("building QEMU: %w", err)
+		}
+	}
 	if needKernel {
-		b.progress("==> building the guest kernel (recipe %s; about 5-8 minutes on 2 cores, once)", kk)
+		b.progress("==> building the guest kernel (recipe %s; about 5-8 minutes on 2 cores, once)", k.kernel)
 		if err := b.publish(ctx, kernelDir, func(tmp string) error {
 			return b.runScript(ctx, "kernel", "kernel/build.sh", tmp,
 				filepath.Join(tmp, "recipes/kernel/fragment.config"), filepath.Join(tmp, "vmlinux"), filepath.Join(tmp, "src"))
@@ -221,7 +270,7 @@ func (b *Builder) Ensure(ctx context.Context, force bool) (Image, error) {
 		}
 	}
 	if needTree {
-		b.progress("==> building the base root file system (recipe %s; about 2-3 minutes, once)", tk)
+		b.progress("==> building the base root file system (recipe %s; about 2-3 minutes, once)", k.tree)
 		if err := b.publish(ctx, treeDir, func(tmp string) error {
 			return b.runScript(ctx, "rootfs", "rootfs/build.sh", tmp, filepath.Join(tmp, "tree"))
 		}, nil); err != nil {
@@ -229,7 +278,7 @@ func (b *Builder) Ensure(ctx context.Context, force bool) (Image, error) {
 		}
 	}
 	if needDisk {
-		b.progress("==> making the base disk with envd (recipe %s)", dk)
+		b.progress("==> making the base disk with envd (recipe %s)", k.disk)
 		if err := b.publish(ctx, diskDir, func(tmp string) error {
 			return b.makeDisk(ctx, filepath.Join(treeDir, "tree"), filepath.Join(tmp, "rootfs.qcow2"))
 		}, nil); err != nil {

@@ -6,6 +6,10 @@ import "os/exec"
 func kernelPackages() []string {
 	return []string{"linux-source-6.1", "make", "gcc", "flex", "bison", "bc", "libelf-dev", "xz-utils"}
 }
+func qemuPackages() []string {
+	return []string{"qemu-system-x86", "dpkg-dev", "patch", "gcc", "g++", "ninja-build", "meson", "pkg-config",
+		"python3", "libglib2.0-dev", "libpixman-1-dev", "libfdt-dev", "libseccomp-dev", "zlib1g-dev"}
+}
 func rootfsPackages() []string { return []string{"debootstrap"} }
 func diskPackages() []string   { return []string{"e2fsprogs", "qemu-utils"} }
 

@@ -2,7 +2,6 @@ package sandbox
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -81,9 +80,8 @@ func NewRuntime(ctx context.Context, cfg RuntimeConfig) (*Runtime, vmm.AccelChoi
 	if cfg.Log == nil {
 		cfg.Log = slog.New(slog.DiscardHandler)
 	}
-	qemu, err1 := FindTool("qemu-system-x86_64", "qemu-system-x86")
-	qemuImg, err2 := FindTool("qemu-img", "qemu-utils")
-	if err := errors.Join(err1, err2); err != nil {
+	qemuImg, err := FindTool("qemu-img", "qemu-utils")
+	if err != nil {
 		return nil, vmm.AccelChoice{}, err
 	}
 	if cfg.ImageHome == "" {
@@ -108,6 +106,7 @@ func NewRuntime(ctx context.Context, cfg RuntimeConfig) (*Runtime, vmm.AccelChoi
 			return nil, vmm.AccelChoice{}, err
 		}
 	}
+	qemu := img.QEMU // Cell's own build (see images/qemu)
 	choice := vmm.ResolveAccel(ctx, cfg.Accel, qemu, img.Kernel, filepath.Join(cfg.Home, "accel.json"))
 	if cfg.MaxVMs == 0 {
 		cfg.MaxVMs = 64

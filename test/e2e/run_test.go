@@ -3,9 +3,13 @@ package e2e
 import (
 	"context"
 	"crypto/sha256"
+	"debug/elf"
 	"encoding/hex"
 	"errors"
+	"fmt"
 	"io"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"syscall"
@@ -290,4 +294,35 @@ func TestOrphansAreReaped(t *testing.T) {
 		t.Fatalf("zombies left: %q (stderr %q)", r.stdout, r.stderr)
 	}
 	assertNothingLeft(t, rd)
+}
+
+// TestCellQEMU: sandboxes run Cell's own QEMU build (images/qemu), not Debian's, and it is
+// statically linked, which is what makes it start in a few milliseconds.
+func TestCellQEMU(t *testing.T) {
+	rt := newRuntime(t, runDir(t), nil)
+	if !strings.HasPrefix(rt.Image.QEMU, filepath.Join(testEnv.home, "images", "qemu")+"/") {
+		t.Fatalf("the runtime's QEMU %s is not the image's build", rt.Image.QEMU)
+	}
+	sb, err := rt.Boot(context.Background(), sandbox.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sb.Close()
+	exe, err := os.Readlink(fmt.Sprintf("/proc/%d/exe", sb.VM.PID))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if exe != rt.Image.QEMU {
+		t.Fatalf("the VM runs %s, want %s", exe, rt.Image.QEMU)
+	}
+	f, err := elf.Open(exe)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	for _, p := range f.Progs {
+		if p.Type == elf.PT_INTERP {
+			t.Fatalf("%s is dynamically linked (it has a program interpreter)", exe)
+		}
+	}
 }
