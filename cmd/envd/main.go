@@ -75,7 +75,7 @@ func serve(log *slog.Logger, args []string) int {
 		PowerOff: func() { _ = syscall.Kill(1, syscall.SIGTERM) },
 		SetClock: server.SetClock, Reseed: reseeder.Reseed, SetHostname: server.SetHostname, Log: log,
 	})
-	server.ServeChannel(ctx, log, func() server.Conn { return port.Next() }, h, idleNotice(log))
+	server.ServeChannel(ctx, log, func() server.Conn { return port.Next() }, h, idleNotice(log), server.SetClock)
 	return 0
 }
 

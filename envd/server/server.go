@@ -158,12 +158,8 @@ func (s Services) init(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
-	if req.Timestamp != nil && s.SetClock != nil {
-		if d := time.Since(*req.Timestamp); d > 50*time.Millisecond || d < -50*time.Millisecond {
-			if err := s.SetClock(*req.Timestamp); err != nil {
-				s.Log.Warn("setting the clock", "err", err)
-			}
-		}
+	if req.Timestamp != nil {
+		SyncClock(s.Log, s.SetClock, *req.Timestamp)
 	}
 	if len(req.Entropy) > 4096 {
 		filesystem.WriteError(w, http.StatusBadRequest, "entropy: at most 4096 bytes")
@@ -189,6 +185,21 @@ func (s Services) init(w http.ResponseWriter, r *http.Request) {
 	w.WriteHeader(http.StatusNoContent)
 }
 
+// clockSlack is how far the guest's clock may be from the host's before envd sets it.
+const clockSlack = 50 * time.Millisecond
+
+// SyncClock sets the wall clock to host (with set) when it is more than clockSlack away from it.
+func SyncClock(log *slog.Logger, set func(time.Time) error, host time.Time) {
+	if set == nil {
+		return
+	}
+	if d := time.Since(host); d > clockSlack || d < -clockSlack {
+		if err := set(host); err != nil {
+			log.Warn("setting the clock", "err", err)
+		}
+	}
+}
+
 // SetClock sets the system wall clock.
 func SetClock(t time.Time) error {
 	tv := unix.NsecToTimeval(t.UnixNano())
@@ -206,14 +217,15 @@ type Conn interface {
 }
 
 // ServeChannel serves h on every host visit that next returns, until ctx ends. idle, when set, is
-// called each time envd is ready for another host (before next, except the first time).
-func ServeChannel(ctx context.Context, log *slog.Logger, next func() Conn, h http.Handler, idle func()) {
+// called each time envd is ready for another host (before next, except the first time). clock,
+// when set, sets the guest's wall clock to the host's time that comes with each handshake.
+func ServeChannel(ctx context.Context, log *slog.Logger, next func() Conn, h http.Handler, idle func(), clock func(time.Time) error) {
 	for first := true; ctx.Err() == nil; first = false {
 		if idle != nil && !first {
 			idle()
 		}
 		conn := next()
-		sess, err := channel.Serve(conn, log)
+		sess, err := channel.Serve(conn, log, func(t time.Time) { SyncClock(log, clock, t) })
 		if err != nil {
 			log.Debug("channel handshake ended", "err", err)
 			_ = conn.Close()

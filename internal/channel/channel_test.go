@@ -93,8 +93,9 @@ func TestHandshakeThroughLossyWindowAndHTTP(t *testing.T) {
 	}()
 	payload := bytes.Repeat([]byte("0123456789abcdef"), 1<<16) // 1 MiB
 	guestErr := make(chan error, 1)
+	clock := make(chan time.Time, 2)
 	go func() {
-		sess, err := Serve(guestEnd, log)
+		sess, err := Serve(guestEnd, log, func(t time.Time) { clock <- t })
 		if err != nil {
 			guestErr <- err
 			return
@@ -113,6 +114,18 @@ func TestHandshakeThroughLossyWindowAndHTTP(t *testing.T) {
 	}
 	if lossy.drops.Load() == 0 {
 		t.Fatal("test did not exercise the lossy window")
+	}
+	// The host's clock came with GO, once.
+	select {
+	case got := <-clock:
+		if d := time.Since(got); d < 0 || d > 5*time.Second {
+			t.Fatalf("the guest was told the time %v, %v off", got, d)
+		}
+	default:
+		t.Fatal("the handshake did not tell the guest the time")
+	}
+	if len(clock) != 0 {
+		t.Fatal("the guest was told the time twice")
 	}
 	resp, err := h.HTTPClient().Get("http://envd/blob")
 	if err != nil {

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"strconv"
 	"strings"
 	"sync"
@@ -155,7 +156,10 @@ func hostHandshake(ctx context.Context, conn io.ReadWriter) (*bufio.Reader, erro
 			}
 			goN = n
 			sentGo = true
-			if _, err := conn.Write(format("GO", goN)); err != nil {
+			// The host's clock goes with every GO: a guest restored or resumed from a snapshot
+			// wakes up with the time it was saved at.
+			msg := append(format("TIME", uint64(time.Now().UnixNano())), format("GO", goN)...)
+			if _, err := conn.Write(msg); err != nil {
 				return nil, fmt.Errorf("%w: sending go: %w", ErrHandshake, err)
 			}
 		case verb == "READY" && sentGo && n == goN:
@@ -164,8 +168,9 @@ func hostHandshake(ctx context.Context, conn io.ReadWriter) (*bufio.Reader, erro
 	}
 }
 
-// guestHandshake runs the guest side: it answers pings until told to go.
-func guestHandshake(conn io.ReadWriter) (*bufio.Reader, error) {
+// guestHandshake runs the guest side: it answers pings until told to go. clock, when set, gets
+// the host's time (sent with GO).
+func guestHandshake(conn io.ReadWriter, clock func(time.Time)) (*bufio.Reader, error) {
 	br := bufio.NewReaderSize(conn, 4096)
 	lr := &lineReader{r: br}
 	for {
@@ -181,6 +186,10 @@ func guestHandshake(conn io.ReadWriter) (*bufio.Reader, error) {
 		case "PING":
 			if _, err := conn.Write(format("PONG", n)); err != nil {
 				return nil, fmt.Errorf("%w: answering ping: %w", ErrHandshake, err)
+			}
+		case "TIME":
+			if clock != nil && n <= math.MaxInt64 {
+				clock(time.Unix(0, int64(n)))
 			}
 		case "GO":
 			if _, err := conn.Write(format("READY", n)); err != nil {

@@ -100,9 +100,10 @@ func (h *Host) Close() error {
 }
 
 // Serve runs the guest side on conn: it answers the host's handshake, then serves the session
-// as a net.Listener of streams until it ends. The caller owns conn.
-func Serve(conn io.ReadWriteCloser, log *slog.Logger) (*yamux.Session, error) {
-	br, err := guestHandshake(conn)
+// as a net.Listener of streams until it ends. The caller owns conn. clock, when set, gets the
+// host's time during the handshake.
+func Serve(conn io.ReadWriteCloser, log *slog.Logger, clock func(time.Time)) (*yamux.Session, error) {
+	br, err := guestHandshake(conn, clock)
 	if err != nil {
 		return nil, err
 	}

@@ -494,8 +494,19 @@ echo started`)
 	if got, err := c.Get(ctx, id); err != nil || got.State != "paused" {
 		t.Fatalf("after restart: %+v %v", got, err)
 	}
+	// Paused for seconds: the guest wakes with the time it was saved at, and the resume's
+	// handshake (there is no /init) must set its clock.
+	time.Sleep(3 * time.Second)
 	if err := c.Resume(ctx, id, 30*time.Minute); err != nil {
 		t.Fatalf("resume after restart: %v\n%s", err, s2.logs)
+	}
+	host := float64(time.Now().UnixNano()) / 1e9
+	guest, err := strconv.ParseFloat(strings.TrimSpace(execOut(t, c, id, "date +%s.%N")), 64)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d := guest - host; d < -1 || d > 1 {
+		t.Fatalf("after a resume the guest's clock is %.3f s off the host's", d)
 	}
 	if n := count(); n <= last {
 		t.Fatalf("after restart: counter %d <= %d", n, last)
