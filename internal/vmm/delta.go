@@ -9,9 +9,11 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"runtime"
 	"strconv"
 	"strings"
 
+	"golang.org/x/sync/errgroup"
 	"golang.org/x/sys/unix"
 
 	"github.com/cellhq/cell/internal/migstream"
@@ -196,22 +198,56 @@ type copyStats struct{ written, copied, zero int64 } // pages
 // copyRAM writes the RAM of mapping m to out: the pages QEMU holds a private copy of from its
 // memory (zero ones as holes), every other page from src where src has data. With src nil, out
 // is the mapped file itself: only the private copies are written, and zero ones punched out.
+// The RAM is split between copyWorkers goroutines: each private page costs two memory copies
+// (QEMU's memory into this process, then into the page cache), and the guest is stopped, so the
+// host's cores are free for them. BenchmarkCopyRAMInPlace on 2 cores: ~2.2 GB/s with one
+// goroutine, ~2.9 GB/s with two (their writes share the file's inode lock). A reader/writer
+// pipeline measured slower than either.
 func copyRAM(m *ramMapping, src *os.File, out *writeback, size int64) (copyStats, error) {
-	var st copyStats
-	data := &extents{}
+	var list []extent
 	if src != nil {
 		ext, err := dataExtents(src, size)
 		if err != nil {
-			return st, err
+			return copyStats{}, err
 		}
-		data.list = ext
+		list = ext
 	}
-	const chunk = 256 // pages per page-map read and per memory read (1 MiB)
-	entries := make([]byte, chunk*8)
-	buf := make([]byte, chunk*migstream.PageSize)
 	pages := size / migstream.PageSize
-	for first := int64(0); first < pages; first += chunk {
-		n := min(chunk, pages-first)
+	workers := int64(min(copyWorkers, runtime.NumCPU()))
+	per := (pages/workers + copyChunk - 1) / copyChunk * copyChunk // whole chunks per worker
+	stats := make([]copyStats, workers)
+	var g errgroup.Group
+	for w := range workers {
+		lo, hi := w*per, min((w+1)*per, pages)
+		if lo >= hi {
+			continue
+		}
+		g.Go(func() error {
+			var err error
+			stats[w], err = copyRange(m, src, &extents{list: list}, out, lo, hi)
+			return err
+		})
+	}
+	err := g.Wait()
+	var st copyStats
+	for _, s := range stats {
+		st.written, st.copied, st.zero = st.written+s.written, st.copied+s.copied, st.zero+s.zero
+	}
+	return st, err
+}
+
+const (
+	copyWorkers = 2
+	copyChunk   = 256 // pages per page-map read and per memory read (1 MiB)
+)
+
+// copyRange is copyRAM for the pages [lo, hi); data walks src's extents from lo on.
+func copyRange(m *ramMapping, src *os.File, data *extents, out *writeback, lo, hi int64) (copyStats, error) {
+	var st copyStats
+	entries := make([]byte, copyChunk*8)
+	buf := make([]byte, copyChunk*migstream.PageSize)
+	for first := lo; first < hi; first += copyChunk {
+		n := min(copyChunk, hi-first)
 		if _, err := m.pagemap.ReadAt(entries[:n*8], int64(m.addr/migstream.PageSize+uint64(first))*8); err != nil {
 			return st, fmt.Errorf("reading QEMU's page map: %w", err)
 		}

@@ -12,7 +12,7 @@ import (
 
 // mappedFile creates a sparse file of size bytes whose pages 10 to 19 hold data (page p is all
 // p), and maps it privately, as QEMU maps a VM's memory file. Both go with the test.
-func mappedFile(t *testing.T, path string, size int) (*os.File, []byte) {
+func mappedFile(t testing.TB, path string, size int) (*os.File, []byte) {
 	t.Helper()
 	f, err := os.OpenFile(path, os.O_CREATE|os.O_RDWR, 0o600)
 	if err != nil {
@@ -45,8 +45,14 @@ func TestCopyRAM(t *testing.T) {
 	if _, err := src.WriteAt(make([]byte, ps), 100*ps); err != nil { // zeros, but data
 		t.Fatal(err)
 	}
+	// In the second half (copyRAM's second worker): a data page never written through the
+	// mapping, and a hole written.
+	if _, err := src.WriteAt(bytes.Repeat([]byte{0x66}, ps), 600*ps); err != nil {
+		t.Fatal(err)
+	}
 	copy(mem[15*ps:], bytes.Repeat([]byte{0xaa}, ps))   // a data page changed
 	copy(mem[500*ps+7:], []byte("written into a hole")) // a hole written
+	copy(mem[900*ps:], []byte("second half"))           // a hole written
 	clear(mem[12*ps : 13*ps])                           // a data page zeroed
 	_ = mem[700*ps]                                     // a hole only read
 
@@ -70,7 +76,7 @@ func TestCopyRAM(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if want := (copyStats{written: 2, copied: 9, zero: 1}); st != want {
+	if want := (copyStats{written: 3, copied: 10, zero: 1}); st != want {
 		t.Errorf("stats %+v, want %+v", st, want)
 	}
 	got := make([]byte, size)
@@ -92,7 +98,7 @@ func TestCopyRAM(t *testing.T) {
 			data = append(data, int(off/ps))
 		}
 	}
-	want := []int{10, 11, 13, 14, 15, 16, 17, 18, 19, 100, 500}
+	want := []int{10, 11, 13, 14, 15, 16, 17, 18, 19, 100, 500, 600, 900}
 	if len(data) != len(want) {
 		t.Fatalf("data pages %v, want %v", data, want)
 	}
