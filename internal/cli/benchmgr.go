@@ -19,51 +19,59 @@ import (
 // managerBenchCmds measure what `cell serve` does, through its sandbox manager (in process, with
 // a throw-away store): create from the template, a pool hit, pause and resume, fork.
 func managerBenchCmds(g *globals, f *benchFlags) []*cobra.Command {
-	mk := func(use, short string, run func(context.Context, *manager.Manager, *benchFlags, io.Writer) error) *cobra.Command {
+	mk := func(use, short string, run func(context.Context, benchRig, *benchFlags, io.Writer) error) *cobra.Command {
 		return &cobra.Command{Use: use, Short: short, Args: cobra.NoArgs, RunE: func(c *cobra.Command, _ []string) error {
-			mgr, done, err := benchManager(c.Context(), g, f)
+			rig, done, err := benchManager(c.Context(), g, f)
 			if err != nil {
 				return err
 			}
 			defer done()
-			return run(c.Context(), mgr, f, c.OutOrStdout())
+			return run(c.Context(), rig, f, c.OutOrStdout())
 		}}
 	}
 	return []*cobra.Command{
 		mk("create", "Create from the base template (restore + /init), as POST /sandboxes does", benchCreate),
 		mk("pool", "Create served from a warm pool of 2", benchPool),
-		mk("pause", "Pause with RAM (512 MiB written since the last restore, in a 1 GiB guest; then an idle template sandbox), then resume to envd ready", benchPauseResume),
+		mk("pause", "Pause with RAM (512 MiB written since the last restore, in a 1 GiB guest; then an idle template sandbox), then resume to envd ready once the paused VM is gone", benchPauseResume),
 		mk("resume", "Same as pause: both are measured on each cycle", benchPauseResume),
 		mk("fork", "Fork a running sandbox ×10", benchFork),
 	}
 }
 
+// benchRig is what a manager benchmark drives: the manager, and settle, which waits until the
+// VMs of paused sandboxes are gone (vmm.Host.Wait).
+type benchRig struct {
+	mgr    *manager.Manager
+	settle func()
+}
+
 // benchManager is a manager over a temporary data directory that restores from the real base
 // template (built if missing).
-func benchManager(ctx context.Context, g *globals, f *benchFlags) (*manager.Manager, func(), error) {
+func benchManager(ctx context.Context, g *globals, f *benchFlags) (benchRig, func(), error) {
 	f.restore = true
 	rt, err := benchRuntime(ctx, g, f)
 	if err != nil {
-		return nil, nil, err
+		return benchRig{}, nil, err
 	}
 	tmp, err := os.MkdirTemp("", "cell-bench-")
 	if err != nil {
-		return nil, nil, err
+		return benchRig{}, nil, err
 	}
 	st, err := store.Open(ctx, filepath.Join(tmp, "cell.db"))
 	if err != nil {
 		_ = os.RemoveAll(tmp)
-		return nil, nil, err
+		return benchRig{}, nil, err
 	}
 	mgr, err := manager.New(ctx, manager.Config{Runtime: rt, Store: st, RunDir: rt.Host.RunDir(),
 		PausedDir: filepath.Join(tmp, "paused"), TemplateHome: tmp, Log: g.logger()})
 	if err != nil {
 		_ = st.Close()
 		_ = os.RemoveAll(tmp)
-		return nil, nil, err
+		return benchRig{}, nil, err
 	}
-	return mgr, func() {
+	return benchRig{mgr: mgr, settle: rt.Host.Wait}, func() {
 		mgr.Shutdown(context.Background(), manager.Kill)
+		rt.Host.Wait() // paused VMs finish going away
 		_ = st.Close()
 		_ = os.RemoveAll(tmp)
 	}, nil
@@ -71,7 +79,8 @@ func benchManager(ctx context.Context, g *globals, f *benchFlags) (*manager.Mana
 
 const benchTeam = "bench"
 
-func benchCreate(ctx context.Context, mgr *manager.Manager, f *benchFlags, out io.Writer) error {
+func benchCreate(ctx context.Context, rig benchRig, f *benchFlags, out io.Writer) error {
+	mgr := rig.mgr
 	ds, err := timedCreates(ctx, mgr, f.n, func() error { return nil })
 	if err != nil {
 		return err
@@ -79,7 +88,8 @@ func benchCreate(ctx context.Context, mgr *manager.Manager, f *benchFlags, out i
 	return bench.Print(out, f.json, bench.Summarize("create_from_template", ds))
 }
 
-func benchPool(ctx context.Context, mgr *manager.Manager, f *benchFlags, out io.Writer) error {
+func benchPool(ctx context.Context, rig benchRig, f *benchFlags, out io.Writer) error {
+	mgr := rig.mgr
 	mgr.StartPool("base", 2)
 	ds, err := timedCreates(ctx, mgr, f.n, func() error { return waitPool(ctx, mgr, 2) })
 	if err != nil {
@@ -131,7 +141,8 @@ for i in range(0, len(b), 4096): b[i] = 1
 open('/tmp/touched', 'w').write('yes')
 time.sleep(1e9)" >/dev/null 2>&1 &); while [ ! -e /tmp/touched ]; do sleep 0.1; done`
 
-func benchPauseResume(ctx context.Context, mgr *manager.Manager, f *benchFlags, out io.Writer) error {
+func benchPauseResume(ctx context.Context, rig benchRig, f *benchFlags, out io.Writer) error {
+	mgr := rig.mgr
 	info, err := mgr.Create(ctx, manager.CreateRequest{Team: benchTeam, Secure: true, AllowInternet: true, MemoryMiB: 1024, Timeout: time.Hour})
 	if err != nil {
 		return err
@@ -140,10 +151,10 @@ func benchPauseResume(ctx context.Context, mgr *manager.Manager, f *benchFlags, 
 	// Each pause follows 512 MiB written since the last restore (the first restore is untimed:
 	// the sandbox was booted, not restored).
 	touch := func() error { return mgrExec(ctx, mgr, info.ID, touch512) }
-	if _, _, err := pauseCycles(ctx, mgr, info.ID, 1, touch); err != nil {
+	if _, _, err := pauseCycles(ctx, rig, info.ID, 1, touch); err != nil {
 		return err
 	}
-	pauses, resumes, err := pauseCycles(ctx, mgr, info.ID, f.n, touch)
+	pauses, resumes, err := pauseCycles(ctx, rig, info.ID, f.n, touch)
 	if err != nil {
 		return err
 	}
@@ -153,7 +164,7 @@ func benchPauseResume(ctx context.Context, mgr *manager.Manager, f *benchFlags, 
 		return err
 	}
 	defer func() { _ = mgr.Kill(benchTeam, fresh.ID) }()
-	fp, fr, err := pauseCycles(ctx, mgr, fresh.ID, f.n, func() error { return nil })
+	fp, fr, err := pauseCycles(ctx, rig, fresh.ID, f.n, func() error { return nil })
 	if err != nil {
 		return err
 	}
@@ -165,7 +176,8 @@ func benchPauseResume(ctx context.Context, mgr *manager.Manager, f *benchFlags, 
 
 // pauseCycles pauses (with memory) and resumes sandbox id n times, timing each, and calls
 // before, untimed, ahead of each pause.
-func pauseCycles(ctx context.Context, mgr *manager.Manager, id string, n int, before func() error) (pauses, resumes []time.Duration, err error) {
+func pauseCycles(ctx context.Context, rig benchRig, id string, n int, before func() error) (pauses, resumes []time.Duration, err error) {
+	mgr := rig.mgr
 	for i := 0; i < n; i++ {
 		if err := before(); err != nil {
 			return nil, nil, err
@@ -175,6 +187,9 @@ func pauseCycles(ctx context.Context, mgr *manager.Manager, id string, n int, be
 			return nil, nil, err
 		}
 		pauses = append(pauses, time.Since(t0))
+		// A resume comes later than this in use: the paused VM's teardown (its QEMU's exit,
+		// which goes on after the pause returns) is not the resume's to pay.
+		rig.settle()
 		t0 = time.Now()
 		if _, _, err := mgr.Resume(ctx, benchTeam, id, time.Hour); err != nil {
 			return nil, nil, err
@@ -184,7 +199,8 @@ func pauseCycles(ctx context.Context, mgr *manager.Manager, id string, n int, be
 	return pauses, resumes, nil
 }
 
-func benchFork(ctx context.Context, mgr *manager.Manager, f *benchFlags, out io.Writer) error {
+func benchFork(ctx context.Context, rig benchRig, f *benchFlags, out io.Writer) error {
+	mgr := rig.mgr
 	info, err := mgr.Create(ctx, manager.CreateRequest{Team: benchTeam, Secure: true, AllowInternet: true, Timeout: time.Hour})
 	if err != nil {
 		return err

@@ -88,6 +88,9 @@ every sandbox, or with --leave-running leaves them for the next cell serve to re
 			if err != nil {
 				return err
 			}
+			// Paused sandboxes' VMs finish going away in the background (vmm.VM.Release): wait
+			// for them on the way out.
+			defer rt.Host.Wait()
 			if snaps, err := rt.LoadSnapshots(home); err == nil {
 				for _, t := range snaps {
 					rt.SetTemplate(t.Name, t)

@@ -619,7 +619,8 @@ func (m *Manager) cleanOrphans(keep map[string]bool) {
 		return
 	}
 	for _, de := range des {
-		if de.IsDir() && !keep[de.Name()] && ids.Validate("sandboxID", de.Name()) == nil {
+		orphan := !keep[de.Name()] && ids.Validate("sandboxID", de.Name()) == nil
+		if de.IsDir() && (orphan || vmm.IsGoneDir(de.Name())) {
 			m.log.Warn("removing orphan VM directory", "dir", de.Name())
 			_ = os.RemoveAll(filepath.Join(m.cfg.RunDir, de.Name()))
 		}

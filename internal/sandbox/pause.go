@@ -62,13 +62,13 @@ func (s *Sandbox) Pause(ctx context.Context, dir string, memory bool) (PausedMet
 	} else if err := s.VM.QMP.Execute(ctx, "stop", nil, nil); err != nil {
 		return meta, fmt.Errorf("stopping the VM: %w", err)
 	}
-	// QEMU keeps writing to the same inode until it exits (in Close), with the guest stopped.
+	// Stopping the guest drained and flushed its disk: QEMU writes to it no more.
 	if err := os.Rename(s.VM.Dir.File("disk.qcow2"), filepath.Join(staging, "disk.qcow2")); err != nil {
 		return meta, err
 	}
-	if err := s.Close(); err != nil {
-		return meta, err
-	}
+	// QEMU is killed now, and its exit (where the kernel frees its RAM: ~40 ms with 512 MiB
+	// written) goes on while the generation is published.
+	s.Release()
 	// The state (and memory file) were synced by the save.
 	if err := syncFile(filepath.Join(staging, "disk.qcow2")); err != nil {
 		return meta, err

@@ -302,6 +302,15 @@ func (s *Sandbox) Close() error {
 	return err
 }
 
+// Release is Close for a sandbox whose VM is stopped and saved (vmm.VM.Release): its QEMU is
+// killed at once and the VM's teardown finishes in the background.
+func (s *Sandbox) Release() {
+	s.VM.Release()
+	if s.Net != nil {
+		_ = s.Net.Close()
+	}
+}
+
 // guard returns a context that is cancelled, with a cause naming the VM's exit, when the VM dies.
 func (s *Sandbox) guard(ctx context.Context) (context.Context, context.CancelFunc) {
 	ctx, cancel := context.WithCancelCause(ctx)

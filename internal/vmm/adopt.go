@@ -73,7 +73,7 @@ func (h *Host) Adopt(ctx context.Context, id string, pid int, startTicks uint64)
 	}
 	dir := WorkDir{Path: h.cfg.RunDir + "/" + id}
 	vm := &VM{ID: id, Dir: dir, PID: pid, StartTicks: startTicks, host: h, log: h.cfg.Log.With("vm", id),
-		stderr: &tail{}, exited: make(chan struct{}), detached: true}
+		stderr: &tail{}, exited: make(chan struct{}), closeDone: make(chan struct{}), detached: true}
 	proc, err := os.FindProcess(pid)
 	if err != nil {
 		h.slots.Release(1)
@@ -188,6 +188,7 @@ func (vm *VM) Detach() {
 	vm.closeOnce.Do(func() {
 		vm.detach()
 		vm.host.slots.Release(1)
+		close(vm.closeDone)
 	})
 }
 

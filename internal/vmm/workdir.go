@@ -1,10 +1,12 @@
 package vmm
 
 import (
+	"crypto/rand"
 	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 
 	"github.com/cellhq/cell/internal/ids"
 )
@@ -47,6 +49,23 @@ func NewWorkDir(runDir, id string) (WorkDir, error) {
 	if err := os.Chmod(p, 0o700); err != nil {
 		_ = os.Remove(p)
 		return WorkDir{}, fmt.Errorf("setting VM directory mode: %w", err)
+	}
+	return WorkDir{Path: p}, nil
+}
+
+// goneDirPrefix starts the name of a VM directory moved aside (MoveAside) to be removed.
+const goneDirPrefix = ".gone-"
+
+// IsGoneDir says whether name (an entry of the run dir) is a VM directory moved aside, which no
+// live VM uses: a daemon that died before removing it leaves it behind.
+func IsGoneDir(name string) bool { return strings.HasPrefix(name, goneDirPrefix) }
+
+// MoveAside renames the directory to a unique name next to it, for a VM with the same id to
+// start while this one's is still being removed, and returns it under its new name.
+func (w WorkDir) MoveAside() (WorkDir, error) {
+	p := filepath.Join(filepath.Dir(w.Path), goneDirPrefix+filepath.Base(w.Path)+"-"+rand.Text()[:8])
+	if err := os.Rename(w.Path, p); err != nil {
+		return w, fmt.Errorf("moving the VM directory aside: %w", err)
 	}
 	return WorkDir{Path: p}, nil
 }

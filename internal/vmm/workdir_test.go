@@ -6,6 +6,8 @@ import (
 	"strings"
 	"sync"
 	"testing"
+
+	"github.com/cellhq/cell/internal/ids"
 )
 
 func TestWorkDir(t *testing.T) {
@@ -73,5 +75,39 @@ func TestWorkDirConcurrentCreateOneWins(t *testing.T) {
 	wg.Wait()
 	if wins != 1 {
 		t.Fatalf("%d creators won, want 1", wins)
+	}
+}
+
+// TestWorkDirMoveAside: a directory moved aside keeps its files under a name no VM id can have,
+// and the id is free for a new directory at once.
+func TestWorkDirMoveAside(t *testing.T) {
+	run := t.TempDir()
+	w, err := NewWorkDir(run, "sb1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(w.File("ram"), []byte("x"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	aside, err := w.MoveAside()
+	if err != nil {
+		t.Fatal(err)
+	}
+	name := filepath.Base(aside.Path)
+	if !IsGoneDir(name) || IsGoneDir("sb1") || ids.Validate("vm id", name) == nil {
+		t.Fatalf("moved aside as %q", name)
+	}
+	if b, err := os.ReadFile(aside.File("ram")); err != nil || string(b) != "x" {
+		t.Fatalf("the files did not move along: %q %v", b, err)
+	}
+	w2, err := NewWorkDir(run, "sb1")
+	if err != nil {
+		t.Fatalf("the id is not free after MoveAside: %v", err)
+	}
+	if err := aside.Remove(); err != nil {
+		t.Fatal(err)
+	}
+	if des, _ := os.ReadDir(run); len(des) != 1 || des[0].Name() != filepath.Base(w2.Path) {
+		t.Fatalf("run dir holds %v", des)
 	}
 }
