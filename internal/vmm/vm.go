@@ -165,6 +165,7 @@ type VM struct {
 	closeOnce sync.Once
 	closeErr  error
 	closeDone chan struct{} // closed once Close (or Release) has finished
+	aside     WorkDir       // where Release moved the working directory
 
 	detached  bool
 	stopWatch func() // stops the exit watcher of an adopted VM
@@ -559,7 +560,7 @@ func (vm *VM) Release() {
 		if aside, err := vm.Dir.MoveAside(); err != nil {
 			vm.log.Warn("releasing the VM", "err", err)
 		} else {
-			vm.Dir = aside
+			vm.aside = aside // vm.Dir keeps the name others know it by
 		}
 		vm.host.releases.Add(1)
 		go func() {
@@ -590,7 +591,11 @@ func (vm *VM) teardown() error {
 		}
 	}
 	vm.detach()
-	if err := vm.Dir.Remove(); err != nil {
+	dir := vm.Dir
+	if vm.aside.Path != "" {
+		dir = vm.aside
+	}
+	if err := dir.Remove(); err != nil {
 		errs = append(errs, err)
 	}
 	return errors.Join(errs...)
