@@ -19,8 +19,9 @@ func median(ds []time.Duration) time.Duration {
 }
 
 // BenchmarkServe measures `cell serve` end to end through its proxy with the Go client:
-// create (cold boot), a `true` command (round trip, and Cell's overhead: the round trip minus the
-// run time envd measured), and 100 MB through /files each way.
+// create, create and the first command, resume and the first command after it, a `true` command
+// (round trip, and Cell's overhead: the round trip minus the run time envd measured), and 100 MB
+// through /files each way.
 func BenchmarkServe(b *testing.B) {
 	home := b.TempDir()
 	key := apiKey(b, home)
@@ -66,6 +67,39 @@ func BenchmarkServe(b *testing.B) {
 		}
 		b.ReportMetric(float64(median(total).Microseconds())/1000, "median-ms")
 		b.ReportMetric(float64(median(inside).Microseconds())/1000, "first-bash-in-guest-ms")
+	})
+
+	// Resume (the sandbox paused a moment before, its RAM saved) and the first command after
+	// it: the resumed QEMU translates the guest's code anew, so that command pays for it.
+	b.Run("ResumeFirstRun", func(b *testing.B) {
+		info, err := c.Create(ctx, client.CreateOptions{Timeout: 30 * time.Minute})
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer func() { _ = c.Kill(ctx, info.SandboxID) }()
+		var resumes, firsts []time.Duration
+		for i := 0; i < b.N; i++ {
+			if err := c.Pause(ctx, info.SandboxID, true); err != nil {
+				b.Fatal(err)
+			}
+			time.Sleep(200 * time.Millisecond) // a resume comes later than the pause in use
+			t0 := time.Now()
+			if err := c.Resume(ctx, info.SandboxID, 30*time.Minute); err != nil {
+				b.Fatal(err)
+			}
+			resumes = append(resumes, time.Since(t0))
+			sb, err := c.Connect(ctx, info.SandboxID)
+			if err != nil {
+				b.Fatal(err)
+			}
+			t1 := time.Now()
+			if res, err := sb.Exec(ctx, "true", "", nil, io.Discard, io.Discard); err != nil || res.ExitCode != 0 {
+				b.Fatalf("%v %+v", err, res)
+			}
+			firsts = append(firsts, time.Since(t1))
+		}
+		b.ReportMetric(float64(median(resumes).Microseconds())/1000, "resume-median-ms")
+		b.ReportMetric(float64(median(firsts).Microseconds())/1000, "first-command-median-ms")
 	})
 
 	info, err := c.Create(ctx, client.CreateOptions{Timeout: 30 * time.Minute})
