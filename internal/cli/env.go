@@ -95,6 +95,33 @@ func (g *globals) builder(progress bool) (*image.Builder, error) {
 	return b, nil
 }
 
+// pruneImages removes what earlier recipes built in the image cache (sandbox.PruneImages), when
+// the cache is the data directory's own: one shared with other data directories may hold base
+// disks they depend on.
+func (g *globals) pruneImages(ctx context.Context, runDir string) {
+	home, err := g.homeDir()
+	if err != nil || imageHome(home) != home {
+		return
+	}
+	b, err := g.builder(false)
+	if err != nil {
+		return
+	}
+	if runDir == "" {
+		if runDir, err = sandbox.RunDir(home); err != nil {
+			return
+		}
+	}
+	log := g.logger()
+	removed, err := sandbox.PruneImages(ctx, b, home, runDir, filepath.Join(home, "paused"))
+	for _, p := range removed {
+		log.Info("removed an outdated image artifact", "dir", p)
+	}
+	if err != nil {
+		log.Warn("removing outdated image artifacts", "err", err)
+	}
+}
+
 type runtimeOpts struct {
 	accel         vmm.Accel
 	dieWithParent bool

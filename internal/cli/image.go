@@ -2,6 +2,7 @@ package cli
 
 import (
 	"fmt"
+	"os"
 
 	"github.com/spf13/cobra"
 )
@@ -22,6 +23,7 @@ func imageCmd(g *globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
+			g.pruneImages(c.Context(), os.Getenv("CELL_RUN_DIR"))
 			fmt.Fprintf(c.OutOrStdout(), "kernel: %s\ndisk:   %s\n", img.Kernel, img.Disk)
 			return nil
 		},

@@ -37,9 +37,10 @@ type Image struct {
 	QEMUKey   string
 }
 
-// keySet names every part of an image by the hash of its recipe.
-type keySet struct {
-	kernel, tree, disk, qemu string
+// Keys name every part of an image by the hash of its recipe: the names of their directories
+// under images/kernel, images/rootfs, images/base and images/qemu.
+type Keys struct {
+	Kernel, Tree, Disk, QEMU string
 }
 
 // Builder finds or builds the image under Home.
@@ -115,18 +116,19 @@ func linuxSourceVersion() string {
 	return strings.TrimSpace(string(out))
 }
 
-func (b *Builder) keys() (keySet, error) {
-	var k keySet
-	k.kernel = hashOf([]byte("kernel-v1"), recipe("kernel/fragment.config"), recipe("kernel/build.sh"),
+// Keys returns the current image's recipe hashes.
+func (b *Builder) Keys() (Keys, error) {
+	var k Keys
+	k.Kernel = hashOf([]byte("kernel-v1"), recipe("kernel/fragment.config"), recipe("kernel/build.sh"),
 		[]byte(linuxSourceID()))
-	k.tree = hashOf([]byte("rootfs-v1"), recipe("rootfs/build.sh"))
-	k.qemu = hashOf([]byte("qemu-v1"), recipe("qemu/build.sh"), recipe("qemu/devices.mak"),
+	k.Tree = hashOf([]byte("rootfs-v1"), recipe("rootfs/build.sh"))
+	k.QEMU = hashOf([]byte("qemu-v1"), recipe("qemu/build.sh"), recipe("qemu/devices.mak"),
 		recipe("qemu/acpi-stub.patch"), []byte(qemuPackageID()))
 	envdSum, err := b.envdHash()
 	if err != nil {
 		return k, fmt.Errorf("envd binary: %w (build it with `make build`)", err)
 	}
-	k.disk = hashOf([]byte("disk-v1"), []byte(k.tree), []byte(envdSum), []byte(fmt.Sprint(DiskSizeBytes)))
+	k.Disk = hashOf([]byte("disk-v1"), []byte(k.Tree), []byte(envdSum), []byte(fmt.Sprint(DiskSizeBytes)))
 	return k, nil
 }
 
@@ -172,7 +174,7 @@ func (b *Builder) envdHash() (string, error) {
 
 // Lookup returns the image if it is fully built, without building anything.
 func (b *Builder) Lookup() (Image, error) {
-	k, err := b.keys()
+	k, err := b.Keys()
 	if err != nil {
 		return Image{}, err
 	}
@@ -185,11 +187,11 @@ func (b *Builder) Lookup() (Image, error) {
 	return img, nil
 }
 
-func (b *Builder) image(k keySet) Image {
+func (b *Builder) image(k Keys) Image {
 	return Image{
-		Kernel: b.dir("kernel", k.kernel, "vmlinux"), KernelKey: k.kernel,
-		Disk: b.dir("base", k.disk, "rootfs.qcow2"), DiskKey: k.disk, TreeKey: k.tree,
-		QEMU: b.dir("qemu", k.qemu, "qemu-system-x86_64"), QEMUKey: k.qemu,
+		Kernel: b.dir("kernel", k.Kernel, "vmlinux"), KernelKey: k.Kernel,
+		Disk: b.dir("base", k.Disk, "rootfs.qcow2"), DiskKey: k.Disk, TreeKey: k.Tree,
+		QEMU: b.dir("qemu", k.QEMU, "qemu-system-x86_64"), QEMUKey: k.QEMU,
 	}
 }
 
@@ -209,7 +211,7 @@ func (img Image) QEMUInfo() string {
 
 // Ensure returns the image, building whatever part is missing (or everything, with force).
 func (b *Builder) Ensure(ctx context.Context, force bool) (Image, error) {
-	k, err := b.keys()
+	k, err := b.Keys()
 	if err != nil {
 		return Image{}, err
 	}
@@ -228,7 +230,7 @@ func (b *Builder) Ensure(ctx context.Context, force bool) (Image, error) {
 	}
 	defer unlock()
 
-	kernelDir, treeDir, diskDir, qemuDir := b.dir("kernel", k.kernel), b.dir("rootfs", k.tree), b.dir("base", k.disk), b.dir("qemu", k.qemu)
+	kernelDir, treeDir, diskDir, qemuDir := b.dir("kernel", k.Kernel), b.dir("rootfs", k.Tree), b.dir("base", k.Disk), b.dir("qemu", k.QEMU)
 	var missing []string
 	needQEMU := force || !exists(qemuDir)
 	if needQEMU {
@@ -251,7 +253,7 @@ func (b *Builder) Ensure(ctx context.Context, force bool) (Image, error) {
 			strings.Join(missing, ", "), strings.Join(missing, " "))
 	}
 	if needQEMU {
-		b.progress("==> building QEMU (recipe %s; about 3 minutes on 2 cores, once)", k.qemu)
+		b.progress("==> building QEMU (recipe %s; about 3 minutes on 2 cores, once)", k.QEMU)
 		if err := b.publish(ctx, qemuDir, func(tmp string) error {
 			return b.runScript(ctx, "qemu", "qemu/build.sh", tmp,
 				filepath.Join(tmp, "recipes/qemu/devices.mak"), filepath.Join(tmp, "recipes/qemu/acpi-stub.patch"),
@@ -261,7 +263,7 @@ func (b *Builder) Ensure(ctx context.Context, force bool) (Image, error) {
 		}
 	}
 	if needKernel {
-		b.progress("==> building the guest kernel (recipe %s; about 5-8 minutes on 2 cores, once)", k.kernel)
+		b.progress("==> building the guest kernel (recipe %s; about 5-8 minutes on 2 cores, once)", k.Kernel)
 		if err := b.publish(ctx, kernelDir, func(tmp string) error {
 			return b.runScript(ctx, "kernel", "kernel/build.sh", tmp,
 				filepath.Join(tmp, "recipes/kernel/fragment.config"), filepath.Join(tmp, "vmlinux"), filepath.Join(tmp, "src"))
@@ -270,7 +272,7 @@ func (b *Builder) Ensure(ctx context.Context, force bool) (Image, error) {
 		}
 	}
 	if needTree {
-		b.progress("==> building the base root file system (recipe %s; about 2-3 minutes, once)", k.tree)
+		b.progress("==> building the base root file system (recipe %s; about 2-3 minutes, once)", k.Tree)
 		if err := b.publish(ctx, treeDir, func(tmp string) error {
 			return b.runScript(ctx, "rootfs", "rootfs/build.sh", tmp, filepath.Join(tmp, "tree"))
 		}, nil); err != nil {
@@ -278,7 +280,7 @@ func (b *Builder) Ensure(ctx context.Context, force bool) (Image, error) {
 		}
 	}
 	if needDisk {
-		b.progress("==> making the base disk with envd (recipe %s)", k.disk)
+		b.progress("==> making the base disk with envd (recipe %s)", k.Disk)
 		if err := b.publish(ctx, diskDir, func(tmp string) error {
 			return b.makeDisk(ctx, filepath.Join(treeDir, "tree"), filepath.Join(tmp, "rootfs.qcow2"))
 		}, nil); err != nil {
@@ -452,4 +454,51 @@ func lock(ctx context.Context, path string) (func(), error) {
 		case <-time.After(200 * time.Millisecond):
 		}
 	}
+}
+
+// Prune removes what earlier recipes built under Home/images (each new kernel, root file
+// system, QEMU or envd left a directory behind for good, ~330 MB for each base disk): every
+// kernel, root file system tree and QEMU build but the current one, leftovers of interrupted
+// builds, and every base disk but the current one that inUse does not claim (a template's or a
+// sandbox's disk may be an overlay on it). It holds the build lock, and returns what it removed.
+func (b *Builder) Prune(ctx context.Context, inUse func(baseDisk string) bool) ([]string, error) {
+	k, err := b.Keys()
+	if err != nil {
+		return nil, err
+	}
+	if !exists(b.dir()) {
+		return nil, nil
+	}
+	unlock, err := lock(ctx, b.dir(".lock"))
+	if err != nil {
+		return nil, err
+	}
+	defer unlock()
+	var removed []string
+	var errs []error
+	for _, kind := range []struct{ dir, keep string }{
+		{"kernel", k.Kernel}, {"rootfs", k.Tree}, {"qemu", k.QEMU}, {"base", k.Disk},
+	} {
+		des, err := os.ReadDir(b.dir(kind.dir))
+		if errors.Is(err, fs.ErrNotExist) {
+			continue
+		}
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		for _, de := range des {
+			p := b.dir(kind.dir, de.Name())
+			if !de.IsDir() || de.Name() == kind.keep ||
+				(kind.dir == "base" && inUse(filepath.Join(p, "rootfs.qcow2"))) {
+				continue
+			}
+			if err := os.RemoveAll(p); err != nil {
+				errs = append(errs, err)
+				continue
+			}
+			removed = append(removed, p)
+		}
+	}
+	return removed, errors.Join(errs...)
 }

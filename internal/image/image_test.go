@@ -17,28 +17,28 @@ func TestKeysFollowRecipeInputs(t *testing.T) {
 		t.Fatal(err)
 	}
 	b := &Builder{Home: dir, Envd: envd}
-	k1, err := b.keys()
+	k1, err := b.Keys()
 	if err != nil {
 		t.Fatal(err)
 	}
 	if err := os.WriteFile(envd, []byte("envd v2"), 0o755); err != nil {
 		t.Fatal(err)
 	}
-	k2, err := b.keys()
+	k2, err := b.Keys()
 	if err != nil {
 		t.Fatal(err)
 	}
-	if k1.kernel != k2.kernel || k1.tree != k2.tree || k1.qemu != k2.qemu {
+	if k1.Kernel != k2.Kernel || k1.Tree != k2.Tree || k1.QEMU != k2.QEMU {
 		t.Fatal("kernel, tree or QEMU key depends on envd")
 	}
-	if k1.disk == k2.disk {
+	if k1.Disk == k2.Disk {
 		t.Fatal("disk key does not depend on envd")
 	}
-	if len(map[string]bool{k1.kernel: true, k1.tree: true, k1.disk: true, k1.qemu: true}) != 4 {
+	if len(map[string]bool{k1.Kernel: true, k1.Tree: true, k1.Disk: true, k1.QEMU: true}) != 4 {
 		t.Fatalf("two parts share a key: %+v", k1)
 	}
 	img := b.image(k1)
-	if !strings.HasPrefix(img.QEMU, filepath.Join(dir, "images", "qemu", k1.qemu)+"/") {
+	if !strings.HasPrefix(img.QEMU, filepath.Join(dir, "images", "qemu", k1.QEMU)+"/") {
 		t.Fatalf("QEMU path %s is not under its recipe's directory", img.QEMU)
 	}
 	if _, err := b.Lookup(); err == nil || !strings.Contains(err.Error(), "cell image build") {

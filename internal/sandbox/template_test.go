@@ -1,12 +1,16 @@
 package sandbox
 
 import (
+	"context"
 	"errors"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
+
+	"github.com/cellhq/cell/internal/image"
 )
 
 func TestLoadTemplateRefusesOtherMachinesAndIncompleteOnes(t *testing.T) {
@@ -134,5 +138,72 @@ func TestPruneTemplates(t *testing.T) {
 	}
 	if _, err := os.Stat(unused); !os.IsNotExist(err) {
 		t.Errorf("%s is still there: %v", unused, err)
+	}
+}
+
+// TestPruneImages: only the current image's artifacts stay, and the outdated base disks that a
+// template's, a running or a paused sandbox's disk is an overlay on.
+func TestPruneImages(t *testing.T) {
+	qemuImg, err := FindTool("qemu-img", "qemu-utils")
+	if err != nil {
+		t.Fatal(err)
+	}
+	home := t.TempDir()
+	run, paused := filepath.Join(home, "run"), filepath.Join(home, "paused")
+	envd := filepath.Join(home, "envd")
+	if err := os.WriteFile(envd, []byte("envd"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	b := &image.Builder{Home: home, Envd: envd}
+	cur, err := b.Keys()
+	if err != nil {
+		t.Fatal(err)
+	}
+	qcow := func(path, backing string) {
+		t.Helper()
+		if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+			t.Fatal(err)
+		}
+		args := []string{"create", "-q", "-f", "qcow2", path, "16M"}
+		if backing != "" {
+			args = []string{"create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", backing, path}
+		}
+		if out, err := exec.Command(qemuImg, args...).CombinedOutput(); err != nil {
+			t.Fatalf("qemu-img: %v %s", err, out)
+		}
+	}
+	img := func(parts ...string) string { return filepath.Join(append([]string{home, "images"}, parts...)...) }
+	for _, k := range []string{cur.Disk, "old-template", "old-run", "old-paused", "old-unused"} {
+		qcow(img("base", k, "rootfs.qcow2"), "")
+	}
+	for _, d := range []string{img("kernel", cur.Kernel), img("kernel", "old"), img("rootfs", cur.Tree),
+		img("rootfs", "old"), img("qemu", cur.QEMU), img("qemu", "old"), img("base", cur.Disk+".tmp-x")} {
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	qcow(filepath.Join(home, "templates", "base", "t1", "disk.qcow2"), img("base", "old-template", "rootfs.qcow2"))
+	qcow(filepath.Join(run, "sb1", "disk.qcow2"), img("base", "old-run", "rootfs.qcow2"))
+	qcow(filepath.Join(paused, "sb2", "g1", "disk.qcow2"), img("base", "old-paused", "rootfs.qcow2"))
+
+	removed, err := PruneImages(context.Background(), b, home, run, paused)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []string{img("base", "old-unused"), img("base", cur.Disk+".tmp-x"), img("kernel", "old"), img("qemu", "old"), img("rootfs", "old")}
+	slices.Sort(removed)
+	slices.Sort(want)
+	if !slices.Equal(removed, want) {
+		t.Fatalf("removed %v\nwant    %v", removed, want)
+	}
+	for _, p := range append(want, img("base", "old-unused", "rootfs.qcow2")) {
+		if _, err := os.Stat(p); !errors.Is(err, os.ErrNotExist) {
+			t.Fatalf("%s is still there", p)
+		}
+	}
+	for _, k := range []string{cur.Disk, "old-template", "old-run", "old-paused"} {
+		if _, err := os.Stat(img("base", k, "rootfs.qcow2")); err != nil {
+			t.Fatalf("base %s went: %v", k, err)
+		}
 	}
 }

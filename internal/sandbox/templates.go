@@ -1,6 +1,7 @@
 package sandbox
 
 import (
+	"context"
 	"encoding/binary"
 	"encoding/json"
 	"errors"
@@ -11,6 +12,8 @@ import (
 	"path/filepath"
 	"strings"
 	"time"
+
+	"github.com/cellhq/cell/internal/image"
 )
 
 // TemplateInfo describes a stored template snapshot.
@@ -147,4 +150,20 @@ func backingFile(path string) (string, error) {
 		return "", err
 	}
 	return string(name), nil
+}
+
+// PruneImages removes the image artifacts under b's home that earlier recipes built (see
+// image.Builder.Prune), keeping every base disk that a disk under home (a template's, a running
+// or a paused sandbox's) is an overlay on. It must only run when b's home is home: another
+// data directory sharing the image cache could depend on a base disk this one does not see.
+func PruneImages(ctx context.Context, b *image.Builder, home, runDir, pausedDir string) ([]string, error) {
+	users := diskUsers(home, runDir, pausedDir)
+	return b.Prune(ctx, func(disk string) bool {
+		for backing := range users {
+			if filepath.Clean(backing) == filepath.Clean(disk) {
+				return true
+			}
+		}
+		return false
+	})
 }
