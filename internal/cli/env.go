@@ -3,6 +3,7 @@ package cli
 import (
 	"context"
 	"fmt"
+	"io"
 	"log/slog"
 	"net/netip"
 	"os"
@@ -97,8 +98,8 @@ func (g *globals) builder(progress bool) (*image.Builder, error) {
 
 // pruneImages removes what earlier recipes built in the image cache (sandbox.PruneImages), when
 // the cache is the data directory's own: one shared with other data directories may hold base
-// disks they depend on.
-func (g *globals) pruneImages(ctx context.Context, runDir string) {
+// disks they depend on. What it removed is logged, and listed on progress when set.
+func (g *globals) pruneImages(ctx context.Context, runDir string, progress io.Writer) {
 	home, err := g.homeDir()
 	if err != nil || imageHome(home) != home {
 		return
@@ -116,6 +117,9 @@ func (g *globals) pruneImages(ctx context.Context, runDir string) {
 	removed, err := sandbox.PruneImages(ctx, b, home, runDir, filepath.Join(home, "paused"))
 	for _, p := range removed {
 		log.Info("removed an outdated image artifact", "dir", p)
+		if progress != nil {
+			fmt.Fprintf(progress, "==> removed %s (an earlier recipe's)\n", p)
+		}
 	}
 	if err != nil {
 		log.Warn("removing outdated image artifacts", "err", err)

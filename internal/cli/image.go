@@ -23,7 +23,7 @@ func imageCmd(g *globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			g.pruneImages(c.Context(), os.Getenv("CELL_RUN_DIR"))
+			g.pruneImages(c.Context(), os.Getenv("CELL_RUN_DIR"), os.Stderr)
 			fmt.Fprintf(c.OutOrStdout(), "kernel: %s\ndisk:   %s\n", img.Kernel, img.Disk)
 			return nil
 		},

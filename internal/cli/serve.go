@@ -100,7 +100,7 @@ every sandbox, or with --leave-running leaves them for the next cell serve to re
 				return err
 			}
 			// After Recover: outdated templates are gone, so are the base disks only they used.
-			g.pruneImages(ctx, rt.Host.RunDir())
+			g.pruneImages(ctx, rt.Host.RunDir(), nil)
 			for name, n := range pools {
 				if rt.Template(name) == nil {
 					log.Warn("no pool without a template snapshot", "template", name)
