@@ -33,8 +33,10 @@ type Image struct {
 	Disk      string // qcow2 base disk with envd as init
 	DiskKey   string
 	TreeKey   string
-	QEMU      string // Cell's static qemu-system-x86_64
+	QEMU      string // Cell's static qemu-system-x86_64, or Debian's when that build failed
 	QEMUKey   string
+	// QEMUFallback, when set, says why Cell's QEMU could not be built (QEMU is Debian's).
+	QEMUFallback string
 }
 
 // Keys name every part of an image by the hash of its recipe: the names of their directories
@@ -179,6 +181,13 @@ func (b *Builder) Lookup() (Image, error) {
 		return Image{}, err
 	}
 	img := b.image(k)
+	if !exists(img.QEMU) {
+		// A build that failed for this recipe says so (and Debian's QEMU stands in) until
+		// `cell image build --force` tries again.
+		if why, err := os.ReadFile(b.qemuFailed(k)); err == nil {
+			img.QEMU, img.QEMUFallback = systemQEMU, strings.TrimSpace(string(why))
+		}
+	}
 	for _, p := range []string{img.Kernel, img.Disk, img.QEMU} {
 		if _, err := os.Stat(p); err != nil {
 			return Image{}, fmt.Errorf("image not built (missing %s): run `cell image build`", p)
@@ -186,6 +195,9 @@ func (b *Builder) Lookup() (Image, error) {
 	}
 	return img, nil
 }
+
+// qemuFailed is where a failed build of the recipe k.QEMU says why.
+func (b *Builder) qemuFailed(k Keys) string { return b.dir("qemu", k.QEMU+".failed") }
 
 func (b *Builder) image(k Keys) Image {
 	return Image{
@@ -202,6 +214,9 @@ func (img Image) KernelInfo() string {
 
 // QEMUInfo says what the image's QEMU was built from (for `cell doctor`).
 func (img Image) QEMUInfo() string {
+	if img.QEMUFallback != "" {
+		return "Debian's build: Cell's own (recipe " + img.QEMUKey + ") could not be built, so QEMU starts ~15 ms slower (`cell image build --force` tries again): " + img.QEMUFallback
+	}
 	v, err := os.ReadFile(img.QEMU + ".version")
 	if err != nil {
 		return "recipe " + img.QEMUKey
@@ -232,10 +247,10 @@ func (b *Builder) Ensure(ctx context.Context, force bool) (Image, error) {
 
 	kernelDir, treeDir, diskDir, qemuDir := b.dir("kernel", k.Kernel), b.dir("rootfs", k.Tree), b.dir("base", k.Disk), b.dir("qemu", k.QEMU)
 	var missing []string
-	needQEMU := force || !exists(qemuDir)
-	if needQEMU {
-		missing = append(missing, missingPackages(qemuPackages())...)
+	if force {
+		_ = os.Remove(b.qemuFailed(k))
 	}
+	needQEMU := force || (!exists(qemuDir) && !exists(b.qemuFailed(k)))
 	needKernel := force || !exists(kernelDir)
 	needTree := force || !exists(treeDir)
 	needDisk := force || needTree || !exists(diskDir)
@@ -253,13 +268,19 @@ func (b *Builder) Ensure(ctx context.Context, force bool) (Image, error) {
 			strings.Join(missing, ", "), strings.Join(missing, " "))
 	}
 	if needQEMU {
-		b.progress("==> building QEMU (recipe %s; about 3 minutes on 2 cores, once)", k.QEMU)
-		if err := b.publish(ctx, qemuDir, func(tmp string) error {
-			return b.runScript(ctx, "qemu", "qemu/build.sh", tmp,
-				filepath.Join(tmp, "recipes/qemu/devices.mak"), filepath.Join(tmp, "recipes/qemu/acpi-stub.patch"),
-				filepath.Join(tmp, "qemu-system-x86_64"), filepath.Join(tmp, "src"))
-		}, func(tmp string) error { return os.RemoveAll(filepath.Join(tmp, "src")) }); err != nil {
-			return Image{}, fmt.Errorf("building QEMU: %w", err)
+		if err := b.buildQEMU(ctx, k, qemuDir); err != nil {
+			if ctx.Err() != nil {
+				return Image{}, fmt.Errorf("building QEMU: %w", err)
+			}
+			// Cell runs on Debian's QEMU too, only slower to start: a machine that cannot
+			// build it (no source index, no compiler) still gets sandboxes, and says why.
+			b.progress("==> building QEMU failed; Debian's QEMU stands in (`cell doctor` says why): %v", err)
+			if b.Log != nil {
+				b.Log.Warn("building QEMU failed; using Debian's", "err", err)
+			}
+			if werr := os.WriteFile(b.qemuFailed(k), []byte(err.Error()+"\n"), 0o644); werr != nil {
+				return Image{}, fmt.Errorf("building QEMU: %w (and recording it: %v)", err, werr)
+			}
 		}
 	}
 	if needKernel {
@@ -289,6 +310,23 @@ func (b *Builder) Ensure(ctx context.Context, force bool) (Image, error) {
 	}
 	b.progress("==> guest image ready")
 	return img, nil
+}
+
+// buildQEMU builds Cell's QEMU into dir (see images/qemu/build.sh).
+func (b *Builder) buildQEMU(ctx context.Context, k Keys, dir string) error {
+	if missing := missingPackages(qemuPackages()); len(missing) > 0 {
+		return fmt.Errorf("missing Debian packages %s (apt-get install -y %s, or run `make setup`)",
+			strings.Join(missing, ", "), strings.Join(missing, " "))
+	}
+	if err := os.MkdirAll(b.dir("qemu"), 0o755); err != nil {
+		return err
+	}
+	b.progress("==> building QEMU (recipe %s; about 3 minutes on 2 cores, once)", k.QEMU)
+	return b.publish(ctx, dir, func(tmp string) error {
+		return b.runScript(ctx, "qemu", "qemu/build.sh", tmp,
+			filepath.Join(tmp, "recipes/qemu/devices.mak"), filepath.Join(tmp, "recipes/qemu/acpi-stub.patch"),
+			filepath.Join(tmp, "qemu-system-x86_64"), filepath.Join(tmp, "src"))
+	}, func(tmp string) error { return os.RemoveAll(filepath.Join(tmp, "src")) })
 }
 
 func exists(p string) bool {
@@ -489,6 +527,13 @@ func (b *Builder) Prune(ctx context.Context, inUse func(baseDisk string) bool) (
 		}
 		for _, de := range des {
 			p := b.dir(kind.dir, de.Name())
+			if kind.dir == "qemu" && !de.IsDir() && strings.HasSuffix(de.Name(), ".failed") && de.Name() != kind.keep+".failed" {
+				// An earlier recipe's failed build: nothing uses its note.
+				if err := os.Remove(p); err != nil {
+					errs = append(errs, err)
+				}
+				continue
+			}
 			if !de.IsDir() || de.Name() == kind.keep ||
 				(kind.dir == "base" && inUse(filepath.Join(p, "rootfs.qcow2"))) {
 				continue

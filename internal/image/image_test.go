@@ -133,3 +133,60 @@ func TestEnvdHashMemo(t *testing.T) {
 		t.Fatal("memo served the sum of the old file")
 	}
 }
+
+// TestQEMUFallback: when Cell's QEMU could not be built for this recipe, the image uses
+// Debian's and says why, until a forced build tries again.
+func TestQEMUFallback(t *testing.T) {
+	if _, err := os.Stat(systemQEMU); err != nil {
+		t.Fatalf("Debian's QEMU is needed for this test (apt-get install qemu-system-x86): %v", err)
+	}
+	dir := t.TempDir()
+	envd := filepath.Join(dir, "envd")
+	if err := os.WriteFile(envd, []byte("envd"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	b := &Builder{Home: dir, Envd: envd}
+	k, err := b.Keys()
+	if err != nil {
+		t.Fatal(err)
+	}
+	img := b.image(k)
+	for _, p := range []string{img.Kernel, img.Disk} {
+		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(p, []byte("x"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := b.Lookup(); err == nil || !strings.Contains(err.Error(), "qemu") {
+		t.Fatalf("Lookup without QEMU: %v", err)
+	}
+	if err := os.MkdirAll(b.dir("qemu"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(b.qemuFailed(k), []byte("no source index\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	got, err := b.Lookup()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.QEMU != systemQEMU || got.QEMUFallback != "no source index" || !strings.Contains(got.QEMUInfo(), "no source index") {
+		t.Fatalf("fallback image: QEMU %s, why %q, info %q", got.QEMU, got.QEMUFallback, got.QEMUInfo())
+	}
+	// Another recipe's note goes with a prune; this one's stays.
+	other := b.dir("qemu", "0000000000000000.failed")
+	if err := os.WriteFile(other, []byte("old\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.Prune(context.Background(), func(string) bool { return false }); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(other); !errors.Is(err, os.ErrNotExist) {
+		t.Fatal("an earlier recipe's failure note was kept")
+	}
+	if _, err := os.Stat(b.qemuFailed(k)); err != nil {
+		t.Fatalf("the current recipe's failure note went: %v", err)
+	}
+}
