@@ -10,13 +10,20 @@ import (
 	"time"
 )
 
-func TestKeysFollowRecipeInputs(t *testing.T) {
+// testBuilder is a Builder over a fresh home with an envd binary of content (at b.Envd).
+func testBuilder(t *testing.T, content string) *Builder {
+	t.Helper()
 	dir := t.TempDir()
 	envd := filepath.Join(dir, "envd")
-	if err := os.WriteFile(envd, []byte("envd v1"), 0o755); err != nil {
+	if err := os.WriteFile(envd, []byte(content), 0o755); err != nil {
 		t.Fatal(err)
 	}
-	b := &Builder{Home: dir, Envd: envd}
+	return &Builder{Home: dir, Envd: envd}
+}
+
+func TestKeysFollowRecipeInputs(t *testing.T) {
+	b := testBuilder(t, "envd v1")
+	dir, envd := b.Home, b.Envd
 	k1, err := b.Keys()
 	if err != nil {
 		t.Fatal(err)
@@ -140,12 +147,7 @@ func TestQEMUFallback(t *testing.T) {
 	if _, err := os.Stat(systemQEMU); err != nil {
 		t.Fatalf("Debian's QEMU is needed for this test (apt-get install qemu-system-x86): %v", err)
 	}
-	dir := t.TempDir()
-	envd := filepath.Join(dir, "envd")
-	if err := os.WriteFile(envd, []byte("envd"), 0o755); err != nil {
-		t.Fatal(err)
-	}
-	b := &Builder{Home: dir, Envd: envd}
+	b := testBuilder(t, "envd")
 	k, err := b.Keys()
 	if err != nil {
 		t.Fatal(err)
