@@ -28,15 +28,12 @@ const DiskSizeBytes = 2 << 30
 
 // Image is a bootable guest image and the QEMU built to run it.
 type Image struct {
-	Kernel    string // PVH vmlinux
-	KernelKey string
-	Disk      string // qcow2 base disk with envd as init
-	DiskKey   string
-	TreeKey   string
-	QEMU      string // Cell's static qemu-system-x86_64, or Debian's when that build failed
-	QEMUKey   string
+	Kernel string // PVH vmlinux
+	Disk   string // qcow2 base disk with envd as init
+	QEMU   string // Cell's static qemu-system-x86_64, or Debian's when that build failed
 	// QEMUFallback, when set, says why Cell's QEMU could not be built (QEMU is Debian's).
 	QEMUFallback string
+	Keys         Keys // the recipes the parts were built from
 }
 
 // Keys name every part of an image by the hash of its recipe: the names of their directories
@@ -201,27 +198,28 @@ func (b *Builder) qemuFailed(k Keys) string { return b.dir("qemu", k.QEMU+".fail
 
 func (b *Builder) image(k Keys) Image {
 	return Image{
-		Kernel: b.dir("kernel", k.Kernel, "vmlinux"), KernelKey: k.Kernel,
-		Disk: b.dir("base", k.Disk, "rootfs.qcow2"), DiskKey: k.Disk, TreeKey: k.Tree,
-		QEMU: b.dir("qemu", k.QEMU, "qemu-system-x86_64"), QEMUKey: k.QEMU,
+		Kernel: b.dir("kernel", k.Kernel, "vmlinux"),
+		Disk:   b.dir("base", k.Disk, "rootfs.qcow2"),
+		QEMU:   b.dir("qemu", k.QEMU, "qemu-system-x86_64"),
+		Keys:   k,
 	}
 }
 
 // KernelInfo says what the image's kernel was built from (for `cell doctor`).
 func (img Image) KernelInfo() string {
-	return "built from Debian linux-source-6.1 " + linuxSourceVersion() + " with Cell's fragment (recipe " + img.KernelKey + ")"
+	return "built from Debian linux-source-6.1 " + linuxSourceVersion() + " with Cell's fragment (recipe " + img.Keys.Kernel + ")"
 }
 
 // QEMUInfo says what the image's QEMU was built from (for `cell doctor`).
 func (img Image) QEMUInfo() string {
 	if img.QEMUFallback != "" {
-		return "Debian's build: Cell's own (recipe " + img.QEMUKey + ") could not be built, so QEMU starts ~15 ms slower (`cell image build --force` tries again): " + img.QEMUFallback
+		return "Debian's build: Cell's own (recipe " + img.Keys.QEMU + ") could not be built, so QEMU starts ~15 ms slower (`cell image build --force` tries again): " + img.QEMUFallback
 	}
 	v, err := os.ReadFile(img.QEMU + ".version")
 	if err != nil {
-		return "recipe " + img.QEMUKey
+		return "recipe " + img.Keys.QEMU
 	}
-	return "built static from Debian's qemu " + strings.TrimSpace(string(v)) + " source, microvm only (recipe " + img.QEMUKey + ")"
+	return "built static from Debian's qemu " + strings.TrimSpace(string(v)) + " source, microvm only (recipe " + img.Keys.QEMU + ")"
 }
 
 // Ensure returns the image, building whatever part is missing (or everything, with force).
