@@ -157,13 +157,9 @@ func backingFile(path string) (string, error) {
 // or a paused sandbox's) is an overlay on. It must only run when b's home is home: another
 // data directory sharing the image cache could depend on a base disk this one does not see.
 func PruneImages(ctx context.Context, b *image.Builder, home, runDir, pausedDir string) ([]string, error) {
-	users := diskUsers(home, runDir, pausedDir)
-	return b.Prune(ctx, func(disk string) bool {
-		for backing := range users {
-			if filepath.Clean(backing) == filepath.Clean(disk) {
-				return true
-			}
-		}
-		return false
-	})
+	used := map[string]bool{}
+	for backing := range diskUsers(home, runDir, pausedDir) {
+		used[filepath.Clean(backing)] = true
+	}
+	return b.Prune(ctx, func(disk string) bool { return used[filepath.Clean(disk)] })
 }
