@@ -18,6 +18,17 @@ func median(ds []time.Duration) time.Duration {
 	return s[len(s)/2]
 }
 
+// timedExec runs cmd in sb, requires it to succeed, and returns how long the round trip took.
+func timedExec(ctx context.Context, b *testing.B, sb *client.Sandbox, cmd string) time.Duration {
+	b.Helper()
+	t0 := time.Now()
+	res, err := sb.Exec(ctx, cmd, "", nil, io.Discard, io.Discard)
+	if err != nil || res.ExitCode != 0 {
+		b.Fatalf("%s: %v %+v", cmd, err, res)
+	}
+	return time.Since(t0)
+}
+
 // BenchmarkServe measures `cell serve` end to end through its proxy with the Go client:
 // create, create and the first command, resume and the first command after it, a `true` command
 // (round trip, and Cell's overhead: the round trip minus the run time envd measured), and 100 MB
@@ -92,11 +103,7 @@ func BenchmarkServe(b *testing.B) {
 			if err != nil {
 				b.Fatal(err)
 			}
-			t1 := time.Now()
-			if res, err := sb.Exec(ctx, "true", "", nil, io.Discard, io.Discard); err != nil || res.ExitCode != 0 {
-				b.Fatalf("%v %+v", err, res)
-			}
-			firsts = append(firsts, time.Since(t1))
+			firsts = append(firsts, timedExec(ctx, b, sb, "true"))
 		}
 		b.ReportMetric(float64(median(resumes).Microseconds())/1000, "resume-median-ms")
 		b.ReportMetric(float64(median(firsts).Microseconds())/1000, "first-command-median-ms")
@@ -169,16 +176,8 @@ func BenchmarkServePool(b *testing.B) {
 		if err != nil {
 			b.Fatal(err)
 		}
-		t1 := time.Now()
-		if res, err := sb.Exec(ctx, "true", "", nil, io.Discard, io.Discard); err != nil || res.ExitCode != 0 {
-			b.Fatal(err, res)
-		}
-		first = append(first, time.Since(t1))
-		t2 := time.Now()
-		if res, err := sb.Exec(ctx, "python3 -c pass", "", nil, io.Discard, io.Discard); err != nil || res.ExitCode != 0 {
-			b.Fatal(err, res)
-		}
-		firstPy = append(firstPy, time.Since(t2))
+		first = append(first, timedExec(ctx, b, sb, "true"))
+		firstPy = append(firstPy, timedExec(ctx, b, sb, "python3 -c pass"))
 		_ = c.Kill(ctx, info.SandboxID)
 	}
 	b.ReportMetric(float64(median(creates).Microseconds())/1000, "create-median-ms")
