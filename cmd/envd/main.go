@@ -73,9 +73,10 @@ func serve(log *slog.Logger, args []string) int {
 	h := server.Handler(server.Services{
 		Defaults: defaults, Users: users, Process: procs, FS: files, Metrics: &server.Metrics{Root: "/"},
 		PowerOff: func() { _ = syscall.Kill(1, syscall.SIGTERM) },
-		SetClock: server.SetClock, Reseed: reseeder.Reseed, SetHostname: server.SetHostname, Log: log,
+		SetClock: server.SetClock, SetHostname: server.SetHostname, Log: log,
 	})
-	server.ServeChannel(ctx, log, func() server.Conn { return port.Next() }, h, idleNotice(log), server.SetClock)
+	server.ServeChannel(ctx, log, func() server.Conn { return port.Next() }, h,
+		server.Visits{Idle: idleNotice(log), SetClock: server.SetClock, Reseed: reseeder.Reseed})
 	return 0
 }
 

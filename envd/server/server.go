@@ -51,8 +51,7 @@ type Services struct {
 	Sync func()
 	// SetClock sets the guest's wall clock (nil: left alone).
 	SetClock func(time.Time) error
-	// Reseed and SetHostname apply /init's entropy and host name (nil: left alone).
-	Reseed      func([]byte) error
+	// SetHostname applies /init's host name (nil: left alone).
 	SetHostname func(string) error
 	Log         *slog.Logger
 }
@@ -139,10 +138,9 @@ type InitRequest struct {
 	DefaultUser    *string           `json:"defaultUser,omitempty"`
 	DefaultWorkdir *string           `json:"defaultWorkdir,omitempty"`
 	HyperloopIP    string            `json:"hyperloopIP,omitempty"`
-	// Cell's own: the sandbox's host name, and host randomness to reseed the kernel's RNG with
-	// (a restored clone must not share its template's random state).
+	// Cell's own: the sandbox's host name. (Host randomness for the kernel's generator comes
+	// with every channel handshake instead: see Visits.Reseed.)
 	Hostname *string `json:"hostname,omitempty"`
-	Entropy  []byte  `json:"entropy,omitempty"`
 }
 
 func (s Services) init(w http.ResponseWriter, r *http.Request) {
@@ -160,16 +158,6 @@ func (s Services) init(w http.ResponseWriter, r *http.Request) {
 	}
 	if req.Timestamp != nil {
 		SyncClock(s.Log, s.SetClock, *req.Timestamp)
-	}
-	if len(req.Entropy) > 4096 {
-		filesystem.WriteError(w, http.StatusBadRequest, "entropy: at most 4096 bytes")
-		return
-	}
-	if len(req.Entropy) > 0 && s.Reseed != nil {
-		if err := s.Reseed(req.Entropy); err != nil {
-			filesystem.WriteError(w, http.StatusInternalServerError, "entropy: %v", err)
-			return
-		}
 	}
 	if req.Hostname != nil && s.SetHostname != nil {
 		if len(*req.Hostname) == 0 || len(*req.Hostname) > 64 {
@@ -216,16 +204,37 @@ type Conn interface {
 	Close() error
 }
 
-// ServeChannel serves h on every host visit that next returns, until ctx ends. idle, when set, is
-// called each time envd is ready for another host (before next, except the first time). clock,
-// when set, sets the guest's wall clock to the host's time that comes with each handshake.
-func ServeChannel(ctx context.Context, log *slog.Logger, next func() Conn, h http.Handler, idle func(), clock func(time.Time) error) {
+// Visits are what envd does around each host visit on the channel; every field may be nil.
+type Visits struct {
+	// Idle is called each time envd is ready for another host (before every visit but the first).
+	Idle func()
+	// SetClock sets the guest's wall clock to the host's time, which comes with each handshake.
+	SetClock func(time.Time) error
+	// Reseed mixes the host randomness that comes with each handshake into the kernel's
+	// generator: a guest resumed from a snapshot must not repeat the random bytes of another
+	// resume of the same snapshot.
+	Reseed func([]byte) error
+}
+
+// ServeChannel serves h on every host visit that next returns, until ctx ends.
+func ServeChannel(ctx context.Context, log *slog.Logger, next func() Conn, h http.Handler, v Visits) {
+	hooks := channel.GuestHooks{
+		Clock: func(t time.Time) { SyncClock(log, v.SetClock, t) },
+		Seed: func(b []byte) {
+			if v.Reseed == nil {
+				return
+			}
+			if err := v.Reseed(b); err != nil {
+				log.Error("reseeding the kernel's random generator with the host's randomness", "err", err)
+			}
+		},
+	}
 	for first := true; ctx.Err() == nil; first = false {
-		if idle != nil && !first {
-			idle()
+		if v.Idle != nil && !first {
+			v.Idle()
 		}
 		conn := next()
-		sess, err := channel.Serve(conn, log, func(t time.Time) { SyncClock(log, clock, t) })
+		sess, err := channel.Serve(conn, log, hooks)
 		if err != nil {
 			log.Debug("channel handshake ended", "err", err)
 			_ = conn.Close()

@@ -94,8 +94,9 @@ func TestHandshakeThroughLossyWindowAndHTTP(t *testing.T) {
 	payload := bytes.Repeat([]byte("0123456789abcdef"), 1<<16) // 1 MiB
 	guestErr := make(chan error, 1)
 	clock := make(chan time.Time, 2)
+	seeds := make(chan []byte, 2)
 	go func() {
-		sess, err := Serve(guestEnd, log, func(t time.Time) { clock <- t })
+		sess, err := Serve(guestEnd, log, GuestHooks{Clock: func(t time.Time) { clock <- t }, Seed: func(b []byte) { seeds <- b }})
 		if err != nil {
 			guestErr <- err
 			return
@@ -126,6 +127,18 @@ func TestHandshakeThroughLossyWindowAndHTTP(t *testing.T) {
 	}
 	if len(clock) != 0 {
 		t.Fatal("the guest was told the time twice")
+	}
+	// And fresh randomness, once, before READY.
+	select {
+	case seed := <-seeds:
+		if len(seed) != SeedWords*8 || bytes.Equal(seed, make([]byte, len(seed))) {
+			t.Fatalf("the guest was given the seed %x", seed)
+		}
+	default:
+		t.Fatal("the handshake did not give the guest randomness")
+	}
+	if len(seeds) != 0 {
+		t.Fatal("the guest was given randomness twice")
 	}
 	resp, err := h.HTTPClient().Get("http://envd/blob")
 	if err != nil {

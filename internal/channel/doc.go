@@ -8,6 +8,8 @@
 //
 //	host → guest  CELL1 PING <n>     (repeated every PingInterval)
 //	guest → host  CELL1 PONG <n>     (for every ping it sees)
+//	host → guest  CELL1 TIME <ns>    (the host's wall clock)
+//	host → guest  CELL1 SEED <u64>   (SeedWords lines of fresh randomness)
 //	host → guest  CELL1 GO <n>       (n of the first pong; the host stops pinging)
 //	guest → host  CELL1 READY <n>    (then yamux; the host drops stray pongs until READY)
 //

@@ -3,6 +3,8 @@ package channel
 import (
 	"bufio"
 	"context"
+	"crypto/rand"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -21,7 +23,19 @@ const (
 	maxHandshakeBytes = 1 << 20
 	// PingInterval is how often the host pings a guest that has not answered yet.
 	PingInterval = 2 * time.Millisecond
+	// SeedWords is how many 64-bit words of host randomness each handshake carries (one SEED line
+	// each): 256 bits, a full key for the guest kernel's generator.
+	SeedWords = 4
 )
+
+// GuestHooks are what the guest does with the host's state that comes with every handshake. A
+// guest restored or resumed from a snapshot wakes up with the clock and the random generator's
+// state it was saved with; both are put right before the guest says READY, so before the host
+// can run anything in it.
+type GuestHooks struct {
+	Clock func(time.Time) // the host's wall clock
+	Seed  func([]byte)    // SeedWords*8 bytes of fresh host randomness
+}
 
 // ErrHandshake is wrapped by every handshake failure other than cancellation.
 var ErrHandshake = errors.New("channel handshake failed")
@@ -156,9 +170,16 @@ func hostHandshake(ctx context.Context, conn io.ReadWriter) (*bufio.Reader, erro
 			}
 			goN = n
 			sentGo = true
-			// The host's clock goes with every GO: a guest restored or resumed from a snapshot
-			// wakes up with the time it was saved at.
-			msg := append(format("TIME", uint64(time.Now().UnixNano())), format("GO", goN)...)
+			// The host's clock and fresh randomness go with every GO (see GuestHooks).
+			var seed [SeedWords * 8]byte
+			if _, err := rand.Read(seed[:]); err != nil {
+				return nil, fmt.Errorf("%w: host randomness: %w", ErrHandshake, err)
+			}
+			msg := format("TIME", uint64(time.Now().UnixNano()))
+			for i := 0; i < SeedWords; i++ {
+				msg = append(msg, format("SEED", binary.BigEndian.Uint64(seed[8*i:]))...)
+			}
+			msg = append(msg, format("GO", goN)...)
 			if _, err := conn.Write(msg); err != nil {
 				return nil, fmt.Errorf("%w: sending go: %w", ErrHandshake, err)
 			}
@@ -168,11 +189,12 @@ func hostHandshake(ctx context.Context, conn io.ReadWriter) (*bufio.Reader, erro
 	}
 }
 
-// guestHandshake runs the guest side: it answers pings until told to go. clock, when set, gets
-// the host's time (sent with GO).
-func guestHandshake(conn io.ReadWriter, clock func(time.Time)) (*bufio.Reader, error) {
+// guestHandshake runs the guest side: it answers pings until told to go, and hands the host's
+// clock and randomness (sent with GO) to hooks.
+func guestHandshake(conn io.ReadWriter, hooks GuestHooks) (*bufio.Reader, error) {
 	br := bufio.NewReaderSize(conn, 4096)
 	lr := &lineReader{r: br}
+	var seed []byte
 	for {
 		line, err := lr.next()
 		if err != nil {
@@ -188,10 +210,17 @@ func guestHandshake(conn io.ReadWriter, clock func(time.Time)) (*bufio.Reader, e
 				return nil, fmt.Errorf("%w: answering ping: %w", ErrHandshake, err)
 			}
 		case "TIME":
-			if clock != nil && n <= math.MaxInt64 {
-				clock(time.Unix(0, int64(n)))
+			if hooks.Clock != nil && n <= math.MaxInt64 {
+				hooks.Clock(time.Unix(0, int64(n)))
+			}
+		case "SEED":
+			if len(seed) < SeedWords*8 { // more is the host's mistake (or noise): ignored
+				seed = binary.BigEndian.AppendUint64(seed, n)
 			}
 		case "GO":
+			if hooks.Seed != nil && len(seed) > 0 {
+				hooks.Seed(seed)
+			}
 			if _, err := conn.Write(format("READY", n)); err != nil {
 				return nil, fmt.Errorf("%w: sending ready: %w", ErrHandshake, err)
 			}

@@ -99,11 +99,11 @@ func (h *Host) Close() error {
 	return h.sess.Close()
 }
 
-// Serve runs the guest side on conn: it answers the host's handshake, then serves the session
-// as a net.Listener of streams until it ends. The caller owns conn. clock, when set, gets the
-// host's time during the handshake.
-func Serve(conn io.ReadWriteCloser, log *slog.Logger, clock func(time.Time)) (*yamux.Session, error) {
-	br, err := guestHandshake(conn, clock)
+// Serve runs the guest side on conn: it answers the host's handshake (giving hooks the host's
+// clock and randomness), then serves the session as a net.Listener of streams until it ends. The
+// caller owns conn.
+func Serve(conn io.ReadWriteCloser, log *slog.Logger, hooks GuestHooks) (*yamux.Session, error) {
+	br, err := guestHandshake(conn, hooks)
 	if err != nil {
 		return nil, err
 	}

@@ -3,7 +3,6 @@ package sandbox
 import (
 	"bytes"
 	"context"
-	"crypto/rand"
 	"encoding/base64"
 	"encoding/json"
 	"errors"
@@ -240,16 +239,12 @@ func (r *Runtime) Adopt(ctx context.Context, id string, pid int, startTicks uint
 	return sb, nil
 }
 
-// Init sends envd its /init: req as given, plus the sandbox's host name, 64 bytes of fresh host
-// randomness (reseeding the guest's RNG) and the host's clock.
+// Init sends envd its /init: req as given, plus the sandbox's host name and the host's clock.
+// (The channel's handshake has already reseeded the guest's random generator.)
 func (s *Sandbox) Init(ctx context.Context, req server.InitRequest) error {
-	entropy := make([]byte, 64)
-	if _, err := rand.Read(entropy); err != nil {
-		return err
-	}
 	now := time.Now()
 	hostname := s.ID
-	req.Hostname, req.Entropy, req.Timestamp = &hostname, entropy, &now
+	req.Hostname, req.Timestamp = &hostname, &now
 	body, err := json.Marshal(req)
 	if err != nil {
 		return err
