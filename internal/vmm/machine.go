@@ -115,6 +115,12 @@ func (m Machine) Validate() error {
 	return errors.Join(errs...)
 }
 
+// DiskOptimalIO is the optimal I/O size the guest's disk advertises. Linux sets a disk's readahead
+// to twice it (here 2 MiB instead of 128 KiB), so a cold boot reads envd and the rest in 75
+// requests instead of 187: each request costs the guest ~1 ms of emulated kernel and QEMU work
+// whatever its size, and a cold boot measured 80-150 ms shorter (bench boot, side by side).
+const DiskOptimalIO = 1 << 20
+
 // KernelCmdline is the guest kernel command line. The timing options come from measurements on
 // TCG (see docs/ARCHITECTURE.md): without tsc_early_khz some boots hang calibrating the TSC,
 // without tsc=reliable the guest falls back to jiffies. The local APIC timer stays on, with its
@@ -183,7 +189,7 @@ func (m Machine) Args() ([]string, error) {
 		"-object", "rng-random,id=rng0,filename=/dev/urandom",
 		"-device", "virtio-rng-device,rng=rng0",
 		"-drive", "file="+m.Disk+",if=none,id=d0,format=qcow2,node-name=n0,cache=unsafe,discard=unmap",
-		"-device", "virtio-blk-device,drive=d0",
+		"-device", "virtio-blk-device,drive=d0,opt_io_size="+strconv.Itoa(DiskOptimalIO),
 	)
 	if m.NetSocket != "" {
 		// QEMU listens; after the host process restarts it dials again and QEMU accepts anew.

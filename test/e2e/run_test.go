@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"debug/elf"
@@ -10,6 +11,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -298,6 +300,26 @@ func TestOrphansAreReaped(t *testing.T) {
 
 // TestCellQEMU: sandboxes run Cell's own QEMU build (images/qemu), not Debian's, and it is
 // statically linked, which is what makes it start in a few milliseconds.
+// TestDiskReadahead checks that the guest takes the disk's advertised optimal I/O size for its
+// readahead (twice it), which makes a cold boot's reads few and large.
+func TestDiskReadahead(t *testing.T) {
+	rt := newRuntime(t, runDir(t), nil)
+	sb, err := rt.Boot(context.Background(), sandbox.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sb.Close()
+	var out bytes.Buffer
+	res, err := sb.Run(context.Background(), sandbox.RunSpec{Cmd: "cat", Args: []string{"/sys/block/vda/queue/read_ahead_kb"}},
+		nil, &out, io.Discard, nil)
+	if err != nil || res.ExitCode != 0 {
+		t.Fatalf("%v %+v", err, res)
+	}
+	if got, want := strings.TrimSpace(out.String()), strconv.Itoa(2*vmm.DiskOptimalIO>>10); got != want {
+		t.Fatalf("the guest's readahead is %s KiB, want %s", got, want)
+	}
+}
+
 func TestCellQEMU(t *testing.T) {
 	rt := newRuntime(t, runDir(t), nil)
 	if !strings.HasPrefix(rt.Image.QEMU, filepath.Join(testEnv.home, "images", "qemu")+"/") {
