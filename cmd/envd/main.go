@@ -6,6 +6,7 @@ import (
 	"context"
 	"flag"
 	"fmt"
+	"io"
 	"log/slog"
 	"os"
 	"os/signal"
@@ -40,6 +41,7 @@ func serve(log *slog.Logger, args []string) int {
 	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
 	portName := fs.String("port", channel.PortName, "virtio-serial port name")
 	user := fs.String("user", "user", "default user for commands")
+	netReadyFD := fs.Int("net-ready-fd", -1, "a pipe that ends once the network is configured: commands wait for it (set by envd as PID 1)")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
@@ -68,6 +70,9 @@ func serve(log *slog.Logger, args []string) int {
 	users := &process.Users{}
 	procs := process.New(log, defaults, users)
 	defer procs.Close()
+	if *netReadyFD >= 0 {
+		procs.StartAfter(pipeEnd(*netReadyFD))
+	}
 	files := filesystem.New(log, defaults, users)
 	defer files.Close()
 	h := server.Handler(server.Services{
@@ -78,6 +83,21 @@ func serve(log *slog.Logger, args []string) int {
 	server.ServeChannel(ctx, log, func() server.Conn { return port.Next() }, h,
 		server.Visits{Idle: idleNotice(log), SetClock: server.SetClock, Reseed: reseeder.Reseed})
 	return 0
+}
+
+// pipeEnd returns a channel closed once the pipe at fd has been read to its end.
+func pipeEnd(fd int) <-chan struct{} {
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		f := os.NewFile(uintptr(fd), "pipe")
+		if f == nil {
+			return
+		}
+		defer func() { _ = f.Close() }()
+		_, _ = io.Copy(io.Discard, f)
+	}()
+	return done
 }
 
 // idleNotice returns a function that prints channel.IdleMarker on the console, by which the host

@@ -39,6 +39,9 @@ type Service struct {
 	defaults *state.Defaults
 	users    *Users
 
+	// ready, when set, is closed once commands may start (see StartAfter).
+	ready <-chan struct{}
+
 	mu    sync.Mutex
 	procs map[uint32]*proc
 	tags  map[string]*proc
@@ -51,6 +54,10 @@ var _ processconnect.ProcessHandler = (*Service)(nil)
 func New(log *slog.Logger, defaults *state.Defaults, users *Users) *Service {
 	return &Service{log: log, defaults: defaults, users: users, procs: map[uint32]*proc{}, tags: map[string]*proc{}}
 }
+
+// StartAfter makes Start wait until ready is closed (in a booting guest: until its network is
+// configured). Call it before serving.
+func (s *Service) StartAfter(ready <-chan struct{}) { s.ready = ready }
 
 type subscriber struct {
 	ch   chan *pb.ProcessEvent
@@ -467,6 +474,13 @@ func stream(ctx context.Context, p *proc, sub *subscriber, keepalive time.Durati
 
 // Start runs a command and streams its events.
 func (s *Service) Start(ctx context.Context, req *connect.Request[pb.StartRequest], out *connect.ServerStream[pb.StartResponse]) error {
+	if s.ready != nil {
+		select {
+		case <-s.ready:
+		case <-ctx.Done():
+			return connect.NewError(connect.CodeCanceled, fmt.Errorf("waiting for the guest's network: %w", ctx.Err()))
+		}
+	}
 	p, sub, err := s.start(req.Msg, UserFromHeader(req.Header()))
 	if err != nil {
 		return err

@@ -319,3 +319,50 @@ func TestUserFromHeader(t *testing.T) {
 		t.Fatal("garbage should give no user")
 	}
 }
+
+// TestStartAfter checks that commands wait for the gate (a booting guest's network): a start
+// before it gives up with its context, one waiting for it runs once it opens.
+func TestStartAfter(t *testing.T) {
+	ready := make(chan struct{})
+	svc := New(slog.New(slog.DiscardHandler), state.New(currentUser(t)), &Users{})
+	svc.StartAfter(ready)
+	mux := http.NewServeMux()
+	mux.Handle(processconnect.NewProcessHandler(svc))
+	srv := httptest.NewServer(mux)
+	defer func() {
+		svc.Close()
+		srv.CloseClientConnections()
+		srv.Close()
+	}()
+	c := processconnect.NewProcessClient(srv.Client(), srv.URL)
+
+	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+	s, err := c.Start(ctx, connect.NewRequest(sh("echo ran")))
+	if err == nil {
+		for s.Receive() {
+			if s.Msg().GetEvent().GetStart() != nil {
+				t.Error("a command started before the gate opened")
+			}
+		}
+		err = s.Err()
+		_ = s.Close()
+	}
+	cancel()
+	if code := connect.CodeOf(err); code != connect.CodeCanceled && code != connect.CodeDeadlineExceeded {
+		t.Fatalf("a start that timed out waiting: %v", err)
+	}
+
+	const wait = 100 * time.Millisecond
+	t0 := time.Now()
+	go func() {
+		time.Sleep(wait)
+		close(ready)
+	}()
+	o := run(t, c, sh("echo ran"))
+	if took := time.Since(t0); took < wait {
+		t.Fatalf("the command ended %v after the start, before the gate opened (%v)", took, wait)
+	}
+	if o.stdout.String() != "ran\n" || o.end.GetExitCode() != 0 {
+		t.Fatalf("stdout %q end %+v", o.stdout.String(), o.end)
+	}
+}
