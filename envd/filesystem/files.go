@@ -1,6 +1,7 @@
 package filesystem
 
 import (
+	"bufio"
 	"compress/gzip"
 	"crypto/sha256"
 	"crypto/subtle"
@@ -201,6 +202,11 @@ func (f *Files) download(w http.ResponseWriter, r *http.Request, id process.Iden
 // fileChunk is the size of the writes of a download and of the reads of an upload.
 const fileChunk = 256 << 10
 
+// multipartBuffer is the buffer a multipart upload is parsed from. mime/multipart's own is 4 KiB
+// (it keeps a larger bufio.Reader it is given), and each part read returns at most what is
+// buffered: 4 KiB writes to the file, and a boundary scan and a trip through the reader for each.
+const multipartBuffer = 1 << 20
+
 // conditional says whether r asks for the file only under a condition (ServeContent answers
 // those).
 func conditional(r *http.Request) bool {
@@ -276,7 +282,7 @@ func (f *Files) upload(w http.ResponseWriter, r *http.Request, id process.Identi
 	var out []uploaded
 	switch ctype {
 	case "multipart/form-data":
-		mr := multipart.NewReader(body, params["boundary"])
+		mr := multipart.NewReader(bufio.NewReaderSize(body, multipartBuffer), params["boundary"])
 		for {
 			part, err := mr.NextPart()
 			if errors.Is(err, io.EOF) {

@@ -7,6 +7,7 @@ import (
 	"crypto/rand"
 	"io"
 	"log/slog"
+	"mime/multipart"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
@@ -284,5 +285,49 @@ func TestDownloadWholeRangeAndConditional(t *testing.T) {
 	}
 	if resp, _ := get("GET", map[string]string{"If-Modified-Since": lm}); resp.StatusCode != 304 {
 		t.Fatalf("If-Modified-Since: %d, want 304", resp.StatusCode)
+	}
+}
+
+// TestMultipartUpload sends what E2B's SDKs send: a multipart body, here with a field before the
+// file and a file larger than the parse buffer whose bytes include "\r\n--" and most of the
+// boundary. The file arrives whole.
+func TestMultipartUpload(t *testing.T) {
+	srv, _ := filesServer(t, "tok")
+	p := filepath.Join(t.TempDir(), "big.bin")
+	var body bytes.Buffer
+	mw := multipart.NewWriter(&body)
+	data := make([]byte, 3*multipartBuffer+12345)
+	_, _ = rand.Read(data)
+	near := []byte("\r\n--" + mw.Boundary()[:len(mw.Boundary())-1])
+	for _, at := range []int{0, multipartBuffer - 3, 2*multipartBuffer + 7, len(data) - len(near)} {
+		copy(data[at:], near)
+	}
+	if err := mw.WriteField("note", "not a file"); err != nil {
+		t.Fatal(err)
+	}
+	fw, err := mw.CreateFormFile("file", "big.bin")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, _ = fw.Write(data)
+	_ = mw.Close()
+	req, _ := http.NewRequest("POST", srv.URL+"/files?"+url.Values{"path": {p}}.Encode(), &body)
+	req.Header.Set("Content-Type", mw.FormDataContentType())
+	req.Header.Set(AccessTokenHeader, "tok")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	_ = resp.Body.Close()
+	if resp.StatusCode != 200 {
+		t.Fatalf("upload: %d %s", resp.StatusCode, b)
+	}
+	got, err := os.ReadFile(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got, data) {
+		t.Fatalf("uploaded %d bytes, want %d (or the content differs)", len(got), len(data))
 	}
 }
