@@ -39,11 +39,6 @@ func (u unreachable) Snapshot(context.Context, *sandbox.Sandbox, string, string,
 	return nil, errors.New("unreachable")
 }
 
-func (unreachable) SetTemplate(string, *sandbox.Template) {}
-func (unreachable) Template(string) *sandbox.Template     { return nil }
-func (unreachable) DropTemplate(string)                   {}
-func (unreachable) Templates() []*sandbox.Template        { return nil }
-
 func (u unreachable) Resume(context.Context, string, server.InitRequest, *netstack.Rules) (*sandbox.Sandbox, error) {
 	u.t.Error("Resume called for a request that should have been refused")
 	return nil, errors.New("unreachable")
@@ -57,7 +52,7 @@ func setup(t *testing.T) (*httptest.Server, string, *store.Store) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = st.Close() })
-	mgr, err := manager.New(ctx, manager.Config{Runtime: unreachable{t}, Store: st, PausedDir: t.TempDir(), TemplateHome: t.TempDir()})
+	mgr, err := manager.New(ctx, manager.Config{Runtime: unreachable{t}, Templates: &sandbox.TemplateSet{}, Store: st, PausedDir: t.TempDir(), TemplateHome: t.TempDir()})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -83,7 +83,7 @@ every sandbox, or with --leave-running leaves them for the next cell serve to re
 			if err != nil {
 				return err
 			}
-			mgr, err := manager.New(ctx, manager.Config{Runtime: rt, Store: st, RunDir: rt.Host.RunDir(),
+			mgr, err := manager.New(ctx, manager.Config{Runtime: rt, Templates: rt, Store: st, RunDir: rt.Host.RunDir(),
 				PausedDir: filepath.Join(home, "paused"), TemplateHome: home, Log: log})
 			if err != nil {
 				return err

@@ -44,12 +44,17 @@ const (
 	RetainEnded    = 7 * 24 * time.Hour
 )
 
-// Runtime is what the manager needs of the sandbox runtime.
+// Runtime is what the manager needs of the sandbox runtime: VMs started, adopted, resumed and
+// snapshotted.
 type Runtime interface {
 	Boot(ctx context.Context, opts sandbox.Options) (*sandbox.Sandbox, error)
 	Adopt(ctx context.Context, id string, pid int, startTicks uint64, rules *netstack.Rules) (*sandbox.Sandbox, error)
 	Resume(ctx context.Context, dir string, init server.InitRequest, rules *netstack.Rules) (*sandbox.Sandbox, error)
 	Snapshot(ctx context.Context, sb *sandbox.Sandbox, home, name, label, team string, fork bool) (*sandbox.Template, error)
+}
+
+// Templates are the snapshots the runtime restores sandboxes from (the runtime's own set).
+type Templates interface {
 	SetTemplate(name string, t *sandbox.Template)
 	Template(name string) *sandbox.Template
 	Templates() []*sandbox.Template
@@ -58,9 +63,10 @@ type Runtime interface {
 
 // Config configures a Manager.
 type Config struct {
-	Runtime Runtime
-	Store   *store.Store
-	RunDir  string // VM working directories (for orphan cleanup)
+	Runtime   Runtime
+	Templates Templates
+	Store     *store.Store
+	RunDir    string // VM working directories (for orphan cleanup)
 	// PausedDir holds paused sandboxes, one directory each (see sandbox.Sandbox.Pause).
 	PausedDir string
 	// TemplateHome is the data directory whose templates/ holds snapshots of sandboxes.
@@ -99,6 +105,9 @@ func newBox(rec store.Sandbox) *box { return &box{rec: rec, left: make(chan stru
 
 // New opens a manager over cfg's store. Call Recover before serving.
 func New(ctx context.Context, cfg Config) (*Manager, error) {
+	if cfg.Runtime == nil || cfg.Templates == nil || cfg.Store == nil {
+		return nil, errors.New("manager: Runtime, Templates and Store are required")
+	}
 	if cfg.Log == nil {
 		cfg.Log = slog.New(slog.DiscardHandler)
 	}
@@ -171,7 +180,7 @@ func (m *Manager) Create(ctx context.Context, req CreateRequest) (Info, error) {
 		return Info{}, fmt.Errorf("%w: %w", ErrInvalid, err)
 	}
 	if req.Template != "base" {
-		if t := m.cfg.Runtime.Template(req.Template); t == nil || t.Team != req.Team {
+		if t := m.cfg.Templates.Template(req.Template); t == nil || t.Team != req.Team {
 			return Info{}, fmt.Errorf("%w: template %q", ErrNotFound, req.Template)
 		}
 	}
@@ -586,7 +595,7 @@ func (m *Manager) Recover(ctx context.Context) error {
 // pruneTemplates removes base templates made for an earlier QEMU, kernel, image or envd that no
 // sandbox or snapshot depends on any more (the orphans are gone by now).
 func (m *Manager) pruneTemplates() {
-	cur := m.cfg.Runtime.Template("base")
+	cur := m.cfg.Templates.Template("base")
 	if cur == nil || m.cfg.TemplateHome == "" || m.cfg.RunDir == "" || m.cfg.PausedDir == "" ||
 		!strings.HasPrefix(cur.Dir, filepath.Join(m.cfg.TemplateHome, "templates")+string(filepath.Separator)) {
 		return // the base template lives elsewhere: so may what depends on the ones here

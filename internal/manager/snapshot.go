@@ -60,14 +60,14 @@ func (m *Manager) snapshot(ctx context.Context, team, id, name string, fork bool
 	if err != nil {
 		return SnapshotInfo{}, err
 	}
-	m.cfg.Runtime.SetTemplate(snapID, t)
+	m.cfg.Templates.SetTemplate(snapID, t)
 	return SnapshotInfo{ID: snapID, Name: name, Source: id, CreatedAt: time.Now()}, nil
 }
 
 // Snapshots lists team's snapshots (of sandbox source only, when set), by id.
 func (m *Manager) Snapshots(team, source string) []SnapshotInfo {
 	var out []SnapshotInfo
-	for _, t := range m.cfg.Runtime.Templates() {
+	for _, t := range m.cfg.Templates.Templates() {
 		if !t.Full || t.Fork || t.Team != team || (source != "" && t.Source != source) {
 			continue
 		}
@@ -85,7 +85,7 @@ func (m *Manager) DeleteTemplate(team, id string) error {
 	if id == "base" {
 		return fmt.Errorf("%w: the base template cannot be deleted", ErrConflict)
 	}
-	t := m.cfg.Runtime.Template(id)
+	t := m.cfg.Templates.Template(id)
 	if t == nil || !t.Full || t.Team != team {
 		return fmt.Errorf("%w: template %q", ErrNotFound, id)
 	}
@@ -95,7 +95,7 @@ func (m *Manager) DeleteTemplate(team, id string) error {
 		}
 		return err
 	}
-	m.cfg.Runtime.DropTemplate(id)
+	m.cfg.Templates.DropTemplate(id)
 	_ = removeIfEmpty(filepath.Dir(t.Dir))
 	return nil
 }
@@ -155,7 +155,7 @@ func (m *Manager) Fork(ctx context.Context, team, id string, count int, timeout 
 
 // collectFork removes a fork's snapshot once no sandbox (running or paused) depends on it.
 func (m *Manager) collectFork(template string) {
-	t := m.cfg.Runtime.Template(template)
+	t := m.cfg.Templates.Template(template)
 	m.mu.Lock()
 	busy := m.forking[template]
 	m.mu.Unlock()
@@ -165,7 +165,7 @@ func (m *Manager) collectFork(template string) {
 	if err := sandbox.RemoveTemplate(t.Dir, m.cfg.RunDir, m.cfg.PausedDir); err != nil {
 		return // still in use (or gone): the next end tries again
 	}
-	m.cfg.Runtime.DropTemplate(template)
+	m.cfg.Templates.DropTemplate(template)
 	_ = removeIfEmpty(filepath.Dir(t.Dir))
 	m.log.Info("fork snapshot removed", "template", template)
 }

@@ -35,52 +35,57 @@ const (
 	DefaultUser      = "user"
 )
 
-// Runtime boots sandboxes on this host.
+// Runtime boots sandboxes on this host. Sandboxes of a template in its TemplateSet are restored
+// from that snapshot instead of booted.
 type Runtime struct {
 	Host  *vmm.Host
 	Image image.Image
 	Accel vmm.Accel
 	Net   NetEnv
 	Log   *slog.Logger
-	// templates are memory snapshots, by template name, that sandboxes are restored from
-	// instead of booted.
-	tmu       sync.RWMutex
+	TemplateSet
+}
+
+// TemplateSet holds memory snapshots by template name. The zero value is empty and ready; it is
+// safe for concurrent use.
+type TemplateSet struct {
+	mu        sync.RWMutex
 	templates map[string]*Template
 }
 
 // SetTemplate makes sandboxes of name restore from t.
-func (r *Runtime) SetTemplate(name string, t *Template) {
-	r.tmu.Lock()
-	defer r.tmu.Unlock()
-	if r.templates == nil {
-		r.templates = map[string]*Template{}
+func (s *TemplateSet) SetTemplate(name string, t *Template) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.templates == nil {
+		s.templates = map[string]*Template{}
 	}
-	r.templates[name] = t
+	s.templates[name] = t
 }
 
 // Template returns the snapshot sandboxes of name restore from (nil: they boot).
-func (r *Runtime) Template(name string) *Template {
-	r.tmu.RLock()
-	defer r.tmu.RUnlock()
-	return r.templates[name]
+func (s *TemplateSet) Template(name string) *Template {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return s.templates[name]
 }
 
 // Templates returns every snapshot sandboxes can be restored from.
-func (r *Runtime) Templates() []*Template {
-	r.tmu.RLock()
-	defer r.tmu.RUnlock()
-	out := make([]*Template, 0, len(r.templates))
-	for _, t := range r.templates {
+func (s *TemplateSet) Templates() []*Template {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	out := make([]*Template, 0, len(s.templates))
+	for _, t := range s.templates {
 		out = append(out, t)
 	}
 	return out
 }
 
 // DropTemplate forgets name's snapshot.
-func (r *Runtime) DropTemplate(name string) {
-	r.tmu.Lock()
-	defer r.tmu.Unlock()
-	delete(r.templates, name)
+func (s *TemplateSet) DropTemplate(name string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	delete(s.templates, name)
 }
 
 // Template is a memory snapshot of a booted, warmed-up sandbox: its disk layer, its RAM file and
