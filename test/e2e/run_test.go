@@ -298,8 +298,6 @@ func TestOrphansAreReaped(t *testing.T) {
 	assertNothingLeft(t, rd)
 }
 
-// TestCellQEMU: sandboxes run Cell's own QEMU build (images/qemu), not Debian's, and it is
-// statically linked, which is what makes it start in a few milliseconds.
 // TestDiskReadahead checks that the guest takes the disk's advertised optimal I/O size for its
 // readahead (twice it), which makes a cold boot's reads few and large.
 func TestDiskReadahead(t *testing.T) {
@@ -320,6 +318,8 @@ func TestDiskReadahead(t *testing.T) {
 	}
 }
 
+// TestCellQEMU: sandboxes run Cell's own QEMU build (images/qemu), not Debian's, and it is
+// statically linked, which is what makes it start in a few milliseconds.
 func TestCellQEMU(t *testing.T) {
 	rt := newRuntime(t, runDir(t), nil)
 	if !strings.HasPrefix(rt.Image.QEMU, filepath.Join(testEnv.home, "images", "qemu")+"/") {
