@@ -66,6 +66,7 @@ func (p *Port) pump() {
 	buf := make([]byte, 256<<10)
 	connected := false
 	idle := time.Millisecond
+	hostLeft := time.Now()
 	for {
 		n, err := p.readBatch(buf)
 		if n > 0 {
@@ -89,6 +90,7 @@ func (p *Port) pump() {
 		}
 		if connected {
 			connected = false
+			hostLeft = time.Now()
 			// Writes of the departed host's session fail from now on instead of waiting for a
 			// host to come back: a write parked on the full (or hostless) port would hold up
 			// the session's end, and with it envd's readiness for the next host (a restore then
@@ -102,11 +104,18 @@ func (p *Port) pump() {
 		}
 		if errors.Is(err, io.EOF) {
 			// No host: sleep until the port changes (the driver wakes pollers when a host
-			// connects), with a timeout in case a wake-up is missed. The timeout is short: a
-			// restore resumes the guest inside this wait, and a missed wake-up after a 1 s
-			// timeout cost ~1 s to about one resume in ten (`cell bench pause`). The polling
-			// only happens while no host is connected.
-			p.waitChange(waitHost)
+			// connects), with a timeout in case a wake-up is missed. For a while after the host
+			// left the timeout is short: a restore resumes the guest inside this wait, soon
+			// after the host left (snapshots are taken then; guest time does not run while
+			// the VM is saved), and a missed wake-up after a 1 s timeout cost ~1 s to about
+			// one resume in ten (`cell bench pause`). After that it is long: a guest whose host
+			// stays away (a daemon that died, or left its VMs for the next one) polling every
+			// 10 ms kept ~19% of a host core busy.
+			wait := waitHost
+			if time.Since(hostLeft) > pollHostFor {
+				wait = maxWaitHost
+			}
+			p.waitChange(wait)
 			select {
 			case <-p.closed:
 				return
@@ -123,8 +132,13 @@ func (p *Port) pump() {
 	}
 }
 
-// waitHost bounds one wait for a host to connect.
-const waitHost = 10 * time.Millisecond
+// waitHost bounds a wait for a host to connect during the first pollHostFor after one left;
+// maxWaitHost bounds the later ones.
+const (
+	waitHost    = 10 * time.Millisecond
+	pollHostFor = time.Second
+	maxWaitHost = time.Second
+)
 
 // waitChange waits, through the runtime's poller, for the port's next readiness event or for d.
 func (p *Port) waitChange(d time.Duration) {
