@@ -24,21 +24,31 @@ import (
 // ErrNotOurs is returned by Adopt when the process is gone or is not the VM's QEMU.
 var ErrNotOurs = errors.New("not this VM's QEMU process")
 
-// ProcessStartTicks returns field 22 of /proc/PID/stat: when the process started, in clock ticks
-// since boot.
-func ProcessStartTicks(pid int) (uint64, error) {
+// ProcStat returns the fields of /proc/PID/stat after the command name: field N of proc(5) is at
+// index N-3.
+func ProcStat(pid int) ([]string, error) {
 	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
 	if err != nil {
-		return 0, err
+		return nil, err
 	}
 	// The command name (field 2) may contain spaces and parentheses; fields resume after the last ')'.
 	i := bytes.LastIndexByte(b, ')')
 	if i < 0 {
-		return 0, fmt.Errorf("/proc/%d/stat: malformed", pid)
+		return nil, fmt.Errorf("/proc/%d/stat: malformed", pid)
 	}
 	f := strings.Fields(string(b[i+1:]))
 	if len(f) < 20 {
-		return 0, fmt.Errorf("/proc/%d/stat: malformed", pid)
+		return nil, fmt.Errorf("/proc/%d/stat: malformed", pid)
+	}
+	return f, nil
+}
+
+// ProcessStartTicks returns field 22 of /proc/PID/stat: when the process started, in clock ticks
+// since boot.
+func ProcessStartTicks(pid int) (uint64, error) {
+	f, err := ProcStat(pid)
+	if err != nil {
+		return 0, err
 	}
 	return strconv.ParseUint(f[19], 10, 64)
 }

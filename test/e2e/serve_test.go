@@ -19,6 +19,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cellhq/cell/internal/vmm"
 	"github.com/cellhq/cell/pkg/client"
 )
 
@@ -198,15 +199,12 @@ func TestServeRestart(t *testing.T) {
 // cpuTicks is the user and system CPU time process pid has used, in clock ticks.
 func cpuTicks(t *testing.T, pid int) int {
 	t.Helper()
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	f, err := vmm.ProcStat(pid)
 	if err != nil {
 		t.Fatal(err)
 	}
-	// The fields after the command name, which is in parentheses: utime and stime are the 12th
-	// and 13th of them.
-	f := strings.Fields(string(b[bytes.LastIndexByte(b, ')')+1:]))
-	u, _ := strconv.Atoi(f[11])
-	s, _ := strconv.Atoi(f[12])
+	u, _ := strconv.Atoi(f[14-3]) // utime
+	s, _ := strconv.Atoi(f[15-3]) // stime
 	return u + s
 }
 
