@@ -42,6 +42,9 @@ type Service struct {
 	// ready, when set, is closed once commands may start (see StartAfter).
 	ready <-chan struct{}
 
+	// pipes keeps the next command's output pipes ready.
+	pipes pipeStock
+
 	mu    sync.Mutex
 	procs map[uint32]*proc
 	tags  map[string]*proc
@@ -214,18 +217,13 @@ func (s *Service) start(req *pb.StartRequest, userName string) (*proc, *subscrib
 			_ = f.Close()
 		}
 	}
-	outR, outW, err := os.Pipe()
+	pipes, err := s.pipes.take()
 	if err != nil {
-		return nil, nil, fmt.Errorf("stdout pipe: %w", err)
+		return nil, nil, fmt.Errorf("output pipes: %w", err)
 	}
-	closers = append(closers, outR, outW)
-	errR, errW, err := os.Pipe()
-	if err != nil {
-		closeAll()
-		return nil, nil, fmt.Errorf("stderr pipe: %w", err)
-	}
-	closers = append(closers, errR, errW)
-	cmd.Stdout, cmd.Stderr = outW, errW
+	outR, errR := pipes.outR, pipes.errR
+	closers = append(closers, outR, pipes.outW, errR, pipes.errW)
+	cmd.Stdout, cmd.Stderr = pipes.outW, pipes.errW
 	var stdinW *os.File
 	if req.GetStdin() {
 		inR, inW, err := os.Pipe()
@@ -244,9 +242,11 @@ func (s *Service) start(req *pb.StartRequest, userName string) (*proc, *subscrib
 		return nil, nil, err
 	}
 
+	// The next command's pipes are made while this one runs.
+	s.pipes.restock()
 	// The child has its copies; ours would keep the pipes open forever.
-	_ = outW.Close()
-	_ = errW.Close()
+	_ = pipes.outW.Close()
+	_ = pipes.errW.Close()
 	if r, ok := cmd.Stdin.(*os.File); ok {
 		_ = r.Close()
 	}
@@ -375,6 +375,7 @@ func (s *Service) supervise(p *proc, outR, errR *os.File) {
 
 	// Drain what the process wrote; give up on pipes held open by its children once they stall.
 	tick := time.NewTicker(drainGrace / 4)
+	stalled := false
 drain:
 	for {
 		select {
@@ -382,7 +383,7 @@ drain:
 			break drain
 		case <-tick.C:
 			progressMu.Lock()
-			stalled := time.Since(p.lastRead) > drainGrace
+			stalled = time.Since(p.lastRead) > drainGrace
 			progressMu.Unlock()
 			if stalled {
 				closePipes()
@@ -392,7 +393,11 @@ drain:
 		}
 	}
 	tick.Stop()
-	closePipes()
+	if stalled {
+		closePipes()
+	} else {
+		s.pipes.retire(outR, errR) // at end of file: closing them can wait
+	}
 
 	end := endEvent(p.cmd.ProcessState, waitErr)
 	s.mu.Lock()
@@ -657,4 +662,5 @@ func (s *Service) Close() {
 	for _, p := range procs {
 		<-p.done
 	}
+	s.pipes.close()
 }
