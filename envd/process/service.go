@@ -166,25 +166,23 @@ func (s *Service) start(req *pb.StartRequest, userName string) (*proc, *subscrib
 	if err != nil {
 		return nil, nil, connect.NewError(connect.CodeInvalidArgument, fmt.Errorf("user %q: %w", userName, err))
 	}
-	cwd := id.Home
+	// The working directory and the program are not checked before the start, which checks
+	// them itself (a stat costs tens of microseconds of a command's round trip under TCG);
+	// whyNotStarted tells which one a failed start tripped over.
+	l := launch{cmd: cfg.GetCmd(), args: cfg.GetArgs(), dir: id.Home, home: true}
 	wantCwd := s.defaults.Workdir()
 	if cfg.Cwd != nil && cfg.GetCwd() != "" {
 		wantCwd = cfg.GetCwd()
 	}
 	if wantCwd != "" {
-		cwd = wantCwd
-		if !filepath.IsAbs(cwd) {
-			cwd = filepath.Join(id.Home, cwd)
+		l.dir, l.home = wantCwd, false
+		if !filepath.IsAbs(l.dir) {
+			l.dir = filepath.Join(id.Home, l.dir)
 		}
-		if st, err := os.Stat(cwd); err != nil || !st.IsDir() {
-			return nil, nil, connect.NewError(connect.CodeInvalidArgument, fmt.Errorf("process.cwd: %q is not a directory", cwd))
-		}
-	} else if st, err := os.Stat(cwd); err != nil || !st.IsDir() {
-		cwd = "/" // a user without a home directory starts at the root, as login does
 	}
 	env := map[string]string{
 		"PATH": DefaultPath, "HOME": id.Home, "USER": id.Name, "LOGNAME": id.Name,
-		"SHELL": "/bin/bash", "LANG": "C.UTF-8", "PWD": cwd,
+		"SHELL": "/bin/bash", "LANG": "C.UTF-8",
 	}
 	for k, v := range s.defaults.Envs() {
 		env[k] = v
@@ -192,24 +190,20 @@ func (s *Service) start(req *pb.StartRequest, userName string) (*proc, *subscrib
 	for k, v := range cfg.GetEnvs() {
 		env[k] = v
 	}
-	path, err := lookPath(cfg.GetCmd(), env["PATH"])
-	if err != nil {
+	if l.path, err = lookPath(l.cmd, env["PATH"]); err != nil {
 		return nil, nil, connect.NewError(connect.CodeNotFound, fmt.Errorf("process.cmd: %w", err))
 	}
-
-	cmd := exec.Command(path, cfg.GetArgs()...)
-	cmd.Args[0] = cfg.GetCmd()
-	cmd.Dir = cwd
+	delete(env, "PWD")
 	for k, v := range env {
-		cmd.Env = append(cmd.Env, k+"="+v)
+		l.env = append(l.env, k+"="+v)
 	}
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	l.attr = syscall.SysProcAttr{Setpgid: true}
 	if uint32(os.Getuid()) != id.UID || uint32(os.Getgid()) != id.GID {
-		cmd.SysProcAttr.Credential = &syscall.Credential{Uid: id.UID, Gid: id.GID, Groups: id.Groups}
+		l.attr.Credential = &syscall.Credential{Uid: id.UID, Gid: id.GID, Groups: id.Groups}
 	}
 
 	if req.Pty != nil {
-		return s.startPTY(req, cmd)
+		return s.startPTY(req, &l)
 	}
 	var closers []*os.File
 	closeAll := func() {
@@ -223,21 +217,26 @@ func (s *Service) start(req *pb.StartRequest, userName string) (*proc, *subscrib
 	}
 	outR, errR := pipes.outR, pipes.errR
 	closers = append(closers, outR, pipes.outW, errR, pipes.errW)
-	cmd.Stdout, cmd.Stderr = pipes.outW, pipes.errW
-	var stdinW *os.File
+	var stdinR, stdinW *os.File
 	if req.GetStdin() {
-		inR, inW, err := os.Pipe()
+		stdinR, stdinW, err = os.Pipe()
 		if err != nil {
 			closeAll()
 			return nil, nil, fmt.Errorf("stdin pipe: %w", err)
 		}
-		closers = append(closers, inR, inW)
-		cmd.Stdin, stdinW = inR, inW
+		closers = append(closers, stdinR, stdinW)
 	} // else: os/exec gives the child /dev/null
 
-	p := &proc{cmd: cmd, stdin: stdinW, subs: map[*subscriber]struct{}{}, done: make(chan struct{})}
+	p := &proc{stdin: stdinW, subs: map[*subscriber]struct{}{}, done: make(chan struct{})}
 	sub := p.subscribe()
-	if err := s.register(req, p, cmd.Start); err != nil {
+	err = s.register(req, p, &l, func(cmd *exec.Cmd) error {
+		cmd.Stdout, cmd.Stderr = pipes.outW, pipes.errW
+		if stdinR != nil {
+			cmd.Stdin = stdinR
+		}
+		return cmd.Start()
+	})
+	if err != nil {
 		closeAll()
 		return nil, nil, err
 	}
@@ -247,15 +246,52 @@ func (s *Service) start(req *pb.StartRequest, userName string) (*proc, *subscrib
 	// The child has its copies; ours would keep the pipes open forever.
 	_ = pipes.outW.Close()
 	_ = pipes.errW.Close()
-	if r, ok := cmd.Stdin.(*os.File); ok {
-		_ = r.Close()
+	if stdinR != nil {
+		_ = stdinR.Close()
 	}
 	go s.supervise(p, outR, errR)
 	return p, sub, nil
 }
 
-// register starts the process with start and records it, under the lock that keeps tags unique.
-func (s *Service) register(req *pb.StartRequest, p *proc, start func() error) error {
+// launch is how a command is to be started.
+type launch struct {
+	cmd  string // as requested: the program's argv[0]
+	path string // the program found for it
+	args []string
+	env  []string // without PWD, which follows dir
+	dir  string
+	// home says dir is the user's home rather than a directory the request named: a user
+	// whose home is missing starts at the root, as login does.
+	home bool
+	attr syscall.SysProcAttr
+}
+
+func (l *launch) command() *exec.Cmd {
+	cmd := exec.Command(l.path, l.args...)
+	cmd.Args[0] = l.cmd
+	cmd.Dir = l.dir
+	cmd.Env = append(l.env[:len(l.env):len(l.env)], "PWD="+l.dir)
+	attr := l.attr
+	cmd.SysProcAttr = &attr
+	return cmd
+}
+
+// whyNotStarted turns a failed start into the error the client sees, telling a missing
+// working directory or program from other failures.
+func whyNotStarted(l *launch, err error) error {
+	if st, serr := os.Stat(l.dir); serr != nil || !st.IsDir() {
+		return connect.NewError(connect.CodeInvalidArgument, fmt.Errorf("process.cwd: %q is not a directory", l.dir))
+	}
+	if _, serr := os.Stat(l.path); serr != nil {
+		return connect.NewError(connect.CodeNotFound, fmt.Errorf("process.cmd: %s: %w", l.cmd, serr))
+	}
+	return connect.NewError(connect.CodeInvalidArgument, fmt.Errorf("starting %s: %w", l.cmd, err))
+}
+
+// register starts the process (start gets the command to start, made from l) and records it,
+// under the lock that keeps tags unique. A start that fails because the user's home is missing
+// is retried at the root.
+func (s *Service) register(req *pb.StartRequest, p *proc, l *launch, start func(*exec.Cmd) error) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if req.Tag != nil {
@@ -264,8 +300,17 @@ func (s *Service) register(req *pb.StartRequest, p *proc, start func() error) er
 		}
 	}
 	p.started = time.Now()
-	if err := start(); err != nil {
-		return connect.NewError(connect.CodeInvalidArgument, fmt.Errorf("starting %s: %w", req.GetProcess().GetCmd(), err))
+	p.cmd = l.command()
+	if err := start(p.cmd); err != nil {
+		if st, serr := os.Stat(l.dir); !l.home || (serr == nil && st.IsDir()) {
+			return whyNotStarted(l, err)
+		}
+		l.dir = "/"
+		p.started = time.Now()
+		p.cmd = l.command()
+		if err := start(p.cmd); err != nil {
+			return whyNotStarted(l, err)
+		}
 	}
 	p.pid = uint32(p.cmd.Process.Pid)
 	p.pgid = p.cmd.Process.Pid
@@ -277,18 +322,18 @@ func (s *Service) register(req *pb.StartRequest, p *proc, start func() error) er
 	return nil
 }
 
-// startPTY runs cmd on a new pseudo-terminal whose output is reported as pty data.
-func (s *Service) startPTY(req *pb.StartRequest, cmd *exec.Cmd) (*proc, *subscriber, error) {
+// startPTY runs the command on a new pseudo-terminal whose output is reported as pty data.
+func (s *Service) startPTY(req *pb.StartRequest, l *launch) (*proc, *subscriber, error) {
 	size := req.GetPty().GetSize()
 	ws := &pty.Winsize{Cols: uint16(min(max(size.GetCols(), 1), 65535)), Rows: uint16(min(max(size.GetRows(), 1), 65535))}
 	// The leader of a new session whose controlling terminal is the PTY (job control works).
-	cmd.SysProcAttr.Setpgid = false
-	cmd.SysProcAttr.Setsid = true
-	cmd.SysProcAttr.Setctty = true
-	p := &proc{cmd: cmd, subs: map[*subscriber]struct{}{}, done: make(chan struct{})}
+	l.attr.Setpgid = false
+	l.attr.Setsid = true
+	l.attr.Setctty = true
+	p := &proc{subs: map[*subscriber]struct{}{}, done: make(chan struct{})}
 	sub := p.subscribe()
 	var tty *os.File
-	err := s.register(req, p, func() error {
+	err := s.register(req, p, l, func(cmd *exec.Cmd) error {
 		var err error
 		tty, err = pty.StartWithAttrs(cmd, ws, cmd.SysProcAttr)
 		return err
@@ -304,10 +349,7 @@ func (s *Service) startPTY(req *pb.StartRequest, cmd *exec.Cmd) (*proc, *subscri
 // lookPath finds cmd in the given PATH (not envd's own), as a shell would.
 func lookPath(cmd, path string) (string, error) {
 	if filepath.Base(cmd) != cmd || cmd == "." || cmd == ".." {
-		if _, err := os.Stat(cmd); err != nil {
-			return "", fmt.Errorf("%s: %w", cmd, err)
-		}
-		return cmd, nil
+		return cmd, nil // a path: the start finds out whether it is there
 	}
 	for _, dir := range filepath.SplitList(path) {
 		if dir == "" {

@@ -11,6 +11,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"os/user"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -50,6 +51,7 @@ func newClient(t *testing.T) (processconnect.ProcessClient, *Service) {
 type outcome struct {
 	pid            uint32
 	stdout, stderr bytes.Buffer
+	pty            bytes.Buffer
 	order          []string // "o" and "e" per data event
 	end            *pb.ProcessEvent_EndEvent
 }
@@ -69,6 +71,9 @@ func collect(t *testing.T, recv func() bool, msg func() *pb.ProcessEvent, errf f
 			if b := ev.Data.GetStderr(); b != nil {
 				o.stderr.Write(b)
 				o.order = append(o.order, "e")
+			}
+			if b := ev.Data.GetPty(); b != nil {
+				o.pty.Write(b)
 			}
 		case *pb.ProcessEvent_End:
 			o.end = ev.End
@@ -267,7 +272,7 @@ func TestBackgroundChildHoldingOutputDoesNotHang(t *testing.T) {
 func TestBadRequests(t *testing.T) {
 	c, _ := newClient(t)
 	ctx := context.Background()
-	missing := "/nonexistent/dir"
+	missing, file := "/nonexistent/dir", "/etc/passwd"
 	cases := map[string]struct {
 		req  *pb.StartRequest
 		code connect.Code
@@ -276,6 +281,9 @@ func TestBadRequests(t *testing.T) {
 		"empty cmd": {&pb.StartRequest{Process: &pb.ProcessConfig{}}, connect.CodeInvalidArgument, "process.cmd"},
 		"not found": {&pb.StartRequest{Process: &pb.ProcessConfig{Cmd: "no-such-command-xyz"}}, connect.CodeNotFound, "not found"},
 		"bad cwd":   {&pb.StartRequest{Process: &pb.ProcessConfig{Cmd: "true", Cwd: &missing}}, connect.CodeInvalidArgument, "cwd"},
+		"cwd file":  {&pb.StartRequest{Process: &pb.ProcessConfig{Cmd: "true", Cwd: &file}}, connect.CodeInvalidArgument, "cwd"},
+		"no path":   {&pb.StartRequest{Process: &pb.ProcessConfig{Cmd: "/no/such/program"}}, connect.CodeNotFound, "process.cmd: /no/such/program"},
+		"not exec":  {&pb.StartRequest{Process: &pb.ProcessConfig{Cmd: "/etc/passwd"}}, connect.CodeInvalidArgument, "starting /etc/passwd"},
 	}
 	for name, tc := range cases {
 		s, err := c.Start(ctx, connect.NewRequest(tc.req))
@@ -364,5 +372,38 @@ func TestStartAfter(t *testing.T) {
 	}
 	if o.stdout.String() != "ran\n" || o.end.GetExitCode() != 0 {
 		t.Fatalf("stdout %q end %+v", o.stdout.String(), o.end)
+	}
+}
+
+// TestWorkingDirectory: a command starts in the directory it names (PWD says so) or in the
+// user's home; a user whose home is missing starts at the root, as login does.
+func TestWorkingDirectory(t *testing.T) {
+	c, svc := newClient(t)
+	dir := t.TempDir()
+	req := sh(`pwd; echo "$PWD"`)
+	req.Process.Cwd = &dir
+	if o := run(t, c, req); o.stdout.String() != dir+"\n"+dir+"\n" {
+		t.Fatalf("with cwd %s: %q", dir, o.stdout.String())
+	}
+	me := currentUser(t)
+	id, err := svc.users.Lookup(me)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if o := run(t, c, sh(`pwd; echo "$PWD"`)); o.stdout.String() != id.Home+"\n"+id.Home+"\n" {
+		t.Fatalf("in the home %s: %q", id.Home, o.stdout.String())
+	}
+	// The same user, as if its home had gone.
+	svc.users.mu.Lock()
+	id.Home = filepath.Join(dir, "gone")
+	svc.users.cache[me] = id
+	svc.users.mu.Unlock()
+	if o := run(t, c, sh(`pwd; echo "$PWD"; echo "$HOME"`)); o.stdout.String() != "/\n/\n"+id.Home+"\n" {
+		t.Fatalf("without a home: %q", o.stdout.String())
+	}
+	pty := sh(`pwd`)
+	pty.Pty = &pb.PTY{Size: &pb.PTY_Size{Cols: 80, Rows: 24}}
+	if o := run(t, c, pty); !strings.HasPrefix(o.pty.String(), "/\r\n") {
+		t.Fatalf("a PTY without a home: %q", o.pty.String())
 	}
 }
