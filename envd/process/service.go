@@ -82,7 +82,7 @@ type proc struct {
 
 	lastRead time.Time
 
-	started, exited time.Time // exited is set before end
+	started, exited time.Time // exited is set before the end is broadcast
 }
 
 // LifetimeTrailer is the response trailer in which Start and Connect report, in microseconds,
@@ -94,7 +94,7 @@ const LifetimeTrailer = "Cell-Process-Lifetime-Us"
 func (p *proc) lifetime() (time.Duration, bool) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if p.end == nil {
+	if p.exited.IsZero() {
 		return 0, false
 	}
 	return p.exited.Sub(p.started), true
@@ -456,10 +456,14 @@ drain:
 	p.tty = nil // closed with outR
 	p.mu.Unlock()
 	ev := &pb.ProcessEvent{Event: &pb.ProcessEvent_End{End: end}}
+	// The run time is known before anyone hears of the end: a stream ends (and reports it) as
+	// soon as it has sent the end event.
+	p.mu.Lock()
+	p.exited = exited
+	p.mu.Unlock()
 	p.broadcast(ev)
 	p.mu.Lock()
 	p.end = ev
-	p.exited = exited
 	p.subs = nil
 	p.mu.Unlock()
 	close(p.done)

@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/user"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -405,5 +406,27 @@ func TestWorkingDirectory(t *testing.T) {
 	pty.Pty = &pb.PTY{Size: &pb.PTY_Size{Cols: 80, Rows: 24}}
 	if o := run(t, c, pty); !strings.HasPrefix(o.pty.String(), "/\r\n") {
 		t.Fatalf("a PTY without a home: %q", o.pty.String())
+	}
+}
+
+// TestLifetimeTrailer: every Start reports the process's run time in its trailer (the stream's
+// end is sent right after the process ends, so the run time must be known by then).
+func TestLifetimeTrailer(t *testing.T) {
+	c, _ := newClient(t)
+	for i := range 200 {
+		s, err := c.Start(context.Background(), connect.NewRequest(sh("true")))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for s.Receive() {
+		}
+		if err := s.Err(); err != nil {
+			t.Fatal(err)
+		}
+		us, err := strconv.ParseInt(s.ResponseTrailer().Get(LifetimeTrailer), 10, 64)
+		_ = s.Close()
+		if err != nil || us <= 0 {
+			t.Fatalf("start %d: trailer %s = %q", i, LifetimeTrailer, s.ResponseTrailer().Get(LifetimeTrailer))
+		}
 	}
 }
