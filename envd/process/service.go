@@ -193,7 +193,7 @@ func (s *Service) start(req *pb.StartRequest, userName string) (*proc, *subscrib
 	if l.path, err = lookPath(l.cmd, env["PATH"]); err != nil {
 		return nil, nil, connect.NewError(connect.CodeNotFound, fmt.Errorf("process.cmd: %w", err))
 	}
-	delete(env, "PWD")
+	_, l.pwd = env["PWD"]
 	for k, v := range env {
 		l.env = append(l.env, k+"="+v)
 	}
@@ -258,7 +258,8 @@ type launch struct {
 	cmd  string // as requested: the program's argv[0]
 	path string // the program found for it
 	args []string
-	env  []string // without PWD, which follows dir
+	env  []string
+	pwd  bool // env sets PWD; else PWD follows dir
 	dir  string
 	// home says dir is the user's home rather than a directory the request named: a user
 	// whose home is missing starts at the root, as login does.
@@ -270,7 +271,10 @@ func (l *launch) command() *exec.Cmd {
 	cmd := exec.Command(l.path, l.args...)
 	cmd.Args[0] = l.cmd
 	cmd.Dir = l.dir
-	cmd.Env = append(l.env[:len(l.env):len(l.env)], "PWD="+l.dir)
+	cmd.Env = l.env
+	if !l.pwd {
+		cmd.Env = append(l.env[:len(l.env):len(l.env)], "PWD="+l.dir)
+	}
 	attr := l.attr
 	cmd.SysProcAttr = &attr
 	return cmd
