@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/cellhq/cell/internal/memcopy"
 )
 
 // Find returns the device path of the virtio-serial port with the given name, looking in sysfs
@@ -265,7 +267,7 @@ func (c *Conn) Read(b []byte) (int, error) {
 		}
 		c.left = ch.b
 	}
-	n := copy(b, c.left)
+	n := memcopy.Copy(b, c.left) // c.left starts anywhere in the batch: often misaligned
 	c.left = c.left[n:]
 	if len(c.left) == 0 {
 		c.release()

@@ -3,6 +3,8 @@ package channel
 import (
 	"encoding/binary"
 	"io"
+
+	"github.com/cellhq/cell/internal/memcopy"
 )
 
 // yamux frame header: version(1) type(1) flags(2) stream(4) length(4).
@@ -24,12 +26,20 @@ type coalescer struct {
 	held bool
 }
 
+// bodyAt is where a frame's body goes in buf: 8-byte aligned (after 4 bytes of padding and the
+// header), so that copying a body in is not a misaligned block copy (see memcopy).
+const bodyAt = 4 + headerSize
+
 func (c *coalescer) Write(p []byte) (int, error) {
 	if c.held {
 		c.held = false
 		if len(p) <= maxCoalesced {
-			c.buf = append(append(c.buf[:0], c.hdr[:]...), p...)
-			if _, err := c.w.Write(c.buf); err != nil {
+			if c.buf == nil {
+				c.buf = make([]byte, bodyAt+maxCoalesced)
+			}
+			copy(c.buf[bodyAt-headerSize:bodyAt], c.hdr[:])
+			memcopy.Copy(c.buf[bodyAt:bodyAt+len(p)], p)
+			if _, err := c.w.Write(c.buf[bodyAt-headerSize : bodyAt+len(p)]); err != nil {
 				return 0, err
 			}
 			return len(p), nil
