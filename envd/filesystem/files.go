@@ -1,7 +1,6 @@
 package filesystem
 
 import (
-	"bufio"
 	"compress/gzip"
 	"crypto/sha256"
 	"crypto/subtle"
@@ -25,6 +24,7 @@ import (
 
 	"github.com/cellhq/cell/envd/process"
 	"github.com/cellhq/cell/envd/state"
+	"github.com/cellhq/cell/internal/memcopy"
 )
 
 // MetadataHeaderPrefix marks request headers that become a file's metadata (user.* xattrs).
@@ -202,10 +202,62 @@ func (f *Files) download(w http.ResponseWriter, r *http.Request, id process.Iden
 // fileChunk is the size of the writes of a download and of the reads of an upload.
 const fileChunk = 256 << 10
 
-// multipartBuffer is the buffer a multipart upload is parsed from. mime/multipart's own is 4 KiB
-// (it keeps a larger bufio.Reader it is given), and each part read returns at most what is
-// buffered: 4 KiB writes to the file, and a boundary scan and a trip through the reader for each.
+// multipartBuffer is how much of a multipart body is read at once. mime/multipart reads through
+// a 4 KiB buffer of its own whatever it is given, so without this every 4 KiB of the file would
+// be a trip down through the HTTP body and the channel's stream.
 const multipartBuffer = 1 << 20
+
+// partPiece is the most read from a multipart part at once: the part copies out of
+// mime/multipart's 4 KiB buffer, at any offset, and Go's memmove copies misaligned blocks over
+// 2 KiB a byte at a time on the guest's CPU (see memcopy).
+const partPiece = 2048
+
+// bulkReader reads its reader multipartBuffer at a time and hands the bytes on with
+// memcopy.Copy (mime/multipart asks for them at any offset of its buffer).
+type bulkReader struct {
+	r      io.Reader
+	buf    []byte
+	lo, hi int
+	err    error
+}
+
+func (b *bulkReader) Read(p []byte) (int, error) {
+	if b.lo == b.hi {
+		if b.err != nil {
+			return 0, b.err
+		}
+		if b.buf == nil {
+			b.buf = make([]byte, multipartBuffer)
+		}
+		b.lo = 0
+		b.hi, b.err = b.r.Read(b.buf)
+		if b.hi == 0 {
+			return 0, b.err
+		}
+	}
+	n := memcopy.Copy(p, b.buf[b.lo:b.hi])
+	b.lo += n
+	return n, nil
+}
+
+// pieceReader fills each read from r in pieces of at most partPiece, so that a part is still
+// written to its file in large writes.
+type pieceReader struct{ r io.Reader }
+
+func (p pieceReader) Read(b []byte) (int, error) {
+	n := 0
+	for n < len(b) {
+		m, err := p.r.Read(b[n:min(n+partPiece, len(b))])
+		n += m
+		if err != nil {
+			return n, err
+		}
+		if m == 0 {
+			break
+		}
+	}
+	return n, nil
+}
 
 // conditional says whether r asks for the file only under a condition (ServeContent answers
 // those).
@@ -282,7 +334,7 @@ func (f *Files) upload(w http.ResponseWriter, r *http.Request, id process.Identi
 	var out []uploaded
 	switch ctype {
 	case "multipart/form-data":
-		mr := multipart.NewReader(bufio.NewReaderSize(body, multipartBuffer), params["boundary"])
+		mr := multipart.NewReader(&bulkReader{r: body}, params["boundary"])
 		for {
 			part, err := mr.NextPart()
 			if errors.Is(err, io.EOF) {
@@ -300,7 +352,7 @@ func (f *Files) upload(w http.ResponseWriter, r *http.Request, id process.Identi
 			if target == "" {
 				target = part.FileName()
 			}
-			u, code, err := writeFile(target, part, id, md)
+			u, code, err := writeFile(target, pieceReader{part}, id, md)
 			_ = part.Close()
 			if err != nil {
 				WriteError(w, code, "%v", err)

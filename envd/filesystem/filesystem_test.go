@@ -331,3 +331,30 @@ func TestMultipartUpload(t *testing.T) {
 		t.Fatalf("uploaded %d bytes, want %d (or the content differs)", len(got), len(data))
 	}
 }
+
+type askedReader struct {
+	r     io.Reader
+	asked []int
+}
+
+func (a *askedReader) Read(p []byte) (int, error) { a.asked = append(a.asked, len(p)); return a.r.Read(p) }
+
+// TestPieceReader: a part is read in pieces of at most partPiece, which fill the caller's buffer.
+func TestPieceReader(t *testing.T) {
+	data := bytes.Repeat([]byte("abcdefg"), 10000)
+	a := &askedReader{r: bytes.NewReader(data)}
+	buf := make([]byte, 5*partPiece+100)
+	n, err := pieceReader{a}.Read(buf)
+	if err != nil || n != len(buf) || !bytes.Equal(buf, data[:n]) {
+		t.Fatalf("read %d of %d: %v", n, len(buf), err)
+	}
+	for _, l := range a.asked {
+		if l > partPiece {
+			t.Fatalf("asked for %d bytes at once (more than %d): %v", l, partPiece, a.asked)
+		}
+	}
+	got, err := io.ReadAll(io.MultiReader(bytes.NewReader(buf), pieceReader{a}))
+	if err != nil || !bytes.Equal(got, data) {
+		t.Fatalf("whole: %d bytes, %v", len(got), err)
+	}
+}
