@@ -337,7 +337,10 @@ type askedReader struct {
 	asked []int
 }
 
-func (a *askedReader) Read(p []byte) (int, error) { a.asked = append(a.asked, len(p)); return a.r.Read(p) }
+func (a *askedReader) Read(p []byte) (int, error) {
+	a.asked = append(a.asked, len(p))
+	return a.r.Read(p)
+}
 
 // TestPieceReader: a part is read in pieces of at most partPiece, which fill the caller's buffer.
 func TestPieceReader(t *testing.T) {
