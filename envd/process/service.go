@@ -283,13 +283,18 @@ func (l *launch) command() *exec.Cmd {
 // whyNotStarted turns a failed start into the error the client sees, telling a missing
 // working directory or program from other failures.
 func whyNotStarted(l *launch, err error) error {
-	if st, serr := os.Stat(l.dir); serr != nil || !st.IsDir() {
+	if !isDir(l.dir) {
 		return connect.NewError(connect.CodeInvalidArgument, fmt.Errorf("process.cwd: %q is not a directory", l.dir))
 	}
 	if _, serr := os.Stat(l.path); serr != nil {
 		return connect.NewError(connect.CodeNotFound, fmt.Errorf("process.cmd: %s: %w", l.cmd, serr))
 	}
 	return connect.NewError(connect.CodeInvalidArgument, fmt.Errorf("starting %s: %w", l.cmd, err))
+}
+
+func isDir(path string) bool {
+	st, err := os.Stat(path)
+	return err == nil && st.IsDir()
 }
 
 // register starts the process (start gets the command to start, made from l) and records it,
@@ -306,7 +311,7 @@ func (s *Service) register(req *pb.StartRequest, p *proc, l *launch, start func(
 	p.started = time.Now()
 	p.cmd = l.command()
 	if err := start(p.cmd); err != nil {
-		if st, serr := os.Stat(l.dir); !l.home || (serr == nil && st.IsDir()) {
+		if !l.home || isDir(l.dir) {
 			return whyNotStarted(l, err)
 		}
 		l.dir = "/"
