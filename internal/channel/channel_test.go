@@ -184,6 +184,67 @@ func TestHandshakeThroughLossyWindowAndHTTP(t *testing.T) {
 	}
 }
 
+// rw is a connection whose reads come from r and whose writes go to w.
+type rw struct {
+	io.Reader
+	io.Writer
+}
+
+func TestGuestAnswersOnlyTheNewestQueuedPing(t *testing.T) {
+	r, w := io.Pipe()
+	var out lockedBuffer
+	var clock atomic.Int64
+	done := make(chan error, 1)
+	go func() {
+		_, err := guestHandshake(rw{r, &out}, GuestHooks{Clock: func(t time.Time) { clock.Store(t.UnixNano()) }})
+		done <- err
+	}()
+	waitFor := func(s string) {
+		t.Helper()
+		deadline := time.Now().Add(5 * time.Second)
+		for !strings.Contains(out.String(), s) {
+			if time.Now().After(deadline) {
+				t.Fatalf("guest wrote %q, waiting for %q", out.String(), s)
+			}
+			time.Sleep(time.Millisecond)
+		}
+	}
+	// Three pings that queued up, then one followed by a partial line (which may be long in
+	// coming): each batch gets one answer, to its last complete ping.
+	_, _ = io.WriteString(w, "CELL1 PING 1\nCELL1 PING 2\nCELL1 PING 3\n")
+	waitFor("PONG 3\n")
+	_, _ = io.WriteString(w, "CELL1 PING 4\nCELL1 TI")
+	waitFor("PONG 4\n")
+	_, _ = io.WriteString(w, "ME 5\nCELL1 GO 4\n")
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if want := "CELL1 PONG 3\nCELL1 PONG 4\nCELL1 READY 4\n"; out.String() != want {
+		t.Fatalf("guest wrote %q, want %q", out.String(), want)
+	}
+	if clock.Load() != 5 {
+		t.Fatalf("clock = %d ns after the epoch, want 5", clock.Load())
+	}
+}
+
+// lockedBuffer is a bytes.Buffer for one writer and other readers.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
 func TestConnectHonoursContext(t *testing.T) {
 	hostEnd, guestEnd := net.Pipe()
 	defer guestEnd.Close()

@@ -2,6 +2,7 @@ package channel
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/binary"
@@ -77,6 +78,12 @@ func (lr *lineReader) next() (string, error) {
 		}
 		line = append(line, b)
 	}
+}
+
+// lineBuffered says whether a whole line is already buffered.
+func (lr *lineReader) lineBuffered() bool {
+	buf, _ := lr.r.Peek(lr.r.Buffered())
+	return bytes.IndexByte(buf, '\n') >= 0
 }
 
 // parse splits "CELL1 VERB n"; ok is false for anything else.
@@ -206,6 +213,12 @@ func guestHandshake(conn io.ReadWriter, hooks GuestHooks) (*bufio.Reader, error)
 		}
 		switch verb {
 		case "PING":
+			// Pings pile up while a restored guest wakes (the host sends one every
+			// PingInterval): only the newest is answered, as each answer is a write to the
+			// port, dear under TCG. The host takes any PONG.
+			if lr.lineBuffered() {
+				continue
+			}
 			if _, err := conn.Write(format("PONG", n)); err != nil {
 				return nil, fmt.Errorf("%w: answering ping: %w", ErrHandshake, err)
 			}
