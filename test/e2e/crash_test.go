@@ -18,13 +18,11 @@ import (
 // snapshots. After each restart every sandbox is running or paused (resumable), with its disk
 // and memory as they were; no QEMU, VM directory or half-written state is left over.
 func TestCrashSafety(t *testing.T) {
-	home := t.TempDir()
-	key := apiKey(t, home)
+	d := newDaemon(t)
 	seed := uint64(time.Now().UnixNano())
 	t.Logf("seed %d", seed)
 	rng := rand.New(rand.NewPCG(seed, seed>>7))
-	srv := startServe(t, home)
-	c := client.New(srv.url, key)
+	srv, c := d.serve(t)
 	ctx := context.Background()
 	marks := map[string]string{}
 	var ids []string
@@ -69,8 +67,7 @@ func TestCrashSafety(t *testing.T) {
 		<-done
 		t.Logf("round %d: %s of %s killed after %v", i, op, id, delay)
 
-		srv = startServe(t, home)
-		c = client.New(srv.url, key)
+		srv, c = d.serve(t)
 		for _, line := range strings.Split(srv.logs.String(), "\n") {
 			if strings.Contains(line, "level=WARN") {
 				t.Logf("  recovery: %s", line[strings.Index(line, "msg="):])
@@ -93,7 +90,7 @@ func TestCrashSafety(t *testing.T) {
 				t.Fatalf("round %d: %s is %s", i, sid, info.State)
 			}
 		}
-		checkNoLeftovers(t, home, running)
+		checkNoLeftovers(t, d.home, running)
 	}
 	// Everything paused can still be resumed, with its data.
 	for _, id := range ids {
@@ -137,10 +134,8 @@ func checkNoLeftovers(t *testing.T, home string, running map[string]bool) {
 func TestCrashMidMigration(t *testing.T) {
 	for _, op := range []string{"snapshot", "pause", "pause-in-place"} {
 		t.Run(op, func(t *testing.T) {
-			home := t.TempDir()
-			key := apiKey(t, home)
-			srv := startServe(t, home)
-			c := client.New(srv.url, key)
+			d := newDaemon(t)
+			srv, c := d.serve(t)
 			ctx := context.Background()
 			info, err := c.Create(ctx, client.CreateOptions{Timeout: time.Hour})
 			if err != nil {
@@ -161,11 +156,11 @@ func TestCrashMidMigration(t *testing.T) {
 			execOut(t, c, id, "echo m > /tmp/mem; echo d > /home/user/disk; sync; "+
 				"python3 -c \"import os; open('/dev/shm/fill','wb').write(os.urandom(200<<20))\"; "+
 				"sha256sum < /dev/shm/fill | cut -c1-16 > /tmp/fill.sum")
-			pattern := filepath.Join(home, "templates", "*", ".staging-*", "mem")
+			pattern := filepath.Join(d.home, "templates", "*", ".staging-*", "mem")
 			if op == "pause" {
-				pattern = filepath.Join(home, "paused", id, ".staging-*", "mem")
+				pattern = filepath.Join(d.home, "paused", id, ".staging-*", "mem")
 			}
-			ram := filepath.Join(home, "run", id, "ram")
+			ram := filepath.Join(d.home, "run", id, "ram")
 			var before time.Time
 			if op == "pause-in-place" {
 				st, err := os.Stat(ram)
@@ -205,8 +200,7 @@ func TestCrashMidMigration(t *testing.T) {
 			_ = srv.cmd.Wait()
 			<-done
 
-			srv = startServe(t, home)
-			c = client.New(srv.url, key)
+			srv, c = d.serve(t)
 			info, err = c.Get(ctx, id)
 			if err != nil || info.State != "running" {
 				t.Fatalf("after restart: %+v %v\n%s", info, err, srv.logs)
@@ -219,7 +213,7 @@ func TestCrashMidMigration(t *testing.T) {
 			if got := execOut(t, c, id, "cat /tmp/mem"); got != "m\n" {
 				t.Fatalf("state lost: %q", got)
 			}
-			checkNoLeftovers(t, home, map[string]bool{id: true})
+			checkNoLeftovers(t, d.home, map[string]bool{id: true})
 			if !strings.Contains(srv.logs.String(), "adopted VM was stopped") {
 				t.Fatalf("the save had finished before the kill: nothing tested\n%s", srv.logs)
 			}

@@ -18,14 +18,12 @@ import (
 // has its own copy of the process, which keeps counting, its own host name and its own files;
 // `cell sandbox snapshot` gives a template that new sandboxes start from.
 func TestForkAndSnapshotCLI(t *testing.T) {
-	home := t.TempDir()
-	key := apiKey(t, home)
-	srv := startServe(t, home)
-	c := client.New(srv.url, key)
+	d := newDaemon(t)
+	srv, c := d.serve(t)
 	ctx := context.Background()
 	cellCLI := func(args ...string) string {
 		t.Helper()
-		cmd := exec.Command(testEnv.cell, append([]string{"sandbox", "--api", srv.url, "--api-key", key}, args...)...)
+		cmd := exec.Command(testEnv.cell, append([]string{"sandbox", "--api", srv.url, "--api-key", d.key}, args...)...)
 		out, err := cmd.Output()
 		if err != nil {
 			var ee *exec.ExitError
@@ -109,10 +107,8 @@ while True:
 // all of it (each sees the same bytes), and each QEMU's PSS stays below 160 MiB because those
 // pages are shared (with private copies each fork's PSS is ≥ 160 MiB plus its own).
 func TestForksShareRAM(t *testing.T) {
-	home := t.TempDir()
-	key := apiKey(t, home)
-	srv := startServe(t, home)
-	c := client.New(srv.url, key)
+	d := newDaemon(t)
+	_, c := d.serve(t)
 	ctx := context.Background()
 	info, err := c.Create(ctx, client.CreateOptions{Timeout: 10 * time.Minute})
 	if err != nil {
@@ -140,7 +136,7 @@ with open('/dev/shm/r', 'wb') as f:
 		}
 	}
 	for _, f := range forks {
-		pids := qemuProcesses(t, filepath.Join(home, "run", f.Sandbox.SandboxID))
+		pids := qemuProcesses(t, filepath.Join(d.home, "run", f.Sandbox.SandboxID))
 		if len(pids) != 1 {
 			t.Fatalf("fork %s: QEMU processes %v", f.Sandbox.SandboxID, pids)
 		}

@@ -23,8 +23,7 @@ import (
 func netServe(t testing.TB, extra ...string) (*server, *client.Client) {
 	t.Helper()
 	needTestHosts(t)
-	home := t.TempDir()
-	key := apiKey(t, home)
+	d := newDaemon(t)
 	args := append([]string{
 		"--dns-host", "allowed.test=" + testHostA,
 		"--dns-host", "evil.test=" + testHostA, // the allowed host's address under a name no policy allows
@@ -32,13 +31,13 @@ func netServe(t testing.TB, extra ...string) (*server, *client.Client) {
 		"--dns-host", "api.wild.test=" + testHostA,
 		"--dns-host", "loop.test=127.0.0.2", // the host's loopback, by name
 	}, extra...)
-	s := startServe(t, home, args...)
+	s, c := d.serve(t, args...)
 	t.Cleanup(func() {
 		if t.Failed() {
 			t.Logf("cell serve's log:\n%s", s.logs)
 		}
 	})
-	return s, client.New(s.url, key)
+	return s, c
 }
 
 // sbx is a sandbox under test with the test CA installed at /tmp/ca.pem.
@@ -434,8 +433,7 @@ node -e "console.log('is-odd(3) =', require('is-odd')(3))"`)
 // gives each a new network under its stored policy; the Prometheus endpoint counts per sandbox.
 func TestNetworkAfterRestart(t *testing.T) {
 	needTestHosts(t)
-	home := t.TempDir()
-	key := apiKey(t, home)
+	d := newDaemon(t)
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -443,8 +441,7 @@ func TestNetworkAfterRestart(t *testing.T) {
 	metricsAddr := ln.Addr().String()
 	_ = ln.Close()
 	flags := []string{"--dns-host", "allowed.test=" + testHostA, "--metrics-listen", metricsAddr}
-	s1 := startServe(t, home, flags...)
-	c := client.New(s1.url, key)
+	s1, c := d.serve(t, flags...)
 	s := newSbx(t, c, client.CreateOptions{Timeout: 10 * time.Minute, Network: &client.Network{DenyOut: []string{testHostB + "/32"}}})
 	s.ok(curl + "https://allowed.test/")
 	if err := s1.cmd.Process.Signal(syscall.SIGKILL); err != nil {
@@ -452,8 +449,7 @@ func TestNetworkAfterRestart(t *testing.T) {
 	}
 	_ = s1.cmd.Wait()
 
-	s2 := startServe(t, home, flags...)
-	c = client.New(s2.url, key)
+	_, c = d.serve(t, flags...)
 	s = connectSbx(t, c, s.id)
 	s.ok(curl + "https://allowed.test/")
 	s.refused(curl + "http://" + testHostB + "/")

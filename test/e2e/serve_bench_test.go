@@ -34,10 +34,8 @@ func timedExec(ctx context.Context, b *testing.B, sb *client.Sandbox, cmd string
 // (round trip, and Cell's overhead: the round trip minus the run time envd measured), and 100 MB
 // through /files each way.
 func BenchmarkServe(b *testing.B) {
-	home := b.TempDir()
-	key := apiKey(b, home)
-	srv := startServe(b, home)
-	c := client.New(srv.url, key)
+	d := newDaemon(b)
+	_, c := d.serve(b)
 	ctx := context.Background()
 
 	b.Run("Create", func(b *testing.B) {
@@ -158,10 +156,8 @@ func BenchmarkServe(b *testing.B) {
 // BenchmarkServePool measures a create served from the warm pool (the pool is refilled, untimed,
 // between creates) and the first command in such a sandbox.
 func BenchmarkServePool(b *testing.B) {
-	home := b.TempDir()
-	key := apiKey(b, home)
-	srv := startServe(b, home, "--pool", "base=2")
-	c := client.New(srv.url, key)
+	d := newDaemon(b)
+	srv, c := d.serve(b, "--pool", "base=2")
 	ctx := context.Background()
 	var creates, first, firstPy []time.Duration
 	for i := 0; i < b.N; i++ {

@@ -30,6 +30,25 @@ type server struct {
 	logs *bytes.Buffer
 }
 
+// daemon is a data directory with an API key in it, served by one `cell serve` at a time.
+type daemon struct {
+	home, key string
+}
+
+// newDaemon makes a fresh data directory and an API key.
+func newDaemon(t testing.TB) *daemon {
+	t.Helper()
+	home := t.TempDir()
+	return &daemon{home: home, key: apiKey(t, home)}
+}
+
+// serve starts `cell serve` (with args) on d's directory, and a client with d's key.
+func (d *daemon) serve(t testing.TB, args ...string) (*server, *client.Client) {
+	t.Helper()
+	s := startServe(t, d.home, args...)
+	return s, client.New(s.url, d.key)
+}
+
 func serveEnv(home string) []string {
 	return append(os.Environ(), "CELL_HOME="+home, "CELL_IMAGE_HOME="+testEnv.home, "CELL_RUN_DIR=")
 }
@@ -120,10 +139,8 @@ func execOut(t *testing.T, c *client.Client, id, cmd string) string {
 // dies meanwhile: the restarted daemon re-adopts the two live ones (state intact) and reports the
 // third lost and cleans it up. SIGTERM then stops everything and leaves nothing behind.
 func TestServeRestart(t *testing.T) {
-	home := t.TempDir()
-	key := apiKey(t, home)
-	s1 := startServe(t, home)
-	c := client.New(s1.url, key)
+	d := newDaemon(t)
+	s1, c := d.serve(t)
 	ctx := context.Background()
 	var ids []string
 	for i := 0; i < 3; i++ {
@@ -138,7 +155,7 @@ func TestServeRestart(t *testing.T) {
 		t.Fatal(err)
 	}
 	_ = s1.cmd.Wait()
-	runDir := filepath.Join(home, "run")
+	runDir := filepath.Join(d.home, "run")
 	for _, id := range ids {
 		if len(qemuProcesses(t, filepath.Join(runDir, id))) != 1 {
 			t.Fatalf("sandbox %s: its QEMU did not outlive the daemon", id)
@@ -159,8 +176,7 @@ func TestServeRestart(t *testing.T) {
 		_ = syscall.Kill(n, syscall.SIGKILL)
 	}
 
-	s2 := startServe(t, home)
-	c = client.New(s2.url, key)
+	s2, c := d.serve(t)
 	list, err := c.List(ctx)
 	if err != nil {
 		t.Fatal(err)
@@ -210,10 +226,8 @@ func cpuTicks(t *testing.T, pid int) int {
 
 // TestServeLeaveRunning: with --leave-running a graceful stop keeps the VMs for the next daemon.
 func TestServeLeaveRunning(t *testing.T) {
-	home := t.TempDir()
-	key := apiKey(t, home)
-	s1 := startServe(t, home, "--leave-running")
-	c := client.New(s1.url, key)
+	d := newDaemon(t)
+	s1, c := d.serve(t, "--leave-running")
 	info, err := c.Create(context.Background(), client.CreateOptions{Timeout: 10 * time.Minute})
 	if err != nil {
 		t.Fatalf("create: %v\n%s", err, s1.logs)
@@ -223,8 +237,7 @@ func TestServeLeaveRunning(t *testing.T) {
 	if err := s1.cmd.Wait(); err != nil {
 		t.Fatalf("SIGTERM: %v\n%s", err, s1.logs)
 	}
-	s2 := startServe(t, home)
-	c = client.New(s2.url, key)
+	s2, c := d.serve(t)
 	if got := execOut(t, c, info.SandboxID, "cat /tmp/kept"); got != "kept\n" {
 		t.Fatalf("after restart: %q", got)
 	}
@@ -233,19 +246,18 @@ func TestServeLeaveRunning(t *testing.T) {
 	}
 	_ = s2.cmd.Process.Signal(syscall.SIGTERM)
 	_ = s2.cmd.Wait()
-	assertNothingLeft(t, filepath.Join(home, "run"))
+	assertNothingLeft(t, filepath.Join(d.home, "run"))
 }
 
 // TestSandboxCLI drives `cell serve` with Cell's own CLI: create, ls, exec, cp both ways, an
 // interactive shell over a PTY (stdin piped), kill.
 func TestSandboxCLI(t *testing.T) {
-	home := t.TempDir()
-	key := apiKey(t, home)
-	s := startServe(t, home)
+	d := newDaemon(t)
+	s, _ := d.serve(t)
 	run := func(stdin string, args ...string) (string, int) {
 		t.Helper()
-		cmd := exec.Command(testEnv.cell, append([]string{"sandbox", "--api", s.url, "--api-key", key}, args...)...)
-		cmd.Env = serveEnv(home)
+		cmd := exec.Command(testEnv.cell, append([]string{"sandbox", "--api", s.url, "--api-key", d.key}, args...)...)
+		cmd.Env = serveEnv(d.home)
 		cmd.Stdin = strings.NewReader(stdin)
 		var out, errb bytes.Buffer
 		cmd.Stdout, cmd.Stderr = &out, &errb
@@ -301,16 +313,14 @@ func TestSandboxCLI(t *testing.T) {
 	}
 	_ = s.cmd.Process.Signal(syscall.SIGTERM)
 	_ = s.cmd.Wait()
-	assertNothingLeft(t, filepath.Join(home, "run"))
+	assertNothingLeft(t, filepath.Join(d.home, "run"))
 }
 
 // TestServeGracefulShutdown: SIGTERM stops accepting, lets an in-flight command finish, then
 // kills the sandboxes (the default) and leaves nothing behind.
 func TestServeGracefulShutdown(t *testing.T) {
-	home := t.TempDir()
-	key := apiKey(t, home)
-	s := startServe(t, home)
-	c := client.New(s.url, key)
+	d := newDaemon(t)
+	s, c := d.serve(t)
 	ctx := context.Background()
 	info, err := c.Create(ctx, client.CreateOptions{Timeout: 10 * time.Minute})
 	if err != nil {
@@ -353,7 +363,7 @@ func TestServeGracefulShutdown(t *testing.T) {
 	if err := s.cmd.Wait(); err != nil {
 		t.Fatalf("cell serve exit: %v\n%s", err, s.logs)
 	}
-	assertNothingLeft(t, filepath.Join(home, "run"))
+	assertNothingLeft(t, filepath.Join(d.home, "run"))
 }
 
 // notifyWriter closes first on its first write.
@@ -392,10 +402,8 @@ func poolReady(t testing.TB, url string, n int) {
 // TestServePool: with --pool base=2, creates are served from warmed sandboxes, each handed out
 // once, each with its own identity and settings; the pool refills, and shutdown drains it.
 func TestServePool(t *testing.T) {
-	home := t.TempDir()
-	key := apiKey(t, home)
-	s := startServe(t, home, "--pool", "base=2")
-	c := client.New(s.url, key)
+	d := newDaemon(t)
+	s, c := d.serve(t, "--pool", "base=2")
 	ctx := context.Background()
 	poolReady(t, s.url, 2)
 	seen := map[string]bool{}
@@ -423,7 +431,7 @@ func TestServePool(t *testing.T) {
 	if err := s.cmd.Wait(); err != nil {
 		t.Fatalf("shutdown: %v\n%s", err, s.logs)
 	}
-	assertNothingLeft(t, filepath.Join(home, "run"))
+	assertNothingLeft(t, filepath.Join(d.home, "run"))
 }
 
 // TestPauseResume: pause/resume cycles keep every write and a running process's memory (a counter
@@ -434,10 +442,8 @@ func TestPauseResume(t *testing.T) {
 	if s := os.Getenv("CELL_PAUSE_CYCLES"); s != "" {
 		cycles, _ = strconv.Atoi(s)
 	}
-	home := t.TempDir()
-	key := apiKey(t, home)
-	s := startServe(t, home)
-	c := client.New(s.url, key)
+	d := newDaemon(t)
+	s, c := d.serve(t)
 	ctx := context.Background()
 	info, err := c.Create(ctx, client.CreateOptions{Timeout: 30 * time.Minute})
 	if err != nil {
@@ -511,8 +517,7 @@ echo started`)
 	if err := s.cmd.Wait(); err != nil {
 		t.Fatal(err)
 	}
-	s2 := startServe(t, home)
-	c = client.New(s2.url, key)
+	s2, c := d.serve(t)
 	if got, err := c.Get(ctx, id); err != nil || got.State != "paused" {
 		t.Fatalf("after restart: %+v %v", got, err)
 	}
@@ -549,8 +554,8 @@ echo started`)
 	}
 	_ = s2.cmd.Process.Signal(syscall.SIGTERM)
 	_ = s2.cmd.Wait()
-	assertNothingLeft(t, filepath.Join(home, "run"))
-	if des, _ := os.ReadDir(filepath.Join(home, "paused")); len(des) != 0 {
+	assertNothingLeft(t, filepath.Join(d.home, "run"))
+	if des, _ := os.ReadDir(filepath.Join(d.home, "paused")); len(des) != 0 {
 		t.Fatalf("paused state left behind: %v", des)
 	}
 }
@@ -566,10 +571,8 @@ func sortNumeric(s []string) {
 // TestServePauseOnShutdown: with --pause-on-shutdown a graceful stop pauses running sandboxes; the
 // next cell serve resumes them with their files.
 func TestServePauseOnShutdown(t *testing.T) {
-	home := t.TempDir()
-	key := apiKey(t, home)
-	s1 := startServe(t, home, "--pause-on-shutdown")
-	c := client.New(s1.url, key)
+	d := newDaemon(t)
+	s1, c := d.serve(t, "--pause-on-shutdown")
 	ctx := context.Background()
 	info, err := c.Create(ctx, client.CreateOptions{Timeout: 10 * time.Minute})
 	if err != nil {
@@ -580,9 +583,8 @@ func TestServePauseOnShutdown(t *testing.T) {
 	if err := s1.cmd.Wait(); err != nil {
 		t.Fatalf("SIGTERM: %v\n%s", err, s1.logs)
 	}
-	assertNothingLeft(t, filepath.Join(home, "run"))
-	s2 := startServe(t, home)
-	c = client.New(s2.url, key)
+	assertNothingLeft(t, filepath.Join(d.home, "run"))
+	_, c = d.serve(t)
 	if got, err := c.Get(ctx, info.SandboxID); err != nil || got.State != "paused" {
 		t.Fatalf("after restart: %+v %v", got, err)
 	}

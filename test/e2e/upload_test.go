@@ -25,10 +25,8 @@ import (
 // signed URL without the access token (and a forged one), a body without a path (envd takes the
 // part's file name), and bodies without a file part or not multipart at all.
 func TestMultipartUploadsThroughServe(t *testing.T) {
-	home := t.TempDir()
-	key := apiKey(t, home)
-	srv := startServe(t, home)
-	c := client.New(srv.url, key)
+	d := newDaemon(t)
+	srv, c := d.serve(t)
 	ctx := context.Background()
 	info, err := c.Create(ctx, client.CreateOptions{Timeout: 10 * time.Minute})
 	if err != nil {
