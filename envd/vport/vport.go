@@ -107,7 +107,8 @@ func (c *Conn) waitChange(d time.Duration) {
 
 // Next returns the connection for the next host visit. Reads on it wait for a host, then end
 // with io.EOF when the host leaves (and writes fail from then on); it never closes the device.
-// The previous visit's Conn must be closed first.
+// The previous visit's Conn is superseded: its reads find EOF and take none of the new visit's
+// data (close it anyway, to wake a read parked on the port).
 func (p *Port) Next() *Conn {
 	c := &Conn{p: p, done: make(chan struct{})}
 	p.mu.Lock()
