@@ -15,6 +15,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -350,7 +351,12 @@ func (f *Files) upload(w http.ResponseWriter, r *http.Request, id process.Identi
 			}
 			target := qpath
 			if target == "" {
-				target = part.FileName()
+				target = partPath(part)
+			}
+			if p, err := resolve(target, id); err == nil && slices.ContainsFunc(out, func(u uploaded) bool { return u.Path == p }) {
+				_ = part.Close()
+				WriteError(w, http.StatusBadRequest, "path: %s is named by more than one part of this upload (the parts before this one were written)", p)
+				return
 			}
 			u, code, err := writeFile(target, pieceReader{part}, id, md)
 			_ = part.Close()
@@ -381,6 +387,17 @@ func (f *Files) upload(w http.ResponseWriter, r *http.Request, id process.Identi
 	}
 	w.Header().Set("Content-Type", "application/json")
 	_ = json.NewEncoder(w).Encode(out)
+}
+
+// partPath is the path a multipart part is for when the request names none: the whole filename
+// of its Content-Disposition. E2B's SDKs write several files in one request that way, each
+// part's filename its path (mime/multipart's FileName keeps only the last element).
+func partPath(part *multipart.Part) string {
+	_, params, err := mime.ParseMediaType(part.Header.Get("Content-Disposition"))
+	if err != nil {
+		return ""
+	}
+	return params["filename"]
 }
 
 func metadataFrom(h http.Header) (map[string]string, error) {

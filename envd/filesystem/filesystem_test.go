@@ -332,6 +332,49 @@ func TestMultipartUpload(t *testing.T) {
 	}
 }
 
+// TestMultipartSeveralFiles: without a path in the query, each part goes to the whole path its
+// filename gives (as E2B's SDKs write several files at once), parents created; two parts for
+// one path are refused.
+func TestMultipartSeveralFiles(t *testing.T) {
+	srv, _ := filesServer(t, "")
+	dir := t.TempDir()
+	post := func(files map[string]string, order []string) (int, string) {
+		t.Helper()
+		var body bytes.Buffer
+		mw := multipart.NewWriter(&body)
+		for _, name := range order {
+			fw, err := mw.CreateFormFile("file", name)
+			if err != nil {
+				t.Fatal(err)
+			}
+			_, _ = io.WriteString(fw, files[name])
+		}
+		_ = mw.Close()
+		req, _ := http.NewRequest("POST", srv.URL+"/files", &body)
+		req.Header.Set("Content-Type", mw.FormDataContentType())
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		_ = resp.Body.Close()
+		return resp.StatusCode, string(b)
+	}
+	a, c := filepath.Join(dir, "m", "a.txt"), filepath.Join(dir, "m", "b", "c.txt")
+	files := map[string]string{a: "A", c: "C"}
+	if code, body := post(files, []string{a, c}); code != 200 || !strings.Contains(body, `"path":"`+c+`"`) {
+		t.Fatalf("upload: %d %s", code, body)
+	}
+	for p, want := range files {
+		if got, err := os.ReadFile(p); err != nil || string(got) != want {
+			t.Fatalf("%s: %q, %v; want %q", p, got, err, want)
+		}
+	}
+	if code, body := post(files, []string{a, a}); code != 400 || !strings.Contains(body, a) {
+		t.Fatalf("two parts for one path: %d %s", code, body)
+	}
+}
+
 type askedReader struct {
 	r     io.Reader
 	asked []int

@@ -214,6 +214,16 @@ test('files: write and read text, bytes, 20 MB; exists, getInfo', async () => {
   assert.equal((await sbx.commands.run('stat -c %U /root/secret.txt', { user: 'root' })).stdout, 'root\n')
 })
 
+test('files: several files in one write, each to its own path', async () => {
+  const written = await sbx.files.write([
+    { path: '/tmp/multi/a.txt', data: 'A' },
+    { path: 'multi/b/c.txt', data: 'C' },
+  ])
+  assert.deepEqual(written.map((e) => e.path), ['/tmp/multi/a.txt', '/home/user/multi/b/c.txt'])
+  assert.equal(await sbx.files.read('/tmp/multi/a.txt'), 'A')
+  assert.equal(await sbx.files.read('multi/b/c.txt'), 'C')
+})
+
 test('files: list, makeDir, rename, remove, metadata', async () => {
   assert.equal(await sbx.files.makeDir('tree/a/b'), true)
   assert.equal(await sbx.files.makeDir('tree/a/b'), false, 'an existing directory is reported')
