@@ -118,6 +118,10 @@ func (a *API) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		a.proxy.serve(w, r, id, port)
 		return
 	}
+	if r.URL.Path == "/files" && r.URL.Query().Has("signature") {
+		a.proxy.serveSigned(w, r)
+		return
+	}
 	a.mux.ServeHTTP(w, r)
 }
 

@@ -160,6 +160,8 @@ func TestErrors(t *testing.T) {
 		{"proxy: bad id", "GET", "/files?path=/etc/passwd", "", "", map[string]string{SandboxIDHeader: "../x"}, 400, SandboxIDHeader},
 		{"proxy: bad port", "GET", "/health", "", "", map[string]string{SandboxIDHeader: "abc", SandboxPortHeader: "99999"}, 400, SandboxPortHeader},
 		{"proxy: unknown sandbox", "GET", "/files?path=../../etc/passwd", "", "", map[string]string{SandboxIDHeader: "abc123"}, 502, "not found"},
+		{"signed URL no sandbox signed", "GET", "/files?path=/etc/passwd&signature=v1_forged", "", "", nil, 401, "signature"},
+		{"signed URL bad expiration", "POST", "/files?path=/x&signature=v1_x&signature_expiration=soon", "", "", nil, 400, "signature_expiration"},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {

@@ -2,6 +2,7 @@ package api
 
 import (
 	"context"
+	"crypto/subtle"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -12,6 +13,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/cellhq/cell/envd/filesystem"
 	"github.com/cellhq/cell/internal/ids"
 	"github.com/cellhq/cell/internal/manager"
 )
@@ -181,6 +183,36 @@ func (p *proxy) serve(w http.ResponseWriter, r *http.Request, id, port string) {
 		},
 	}
 	rp.ServeHTTP(w, r)
+}
+
+// serveSigned proxies a signed /files URL that names no sandbox (E2B's SDKs make such URLs when
+// pointed at Cell with E2B_SANDBOX_URL: the sandbox is in neither the host nor a header) to the
+// running sandbox whose envd access token signed it. envd checks the signature again.
+func (p *proxy) serveSigned(w http.ResponseWriter, r *http.Request) {
+	q := r.URL.Query()
+	op := "read"
+	if r.Method == http.MethodPost {
+		op = "write"
+	}
+	var exp int64
+	if s := q.Get("signature_expiration"); s != "" {
+		n, err := strconv.ParseInt(s, 10, 64)
+		if err != nil {
+			writeError(w, http.StatusBadRequest, fmt.Sprintf("signature_expiration: %q is not a unix time", s))
+			return
+		}
+		exp = n
+	}
+	sig := []byte(q.Get("signature"))
+	id := p.mgr.FindRunning(func(token string) bool {
+		want := filesystem.Sign(q.Get("path"), op, q.Get("username"), token, exp)
+		return subtle.ConstantTimeCompare(sig, []byte(want)) == 1
+	})
+	if id == "" {
+		writeError(w, http.StatusUnauthorized, "signature: no running sandbox signed this URL (name the sandbox with the "+SandboxIDHeader+" header, or a Host of the form {port}-{id}.{domain})")
+		return
+	}
+	p.serve(w, r, id, strconv.Itoa(EnvdPort))
 }
 
 // portError is E2B's body for a sandbox port nothing listens on.

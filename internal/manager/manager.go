@@ -476,6 +476,27 @@ func (m *Manager) Envd(id string) (*http.Client, error) {
 	return b.sb.HTTP(), nil
 }
 
+// FindRunning returns the id of the running sandbox whose envd access token match accepts, or ""
+// (sandboxes without a token are never offered). It is for requests that carry proof of a
+// token but no sandbox id: /files URLs signed with it.
+func (m *Manager) FindRunning(match func(token string) bool) string {
+	m.mu.Lock()
+	boxes := make([]*box, 0, len(m.boxes))
+	for _, b := range m.boxes {
+		boxes = append(boxes, b)
+	}
+	m.mu.Unlock()
+	for _, b := range boxes {
+		b.mu.Lock()
+		id, token, running := b.rec.ID, b.rec.EnvdToken, b.sb != nil && b.rec.State == store.StateRunning
+		b.mu.Unlock()
+		if running && token != "" && match(token) {
+			return id
+		}
+	}
+	return ""
+}
+
 // ConsoleLog returns the sandbox's console log.
 func (m *Manager) ConsoleLog(team, id string) (string, error) {
 	b, err := m.lookup(team, id)

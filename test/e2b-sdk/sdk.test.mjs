@@ -266,19 +266,31 @@ test('files: watchDir reports events', async () => {
 
 test('signed upload and download URLs', async () => {
   const hdr = { 'E2b-Sandbox-Id': sbx.sandboxId, 'E2b-Sandbox-Port': '49983' }
+  // The URLs alone, as a browser would open them: with E2B_SANDBOX_URL they name no sandbox, and
+  // cell serve finds the one whose token signed them.
   const up = await sbx.uploadUrl('/home/user/signed.txt')
   assert.match(up, /signature=v1_/)
   const form = new FormData()
   form.append('file', new Blob(['signed content']), 'signed.txt')
-  const r1 = await fetch(up, { method: 'POST', body: form, headers: hdr })
+  const r1 = await fetch(up, { method: 'POST', body: form })
   assert.equal(r1.status, 200, await r1.clone().text())
   const down = await sbx.downloadUrl('/home/user/signed.txt', { useSignatureExpiration: 60 })
-  const r2 = await fetch(down, { headers: hdr })
+  const r2 = await fetch(down)
   assert.equal(r2.status, 200)
   assert.equal(await r2.text(), 'signed content')
+  const other = await Sandbox.create({ timeoutMs: 120_000 })
+  try {
+    await other.files.write('/home/user/signed.txt', 'the other sandbox')
+    assert.equal(await (await fetch(await other.downloadUrl('/home/user/signed.txt'))).text(), 'the other sandbox')
+    assert.equal(await (await fetch(down)).text(), 'signed content')
+  } finally {
+    await other.kill()
+  }
+  assert.equal((await fetch(down, { headers: hdr })).status, 200, 'with the headers too')
   // Tampering with the path, or no signature and no token, is refused.
   const bad = new URL(down)
   bad.searchParams.set('path', '/etc/shadow')
+  assert.equal((await fetch(bad)).status, 401)
   assert.equal((await fetch(bad, { headers: hdr })).status, 401)
   const plain = new URL(down)
   plain.search = '?path=/home/user/signed.txt'
