@@ -31,15 +31,11 @@ func resolve(p string, id process.Identity) (string, error) {
 	if strings.ContainsRune(p, 0) {
 		return "", connect.NewError(connect.CodeInvalidArgument, errors.New("path: must not contain NUL"))
 	}
-	if p == "~" {
-		p = id.Home
-	} else if rest, ok := strings.CutPrefix(p, "~/"); ok {
-		p = filepath.Join(id.Home, rest)
+	abs, err := id.Resolve(p)
+	if err != nil {
+		return "", connect.NewError(connect.CodeInvalidArgument, fmt.Errorf("path: %w", err))
 	}
-	if !filepath.IsAbs(p) {
-		p = filepath.Join(id.Home, p)
-	}
-	return filepath.Clean(p), nil
+	return abs, nil
 }
 
 // fsError maps an OS error to the Connect code E2B's SDKs expect.

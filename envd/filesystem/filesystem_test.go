@@ -45,7 +45,7 @@ func TestResolve(t *testing.T) {
 			t.Errorf("resolve(%q) = %q, %v; want %q", in, got, err, want)
 		}
 	}
-	for _, bad := range []string{"", "a\x00b"} {
+	for _, bad := range []string{"", "a\x00b", "~root/x"} {
 		if _, err := resolve(bad, id); connect.CodeOf(err) != connect.CodeInvalidArgument {
 			t.Errorf("resolve(%q): %v", bad, err)
 		}

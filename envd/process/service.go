@@ -175,10 +175,10 @@ func (s *Service) start(req *pb.StartRequest, userName string) (*proc, *subscrib
 		wantCwd = cfg.GetCwd()
 	}
 	if wantCwd != "" {
-		l.dir, l.home = wantCwd, false
-		if !filepath.IsAbs(l.dir) {
-			l.dir = filepath.Join(id.Home, l.dir)
+		if l.dir, err = id.Resolve(wantCwd); err != nil {
+			return nil, nil, connect.NewError(connect.CodeInvalidArgument, fmt.Errorf("process.cwd: %w", err))
 		}
+		l.home = false
 	}
 	env := map[string]string{
 		"PATH": DefaultPath, "HOME": id.Home, "USER": id.Name, "LOGNAME": id.Name,

@@ -273,7 +273,7 @@ func TestBackgroundChildHoldingOutputDoesNotHang(t *testing.T) {
 func TestBadRequests(t *testing.T) {
 	c, _ := newClient(t)
 	ctx := context.Background()
-	missing, file := "/nonexistent/dir", "/etc/passwd"
+	missing, file, otherHome := "/nonexistent/dir", "/etc/passwd", "~root/x"
 	cases := map[string]struct {
 		req  *pb.StartRequest
 		code connect.Code
@@ -285,6 +285,7 @@ func TestBadRequests(t *testing.T) {
 		"cwd file":  {&pb.StartRequest{Process: &pb.ProcessConfig{Cmd: "true", Cwd: &file}}, connect.CodeInvalidArgument, "cwd"},
 		"no path":   {&pb.StartRequest{Process: &pb.ProcessConfig{Cmd: "/no/such/program"}}, connect.CodeNotFound, "process.cmd: /no/such/program"},
 		"not exec":  {&pb.StartRequest{Process: &pb.ProcessConfig{Cmd: "/etc/passwd"}}, connect.CodeInvalidArgument, "starting /etc/passwd"},
+		"~name cwd": {&pb.StartRequest{Process: &pb.ProcessConfig{Cmd: "true", Cwd: &otherHome}}, connect.CodeInvalidArgument, "process.cwd"},
 	}
 	for name, tc := range cases {
 		s, err := c.Start(ctx, connect.NewRequest(tc.req))
@@ -393,6 +394,23 @@ func TestWorkingDirectory(t *testing.T) {
 	}
 	if o := run(t, c, sh(`pwd; echo "$PWD"`)); o.stdout.String() != id.Home+"\n"+id.Home+"\n" {
 		t.Fatalf("in the home %s: %q", id.Home, o.stdout.String())
+	}
+	// "~" and "~/…" are the user's home (here made a temporary directory), as E2B's envd
+	// expands them.
+	home := id
+	home.Home = dir
+	svc.users.mu.Lock()
+	svc.users.cache[me] = home
+	svc.users.mu.Unlock()
+	if err := os.Mkdir(filepath.Join(dir, "sub"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for cwd, want := range map[string]string{"~": dir, "~/sub": filepath.Join(dir, "sub")} {
+		r := sh(`pwd`)
+		r.Process.Cwd = &cwd
+		if o := run(t, c, r); o.stdout.String() != want+"\n" {
+			t.Fatalf("cwd %q: %q, want %s", cwd, o.stdout.String(), want)
+		}
 	}
 	// The same user, as if its home had gone.
 	svc.users.mu.Lock()

@@ -4,7 +4,9 @@ import (
 	"errors"
 	"fmt"
 	"os/user"
+	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 )
@@ -15,6 +17,21 @@ type Identity struct {
 	UID, GID uint32
 	Groups   []uint32
 	Home     string
+}
+
+// Resolve makes p absolute for id as E2B's envd does: "~" and "~/…" are id's home, a relative
+// path is from id's home. Another user's home ("~name") is not expanded: an error.
+func (id Identity) Resolve(p string) (string, error) {
+	if rest, ok := strings.CutPrefix(p, "~"); ok {
+		if rest != "" && rest[0] != '/' {
+			return "", fmt.Errorf("%q: another user's home (~name) is not expanded", p)
+		}
+		p = id.Home + rest
+	}
+	if !filepath.IsAbs(p) {
+		p = filepath.Join(id.Home, p)
+	}
+	return filepath.Clean(p), nil
 }
 
 // Users resolves user names from the guest's /etc/passwd and /etc/group, remembering answers

@@ -133,6 +133,7 @@ test('commands: stdout, stderr, exit code, env, cwd, user', async () => {
   assert.equal(env.stdout, 'bar yes\n')
   const cwd = await sbx.commands.run('pwd', { cwd: '/tmp' })
   assert.equal(cwd.stdout, '/tmp\n')
+  assert.equal((await sbx.commands.run('pwd', { cwd: '~' })).stdout, '/home/user\n', '~ is the home, as on E2B')
   assert.equal((await sbx.commands.run('whoami')).stdout, 'user\n')
   assert.equal((await sbx.commands.run('whoami', { user: 'root' })).stdout, 'root\n')
   assert.equal((await sbx.commands.run('echo $HOME')).stdout, '/home/user\n')
