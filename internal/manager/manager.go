@@ -480,13 +480,7 @@ func (m *Manager) Envd(id string) (*http.Client, error) {
 // (sandboxes without a token are never offered). It is for requests that carry proof of a
 // token but no sandbox id: /files URLs signed with it.
 func (m *Manager) FindRunning(match func(token string) bool) string {
-	m.mu.Lock()
-	boxes := make([]*box, 0, len(m.boxes))
-	for _, b := range m.boxes {
-		boxes = append(boxes, b)
-	}
-	m.mu.Unlock()
-	for _, b := range boxes {
+	for _, b := range m.allBoxes() {
 		b.mu.Lock()
 		id, token, running := b.rec.ID, b.rec.EnvdToken, b.sb != nil && b.rec.State == store.StateRunning
 		b.mu.Unlock()
