@@ -35,8 +35,10 @@ const PowerOffPath = "/cell/poweroff"
 // (Cell-specific: a pause needs it, and it saves starting /bin/sync in the guest).
 const SyncPath = "/cell/sync"
 
-// maxInitBody bounds the /init request.
-const maxInitBody = 1 << 20
+// maxInitBody bounds the /init request. It must hold what the host sends: env vars that came
+// through the host's API in a body of at most 1 MiB, encoded again (Cell's host escapes no HTML,
+// so a string grows at most 2× — U+2028/U+2029 become \u escapes — plus the other fields).
+const maxInitBody = 4 << 20
 
 // Services are what the handler serves.
 type Services struct {
@@ -145,8 +147,12 @@ type InitRequest struct {
 
 func (s Services) init(w http.ResponseWriter, r *http.Request) {
 	var req InitRequest
-	dec := json.NewDecoder(io.LimitReader(r.Body, maxInitBody))
+	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, maxInitBody))
 	if err := dec.Decode(&req); err != nil && !errors.Is(err, io.EOF) {
+		if tooBig := (*http.MaxBytesError)(nil); errors.As(err, &tooBig) {
+			filesystem.WriteError(w, http.StatusRequestEntityTooLarge, "init: the body is over %d bytes", maxInitBody)
+			return
+		}
 		filesystem.WriteError(w, http.StatusBadRequest, "init: %v", err)
 		return
 	}

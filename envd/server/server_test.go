@@ -1,8 +1,14 @@
 package server
 
 import (
+	"bytes"
+	"encoding/json"
+	"io"
+	"log/slog"
 	"net/http"
 	"net/http/httptest"
+	"strconv"
+	"strings"
 	"testing"
 
 	"github.com/cellhq/cell/envd/filesystem"
@@ -37,5 +43,30 @@ func TestSync(t *testing.T) {
 	}
 	if got := do("POST", tok); got != http.StatusNoContent || syncs != 1 {
 		t.Fatalf("POST: HTTP %d, %d syncs", got, syncs)
+	}
+}
+
+// TestInitBodyLimit: /init takes a body as large as the host can send (its API's 1 MiB of env
+// vars, re-encoded) and refuses a larger one with 413, naming the limit.
+func TestInitBodyLimit(t *testing.T) {
+	defaults := state.New("user")
+	srv := httptest.NewServer(Handler(Services{Defaults: defaults, Log: slog.New(slog.DiscardHandler)}))
+	defer srv.Close()
+	post := func(value string) (int, string) {
+		body, _ := json.Marshal(InitRequest{EnvVars: map[string]string{"BIG": value}})
+		resp, err := http.Post(srv.URL+"/init", "application/json", bytes.NewReader(body))
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		_ = resp.Body.Close()
+		return resp.StatusCode, string(b)
+	}
+	// 1 MiB of U+2028 sent as it is, which Go encodes as 6-byte escapes: 2 MiB.
+	if code, body := post(strings.Repeat("\u2028", (1<<20)/3)); code != http.StatusNoContent || defaults.Envs()["BIG"] == "" {
+		t.Fatalf("the host's largest /init: %d %s", code, body)
+	}
+	if code, body := post(strings.Repeat("x", maxInitBody)); code != http.StatusRequestEntityTooLarge || !strings.Contains(body, strconv.Itoa(maxInitBody)) {
+		t.Fatalf("over the limit: %d %s", code, body)
 	}
 }

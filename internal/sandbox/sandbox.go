@@ -250,11 +250,15 @@ func (s *Sandbox) Init(ctx context.Context, req server.InitRequest) error {
 	now := time.Now()
 	hostname := s.ID
 	req.Hostname, req.Timestamp = &hostname, &now
-	body, err := json.Marshal(req)
-	if err != nil {
+	// No HTML escaping: an env var full of '<' would grow six-fold and could outgrow what envd
+	// accepts (see envd's maxInitBody).
+	var body bytes.Buffer
+	enc := json.NewEncoder(&body)
+	enc.SetEscapeHTML(false)
+	if err := enc.Encode(req); err != nil {
 		return err
 	}
-	hreq, err := http.NewRequestWithContext(ctx, http.MethodPost, envdURL+"/init", bytes.NewReader(body))
+	hreq, err := http.NewRequestWithContext(ctx, http.MethodPost, envdURL+"/init", &body)
 	if err != nil {
 		return err
 	}

@@ -595,3 +595,46 @@ func TestServePauseOnShutdown(t *testing.T) {
 		t.Fatalf("after resume: %q", got)
 	}
 }
+
+// TestCreateLargeEnvVars: env vars as large as the API takes (a body just under 1 MiB) reach the
+// sandbox. The host encodes them again for envd's /init: '<' must not become a six-byte escape,
+// and envd must take what the host sends (U+2028 and U+2029 are always escaped: 3 bytes become 6).
+func TestCreateLargeEnvVars(t *testing.T) {
+	d := newDaemon(t)
+	s, c := d.serve(t)
+	envs := map[string]string{}
+	for i := range 60 {
+		envs[fmt.Sprintf("LT%d", i)] = strings.Repeat("<", 8000)
+		envs[fmt.Sprintf("LS%d", i)] = strings.Repeat("\u2028", 2600)
+	}
+	var body bytes.Buffer
+	enc := json.NewEncoder(&body)
+	enc.SetEscapeHTML(false)
+	if err := enc.Encode(map[string]any{"templateID": "base", "timeout": 600, "envVars": envs}); err != nil {
+		t.Fatal(err)
+	}
+	// A client may send U+2028 as it is (valid JSON), 3 bytes where Go writes a 6-byte escape.
+	raw := bytes.ReplaceAll(body.Bytes(), []byte(`\u2028`), []byte("\u2028"))
+	body.Reset()
+	body.Write(raw)
+	if body.Len() >= 1<<20 {
+		t.Fatalf("test body is %d bytes, over the API's limit", body.Len())
+	}
+	req, _ := http.NewRequest("POST", s.url+"/sandboxes", &body)
+	req.Header.Set("X-API-KEY", d.key)
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	_ = resp.Body.Close()
+	var created struct{ SandboxID string }
+	if resp.StatusCode != http.StatusCreated || json.Unmarshal(b, &created) != nil {
+		t.Fatalf("create: %d %s", resp.StatusCode, b)
+	}
+	defer func() { _ = c.Kill(context.Background(), created.SandboxID) }()
+	if got := execOut(t, c, created.SandboxID, `echo ${#LT59} ${#LS59} "${LT0:0:3}"`); got != "8000 2600 <<<\n" {
+		t.Fatalf("env in the sandbox: %q", got)
+	}
+}
