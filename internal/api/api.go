@@ -77,14 +77,31 @@ func New(cfg Config) *API {
 	a.route("DELETE /templates/{tid}", a.deleteTemplate)
 	a.route("POST /sandboxes/{id}/fork", a.fork)
 	a.route("PUT /sandboxes/{id}/network", a.updateNetwork)
+	a.route("GET /templates/aliases/{alias}", a.templateAlias)
+	// E2B routes Cell does not serve yet (the ones E2B's SDKs call, and two listings): a clear 501,
+	// not a 404 the SDK would read as "no such thing".
 	for _, p := range []string{
 		"POST /v3/templates", "POST /v2/templates/{tid}/builds/{bid}", "GET /templates/{tid}/builds/{bid}/status",
-		"GET /templates/{tid}/files/{hash}",
+		"GET /templates/{tid}/files/{hash}", "GET /templates", "POST /templates/tags",
+		"DELETE /templates/tags", "GET /sandboxes/metrics",
+		"GET /secrets", "POST /secrets", "GET /secrets/{secretID}", "POST /secrets/{secretID}", "DELETE /secrets/{secretID}",
+		"GET /volumes", "POST /volumes", "GET /volumes/{volumeID}", "DELETE /volumes/{volumeID}",
+		"GET /volumecontent/{volumeID}/dir", "POST /volumecontent/{volumeID}/dir", "GET /volumecontent/{volumeID}/file",
+		"PUT /volumecontent/{volumeID}/file", "GET /volumecontent/{volumeID}/path", "PATCH /volumecontent/{volumeID}/path",
+		"DELETE /volumecontent/{volumeID}/path",
 	} {
 		a.route(p, func(w http.ResponseWriter, r *http.Request, _ string) {
 			writeError(w, http.StatusNotImplemented, fmt.Sprintf("%s %s is not implemented by Cell yet", r.Method, r.Pattern[strings.IndexByte(r.Pattern, ' ')+1:]))
 		})
 	}
+	// GET /templates/{tid}/tags, which as a pattern would clash with the alias lookup's.
+	a.route("GET /templates/{tid}/{sub}", func(w http.ResponseWriter, r *http.Request, _ string) {
+		if r.PathValue("sub") != "tags" {
+			writeError(w, http.StatusNotFound, fmt.Sprintf("no route for %s %s", r.Method, r.URL.Path))
+			return
+		}
+		writeError(w, http.StatusNotImplemented, "GET /templates/{templateID}/tags is not implemented by Cell yet")
+	})
 	a.mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusNotFound, fmt.Sprintf("no route for %s %s", r.Method, r.URL.Path))
 	})
@@ -714,6 +731,21 @@ func (a *API) snapshots(w http.ResponseWriter, r *http.Request, team string) {
 		out = append(out, snapshotResponse(s))
 	}
 	writeJSON(w, http.StatusOK, out)
+}
+
+// templateAliasResponse is E2B's answer to an alias lookup.
+type templateAliasResponse struct {
+	TemplateID string `json:"templateID"`
+	Public     bool   `json:"public"`
+}
+
+func (a *API) templateAlias(w http.ResponseWriter, r *http.Request, team string) {
+	id, public, err := a.cfg.Manager.TemplateAlias(team, r.PathValue("alias"))
+	if err != nil {
+		fail(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, templateAliasResponse{TemplateID: id, Public: public})
 }
 
 func (a *API) deleteTemplate(w http.ResponseWriter, r *http.Request, team string) {

@@ -160,6 +160,13 @@ func TestErrors(t *testing.T) {
 		{"proxy: bad id", "GET", "/files?path=/etc/passwd", "", "", map[string]string{SandboxIDHeader: "../x"}, 400, SandboxIDHeader},
 		{"proxy: bad port", "GET", "/health", "", "", map[string]string{SandboxIDHeader: "abc", SandboxPortHeader: "99999"}, 400, SandboxPortHeader},
 		{"proxy: unknown sandbox", "GET", "/files?path=../../etc/passwd", "", "", map[string]string{SandboxIDHeader: "abc123"}, 502, "not found"},
+		{"unsupported: secrets", "GET", "/secrets", key, "", nil, 501, "GET /secrets is not implemented"},
+		{"unsupported: volume content", "PUT", "/volumecontent/v1/file", key, "", nil, 501, "/volumecontent/{volumeID}/file"},
+		{"unsupported: template tags", "GET", "/templates/t1/tags", key, "", nil, 501, "tags"},
+		{"unsupported: batch metrics", "GET", "/sandboxes/metrics", key, "", nil, 501, "/sandboxes/metrics"},
+		{"template sub-path", "GET", "/templates/t1/other", key, "", nil, 404, "no route"},
+		{"alias of a missing template", "GET", "/templates/aliases/nope", key, "", nil, 404, "nope"},
+		{"alias bad", "GET", "/templates/aliases/Bad.Name", key, "", nil, 400, "alias"},
 		{"signed URL no sandbox signed", "GET", "/files?path=/etc/passwd&signature=v1_forged", "", "", nil, 401, "signature"},
 		{"signed URL bad expiration", "POST", "/files?path=/x&signature=v1_x&signature_expiration=soon", "", "", nil, 400, "signature_expiration"},
 	}
@@ -228,6 +235,7 @@ func TestOpenAPIServedAndComplete(t *testing.T) {
 		"POST /sandboxes/{sandboxID}/connect", "GET /sandboxes/{sandboxID}/metrics", "GET /sandboxes/{sandboxID}/logs",
 		"POST /sandboxes/{sandboxID}/pause", "POST /sandboxes/{sandboxID}/resume", "POST /sandboxes/{sandboxID}/snapshots",
 		"GET /snapshots", "DELETE /templates/{templateID}", "POST /sandboxes/{sandboxID}/fork", "GET /health",
+		"GET /templates/aliases/{alias}",
 	} {
 		method, path, _ := strings.Cut(r, " ")
 		if _, ok := doc.Paths[path][strings.ToLower(method)]; !ok {

@@ -77,6 +77,21 @@ func (m *Manager) Snapshots(team, source string) []SnapshotInfo {
 	return out
 }
 
+// TemplateAlias resolves a template name for team as E2B's alias lookup does: "base" is public,
+// a snapshot is team's own (another team's is not found, as its sandboxes are not).
+func (m *Manager) TemplateAlias(team, alias string) (id string, public bool, err error) {
+	if err := ids.Validate("alias", alias); err != nil {
+		return "", false, fmt.Errorf("%w: %w", ErrInvalid, err)
+	}
+	if alias == "base" {
+		return "base", true, nil
+	}
+	if t := m.cfg.Templates.Template(alias); t != nil && t.Full && !t.Fork && t.Team == team {
+		return t.Name, false, nil
+	}
+	return "", false, fmt.Errorf("%w: template %q", ErrNotFound, alias)
+}
+
 // DeleteTemplate removes team's snapshot; ErrConflict while a sandbox still depends on it.
 func (m *Manager) DeleteTemplate(team, id string) error {
 	if err := ids.Validate("templateID", id); err != nil {
