@@ -3,7 +3,7 @@
 import { test, before, after } from 'node:test'
 import assert from 'node:assert/strict'
 import { createHash, randomBytes } from 'node:crypto'
-import { Sandbox, CommandExitError, NotFoundError, SandboxNotFoundError, AuthenticationError, FileType, FilesystemEventType } from 'e2b'
+import { Sandbox, Template, CommandExitError, NotFoundError, SandboxNotFoundError, AuthenticationError, FileType, FilesystemEventType } from 'e2b'
 import { startServer } from './harness.mjs'
 import { readdirSync } from 'node:fs'
 import { join } from 'node:path'
@@ -337,6 +337,10 @@ test('snapshots: create from one, list, delete refused while used; fork', async 
     await s.files.write('after.txt', 'later') // not in the snapshot
     const listed = await Sandbox.listSnapshots({ sandboxId: s.sandboxId }).nextItems()
     assert.ok(listed.some((x) => x.snapshotId === snap.snapshotId))
+    assert.equal(await Template.exists('base'), true)
+    assert.equal(await Template.exists(snap.snapshotId), true, 'a snapshot is a template name of its team')
+    assert.equal(await Template.exists(snap.snapshotId, { apiKey: srv.keyB }), false, 'not of another team')
+    assert.equal(await Template.exists('no-such-template'), false)
     const c = await Sandbox.create(snap.snapshotId, { timeoutMs: 60_000 })
     assert.equal(await c.files.read('from-source.txt'), 'source')
     assert.equal(await c.files.exists('after.txt'), false)
