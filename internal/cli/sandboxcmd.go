@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"os/signal"
 	"strings"
@@ -114,13 +115,21 @@ func sandboxCmd() *cobra.Command {
 	}
 	var user string
 	exec := &cobra.Command{
-		Use: "exec ID -- CMD…", Short: "Run a command in a sandbox", Args: cobra.MinimumNArgs(2),
+		Use: "exec ID -- CMD…", Short: "Run a command in a sandbox",
+		Long: "Run a command in a sandbox. CMD… is joined with spaces into one command line for bash -l -c\n" +
+			"(as ssh does: quote what the sandbox's shell must see as one word). Standard input is passed\n" +
+			"on when it is not a terminal; the exit code is the command's.",
+		Args: cobra.MinimumNArgs(2),
 		RunE: r.run(func(cmd *cobra.Command, args []string, cl *client.Client) error {
 			sb, err := cl.Connect(cmd.Context(), args[0])
 			if err != nil {
 				return err
 			}
-			res, err := sb.Exec(cmd.Context(), strings.Join(args[1:], " "), user, nil, os.Stdout, os.Stderr)
+			var stdin io.Reader
+			if !term.IsTerminal(int(os.Stdin.Fd())) {
+				stdin = os.Stdin
+			}
+			res, err := sb.ExecInput(cmd.Context(), strings.Join(args[1:], " "), user, nil, stdin, os.Stdout, os.Stderr)
 			if err != nil {
 				return err
 			}

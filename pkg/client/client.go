@@ -261,7 +261,20 @@ type ExecResult struct {
 
 // Exec runs cmd (through bash -l -c, as E2B's SDKs do) and streams its output.
 func (s *Sandbox) Exec(ctx context.Context, cmd, user string, envs map[string]string, stdout, stderr io.Writer) (ExecResult, error) {
+	return s.ExecInput(ctx, cmd, user, envs, nil, stdout, stderr)
+}
+
+// ExecInput is Exec with stdin (when not nil) copied to the command's standard input, which is
+// closed at stdin's end. The copy stops when the command ends; a read of stdin in progress then
+// is not waited for.
+func (s *Sandbox) ExecInput(ctx context.Context, cmd, user string, envs map[string]string, stdin io.Reader, stdout, stderr io.Writer) (ExecResult, error) {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
 	req := &pb.StartRequest{Process: &pb.ProcessConfig{Cmd: "/bin/bash", Args: []string{"-l", "-c", cmd}, Envs: envs}}
+	if stdin != nil {
+		on := true
+		req.Stdin = &on
+	}
 	stream, err := s.Process.Start(ctx, AsUser(connect.NewRequest(req), user))
 	if err != nil {
 		return ExecResult{}, err
@@ -269,6 +282,11 @@ func (s *Sandbox) Exec(ctx context.Context, cmd, user string, envs map[string]st
 	defer func() { _ = stream.Close() }()
 	for stream.Receive() {
 		switch ev := stream.Msg().GetEvent().GetEvent().(type) {
+		case *pb.ProcessEvent_Start:
+			if stdin != nil {
+				pid := ev.Start.GetPid()
+				go func() { _ = s.feed(ctx, pid, user, stdin) }()
+			}
 		case *pb.ProcessEvent_Data:
 			switch out := ev.Data.GetOutput().(type) {
 			case *pb.ProcessEvent_DataEvent_Stdout:
@@ -290,6 +308,28 @@ func (s *Sandbox) Exec(ctx context.Context, cmd, user string, envs map[string]st
 		return ExecResult{}, err
 	}
 	return ExecResult{}, errors.New("the command's stream ended before the command did")
+}
+
+// feed copies r to the process's standard input, then closes it; it stops at ctx's end.
+func (s *Sandbox) feed(ctx context.Context, pid uint32, user string, r io.Reader) error {
+	sel := &pb.ProcessSelector{Selector: &pb.ProcessSelector_Pid{Pid: pid}}
+	buf := make([]byte, 64<<10)
+	for {
+		n, err := r.Read(buf)
+		if n > 0 {
+			in := &pb.SendInputRequest{Process: sel, Input: &pb.ProcessInput{Input: &pb.ProcessInput_Stdin{Stdin: buf[:n]}}}
+			if _, serr := s.Process.SendInput(ctx, AsUser(connect.NewRequest(in), user)); serr != nil {
+				return serr
+			}
+		}
+		if err != nil {
+			_, cerr := s.Process.CloseStdin(ctx, AsUser(connect.NewRequest(&pb.CloseStdinRequest{Process: sel}), user))
+			if errors.Is(err, io.EOF) {
+				return cerr
+			}
+			return err
+		}
+	}
 }
 
 func (s *Sandbox) filesURL(path, user string) string {

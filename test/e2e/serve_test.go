@@ -3,6 +3,7 @@ package e2e
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -283,6 +284,11 @@ func TestSandboxCLI(t *testing.T) {
 	}
 	if out, code := run("", "exec", id, "--", "echo", "hi;", "exit", "4"); out != "hi\n" || code != 4 {
 		t.Fatalf("exec: %q %d", out, code)
+	}
+	// Piped standard input reaches the command, in order and whole.
+	in := strings.Repeat("0123456789", 20000)
+	if out, code := run(in, "exec", id, "--", "sha256sum"); code != 0 || !strings.HasPrefix(out, fmt.Sprintf("%x ", sha256.Sum256([]byte(in)))) {
+		t.Fatalf("exec with stdin: %q %d", out, code)
 	}
 	src := filepath.Join(t.TempDir(), "in.txt")
 	if err := os.WriteFile(src, []byte("payload\n"), 0o644); err != nil {
