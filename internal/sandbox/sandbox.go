@@ -3,7 +3,6 @@ package sandbox
 import (
 	"bytes"
 	"context"
-	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -21,6 +20,7 @@ import (
 	"github.com/cellhq/cell/internal/image"
 	"github.com/cellhq/cell/internal/netstack"
 	"github.com/cellhq/cell/internal/vmm"
+	"github.com/cellhq/cell/pkg/client"
 	pb "github.com/cellhq/cell/proto/process"
 	"github.com/cellhq/cell/proto/process/processconnect"
 )
@@ -367,14 +367,6 @@ type Result struct {
 	Exited   bool
 }
 
-// WithUser sets the user a request runs as, the way E2B's SDKs do (Basic auth user name).
-func WithUser[T any](req *connect.Request[T], user string) *connect.Request[T] {
-	if user != "" {
-		req.Header().Set("Authorization", "Basic "+base64.StdEncoding.EncodeToString([]byte(user+":")))
-	}
-	return req
-}
-
 // Run starts a command, copies stdin (if not nil) to it, streams its output to stdout and stderr
 // as it is produced, and returns how it ended. onStart, if set, is called with the pid.
 func (s *Sandbox) Run(ctx context.Context, spec RunSpec, stdin io.Reader, stdout, stderr io.Writer, onStart func(pid uint32)) (Result, error) {
@@ -393,7 +385,7 @@ func (s *Sandbox) Run(ctx context.Context, spec RunSpec, stdin io.Reader, stdout
 	}
 	withStdin := stdin != nil
 	req.Stdin = &withStdin
-	stream, err := s.Process.Start(ctx, WithUser(connect.NewRequest(req), user))
+	stream, err := s.Process.Start(ctx, client.AsUser(connect.NewRequest(req), user))
 	if err != nil {
 		return Result{}, s.explain(ctx, err)
 	}
@@ -409,7 +401,7 @@ func (s *Sandbox) Run(ctx context.Context, spec RunSpec, stdin io.Reader, stdout
 				onStart(res.PID)
 			}
 			if withStdin {
-				go func() { inputDone <- s.feed(ctx, res.PID, user, stdin) }()
+				go func() { inputDone <- client.Feed(ctx, s.Process, res.PID, user, stdin) }()
 			}
 		case *pb.ProcessEvent_Data:
 			var err error
@@ -437,28 +429,6 @@ func (s *Sandbox) Run(ctx context.Context, spec RunSpec, stdin io.Reader, stdout
 		err = errors.New("envd closed the stream before the command ended")
 	}
 	return res, s.explain(ctx, err)
-}
-
-// feed copies r to the process's stdin in order, then closes it.
-func (s *Sandbox) feed(ctx context.Context, pid uint32, user string, r io.Reader) error {
-	sel := &pb.ProcessSelector{Selector: &pb.ProcessSelector_Pid{Pid: pid}}
-	buf := make([]byte, 64<<10)
-	for {
-		n, err := r.Read(buf)
-		if n > 0 {
-			in := &pb.SendInputRequest{Process: sel, Input: &pb.ProcessInput{Input: &pb.ProcessInput_Stdin{Stdin: buf[:n]}}}
-			if _, serr := s.Process.SendInput(ctx, WithUser(connect.NewRequest(in), user)); serr != nil {
-				return serr
-			}
-		}
-		if err != nil {
-			_, cerr := s.Process.CloseStdin(ctx, WithUser(connect.NewRequest(&pb.CloseStdinRequest{Process: sel}), user))
-			if errors.Is(err, io.EOF) {
-				return cerr
-			}
-			return err
-		}
-	}
 }
 
 // Signal sends sig to the process (and its process group) pid.

@@ -285,7 +285,7 @@ func (s *Sandbox) ExecInput(ctx context.Context, cmd, user string, envs map[stri
 		case *pb.ProcessEvent_Start:
 			if stdin != nil {
 				pid := ev.Start.GetPid()
-				go func() { _ = s.feed(ctx, pid, user, stdin) }()
+				go func() { _ = Feed(ctx, s.Process, pid, user, stdin) }()
 			}
 		case *pb.ProcessEvent_Data:
 			switch out := ev.Data.GetOutput().(type) {
@@ -310,20 +310,21 @@ func (s *Sandbox) ExecInput(ctx context.Context, cmd, user string, envs map[stri
 	return ExecResult{}, errors.New("the command's stream ended before the command did")
 }
 
-// feed copies r to the process's standard input, then closes it; it stops at ctx's end.
-func (s *Sandbox) feed(ctx context.Context, pid uint32, user string, r io.Reader) error {
+// Feed copies r to the standard input of process pid (as user), then closes it. It stops at
+// ctx's end (the read in progress then finishes first).
+func Feed(ctx context.Context, pc processconnect.ProcessClient, pid uint32, user string, r io.Reader) error {
 	sel := &pb.ProcessSelector{Selector: &pb.ProcessSelector_Pid{Pid: pid}}
 	buf := make([]byte, 64<<10)
 	for {
 		n, err := r.Read(buf)
 		if n > 0 {
 			in := &pb.SendInputRequest{Process: sel, Input: &pb.ProcessInput{Input: &pb.ProcessInput_Stdin{Stdin: buf[:n]}}}
-			if _, serr := s.Process.SendInput(ctx, AsUser(connect.NewRequest(in), user)); serr != nil {
+			if _, serr := pc.SendInput(ctx, AsUser(connect.NewRequest(in), user)); serr != nil {
 				return serr
 			}
 		}
 		if err != nil {
-			_, cerr := s.Process.CloseStdin(ctx, AsUser(connect.NewRequest(&pb.CloseStdinRequest{Process: sel}), user))
+			_, cerr := pc.CloseStdin(ctx, AsUser(connect.NewRequest(&pb.CloseStdinRequest{Process: sel}), user))
 			if errors.Is(err, io.EOF) {
 				return cerr
 			}
