@@ -353,12 +353,18 @@ func (f *Files) upload(w http.ResponseWriter, r *http.Request, id process.Identi
 			if target == "" {
 				target = partPath(part)
 			}
-			if p, err := resolve(target, id); err == nil && slices.ContainsFunc(out, func(u uploaded) bool { return u.Path == p }) {
+			p, err := uploadPath(target, id)
+			if err != nil {
+				_ = part.Close()
+				WriteError(w, http.StatusBadRequest, "%v", err)
+				return
+			}
+			if slices.ContainsFunc(out, func(u uploaded) bool { return u.Path == p }) {
 				_ = part.Close()
 				WriteError(w, http.StatusBadRequest, "path: %s is named by more than one part of this upload (the parts before this one were written)", p)
 				return
 			}
-			u, code, err := writeFile(target, pieceReader{part}, id, md)
+			u, code, err := writeFile(p, pieceReader{part}, id, md)
 			_ = part.Close()
 			if err != nil {
 				WriteError(w, code, "%v", err)
@@ -375,7 +381,12 @@ func (f *Files) upload(w http.ResponseWriter, r *http.Request, id process.Identi
 			WriteError(w, http.StatusBadRequest, "path: required for an octet-stream upload")
 			return
 		}
-		u, code, err := writeFile(qpath, body, id, md)
+		p, err := uploadPath(qpath, id)
+		if err != nil {
+			WriteError(w, http.StatusBadRequest, "%v", err)
+			return
+		}
+		u, code, err := writeFile(p, body, id, md)
 		if err != nil {
 			WriteError(w, code, "%v", err)
 			return
@@ -420,12 +431,18 @@ func metadataFrom(h http.Header) (map[string]string, error) {
 	return md, nil
 }
 
-// writeFile writes r to path (for id), creating parents, owned by id, with metadata md.
-func writeFile(path string, r io.Reader, id process.Identity, md map[string]string) (uploaded, int, error) {
+// uploadPath is the absolute path an upload to path writes for id.
+func uploadPath(path string, id process.Identity) (string, error) {
 	p, err := resolve(path, id)
 	if err != nil {
-		return uploaded{}, http.StatusBadRequest, fmt.Errorf("path: %w", errors.Unwrap(err))
+		return "", fmt.Errorf("path: %w", errors.Unwrap(err))
 	}
+	return p, nil
+}
+
+// writeFile writes r to the absolute path p (see uploadPath), creating parents, owned by id,
+// with metadata md.
+func writeFile(p string, r io.Reader, id process.Identity, md map[string]string) (uploaded, int, error) {
 	if err := mkdirAllAs(filepath.Dir(p), id); err != nil {
 		return uploaded{}, statusFor(err), fmt.Errorf("creating the parents of %s: %w", p, err)
 	}

@@ -90,9 +90,7 @@ func New(cfg Config) *API {
 		"PUT /volumecontent/{volumeID}/file", "GET /volumecontent/{volumeID}/path", "PATCH /volumecontent/{volumeID}/path",
 		"DELETE /volumecontent/{volumeID}/path",
 	} {
-		a.route(p, func(w http.ResponseWriter, r *http.Request, _ string) {
-			writeError(w, http.StatusNotImplemented, fmt.Sprintf("%s %s is not implemented by Cell yet", r.Method, r.Pattern[strings.IndexByte(r.Pattern, ' ')+1:]))
-		})
+		a.route(p, func(w http.ResponseWriter, r *http.Request, _ string) { notImplemented(w, r.Pattern) })
 	}
 	// GET /templates/{tid}/tags, which as a pattern would clash with the alias lookup's.
 	a.route("GET /templates/{tid}/{sub}", func(w http.ResponseWriter, r *http.Request, _ string) {
@@ -100,12 +98,17 @@ func New(cfg Config) *API {
 			writeError(w, http.StatusNotFound, fmt.Sprintf("no route for %s %s", r.Method, r.URL.Path))
 			return
 		}
-		writeError(w, http.StatusNotImplemented, "GET /templates/{templateID}/tags is not implemented by Cell yet")
+		notImplemented(w, "GET /templates/{tid}/tags")
 	})
 	a.mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusNotFound, fmt.Sprintf("no route for %s %s", r.Method, r.URL.Path))
 	})
 	return a
+}
+
+// notImplemented answers an E2B route ("METHOD /path") that Cell does not serve yet.
+func notImplemented(w http.ResponseWriter, route string) {
+	writeError(w, http.StatusNotImplemented, route+" is not implemented by Cell yet")
 }
 
 // route registers an authenticated handler; h gets the caller's team.
