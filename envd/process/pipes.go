@@ -42,6 +42,9 @@ func newOutputPipes() (*outputPipes, error) {
 	return &outputPipes{outR: files[0], outW: files[1], errR: files[2], errW: files[3]}, nil
 }
 
+// all returns the four ends.
+func (p *outputPipes) all() []*os.File { return []*os.File{p.outR, p.outW, p.errR, p.errW} }
+
 func closeFiles(files []*os.File) {
 	for _, f := range files {
 		if f != nil {
@@ -94,7 +97,7 @@ func (s *pipeStock) restock() {
 		}
 		s.mu.Unlock()
 		if p != nil {
-			closeFiles([]*os.File{p.outR, p.outW, p.errR, p.errW})
+			closeFiles(p.all())
 		}
 	}()
 }
@@ -133,7 +136,7 @@ func (s *pipeStock) close() {
 		s.timer = nil
 	}
 	if p := s.spare; p != nil {
-		files = append(files, p.outR, p.outW, p.errR, p.errW)
+		files = append(files, p.all()...)
 		s.spare = nil
 	}
 	s.mu.Unlock()

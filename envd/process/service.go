@@ -216,7 +216,7 @@ func (s *Service) start(req *pb.StartRequest, userName string) (*proc, *subscrib
 		return nil, nil, fmt.Errorf("output pipes: %w", err)
 	}
 	outR, errR := pipes.outR, pipes.errR
-	closers = append(closers, outR, pipes.outW, errR, pipes.errW)
+	closers = append(closers, pipes.all()...)
 	var stdinR, stdinW *os.File
 	if req.GetStdin() {
 		stdinR, stdinW, err = os.Pipe()
