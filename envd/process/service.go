@@ -492,6 +492,12 @@ func endEvent(st *os.ProcessState, waitErr error) *pb.ProcessEvent_EndEvent {
 	}
 	end.Status = st.String()
 	end.Exited = st.Exited()
+	if !st.Success() {
+		// As E2B's envd reports it ("exit status 3", "signal: killed"): the SDKs show it as
+		// the message of their command-exit error.
+		msg := end.Status
+		end.Error = &msg
+	}
 	if ws, ok := st.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
 		end.ExitCode = int32(128 + int(ws.Signal()))
 	} else {

@@ -111,15 +111,19 @@ func TestStdoutStderrExit(t *testing.T) {
 	if o.stdout.String() != "out\n" || o.stderr.String() != "err\n" {
 		t.Fatalf("stdout %q stderr %q", o.stdout.String(), o.stderr.String())
 	}
-	if o.end.GetExitCode() != 7 || !o.end.GetExited() || o.pid == 0 {
+	if o.end.GetExitCode() != 7 || !o.end.GetExited() || o.pid == 0 || o.end.GetError() != "exit status 7" {
 		t.Fatalf("end %+v pid %d", o.end, o.pid)
+	}
+	// A command that succeeded has no error.
+	if o := run(t, c, sh("true")); o.end.Error != nil || o.end.GetStatus() != "exit status 0" {
+		t.Fatalf("end of true: %+v", o.end)
 	}
 }
 
 func TestSignalExitCode(t *testing.T) {
 	c, _ := newClient(t)
 	o := run(t, c, sh("kill -9 $$"))
-	if o.end.GetExitCode() != 128+9 || o.end.GetExited() || !strings.Contains(o.end.GetStatus(), "killed") {
+	if o.end.GetExitCode() != 128+9 || o.end.GetExited() || o.end.GetStatus() != "signal: killed" || o.end.GetError() != "signal: killed" {
 		t.Fatalf("end %+v", o.end)
 	}
 }

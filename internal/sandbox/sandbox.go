@@ -418,7 +418,7 @@ func (s *Sandbox) Run(ctx context.Context, spec RunSpec, stdin io.Reader, stdout
 			res.ExitCode = int(ev.End.GetExitCode())
 			res.Status = ev.End.GetStatus()
 			res.Exited = ev.End.GetExited()
-			if ev.End.Error != nil {
+			if ev.End.GetStatus() == "error" { // envd could not wait for it; a non-zero exit also has an error
 				return res, fmt.Errorf("command failed: %s", ev.End.GetError())
 			}
 			return res, nil

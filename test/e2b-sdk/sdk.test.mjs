@@ -129,6 +129,7 @@ test('commands: stdout, stderr, exit code, env, cwd, user', async () => {
   const err = await sbx.commands.run('exit 3').catch((e) => e)
   assert.ok(err instanceof CommandExitError)
   assert.equal(err.exitCode, 3)
+  assert.equal(err.message, 'exit status 3', "the error's message says how the command ended, as on E2B")
   const env = await sbx.commands.run('echo $FOO $SANDBOX_WIDE', { envs: { FOO: 'bar' } })
   assert.equal(env.stdout, 'bar yes\n')
   const cwd = await sbx.commands.run('pwd', { cwd: '/tmp' })
@@ -170,6 +171,7 @@ test('commands: background, connect, sendStdin, kill, list', async () => {
   const res = await again.wait().catch((e) => e)
   assert.ok(res instanceof CommandExitError)
   assert.equal(res.exitCode, 137)
+  assert.equal(res.message, 'signal: killed')
   assert.equal(await sbx.commands.kill(h.pid), false, 'a dead process is not found')
 })
 
