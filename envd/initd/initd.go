@@ -20,9 +20,10 @@ type mount struct {
 	mode                os.FileMode
 }
 
+// mounts lists what setupFS mounts. /proc is not among them: Main mounts it first (mounting it
+// again would stack a second proc on the first).
 func mounts() []mount {
 	return []mount{
-		{"proc", "/proc", "proc", unix.MS_NOSUID | unix.MS_NODEV | unix.MS_NOEXEC, "", 0o555},
 		{"sysfs", "/sys", "sysfs", unix.MS_NOSUID | unix.MS_NODEV | unix.MS_NOEXEC, "", 0o555},
 		{"devtmpfs", "/dev", "devtmpfs", unix.MS_NOSUID, "mode=0755", 0o755},
 		{"devpts", "/dev/pts", "devpts", unix.MS_NOSUID | unix.MS_NOEXEC, "gid=5,mode=0620,ptmxmode=0666", 0o755},
