@@ -1,6 +1,7 @@
 package filesystem
 
 import (
+	"bytes"
 	"compress/gzip"
 	"crypto/sha256"
 	"crypto/subtle"
@@ -191,6 +192,10 @@ func (f *Files) download(w http.ResponseWriter, r *http.Request, id process.Iden
 	// The whole file, in large writes: each write to the channel is a frame, and under TCG the
 	// guest's cost is per frame more than per byte (ServeContent writes 32 KiB at a time).
 	w.Header().Set("Last-Modified", st.ModTime().UTC().Format(http.TimeFormat))
+	if st.Size() <= fileChunk {
+		serveSmall(w, r, file, st.Size())
+		return
+	}
 	w.Header().Set("Content-Length", strconv.FormatInt(st.Size(), 10))
 	w.WriteHeader(http.StatusOK)
 	if r.Method == http.MethodHead {
@@ -198,6 +203,30 @@ func (f *Files) download(w http.ResponseWriter, r *http.Request, id process.Iden
 	}
 	// Neither side's shortcut (File.WriteTo, ReaderFrom) may pick a smaller buffer.
 	_, _ = io.CopyBuffer(struct{ io.Writer }{w}, io.LimitReader(file, st.Size()), make([]byte, fileChunk))
+}
+
+// serveSmall answers with a file whose size says it is small, read to its end first: the size of
+// a pseudo file says nothing of its content (/proc's are 0 bytes, /sys's 4096), so the length
+// sent is what was read. Content beyond fileChunk follows without a length, to the file's end.
+func serveSmall(w http.ResponseWriter, r *http.Request, file *os.File, size int64) {
+	var buf bytes.Buffer
+	buf.Grow(int(size) + bytes.MinRead)
+	if _, err := buf.ReadFrom(io.LimitReader(file, fileChunk+1)); err != nil {
+		WriteError(w, http.StatusInternalServerError, "reading %s: %v", file.Name(), err)
+		return
+	}
+	more := buf.Len() > fileChunk
+	if !more {
+		w.Header().Set("Content-Length", strconv.Itoa(buf.Len()))
+	}
+	w.WriteHeader(http.StatusOK)
+	if r.Method == http.MethodHead {
+		return
+	}
+	if _, err := w.Write(buf.Bytes()); err != nil || !more {
+		return
+	}
+	_, _ = io.CopyBuffer(struct{ io.Writer }{w}, file, make([]byte, fileChunk))
 }
 
 // fileChunk is the size of the writes of a download and of the reads of an upload.

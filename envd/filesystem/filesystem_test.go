@@ -288,6 +288,53 @@ func TestDownloadWholeRangeAndConditional(t *testing.T) {
 	}
 }
 
+// TestDownloadPseudoAndSmallFiles: a file's size is not trusted for its length. /proc's files
+// say 0 bytes and /sys's 4096 whatever they hold; they come whole, as do small regular files and
+// an empty one. A pseudo file longer than what is read ahead comes without a length, whole.
+func TestDownloadPseudoAndSmallFiles(t *testing.T) {
+	srv, _ := filesServer(t, "")
+	dir := t.TempDir()
+	small := filepath.Join(dir, "small.txt")
+	if err := os.WriteFile(small, []byte("hello\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	empty := filepath.Join(dir, "empty")
+	if err := os.WriteFile(empty, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	// A /proc file longer than fileChunk (megabytes of kernel symbols).
+	long, err := os.ReadFile("/proc/kallsyms")
+	if err != nil || len(long) <= fileChunk {
+		t.Fatalf("/proc/kallsyms: %d bytes, %v", len(long), err)
+	}
+	for _, c := range []struct {
+		path   string
+		want   func([]byte) bool
+		length bool // sent with a Content-Length
+	}{
+		{small, func(b []byte) bool { return string(b) == "hello\n" }, true},
+		{empty, func(b []byte) bool { return len(b) == 0 }, true},
+		{"/proc/self/status", func(b []byte) bool { return bytes.Contains(b, []byte("\nPid:\t")) }, true},
+		{"/proc/cpuinfo", func(b []byte) bool { return bytes.Contains(b, []byte("processor")) }, true},
+		{"/sys/kernel/mm/transparent_hugepage/enabled", func(b []byte) bool { return len(b) > 0 && len(b) < 4096 }, true},
+		{"/proc/kallsyms", func(b []byte) bool { return len(b) > fileChunk && bytes.HasPrefix(b, long[:64]) }, false},
+	} {
+		resp, err := http.Get(srv.URL + "/files?" + url.Values{"path": {c.path}}.Encode())
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, err := io.ReadAll(resp.Body)
+		_ = resp.Body.Close()
+		if err != nil || resp.StatusCode != 200 || !c.want(b) {
+			t.Errorf("%s: %d, %d bytes %q…, %v", c.path, resp.StatusCode, len(b), b[:min(len(b), 80)], err)
+			continue
+		}
+		if hasLength := resp.ContentLength >= 0; hasLength != c.length || (hasLength && resp.ContentLength != int64(len(b))) {
+			t.Errorf("%s: Content-Length %d for %d bytes", c.path, resp.ContentLength, len(b))
+		}
+	}
+}
+
 // TestMultipartUpload sends what E2B's SDKs send: a multipart body, here with a field before the
 // file and a file larger than the parse buffer whose bytes include "\r\n--" and most of the
 // boundary. The file arrives whole.

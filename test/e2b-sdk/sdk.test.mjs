@@ -212,6 +212,10 @@ test('files: write and read text, bytes, 20 MB; exists, getInfo', async () => {
   assert.equal(info.owner, 'user')
   assert.equal(info.path, '/home/user/hello.txt')
   await assert.rejects(sbx.files.read('/nope/missing'), NotFoundError)
+  // /proc's files say they are empty; their content comes whole.
+  const cpu = await sbx.files.read('/proc/cpuinfo')
+  assert.equal(cpu, (await sbx.commands.run('cat /proc/cpuinfo')).stdout)
+  assert.match(cpu, /^processor\s*: 0/)
   const asRoot = await sbx.files.write('/root/secret.txt', 'x', { user: 'root' })
   assert.equal(asRoot.path, '/root/secret.txt')
   assert.equal((await sbx.commands.run('stat -c %U /root/secret.txt', { user: 'root' })).stdout, 'root\n')
