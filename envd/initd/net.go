@@ -1,6 +1,7 @@
 package initd
 
 import (
+	"errors"
 	"fmt"
 	"net"
 	"os"
@@ -67,6 +68,12 @@ func networkUp() error {
 	}
 	if err := netlink.AddrReplace(link, &netlink.Addr{IPNet: cfg.addr}); err != nil {
 		return fmt.Errorf("eth0 address: %w", err)
+	}
+	// The sandbox's network is IPv4 only: eth0 gets no IPv6 at all (no link-local address, no
+	// router solicitation), so that resolvers and clients use IPv4 as on any IPv4-only host.
+	// Loopback keeps ::1, for servers that listen on "::".
+	if err := os.WriteFile("/proc/sys/net/ipv6/conf/eth0/disable_ipv6", []byte("1"), 0); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("eth0: disabling IPv6: %w", err)
 	}
 	if err := netlink.LinkSetUp(link); err != nil {
 		return fmt.Errorf("eth0 up: %w", err)

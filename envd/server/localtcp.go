@@ -12,7 +12,8 @@ import (
 )
 
 // LocalTCPPath opens a byte stream to a TCP port on the guest's loopback (Cell-specific): the
-// host's proxy uses it for servers that listen on 127.0.0.1 only, which its network cannot reach.
+// host's proxy uses it for servers that listen on the loopback only (127.0.0.1 or ::1), which its
+// network cannot reach.
 // The request upgrades to the protocol "cell-tcp"; after the 101 the stream is the connection.
 const LocalTCPPath = "/cell/tcp"
 
@@ -25,7 +26,7 @@ func localTCP(w http.ResponseWriter, r *http.Request) {
 		filesystem.WriteError(w, http.StatusBadRequest, "port: %q is not a port number", r.URL.Query().Get("port"))
 		return
 	}
-	c, err := net.DialTimeout("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(port)), 5*time.Second)
+	c, err := dialLoopback(port)
 	if err != nil {
 		filesystem.WriteError(w, http.StatusBadGateway, "port %d is not open: %v", port, err)
 		return
@@ -58,4 +59,17 @@ func localTCP(w http.ResponseWriter, r *http.Request) {
 	_, _ = io.Copy(conn, c)
 	_ = conn.Close() // ends the copy above if the host is still sending
 	wg.Wait()
+}
+
+// dialLoopback connects to port on 127.0.0.1, or on ::1 when nothing listens there.
+func dialLoopback(port int) (net.Conn, error) {
+	p := strconv.Itoa(port)
+	c, err := net.DialTimeout("tcp", net.JoinHostPort("127.0.0.1", p), 5*time.Second)
+	if err == nil {
+		return c, nil
+	}
+	if c6, err6 := net.DialTimeout("tcp", net.JoinHostPort("::1", p), 5*time.Second); err6 == nil {
+		return c6, nil
+	}
+	return nil, err
 }

@@ -12,40 +12,11 @@ import (
 )
 
 func TestLocalTCP(t *testing.T) {
-	echo, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer func() { _ = echo.Close() }()
-	go func() {
-		for {
-			c, err := echo.Accept()
-			if err != nil {
-				return
-			}
-			go func() { _, _ = io.Copy(c, c); _ = c.Close() }()
-		}
-	}()
 	srv := httptest.NewServer(http.HandlerFunc(localTCP))
 	defer srv.Close()
-
-	conn, err := net.Dial("tcp", srv.Listener.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer func() { _ = conn.Close() }()
-	port := echo.Addr().(*net.TCPAddr).Port
-	// The request and the first bytes of the stream in one write: nothing may be lost.
-	fmt.Fprintf(conn, "GET %s?port=%d HTTP/1.1\r\nHost: envd\r\nConnection: Upgrade\r\nUpgrade: %s\r\n\r\nhello ", LocalTCPPath, port, LocalTCPProtocol)
-	br := bufio.NewReader(conn)
-	resp, err := http.ReadResponse(br, nil)
-	if err != nil || resp.StatusCode != http.StatusSwitchingProtocols {
-		t.Fatalf("upgrade: %v %v", resp, err)
-	}
-	_, _ = io.WriteString(conn, "world")
-	buf := make([]byte, len("hello world"))
-	if _, err := io.ReadFull(br, buf); err != nil || string(buf) != "hello world" {
-		t.Fatalf("echo through the stream: %q %v", buf, err)
+	// A server on either loopback is reached: ::1 is tried when 127.0.0.1 refuses.
+	for _, addr := range []string{"127.0.0.1:0", "[::1]:0"} {
+		t.Run(addr, func(t *testing.T) { echoThrough(t, srv, addr) })
 	}
 
 	for _, c := range []struct {
@@ -66,6 +37,42 @@ func TestLocalTCP(t *testing.T) {
 		if resp.StatusCode != c.code || !strings.Contains(string(body), c.want) {
 			t.Errorf("%s: %d %s, want %d %q", c.query, resp.StatusCode, body, c.code, c.want)
 		}
+	}
+}
+
+// echoThrough runs an echo server on addr and talks to it through srv's LocalTCPPath.
+func echoThrough(t *testing.T, srv *httptest.Server, addr string) {
+	echo, err := net.Listen("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = echo.Close() }()
+	go func() {
+		for {
+			c, err := echo.Accept()
+			if err != nil {
+				return
+			}
+			go func() { _, _ = io.Copy(c, c); _ = c.Close() }()
+		}
+	}()
+	conn, err := net.Dial("tcp", srv.Listener.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = conn.Close() }()
+	port := echo.Addr().(*net.TCPAddr).Port
+	// The request and the first bytes of the stream in one write: nothing may be lost.
+	fmt.Fprintf(conn, "GET %s?port=%d HTTP/1.1\r\nHost: envd\r\nConnection: Upgrade\r\nUpgrade: %s\r\n\r\nhello ", LocalTCPPath, port, LocalTCPProtocol)
+	br := bufio.NewReader(conn)
+	resp, err := http.ReadResponse(br, nil)
+	if err != nil || resp.StatusCode != http.StatusSwitchingProtocols {
+		t.Fatalf("upgrade: %v %v", resp, err)
+	}
+	_, _ = io.WriteString(conn, "world")
+	buf := make([]byte, len("hello world"))
+	if _, err := io.ReadFull(br, buf); err != nil || string(buf) != "hello world" {
+		t.Fatalf("echo through the stream: %q %v", buf, err)
 	}
 }
 

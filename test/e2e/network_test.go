@@ -673,3 +673,26 @@ func TestNetworkExposedLoopbackServer(t *testing.T) {
 		t.Fatalf("closed port: %s", body)
 	}
 }
+
+// TestNetworkIPv6Loopback: the guest has IPv6 on its loopback only (as a Docker container has):
+// servers may listen on "::" or "::1" and are reached through the proxy; eth0 has no IPv6 address,
+// so clients use IPv4 as on any IPv4-only host.
+func TestNetworkIPv6Loopback(t *testing.T) {
+	srv, c := netServe(t)
+	s := newSbx(t, c, client.CreateOptions{})
+	ifs := s.ok("cat /proc/net/if_inet6")
+	if !strings.Contains(ifs, " lo\n") || strings.Contains(ifs, "eth0") {
+		t.Fatalf("IPv6 addresses in the guest:\n%s", ifs)
+	}
+	s.ok("mkdir -p /tmp/v6 && echo over-v6 > /tmp/v6/x && " +
+		"(nohup python3 -m http.server 8003 --bind :: --directory /tmp/v6 >/dev/null 2>&1 &) && " +
+		"(nohup python3 -m http.server 8004 --bind ::1 --directory /tmp/v6 >/dev/null 2>&1 &)")
+	for _, port := range []int{8003, 8004} {
+		if body := portGet(t, srv, s.id, port, "/x", nil, 200); body != "over-v6\n" {
+			t.Fatalf("server on port %d answered %q", port, body)
+		}
+	}
+	if out := s.ok("curl -sS -m 5 'http://[::1]:8004/x'"); out != "over-v6\n" {
+		t.Fatalf("curl [::1] in the guest: %q", out)
+	}
+}
