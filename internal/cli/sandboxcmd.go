@@ -142,13 +142,17 @@ func sandboxCmd() *cobra.Command {
 	exec.Flags().StringVar(&user, "user", "", "user to run as (default: the sandbox's)")
 	cp := &cobra.Command{
 		Use:   "cp SRC DST",
-		Short: "Copy a file into or out of a sandbox (ID:PATH names a sandbox path)",
-		Args:  cobra.ExactArgs(2),
+		Short: "Copy files or directories into or out of a sandbox (ID:PATH names a sandbox path)",
+		Long: "Copy files or directories into or out of a sandbox, as docker cp does. One side is ID:PATH.\n" +
+			"A directory is copied whole (files, directories, symbolic links, permission bits). A\n" +
+			"destination that is an existing directory, or ends in /, receives the source under its own\n" +
+			"name. \"-\" is standard input or output, for one file's bytes.",
+		Args: cobra.ExactArgs(2),
 		RunE: r.run(func(cmd *cobra.Command, args []string, cl *client.Client) error {
-			return copyFile(cmd.Context(), cl, args[0], args[1], user)
+			return copyPaths(cmd.Context(), cl, args[0], args[1], user, os.Stdin, os.Stdout, os.Stderr)
 		}),
 	}
-	cp.Flags().StringVar(&user, "user", "", "user that owns the file in the sandbox")
+	cp.Flags().StringVar(&user, "user", "", "user the sandbox side is read or written as (it owns what is copied in)")
 	var noMemory bool
 	pause := &cobra.Command{
 		Use: "pause ID", Short: "Pause a sandbox: save it (RAM too, unless --no-memory) and stop its VM", Args: cobra.ExactArgs(1),
@@ -256,38 +260,6 @@ func remotePath(s string) (id, path string, ok bool) {
 		return "", "", false
 	}
 	return id, path, true
-}
-
-func copyFile(ctx context.Context, cl *client.Client, src, dst, user string) error {
-	if id, p, ok := remotePath(src); ok {
-		sb, err := cl.Connect(ctx, id)
-		if err != nil {
-			return err
-		}
-		f, err := os.Create(dst)
-		if err != nil {
-			return err
-		}
-		if _, err := sb.Download(ctx, p, user, f); err != nil {
-			_ = f.Close()
-			return err
-		}
-		return f.Close()
-	}
-	id, p, ok := remotePath(dst)
-	if !ok {
-		return errors.New("cp: one side must be ID:PATH")
-	}
-	sb, err := cl.Connect(ctx, id)
-	if err != nil {
-		return err
-	}
-	f, err := os.Open(src)
-	if err != nil {
-		return err
-	}
-	defer func() { _ = f.Close() }()
-	return sb.Upload(ctx, p, user, f)
 }
 
 func shellCmd(r *remote) *cobra.Command {

@@ -268,9 +268,21 @@ func (s *Sandbox) Exec(ctx context.Context, cmd, user string, envs map[string]st
 // closed at stdin's end. The copy stops when the command ends; a read of stdin in progress then
 // is not waited for.
 func (s *Sandbox) ExecInput(ctx context.Context, cmd, user string, envs map[string]string, stdin io.Reader, stdout, stderr io.Writer) (ExecResult, error) {
+	return s.start(ctx, &pb.ProcessConfig{Cmd: "/bin/bash", Args: []string{"-l", "-c", cmd}, Envs: envs}, user, stdin, stdout, stderr)
+}
+
+// ExecArgv runs argv[0] with the arguments argv[1:] (no shell) and streams its output.
+func (s *Sandbox) ExecArgv(ctx context.Context, argv []string, user string, stdout, stderr io.Writer) (ExecResult, error) {
+	if len(argv) == 0 {
+		return ExecResult{}, errors.New("no command")
+	}
+	return s.start(ctx, &pb.ProcessConfig{Cmd: argv[0], Args: argv[1:]}, user, nil, stdout, stderr)
+}
+
+func (s *Sandbox) start(ctx context.Context, cfg *pb.ProcessConfig, user string, stdin io.Reader, stdout, stderr io.Writer) (ExecResult, error) {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	req := &pb.StartRequest{Process: &pb.ProcessConfig{Cmd: "/bin/bash", Args: []string{"-l", "-c", cmd}, Envs: envs}}
+	req := &pb.StartRequest{Process: cfg}
 	if stdin != nil {
 		on := true
 		req.Stdin = &on

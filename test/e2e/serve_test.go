@@ -307,6 +307,7 @@ func TestSandboxCLI(t *testing.T) {
 	if b, _ := os.ReadFile(dst); string(b) != "payload\n" {
 		t.Fatalf("round trip: %q", b)
 	}
+	cpDirectories(t, run, id)
 	out, code := run("tty; echo marker-$((6*7)); exit 3\n", "shell", id)
 	if code != 3 || !strings.Contains(out, "marker-42") || !strings.Contains(out, "/dev/pts/") {
 		t.Fatalf("shell: %d %q", code, out)
@@ -320,6 +321,85 @@ func TestSandboxCLI(t *testing.T) {
 	_ = s.cmd.Process.Signal(syscall.SIGTERM)
 	_ = s.cmd.Wait()
 	assertNothingLeft(t, filepath.Join(d.home, "run"))
+}
+
+// cpDirectories: `cell sandbox cp` as docker cp: a directory tree (modes, a link) both ways, into
+// an existing directory under its own name, through standard input and output; a failed copy
+// out leaves the local file as it was.
+func cpDirectories(t *testing.T, run func(stdin string, args ...string) (string, int), id string) {
+	t.Helper()
+	tree := filepath.Join(t.TempDir(), "proj")
+	for _, f := range []struct {
+		path string
+		mode os.FileMode
+	}{{"run.sh", 0o755}, {"src/main.py", 0o644}, {"src/secret", 0o600}, {"empty/.keep", 0o644}} {
+		p := filepath.Join(tree, f.path)
+		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(p, []byte("content of "+f.path+"\n"), f.mode); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := os.Symlink("src/main.py", filepath.Join(tree, "main")); err != nil {
+		t.Fatal(err)
+	}
+	if _, code := run("", "cp", tree, id+":/home/user/"); code != 0 {
+		t.Fatalf("cp a directory in: %d", code)
+	}
+	want := "proj/empty/.keep 644\nproj/main -> src/main.py\nproj/run.sh 755\nproj/src/main.py 644\nproj/src/secret 600\n"
+	list := "cd /home/user && find proj -type f -printf '%p %m\\n' -o -type l -printf '%p -> %l\\n' | sort"
+	if out, code := run("", "exec", id, "--", list); code != 0 || out != want {
+		t.Fatalf("the tree in the sandbox:\n%s\nwant:\n%s", out, want)
+	}
+	if out, _ := run("", "exec", id, "--", "test -x proj/run.sh && cat proj/main"); out != "content of src/main.py\n" {
+		t.Fatalf("executable and link: %q", out)
+	}
+	back := t.TempDir()
+	if _, code := run("", "cp", id+":/home/user/proj", back); code != 0 {
+		t.Fatalf("cp a directory out: %d", code)
+	}
+	var got []string
+	_ = filepath.Walk(filepath.Join(back, "proj"), func(p string, info os.FileInfo, err error) error {
+		if err != nil || info.IsDir() {
+			return err
+		}
+		rel, _ := filepath.Rel(back, p)
+		if info.Mode()&os.ModeSymlink != 0 {
+			target, _ := os.Readlink(p)
+			got = append(got, rel+" -> "+target)
+			return nil
+		}
+		got = append(got, fmt.Sprintf("%s %o", rel, info.Mode().Perm()))
+		return nil
+	})
+	if strings.Join(got, "\n")+"\n" != want {
+		t.Fatalf("the tree copied back:\n%s\nwant:\n%s", strings.Join(got, "\n"), want)
+	}
+	if b, err := os.ReadFile(filepath.Join(back, "proj", "src", "secret")); err != nil || string(b) != "content of src/secret\n" {
+		t.Fatalf("a file copied back: %q %v", b, err)
+	}
+	// Standard input and output.
+	if _, code := run("from stdin\n", "cp", "-", id+":/tmp/piped.txt"); code != 0 {
+		t.Fatalf("cp - in: %d", code)
+	}
+	if out, code := run("", "cp", id+":/tmp/piped.txt", "-"); code != 0 || out != "from stdin\n" {
+		t.Fatalf("cp out to -: %d %q", code, out)
+	}
+	// A copy out that fails leaves what was there.
+	keep := filepath.Join(back, "keep.txt")
+	if err := os.WriteFile(keep, []byte("precious\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, code := run("", "cp", id+":/no/such/file", keep); code == 0 {
+		t.Fatal("cp of a missing file succeeded")
+	}
+	if b, _ := os.ReadFile(keep); string(b) != "precious\n" {
+		t.Fatalf("a failed copy changed the destination: %q", b)
+	}
+	if left, _ := filepath.Glob(filepath.Join(back, ".keep.txt.cell-cp-*")); len(left) != 0 {
+		t.Fatalf("temporary files left: %v", left)
+	}
 }
 
 // TestServeGracefulShutdown: SIGTERM stops accepting, lets an in-flight command finish, then
