@@ -83,6 +83,28 @@ type proc struct {
 	lastRead time.Time
 
 	started, exited time.Time // exited is set before the end is broadcast
+
+	deadline *time.Timer // kills the process when its Start call's deadline passes (killAt)
+	reaped   bool        // the process has been waited for: its pid is no longer its own
+}
+
+// killAt kills p's process group at t, unless p has been reaped by then. E2B's envd ends a
+// command when the deadline of the call that started it passes (the SDKs' timeoutMs, which the
+// Connect protocol sends as Connect-Timeout-Ms); a client that goes away ends nothing.
+func (p *proc) killAt(t time.Time) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.reaped {
+		return
+	}
+	p.deadline = time.AfterFunc(time.Until(t), func() {
+		p.mu.Lock()
+		defer p.mu.Unlock()
+		if !p.reaped {
+			_ = syscall.Kill(-p.pgid, syscall.SIGKILL)
+			_ = syscall.Kill(int(p.pid), syscall.SIGKILL)
+		}
+	})
 }
 
 // LifetimeTrailer is the response trailer in which Start and Connect report, in microseconds,
@@ -423,6 +445,12 @@ func (s *Service) supervise(p *proc, outR, errR *os.File) {
 
 	waitErr := p.cmd.Wait()
 	exited := time.Now()
+	p.mu.Lock()
+	p.reaped = true
+	if p.deadline != nil {
+		p.deadline.Stop()
+	}
+	p.mu.Unlock()
 
 	// Drain what the process wrote; give up on pipes held open by its children once they stall.
 	tick := time.NewTicker(drainGrace / 4)
@@ -550,6 +578,9 @@ func (s *Service) Start(ctx context.Context, req *connect.Request[pb.StartReques
 	p, sub, err := s.start(req.Msg, UserFromHeader(req.Header()))
 	if err != nil {
 		return err
+	}
+	if dl, ok := ctx.Deadline(); ok {
+		p.killAt(dl)
 	}
 	err = stream(ctx, p, sub, KeepAlive(req.Header()), func(ev *pb.ProcessEvent) error { return out.Send(&pb.StartResponse{Event: ev}) })
 	setLifetime(p, out.ResponseTrailer())

@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/base64"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net/http"
@@ -14,6 +15,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -259,6 +261,41 @@ func TestConnectByTagListAndSignal(t *testing.T) {
 	if _, err := c.SendSignal(ctx, connect.NewRequest(&pb.SendSignalRequest{
 		Process: &pb.ProcessSelector{Selector: &pb.ProcessSelector_Pid{Pid: pid}}, Signal: pb.Signal_SIGNAL_SIGKILL})); connect.CodeOf(err) != connect.CodeNotFound {
 		t.Fatalf("signal to ended process: %v", err)
+	}
+}
+
+// TestStartDeadlineEndsTheCommand: the deadline of the Start call (the E2B SDKs' timeoutMs) ends
+// the command and its process group, as E2B's envd does; the process is gone from List.
+func TestStartDeadlineEndsTheCommand(t *testing.T) {
+	c, _ := newClient(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 800*time.Millisecond)
+	defer cancel()
+	s, err := c.Start(ctx, connect.NewRequest(sh("sleep 1000 & echo $!; wait")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	child := 0
+	for s.Receive() {
+		if d := s.Msg().GetEvent().GetData(); d != nil && child == 0 {
+			child, _ = strconv.Atoi(strings.TrimSpace(string(d.GetStdout())))
+		}
+	}
+	if connect.CodeOf(s.Err()) != connect.CodeDeadlineExceeded || child == 0 {
+		t.Fatalf("stream: %v, child %d", s.Err(), child)
+	}
+	for i := 0; ; i++ {
+		list, err := c.List(context.Background(), connect.NewRequest(&pb.ListRequest{}))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(list.Msg.GetProcesses()) == 0 && errors.Is(syscall.Kill(child, 0), syscall.ESRCH) {
+			return
+		}
+		if i == 100 {
+			t.Fatalf("after the deadline: processes %v, child %d still there", list.Msg.GetProcesses(), child)
+		}
+		time.Sleep(50 * time.Millisecond)
 	}
 }
 

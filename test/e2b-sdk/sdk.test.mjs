@@ -3,7 +3,7 @@
 import { test, before, after } from 'node:test'
 import assert from 'node:assert/strict'
 import { createHash, randomBytes } from 'node:crypto'
-import { Sandbox, Template, CommandExitError, NotFoundError, SandboxNotFoundError, AuthenticationError, FileType, FilesystemEventType } from 'e2b'
+import { Sandbox, Template, CommandExitError, NotFoundError, SandboxNotFoundError, AuthenticationError, FileType, FilesystemEventType, TimeoutError } from 'e2b'
 import { startServer } from './harness.mjs'
 import { readdirSync } from 'node:fs'
 import { join } from 'node:path'
@@ -173,6 +173,19 @@ test('commands: background, connect, sendStdin, kill, list', async () => {
   assert.equal(res.exitCode, 137)
   assert.equal(res.message, 'signal: killed')
   assert.equal(await sbx.commands.kill(h.pid), false, 'a dead process is not found')
+})
+
+test('commands: timeoutMs ends the command, as on E2B', async () => {
+  await assert.rejects(sbx.commands.run('sleep 300; echo never', { timeoutMs: 1000 }), TimeoutError)
+  let left
+  for (let i = 0; i < 50; i++) {
+    left = (await sbx.commands.list()).filter((p) => p.args.some((a) => a.includes('sleep 300')))
+    if (left.length === 0) break
+    await new Promise((r) => setTimeout(r, 100))
+  }
+  assert.deepEqual(left, [], 'the timed-out command is no longer running')
+  // timeoutMs: 0 is no limit.
+  assert.equal((await sbx.commands.run('sleep 1.5; echo done', { timeoutMs: 0 })).stdout, 'done\n')
 })
 
 test('pty: create, sendInput, resize', async () => {
