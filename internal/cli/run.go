@@ -41,6 +41,7 @@ type runFlags struct {
 	kernelArgs []string
 	bootTO     time.Duration
 	cold       bool
+	tty        bool
 	egress     egressFlags
 }
 
@@ -88,6 +89,7 @@ func runCmd(g *globals) *cobra.Command {
 	fl.StringVar(&f.accel, "accel", "auto", "accelerator: auto, kvm or tcg")
 	fl.StringArrayVar(&f.kernelArgs, "kernel-arg", nil, "extra guest kernel argument (debugging)")
 	fl.BoolVar(&f.cold, "cold", false, "boot the sandbox instead of restoring the template's memory snapshot")
+	fl.BoolVarP(&f.tty, "tty", "t", false, "run CMD in a pseudo-terminal (as docker run -t): its output is the terminal's, and a local terminal is put in raw mode")
 	fl.DurationVar(&f.bootTO, "boot-timeout", 30*time.Second, "give up if the guest is not ready after this long")
 	_ = fl.MarkHidden("kernel-arg")
 	f.egress.register(cmd)
@@ -168,11 +170,26 @@ func runOnce(ctx context.Context, g *globals, f *runFlags, args []string) (int, 
 		runCtx, c = context.WithTimeout(ctx, f.timeout)
 		defer c()
 	}
-	res, err := sb.Run(runCtx, sandbox.RunSpec{Cmd: args[0], Args: args[1:], Env: env, Cwd: f.cwd, User: f.user},
-		os.Stdin, os.Stdout, os.Stderr, func(p uint32) { pid.Store(p) })
+	var code int
+	if f.tty {
+		cfg := &pb.ProcessConfig{Cmd: args[0], Args: args[1:], Envs: env}
+		if f.cwd != "" {
+			cfg.Cwd = &f.cwd
+		}
+		err = interactive(runCtx, sb.Process, cfg, f.user, func(p uint32) { pid.Store(p) })
+		var ee *ExitError
+		if errors.As(err, &ee) {
+			code, err = ee.Code, nil
+		}
+	} else {
+		var res sandbox.Result
+		res, err = sb.Run(runCtx, sandbox.RunSpec{Cmd: args[0], Args: args[1:], Env: env, Cwd: f.cwd, User: f.user},
+			os.Stdin, os.Stdout, os.Stderr, func(p uint32) { pid.Store(p) })
+		code = res.ExitCode
+	}
 	switch {
 	case err == nil:
-		return res.ExitCode, nil
+		return code, nil
 	case f.timeout > 0 && errors.Is(runCtx.Err(), context.DeadlineExceeded) && ctx.Err() == nil:
 		return exitTimedOut, fmt.Errorf("command timed out after %v and was killed", f.timeout)
 	case ctx.Err() != nil:

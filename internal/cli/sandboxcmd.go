@@ -18,6 +18,7 @@ import (
 
 	"github.com/cellhq/cell/pkg/client"
 	pb "github.com/cellhq/cell/proto/process"
+	"github.com/cellhq/cell/proto/process/processconnect"
 )
 
 type remote struct{ url, key string }
@@ -279,6 +280,14 @@ func shellCmd(r *remote) *cobra.Command {
 }
 
 func interactiveShell(ctx context.Context, sb *client.Sandbox, user string) error {
+	return interactive(ctx, sb.Process, &pb.ProcessConfig{Cmd: "/bin/bash", Args: []string{"-i", "-l"}}, user, nil)
+}
+
+// interactive runs cfg in a PTY sized like the local terminal, which is in raw mode while the
+// process runs (when standard input is a terminal). It forwards input and window size changes,
+// tells onStart (when not nil) the process's pid, and returns how the process ended: nil, or an
+// *ExitError with its status.
+func interactive(ctx context.Context, pc processconnect.ProcessClient, cfg *pb.ProcessConfig, user string, onStart func(uint32)) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	fd := int(os.Stdin.Fd())
@@ -293,23 +302,30 @@ func interactiveShell(ctx context.Context, sb *client.Sandbox, user string) erro
 		}
 		defer func() { _ = term.Restore(fd, old) }()
 	}
-	termEnv := os.Getenv("TERM")
-	if termEnv == "" {
-		termEnv = "xterm-256color"
+	if _, ok := cfg.Envs["TERM"]; !ok {
+		termEnv := os.Getenv("TERM")
+		if termEnv == "" {
+			termEnv = "xterm-256color"
+		}
+		envs := map[string]string{"TERM": termEnv}
+		for k, v := range cfg.Envs {
+			envs[k] = v
+		}
+		cfg.Envs = envs
 	}
-	req := &pb.StartRequest{
-		Process: &pb.ProcessConfig{Cmd: "/bin/bash", Args: []string{"-i", "-l"}, Envs: map[string]string{"TERM": termEnv}},
-		Pty:     &pb.PTY{Size: &pb.PTY_Size{Cols: uint32(cols), Rows: uint32(rows)}},
-	}
-	stream, err := sb.Process.Start(ctx, client.AsUser(connect.NewRequest(req), user))
+	req := &pb.StartRequest{Process: cfg, Pty: &pb.PTY{Size: &pb.PTY_Size{Cols: uint32(cols), Rows: uint32(rows)}}}
+	stream, err := pc.Start(ctx, client.AsUser(connect.NewRequest(req), user))
 	if err != nil {
 		return err
 	}
 	defer func() { _ = stream.Close() }()
 	if !stream.Receive() {
-		return fmt.Errorf("starting the shell: %w", stream.Err())
+		return stream.Err()
 	}
 	pid := stream.Msg().GetEvent().GetStart().GetPid()
+	if onStart != nil {
+		onStart(pid)
+	}
 	sel := &pb.ProcessSelector{Selector: &pb.ProcessSelector_Pid{Pid: pid}}
 	winch := make(chan os.Signal, 1)
 	signal.Notify(winch, syscall.SIGWINCH)
@@ -321,7 +337,7 @@ func interactiveShell(ctx context.Context, sb *client.Sandbox, user string) erro
 				return
 			case <-winch:
 				if w, h, err := term.GetSize(fd); err == nil {
-					_, _ = sb.Process.Update(ctx, connect.NewRequest(&pb.UpdateRequest{Process: sel, Pty: &pb.PTY{Size: &pb.PTY_Size{Cols: uint32(w), Rows: uint32(h)}}}))
+					_, _ = pc.Update(ctx, connect.NewRequest(&pb.UpdateRequest{Process: sel, Pty: &pb.PTY{Size: &pb.PTY_Size{Cols: uint32(w), Rows: uint32(h)}}}))
 				}
 			}
 		}
@@ -332,7 +348,7 @@ func interactiveShell(ctx context.Context, sb *client.Sandbox, user string) erro
 			n, err := os.Stdin.Read(buf)
 			if n > 0 {
 				in := &pb.SendInputRequest{Process: sel, Input: &pb.ProcessInput{Input: &pb.ProcessInput_Pty{Pty: append([]byte(nil), buf[:n]...)}}}
-				if _, err := sb.Process.SendInput(ctx, connect.NewRequest(in)); err != nil {
+				if _, err := pc.SendInput(ctx, connect.NewRequest(in)); err != nil {
 					return
 				}
 			}
@@ -352,5 +368,8 @@ func interactiveShell(ctx context.Context, sb *client.Sandbox, user string) erro
 			return nil
 		}
 	}
-	return stream.Err()
+	if err := stream.Err(); err != nil {
+		return err
+	}
+	return errors.New("the process's stream ended before the process did")
 }

@@ -101,6 +101,27 @@ func TestRunUserCwdStdin(t *testing.T) {
 	assertNothingLeft(t, rd)
 }
 
+// TestRunTTY: cell run -t runs the command in a pseudo-terminal (as docker run -t): input goes to
+// the terminal, output comes from it, the exit code and --timeout work as without it.
+func TestRunTTY(t *testing.T) {
+	rd := runDir(t)
+	r := cli(t, rd, "echo from-$((6*7)); tty; test -t 0 -a -t 1 && echo both-ttys; exit 5\n", "run", "-t", "--env", "V=v1", "--", "bash", "--norc")
+	if r.code != 5 || !strings.Contains(r.stdout, "from-42") || !strings.Contains(r.stdout, "/dev/pts/") || !strings.Contains(r.stdout, "both-ttys") {
+		t.Fatalf("code %d stdout %q stderr %q", r.code, r.stdout, r.stderr)
+	}
+	r = cli(t, rd, "", "run", "-t", "--cwd", "/tmp", "--env", "V=v1", "--", "sh", "-c", "echo $V $(pwd) $TERM")
+	if r.code != 0 || !strings.HasPrefix(r.stdout, "v1 /tmp ") {
+		t.Fatalf("env and cwd: code %d stdout %q stderr %q", r.code, r.stdout, r.stderr)
+	}
+	if r := cli(t, rd, "", "run", "-t", "--timeout", "1s", "--", "sleep", "60"); r.code != 124 {
+		t.Fatalf("--timeout with -t: code %d stderr %q", r.code, r.stderr)
+	}
+	if r := cli(t, rd, "", "run", "-t", "--", "no-such-command"); r.code != 127 {
+		t.Fatalf("not found with -t: code %d stderr %q", r.code, r.stderr)
+	}
+	assertNothingLeft(t, rd)
+}
+
 func TestRunTimeout(t *testing.T) {
 	rd := runDir(t)
 	r := cli(t, rd, "", "run", "--timeout", "2s", "--", "bash", "-c", "echo started; sleep 60")
