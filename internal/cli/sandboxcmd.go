@@ -115,16 +115,22 @@ func sandboxCmd() *cobra.Command {
 		}),
 	}
 	var user string
+	var tty bool
 	exec := &cobra.Command{
 		Use: "exec ID -- CMD…", Short: "Run a command in a sandbox",
 		Long: "Run a command in a sandbox. CMD… is joined with spaces into one command line for bash -l -c\n" +
 			"(as ssh does: quote what the sandbox's shell must see as one word). Standard input is passed\n" +
-			"on when it is not a terminal; the exit code is the command's.",
+			"on when it is not a terminal; the exit code is the command's. With -t the command runs in a\n" +
+			"pseudo-terminal (as docker exec -t), for interactive programs.",
 		Args: cobra.MinimumNArgs(2),
 		RunE: r.run(func(cmd *cobra.Command, args []string, cl *client.Client) error {
 			sb, err := cl.Connect(cmd.Context(), args[0])
 			if err != nil {
 				return err
+			}
+			if tty {
+				cfg := &pb.ProcessConfig{Cmd: "/bin/bash", Args: []string{"-l", "-c", strings.Join(args[1:], " ")}}
+				return interactive(cmd.Context(), sb.Process, cfg, user, nil)
 			}
 			var stdin io.Reader
 			if !term.IsTerminal(int(os.Stdin.Fd())) {
@@ -141,6 +147,7 @@ func sandboxCmd() *cobra.Command {
 		}),
 	}
 	exec.Flags().StringVar(&user, "user", "", "user to run as (default: the sandbox's)")
+	exec.Flags().BoolVarP(&tty, "tty", "t", false, "run the command in a pseudo-terminal")
 	cp := &cobra.Command{
 		Use:   "cp SRC DST",
 		Short: "Copy files or directories into or out of a sandbox (ID:PATH names a sandbox path)",

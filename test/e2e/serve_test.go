@@ -285,6 +285,9 @@ func TestSandboxCLI(t *testing.T) {
 	if out, code := run("", "exec", id, "--", "echo", "hi;", "exit", "4"); out != "hi\n" || code != 4 {
 		t.Fatalf("exec: %q %d", out, code)
 	}
+	if out, code := run("", "exec", "-t", id, "--", "tty;", "exit", "6"); !strings.Contains(out, "/dev/pts/") || code != 6 {
+		t.Fatalf("exec -t: %q %d", out, code)
+	}
 	// Piped standard input reaches the command, in order and whole.
 	in := strings.Repeat("0123456789", 20000)
 	if out, code := run(in, "exec", id, "--", "sha256sum"); code != 0 || !strings.HasPrefix(out, fmt.Sprintf("%x ", sha256.Sum256([]byte(in)))) {
