@@ -31,6 +31,7 @@ func managerBenchCmds(g *globals, f *benchFlags) []*cobra.Command {
 	}
 	return []*cobra.Command{
 		mk("create", "Create from the base template (restore + /init), as POST /sandboxes does", benchCreate),
+		mk("first", "Create from the base template, then the E2B SDKs' first command in it (bash -l -c true): the round trip, and envd's own time for it (fork to reaping) in the guest", benchFirst),
 		mk("pool", "Create served from a warm pool of 2", benchPool),
 		mk("pause", "Pause with RAM (512 MiB written since the last restore, in a 1 GiB guest; then an idle template sandbox), then resume to envd ready once the paused VM is gone", benchPauseResume),
 		mk("resume", "Same as pause: both are measured on each cycle", benchPauseResume),
@@ -86,6 +87,51 @@ func benchCreate(ctx context.Context, rig benchRig, f *benchFlags, out io.Writer
 		return err
 	}
 	return bench.Print(out, f.json, bench.Summarize("create_from_template", ds))
+}
+
+// benchFirst measures what a user of the SDKs waits for first: a create, then a command, which in
+// a fresh QEMU runs on a cold translation cache. It reports the command's time inside the guest
+// (envd's, fork to reaping) beside its round trip, and a second command for comparison.
+func benchFirst(ctx context.Context, rig benchRig, f *benchFlags, out io.Writer) error {
+	mgr := rig.mgr
+	var both, first, firstGuest, second, secondGuest []time.Duration
+	for i := 0; i < f.n; i++ {
+		t0 := time.Now()
+		info, err := mgr.Create(ctx, manager.CreateRequest{Team: benchTeam, Secure: true, AllowInternet: true})
+		if err != nil {
+			return err
+		}
+		sb, err := mgr.Sandbox(benchTeam, info.ID)
+		if err != nil {
+			return err
+		}
+		run := func() (time.Duration, time.Duration, error) {
+			t := time.Now()
+			res, err := sb.Run(ctx, sandbox.RunSpec{Cmd: "/bin/bash", Args: []string{"-l", "-c", "true"}, User: sandbox.DefaultUser}, nil, io.Discard, io.Discard, nil)
+			if err == nil && res.ExitCode != 0 {
+				err = fmt.Errorf("bash -l -c true exited %d", res.ExitCode)
+			}
+			return time.Since(t), res.Lifetime, err
+		}
+		rt1, g1, err := run()
+		if err != nil {
+			return err
+		}
+		both = append(both, time.Since(t0))
+		rt2, g2, err := run()
+		if err != nil {
+			return err
+		}
+		_ = mgr.Kill(benchTeam, info.ID)
+		first, firstGuest = append(first, rt1), append(firstGuest, g1)
+		second, secondGuest = append(second, rt2), append(secondGuest, g2)
+	}
+	return bench.Print(out, f.json,
+		bench.Summarize("create_then_first_command", both),
+		bench.Summarize("first_command", first),
+		bench.Summarize("first_command_in_guest", firstGuest),
+		bench.Summarize("second_command", second),
+		bench.Summarize("second_command_in_guest", secondGuest))
 }
 
 func benchPool(ctx context.Context, rig benchRig, f *benchFlags, out io.Writer) error {

@@ -9,6 +9,7 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -365,6 +366,9 @@ type Result struct {
 	ExitCode int
 	Status   string
 	Exited   bool
+	// Lifetime is how long the process ran as envd measured it, from fork to reaping (0 when
+	// envd did not say).
+	Lifetime time.Duration
 }
 
 // Run starts a command, copies stdin (if not nil) to it, streams its output to stdout and stderr
@@ -420,6 +424,11 @@ func (s *Sandbox) Run(ctx context.Context, spec RunSpec, stdin io.Reader, stdout
 			res.Exited = ev.End.GetExited()
 			if ev.End.GetStatus() == "error" { // envd could not wait for it; a non-zero exit also has an error
 				return res, fmt.Errorf("command failed: %s", ev.End.GetError())
+			}
+			for stream.Receive() { // the trailer comes with the end of the stream, right after
+			}
+			if us, err := strconv.ParseInt(stream.ResponseTrailer().Get(client.LifetimeTrailer), 10, 64); err == nil {
+				res.Lifetime = time.Duration(us) * time.Microsecond
 			}
 			return res, nil
 		}

@@ -43,13 +43,19 @@ func TestTemplateClones(t *testing.T) {
 			t.Fatal("the sandbox was booted, not restored")
 		}
 		var out bytes.Buffer
+		t0 := time.Now()
 		res, err := sb.Run(ctx, sandbox.RunSpec{Cmd: "/bin/bash", Args: []string{"-c",
-			`hostname; head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n'; echo; python3 -c 'import os; print(os.urandom(32).hex())'; date +%s.%N`}},
+			`sleep 0.2; hostname; head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n'; echo; python3 -c 'import os; print(os.urandom(32).hex())'; date +%s.%N`}},
 			nil, &out, io.Discard, nil)
+		took := time.Since(t0)
 		host := float64(time.Now().UnixNano()) / 1e9
 		_ = sb.Close()
 		if err != nil || res.ExitCode != 0 {
 			t.Fatalf("clone %d: %v %+v", i, err, res)
+		}
+		// envd's own measure of the command (fork to reaping) comes with the result.
+		if res.Lifetime < 200*time.Millisecond || res.Lifetime > took {
+			t.Errorf("clone %d: lifetime %v, round trip %v", i, res.Lifetime, took)
 		}
 		lines := strings.Split(strings.TrimSpace(out.String()), "\n")
 		if len(lines) != 4 {
