@@ -58,7 +58,7 @@ func sandboxCmd() *cobra.Command {
 	c := &cobra.Command{Use: "sandbox", Aliases: []string{"sb"}, Short: "Manage sandboxes on a cell serve"}
 	r.flags(c)
 	ls := &cobra.Command{
-		Use: "ls", Short: "List running sandboxes", Args: cobra.NoArgs,
+		Use: "ls", Short: "List sandboxes, running and paused", Args: cobra.NoArgs,
 		RunE: r.run(func(cmd *cobra.Command, _ []string, cl *client.Client) error {
 			list, err := cl.List(cmd.Context())
 			if err != nil {
