@@ -88,7 +88,7 @@ test('pause and connect (resume) keep files and processes', async () => {
   const s = await Sandbox.create({ timeoutMs: 120_000 })
   try {
     await s.files.write('kept.txt', 'still here')
-    const bg = await s.commands.run('sleep 600', { background: true })
+    const bg = await s.commands.run('sleep 600', { background: true, timeoutMs: 0 }) // 0: it outlives the SDK's 60 s default
     assert.equal(await s.pause(), true)
     assert.equal((await s.getInfo()).state, 'paused')
     assert.equal(await s.pause(), false, 'pausing a paused sandbox reports false')
