@@ -360,6 +360,10 @@ type RunSpec struct {
 	Tag  string
 }
 
+// trailerWait bounds how long Run waits, after a command's end event, for the end of its stream
+// (which carries envd's measure of the command).
+const trailerWait = 100 * time.Millisecond
+
 // Result is how a command ended.
 type Result struct {
 	PID      uint32
@@ -389,7 +393,9 @@ func (s *Sandbox) Run(ctx context.Context, spec RunSpec, stdin io.Reader, stdout
 	}
 	withStdin := stdin != nil
 	req.Stdin = &withStdin
-	stream, err := s.Process.Start(ctx, client.AsUser(connect.NewRequest(req), user))
+	sctx, endStream := context.WithCancel(ctx)
+	defer endStream()
+	stream, err := s.Process.Start(sctx, client.AsUser(connect.NewRequest(req), user))
 	if err != nil {
 		return Result{}, s.explain(ctx, err)
 	}
@@ -425,8 +431,12 @@ func (s *Sandbox) Run(ctx context.Context, spec RunSpec, stdin io.Reader, stdout
 			if ev.End.GetStatus() == "error" { // envd could not wait for it; a non-zero exit also has an error
 				return res, fmt.Errorf("command failed: %s", ev.End.GetError())
 			}
-			for stream.Receive() { // the trailer comes with the end of the stream, right after
+			// envd's trailer comes with the end of the stream, right after; a guest that holds
+			// the stream open is not waited for.
+			t := time.AfterFunc(trailerWait, endStream)
+			for stream.Receive() {
 			}
+			t.Stop()
 			if us, err := strconv.ParseInt(stream.ResponseTrailer().Get(client.LifetimeTrailer), 10, 64); err == nil {
 				res.Lifetime = time.Duration(us) * time.Microsecond
 			}
