@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"net/http"
 	"strconv"
 	"sync"
@@ -245,12 +246,21 @@ func (r *Runtime) Adopt(ctx context.Context, id string, pid int, startTicks uint
 	return sb, nil
 }
 
+// SandboxIDEnv is the environment variable in which a sandbox's commands find its id, as on E2B.
+const SandboxIDEnv = "E2B_SANDBOX_ID"
+
 // Init sends envd its /init: req as given, plus the sandbox's host name and the host's clock.
 // (The channel's handshake has already reseeded the guest's random generator.)
 func (s *Sandbox) Init(ctx context.Context, req server.InitRequest) error {
 	now := time.Now()
 	hostname := s.ID
 	req.Hostname, req.Timestamp = &hostname, &now
+	// E2B's sandboxes know their id from the environment (its envd reads it from the VMM's
+	// metadata service): the variable wins over one of the same name the user set.
+	env := make(map[string]string, len(req.EnvVars)+1)
+	maps.Copy(env, req.EnvVars)
+	env[SandboxIDEnv] = s.ID
+	req.EnvVars = env
 	// No HTML escaping: an env var full of '<' would grow six-fold and could outgrow what envd
 	// accepts (see envd's maxInitBody).
 	var body bytes.Buffer

@@ -138,6 +138,8 @@ test('commands: stdout, stderr, exit code, env, cwd, user', async () => {
   assert.equal((await sbx.commands.run('whoami')).stdout, 'user\n')
   assert.equal((await sbx.commands.run('whoami', { user: 'root' })).stdout, 'root\n')
   assert.equal((await sbx.commands.run('echo $HOME')).stdout, '/home/user\n')
+  // E2B's own variables, as its envd sets them.
+  assert.equal((await sbx.commands.run('echo $E2B_SANDBOX $E2B_SANDBOX_ID $E2B_TEMPLATE_ID')).stdout, `true ${sbx.sandboxId} base\n`)
   // A user added after envd started is found (envd's user cache follows /etc/passwd).
   await sbx.commands.run('useradd -m bob', { user: 'root' })
   assert.equal((await sbx.commands.run('whoami; echo $HOME', { user: 'bob' })).stdout, 'bob\n/home/bob\n')

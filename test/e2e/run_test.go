@@ -33,6 +33,8 @@ func TestRunLanguages(t *testing.T) {
 		{[]string{"python3", "-c", "print(6*7)"}, "42\n"},
 		{[]string{"node", "-e", "console.log([1,2,3].map(x => x * 2).join(','))"}, "2,4,6\n"},
 		{[]string{"bash", "-c", "echo $((6*7)) from $0"}, "42 from bash\n"},
+		// E2B's variables: the sandbox's id is its host name.
+		{[]string{"sh", "-c", `test "$E2B_SANDBOX_ID" = "$(hostname)" && echo $E2B_SANDBOX`}, "true\n"},
 		// envd (PID 1) mounted /proc once, not a second proc on top of the first.
 		{[]string{"grep", "-c", "^proc /proc ", "/proc/mounts"}, "1\n"},
 	}

@@ -497,7 +497,16 @@ func TestServePool(t *testing.T) {
 	poolReady(t, s.url, 2)
 	seen := map[string]bool{}
 	for i := 0; i < 3; i++ { // the third may come from the refill or be restored on demand
-		info, err := c.Create(ctx, client.CreateOptions{Timeout: time.Minute, Envs: map[string]string{"N": strconv.Itoa(i)}})
+		// The first has no variables of its own (a pool hit needs no /init then); the second
+		// tries to set E2B's own, which win.
+		envs := map[string]string{"N": strconv.Itoa(i)}
+		switch i {
+		case 0:
+			envs = nil
+		case 1:
+			envs["E2B_SANDBOX_ID"], envs["E2B_TEMPLATE_ID"] = "spoofed", "spoofed"
+		}
+		info, err := c.Create(ctx, client.CreateOptions{Timeout: time.Minute, Envs: envs})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -505,9 +514,13 @@ func TestServePool(t *testing.T) {
 			t.Fatalf("sandbox %s handed out twice", info.SandboxID)
 		}
 		seen[info.SandboxID] = true
-		out := execOut(t, c, info.SandboxID, "echo $N $(hostname) $(head -c 8 /dev/urandom | od -An -tx1 | tr -d ' ')")
+		out := execOut(t, c, info.SandboxID, "echo ${N:-none} $(hostname) $(head -c 8 /dev/urandom | od -An -tx1 | tr -d ' ') $E2B_SANDBOX $E2B_SANDBOX_ID $E2B_TEMPLATE_ID")
 		f := strings.Fields(out)
-		if len(f) != 3 || f[0] != strconv.Itoa(i) || f[1] != info.SandboxID {
+		wantN := strconv.Itoa(i)
+		if i == 0 {
+			wantN = "none"
+		}
+		if len(f) != 6 || f[0] != wantN || f[1] != info.SandboxID || f[3] != "true" || f[4] != info.SandboxID || f[5] != "base" {
 			t.Fatalf("sandbox %d: %q", i, out)
 		}
 		if seen[f[2]] {
