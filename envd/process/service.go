@@ -204,7 +204,7 @@ func (s *Service) start(req *pb.StartRequest, userName string) (*proc, *subscrib
 	}
 	env := map[string]string{
 		"PATH": DefaultPath, "HOME": id.Home, "USER": id.Name, "LOGNAME": id.Name,
-		"SHELL": "/bin/bash", "LANG": "C.UTF-8", "E2B_SANDBOX": "true", // as E2B's envd sets it
+		"SHELL": "/bin/bash", "LANG": "C.UTF-8",
 	}
 	for k, v := range s.defaults.Envs() {
 		env[k] = v

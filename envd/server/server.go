@@ -143,6 +143,11 @@ type InitRequest struct {
 	// Cell's own: the sandbox's host name. (Host randomness for the kernel's generator comes
 	// with every channel handshake instead: see Visits.Reseed.)
 	Hostname *string `json:"hostname,omitempty"`
+	// Cell's own: the sandbox's and its template's ids, which commands see as E2B's
+	// E2B_SANDBOX_ID and E2B_TEMPLATE_ID (E2B's envd reads them from Firecracker's metadata
+	// service).
+	SandboxID  *string `json:"sandboxID,omitempty"`
+	TemplateID *string `json:"templateID,omitempty"`
 }
 
 func (s Services) init(w http.ResponseWriter, r *http.Request) {
@@ -175,7 +180,8 @@ func (s Services) init(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
-	s.Defaults.Apply(state.Update{User: req.DefaultUser, Workdir: req.DefaultWorkdir, Envs: req.EnvVars, Token: req.AccessToken})
+	s.Defaults.Apply(state.Update{User: req.DefaultUser, Workdir: req.DefaultWorkdir, Envs: req.EnvVars, Token: req.AccessToken,
+		SandboxID: req.SandboxID, TemplateID: req.TemplateID})
 	w.WriteHeader(http.StatusNoContent)
 }
 

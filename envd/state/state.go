@@ -13,6 +13,8 @@ type Defaults struct {
 	workdir string
 	envs    map[string]string
 	token   string
+	// E2B's own variables for the sandbox's commands; they win over the user's.
+	sandboxID, templateID string
 }
 
 // New returns Defaults whose default user is user.
@@ -34,11 +36,21 @@ func (d *Defaults) Workdir() string {
 	return d.workdir
 }
 
-// Envs returns a copy of the environment every command gets.
+// Envs returns a copy of the environment every command gets: the variables /init set, then
+// E2B's, as E2B's envd sets them: E2B_SANDBOX=true, E2B_SANDBOX_ID and E2B_TEMPLATE_ID.
 func (d *Defaults) Envs() map[string]string {
 	d.mu.RLock()
 	defer d.mu.RUnlock()
-	return maps.Clone(d.envs)
+	env := make(map[string]string, len(d.envs)+3)
+	maps.Copy(env, d.envs)
+	env["E2B_SANDBOX"] = "true"
+	if d.sandboxID != "" {
+		env["E2B_SANDBOX_ID"] = d.sandboxID
+	}
+	if d.templateID != "" {
+		env["E2B_TEMPLATE_ID"] = d.templateID
+	}
+	return env
 }
 
 // Token is the access token ("" when envd is open).
@@ -60,6 +72,8 @@ type Update struct {
 	Workdir *string
 	Envs    map[string]string
 	Token   *string
+	// The sandbox's and its template's ids (E2B_SANDBOX_ID, E2B_TEMPLATE_ID).
+	SandboxID, TemplateID *string
 }
 
 // Apply applies u. Env vars are merged into the existing ones.
@@ -75,5 +89,11 @@ func (d *Defaults) Apply(u Update) {
 	maps.Copy(d.envs, u.Envs)
 	if u.Token != nil {
 		d.token = *u.Token
+	}
+	if u.SandboxID != nil {
+		d.sandboxID = *u.SandboxID
+	}
+	if u.TemplateID != nil {
+		d.templateID = *u.TemplateID
 	}
 }

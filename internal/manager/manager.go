@@ -243,7 +243,7 @@ func (m *Manager) Create(ctx context.Context, req CreateRequest) (Info, error) {
 	// envd gets the env vars and the access token (with its name, randomness and clock) before
 	// the sandbox is handed out.
 	token := rec.EnvdToken
-	initReq := server.InitRequest{EnvVars: sandboxEnv(&rec), AccessToken: &token}
+	initReq := server.InitRequest{EnvVars: rec.EnvVars, AccessToken: &token, TemplateID: &rec.TemplateID}
 	var sb *sandbox.Sandbox
 	if fromPool != nil {
 		sb = fromPool.sb
@@ -605,22 +605,6 @@ func (m *Manager) Recover(ctx context.Context) error {
 		m.log.Warn("pruning ended sandboxes", "err", err)
 	}
 	return nil
-}
-
-// sandboxEnv is the environment envd gets for a sandbox: the user's variables and, winning over
-// them, E2B's E2B_TEMPLATE_ID (E2B_SANDBOX_ID comes with every /init: see sandbox.Sandbox.Init).
-// E2B also sets E2B_TEAM_ID; Cell does not: a pool sandbox is filled before anyone's team is
-// known, and telling it at checkout costs a trip into the guest (a pool hit 0.4 → 4 ms).
-func sandboxEnv(rec *store.Sandbox) map[string]string {
-	return templateEnv(rec.EnvVars, rec.TemplateID)
-}
-
-// templateEnv is env with E2B_TEMPLATE_ID set to template.
-func templateEnv(env map[string]string, template string) map[string]string {
-	out := make(map[string]string, len(env)+1)
-	maps.Copy(out, env)
-	out["E2B_TEMPLATE_ID"] = template
-	return out
 }
 
 // pruneTemplates removes base templates made for an earlier QEMU, kernel, image or envd that no

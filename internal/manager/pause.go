@@ -106,7 +106,8 @@ func (m *Manager) Resume(ctx context.Context, team, id string, timeout time.Dura
 		return info, false, nil
 	}
 	token := b.rec.EnvdToken
-	init := server.InitRequest{EnvVars: sandboxEnv(&b.rec), AccessToken: &token}
+	template := b.rec.TemplateID
+	init := server.InitRequest{EnvVars: b.rec.EnvVars, AccessToken: &token, TemplateID: &template}
 	rules, err := compileNet(b.rec.AllowInternet, b.rec.Network)
 	if err != nil {
 		rules = denyAll()

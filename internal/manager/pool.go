@@ -71,8 +71,9 @@ func (m *Manager) fill(ctx context.Context, p *pool) {
 			continue
 		}
 		token := newToken()
+		template := p.template
 		sb, err := m.cfg.Runtime.Boot(ctx, sandbox.Options{Template: p.template,
-			Init: &server.InitRequest{AccessToken: &token, EnvVars: templateEnv(nil, p.template)}})
+			Init: &server.InitRequest{AccessToken: &token, TemplateID: &template}})
 		if err == nil {
 			var res sandbox.Result
 			res, err = sb.Run(ctx, poolWarmUp, nil, io.Discard, io.Discard, nil)

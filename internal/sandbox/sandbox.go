@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"maps"
 	"net/http"
 	"strconv"
 	"sync"
@@ -196,6 +195,10 @@ func (r *Runtime) Boot(ctx context.Context, opts Options) (*Sandbox, error) {
 		if opts.Init != nil {
 			req = *opts.Init
 		}
+		if req.TemplateID == nil {
+			tpl := opts.Template
+			req.TemplateID = &tpl
+		}
 		tInit := time.Now()
 		if err := sb.Init(ctx, req); err != nil {
 			_ = sb.Close()
@@ -246,21 +249,14 @@ func (r *Runtime) Adopt(ctx context.Context, id string, pid int, startTicks uint
 	return sb, nil
 }
 
-// SandboxIDEnv is the environment variable in which a sandbox's commands find its id, as on E2B.
-const SandboxIDEnv = "E2B_SANDBOX_ID"
-
 // Init sends envd its /init: req as given, plus the sandbox's host name and the host's clock.
 // (The channel's handshake has already reseeded the guest's random generator.)
 func (s *Sandbox) Init(ctx context.Context, req server.InitRequest) error {
 	now := time.Now()
 	hostname := s.ID
 	req.Hostname, req.Timestamp = &hostname, &now
-	// E2B's sandboxes know their id from the environment (its envd reads it from the VMM's
-	// metadata service): the variable wins over one of the same name the user set.
-	env := make(map[string]string, len(req.EnvVars)+1)
-	maps.Copy(env, req.EnvVars)
-	env[SandboxIDEnv] = s.ID
-	req.EnvVars = env
+	id := s.ID
+	req.SandboxID = &id // commands see it as E2B_SANDBOX_ID
 	// No HTML escaping: an env var full of '<' would grow six-fold and could outgrow what envd
 	// accepts (see envd's maxInitBody).
 	var body bytes.Buffer
