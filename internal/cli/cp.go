@@ -104,10 +104,12 @@ func (c *copier) download(ctx context.Context, remote, local string) error {
 // directories' modes.
 type deferred struct {
 	links [][2]string
-	dirs  []struct {
-		path string
-		mode os.FileMode
-	}
+	dirs  []dirMode
+}
+
+type dirMode struct {
+	path string
+	mode os.FileMode
 }
 
 func (c *copier) downloadEntry(ctx context.Context, e *fspb.EntryInfo, target string, later *deferred) error {
@@ -122,10 +124,7 @@ func (c *copier) downloadEntry(ctx context.Context, e *fspb.EntryInfo, target st
 		if err := os.Mkdir(target, 0o700); err != nil && !errors.Is(err, fs.ErrExist) {
 			return err
 		}
-		later.dirs = append(later.dirs, struct {
-			path string
-			mode os.FileMode
-		}{target, mode})
+		later.dirs = append(later.dirs, dirMode{target, mode})
 		resp, err := c.sb.FS.ListDir(ctx, client.AsUser(connect.NewRequest(&fspb.ListDirRequest{Path: e.GetPath(), Depth: 1}), c.user))
 		if err != nil {
 			return fmt.Errorf("%s: %w", e.GetPath(), err)
@@ -177,10 +176,6 @@ func (c *copier) upload(ctx context.Context, local, remote string) error {
 	if local == "-" {
 		return c.sb.Upload(ctx, remote, c.user, c.stdin)
 	}
-	st, err := os.Lstat(local)
-	if err != nil {
-		return err
-	}
 	target := remote
 	if e, err := c.stat(ctx, remote); err == nil && e.GetType() == fspb.FileType_FILE_TYPE_DIRECTORY {
 		target = path.Join(e.GetPath(), filepath.Base(local))
@@ -191,11 +186,8 @@ func (c *copier) upload(ctx context.Context, local, remote string) error {
 	}
 	modes := map[os.FileMode][]string{}
 	var links [][2]string
-	if !st.IsDir() {
-		if err := c.uploadOne(ctx, local, target, st, modes, &links); err != nil {
-			return err
-		}
-	} else if err := filepath.WalkDir(local, func(p string, d fs.DirEntry, err error) error {
+	// WalkDir visits a file or a link given as local itself (not following the link), once.
+	if err := filepath.WalkDir(local, func(p string, d fs.DirEntry, err error) error {
 		if err != nil {
 			return err
 		}
