@@ -243,7 +243,7 @@ func (m *Manager) Create(ctx context.Context, req CreateRequest) (Info, error) {
 	// envd gets the env vars and the access token (with its name, randomness and clock) before
 	// the sandbox is handed out.
 	token := rec.EnvdToken
-	initReq := server.InitRequest{EnvVars: rec.EnvVars, AccessToken: &token, TemplateID: &rec.TemplateID}
+	initReq := server.InitRequest{EnvVars: rec.EnvVars, AccessToken: &token}
 	var sb *sandbox.Sandbox
 	if fromPool != nil {
 		sb = fromPool.sb

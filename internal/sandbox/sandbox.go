@@ -195,7 +195,7 @@ func (r *Runtime) Boot(ctx context.Context, opts Options) (*Sandbox, error) {
 		if opts.Init != nil {
 			req = *opts.Init
 		}
-		if req.TemplateID == nil {
+		if req.TemplateID == nil { // commands see it as E2B_TEMPLATE_ID
 			tpl := opts.Template
 			req.TemplateID = &tpl
 		}
