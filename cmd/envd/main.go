@@ -75,13 +75,13 @@ func serve(log *slog.Logger, args []string) int {
 	}
 	files := filesystem.New(log, defaults, users)
 	defer files.Close()
-	h := server.Handler(server.Services{
+	svc := server.Services{
 		Defaults: defaults, Users: users, Process: procs, FS: files, Metrics: &server.Metrics{Root: "/"},
 		PowerOff: func() { _ = syscall.Kill(1, syscall.SIGTERM) },
 		SetClock: server.SetClock, SetHostname: server.SetHostname, Log: log,
-	})
-	server.ServeChannel(ctx, log, func() server.Conn { return port.Next() }, h,
-		server.Visits{Idle: idleNotice(log), SetClock: server.SetClock, Reseed: reseeder.Reseed})
+	}
+	server.ServeChannel(ctx, log, func() server.Conn { return port.Next() }, server.Handler(svc),
+		server.Visits{Idle: idleNotice(log), SetClock: server.SetClock, Reseed: reseeder.Reseed, Init: svc.ApplyInit})
 	return 0
 }
 

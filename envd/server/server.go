@@ -35,10 +35,11 @@ const PowerOffPath = "/cell/poweroff"
 // (Cell-specific: a pause needs it, and it saves starting /bin/sync in the guest).
 const SyncPath = "/cell/sync"
 
-// maxInitBody bounds the /init request. It must hold what the host sends: env vars that came
-// through the host's API in a body of at most 1 MiB, encoded again (Cell's host escapes no HTML,
-// so a string grows at most 2× — U+2028/U+2029 become \u escapes — plus the other fields).
-const maxInitBody = 4 << 20
+// maxInitBody bounds the /init request, as the channel bounds an init that comes with its
+// handshake. It must hold what the host sends: env vars that came through the host's API in a
+// body of at most 1 MiB, encoded again (Cell's host escapes no HTML, so a string grows at most
+// 2× — U+2028/U+2029 become \u escapes — plus the other fields).
+const maxInitBody = channel.MaxInit
 
 // Services are what the handler serves.
 type Services struct {
@@ -161,10 +162,29 @@ func (s Services) init(w http.ResponseWriter, r *http.Request) {
 		filesystem.WriteError(w, http.StatusBadRequest, "init: %v", err)
 		return
 	}
+	if status, err := s.apply(req); err != nil {
+		filesystem.WriteError(w, status, "%v", err)
+		return
+	}
+	w.WriteHeader(http.StatusNoContent)
+}
+
+// ApplyInit applies an init that came with the channel's handshake: the same JSON body as
+// POST /init's, with the same checks.
+func (s Services) ApplyInit(body []byte) error {
+	var req InitRequest
+	if err := json.Unmarshal(body, &req); err != nil {
+		return fmt.Errorf("init: %w", err)
+	}
+	_, err := s.apply(req)
+	return err
+}
+
+// apply applies req; a refusal comes with the HTTP status that answers it.
+func (s Services) apply(req InitRequest) (int, error) {
 	if req.DefaultUser != nil && *req.DefaultUser != "" {
 		if _, err := s.Users.Lookup(*req.DefaultUser); err != nil {
-			filesystem.WriteError(w, http.StatusBadRequest, "defaultUser: user %q not found", *req.DefaultUser)
-			return
+			return http.StatusBadRequest, fmt.Errorf("defaultUser: user %q not found", *req.DefaultUser)
 		}
 	}
 	if req.Timestamp != nil {
@@ -172,17 +192,15 @@ func (s Services) init(w http.ResponseWriter, r *http.Request) {
 	}
 	if req.Hostname != nil && s.SetHostname != nil {
 		if len(*req.Hostname) == 0 || len(*req.Hostname) > 64 {
-			filesystem.WriteError(w, http.StatusBadRequest, "hostname: 1 to 64 bytes")
-			return
+			return http.StatusBadRequest, errors.New("hostname: 1 to 64 bytes")
 		}
 		if err := s.SetHostname(*req.Hostname); err != nil {
-			filesystem.WriteError(w, http.StatusInternalServerError, "hostname: %v", err)
-			return
+			return http.StatusInternalServerError, fmt.Errorf("hostname: %w", err)
 		}
 	}
 	s.Defaults.Apply(state.Update{User: req.DefaultUser, Workdir: req.DefaultWorkdir, Envs: req.EnvVars, Token: req.AccessToken,
 		SandboxID: req.SandboxID, TemplateID: req.TemplateID})
-	w.WriteHeader(http.StatusNoContent)
+	return 0, nil
 }
 
 // clockSlack is how far the guest's clock may be from the host's before envd sets it.
@@ -226,6 +244,8 @@ type Visits struct {
 	// generator: a guest resumed from a snapshot must not repeat the random bytes of another
 	// resume of the same snapshot.
 	Reseed func([]byte) error
+	// Init applies the init a new sandbox's first handshake carries (Services.ApplyInit).
+	Init func([]byte) error
 }
 
 // ServeChannel serves h on every host visit that next returns, until ctx ends.
@@ -240,6 +260,7 @@ func ServeChannel(ctx context.Context, log *slog.Logger, next func() Conn, h htt
 				log.Error("reseeding the kernel's random generator with the host's randomness", "err", err)
 			}
 		},
+		Init: v.Init,
 	}
 	for first := true; ctx.Err() == nil; first = false {
 		if v.Idle != nil && !first {

@@ -12,6 +12,7 @@ import (
 	"testing"
 
 	"github.com/cellhq/cell/envd/filesystem"
+	"github.com/cellhq/cell/envd/process"
 	"github.com/cellhq/cell/envd/state"
 )
 
@@ -68,5 +69,38 @@ func TestInitBodyLimit(t *testing.T) {
 	}
 	if code, body := post(strings.Repeat("x", maxInitBody)); code != http.StatusRequestEntityTooLarge || !strings.Contains(body, strconv.Itoa(maxInitBody)) {
 		t.Fatalf("over the limit: %d %s", code, body)
+	}
+}
+
+// TestApplyInit: an init that comes with the channel's handshake is applied as POST /init's
+// body is, with the same checks.
+func TestApplyInit(t *testing.T) {
+	defaults := state.New("user")
+	var hostname string
+	svc := Services{Defaults: defaults, Users: &process.Users{}, Log: slog.New(slog.DiscardHandler),
+		SetHostname: func(h string) error { hostname = h; return nil }}
+	tok, host, id := "tok", "sbx1", "sbx1"
+	body, _ := json.Marshal(InitRequest{EnvVars: map[string]string{"A": "1"}, AccessToken: &tok, Hostname: &host, SandboxID: &id})
+	if err := svc.ApplyInit(body); err != nil {
+		t.Fatal(err)
+	}
+	if envs := defaults.Envs(); envs["A"] != "1" || envs["E2B_SANDBOX_ID"] != "sbx1" || hostname != "sbx1" || !defaults.CheckToken("tok") {
+		t.Fatalf("after the init: envs %v, host name %q, token taken %v", envs, hostname, defaults.CheckToken("tok"))
+	}
+	if err := svc.ApplyInit([]byte("{")); err == nil || !strings.Contains(err.Error(), "init:") {
+		t.Fatalf("a broken body: %v", err)
+	}
+	nobody := "no-such-user-here"
+	body, _ = json.Marshal(InitRequest{DefaultUser: &nobody, EnvVars: map[string]string{"B": "2"}})
+	if err := svc.ApplyInit(body); err == nil || !strings.Contains(err.Error(), `defaultUser: user "no-such-user-here" not found`) {
+		t.Fatalf("an unknown user: %v", err)
+	}
+	if _, ok := defaults.Envs()["B"]; ok {
+		t.Fatal("a refused init changed the variables")
+	}
+	empty := ""
+	body, _ = json.Marshal(InitRequest{Hostname: &empty})
+	if err := svc.ApplyInit(body); err == nil || !strings.Contains(err.Error(), "hostname") {
+		t.Fatalf("an empty host name: %v", err)
 	}
 }

@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -109,7 +110,7 @@ func TestHandshakeThroughLossyWindowAndHTTP(t *testing.T) {
 
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	h, err := Connect(ctx, lossy, log)
+	h, err := Connect(ctx, lossy, log, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -251,7 +252,7 @@ func TestConnectHonoursContext(t *testing.T) {
 	go func() { _, _ = io.Copy(io.Discard, guestEnd) }() // a guest that never answers
 	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
 	defer cancel()
-	_, err := Connect(ctx, hostEnd, slog.New(slog.DiscardHandler))
+	_, err := Connect(ctx, hostEnd, slog.New(slog.DiscardHandler), nil)
 	if !errors.Is(err, context.DeadlineExceeded) {
 		t.Fatalf("err = %v, want deadline exceeded", err)
 	}
@@ -271,8 +272,115 @@ func TestConnectRejectsFloodingGuest(t *testing.T) {
 	}()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	_, err := Connect(ctx, hostEnd, slog.New(slog.DiscardHandler))
+	_, err := Connect(ctx, hostEnd, slog.New(slog.DiscardHandler), nil)
 	if !errors.Is(err, ErrHandshake) {
 		t.Fatalf("err = %v, want ErrHandshake", err)
+	}
+}
+
+// connectWithInit runs Connect with init against a guest served with hooks, over a pipe.
+func connectWithInit(t *testing.T, init []byte, hooks GuestHooks) (*Host, error) {
+	t.Helper()
+	hostEnd, guestEnd := net.Pipe()
+	t.Cleanup(func() { _ = guestEnd.Close() })
+	log := slog.New(slog.DiscardHandler)
+	go func() {
+		sess, err := Serve(guestEnd, log, hooks)
+		if err != nil {
+			return
+		}
+		_ = (&http.Server{Handler: http.NotFoundHandler()}).Serve(sess)
+	}()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	h, err := Connect(ctx, hostEnd, log, init)
+	if h != nil {
+		t.Cleanup(func() { _ = h.Close() })
+	}
+	return h, err
+}
+
+func TestHandshakeCarriesInit(t *testing.T) {
+	// A payload with newlines and handshake-like lines in it arrives whole, once, after the
+	// seed and before READY.
+	payload := append([]byte("CELL1 GO 1\n{\"a\":\"\n\"}"), bytes.Repeat([]byte("x"), 1<<20)...)
+	var order []string
+	var got [][]byte
+	h, err := connectWithInit(t, payload, GuestHooks{
+		Seed: func([]byte) { order = append(order, "seed") },
+		Init: func(b []byte) error { order = append(order, "init"); got = append(got, b); return nil },
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != 1 || !bytes.Equal(got[0], payload) {
+		t.Fatalf("the guest got %d inits (first %d bytes), want the %d-byte payload once", len(got), len(append(got, nil)[0]), len(payload))
+	}
+	if strings.Join(order, ",") != "seed,init" {
+		t.Fatalf("hooks ran in the order %v, want seed then init", order)
+	}
+	// The session works after it.
+	resp, err := h.HTTPClient().Get("http://envd/x")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = resp.Body.Close()
+	if resp.StatusCode != http.StatusNotFound {
+		t.Fatalf("status %d after an init", resp.StatusCode)
+	}
+
+	// No payload, no init.
+	called := false
+	if _, err := connectWithInit(t, nil, GuestHooks{Init: func([]byte) error { called = true; return nil }}); err != nil {
+		t.Fatal(err)
+	}
+	if called {
+		t.Fatal("Init was called for a handshake without a payload")
+	}
+	// An empty payload is one.
+	if _, err := connectWithInit(t, []byte{}, GuestHooks{Init: func(b []byte) error { called = len(b) == 0; return nil }}); err != nil || !called {
+		t.Fatalf("an empty payload: err %v, Init called %v", err, called)
+	}
+}
+
+func TestHandshakeInitRefused(t *testing.T) {
+	_, err := connectWithInit(t, []byte("{}"), GuestHooks{Init: func([]byte) error { return errors.New("defaultUser: user \"x\" not found") }})
+	if !errors.Is(err, ErrInitRefused) || !strings.Contains(err.Error(), `defaultUser: user "x" not found`) {
+		t.Fatalf("err = %v, want ErrInitRefused with the guest's reason", err)
+	}
+	if errors.Is(err, ErrHandshake) {
+		t.Fatalf("a refused init is not a failed handshake (which is retried): %v", err)
+	}
+	// A guest that takes no init refuses one.
+	if _, err := connectWithInit(t, []byte("{}"), GuestHooks{}); !errors.Is(err, ErrInitRefused) {
+		t.Fatalf("err = %v, want ErrInitRefused", err)
+	}
+	// A long reason is cut to what the host reads.
+	long := strings.Repeat("why ", 10000)
+	if _, err := connectWithInit(t, []byte("{}"), GuestHooks{Init: func([]byte) error { return errors.New(long) }}); !errors.Is(err, ErrInitRefused) || len(err.Error()) > maxInitError+100 {
+		t.Fatalf("a long refusal: %d bytes of error, %v", len(err.Error()), errors.Is(err, ErrInitRefused))
+	}
+	// The host sends no more than MaxInit.
+	if _, err := connectWithInit(t, make([]byte, MaxInit+1), GuestHooks{Init: func([]byte) error { return nil }}); !errors.Is(err, ErrInitRefused) {
+		t.Fatalf("an oversized init: err = %v", err)
+	}
+}
+
+func TestGuestRejectsOversizedInit(t *testing.T) {
+	r, w := io.Pipe()
+	var out lockedBuffer
+	done := make(chan error, 1)
+	go func() {
+		_, err := guestHandshake(rw{r, &out}, GuestHooks{Init: func([]byte) error { return nil }})
+		done <- err
+	}()
+	_, _ = io.WriteString(w, "CELL1 INIT "+strconv.Itoa(MaxInit+1)+"\n")
+	select {
+	case err := <-done:
+		if !errors.Is(err, ErrHandshake) {
+			t.Fatalf("err = %v, want ErrHandshake", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("the guest waited for an oversized init")
 	}
 }

@@ -27,6 +27,10 @@ const (
 	// SeedWords is how many 64-bit words of host randomness each handshake carries (one SEED line
 	// each): 256 bits, a full key for the guest kernel's generator.
 	SeedWords = 4
+	// MaxInit bounds the init payload a handshake may carry (see GuestHooks.Init).
+	MaxInit = 4 << 20
+	// maxInitError bounds the message of a refused init that the host reads from the guest.
+	maxInitError = 4096
 )
 
 // GuestHooks are what the guest does with the host's state that comes with every handshake. A
@@ -36,10 +40,18 @@ const (
 type GuestHooks struct {
 	Clock func(time.Time) // the host's wall clock
 	Seed  func([]byte)    // SeedWords*8 bytes of fresh host randomness
+	// Init applies the host's init payload (at most MaxInit bytes), when the handshake carries
+	// one: a new sandbox's identity, settled before the host can run anything in it, without a
+	// request of its own. What it returns is the host's error (as ErrInitRefused); the session
+	// starts either way.
+	Init func([]byte) error
 }
 
 // ErrHandshake is wrapped by every handshake failure other than cancellation.
 var ErrHandshake = errors.New("channel handshake failed")
+
+// ErrInitRefused is wrapped by Connect's error when the guest could not apply the init payload.
+var ErrInitRefused = errors.New("the guest refused its init")
 
 // lineReader reads '\n'-terminated lines of at most maxLine bytes, skipping longer ones, and
 // counts what it consumed.
@@ -111,9 +123,13 @@ type rwc struct {
 	io.Closer
 }
 
-// hostHandshake runs the host side on conn. It closes nothing; the caller owns conn and closes it
-// to abort (ctx cancellation does so through the caller).
-func hostHandshake(ctx context.Context, conn io.ReadWriter) (*bufio.Reader, error) {
+// hostHandshake runs the host side on conn, sending init (if not nil) for GuestHooks.Init. It
+// closes nothing; the caller owns conn and closes it to abort (ctx cancellation does so through
+// the caller).
+func hostHandshake(ctx context.Context, conn io.ReadWriter, init []byte) (*bufio.Reader, error) {
+	if len(init) > MaxInit {
+		return nil, fmt.Errorf("%w: the init payload is %d bytes, over %d", ErrInitRefused, len(init), MaxInit)
+	}
 	br := bufio.NewReaderSize(conn, 4096)
 	lr := &lineReader{r: br, limit: maxHandshakeBytes}
 
@@ -155,6 +171,7 @@ func hostHandshake(ctx context.Context, conn io.ReadWriter) (*bufio.Reader, erro
 
 	var goN uint64
 	sentGo := false
+	var refused error
 	for {
 		line, err := lr.next()
 		if err != nil {
@@ -186,22 +203,38 @@ func hostHandshake(ctx context.Context, conn io.ReadWriter) (*bufio.Reader, erro
 			for i := 0; i < SeedWords; i++ {
 				msg = append(msg, format("SEED", binary.BigEndian.Uint64(seed[8*i:]))...)
 			}
+			if init != nil {
+				msg = append(append(msg, format("INIT", uint64(len(init)))...), init...)
+			}
 			msg = append(msg, format("GO", goN)...)
 			if _, err := conn.Write(msg); err != nil {
 				return nil, fmt.Errorf("%w: sending go: %w", ErrHandshake, err)
 			}
+		case verb == "REFUSED" && sentGo && init != nil && refused == nil:
+			if n > maxInitError {
+				return nil, fmt.Errorf("%w: the guest's refusal is %d bytes, over %d", ErrHandshake, n, maxInitError)
+			}
+			why := make([]byte, n)
+			if _, err := io.ReadFull(br, why); err != nil {
+				return nil, fmt.Errorf("%w: reading the guest's refusal: %w", ErrHandshake, err)
+			}
+			lr.read += int(n)
+			refused = fmt.Errorf("%w: %s", ErrInitRefused, strings.ToValidUTF8(string(why), "?"))
 		case verb == "READY" && sentGo && n == goN:
+			if refused != nil {
+				return nil, refused
+			}
 			return br, nil
 		}
 	}
 }
 
 // guestHandshake runs the guest side: it answers pings until told to go, and hands the host's
-// clock and randomness (sent with GO) to hooks.
+// clock, randomness and init payload (sent with GO) to hooks.
 func guestHandshake(conn io.ReadWriter, hooks GuestHooks) (*bufio.Reader, error) {
 	br := bufio.NewReaderSize(conn, 4096)
 	lr := &lineReader{r: br}
-	var seed []byte
+	var seed, init []byte
 	for {
 		line, err := lr.next()
 		if err != nil {
@@ -230,11 +263,35 @@ func guestHandshake(conn io.ReadWriter, hooks GuestHooks) (*bufio.Reader, error)
 			if len(seed) < SeedWords*8 { // more is the host's mistake (or noise): ignored
 				seed = binary.BigEndian.AppendUint64(seed, n)
 			}
+		case "INIT":
+			if n > MaxInit {
+				return nil, fmt.Errorf("%w: the host's init payload is %d bytes, over %d", ErrHandshake, n, MaxInit)
+			}
+			init = make([]byte, n)
+			if _, err := io.ReadFull(br, init); err != nil {
+				return nil, fmt.Errorf("%w: reading the init payload: %w", ErrHandshake, err)
+			}
 		case "GO":
 			if hooks.Seed != nil && len(seed) > 0 {
 				hooks.Seed(seed)
 			}
-			if _, err := conn.Write(format("READY", n)); err != nil {
+			var reply []byte
+			if init != nil {
+				var err error
+				if hooks.Init == nil {
+					err = errors.New("this guest takes no init payload")
+				} else {
+					err = hooks.Init(init)
+				}
+				if err != nil {
+					why := []byte(err.Error())
+					if len(why) > maxInitError {
+						why = why[:maxInitError]
+					}
+					reply = append(format("REFUSED", uint64(len(why))), why...)
+				}
+			}
+			if _, err := conn.Write(append(reply, format("READY", n)...)); err != nil {
 				return nil, fmt.Errorf("%w: sending ready: %w", ErrHandshake, err)
 			}
 			return br, nil

@@ -39,11 +39,12 @@ type Host struct {
 }
 
 // Connect runs the handshake on conn (QEMU's socket for the guest's port) and starts the
-// session. It owns conn from then on: Close releases it, and so does a failed Connect. ctx bounds
-// the handshake only.
-func Connect(ctx context.Context, conn io.ReadWriteCloser, log *slog.Logger) (*Host, error) {
+// session. init, when not nil, goes with the handshake to the guest's GuestHooks.Init; a guest
+// that refuses it fails Connect with ErrInitRefused. Connect owns conn from then on: Close
+// releases it, and so does a failed Connect. ctx bounds the handshake only.
+func Connect(ctx context.Context, conn io.ReadWriteCloser, log *slog.Logger, init []byte) (*Host, error) {
 	stop := context.AfterFunc(ctx, func() { _ = conn.Close() })
-	br, err := hostHandshake(ctx, conn)
+	br, err := hostHandshake(ctx, conn, init)
 	if !stop() {
 		// ctx ended: conn is closed (or closing); report the cancellation.
 		_ = conn.Close()
@@ -100,7 +101,7 @@ func (h *Host) Close() error {
 }
 
 // Serve runs the guest side on conn: it answers the host's handshake (giving hooks the host's
-// clock and randomness), then serves the session as a net.Listener of streams until it ends. The
+// clock, randomness and init payload), then serves the session as a net.Listener of streams until it ends. The
 // caller owns conn.
 func Serve(conn io.ReadWriteCloser, log *slog.Logger, hooks GuestHooks) (*yamux.Session, error) {
 	br, err := guestHandshake(conn, hooks)

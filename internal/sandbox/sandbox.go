@@ -175,22 +175,11 @@ func (r *Runtime) Boot(ctx context.Context, opts Options) (*Sandbox, error) {
 	} else if opts.Template != "base" {
 		return nil, fmt.Errorf("template %q: not found or made for another machine size", opts.Template)
 	}
-	vm, err := r.Host.Start(ctx, spec)
-	if err != nil {
-		return nil, fmt.Errorf("%s: %w", what, err)
-	}
-	sb := newSandbox(vm)
-	sb.Restored = spec.Restore != nil
-	if err := r.attachNet(sb, opts.Net); err != nil {
-		_ = sb.Close()
-		return nil, err
-	}
-	if sb.Restored && t.token != "" {
-		sb.SetToken(t.token) // the snapshot's envd enforces its source's token until /init
-	}
-	if sb.Restored || opts.Init != nil {
-		// A clone wakes up as its template: give it its own name, fresh randomness and the
-		// time before anything else runs in it.
+	var token *string
+	if spec.Restore != nil || opts.Init != nil {
+		// A clone wakes up as its template: its own name, variables and token (and, with every
+		// handshake, fresh randomness and the time) come with the channel's handshake, so they
+		// are settled before anything else runs in it, without a request of their own.
 		var req server.InitRequest
 		if opts.Init != nil {
 			req = *opts.Init
@@ -199,12 +188,28 @@ func (r *Runtime) Boot(ctx context.Context, opts Options) (*Sandbox, error) {
 			tpl := opts.Template
 			req.TemplateID = &tpl
 		}
-		tInit := time.Now()
-		if err := sb.Init(ctx, req); err != nil {
-			_ = sb.Close()
+		req.Timestamp = nil // the handshake's own clock is the newer
+		var err error
+		if spec.Init, err = initBody(id, req); err != nil {
 			return nil, err
 		}
-		r.Log.Debug("sandbox initialised", "sandbox", id, "init", time.Since(tInit))
+		token = req.AccessToken
+	}
+	vm, err := r.Host.Start(ctx, spec)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", what, err)
+	}
+	sb := newSandbox(vm)
+	sb.Restored = spec.Restore != nil
+	if sb.Restored && t.token != "" {
+		sb.SetToken(t.token) // the snapshot's envd enforces its source's token unless told another
+	}
+	if token != nil {
+		sb.SetToken(*token)
+	}
+	if err := r.attachNet(sb, opts.Net); err != nil {
+		_ = sb.Close()
+		return nil, err
 	}
 	sb.BootTime = time.Since(start)
 	return sb, nil
@@ -249,23 +254,33 @@ func (r *Runtime) Adopt(ctx context.Context, id string, pid int, startTicks uint
 	return sb, nil
 }
 
-// Init sends envd its /init: req as given, plus the sandbox's host name and the host's clock.
-// (The channel's handshake has already reseeded the guest's random generator.)
-func (s *Sandbox) Init(ctx context.Context, req server.InitRequest) error {
-	now := time.Now()
-	hostname := s.ID
-	req.Hostname, req.Timestamp = &hostname, &now
-	id := s.ID
-	req.SandboxID = &id // commands see it as E2B_SANDBOX_ID
+// initBody is the /init body envd gets for the sandbox id: req, with the sandbox's host name and
+// its id (which commands see as E2B_SANDBOX_ID).
+func initBody(id string, req server.InitRequest) ([]byte, error) {
+	hostname, sandboxID := id, id
+	req.Hostname, req.SandboxID = &hostname, &sandboxID
 	// No HTML escaping: an env var full of '<' would grow six-fold and could outgrow what envd
-	// accepts (see envd's maxInitBody).
+	// accepts (channel.MaxInit).
 	var body bytes.Buffer
 	enc := json.NewEncoder(&body)
 	enc.SetEscapeHTML(false)
 	if err := enc.Encode(req); err != nil {
+		return nil, fmt.Errorf("encoding the sandbox's init: %w", err)
+	}
+	return body.Bytes(), nil
+}
+
+// Init sends envd a request to /init: req as given, plus the sandbox's host name and the host's
+// clock, for a sandbox that is already running (a new sandbox gets its init with the channel's
+// handshake, in Boot).
+func (s *Sandbox) Init(ctx context.Context, req server.InitRequest) error {
+	now := time.Now()
+	req.Timestamp = &now
+	body, err := initBody(s.ID, req)
+	if err != nil {
 		return err
 	}
-	hreq, err := http.NewRequestWithContext(ctx, http.MethodPost, envdURL+"/init", &body)
+	hreq, err := http.NewRequestWithContext(ctx, http.MethodPost, envdURL+"/init", bytes.NewReader(body))
 	if err != nil {
 		return err
 	}

@@ -34,8 +34,9 @@ type templateMeta struct {
 	RAMFile bool   `json:"ramFile,omitempty"`
 	Team    string `json:"team,omitempty"`
 	Source  string `json:"source,omitempty"`
-	// Token is the access token the snapshot's envd enforces (its source's): a clone's first
-	// /init must carry it. meta.json is private to the data directory's owner.
+	// Token is the access token the snapshot's envd enforces (its source's) until a clone's init
+	// sets another: Cell's own requests to the clone carry it until then. meta.json is private to
+	// the data directory's owner.
 	Token string `json:"token,omitempty"`
 	// Fork marks a snapshot taken for a fork: removed once no fork depends on it.
 	Fork bool `json:"fork,omitempty"`
@@ -120,18 +121,15 @@ func (r *Runtime) baseSpec() vmm.Spec {
 const leaveWait = time.Second
 
 func (r *Runtime) buildTemplate(ctx context.Context, dir string, meta *templateMeta) error {
+	// Every clone's handshake carries an init: one here too, so that its one-time costs in envd
+	// (the JSON decoder's type cache, the kernel's first reseed) are paid in the snapshot, not in
+	// each create (envd's own time for an init in a clone: ~20 ms -> ~3 ms under TCG).
 	sb, err := r.Boot(ctx, Options{Template: meta.Name, Cold: true, memPath: filepath.Join(dir, "mem"),
-		MemoryMiB: meta.MemoryMiB, CPUs: meta.CPUs})
+		MemoryMiB: meta.MemoryMiB, CPUs: meta.CPUs, Init: &server.InitRequest{}})
 	if err != nil {
 		return err
 	}
 	defer func() { _ = sb.Close() }()
-	// Every clone's first call is /init: made once here, its one-time costs in envd (the JSON
-	// decoder's type cache, the kernel's first reseed) are paid in the snapshot, not in each
-	// create (envd's own time for /init in a clone: ~20 ms -> ~3 ms under TCG).
-	if err := sb.Init(ctx, server.InitRequest{}); err != nil {
-		return fmt.Errorf("warming up: %w", err)
-	}
 	for _, c := range []RunSpec{
 		{Cmd: "/bin/bash", Args: []string{"-l", "-c", warmUp}, User: DefaultUser},
 		{Cmd: "/bin/sync", User: "root"},

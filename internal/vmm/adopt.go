@@ -144,7 +144,7 @@ func (h *Host) Adopt(ctx context.Context, id string, pid int, startTicks uint64)
 	if err != nil {
 		return nil, fmt.Errorf("vm %s: reconnecting the channel: %w", id, err)
 	}
-	if vm.Channel, err = channel.Connect(ctx, chConn, vm.log); err != nil {
+	if vm.Channel, err = channel.Connect(ctx, chConn, vm.log, nil); err != nil {
 		return nil, fmt.Errorf("vm %s: envd did not answer: %w", id, err)
 	}
 	if h.cfg.NetMAC != "" {

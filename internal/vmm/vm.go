@@ -113,6 +113,10 @@ type Spec struct {
 	Restore *Snapshot
 	// Disk, when set, is copied to be the VM's disk instead of a new overlay on BaseDisk.
 	Disk string
+	// Init, when not nil, goes to envd with the channel's first handshake (see channel.Connect):
+	// the sandbox's identity, applied before Start returns. A guest that refuses it fails Start
+	// for good (channel.ErrInitRefused), without a retry.
+	Init []byte
 }
 
 // Snapshot is a saved VM: device state, and RAM in a file.
@@ -444,7 +448,10 @@ func (h *Host) startOnce(ctx context.Context, spec Spec) (_ *VM, retErr error) {
 		return nil, fail("starting the guest", err)
 	}
 	tCont := time.Now()
-	vm.Channel, err = channel.Connect(bootCtx, chConn, vm.log)
+	vm.Channel, err = channel.Connect(bootCtx, chConn, vm.log, spec.Init)
+	if errors.Is(err, channel.ErrInitRefused) {
+		return nil, &BootError{Err: fmt.Errorf("starting envd: %w", err)} // the same init would be refused again
+	}
 	if err != nil {
 		be := &BootError{Err: fail("waiting for envd", err)}
 		var inner *BootError
