@@ -1,5 +1,5 @@
-// Command envd is Cell's guest agent. As PID 1 it is the guest's init; it then starts itself again
-// with "serve" to run the API the host talks to over the channel.
+// Command envd is Cell's guest agent. As PID 1 it is the guest's init and serves the API the host
+// talks to over the channel; "envd serve" serves it alone (outside a Cell guest's PID 1).
 package main
 
 import (
@@ -24,10 +24,12 @@ import (
 func main() {
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
 	if os.Getpid() == 1 {
-		os.Exit(initd.Main(log, []string{"serve"}))
+		os.Exit(initd.Main(log, func(ctx context.Context, netReady <-chan struct{}, guard *initd.Reaper) int {
+			return serve(ctx, log, serveConfig{port: channel.PortName, user: "user", ready: netReady, guard: guard})
+		}))
 	}
 	if len(os.Args) > 1 && os.Args[1] == "serve" {
-		os.Exit(serve(log, os.Args[2:]))
+		os.Exit(serveCommand(log, os.Args[2:]))
 	}
 	if len(os.Args) > 1 && os.Args[1] == "version" {
 		fmt.Println(server.Version)
@@ -37,18 +39,35 @@ func main() {
 	os.Exit(2)
 }
 
-func serve(log *slog.Logger, args []string) int {
+// serveCommand is "envd serve [-port NAME] [-user NAME] [-net-ready-fd N]".
+func serveCommand(log *slog.Logger, args []string) int {
 	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
 	portName := fs.String("port", channel.PortName, "virtio-serial port name")
 	user := fs.String("user", "user", "default user for commands")
-	netReadyFD := fs.Int("net-ready-fd", -1, "a pipe that ends once the network is configured: commands wait for it (set by envd as PID 1)")
+	netReadyFD := fs.Int("net-ready-fd", -1, "a pipe that ends once the network is configured: commands wait for it")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
+	cfg := serveConfig{port: *portName, user: *user}
+	if *netReadyFD >= 0 {
+		cfg.ready = pipeEnd(*netReadyFD)
+	}
+	return serve(ctx, log, cfg)
+}
+
+// serveConfig is what serve needs besides its context.
+type serveConfig struct {
+	port, user string
+	ready      <-chan struct{}    // commands wait for it to close (nil: they do not wait)
+	guard      process.ChildGuard // nil: no reaper to keep away from commands
+}
+
+// serve serves the host on the channel's port until ctx ends.
+func serve(ctx context.Context, log *slog.Logger, cfg serveConfig) int {
 	initd.Trace("serve: started")
-	path, err := vport.Find("/sys", *portName)
+	path, err := vport.Find("/sys", cfg.port)
 	if err != nil {
 		log.Error("finding the host channel", "err", err)
 		return 1
@@ -66,12 +85,15 @@ func serve(log *slog.Logger, args []string) int {
 		return 1
 	}
 	defer func() { _ = reseeder.Close() }()
-	defaults := state.New(*user)
+	defaults := state.New(cfg.user)
 	users := &process.Users{}
 	procs := process.New(log, defaults, users)
 	defer procs.Close()
-	if *netReadyFD >= 0 {
-		procs.StartAfter(pipeEnd(*netReadyFD))
+	if cfg.ready != nil {
+		procs.StartAfter(cfg.ready)
+	}
+	if cfg.guard != nil {
+		procs.GuardChildren(cfg.guard)
 	}
 	files := filesystem.New(log, defaults, users)
 	defer files.Close()

@@ -1,11 +1,11 @@
 package initd
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"log/slog"
 	"os"
-	"os/exec"
 	"os/signal"
 	"strings"
 	"time"
@@ -84,17 +84,27 @@ func loopbackUp() error {
 	return unix.IoctlIfreq(fd, unix.SIOCSIFFLAGS, ifr)
 }
 
-// configureNetwork sets up eth0 as the kernel command line says, and logs what failed.
-func configureNetwork(log *slog.Logger) {
+// configureHost sets the host name, brings up the loopback and sets up eth0 as the kernel command
+// line says, and logs what failed.
+func configureHost(log *slog.Logger) {
+	setHostname()
+	if err := loopbackUp(); err != nil {
+		log.Warn("bringing up lo", "err", err)
+	}
 	if err := networkUp(); err != nil {
 		log.Warn("configuring the network", "err", err)
 	}
 	Trace("init: network configured")
 }
 
-// Main runs PID 1. serveArgs start envd's server (this same binary) as a child; Main adds
-// -net-ready-fd to them.
-func Main(log *slog.Logger, serveArgs []string) int {
+// Serve runs envd's server in PID 1 until ctx ends: commands wait for netReady to close, and
+// every child goes through guard (see process.Service.GuardChildren).
+type Serve func(ctx context.Context, netReady <-chan struct{}, guard *Reaper) int
+
+// Main runs PID 1, which serves the host itself (serve): a server in a child process of its own
+// cost a cold boot ~40-110 ms under TCG (the fork and exec of envd again, and the Go runtime's
+// and the packages' start a second time).
+func Main(log *slog.Logger, serve Serve) int {
 	// /proc first, so that the boot can be traced from here on.
 	_ = os.MkdirAll("/proc", 0o555)
 	_ = unix.Mount("proc", "/proc", "proc", unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC, "")
@@ -103,74 +113,52 @@ func Main(log *slog.Logger, serveArgs []string) int {
 		log.Warn("setting up file systems", "err", err)
 	}
 	Trace("init: file systems mounted")
-	setHostname()
-	if err := loopbackUp(); err != nil {
-		log.Warn("bringing up lo", "err", err)
-	}
 	_ = os.Setenv("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
 	_ = os.Setenv("HOME", "/root")
 
-	// The network is configured while the server starts (each takes ~60 ms of a cold boot under
-	// TCG). The server runs no command before it is done: it reads netReady, whose write end is
-	// closed once eth0 is configured (or has failed to be), to its end.
-	netReady, netDone, err := os.Pipe()
-	if err != nil {
-		log.Warn("making the network-ready pipe; configuring the network first", "err", err)
-		configureNetwork(log)
-	} else {
-		go func() {
-			configureNetwork(log)
-			_ = netDone.Close()
-		}()
-	}
-
 	sigs := make(chan os.Signal, 16)
 	signal.Notify(sigs, unix.SIGCHLD, unix.SIGTERM, unix.SIGINT, unix.SIGPWR, unix.SIGUSR2)
+	reaper := NewReaper()
+	ctx, stop := context.WithCancel(context.Background())
+	defer stop()
 
-	serverPID := 0
-	start := func() {
-		args := serveArgs
-		cmd := exec.Command("/proc/self/exe")
-		if netReady != nil {
-			cmd.ExtraFiles = []*os.File{netReady} // fd 3 in the server
-			args = append(append([]string(nil), serveArgs...), "-net-ready-fd=3")
-		}
-		cmd.Args = append(cmd.Args, args...)
-		cmd.Stdout, cmd.Stderr = os.Stdout, os.Stderr
-		// No asynchronous preemption in the server: under TCG a goroutine easily runs past
-		// the runtime's 10 ms slice, and each preemption is a signal whose delivery (kernel and
-		// runtime paths, cold in every restored clone) costs more than the fairness it buys an
-		// I/O-bound server. Commands get an environment of their own, without this.
-		cmd.Env = append(os.Environ(), "GODEBUG=asyncpreemptoff=1")
-		if err := cmd.Start(); err != nil {
-			log.Error("starting envd server", "err", err)
-			return
-		}
-		serverPID = cmd.Process.Pid
-		_ = cmd.Process.Release() // PID 1 reaps it below
-	}
-	start()
-	Trace("init: server started")
-	for sig := range sigs {
-		if sig != unix.SIGCHLD {
-			log.Info("powering off", "signal", sig.String())
-			powerOff()
-			return 0
-		}
-		for {
-			var ws unix.WaitStatus
-			pid, err := unix.Wait4(-1, &ws, unix.WNOHANG, nil)
-			if pid <= 0 || err != nil {
-				break
+	// The host name, the loopback and the network are set up while the server starts (each
+	// takes tens of ms of a cold boot under TCG). The server runs no command before they are.
+	netReady := make(chan struct{})
+	go func() {
+		configureHost(log)
+		close(netReady)
+	}()
+	go func() {
+		for ctx.Err() == nil {
+			code := serve(ctx, netReady, reaper)
+			if ctx.Err() != nil {
+				return
 			}
-			if pid == serverPID {
-				log.Error("envd server exited; restarting it", "status", ws.ExitStatus(), "signal", ws.Signal())
-				time.Sleep(100 * time.Millisecond)
-				start()
+			log.Error("envd server ended; restarting it", "code", code)
+			time.Sleep(100 * time.Millisecond)
+		}
+	}()
+
+	// A child of envd's own that has exited holds back the orphans behind it until its owner
+	// has waited for it (see Reaper.Reap): they are looked at again shortly.
+	retry := time.NewTimer(0)
+	<-retry.C
+	for {
+		select {
+		case sig := <-sigs:
+			if sig != unix.SIGCHLD {
+				log.Info("powering off", "signal", sig.String())
+				stop()
+				powerOff()
+				return 0
 			}
+		case <-retry.C:
+		}
+		if reaper.Reap() {
+			retry.Reset(10 * time.Millisecond)
 		}
 	}
-	return 0
 }
 
 // powerOff stops every process, syncs, and resets the VM (QEMU runs with -no-reboot, so a reset

@@ -41,6 +41,8 @@ type Service struct {
 
 	// ready, when set, is closed once commands may start (see StartAfter).
 	ready <-chan struct{}
+	// guard, when set, is told of every child started and waited for (see GuardChildren).
+	guard ChildGuard
 
 	// pipes keeps the next command's output pipes ready.
 	pipes pipeStock
@@ -61,6 +63,18 @@ func New(log *slog.Logger, defaults *state.Defaults, users *Users) *Service {
 // StartAfter makes Start wait until ready is closed (in a booting guest: until its network is
 // configured). Call it before serving.
 func (s *Service) StartAfter(ready <-chan struct{}) { s.ready = ready }
+
+// ChildGuard keeps a reaper of orphans (envd as PID 1) away from the service's own children,
+// which the service waits for itself.
+type ChildGuard interface {
+	// Start runs start, which forks a child and returns its pid, and guards that child.
+	Start(start func() (pid int, err error)) error
+	// Release says the service has waited for pid.
+	Release(pid int)
+}
+
+// GuardChildren makes the service start its children through g. Call it before serving.
+func (s *Service) GuardChildren(g ChildGuard) { s.guard = g }
 
 type subscriber struct {
 	ch   chan *pb.ProcessEvent
@@ -330,6 +344,17 @@ func (s *Service) register(req *pb.StartRequest, p *proc, l *launch, start func(
 			return connect.NewError(connect.CodeAlreadyExists, fmt.Errorf("tag: %q is used by a running process", req.GetTag()))
 		}
 	}
+	if s.guard != nil {
+		unguarded := start
+		start = func(cmd *exec.Cmd) error {
+			return s.guard.Start(func() (int, error) {
+				if err := unguarded(cmd); err != nil {
+					return 0, err
+				}
+				return cmd.Process.Pid, nil
+			})
+		}
+	}
 	p.started = time.Now()
 	p.cmd = l.command()
 	if err := start(p.cmd); err != nil {
@@ -445,6 +470,9 @@ func (s *Service) supervise(p *proc, outR, errR *os.File) {
 
 	waitErr := p.cmd.Wait()
 	exited := time.Now()
+	if s.guard != nil {
+		s.guard.Release(p.cmd.Process.Pid)
+	}
 	p.mu.Lock()
 	p.reaped = true
 	if p.deadline != nil {
