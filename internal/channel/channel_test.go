@@ -1,6 +1,7 @@
 package channel
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"crypto/sha256"
@@ -363,6 +364,33 @@ func TestHandshakeInitRefused(t *testing.T) {
 	// The host sends no more than MaxInit.
 	if _, err := connectWithInit(t, make([]byte, MaxInit+1), GuestHooks{Init: func([]byte) error { return nil }}); !errors.Is(err, ErrInitRefused) {
 		t.Fatalf("an oversized init: err = %v", err)
+	}
+}
+
+func TestInitIgnoredByAnOlderGuestFails(t *testing.T) {
+	// A guest that knows no INIT (an older envd): it answers pings and GO, and skips the rest.
+	hostEnd, guestEnd := net.Pipe()
+	defer guestEnd.Close()
+	go func() {
+		lr := &lineReader{r: bufio.NewReader(guestEnd)}
+		for {
+			line, err := lr.next()
+			if err != nil {
+				return
+			}
+			switch verb, n, _ := parse(line); verb {
+			case "PING":
+				_, _ = guestEnd.Write(format("PONG", n))
+			case "GO":
+				_, _ = guestEnd.Write(format("READY", n))
+			}
+		}
+	}()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	_, err := Connect(ctx, hostEnd, slog.New(slog.DiscardHandler), []byte(`{"envVars":{"A":"1"}}`))
+	if !errors.Is(err, ErrInitRefused) || !strings.Contains(err.Error(), "neither applied nor refused") {
+		t.Fatalf("err = %v, want ErrInitRefused: the init was not applied", err)
 	}
 }
 

@@ -172,6 +172,7 @@ func hostHandshake(ctx context.Context, conn io.ReadWriter, init []byte) (*bufio
 	var goN uint64
 	sentGo := false
 	var refused error
+	applied := false
 	for {
 		line, err := lr.next()
 		if err != nil {
@@ -204,7 +205,10 @@ func hostHandshake(ctx context.Context, conn io.ReadWriter, init []byte) (*bufio
 				msg = append(msg, format("SEED", binary.BigEndian.Uint64(seed[8*i:]))...)
 			}
 			if init != nil {
-				msg = append(append(msg, format("INIT", uint64(len(init)))...), init...)
+				// The payload ends with a newline of its own, which the guest skips as an
+				// empty line: a guest that knows no INIT skips the payload as lines it cannot
+				// parse and still finds GO at the start of a line.
+				msg = append(append(append(msg, format("INIT", uint64(len(init)))...), init...), '\n')
 			}
 			msg = append(msg, format("GO", goN)...)
 			if _, err := conn.Write(msg); err != nil {
@@ -220,9 +224,15 @@ func hostHandshake(ctx context.Context, conn io.ReadWriter, init []byte) (*bufio
 			}
 			lr.read += int(n)
 			refused = fmt.Errorf("%w: %s", ErrInitRefused, strings.ToValidUTF8(string(why), "?"))
+		case verb == "APPLIED" && sentGo && init != nil && n == uint64(len(init)):
+			applied = true
 		case verb == "READY" && sentGo && n == goN:
 			if refused != nil {
 				return nil, refused
+			}
+			if init != nil && !applied {
+				// An envd that does not know INIT skips it as a line it cannot parse.
+				return nil, fmt.Errorf("%w: the guest neither applied nor refused it (an envd older than the host?)", ErrInitRefused)
 			}
 			return br, nil
 		}
@@ -289,6 +299,8 @@ func guestHandshake(conn io.ReadWriter, hooks GuestHooks) (*bufio.Reader, error)
 						why = why[:maxInitError]
 					}
 					reply = append(format("REFUSED", uint64(len(why))), why...)
+				} else {
+					reply = format("APPLIED", uint64(len(init)))
 				}
 			}
 			if _, err := conn.Write(append(reply, format("READY", n)...)); err != nil {
