@@ -12,7 +12,7 @@ import (
 
 // Reseeder mixes host randomness into the kernel's pool, credits it, and forces the CRNG to
 // reseed: a clone restored from a snapshot must never repeat its template's (or a sibling's)
-// random bytes. It holds /dev/urandom open from envd's start, so that a clone's first /init
+// random bytes. It holds /dev/urandom open from envd's start, so that a clone's first handshake
 // does not walk the open path (cold code under TCG) to reach it.
 type Reseeder struct {
 	f *os.File

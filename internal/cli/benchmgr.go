@@ -30,7 +30,7 @@ func managerBenchCmds(g *globals, f *benchFlags) []*cobra.Command {
 		}}
 	}
 	return []*cobra.Command{
-		mk("create", "Create from the base template (restore + /init), as POST /sandboxes does", benchCreate),
+		mk("create", "Create from the base template (restore, with the init in the channel's handshake), as POST /sandboxes does", benchCreate),
 		mk("first", "Create from the base template, then the E2B SDKs' first command in it (bash -l -c true): the round trip, and envd's own time for it (fork to reaping) in the guest", benchFirst),
 		mk("pool", "Create served from a warm pool of 2", benchPool),
 		mk("pause", "Pause with RAM (512 MiB written since the last restore, in a 1 GiB guest; then an idle template sandbox), then resume to envd ready once the paused VM is gone", benchPauseResume),

@@ -112,8 +112,8 @@ type Template struct {
 type Options struct {
 	ID   string // chosen by Boot when empty
 	Cold bool   // boot even when a template snapshot exists
-	// Init, when set, is sent to envd's /init as soon as it answers (with the identity Init
-	// always adds); a restored sandbox gets an identity /init even without it.
+	// Init, when set, goes to envd with the channel's handshake (with the identity initBody
+	// always adds); a restored sandbox gets an identity init even without it.
 	Init       *server.InitRequest
 	Template   string
 	MemoryMiB  int
@@ -199,11 +199,11 @@ func (r *Runtime) Boot(ctx context.Context, opts Options) (*Sandbox, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", what, err)
 	}
+	if token == nil && spec.Restore != nil && t.token != "" {
+		token = &t.token // the snapshot's envd enforces its source's token unless told another
+	}
 	sb := newSandbox(vm)
 	sb.Restored = spec.Restore != nil
-	if sb.Restored && t.token != "" {
-		sb.SetToken(t.token) // the snapshot's envd enforces its source's token unless told another
-	}
 	if token != nil {
 		sb.SetToken(*token)
 	}
