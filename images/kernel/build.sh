@@ -41,7 +41,10 @@ done < "$fragment"
 [ "$missing" = 0 ] || exit 4
 echo "step: compiling vmlinux with $(nproc) jobs"
 make -s -j"$(nproc)" vmlinux KBUILD_BUILD_TIMESTAMP="2024-01-01 00:00:00 UTC" KBUILD_BUILD_USER=cell KBUILD_BUILD_HOST=cell
-cp vmlinux "$out.tmp"
+# QEMU loads a vmlinux's symbol table and sorts it (for its disassembler) at every start: without
+# it, a cold boot's QEMU answers QMP in ~11 ms instead of ~15. The symbols stay in System.map.
+objcopy --strip-all vmlinux "$out.tmp"
+cp System.map "$out.map"
 cp .config "$out.config"
 mv "$out.tmp" "$out"
 echo "step: done"
