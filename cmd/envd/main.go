@@ -6,7 +6,6 @@ import (
 	"context"
 	"flag"
 	"fmt"
-	"io"
 	"log/slog"
 	"os"
 	"os/signal"
@@ -39,22 +38,17 @@ func main() {
 	os.Exit(2)
 }
 
-// serveCommand is "envd serve [-port NAME] [-user NAME] [-net-ready-fd N]".
+// serveCommand is "envd serve [-port NAME] [-user NAME]".
 func serveCommand(log *slog.Logger, args []string) int {
 	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
 	portName := fs.String("port", channel.PortName, "virtio-serial port name")
 	user := fs.String("user", "user", "default user for commands")
-	netReadyFD := fs.Int("net-ready-fd", -1, "a pipe that ends once the network is configured: commands wait for it")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
-	cfg := serveConfig{port: *portName, user: *user}
-	if *netReadyFD >= 0 {
-		cfg.ready = pipeEnd(*netReadyFD)
-	}
-	return serve(ctx, log, cfg)
+	return serve(ctx, log, serveConfig{port: *portName, user: *user})
 }
 
 // serveConfig is what serve needs besides its context.
@@ -105,21 +99,6 @@ func serve(ctx context.Context, log *slog.Logger, cfg serveConfig) int {
 	server.ServeChannel(ctx, log, func() server.Conn { return port.Next() }, server.Handler(svc),
 		server.Visits{Idle: idleNotice(log), SetClock: server.SetClock, Reseed: reseeder.Reseed, Init: svc.ApplyInit})
 	return 0
-}
-
-// pipeEnd returns a channel closed once the pipe at fd has been read to its end.
-func pipeEnd(fd int) <-chan struct{} {
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		f := os.NewFile(uintptr(fd), "pipe")
-		if f == nil {
-			return
-		}
-		defer func() { _ = f.Close() }()
-		_, _ = io.Copy(io.Discard, f)
-	}()
-	return done
 }
 
 // idleNotice returns a function that prints channel.IdleMarker on the console, by which the host

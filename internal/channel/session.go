@@ -101,8 +101,8 @@ func (h *Host) Close() error {
 }
 
 // Serve runs the guest side on conn: it answers the host's handshake (giving hooks the host's
-// clock, randomness and init payload), then serves the session as a net.Listener of streams until it ends. The
-// caller owns conn.
+// clock, randomness and init payload), then serves the session as a net.Listener of streams
+// until it ends. The caller owns conn.
 func Serve(conn io.ReadWriteCloser, log *slog.Logger, hooks GuestHooks) (*yamux.Session, error) {
 	br, err := guestHandshake(conn, hooks)
 	if err != nil {
