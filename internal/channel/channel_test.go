@@ -10,10 +10,12 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"os"
 	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -83,8 +85,30 @@ func (l *lossyPort) Write(p []byte) (int, error) {
 	return l.Conn.Write(p)
 }
 
+// socketPair returns the two ends of a unix stream socket pair, buffered by the kernel like
+// QEMU's socket for the port. (Over net.Pipe, where a write waits for the other side's read, a
+// guest answering a ping while the host writes GO would wait for each other forever.)
+func socketPair(t *testing.T) (host, guest net.Conn) {
+	t.Helper()
+	fds, err := syscall.Socketpair(syscall.AF_UNIX, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	conn := func(fd int, name string) net.Conn {
+		f := os.NewFile(uintptr(fd), name)
+		defer func() { _ = f.Close() }()
+		c, err := net.FileConn(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = c.Close() })
+		return c
+	}
+	return conn(fds[0], "host"), conn(fds[1], "guest")
+}
+
 func TestHandshakeThroughLossyWindowAndHTTP(t *testing.T) {
-	hostEnd, guestEnd := net.Pipe()
+	hostEnd, guestEnd := socketPair(t)
 	lossy := &lossyPort{Conn: hostEnd}
 	log := slog.New(slog.DiscardHandler)
 
@@ -248,7 +272,7 @@ func (l *lockedBuffer) String() string {
 }
 
 func TestConnectHonoursContext(t *testing.T) {
-	hostEnd, guestEnd := net.Pipe()
+	hostEnd, guestEnd := socketPair(t)
 	defer guestEnd.Close()
 	go func() { _, _ = io.Copy(io.Discard, guestEnd) }() // a guest that never answers
 	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
@@ -260,7 +284,7 @@ func TestConnectHonoursContext(t *testing.T) {
 }
 
 func TestConnectRejectsFloodingGuest(t *testing.T) {
-	hostEnd, guestEnd := net.Pipe()
+	hostEnd, guestEnd := socketPair(t)
 	defer guestEnd.Close()
 	go func() { _, _ = io.Copy(io.Discard, guestEnd) }()
 	go func() {
@@ -282,7 +306,7 @@ func TestConnectRejectsFloodingGuest(t *testing.T) {
 // connectWithInit runs Connect with init against a guest served with hooks, over a pipe.
 func connectWithInit(t *testing.T, init []byte, hooks GuestHooks) (*Host, error) {
 	t.Helper()
-	hostEnd, guestEnd := net.Pipe()
+	hostEnd, guestEnd := socketPair(t)
 	t.Cleanup(func() { _ = guestEnd.Close() })
 	log := slog.New(slog.DiscardHandler)
 	go func() {
@@ -369,7 +393,7 @@ func TestHandshakeInitRefused(t *testing.T) {
 
 func TestInitIgnoredByAnOlderGuestFails(t *testing.T) {
 	// A guest that knows no INIT (an older envd): it answers pings and GO, and skips the rest.
-	hostEnd, guestEnd := net.Pipe()
+	hostEnd, guestEnd := socketPair(t)
 	defer guestEnd.Close()
 	go func() {
 		lr := &lineReader{r: bufio.NewReader(guestEnd)}
