@@ -343,6 +343,31 @@ func TestDiskReadahead(t *testing.T) {
 	}
 }
 
+// TestKernelKeepsInitMemory: the guest kernel keeps its init memory instead of freeing it
+// (images/kernel/build.sh): under TCG the reuse of those pages invalidated thousands of
+// translations while envd started. The kernel logs each region it frees; the image's gaps still
+// are, the init memory is not.
+func TestKernelKeepsInitMemory(t *testing.T) {
+	rt := newRuntime(t, runDir(t), nil)
+	sb, err := rt.Boot(context.Background(), sandbox.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sb.Close()
+	var out bytes.Buffer
+	res, err := sb.Run(context.Background(), sandbox.RunSpec{Cmd: "dmesg"}, nil, &out, io.Discard, nil)
+	if err != nil || res.ExitCode != 0 {
+		t.Fatalf("%v %+v", err, res)
+	}
+	log := out.String()
+	if !strings.Contains(log, "Freeing unused kernel image (text/rodata gap)") {
+		t.Fatalf("the kernel log does not show the image's gaps freed:\n%s", log)
+	}
+	if strings.Contains(log, "(initmem)") {
+		t.Fatalf("the kernel freed its init memory:\n%s", log)
+	}
+}
+
 // TestCellQEMU: sandboxes run Cell's own QEMU build (images/qemu), not Debian's, and it is
 // statically linked, which is what makes it start in a few milliseconds.
 func TestCellQEMU(t *testing.T) {
