@@ -4,11 +4,12 @@
 # linked statically. Debian's dynamically linked build loads 51 shared libraries at each start,
 # and under the page-fault costs of these hosts that is ~15 ms of every sandbox's create, resume
 # and fork; this one starts in ~2 ms.
-# Usage: build.sh DEVICES_MAK PATCH OUT WORKDIR
+# Usage: build.sh DEVICES_MAK OUT WORKDIR PATCH...
 # Called by `cell image build`, which caches the result by the hash of this recipe and of the
 # installed qemu-system-x86.
 set -euo pipefail
-devices=$1 patchfile=$2 out=$3 work=$4
+devices=$1 out=$2 work=$3
+shift 3
 version=$(dpkg-query -W -f='${source:Version}' qemu-system-x86 2>/dev/null) || {
   echo "qemu-system-x86 is not installed: apt-get install qemu-system-x86" >&2; exit 3; }
 . /etc/os-release
@@ -30,9 +31,13 @@ echo "step: fetching and unpacking Debian's qemu $version source"
 srcdir=$(find "$work"/src -mindepth 1 -maxdepth 1 -type d -name 'qemu-*' | head -n1)
 [ -n "$srcdir" ] || { echo "apt-get source left no qemu-* directory" >&2; exit 5; }
 cd "$srcdir"
-# QEMU 7.2 defines pc_madt_cpu_entry twice when built without its default devices (fixed in 8.0).
-echo "step: patching (build without default devices)"
-patch -p1 --forward --quiet < "$patchfile"
+# The patches: acpi-stub.patch, because QEMU 7.2 defines pc_madt_cpu_entry twice when built
+# without its default devices (fixed in 8.0); tcg-ss32.patch, so that TCG translates 64-bit code
+# once whatever SS is (see the patch).
+for patchfile in "$@"; do
+  echo "step: patching ($(basename "$patchfile"))"
+  patch -p1 --forward --quiet < "$patchfile"
+done
 cp "$devices" configs/devices/x86_64-softmmu/cell.mak
 echo "step: configuring (x86_64, microvm only, static)"
 mkdir -p build && cd build

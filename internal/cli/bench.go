@@ -40,7 +40,7 @@ func benchCmd(g *globals) *cobra.Command {
 	cmd.PersistentFlags().IntVar(&f.memory, "memory", sandbox.DefaultMemoryMiB, "guest memory in MiB")
 	cmd.PersistentFlags().BoolVar(&f.restore, "restore", false, "restore sandboxes from the base template's memory snapshot (built if missing) instead of booting them")
 	cmd.AddCommand(
-		&cobra.Command{Use: "boot", Short: "Cold boot: QEMU start to envd ready; QEMU's RSS", Args: cobra.NoArgs,
+		&cobra.Command{Use: "boot", Short: "Cold boot: QEMU start to envd ready; QEMU's RSS and, under TCG, the blocks it translated", Args: cobra.NoArgs,
 			RunE: func(c *cobra.Command, _ []string) error { return benchBoot(c.Context(), g, f, c.OutOrStdout()) }},
 		&cobra.Command{Use: "density", Short: "Hold -n idle sandboxes at once: cell's and QEMU's memory per VM", Args: cobra.NoArgs,
 			RunE: func(c *cobra.Command, _ []string) error { return benchDensity(c.Context(), g, f, c.OutOrStdout()) }},
@@ -84,7 +84,7 @@ func benchBoot(ctx context.Context, g *globals, f *benchFlags, out io.Writer) er
 		return err
 	}
 	var boots []time.Duration
-	var rss []float64
+	var rss, tbs []float64
 	for i := 0; i < f.n; i++ {
 		sb, took, err := timedBoot(ctx, rt, f)
 		if err != nil {
@@ -92,12 +92,24 @@ func benchBoot(ctx context.Context, g *globals, f *benchFlags, out io.Writer) er
 		}
 		boots = append(boots, took)
 		rss = append(rss, bench.RSSMiB(sb.VM.PID))
+		if rt.Accel == vmm.AccelTCG {
+			// What TCG translated to get the guest ready (read after the timing).
+			n, err := sb.VM.TranslationBlocks(ctx)
+			if err != nil {
+				_ = sb.Close()
+				return err
+			}
+			tbs = append(tbs, float64(n))
+		}
 		if err := sb.Close(); err != nil {
 			return err
 		}
 	}
 	s := bench.Summarize(f.name("boot"), boots)
 	s.Extra = map[string]float64{"qemu_rss_mib_median": bench.MedianFloat(rss), "memory_mib": float64(f.memory)}
+	if len(tbs) > 0 {
+		s.Extra["translation_blocks_median"] = bench.MedianFloat(tbs)
+	}
 	return bench.Print(out, f.json, s)
 }
 

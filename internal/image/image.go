@@ -122,7 +122,7 @@ func (b *Builder) Keys() (Keys, error) {
 		[]byte(linuxSourceID()))
 	k.Tree = hashOf([]byte("rootfs-v1"), recipe("rootfs/build.sh"))
 	k.QEMU = hashOf([]byte("qemu-v1"), recipe("qemu/build.sh"), recipe("qemu/devices.mak"),
-		recipe("qemu/acpi-stub.patch"), []byte(qemuPackageID()))
+		recipe("qemu/acpi-stub.patch"), recipe("qemu/tcg-ss32.patch"), []byte(qemuPackageID()))
 	envdSum, err := b.envdHash()
 	if err != nil {
 		return k, fmt.Errorf("envd binary: %w (build it with `make build`)", err)
@@ -322,8 +322,9 @@ func (b *Builder) buildQEMU(ctx context.Context, k Keys, dir string) error {
 	b.progress("==> building QEMU (recipe %s; about 3 minutes on 2 cores, once)", k.QEMU)
 	return b.publish(ctx, dir, func(tmp string) error {
 		return b.runScript(ctx, "qemu", "qemu/build.sh", tmp,
-			filepath.Join(tmp, "recipes/qemu/devices.mak"), filepath.Join(tmp, "recipes/qemu/acpi-stub.patch"),
-			filepath.Join(tmp, "qemu-system-x86_64"), filepath.Join(tmp, "src"))
+			filepath.Join(tmp, "recipes/qemu/devices.mak"), filepath.Join(tmp, "qemu-system-x86_64"),
+			filepath.Join(tmp, "src"), filepath.Join(tmp, "recipes/qemu/acpi-stub.patch"),
+			filepath.Join(tmp, "recipes/qemu/tcg-ss32.patch"))
 	}, func(tmp string) error { return os.RemoveAll(filepath.Join(tmp, "src")) })
 }
 

@@ -9,6 +9,7 @@ import (
 	"net"
 	"os"
 	"os/exec"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -537,6 +538,31 @@ func (vm *VM) ConsoleTail() string {
 		return ""
 	}
 	return vm.console.tail.String()
+}
+
+// TranslationBlocks is how many blocks of guest code QEMU's TCG has translated so far ("TB count"
+// of the monitor's `info jit`): the main cost of a cold boot under TCG, which a changed kernel,
+// envd or QEMU can raise. It is an error under KVM, which translates nothing.
+func (vm *VM) TranslationBlocks(ctx context.Context) (int, error) {
+	var out string
+	if err := vm.QMP.Execute(ctx, "human-monitor-command", map[string]string{"command-line": "info jit"}, &out); err != nil {
+		return 0, fmt.Errorf("info jit: %w", err)
+	}
+	return parseTBCount(out)
+}
+
+// parseTBCount reads the "TB count" line of `info jit`.
+func parseTBCount(info string) (int, error) {
+	for _, line := range strings.Split(info, "\n") {
+		if v, ok := strings.CutPrefix(line, "TB count"); ok {
+			n, err := strconv.Atoi(strings.TrimSpace(v))
+			if err != nil {
+				return 0, fmt.Errorf("info jit: TB count %q: %w", strings.TrimSpace(v), err)
+			}
+			return n, nil
+		}
+	}
+	return 0, fmt.Errorf("info jit: no TB count in %q", info)
 }
 
 // Close stops QEMU (SIGTERM, then SIGKILL after the grace period), closes the QMP, console and

@@ -86,3 +86,19 @@ func TestCrashedIsOnlyACrashSignal(t *testing.T) {
 		t.Error("crashed(nil)")
 	}
 }
+
+func TestParseTBCount(t *testing.T) {
+	// QEMU 7.2's `info jit` (abridged).
+	info := "Translation buffer state:\r\ngen code size       36514563/134152192\r\nTB count            61234\r\nTB avg target size  17 max=1776 bytes\r\n"
+	if n, err := parseTBCount(strings.ReplaceAll(info, "\r", "")); err != nil || n != 61234 {
+		t.Fatalf("got %d, %v; want 61234", n, err)
+	}
+	if n, err := parseTBCount(info); err != nil || n != 61234 {
+		t.Fatalf("with CRLF: got %d, %v; want 61234", n, err)
+	}
+	for _, bad := range []string{"", "JIT information is only available with accel=tcg\r\n", "TB count            many\r\n"} {
+		if n, err := parseTBCount(bad); err == nil {
+			t.Fatalf("%q: got %d, want an error", bad, n)
+		}
+	}
+}
