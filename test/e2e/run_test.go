@@ -324,9 +324,10 @@ func TestOrphansAreReaped(t *testing.T) {
 	assertNothingLeft(t, rd)
 }
 
-// TestDiskReadahead checks that the guest takes the disk's advertised optimal I/O size for its
-// readahead (twice it), which makes a cold boot's reads few and large.
-func TestDiskReadahead(t *testing.T) {
+// bootAndRun boots a sandbox, runs cmd in it (as the default user), and returns its stdout; the
+// test fails if either fails.
+func bootAndRun(t *testing.T, cmd string, args ...string) string {
+	t.Helper()
 	rt := newRuntime(t, runDir(t), nil)
 	sb, err := rt.Boot(context.Background(), sandbox.Options{})
 	if err != nil {
@@ -334,12 +335,17 @@ func TestDiskReadahead(t *testing.T) {
 	}
 	defer sb.Close()
 	var out bytes.Buffer
-	res, err := sb.Run(context.Background(), sandbox.RunSpec{Cmd: "cat", Args: []string{"/sys/block/vda/queue/read_ahead_kb"}},
-		nil, &out, io.Discard, nil)
+	res, err := sb.Run(context.Background(), sandbox.RunSpec{Cmd: cmd, Args: args}, nil, &out, io.Discard, nil)
 	if err != nil || res.ExitCode != 0 {
-		t.Fatalf("%v %+v", err, res)
+		t.Fatalf("%s: %v %+v", cmd, err, res)
 	}
-	if got, want := strings.TrimSpace(out.String()), strconv.Itoa(2*vmm.DiskOptimalIO>>10); got != want {
+	return out.String()
+}
+
+// TestDiskReadahead checks that the guest takes the disk's advertised optimal I/O size for its
+// readahead (twice it), which makes a cold boot's reads few and large.
+func TestDiskReadahead(t *testing.T) {
+	if got, want := strings.TrimSpace(bootAndRun(t, "cat", "/sys/block/vda/queue/read_ahead_kb")), strconv.Itoa(2*vmm.DiskOptimalIO>>10); got != want {
 		t.Fatalf("the guest's readahead is %s KiB, want %s", got, want)
 	}
 }
@@ -349,18 +355,7 @@ func TestDiskReadahead(t *testing.T) {
 // translations while envd started. The kernel logs each region it frees; the image's gaps still
 // are, the init memory is not.
 func TestKernelKeepsInitMemory(t *testing.T) {
-	rt := newRuntime(t, runDir(t), nil)
-	sb, err := rt.Boot(context.Background(), sandbox.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer sb.Close()
-	var out bytes.Buffer
-	res, err := sb.Run(context.Background(), sandbox.RunSpec{Cmd: "dmesg"}, nil, &out, io.Discard, nil)
-	if err != nil || res.ExitCode != 0 {
-		t.Fatalf("%v %+v", err, res)
-	}
-	log := out.String()
+	log := bootAndRun(t, "dmesg")
 	if !strings.Contains(log, "Freeing unused kernel image (text/rodata gap)") {
 		t.Fatalf("the kernel log does not show the image's gaps freed:\n%s", log)
 	}
