@@ -54,7 +54,7 @@ func TestArgsTCG(t *testing.T) {
 		t.Errorf("no network device expected, got %v", got)
 	}
 	app := argAfter(args, "-append")[0]
-	for _, want := range []string{"tsc_early_khz=2596132", "lpj=25961320", "init=/usr/bin/envd", "root=/dev/vda", "panic=-1", "norandmaps"} {
+	for _, want := range []string{"tsc_early_khz=2596132", "lpj=25961320", "init=/usr/bin/envd", "root=/dev/vda", "panic=-1", "norandmaps", "rodata=off"} {
 		if !strings.Contains(app, want) {
 			t.Errorf("cmdline lacks %s: %s", want, app)
 		}
@@ -81,9 +81,9 @@ func TestArgsKVM(t *testing.T) {
 	if slices.Contains(args, "-sandbox") {
 		t.Error("sandbox disabled but present")
 	}
-	// Address-space randomisation is turned off only where it defeats TCG's translation cache.
-	if app := argAfter(args, "-append")[0]; strings.Contains(app, "norandmaps") {
-		t.Errorf("KVM guest without ASLR: %s", app)
+	// Address-space randomisation and the kernel's read-only text are turned off only under TCG.
+	if app := argAfter(args, "-append")[0]; strings.Contains(app, "norandmaps") || strings.Contains(app, "rodata=off") {
+		t.Errorf("KVM guest without ASLR or a read-only kernel text: %s", app)
 	}
 }
 
