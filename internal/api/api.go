@@ -360,11 +360,10 @@ func (a *API) create(w http.ResponseWriter, r *http.Request, team string) {
 		}
 	}
 	if req.Timeout != nil {
-		if *req.Timeout < 0 {
-			writeError(w, http.StatusBadRequest, "timeout: must not be negative")
+		var ok bool
+		if cr.Timeout, ok = timeoutField(w, *req.Timeout); !ok {
 			return
 		}
-		cr.Timeout = time.Duration(*req.Timeout) * time.Second
 	}
 	info, err := a.cfg.Manager.Create(r.Context(), cr)
 	if err != nil {
@@ -404,7 +403,11 @@ func (a *API) timeout(w http.ResponseWriter, r *http.Request, team string) {
 		writeError(w, http.StatusBadRequest, "timeout: required (seconds)")
 		return
 	}
-	if _, err := a.cfg.Manager.SetTimeout(r.Context(), team, r.PathValue("id"), time.Duration(*body.Timeout)*time.Second); err != nil {
+	timeout, ok := timeoutField(w, *body.Timeout)
+	if !ok {
+		return
+	}
+	if _, err := a.cfg.Manager.SetTimeout(r.Context(), team, r.PathValue("id"), timeout); err != nil {
 		fail(w, err)
 		return
 	}
@@ -436,10 +439,16 @@ func (a *API) refresh(w http.ResponseWriter, r *http.Request, team string) {
 }
 
 type connectBody struct {
-	Timeout *int  `json:"timeout,omitempty"`
-	Memory  *bool `json:"memory,omitempty"`
+	Timeout *int `json:"timeout,omitempty"`
+	// Memory false resumes a paused sandbox from its disk alone (the SDK's onResume: 'reboot').
+	Memory *bool `json:"memory,omitempty"`
+	// AutoPause is the deprecated resume route's field; Cell keeps the sandbox's own setting.
+	AutoPause *bool `json:"autoPause,omitempty"`
 }
 
+// connect is POST /sandboxes/{id}/connect: a paused sandbox is resumed (201) to live the body's
+// timeout, or its own timeout when the body names none; a running one (200) lives on, its end
+// moved later when the body's timeout reaches past it, never earlier.
 func (a *API) connect(w http.ResponseWriter, r *http.Request, team string) {
 	var body connectBody
 	if !decode(w, r, &body, true) {
@@ -448,9 +457,12 @@ func (a *API) connect(w http.ResponseWriter, r *http.Request, team string) {
 	id := r.PathValue("id")
 	var timeout time.Duration
 	if body.Timeout != nil {
-		timeout = time.Duration(*body.Timeout) * time.Second
+		var ok bool
+		if timeout, ok = timeoutField(w, *body.Timeout); !ok {
+			return
+		}
 	}
-	info, resumed, err := a.cfg.Manager.Resume(r.Context(), team, id, timeout)
+	info, resumed, err := a.cfg.Manager.Resume(r.Context(), team, id, timeout, body.Memory == nil || *body.Memory)
 	if err != nil {
 		fail(w, err)
 		return
@@ -459,20 +471,33 @@ func (a *API) connect(w http.ResponseWriter, r *http.Request, team string) {
 		writeJSON(w, http.StatusCreated, a.sandboxResponse(info))
 		return
 	}
-	if body.Timeout != nil {
-		if *body.Timeout < 0 {
-			writeError(w, http.StatusBadRequest, "timeout: must not be negative")
+	if body.Timeout != nil && time.Now().Add(timeout).After(info.EndAt) {
+		if info, err = a.cfg.Manager.SetTimeout(r.Context(), team, id, timeout); err != nil {
+			fail(w, err)
 			return
-		}
-		// Connecting never shortens a sandbox's life.
-		if end := time.Now().Add(time.Duration(*body.Timeout) * time.Second); end.After(info.EndAt) {
-			if info, err = a.cfg.Manager.SetTimeout(r.Context(), team, id, time.Until(end)); err != nil {
-				fail(w, err)
-				return
-			}
 		}
 	}
 	writeJSON(w, http.StatusOK, a.sandboxResponse(info))
+}
+
+// timeoutField checks a timeout in whole seconds (a JSON "timeout" field) and converts it; on a
+// bad value it answers 400 naming the field. The range is checked on the integer: converted
+// first, a huge value overflows time.Duration into a short or negative one.
+func timeoutField(w http.ResponseWriter, seconds int) (time.Duration, bool) {
+	d, err := timeoutSeconds(seconds)
+	if err != nil {
+		writeError(w, http.StatusBadRequest, err.Error())
+		return 0, false
+	}
+	return d, true
+}
+
+func timeoutSeconds(seconds int) (time.Duration, error) {
+	limit := int(manager.MaxTimeout / time.Second)
+	if seconds < 0 || seconds > limit {
+		return 0, fmt.Errorf("timeout: must be between 0 and %d seconds, got %d", limit, seconds)
+	}
+	return time.Duration(seconds) * time.Second, nil
 }
 
 // filters are the list query parameters.
@@ -679,9 +704,12 @@ func (a *API) resume(w http.ResponseWriter, r *http.Request, team string) {
 	}
 	var timeout time.Duration
 	if body.Timeout != nil {
-		timeout = time.Duration(*body.Timeout) * time.Second
+		var ok bool
+		if timeout, ok = timeoutField(w, *body.Timeout); !ok {
+			return
+		}
 	}
-	info, resumed, err := a.cfg.Manager.Resume(r.Context(), team, r.PathValue("id"), timeout)
+	info, resumed, err := a.cfg.Manager.Resume(r.Context(), team, r.PathValue("id"), timeout, body.Memory == nil || *body.Memory)
 	if err != nil {
 		fail(w, err)
 		return
@@ -780,11 +808,10 @@ func (a *API) fork(w http.ResponseWriter, r *http.Request, team string) {
 	}
 	var timeout time.Duration
 	if body.Timeout != nil {
-		if *body.Timeout < 0 {
-			writeError(w, http.StatusBadRequest, "timeout: must not be negative")
+		var ok bool
+		if timeout, ok = timeoutField(w, *body.Timeout); !ok {
 			return
 		}
-		timeout = time.Duration(*body.Timeout) * time.Second
 	}
 	results, err := a.cfg.Manager.Fork(r.Context(), team, r.PathValue("id"), count, timeout)
 	if err != nil {

@@ -39,7 +39,7 @@ func (u unreachable) Snapshot(context.Context, *sandbox.Sandbox, string, string,
 	return nil, errors.New("unreachable")
 }
 
-func (u unreachable) Resume(context.Context, string, server.InitRequest, *netstack.Rules) (*sandbox.Sandbox, error) {
+func (u unreachable) Resume(context.Context, string, server.InitRequest, *netstack.Rules, bool) (*sandbox.Sandbox, error) {
 	u.t.Error("Resume called for a request that should have been refused")
 	return nil, errors.New("unreachable")
 }

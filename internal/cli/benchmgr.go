@@ -237,7 +237,7 @@ func pauseCycles(ctx context.Context, rig benchRig, id string, n int, before fun
 		// which goes on after the pause returns) is not the resume's to pay.
 		rig.settle()
 		t0 = time.Now()
-		if _, _, err := mgr.Resume(ctx, benchTeam, id, time.Hour); err != nil {
+		if _, _, err := mgr.Resume(ctx, benchTeam, id, time.Hour, true); err != nil {
 			return nil, nil, err
 		}
 		resumes = append(resumes, time.Since(t0))

@@ -5,6 +5,8 @@ import (
 	"os"
 
 	"github.com/spf13/cobra"
+
+	"github.com/cellhq/cell/internal/datadir"
 )
 
 func imageCmd(g *globals) *cobra.Command {
@@ -23,7 +25,18 @@ func imageCmd(g *globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			g.pruneImages(c.Context(), os.Getenv("CELL_RUN_DIR"), os.Stderr)
+			// A running daemon owns what is in use; removing earlier recipes' images waits for a
+			// moment when none runs (its own start prunes them too).
+			home, err := g.homeDir()
+			if err != nil {
+				return err
+			}
+			if lock, err := datadir.Acquire(home, "cell image build"); err != nil {
+				fmt.Fprintf(os.Stderr, "cell: earlier recipes' images are kept: %v\n", err)
+			} else {
+				g.pruneImages(c.Context(), os.Getenv("CELL_RUN_DIR"), os.Stderr)
+				_ = lock.Release()
+			}
 			fmt.Fprintf(c.OutOrStdout(), "kernel: %s\ndisk:   %s\n", img.Kernel, img.Disk)
 			return nil
 		},

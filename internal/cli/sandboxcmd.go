@@ -162,6 +162,7 @@ func sandboxCmd() *cobra.Command {
 	}
 	cp.Flags().StringVar(&user, "user", "", "user the sandbox side is read or written as (it owns what is copied in)")
 	var noMemory bool
+	var resumeTimeout time.Duration // its own: flag defaults are set when a flag is declared
 	pause := &cobra.Command{
 		Use: "pause ID", Short: "Pause a sandbox: save it (RAM too, unless --no-memory) and stop its VM", Args: cobra.ExactArgs(1),
 		RunE: r.run(func(cmd *cobra.Command, args []string, cl *client.Client) error {
@@ -172,10 +173,10 @@ func sandboxCmd() *cobra.Command {
 	resume := &cobra.Command{
 		Use: "resume ID", Short: "Resume a paused sandbox", Args: cobra.ExactArgs(1),
 		RunE: r.run(func(cmd *cobra.Command, args []string, cl *client.Client) error {
-			return cl.Resume(cmd.Context(), args[0], timeout)
+			return cl.Resume(cmd.Context(), args[0], resumeTimeout)
 		}),
 	}
-	resume.Flags().DurationVar(&timeout, "timeout", 5*time.Minute, "time to live from now")
+	resume.Flags().DurationVar(&resumeTimeout, "timeout", 0, "time to live from now (0: the sandbox's own timeout, the one it was created or last set with)")
 	var internet string
 	var setAllow, setDeny []string
 	network := &cobra.Command{

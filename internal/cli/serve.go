@@ -17,6 +17,7 @@ import (
 
 	"github.com/cellhq/cell/internal/api"
 	"github.com/cellhq/cell/internal/auth"
+	"github.com/cellhq/cell/internal/datadir"
 	"github.com/cellhq/cell/internal/manager"
 	"github.com/cellhq/cell/internal/store"
 	"github.com/cellhq/cell/internal/vmm"
@@ -49,6 +50,17 @@ On SIGTERM or SIGINT it stops accepting, finishes in-flight calls (up to --grace
 every sandbox, or with --leave-running leaves them for the next cell serve to re-adopt.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			// One daemon per data directory, before anything else: a second one would take the
+			// first one's VMs for orphans and destroy them.
+			home, err := g.homeDir()
+			if err != nil {
+				return err
+			}
+			lock, err := datadir.Acquire(home, "cell serve")
+			if err != nil {
+				return err
+			}
+			defer func() { _ = lock.Release() }()
 			ctx, stop := signal.NotifyContext(cmd.Context(), syscall.SIGTERM, syscall.SIGINT)
 			defer stop()
 			log := g.logger()
@@ -79,10 +91,6 @@ every sandbox, or with --leave-running leaves them for the next cell serve to re
 				return err
 			}
 			defer func() { _ = st.Close() }()
-			home, err := g.homeDir()
-			if err != nil {
-				return err
-			}
 			mgr, err := manager.New(ctx, manager.Config{Runtime: rt, Templates: rt, Store: st, RunDir: rt.Host.RunDir(),
 				PausedDir: filepath.Join(home, "paused"), TemplateHome: home, Log: log})
 			if err != nil {

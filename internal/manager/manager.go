@@ -49,7 +49,7 @@ const (
 type Runtime interface {
 	Boot(ctx context.Context, opts sandbox.Options) (*sandbox.Sandbox, error)
 	Adopt(ctx context.Context, id string, pid int, startTicks uint64, rules *netstack.Rules) (*sandbox.Sandbox, error)
-	Resume(ctx context.Context, dir string, init server.InitRequest, rules *netstack.Rules) (*sandbox.Sandbox, error)
+	Resume(ctx context.Context, dir string, init server.InitRequest, rules *netstack.Rules, memory bool) (*sandbox.Sandbox, error)
 	Snapshot(ctx context.Context, sb *sandbox.Sandbox, home, name, label, team string, fork bool) (*sandbox.Template, error)
 }
 
@@ -220,7 +220,7 @@ func (m *Manager) Create(ctx context.Context, req CreateRequest) (Info, error) {
 	rec := store.Sandbox{
 		ID: id, TeamID: req.Team, TemplateID: req.Template, State: store.StateCreating,
 		Metadata: maps.Clone(req.Metadata), EnvVars: maps.Clone(req.EnvVars), CPUs: req.CPUs, MemoryMiB: req.MemoryMiB,
-		AllowInternet: req.AllowInternet, StartedAt: now, EndAt: now.Add(req.Timeout), Seq: seq,
+		AllowInternet: req.AllowInternet, StartedAt: now, EndAt: now.Add(req.Timeout), Seq: seq, Timeout: req.Timeout,
 		AutoPause: req.AutoPause, AutoPauseMemory: req.AutoPauseMemory, Network: req.Network,
 	}
 	if req.Network.PrivateTraffic {
@@ -416,7 +416,8 @@ func (m *Manager) Kill(team, id string) error {
 	return nil
 }
 
-// SetTimeout makes the sandbox end timeout from now.
+// SetTimeout makes the sandbox end timeout from now; a later resume that names no timeout
+// lives this long too.
 func (m *Manager) SetTimeout(ctx context.Context, team, id string, timeout time.Duration) (Info, error) {
 	if timeout < 0 || timeout > MaxTimeout {
 		return Info{}, fmt.Errorf("%w: timeout: must be between 0 and %d seconds", ErrInvalid, int(MaxTimeout.Seconds()))
@@ -430,7 +431,7 @@ func (m *Manager) SetTimeout(ctx context.Context, team, id string, timeout time.
 		b.mu.Unlock()
 		return Info{}, fmt.Errorf("%w: sandbox %s is %s", ErrConflict, id, b.rec.State)
 	}
-	b.rec.EndAt = time.Now().Add(timeout)
+	b.rec.EndAt, b.rec.Timeout = time.Now().Add(timeout), timeout
 	m.arm(b)
 	rec := b.rec
 	b.mu.Unlock()

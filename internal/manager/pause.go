@@ -82,9 +82,14 @@ func (m *Manager) pause(ctx context.Context, b *box, memory bool) error {
 	return nil
 }
 
-// Resume starts team's paused sandbox again, to live timeout from now (DefaultTimeout when 0).
-// It reports whether the sandbox was paused; a running one is left as it is.
-func (m *Manager) Resume(ctx context.Context, team, id string, timeout time.Duration) (Info, bool, error) {
+// Resume starts team's paused sandbox again, to live timeout from now; with timeout 0 it lives
+// its own timeout (the one it was created or last set with) from now. Its RAM is restored when
+// it was saved and memory is true; otherwise it boots from its saved disk (E2B's onResume:
+// 'reboot'). It reports whether the sandbox was paused; a running one is left as it is.
+func (m *Manager) Resume(ctx context.Context, team, id string, timeout time.Duration, memory bool) (Info, bool, error) {
+	if timeout < 0 || timeout > MaxTimeout {
+		return Info{}, false, fmt.Errorf("%w: timeout: must be between 0 and %d seconds", ErrInvalid, int(MaxTimeout.Seconds()))
+	}
 	if err := m.begin(); err != nil {
 		return Info{}, false, err
 	}
@@ -112,12 +117,15 @@ func (m *Manager) Resume(ctx context.Context, team, id string, timeout time.Dura
 	if err != nil {
 		rules = denyAll()
 	}
+	if timeout == 0 {
+		timeout = b.rec.Timeout
+	}
 	b.mu.Unlock()
-	if timeout <= 0 {
+	if timeout <= 0 || timeout > MaxTimeout { // a record of an earlier version
 		timeout = DefaultTimeout
 	}
 	t0 := time.Now()
-	sb, err := m.cfg.Runtime.Resume(ctx, m.pausedDir(id), init, rules)
+	sb, err := m.cfg.Runtime.Resume(ctx, m.pausedDir(id), init, rules, memory)
 	if err != nil {
 		return Info{}, false, fmt.Errorf("%w: %w", ErrBootFailed, err)
 	}
@@ -129,7 +137,7 @@ func (m *Manager) Resume(ctx context.Context, team, id string, timeout time.Dura
 	}
 	b.sb = sb
 	b.rec.State, b.rec.PID, b.rec.StartTicks = store.StateRunning, sb.VM.PID, sb.VM.StartTicks
-	b.rec.EndAt = time.Now().Add(timeout)
+	b.rec.EndAt, b.rec.Timeout = time.Now().Add(timeout), timeout
 	rec := b.rec
 	m.arm(b)
 	b.mu.Unlock()

@@ -127,6 +127,9 @@ func (m *Manager) Fork(ctx context.Context, team, id string, count int, timeout 
 	if count < 1 || count > MaxForks {
 		return nil, fmt.Errorf("%w: count: must be from 1 to %d", ErrInvalid, MaxForks)
 	}
+	if timeout < 0 || timeout > MaxTimeout {
+		return nil, fmt.Errorf("%w: timeout: must be between 0 and %d seconds", ErrInvalid, int(MaxTimeout.Seconds()))
+	}
 	src, err := m.Get(team, id)
 	if err != nil {
 		return nil, err

@@ -237,16 +237,19 @@ func CleanPaused(dir string) {
 }
 
 // Resume starts a paused sandbox from its current generation under dir: from its RAM when it was
-// saved, else by booting its disk. A sandbox resumed from its RAM is the same machine going on:
+// saved and memory is true, else by booting its disk. A sandbox resumed from its RAM is the same machine going on:
 // envd still holds its env vars, token and host name, and the handshake sets its clock (its RNG
 // state is its own: no other VM runs from a generation, which goes once the sandbox runs). A
 // booted one gets init, with its host name, fresh randomness and the clock. The generation is
 // left in place; the caller removes it once the sandbox is recorded as running.
 // The sandbox gets a new network under rules.
-func (r *Runtime) Resume(ctx context.Context, dir string, init server.InitRequest, rules *netstack.Rules) (*Sandbox, error) {
+func (r *Runtime) Resume(ctx context.Context, dir string, init server.InitRequest, rules *netstack.Rules, memory bool) (*Sandbox, error) {
 	g, meta, err := CurrentPaused(dir)
 	if err != nil {
 		return nil, fmt.Errorf("paused sandbox: %w", err)
+	}
+	if !memory {
+		meta.Memory = false // boot from the saved disk alone (the guest synced it before the save)
 	}
 	spec := vmm.Spec{ID: meta.ID, Kernel: r.Image.Kernel, Disk: filepath.Join(g, "disk.qcow2"), MemoryMiB: meta.MemoryMiB,
 		CPUs: meta.CPUs, Accel: r.Accel, KernelArgs: meta.KernelArgs}

@@ -60,6 +60,7 @@ var migrations = []string{
 	`ALTER TABLE sandboxes ADD COLUMN auto_pause_memory INTEGER NOT NULL DEFAULT 1`,
 	`ALTER TABLE sandboxes ADD COLUMN network TEXT NOT NULL DEFAULT '{}'`,
 	`ALTER TABLE sandboxes ADD COLUMN traffic_token TEXT NOT NULL DEFAULT ''`,
+	`ALTER TABLE sandboxes ADD COLUMN timeout_ms INTEGER NOT NULL DEFAULT 0`,
 }
 
 // Open opens (creating if needed) the database at path.
@@ -210,6 +211,9 @@ type Sandbox struct {
 	Network Network
 	// TrafficToken is required on requests to its exposed ports unless public traffic is allowed.
 	TrafficToken string
+	// Timeout is the sandbox's own timeout: the one it was created or last set with. A resume
+	// that names none lives this long (0 in records of earlier versions: the default).
+	Timeout time.Duration
 }
 
 // Network is a sandbox's network configuration in E2B's terms.
@@ -230,11 +234,11 @@ func (s *Store) PutSandbox(ctx context.Context, sb Sandbox) error {
 	}
 	_, err := s.db.ExecContext(ctx, `INSERT OR REPLACE INTO sandboxes(id, team_id, template_id, state, metadata, env_vars, cpus,
 		memory_mib, envd_token, allow_internet, started_at, end_at, pid, start_ticks, seq, reason, auto_pause, auto_pause_memory,
-		network, traffic_token)
-		VALUES(?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)`,
+		network, traffic_token, timeout_ms)
+		VALUES(?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)`,
 		sb.ID, sb.TeamID, sb.TemplateID, sb.State, string(md), string(env), sb.CPUs, sb.MemoryMiB, sb.EnvdToken,
 		sb.AllowInternet, sb.StartedAt.UnixMilli(), sb.EndAt.UnixMilli(), sb.PID, int64(sb.StartTicks), sb.Seq, sb.Reason,
-		sb.AutoPause, sb.AutoPauseMemory, string(nw), sb.TrafficToken)
+		sb.AutoPause, sb.AutoPauseMemory, string(nw), sb.TrafficToken, sb.Timeout.Milliseconds())
 	if err != nil {
 		return fmt.Errorf("storing sandbox %s: %w", sb.ID, err)
 	}
@@ -251,7 +255,7 @@ func nonNil(m map[string]string) map[string]string {
 // Sandboxes returns the records in the given states (all when none), oldest first.
 func (s *Store) Sandboxes(ctx context.Context, states ...string) ([]Sandbox, error) {
 	rows, err := s.db.QueryContext(ctx, `SELECT id, team_id, template_id, state, metadata, env_vars, cpus, memory_mib, envd_token,
-		allow_internet, started_at, end_at, pid, start_ticks, seq, reason, auto_pause, auto_pause_memory, network, traffic_token FROM sandboxes ORDER BY seq`)
+		allow_internet, started_at, end_at, pid, start_ticks, seq, reason, auto_pause, auto_pause_memory, network, traffic_token, timeout_ms FROM sandboxes ORDER BY seq`)
 	if err != nil {
 		return nil, err
 	}
@@ -264,9 +268,9 @@ func (s *Store) Sandboxes(ctx context.Context, states ...string) ([]Sandbox, err
 	for rows.Next() {
 		var sb Sandbox
 		var md, env, nw string
-		var started, end, ticks int64
+		var started, end, ticks, timeoutMs int64
 		if err := rows.Scan(&sb.ID, &sb.TeamID, &sb.TemplateID, &sb.State, &md, &env, &sb.CPUs, &sb.MemoryMiB, &sb.EnvdToken,
-			&sb.AllowInternet, &started, &end, &sb.PID, &ticks, &sb.Seq, &sb.Reason, &sb.AutoPause, &sb.AutoPauseMemory, &nw, &sb.TrafficToken); err != nil {
+			&sb.AllowInternet, &started, &end, &sb.PID, &ticks, &sb.Seq, &sb.Reason, &sb.AutoPause, &sb.AutoPauseMemory, &nw, &sb.TrafficToken, &timeoutMs); err != nil {
 			return nil, err
 		}
 		if len(want) > 0 && !want[sb.State] {
@@ -276,6 +280,7 @@ func (s *Store) Sandboxes(ctx context.Context, states ...string) ([]Sandbox, err
 		_ = json.Unmarshal([]byte(env), &sb.EnvVars)
 		_ = json.Unmarshal([]byte(nw), &sb.Network)
 		sb.StartedAt, sb.EndAt, sb.StartTicks = time.UnixMilli(started), time.UnixMilli(end), uint64(ticks)
+		sb.Timeout = time.Duration(timeoutMs) * time.Millisecond
 		out = append(out, sb)
 	}
 	return out, rows.Err()

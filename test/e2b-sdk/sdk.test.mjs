@@ -104,6 +104,45 @@ test('pause and connect (resume) keep files and processes', async () => {
   }
 })
 
+test('a plain connect() keeps the sandbox\'s own timeout (the SDK sends none)', async () => {
+  const s = await Sandbox.create({ timeoutMs: 900_000 })
+  try {
+    // A running sandbox: connect() without a timeout leaves its end where it was.
+    const before = (await s.getInfo()).endAt.getTime()
+    await Sandbox.connect(s.sandboxId)
+    assert.equal((await s.getInfo()).endAt.getTime(), before, 'connect() moved a running sandbox\'s end')
+    assert.equal(await s.pause(), true)
+    const t0 = Date.now()
+    const back = await Sandbox.connect(s.sandboxId) // resumes: 15 s used to be its whole new life
+    const end = (await back.getInfo()).endAt.getTime()
+    assert.ok(end >= t0 + 880_000 && end <= Date.now() + 901_000, `endAt ${new Date(end).toISOString()} is not ~900 s after the resume`)
+    await new Promise((r) => setTimeout(r, 20_000))
+    assert.equal((await back.commands.run('echo alive')).stdout, 'alive\n')
+    assert.equal((await back.getInfo()).state, 'running')
+  } finally {
+    await Sandbox.kill(s.sandboxId)
+  }
+})
+
+test('connect({ onResume: reboot }) boots the paused sandbox from its disk', async () => {
+  const s = await Sandbox.create({ timeoutMs: 120_000 })
+  try {
+    await s.files.write('kept.txt', 'on disk')
+    await s.commands.run('sync')
+    const bg = await s.commands.run('sleep 600', { background: true, timeoutMs: 0 })
+    assert.equal(await s.pause(), true)
+    const back = await Sandbox.connect(s.sandboxId, { onResume: 'reboot' })
+    assert.equal(await back.files.read('kept.txt'), 'on disk')
+    const procs = await back.commands.list()
+    assert.ok(bg.pid > 0 && !procs.some((p) => (p.args || []).join(' ').includes('sleep 600')), 'a process outlived the reboot')
+    const up = parseFloat((await back.commands.run('cut -d" " -f1 /proc/uptime')).stdout)
+    assert.ok(up < 60, `uptime ${up} s: the guest was not rebooted`)
+    assert.ok((await back.getInfo()).endAt.getTime() > Date.now() + 100_000, 'the reboot kept the sandbox\'s own timeout')
+  } finally {
+    await Sandbox.kill(s.sandboxId)
+  }
+})
+
 test('lifecycle onTimeout pause: the sandbox is paused, not killed, at its timeout', async () => {
   const s = await Sandbox.create({ timeoutMs: 3_000, lifecycle: { onTimeout: 'pause' } })
   try {

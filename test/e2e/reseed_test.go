@@ -44,7 +44,7 @@ func TestResumeReseeds(t *testing.T) {
 	}
 	var got []string
 	for _, dir := range []string{first, second} {
-		sb, err := rt.Resume(ctx, dir, envd.InitRequest{}, nil)
+		sb, err := rt.Resume(ctx, dir, envd.InitRequest{}, nil, true)
 		if err != nil {
 			t.Fatal(err)
 		}
