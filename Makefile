@@ -4,7 +4,7 @@ GO ?= go
 BIN := bin
 GOFLAGS_BUILD := -trimpath
 
-.PHONY: all build setup image demo test test-unit test-e2e test-sdk bench-serve bench-net bench-sdk lint proto clean
+.PHONY: all build setup image demo test test-unit test-fuzz test-e2e test-sdk bench-serve bench-net bench-sdk lint proto clean
 
 all: build
 
@@ -25,12 +25,17 @@ demo: setup build image
 	$(BIN)/cell doctor
 	$(BIN)/cell run -- python3 -c 'print(6*7)'
 
-# Everything: unit tests with -race (no VMs), the end-to-end tests with real VMs, then E2B's own
-# JS SDK (pinned in test/e2b-sdk) against `cell serve`.
-test: setup build image lint test-unit test-e2e test-sdk
+# Everything: unit tests with -race (no VMs), every fuzz target briefly, the end-to-end tests with
+# real VMs, then E2B's own JS SDK (pinned in test/e2b-sdk) against `cell serve`.
+test: setup build image lint test-unit test-fuzz test-e2e test-sdk
 
 test-unit:
 	$(GO) test -race -count=1 $$($(GO) list ./... | grep -v /test/)
+
+# Every fuzz target for FUZZTIME each (10s here; the long runs: make test-fuzz FUZZTIME=10m).
+FUZZTIME ?= 10s
+test-fuzz:
+	FUZZTIME=$(FUZZTIME) GO=$(GO) ./scripts/fuzz.sh
 
 test-e2e:
 	CELL_BIN=$(CURDIR)/$(BIN)/cell $(GO) test -count=1 -timeout 30m -v ./test/e2e/... 2>&1 | tee $(BIN)/e2e.log | grep -E '^(=== RUN|--- |PASS|FAIL|ok|panic|\s+\S+_test.go)' ; exit $${PIPESTATUS[0]}

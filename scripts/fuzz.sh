@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Runs every fuzz target of the module for FUZZTIME each (default 10s; CI's short form). The long
+# runs are the same script with a longer FUZZTIME, e.g. FUZZTIME=10m scripts/fuzz.sh.
+# A target that finds a failure fails the run; go test keeps the input under testdata/fuzz.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+FUZZTIME="${FUZZTIME:-10s}"
+GO="${GO:-go}"
+failed=0
+count=0
+for pkg in $($GO list ./... | grep -v /test/); do
+	dir=$($GO list -f '{{.Dir}}' "$pkg")
+	grep -qs '^func Fuzz' "$dir"/*_test.go || continue
+	for target in $($GO test -list '^Fuzz' "$pkg" | grep '^Fuzz' || true); do
+		count=$((count + 1))
+		echo "==> $pkg $target ($FUZZTIME)"
+		if ! $GO test -run '^$' -fuzz "^${target}\$" -fuzztime "$FUZZTIME" -parallel 2 "$pkg" 2>&1 | tail -n 3; then
+			failed=$((failed + 1))
+		fi
+	done
+done
+echo "fuzz: $count targets, $failed failed"
+[ "$count" -gt 0 ] && [ "$failed" -eq 0 ]
