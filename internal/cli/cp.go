@@ -150,6 +150,9 @@ type dirMode struct {
 	mode os.FileMode
 }
 
+// maxGuestPath is the longest path a copy out asks the sandbox about: Linux's PATH_MAX.
+const maxGuestPath = 4096
+
 // downloadEntry copies the sandbox's entry e (at the guest path remote) to the entry at
 // components rel on the host, in the open directory parent.
 func (c *copier) downloadEntry(ctx context.Context, h *hostDir, parent int, e *fspb.EntryInfo, remote string, rel []string, later *deferred) error {
@@ -183,8 +186,14 @@ func (c *copier) downloadEntry(ctx context.Context, h *hostDir, parent int, e *f
 			if !plainName(name) {
 				return fmt.Errorf("%s: the sandbox listed an entry named %q", remote, name)
 			}
+			childRemote := path.Join(remote, name)
+			if len(childRemote) > maxGuestPath {
+				// A real tree ends here (the guest's PATH_MAX); the host, writing relative to
+				// descriptors, would go on as deep as a sandbox pretends.
+				return fmt.Errorf("%s: the sandbox listed a tree deeper than a path can name", remote)
+			}
 			childRel := append(rel[:len(rel):len(rel)], name)
-			if err := c.downloadEntry(ctx, h, fd, child, path.Join(remote, name), childRel, later); err != nil {
+			if err := c.downloadEntry(ctx, h, fd, child, childRemote, childRel, later); err != nil {
 				return err
 			}
 		}

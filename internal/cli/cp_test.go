@@ -50,6 +50,7 @@ type hostileGuest struct {
 	statPath string
 	extra    map[string][]*fspb.EntryInfo
 	listErr  string
+	endless  bool // every directory holds a directory "a"
 }
 
 func (g *hostileGuest) info(p string, e guestEntry) *fspb.EntryInfo {
@@ -86,6 +87,9 @@ func (g *hostileGuest) ListDir(_ context.Context, req *connect.Request[fspb.List
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
 	out = append(out, g.extra[dir]...)
+	if g.endless {
+		out = append(out, &fspb.EntryInfo{Name: "a", Path: path.Join(dir, "a"), Type: fspb.FileType_FILE_TYPE_DIRECTORY, Mode: 0o755})
+	}
 	return connect.NewResponse(&fspb.ListDirResponse{Entries: out}), nil
 }
 
@@ -420,6 +424,19 @@ func TestPrintable(t *testing.T) {
 			t.Errorf("printable(%q) = %q, want %q", in, got, want)
 		}
 	}
+}
+
+// TestCopyOutEndsAnEndlessTree: a sandbox whose every directory holds another is copied out as
+// deep as a path in it can go, then refused (the host, writing relative to descriptors, has no
+// PATH_MAX of its own to stop it).
+func TestCopyOutEndsAnEndlessTree(t *testing.T) {
+	p := newHostPlace(t)
+	g := &hostileGuest{tree: map[string]guestEntry{"/t": gDir(0o755)}, endless: true}
+	_, err := cpOut(t, g.serve(t), "sb1:/t", p.dst)
+	if err == nil || !strings.Contains(err.Error(), "deeper than a path can name") {
+		t.Fatalf("err = %.200v", err)
+	}
+	p.assertOutsideUntouched(t)
 }
 
 // TestHostDirWithoutOpenat2: where the kernel has no openat2 (or a filter refuses it), plain
