@@ -14,6 +14,7 @@ import (
 	"strings"
 
 	"connectrpc.com/connect"
+	"golang.org/x/sys/unix"
 
 	"github.com/cellhq/cell/pkg/client"
 	fspb "github.com/cellhq/cell/proto/filesystem"
@@ -23,7 +24,9 @@ import (
 // whole (files, directories and symbolic links, with their permission bits); a destination that
 // is an existing directory, or that ends in "/", receives the source under its own name; "-" is
 // standard input or output, for one file's bytes. Nothing is left half-written on the host: a
-// file is written next to its destination and renamed over it once complete.
+// file is written next to its destination and renamed over it once complete. A copy out names its
+// top entry on the host as the user did; every name below it is the sandbox's, and hostDir keeps
+// all of them inside the destination.
 type copier struct {
 	sb     *client.Sandbox
 	user   string
@@ -69,103 +72,136 @@ func (c *copier) download(ctx context.Context, remote, local string) error {
 	}
 	if local == "-" {
 		if e.GetType() != fspb.FileType_FILE_TYPE_FILE {
-			return fmt.Errorf("%s is not a file: only a file can go to standard output", e.GetPath())
+			return fmt.Errorf("%s is not a file: only a file can go to standard output", remote)
 		}
-		_, err := c.sb.Download(ctx, e.GetPath(), c.user, c.stdout)
+		_, err := c.sb.Download(ctx, remote, c.user, c.stdout)
 		return err
 	}
-	target := local
-	if st, err := os.Stat(local); err == nil && st.IsDir() {
-		target = filepath.Join(local, path.Base(e.GetPath()))
-	} else if strings.HasSuffix(local, string(filepath.Separator)) {
-		return fmt.Errorf("%s: no such directory", local)
+	dir, name, err := hostTarget(remote, local)
+	if err != nil {
+		return err
 	}
+	h, err := openHostDir(dir)
+	if err != nil {
+		return err
+	}
+	defer func() { _ = h.Close() }()
 	var later deferred
-	if err := c.downloadEntry(ctx, e, target, &later); err != nil {
+	// What the sandbox answers as the entry's path is not used: the host name is the user's, and
+	// the guest resolves the user's path for every request as it did for Stat.
+	if err := c.downloadEntry(ctx, h, h.fd, e, remote, []string{name}, &later); err != nil {
 		return err
 	}
-	// Links after every file: no file of the copy is written through a link the sandbox chose.
+	// Links after every file and directory (as data: nothing of the copy is written through one).
 	for _, l := range later.links {
-		_ = os.Remove(l[0])
-		if err := os.Symlink(l[1], l[0]); err != nil {
+		if err := h.symlink(l.rel, l.target); err != nil {
 			return err
 		}
 	}
 	// Directories' modes last (deepest first): one without write permission is filled first.
 	for i := len(later.dirs) - 1; i >= 0; i-- {
-		if err := os.Chmod(later.dirs[i].path, later.dirs[i].mode); err != nil {
+		if err := h.chmodDir(later.dirs[i].rel, later.dirs[i].mode); err != nil {
 			return err
 		}
 	}
 	return nil
 }
 
-// deferred is what a download does once every file is written: links (path, target) and the
-// directories' modes.
+// hostTarget says where on the host a copy of remote (the sandbox path as the user typed it) to
+// local goes: the directory dir, which the user named, and the entry name in it. Into an existing
+// directory the copy goes under the last name of the user's own remote path, never one the
+// sandbox answers (a sandbox could answer "..").
+func hostTarget(remote, local string) (dir, name string, err error) {
+	if st, err := os.Stat(local); err == nil && st.IsDir() {
+		name := path.Base(path.Clean(remote))
+		if !plainName(name) {
+			return "", "", fmt.Errorf("cp: the sandbox path %q has no name of its own to copy under in %s: name the destination (for example %s)",
+				remote, local, filepath.Join(local, "NAME"))
+		}
+		return local, name, nil
+	}
+	if strings.HasSuffix(local, string(filepath.Separator)) {
+		return "", "", fmt.Errorf("%s: no such directory", local)
+	}
+	dir, name = filepath.Split(local)
+	if dir == "" {
+		dir = "."
+	}
+	if !plainName(name) {
+		return "", "", fmt.Errorf("cp: %s: not a name to copy to", local)
+	}
+	return dir, name, nil
+}
+
+// deferred is what a download does once every file is written: links and the directories'
+// modes, each named by its components below the destination's parent.
 type deferred struct {
-	links [][2]string
+	links []pendingLink
 	dirs  []dirMode
 }
 
+type pendingLink struct {
+	rel    []string
+	target string
+}
+
 type dirMode struct {
-	path string
+	rel  []string
 	mode os.FileMode
 }
 
-func (c *copier) downloadEntry(ctx context.Context, e *fspb.EntryInfo, target string, later *deferred) error {
-	mode := os.FileMode(e.GetMode()) & os.ModePerm
+// maxGuestPath is the longest path a copy out asks the sandbox about: Linux's PATH_MAX.
+const maxGuestPath = 4096
+
+// downloadEntry copies the sandbox's entry e (at the guest path remote) to the entry at
+// components rel on the host, in the open directory parent.
+func (c *copier) downloadEntry(ctx context.Context, h *hostDir, parent int, e *fspb.EntryInfo, remote string, rel []string, later *deferred) error {
+	mode := os.FileMode(e.GetMode()) & os.ModePerm // permission bits only: no setuid from a guest
 	switch e.GetType() {
 	case fspb.FileType_FILE_TYPE_FILE:
-		return c.downloadFile(ctx, e.GetPath(), target, mode)
+		return h.writeFile(parent, rel, mode, func(w io.Writer) error {
+			if _, err := c.sb.Download(ctx, remote, c.user, w); err != nil {
+				return fmt.Errorf("%s: %w", remote, err)
+			}
+			return nil
+		})
 	case fspb.FileType_FILE_TYPE_SYMLINK:
-		later.links = append(later.links, [2]string{target, e.GetSymlinkTarget()})
+		later.links = append(later.links, pendingLink{rel, e.GetSymlinkTarget()})
 		return nil
 	case fspb.FileType_FILE_TYPE_DIRECTORY:
-		if err := os.Mkdir(target, 0o700); err != nil && !errors.Is(err, fs.ErrExist) {
+		fd, err := h.mkdir(parent, rel)
+		if err != nil {
 			return err
 		}
-		later.dirs = append(later.dirs, dirMode{target, mode})
-		resp, err := c.sb.FS.ListDir(ctx, client.AsUser(connect.NewRequest(&fspb.ListDirRequest{Path: e.GetPath(), Depth: 1}), c.user))
+		defer func() { _ = unix.Close(fd) }()
+		later.dirs = append(later.dirs, dirMode{rel, mode})
+		resp, err := c.sb.FS.ListDir(ctx, client.AsUser(connect.NewRequest(&fspb.ListDirRequest{Path: remote, Depth: 1}), c.user))
 		if err != nil {
-			return fmt.Errorf("%s: %w", e.GetPath(), err)
+			return fmt.Errorf("%s: %w", remote, err)
 		}
 		for _, child := range resp.Msg.GetEntries() {
 			name := child.GetName()
 			// The guest chooses the names: each must be one plain name, or the copy could
 			// reach outside target.
-			if name == "" || name == "." || name == ".." || strings.ContainsAny(name, "/\x00") {
-				return fmt.Errorf("%s: the sandbox listed an entry named %q", e.GetPath(), name)
+			if !plainName(name) {
+				return fmt.Errorf("%s: the sandbox listed an entry named %q", remote, name)
 			}
-			child.Path = path.Join(e.GetPath(), name)
-			if err := c.downloadEntry(ctx, child, filepath.Join(target, name), later); err != nil {
+			childRemote := path.Join(remote, name)
+			if len(childRemote) > maxGuestPath {
+				// A real tree ends here (the guest's PATH_MAX); the host, writing relative to
+				// descriptors, would go on as deep as a sandbox pretends.
+				return fmt.Errorf("%s: the sandbox listed a tree deeper than a path can name", remote)
+			}
+			childRel := append(rel[:len(rel):len(rel)], name)
+			if err := c.downloadEntry(ctx, h, fd, child, childRemote, childRel, later); err != nil {
 				return err
 			}
 		}
 		return nil
 	default:
-		fmt.Fprintf(c.warn, "cp: skipped %s: not a file, directory or link\n", e.GetPath())
+		fmt.Fprintf(c.warn, "cp: skipped %s: not a file, directory or link\n", printable(remote))
 		return nil
 	}
-}
-
-// downloadFile writes remote to target through a temporary file renamed over it when complete.
-func (c *copier) downloadFile(ctx context.Context, remote, target string, mode os.FileMode) error {
-	tmp, err := os.CreateTemp(filepath.Dir(target), "."+filepath.Base(target)+".cell-cp-*")
-	if err != nil {
-		return err
-	}
-	defer func() { _ = os.Remove(tmp.Name()) }() // after the rename: nothing
-	_, err = c.sb.Download(ctx, remote, c.user, tmp)
-	if cerr := tmp.Close(); err == nil {
-		err = cerr
-	}
-	if err != nil {
-		return fmt.Errorf("%s: %w", remote, err)
-	}
-	if err := os.Chmod(tmp.Name(), mode); err != nil {
-		return err
-	}
-	return os.Rename(tmp.Name(), target)
 }
 
 // upload copies local (a file, a directory or a symbolic link; "-": standard input) to remote.
@@ -232,7 +268,7 @@ func (c *copier) uploadOne(ctx context.Context, local, remote string, st fs.File
 			return fmt.Errorf("%s: %w", remote, err)
 		}
 	default:
-		fmt.Fprintf(c.warn, "cp: skipped %s: not a file, directory or link\n", local)
+		fmt.Fprintf(c.warn, "cp: skipped %s: not a file, directory or link\n", printable(local))
 		return nil
 	}
 	// What an upload (0644) or MakeDir (0755) makes needs no chmod.

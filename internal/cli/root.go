@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 
 	"github.com/spf13/cobra"
@@ -15,7 +16,10 @@ type ExitError struct{ Code int }
 func (e *ExitError) Error() string { return fmt.Sprintf("exit status %d", e.Code) }
 
 // Main runs the cell command line and returns the process exit code.
-func Main(ctx context.Context, args []string) int {
+func Main(ctx context.Context, args []string) int { return execute(ctx, args, os.Stderr) }
+
+// execute is Main with its messages (errors, warnings) written to stderr.
+func execute(ctx context.Context, args []string, stderr io.Writer) int {
 	g := &globals{}
 	root := &cobra.Command{
 		Use:           "cell",
@@ -33,6 +37,7 @@ func Main(ctx context.Context, args []string) int {
 	top.flags(shell)
 	root.AddCommand(shell)
 	root.SetArgs(args)
+	root.SetErr(stderr)
 	err := root.ExecuteContext(ctx)
 	var ee *ExitError
 	switch {
@@ -41,6 +46,7 @@ func Main(ctx context.Context, args []string) int {
 	case errors.As(err, &ee):
 		return ee.Code
 	}
-	fmt.Fprintln(os.Stderr, "cell:", err)
+	// An error may carry what a sandbox chose (a file name, envd's message).
+	fmt.Fprintln(stderr, "cell:", printable(err.Error()))
 	return 1
 }

@@ -70,7 +70,7 @@ func runCmd(g *globals) *cobra.Command {
 		RunE: func(c *cobra.Command, args []string) error {
 			code, err := runOnce(c.Context(), g, f, args)
 			if err != nil {
-				fmt.Fprintln(os.Stderr, "cell:", err)
+				fmt.Fprintln(c.ErrOrStderr(), "cell:", printable(err.Error()))
 			}
 			if code != 0 {
 				return &ExitError{Code: code}
@@ -125,7 +125,7 @@ func runOnce(ctx context.Context, g *globals, f *runFlags, args []string) (int, 
 	}
 	if !f.cold && len(f.kernelArgs) == 0 && f.memory == sandbox.DefaultMemoryMiB && f.cpus == sandbox.DefaultCPUs {
 		if err := g.useTemplate(ctx, rt, f.template); err != nil {
-			fmt.Fprintln(os.Stderr, "cell: no template snapshot, booting cold:", err)
+			fmt.Fprintln(os.Stderr, "cell: no template snapshot, booting cold:", printable(err.Error()))
 		}
 	}
 	sb, err := rt.Boot(ctx, sandbox.Options{Template: f.template, MemoryMiB: f.memory, CPUs: f.cpus, KernelArgs: f.kernelArgs, Cold: f.cold, Net: rules})

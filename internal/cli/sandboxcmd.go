@@ -157,7 +157,7 @@ func sandboxCmd() *cobra.Command {
 			"name. \"-\" is standard input or output, for one file's bytes.",
 		Args: cobra.ExactArgs(2),
 		RunE: r.run(func(cmd *cobra.Command, args []string, cl *client.Client) error {
-			return copyPaths(cmd.Context(), cl, args[0], args[1], user, os.Stdin, os.Stdout, os.Stderr)
+			return copyPaths(cmd.Context(), cl, args[0], args[1], user, os.Stdin, os.Stdout, cmd.ErrOrStderr())
 		}),
 	}
 	cp.Flags().StringVar(&user, "user", "", "user the sandbox side is read or written as (it owns what is copied in)")

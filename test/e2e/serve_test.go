@@ -335,7 +335,7 @@ func cpDirectories(t *testing.T, run func(stdin string, args ...string) (string,
 	for _, f := range []struct {
 		path string
 		mode os.FileMode
-	}{{"run.sh", 0o755}, {"src/main.py", 0o644}, {"src/secret", 0o600}, {"empty/.keep", 0o644}} {
+	}{{"run.sh", 0o755}, {"src/main.py", 0o644}, {"src/secret", 0o600}, {"empty/.keep", 0o644}, {"private/key", 0o400}} {
 		p := filepath.Join(tree, f.path)
 		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
 			t.Fatal(err)
@@ -347,10 +347,13 @@ func cpDirectories(t *testing.T, run func(stdin string, args ...string) (string,
 	if err := os.Symlink("src/main.py", filepath.Join(tree, "main")); err != nil {
 		t.Fatal(err)
 	}
+	if err := os.Chmod(filepath.Join(tree, "private"), 0o700); err != nil {
+		t.Fatal(err)
+	}
 	if _, code := run("", "cp", tree, id+":/home/user/"); code != 0 {
 		t.Fatalf("cp a directory in: %d", code)
 	}
-	want := "proj/empty/.keep 644\nproj/main -> src/main.py\nproj/run.sh 755\nproj/src/main.py 644\nproj/src/secret 600\n"
+	want := "proj/empty/.keep 644\nproj/main -> src/main.py\nproj/private/key 400\nproj/run.sh 755\nproj/src/main.py 644\nproj/src/secret 600\n"
 	list := "cd /home/user && find proj -type f -printf '%p %m\\n' -o -type l -printf '%p -> %l\\n' | sort"
 	if out, code := run("", "exec", id, "--", list); code != 0 || out != want {
 		t.Fatalf("the tree in the sandbox:\n%s\nwant:\n%s", out, want)
@@ -359,25 +362,43 @@ func cpDirectories(t *testing.T, run func(stdin string, args ...string) (string,
 		t.Fatalf("executable and link: %q", out)
 	}
 	back := t.TempDir()
-	if _, code := run("", "cp", id+":/home/user/proj", back); code != 0 {
-		t.Fatalf("cp a directory out: %d", code)
-	}
-	var got []string
-	_ = filepath.Walk(filepath.Join(back, "proj"), func(p string, info os.FileInfo, err error) error {
-		if err != nil || info.IsDir() {
-			return err
+	// Out twice into the same directory (the second copy goes over the first's files, directories
+	// and link), then once more with the sandbox path ending in "/": each time the tree, its modes
+	// (a directory's too) and its link come back under the name the user gave.
+	for i, src := range []string{id + ":/home/user/proj", id + ":/home/user/proj", id + ":proj/"} {
+		dir := back
+		if i == 2 {
+			dir = t.TempDir()
 		}
-		rel, _ := filepath.Rel(back, p)
-		if info.Mode()&os.ModeSymlink != 0 {
-			target, _ := os.Readlink(p)
-			got = append(got, rel+" -> "+target)
+		if _, code := run("", "cp", src, dir); code != 0 {
+			t.Fatalf("cp a directory out (%d): %d", i, code)
+		}
+		var got []string
+		_ = filepath.Walk(filepath.Join(dir, "proj"), func(p string, info os.FileInfo, err error) error {
+			if err != nil || info.IsDir() {
+				return err
+			}
+			rel, _ := filepath.Rel(dir, p)
+			if info.Mode()&os.ModeSymlink != 0 {
+				target, _ := os.Readlink(p)
+				got = append(got, rel+" -> "+target)
+				return nil
+			}
+			got = append(got, fmt.Sprintf("%s %o", rel, info.Mode().Perm()))
 			return nil
+		})
+		if strings.Join(got, "\n")+"\n" != want {
+			t.Fatalf("the tree copied back (%d):\n%s\nwant:\n%s", i, strings.Join(got, "\n"), want)
 		}
-		got = append(got, fmt.Sprintf("%s %o", rel, info.Mode().Perm()))
-		return nil
-	})
-	if strings.Join(got, "\n")+"\n" != want {
-		t.Fatalf("the tree copied back:\n%s\nwant:\n%s", strings.Join(got, "\n"), want)
+		for sub, mode := range map[string]os.FileMode{"proj": 0o755, "proj/src": 0o755, "proj/private": 0o700} {
+			st, err := os.Stat(filepath.Join(dir, sub))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if st.Mode().Perm() != mode {
+				t.Fatalf("%s copied back (%d): mode %o, want %o", sub, i, st.Mode().Perm(), mode)
+			}
+		}
 	}
 	if b, err := os.ReadFile(filepath.Join(back, "proj", "src", "secret")); err != nil || string(b) != "content of src/secret\n" {
 		t.Fatalf("a file copied back: %q %v", b, err)
