@@ -3,6 +3,7 @@ package cli
 import (
 	"bufio"
 	"fmt"
+	"log/slog"
 	"net/netip"
 	"os"
 	"strings"
@@ -22,8 +23,31 @@ type netFlags struct {
 func (f *netFlags) register(c *cobra.Command) {
 	c.Flags().StringArrayVar(&f.dnsHosts, "dns-host", nil, "NAME=IP: sandboxes resolve NAME to IP (repeatable)")
 	c.Flags().StringVar(&f.hostsFile, "dns-hosts-file", "", "a hosts(5) file of names sandboxes resolve to fixed addresses")
-	c.Flags().StringArrayVar(&f.exempt, "net-allow-reserved", nil,
-		"CIDR of reserved addresses (host loopback, the host's own addresses, link-local…) sandboxes may reach anyway (repeatable)")
+	registerExempt(c, &f.exempt)
+}
+
+// registerExempt adds --net-allow-reserved to c.
+func registerExempt(c *cobra.Command, exempt *[]string) {
+	c.Flags().StringArrayVar(exempt, "net-allow-reserved", nil,
+		"CIDR or IP of non-public destinations sandboxes may reach anyway: private networks, link-local, cloud metadata… "+
+			"(the host's own addresses only when named one by one) (repeatable)")
+}
+
+// parseExempt checks --net-allow-reserved's values.
+func parseExempt(values []string) ([]netip.Prefix, error) {
+	var exempt []netip.Prefix
+	for _, e := range values {
+		p, err := netip.ParsePrefix(e)
+		if err != nil {
+			a, aerr := netip.ParseAddr(e)
+			if aerr != nil {
+				return nil, fmt.Errorf("--net-allow-reserved %q: not a CIDR or IP", e)
+			}
+			p = netip.PrefixFrom(a, a.BitLen())
+		}
+		exempt = append(exempt, p.Masked())
+	}
+	return exempt, nil
 }
 
 // parse checks the flags and returns the overrides and exemptions.
@@ -76,19 +100,23 @@ func (f *netFlags) parse() (map[string]netip.Addr, []netip.Prefix, error) {
 			return nil, nil, err
 		}
 	}
-	var exempt []netip.Prefix
-	for _, e := range f.exempt {
-		p, err := netip.ParsePrefix(e)
-		if err != nil {
-			a, aerr := netip.ParseAddr(e)
-			if aerr != nil {
-				return nil, nil, fmt.Errorf("--net-allow-reserved %q: not a CIDR or IP", e)
-			}
-			p = netip.PrefixFrom(a, a.BitLen())
-		}
-		exempt = append(exempt, p.Masked())
+	exempt, err := parseExempt(f.exempt)
+	if err != nil {
+		return nil, nil, err
 	}
 	return hosts, exempt, nil
+}
+
+// warnUnreachable logs the --dns-host names whose address sandboxes cannot reach: a name the
+// operator pins to a private address still needs that address in --net-allow-reserved.
+func warnUnreachable(log *slog.Logger, hosts map[string]netip.Addr, exempt []netip.Prefix) {
+	g := &netstack.Guard{Exempt: exempt}
+	for name, a := range hosts {
+		if why, blocked := g.Blocked(a); blocked {
+			log.Warn("sandboxes resolve a --dns-host name to an address they cannot reach (add it to --net-allow-reserved to open it)",
+				"name", name, "addr", a.String(), "reason", why)
+		}
+	}
 }
 
 // egressFlags are a sandbox's egress policy on the command line.

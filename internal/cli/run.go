@@ -43,6 +43,7 @@ type runFlags struct {
 	cold       bool
 	tty        bool
 	egress     egressFlags
+	exempt     []string
 }
 
 func parseEnv(kvs []string) (map[string]string, error) {
@@ -93,6 +94,7 @@ func runCmd(g *globals) *cobra.Command {
 	fl.DurationVar(&f.bootTO, "boot-timeout", 30*time.Second, "give up if the guest is not ready after this long")
 	_ = fl.MarkHidden("kernel-arg")
 	f.egress.register(cmd)
+	registerExempt(cmd, &f.exempt)
 	return cmd
 }
 
@@ -112,6 +114,10 @@ func runOnce(ctx context.Context, g *globals, f *runFlags, args []string) (int, 
 	if err != nil {
 		return exitCellError, err
 	}
+	exempt, err := parseExempt(f.exempt)
+	if err != nil {
+		return exitCellError, err
+	}
 	// Signals: the first SIGINT/SIGTERM goes to the command; a second one gives up.
 	sigs := make(chan os.Signal, 4)
 	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
@@ -119,7 +125,7 @@ func runOnce(ctx context.Context, g *globals, f *runFlags, args []string) (int, 
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
 
-	rt, _, err := g.runtime(ctx, runtimeOpts{accel: accel, dieWithParent: true, bootTimeout: f.bootTO})
+	rt, _, err := g.runtime(ctx, runtimeOpts{accel: accel, dieWithParent: true, bootTimeout: f.bootTO, netExempt: exempt})
 	if err != nil {
 		return exitCellError, err
 	}

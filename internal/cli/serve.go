@@ -72,6 +72,7 @@ every sandbox, or with --leave-running leaves them for the next cell serve to re
 			if err != nil {
 				return err
 			}
+			warnUnreachable(log, hosts, exempt)
 			rt, choice, err := g.runtime(ctx, runtimeOpts{accel: acc, detached: true, dnsHosts: hosts, netExempt: exempt})
 			if err != nil {
 				return err

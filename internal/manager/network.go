@@ -38,8 +38,8 @@ type NetworkUpdate struct {
 	DenyOut       *[]string
 }
 
-// UpdateNetwork changes team's sandbox's egress policy. A running sandbox applies it to new
-// connections at once; a paused one when it resumes.
+// UpdateNetwork changes team's sandbox's egress policy. A running sandbox applies it at once
+// (new connections follow it; open ones it refuses are ended); a paused one when it resumes.
 func (m *Manager) UpdateNetwork(ctx context.Context, team, id string, u NetworkUpdate) (Info, error) {
 	b, err := m.lookup(team, id)
 	if err != nil {

@@ -135,13 +135,31 @@ func (l *learned) names(a netip.Addr) []string {
 	return out
 }
 
-// ServeDNS answers the guest's queries under the sandbox's policy. A name is resolved only if the
-// policy could let the guest use the answer (an allowed name, or some destination is reachable
-// by address): a sandbox whose policy denies everything else cannot use DNS to leak data to the
-// outside. Operator overrides are answered locally, other names by the host's resolvers.
+// ServeDNS answers the guest's queries under the sandbox's policy. With the internet off (denyOut
+// covering all of IPv4), a name is resolved only if an allowOut name rule allows it: a sandbox
+// whose policy denies everything else cannot use DNS to leak data to the outside. Operator
+// overrides are answered locally, other names by the host's resolvers. What an answer says is
+// not checked: the connection to the address is (a name resolving to a private address opens
+// nothing).
 func (n *Network) ServeDNS(w dns.ResponseWriter, req *dns.Msg) {
 	resp := n.answer(req)
+	// Over UDP an answer fits what the guest said it takes (512 bytes, or its EDNS0 size up
+	// to 4096); the rest is truncated, and the guest asks again over TCP.
+	if w.LocalAddr() != nil && w.LocalAddr().Network() == "udp" {
+		resp.Truncate(udpAnswerSize(req))
+	} else {
+		resp.Truncate(dns.MaxMsgSize)
+	}
 	_ = w.WriteMsg(resp)
+}
+
+// udpAnswerSize is the largest answer req's sender takes over UDP.
+func udpAnswerSize(req *dns.Msg) int {
+	size := dns.MinMsgSize
+	if opt := req.IsEdns0(); opt != nil {
+		size = max(size, min(int(opt.UDPSize()), 4096))
+	}
+	return size
 }
 
 func (n *Network) answer(req *dns.Msg) *dns.Msg {
@@ -152,7 +170,12 @@ func (n *Network) answer(req *dns.Msg) *dns.Msg {
 	q := req.Question[0]
 	name := normName(q.Name)
 	rules := n.rules.Load()
-	if rules.DeniesAll() && !rules.NameAllowed(name) && len(rules.allowNets) == 0 {
+	// With every address denied but what allowOut names, only names allowOut allows resolve:
+	// an allowed CIDR is reached by address, and resolving every other name would let the
+	// guest talk to the world through the host's resolvers (E2B's sandboxes then have no DNS
+	// at all unless a domain is allowed). The name must be a plain host name: in presentation
+	// form an escaped dot ("a\.example.com") would match a suffix it is not under.
+	if rules.DeniesAll() && !(validHostName(name) && rules.NameAllowed(name)) {
 		n.stats.dnsRefused.Add(1)
 		return resp.SetRcode(req, dns.RcodeRefused)
 	}
@@ -193,9 +216,54 @@ func (n *Network) answer(req *dns.Msg) *dns.Msg {
 
 // matchHostName says whether name (SNI or HTTP Host, maybe with a port) is allowed by rules.
 func matchHostName(rules *Rules, name string) bool {
-	if h, _, err := net.SplitHostPort(name); err == nil {
-		name = h
+	host, ok := splitHost(name)
+	return ok && rules.NameAllowed(host)
+}
+
+// splitHost returns the host name of a TLS server name or an HTTP Host ("name" or
+// "name:port"); ok is false unless the name is a well-formed host name (see validHostName).
+func splitHost(s string) (string, bool) {
+	if i := strings.LastIndexByte(s, ':'); i >= 0 {
+		port := s[i+1:]
+		if port == "" || len(port) > 5 || strings.Trim(port, "0123456789") != "" {
+			return "", false
+		}
+		s = s[:i]
 	}
-	name = strings.TrimSpace(name)
-	return name != "" && rules.NameAllowed(name)
+	if !validHostName(s) {
+		return "", false
+	}
+	return normName(s), true
+}
+
+// validHostName says whether s is a DNS host name: dot-separated labels of letters, digits,
+// '-' and '_', 1-63 bytes each, 253 in all, with at most a trailing dot, the last one not all
+// digits (an address is not a name).
+func validHostName(s string) bool {
+	s = strings.TrimSuffix(s, ".")
+	if s == "" || len(s) > 253 {
+		return false
+	}
+	label := 0
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		switch {
+		case c == '.':
+			if label == 0 {
+				return false
+			}
+			label = 0
+			continue
+		case c >= 'a' && c <= 'z', c >= 'A' && c <= 'Z', c >= '0' && c <= '9', c == '-', c == '_':
+		default:
+			return false
+		}
+		label++
+		if label > 63 {
+			return false
+		}
+	}
+	// A name whose last label is all digits is an IPv4 address (or no name at all).
+	last := s[strings.LastIndexByte(s, '.')+1:]
+	return label > 0 && strings.Trim(last, "0123456789") != ""
 }

@@ -7,12 +7,15 @@ import (
 	"time"
 )
 
-// Guard holds what no sandbox may reach whatever its policy says: the host's loopback and its own
-// addresses (where `cell serve` and everything else on the host listen), link-local addresses
-// (cloud metadata services), multicast, broadcast, "this network", and the sandboxes' own subnet.
-// The operator may exempt prefixes explicitly.
+// Guard holds what no sandbox may reach whatever its policy says: every destination that is not
+// globally routable (the host's loopback, private networks, carrier-grade NAT, link-local,
+// documentation and benchmarking ranges, multicast, broadcast, "this network", IPv6's special
+// ranges), the cloud metadata services, and the host's own addresses (where `cell serve` and
+// everything else on the host listen). The operator may exempt prefixes explicitly.
 type Guard struct {
-	// Exempt prefixes are reachable although reserved (an operator's explicit choice).
+	// Exempt prefixes are reachable although reserved (an operator's explicit choice). The
+	// host's own addresses are opened only by an exemption naming the address alone (a /32 or
+	// /128): opening a private network the host sits in does not open the host.
 	Exempt []netip.Prefix
 
 	mu       sync.Mutex
@@ -20,35 +23,117 @@ type Guard struct {
 	fetched  time.Time
 }
 
-var reserved = []netip.Prefix{
-	netip.MustParsePrefix("0.0.0.0/8"),
-	netip.MustParsePrefix("127.0.0.0/8"),
-	netip.MustParsePrefix("169.254.0.0/16"),
-	netip.MustParsePrefix("224.0.0.0/4"),
-	netip.MustParsePrefix("240.0.0.0/4"), // includes 255.255.255.255
-	Subnet,
+// reservedRange is a range no sandbox reaches unless exempted, and why.
+type reservedRange struct {
+	prefix netip.Prefix
+	why    string
 }
+
+func rr(cidr, why string) reservedRange {
+	return reservedRange{prefix: netip.MustParsePrefix(cidr), why: why}
+}
+
+// reservedRanges are the destinations that are not globally routable (IANA's special-purpose
+// registries, RFC 6890 and its updates) plus the cloud metadata services that sit in public or
+// private space. More specific entries come first, so that the reason given is the precise one.
+// IPv4-mapped IPv6 addresses are judged as the IPv4 address they are; NAT64 (64:ff9b::/96) and
+// 6to4 (2002::/16) addresses also by the IPv4 address they embed.
+var reservedRanges = []reservedRange{
+	// Cloud metadata services.
+	rr("100.100.100.200/32", "cloud metadata service (Alibaba Cloud)"),
+	rr("168.63.129.16/32", "cloud metadata service (Azure)"),
+	rr("fd00:ec2::254/128", "cloud metadata service (AWS, IPv6)"),
+	rr("169.254.169.254/32", "cloud metadata service (link-local)"),
+
+	// IPv4.
+	rr("0.0.0.0/8", `"this network" (RFC 791)`),
+	rr("10.0.0.0/8", "private network (RFC 1918)"),
+	rr("100.64.0.0/10", "carrier-grade NAT (RFC 6598)"),
+	rr("127.0.0.0/8", "loopback"),
+	rr("169.254.0.0/16", "link-local"),
+	rr("172.16.0.0/12", "private network (RFC 1918)"),
+	rr("192.0.0.0/24", "IETF protocol assignments (RFC 6890)"),
+	rr("192.0.2.0/24", "documentation (TEST-NET-1)"),
+	rr("192.88.99.0/24", "6to4 relay anycast (RFC 7526)"),
+	rr("192.168.0.0/16", "private network (RFC 1918)"),
+	rr("198.18.0.0/15", "benchmarking (RFC 2544)"),
+	rr("198.51.100.0/24", "documentation (TEST-NET-2)"),
+	rr("203.0.113.0/24", "documentation (TEST-NET-3)"),
+	rr("224.0.0.0/4", "multicast"),
+	rr("255.255.255.255/32", "limited broadcast"),
+	rr("240.0.0.0/4", "reserved (RFC 1112)"),
+
+	// IPv6.
+	rr("::/128", "unspecified address"),
+	rr("::1/128", "loopback"),
+	rr("::/96", "IPv4-compatible (deprecated)"),
+	rr("64:ff9b:1::/48", "local-use NAT64 (RFC 8215)"),
+	rr("100::/64", "discard-only (RFC 6666)"),
+	rr("2001::/23", "IETF protocol assignments (Teredo, benchmarking, ORCHID; RFC 2928)"),
+	rr("2001:db8::/32", "documentation"),
+	rr("3fff::/20", "documentation (RFC 9637)"),
+	rr("5f00::/16", "segment routing SIDs (RFC 9602)"),
+	rr("fc00::/7", "unique local (RFC 4193)"),
+	rr("fe80::/10", "link-local"),
+	rr("fec0::/10", "site-local (deprecated)"),
+	rr("ff00::/8", "multicast"),
+}
+
+var (
+	nat64     = netip.MustParsePrefix("64:ff9b::/96")
+	sixToFour = netip.MustParsePrefix("2002::/16")
+)
 
 // hostAddrTTL bounds how stale the list of the host's own addresses may be.
 const hostAddrTTL = 5 * time.Second
 
-// Blocked says whether a is reserved, and why.
+// Blocked says whether a is reserved, and why. The sandbox network carries IPv4 only: an IPv6
+// destination outside the reserved ranges is blocked too, unless exempted.
 func (g *Guard) Blocked(a netip.Addr) (string, bool) {
+	a = a.Unmap().WithZone("")
+	if !a.IsValid() {
+		return "not an IP address", true
+	}
+	host := g.isHostAddr(a)
 	for _, p := range g.Exempt {
-		if p.Contains(a) {
+		if p.Contains(a) && (!host || p.IsSingleIP()) {
 			return "", false
 		}
 	}
-	if !a.Is4() {
-		return "not an IPv4 address", true
+	if why, ok := reservedWhy(a); ok {
+		return why, true
 	}
-	for _, p := range reserved {
-		if p.Contains(a) {
-			return "reserved address " + p.String(), true
+	if host {
+		return "an address of the host itself", true
+	}
+	if !a.Is4() {
+		return "IPv6 (the sandbox network carries IPv4 only)", true
+	}
+	return "", false
+}
+
+// reservedWhy says whether a (unmapped) is in a reserved range, judging NAT64 and 6to4
+// addresses by the IPv4 address they embed.
+func reservedWhy(a netip.Addr) (string, bool) {
+	for _, r := range reservedRanges {
+		if r.prefix.Contains(a) {
+			return "reserved address " + r.prefix.String() + ": " + r.why, true
 		}
 	}
-	if g.isHostAddr(a) {
-		return "an address of the host itself", true
+	if a.Is6() {
+		b := a.As16()
+		var v4 netip.Addr
+		switch {
+		case nat64.Contains(a):
+			v4 = netip.AddrFrom4([4]byte(b[12:16]))
+		case sixToFour.Contains(a):
+			v4 = netip.AddrFrom4([4]byte(b[2:6]))
+		default:
+			return "", false
+		}
+		if why, ok := reservedWhy(v4); ok {
+			return "embeds " + v4.String() + ", " + why, true
+		}
 	}
 	return "", false
 }

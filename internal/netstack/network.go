@@ -60,10 +60,15 @@ type Network struct {
 	stats   counters
 	dns     []*dns.Server
 
-	mu     sync.Mutex
-	closed bool
-	conns  map[net.Conn]struct{} // everything to close on Close
-	wg     sync.WaitGroup
+	mu      sync.Mutex
+	closed  bool
+	conns   map[net.Conn]struct{} // everything to close on Close
+	flowSet map[*flow]struct{}    // forwarded connections and flows, for policy updates
+	wg      sync.WaitGroup
+
+	// dial opens connections from the host for the guest (a net.Dialer's; tests stand in for
+	// the outside world with their own).
+	dial func(ctx context.Context, network, address string) (net.Conn, error)
 
 	denyLog rateLimit
 	// linkWriteTimeout bounds one write of a frame to the VM (see frameGuard).
@@ -96,7 +101,8 @@ func New(cfg Config) (*Network, error) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	n := &Network{cfg: cfg, log: cfg.Log.With("sandbox", cfg.SandboxID), ctx: ctx, cancel: cancel,
-		conns: map[net.Conn]struct{}{}, linkWriteTimeout: linkWriteTimeout}
+		conns: map[net.Conn]struct{}{}, flowSet: map[*flow]struct{}{}, linkWriteTimeout: linkWriteTimeout,
+		dial: (&net.Dialer{}).DialContext}
 	n.rules.Store(cfg.Rules)
 	if err := n.build(); err != nil {
 		cancel()
@@ -209,7 +215,7 @@ func (n *Network) Attach(conn net.Conn) error {
 		_ = conn.Close()
 		return errors.New("netstack: network closed")
 	}
-	link := &frameGuard{Conn: conn, writeTimeout: n.linkWriteTimeout, pending: announceFrame(), taken: make(chan struct{})}
+	link := newFrameGuard(conn, n.linkWriteTimeout, announceFrame())
 	taken := link.taken
 	go func() {
 		defer n.wg.Done()
@@ -254,9 +260,6 @@ func announceFrame() []byte {
 	copy(a[24:28], gwip[:])
 	return f
 }
-
-// SetRules replaces the egress policy; it applies to new connections.
-func (n *Network) SetRules(r *Rules) { n.rules.Store(r) }
 
 // Rules returns the egress policy in force.
 func (n *Network) Rules() *Rules { return n.rules.Load() }

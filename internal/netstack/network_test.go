@@ -18,7 +18,7 @@ import (
 )
 
 // upstream is a real DNS server on the host's loopback standing in for the host's resolver.
-func upstream(t *testing.T) string {
+func upstream(t testing.TB) string {
 	t.Helper()
 	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
 	if err != nil {
@@ -29,7 +29,7 @@ func upstream(t *testing.T) string {
 		m.SetReply(r)
 		if r.Question[0].Qtype == dns.TypeA {
 			m.Answer = append(m.Answer, &dns.A{Hdr: dns.RR_Header{Name: r.Question[0].Name, Rrtype: dns.TypeA, Class: dns.ClassINET, Ttl: 30},
-				A: net.IPv4(198, 51, 100, 7)})
+				A: net.IPv4(1, 2, 3, 7)})
 		}
 		_ = w.WriteMsg(m)
 	})}
@@ -41,14 +41,18 @@ func upstream(t *testing.T) string {
 	return pc.LocalAddr().String()
 }
 
-func newTestNetwork(t *testing.T, p Policy) *Network {
+func newTestNetwork(t testing.TB, p Policy) *Network {
 	t.Helper()
 	r, err := Compile(p)
 	if err != nil {
 		t.Fatal(err)
 	}
 	n, err := New(Config{SandboxID: "t", Rules: r, Guard: &Guard{},
-		Resolver: &Resolver{Upstream: []string{upstream(t)}, Hosts: map[string]netip.Addr{"pinned.test": netip.MustParseAddr("10.200.0.9")}, Timeout: time.Second}})
+		Resolver: &Resolver{Upstream: []string{upstream(t)}, Hosts: map[string]netip.Addr{
+			"pinned.test":  netip.MustParseAddr("10.200.0.9"), // an operator's name for a private address
+			"allowed.test": netip.MustParseAddr("1.2.3.4"),
+			"evil.test":    netip.MustParseAddr("1.2.3.4"), // the same address under another name
+		}, Timeout: time.Second}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -77,7 +81,7 @@ func TestDNSUnderPolicy(t *testing.T) {
 	if resp.Rcode != dns.RcodeSuccess || len(resp.Answer) != 1 {
 		t.Fatalf("allowed name: %v", resp)
 	}
-	if v, _ := n.judge(netip.MustParseAddr("198.51.100.7")); v != AllowIfName {
+	if v, _ := n.judge(netip.MustParseAddr("1.2.3.7")); v != AllowIfName {
 		t.Fatalf("learned address: %v, want allow-if-name", v)
 	}
 	// A name no rule allows is refused without asking upstream: nothing leaks through DNS.
@@ -100,12 +104,12 @@ func TestDNSUnderPolicy(t *testing.T) {
 	}
 	// A live update applies to the next decision.
 	n.SetRules(mustCompile(t, Policy{Internet: true}))
-	if v, _ := n.judge(netip.MustParseAddr("203.0.113.5")); v != Allow {
+	if v, _ := n.judge(netip.MustParseAddr("1.2.3.5")); v != Allow {
 		t.Fatalf("after update: %v", v)
 	}
 }
 
-func mustCompile(t *testing.T, p Policy) *Rules {
+func mustCompile(t testing.TB, p Policy) *Rules {
 	t.Helper()
 	r, err := Compile(p)
 	if err != nil {

@@ -1,9 +1,11 @@
 package netstack
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 	"net/netip"
+	"slices"
 	"strings"
 )
 
@@ -24,6 +26,7 @@ type Rules struct {
 	allowNets  []netip.Prefix
 	allowNames []string // exact names, or ".suffix" for "*.suffix"
 	denyNets   []netip.Prefix
+	deniesAll  bool
 }
 
 // AllTraffic is the CIDR that covers every IPv4 address.
@@ -63,6 +66,7 @@ func Compile(p Policy) (*Rules, error) {
 	if err := errors.Join(errs...); err != nil {
 		return nil, err
 	}
+	r.deniesAll = coversIPv4(r.denyNets)
 	return r, nil
 }
 
@@ -127,14 +131,30 @@ func (r *Rules) NameAllowed(name string) bool {
 func (r *Rules) HasNames() bool { return len(r.allowNames) > 0 }
 
 // DeniesAll says whether every address not allowed by an allowOut CIDR is denied, i.e. only
-// allowOut opens the way out.
-func (r *Rules) DeniesAll() bool {
-	for _, p := range r.denyNets {
-		if p.Bits() == 0 {
-			return true
+// allowOut opens the way out: denyOut covers all of IPv4, with 0.0.0.0/0 or with pieces.
+func (r *Rules) DeniesAll() bool { return r.deniesAll }
+
+// coversIPv4 says whether the union of ps is the whole IPv4 space.
+func coversIPv4(ps []netip.Prefix) bool {
+	type span struct{ lo, hi uint64 } // [lo, hi)
+	var spans []span
+	for _, p := range ps {
+		if !p.Addr().Is4() {
+			continue
 		}
+		b := p.Masked().Addr().As4()
+		lo := uint64(b[0])<<24 | uint64(b[1])<<16 | uint64(b[2])<<8 | uint64(b[3])
+		spans = append(spans, span{lo, lo + 1<<(32-p.Bits())})
 	}
-	return false
+	slices.SortFunc(spans, func(a, b span) int { return cmp.Compare(a.lo, b.lo) })
+	var reach uint64 // everything below reach is covered
+	for _, s := range spans {
+		if s.lo > reach {
+			return false
+		}
+		reach = max(reach, s.hi)
+	}
+	return reach == 1<<32
 }
 
 // Verdict is what the policy says of a destination.
@@ -160,7 +180,9 @@ func (r *Rules) Decide(dst netip.Addr, learned []string) Verdict {
 			return Allow
 		}
 	}
-	denied := false
+	// Policies name IPv4 only; an IPv6 destination (never carried, see Guard) is denied
+	// whenever IPv4 is.
+	denied := !dst.Is4() && r.deniesAll
 	for _, p := range r.denyNets {
 		if p.Contains(dst) {
 			denied = true

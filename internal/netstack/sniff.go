@@ -4,69 +4,148 @@ import (
 	"bufio"
 	"bytes"
 	"crypto/tls"
+	"encoding/binary"
 	"errors"
+	"fmt"
 	"io"
 	"net"
-	"net/http"
+	"strings"
 	"time"
 )
 
-// maxSniff bounds what is read from a connection before its name is known.
+// A connection admitted only by a name rule must say, before it is dialled, which host it is
+// for: the TLS ClientHello's server name, or a plain HTTP request's Host. It is then relayed by
+// a guard that keeps checking: every later HTTP request on it (keep-alive) must name an allowed
+// host too, and a TLS ClientHello sent again in clear (after a TLS 1.3 HelloRetryRequest) must
+// name one as well. What the guard cannot see (TLS 1.2 renegotiation, encrypted) is the server's
+// business.
+
+// maxSniff bounds what is read before a connection's name is known: one TLS ClientHello, or one
+// HTTP request head; it is also the bound of every later request head and handshake message.
 const maxSniff = 16 << 10
 
-// sniffName reads the start of a guest connection and returns the name it is for: the TLS
-// ClientHello's server name, or a plain HTTP request's Host. It returns the bytes it consumed,
-// which must be sent on first. An error means neither could be found in time.
-func sniffName(c net.Conn, timeout time.Duration) (name string, head []byte, err error) {
-	_ = c.SetReadDeadline(time.Now().Add(timeout))
-	defer func() { _ = c.SetReadDeadline(time.Time{}) }()
-	rec := &recorder{r: io.LimitReader(c, maxSniff)}
-	first := make([]byte, 1)
-	if _, err := io.ReadFull(rec, first); err != nil {
-		return "", rec.buf.Bytes(), err
-	}
-	if first[0] == 0x16 { // TLS handshake record
-		name, err := clientHelloName(rec)
-		return name, rec.buf.Bytes(), err
-	}
-	req, err := http.ReadRequest(bufio.NewReader(io.MultiReader(bytes.NewReader(first), rec)))
-	if err != nil {
-		return "", rec.buf.Bytes(), errors.New("neither TLS nor an HTTP request")
-	}
-	// The bufio reader may have read past the header; rec holds every byte consumed.
-	return req.Host, rec.buf.Bytes(), nil
+// guestReaderSize is the buffer of a name-admitted connection's guest side: a whole head's
+// line fits.
+const guestReaderSize = maxSniff + 64
+
+// sniffed is what the start of a connection says.
+type sniffed struct {
+	tls  bool
+	name string   // the host name asked for: lower case, no port, well formed
+	head []byte   // TLS: the bytes consumed (the ClientHello's records), to be sent on first
+	req  *reqHead // HTTP: the first request's head, not yet sent on
 }
 
-// clientHelloName parses a ClientHello with crypto/tls and stops the handshake right after.
-func clientHelloName(rec *recorder) (string, error) {
+// refusal is an error that refuses a connection by policy (as opposed to one ending by itself).
+type refusal struct{ error }
+
+func (r refusal) Unwrap() error { return r.error }
+
+func refuse(format string, a ...any) error { return refusal{fmt.Errorf(format, a...)} }
+
+// errNoHost is a connection that does not say which host it is for in a form the guard reads.
+var errNoHost = errors.New("neither a TLS ClientHello with a server name nor an HTTP/1.x request with a Host")
+
+// sniffName reads the start of a guest connection from r (a reader of at least guestReaderSize
+// bytes) within timeout and says which host it is for.
+func sniffName(c net.Conn, r *bufio.Reader, timeout time.Duration) (sniffed, error) {
+	_ = c.SetReadDeadline(time.Now().Add(timeout))
+	defer func() { _ = c.SetReadDeadline(time.Time{}) }()
+	return sniff(r)
+}
+
+func sniff(r *bufio.Reader) (sniffed, error) {
+	first, err := r.Peek(1)
+	if err != nil {
+		return sniffed{}, err
+	}
+	if first[0] == 0x16 { // a TLS handshake record
+		name, head, err := readClientHello(r)
+		return sniffed{tls: true, name: name, head: head}, err
+	}
+	head, err := readHead(r, maxSniff)
+	if err != nil {
+		return sniffed{}, refuse("%w: %w", errNoHost, err)
+	}
+	req, err := parseRequestHead(head)
+	if err != nil {
+		return sniffed{}, err
+	}
+	return sniffed{name: req.hosts[0], req: req}, nil
+}
+
+// readClientHello reads the records of a connection's first handshake message, which must be
+// a ClientHello alone, and returns its server name and the bytes read.
+func readClientHello(r *bufio.Reader) (string, []byte, error) {
+	var head, hs []byte
+	for {
+		var hdr [5]byte
+		if _, err := io.ReadFull(r, hdr[:]); err != nil {
+			return "", head, err
+		}
+		size := int(binary.BigEndian.Uint16(hdr[3:]))
+		if hdr[0] != 0x16 || hdr[1] != 3 || size == 0 || size > 1<<14 {
+			return "", head, refuse("not a TLS handshake record")
+		}
+		head = append(head, hdr[:]...)
+		start := len(head)
+		head = append(head, make([]byte, size)...)
+		if _, err := io.ReadFull(r, head[start:]); err != nil {
+			return "", head, err
+		}
+		hs = append(hs, head[start:]...)
+		if len(hs) > maxSniff {
+			return "", head, refuse("ClientHello longer than %d bytes", maxSniff)
+		}
+		if len(hs) < 4 {
+			continue
+		}
+		if hs[0] != 1 {
+			return "", head, refuse("the first handshake message is not a ClientHello")
+		}
+		total := 4 + (int(hs[1])<<16 | int(hs[2])<<8 | int(hs[3]))
+		if total > maxSniff {
+			return "", head, refuse("ClientHello longer than %d bytes", maxSniff)
+		}
+		if len(hs) < total {
+			continue
+		}
+		if len(hs) > total {
+			return "", head, refuse("the ClientHello's records carry more than the ClientHello")
+		}
+		name, err := clientHelloName(hs)
+		return name, head, err
+	}
+}
+
+// clientHelloName parses a ClientHello handshake message (type and length included) with
+// crypto/tls and returns its server name, which must be a well-formed host name.
+func clientHelloName(msg []byte) (string, error) {
+	var recs []byte
+	for rest := msg; len(rest) > 0; {
+		k := min(len(rest), 1<<14)
+		recs = append(recs, 0x16, 3, 1, byte(k>>8), byte(k))
+		recs = append(recs, rest[:k]...)
+		rest = rest[k:]
+	}
 	var name string
+	var got bool
 	errStop := errors.New("stop")
-	conn := tls.Server(&readOnlyConn{r: io.MultiReader(bytes.NewReader(rec.buf.Bytes()), rec)}, &tls.Config{
+	conn := tls.Server(&readOnlyConn{r: bytes.NewReader(recs)}, &tls.Config{
 		GetConfigForClient: func(h *tls.ClientHelloInfo) (*tls.Config, error) {
-			name = h.ServerName
+			name, got = h.ServerName, true
 			return nil, errStop
 		},
 	})
 	err := conn.Handshake()
-	if name == "" {
-		if err == nil {
-			err = errors.New("no server name")
-		}
-		return "", err
+	if !got {
+		return "", refuse("not a ClientHello: %w", err)
 	}
-	return name, nil
-}
-
-// recorder keeps every byte read through it.
-type recorder struct {
-	r   io.Reader
-	buf bytes.Buffer
-}
-
-func (r *recorder) Read(p []byte) (int, error) {
-	n, err := r.r.Read(p)
-	r.buf.Write(p[:n])
-	return n, err
+	host, ok := splitHost(name)
+	if !ok || strings.Contains(name, ":") {
+		return "", refuse("ClientHello without a well-formed server name (%q)", name)
+	}
+	return host, nil
 }
 
 // readOnlyConn is a net.Conn that reads from r and discards writes (the TLS alert).

@@ -1,77 +1,103 @@
 package netstack
 
 import (
+	"bufio"
 	"bytes"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
 	"crypto/tls"
+	"crypto/x509"
 	"encoding/binary"
+	"errors"
 	"io"
+	"math/big"
 	"net"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 )
 
-func TestSniffTLS(t *testing.T) {
+// clientHello returns the records of the ClientHello crypto/tls sends for serverName.
+func clientHello(t testing.TB, serverName string) []byte {
+	t.Helper()
 	guest, host := net.Pipe()
-	defer func() { _ = guest.Close() }()
+	defer func() { _ = host.Close() }()
 	go func() {
-		c := tls.Client(guest, &tls.Config{ServerName: "api.example.com", InsecureSkipVerify: true})
-		_ = c.Handshake() // never completes: the sniffer only reads the hello
+		c := tls.Client(guest, &tls.Config{ServerName: serverName, InsecureSkipVerify: true})
+		_ = c.Handshake() // never completes: only the hello is read
+		_ = guest.Close()
 	}()
-	name, head, err := sniffName(host, 5*time.Second)
-	if err != nil || name != "api.example.com" {
-		t.Fatalf("sniffName = %q, %v", name, err)
+	_, head, err := readClientHello(bufio.NewReaderSize(host, guestReaderSize))
+	if err != nil && serverName != "" {
+		t.Fatal(err)
 	}
-	if len(head) < 5 || head[0] != 0x16 {
-		t.Fatalf("head does not start with the TLS record: % x", head[:min(len(head), 8)])
+	return head
+}
+
+func TestSniffTLS(t *testing.T) {
+	hello := clientHello(t, "api.example.com")
+	// What follows the hello (the client's next records) is left for the relay.
+	r := bufio.NewReaderSize(io.MultiReader(bytes.NewReader(hello), strings.NewReader("\x14\x03\x03\x00\x01\x01")), guestReaderSize)
+	s, err := sniff(r)
+	if err != nil || !s.tls || s.name != "api.example.com" {
+		t.Fatalf("sniff = %+v, %v", s, err)
 	}
 	// What was consumed is exactly the ClientHello record, to be replayed.
-	recLen := int(binary.BigEndian.Uint16(head[3:5])) + 5
-	if len(head) != recLen {
-		t.Fatalf("consumed %d bytes, the record is %d", len(head), recLen)
+	recLen := int(binary.BigEndian.Uint16(s.head[3:5])) + 5
+	if len(s.head) != recLen || !bytes.Equal(s.head, hello) {
+		t.Fatalf("consumed %d bytes, the record is %d", len(s.head), recLen)
 	}
-	_ = host.Close()
+	if rest, _ := io.ReadAll(r); string(rest) != "\x14\x03\x03\x00\x01\x01" {
+		t.Fatalf("left %q", rest)
+	}
 }
 
 func TestSniffHTTP(t *testing.T) {
-	guest, host := net.Pipe()
-	req := "POST /x HTTP/1.1\r\nHost: api.example.com:8080\r\nContent-Length: 4\r\n\r\nbody"
-	go func() { _, _ = io.WriteString(guest, req) }()
-	name, head, err := sniffName(host, 5*time.Second)
-	if err != nil || name != "api.example.com:8080" {
-		t.Fatalf("sniffName = %q, %v", name, err)
+	req := "POST /x HTTP/1.1\r\nHost: API.example.com:8080\r\nContent-Length: 4\r\n\r\nbody"
+	r := bufio.NewReaderSize(strings.NewReader(req), guestReaderSize)
+	s, err := sniff(r)
+	if err != nil || s.tls || s.name != "api.example.com" || s.req.length != 4 {
+		t.Fatalf("sniff = %+v, %v", s, err)
 	}
-	// Everything consumed comes back, in order, to be sent on.
-	rest := make([]byte, len(req)-len(head))
-	go func() { _ = guest.Close() }()
-	_, _ = io.ReadFull(host, rest)
-	if got := string(head) + string(rest); !strings.HasPrefix(req, string(head)) || len(got) > len(req) {
-		t.Fatalf("head %q is not a prefix of the request", head)
+	// The head is kept to be sent on; the body is still to be read.
+	if rest, _ := io.ReadAll(r); string(s.req.raw)+string(rest) != req {
+		t.Fatalf("head %q + rest %q is not the request", s.req.raw, rest)
 	}
-	if !matchHostName(mustRules(t, "api.example.com"), name) || matchHostName(mustRules(t, "other.com"), name) {
+	if !matchHostName(mustRules(t, "api.example.com"), "api.example.com:8080") || matchHostName(mustRules(t, "other.com"), "api.example.com") {
 		t.Fatal("Host with a port does not match its name")
 	}
 }
 
 func TestSniffRefusesOther(t *testing.T) {
-	for _, in := range [][]byte{[]byte("SSH-2.0-OpenSSH_9.2\r\n"), {0x16, 3, 1, 0, 4, 1, 2, 3, 4}, bytes.Repeat([]byte{'A'}, maxSniff+10)} {
-		guest, host := net.Pipe()
-		go func() { _, _ = guest.Write(in); _ = guest.Close() }()
-		if name, _, err := sniffName(host, 2*time.Second); err == nil {
-			t.Errorf("% x...: name %q, want an error", in[:min(len(in), 8)], name)
+	for _, in := range []string{
+		"SSH-2.0-OpenSSH_9.2\r\n",
+		"\x16\x03\x01\x00\x04\x01\x02\x03\x04",
+		strings.Repeat("A", maxSniff+10),
+		"GET / HTTP/1.1\r\nHost: 10.0.0.1\r\n\r\n",       // an address, not a name
+		"GET / HTTP/1.1\r\nHost: a.com@evil.com\r\n\r\n", // not a host name
+		"GET / HTTP/1.1\r\nHost: evil.com\r\nHost: a.com\r\n\r\n",
+		"GET / HTTP/1.1\r\n\r\n",           // no Host
+		"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", // HTTP/2 with prior knowledge
+	} {
+		if s, err := sniff(bufio.NewReaderSize(strings.NewReader(in), guestReaderSize)); err == nil {
+			t.Errorf("%.20q...: name %q, want an error", in, s.name)
 		}
-		_ = host.Close()
+	}
+	if _, _, err := readClientHello(bufio.NewReader(bytes.NewReader(clientHello(t, "")))); err == nil {
+		t.Error("a ClientHello without a server name was accepted")
 	}
 	// Silence ends at the timeout.
 	guest, host := net.Pipe()
 	defer func() { _ = guest.Close() }()
 	start := time.Now()
-	if _, _, err := sniffName(host, 200*time.Millisecond); err == nil || time.Since(start) > 2*time.Second {
+	if _, err := sniffName(host, bufio.NewReader(host), 200*time.Millisecond); err == nil || time.Since(start) > 2*time.Second {
 		t.Fatalf("silent connection: %v after %v", err, time.Since(start))
 	}
 }
 
-func mustRules(t *testing.T, allow ...string) *Rules {
+func mustRules(t testing.TB, allow ...string) *Rules {
 	t.Helper()
 	r, err := Compile(Policy{DenyOut: []string{"0.0.0.0/0"}, AllowOut: allow})
 	if err != nil {
@@ -80,21 +106,261 @@ func mustRules(t *testing.T, allow ...string) *Rules {
 	return r
 }
 
-func TestFrameGuard(t *testing.T) {
-	frame := func(n int) []byte {
-		b := make([]byte, 4+n)
-		binary.BigEndian.PutUint32(b, uint32(n))
-		return b
+// allowHosts is an admit function allowing names by the rules allow.
+func allowHosts(t testing.TB, allow ...string) func([]string) error {
+	r := mustRules(t, allow...)
+	return func(hosts []string) error {
+		for _, h := range hosts {
+			if !r.NameAllowed(h) {
+				return refuse("asks for %q", h)
+			}
+		}
+		return nil
 	}
-	ok := append(append(frame(100), frame(maxFrame)...), frame(0)...)
+}
+
+// relayAll runs the request side of the HTTP guard over in and returns what it sent on.
+func relayAll(t testing.TB, in string, tunnelled bool) (string, error) {
+	t.Helper()
+	r := bufio.NewReaderSize(strings.NewReader(in), guestReaderSize)
+	s, err := sniff(r)
+	if err != nil {
+		return "", err
+	}
+	var out bytes.Buffer
+	err = relayRequests(&out, r, s.req, allowHosts(t, "allowed.test", "*.wild.test"), func() bool { return tunnelled })
+	return out.String(), err
+}
+
+// TestEveryRequestIsChecked: on a keep-alive connection admitted by a name rule, each request's
+// host is checked; the first one naming a host the policy refuses ends the connection before
+// any of it is sent on.
+func TestEveryRequestIsChecked(t *testing.T) {
+	ok1 := "POST /a HTTP/1.1\r\nHost: allowed.test\r\nContent-Length: 5\r\n\r\nhello"
+	ok2 := "POST /b HTTP/1.1\r\nHost: api.wild.test\r\nTransfer-Encoding: chunked\r\n\r\n5;x=y\r\nhello\r\n0\r\nTrailer: t\r\n\r\n"
+	ok3 := "GET http://allowed.test/c HTTP/1.1\r\nHost: allowed.test\r\n\r\n"
+	out, err := relayAll(t, ok1+ok2+ok3, false)
+	if err != nil || out != ok1+ok2+ok3 {
+		t.Fatalf("allowed requests: %v, sent on %q", err, out)
+	}
+	bad := "GET /secret HTTP/1.1\r\nHost: evil.test\r\n\r\n"
+	out, err = relayAll(t, ok1+bad+ok3, false)
+	var ref refusal
+	if !errors.As(err, &ref) || !strings.Contains(err.Error(), "evil.test") || out != ok1 {
+		t.Fatalf("second request to a denied host: %v, sent on %q", err, out)
+	}
+	// The denied host hidden in a body does not count as a request; the one after it does.
+	out, err = relayAll(t, ok1[:len(ok1)-5]+"GET /"+bad, false)
+	if err == nil || out != ok1[:len(ok1)-5]+"GET /" {
+		t.Fatalf("body then a denied request: %v, sent on %q", err, out)
+	}
+}
+
+// TestRequestsFramedAsServersMight: heads a server could frame or route differently from the
+// guard are refused.
+func TestRequestsFramedAsServersMight(t *testing.T) {
+	first := "GET / HTTP/1.1\r\nHost: allowed.test\r\n\r\n"
+	for _, bad := range []string{
+		"POST / HTTP/1.1\r\nHost: allowed.test\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n",
+		"POST / HTTP/1.1\r\nHost: allowed.test\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
+		"POST / HTTP/1.0\r\nHost: allowed.test\r\nTransfer-Encoding: chunked\r\n\r\n",
+		"POST / HTTP/1.1\r\nHost: allowed.test\r\nTransfer_Encoding: chunked\r\n\r\n",
+		"POST / HTTP/1.1\r\nHost: allowed.test\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\n",
+		"POST / HTTP/1.1\r\nHost: allowed.test\r\nContent-Length: +3\r\n\r\n",
+		"GET / HTTP/1.1\nHost: allowed.test\n\n",
+		"GET / HTTP/1.1\r\nHost: allowed.test\r\nX: a\r b\r\n\r\n",
+		"GET / HTTP/1.1\r\nHost: allowed.test\r\nX: a\r\n folded\r\n\r\n",
+		"GET http://evil.test/ HTTP/1.1\r\nHost: allowed.test\r\n\r\n",
+		"CONNECT evil.test:443 HTTP/1.1\r\nHost: allowed.test\r\n\r\n",
+		"GET / HTTP/1.1\r\nHost: allowed.test\r\nUpgrade: h2c\r\nConnection: Upgrade\r\n\r\n",
+		"POST / HTTP/1.1\r\nHost: allowed.test\r\nTransfer-Encoding: chunked\r\n\r\n5 \r\nhello\r\n0\r\n\r\n",
+		"POST / HTTP/1.1\r\nHost: allowed.test\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhelloXX0\r\n\r\n",
+	} {
+		out, err := relayAll(t, first+bad+first, false)
+		var ref refusal
+		if !errors.As(err, &ref) || len(out) > len(first)+len(bad) || strings.Count(out, first) != 1 {
+			t.Errorf("%q: %v, sent on %q", bad, err, out)
+		}
+	}
+	// An upgrade or CONNECT only as a connection's first request.
+	ws := "GET /ws HTTP/1.1\r\nHost: allowed.test\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n"
+	if _, err := relayAll(t, first+ws, false); err == nil {
+		t.Error("a WebSocket upgrade after the first request was let through")
+	}
+}
+
+// TestUpgradeTunnel: after a WebSocket upgrade the server accepted, what follows is relayed as
+// it is; after one it refused, requests are checked again.
+func TestUpgradeTunnel(t *testing.T) {
+	ws := "GET /ws HTTP/1.1\r\nHost: allowed.test\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n"
+	frames := "\x81\x85\x01\x02\x03\x04GET / HTTP/1.1\r\nHost: evil.test\r\n\r\n"
+	if out, err := relayAll(t, ws+frames, true); err != nil || out != ws+frames {
+		t.Fatalf("accepted upgrade: %v, sent on %q", err, out)
+	}
+	bad := "GET / HTTP/1.1\r\nHost: evil.test\r\n\r\n"
+	if out, err := relayAll(t, ws+bad, false); err == nil || out != ws {
+		t.Fatalf("refused upgrade then a denied request: %v, sent on %q", err, out)
+	}
+	// The response side tells which it was.
+	for _, c := range []struct {
+		resp string
+		want bool
+	}{
+		{"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\nframes", true},
+		{"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 101 Switching Protocols\r\n\r\n", true},
+		{"HTTP/1.1 426 Upgrade Required\r\nContent-Length: 0\r\n\r\n", false},
+		{"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", false},
+		{"garbage", false},
+	} {
+		tunnel := make(chan bool, 1)
+		var out bytes.Buffer
+		s, _ := sniff(bufio.NewReader(strings.NewReader(ws)))
+		_ = relayResponses(&out, strings.NewReader(c.resp), s.req, tunnel)
+		if got := <-tunnel; got != c.want || out.String() != c.resp {
+			t.Errorf("%q: tunnel %v, relayed %q", c.resp, got, out.String())
+		}
+	}
+}
+
+// serverHello is a TLS record with a ServerHello whose random is random.
+func serverHello(random [32]byte) []byte {
+	body := append([]byte{3, 3}, random[:]...)
+	body = append(body, 0, 0x13, 0x01, 0) // empty session id, a suite, no compression
+	msg := append([]byte{2, 0, 0, byte(len(body))}, body...)
+	return append([]byte{0x16, 3, 3, 0, byte(len(msg))}, msg...)
+}
+
+// TestSecondClientHello: a ClientHello sent again in clear after a HelloRetryRequest must name an
+// allowed host too (it could name another than the first).
+func TestSecondClientHello(t *testing.T) {
+	admit := allowHosts(t, "allowed.test")
+	ccs := []byte{0x14, 3, 3, 0, 1, 1}
+	for _, c := range []struct {
+		name   string
+		server []byte
+		client []byte
+		ok     bool
+	}{
+		{"retry, then an allowed name", serverHello(helloRetryRandom), append(ccs, clientHello(t, "allowed.test")...), true},
+		{"retry, then another name", serverHello(helloRetryRandom), append(ccs, clientHello(t, "evil.test")...), false},
+		{"no retry: what follows is not parsed", serverHello([32]byte{1}), []byte("\x16\x03\x03\x00\x05\x01\xff\xff\xff\xff"), true},
+	} {
+		var state atomic.Int32
+		pr, pw := io.Pipe()
+		served := make(chan error, 1)
+		go func() { served <- relayTLSServer(io.Discard, pr, &state) }()
+		go func() { _, _ = pw.Write(c.server) }()
+		for deadline := time.Now().Add(5 * time.Second); state.Load() == tlsHello; time.Sleep(time.Millisecond) {
+			if time.Now().After(deadline) {
+				t.Fatalf("%s: the server side did not see the ServerHello", c.name)
+			}
+		}
+		var toServer bytes.Buffer
+		err := relayTLSClient(&toServer, bufio.NewReader(bytes.NewReader(c.client)), &state, admit)
+		_ = pw.Close()
+		<-served
+		if (err == nil) != c.ok {
+			t.Errorf("%s: %v", c.name, err)
+		}
+		if c.ok && !bytes.Equal(toServer.Bytes(), c.client) {
+			t.Errorf("%s: relayed %d of %d bytes", c.name, toServer.Len(), len(c.client))
+		}
+	}
+}
+
+// TestTLSThroughTheGuard: real TLS 1.3 handshakes, one with a HelloRetryRequest (the server
+// wants a group the client sent no key share for), pass through the guard unchanged.
+func TestTLSThroughTheGuard(t *testing.T) {
+	cert := selfSigned(t, "allowed.test")
+	for _, curves := range [][]tls.CurveID{nil, {tls.CurveP384}} {
+		server, sOut := net.Pipe()
+		guest, cIn := net.Pipe()
+		go func() {
+			c := tls.Server(server, &tls.Config{Certificates: []tls.Certificate{cert}, CurvePreferences: curves})
+			if c.Handshake() == nil {
+				_, _ = c.Write([]byte("hello from allowed.test"))
+			}
+			_ = c.Close()
+		}()
+		relayed := make(chan error, 1)
+		go func() {
+			r := bufio.NewReaderSize(cIn, guestReaderSize)
+			s, err := sniff(r)
+			if err != nil {
+				relayed <- err
+				return
+			}
+			relayed <- relayTLS(cIn, r, sOut, s.head, allowHosts(t, "allowed.test"))
+		}()
+		pool := x509.NewCertPool()
+		pool.AddCert(cert.Leaf)
+		c := tls.Client(guest, &tls.Config{ServerName: "allowed.test", RootCAs: pool, CurvePreferences: []tls.CurveID{tls.X25519, tls.CurveP384}})
+		_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+		msg, err := io.ReadAll(c)
+		if err != nil || string(msg) != "hello from allowed.test" {
+			t.Fatalf("curves %v: %q, %v", curves, msg, err)
+		}
+		if retried := c.ConnectionState().HelloRetryRequest; retried != (curves != nil) {
+			t.Fatalf("curves %v: HelloRetryRequest %v", curves, retried)
+		}
+		_ = c.Close()
+		// (net.Pipe has no half-close: the guard's ends may see a closed pipe.)
+		var ref refusal
+		if err := <-relayed; errors.As(err, &ref) {
+			t.Fatalf("curves %v: guard: %v", curves, err)
+		}
+	}
+}
+
+func selfSigned(t *testing.T, name string) tls.Certificate {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), DNSNames: []string{name}, NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour)}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	leaf, _ := x509.ParseCertificate(der)
+	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key, Leaf: leaf}
+}
+
+// frame is one frame in QEMU's stream framing: a length, then an Ethernet header from src to
+// dst and size-14 bytes (or size bytes of nothing, for a runt).
+func frame(dst, src string, size int) []byte {
+	b := binary.BigEndian.AppendUint32(nil, uint32(size))
+	body := make([]byte, size)
+	if size >= 14 {
+		copy(body[0:6], mustMAC(dst))
+		copy(body[6:12], mustMAC(src))
+		binary.BigEndian.PutUint16(body[12:14], 0x0800)
+	}
+	return append(b, body...)
+}
+
+func TestFrameGuard(t *testing.T) {
+	const bcast = "ff:ff:ff:ff:ff:ff"
+	ok := bytes.Join([][]byte{frame(GatewayMAC, GuestMAC, 100), frame(bcast, GuestMAC, 60), frame(GatewayMAC, GuestMAC, maxFrame)}, nil)
+	runts := append(frame(GatewayMAC, GuestMAC, 0), frame(GatewayMAC, GuestMAC, 13)...)
+	foreign := bytes.Join([][]byte{
+		frame(GatewayMAC, "02:00:00:00:00:01", 60),                              // from another source
+		frame(GuestMAC, GuestMAC, 60), frame("02:00:00:00:00:02", GuestMAC, 60), // to another destination
+	}, nil)
 	a, b := net.Pipe()
-	go func() { _, _ = a.Write(ok); _ = a.Close() }()
-	if n, err := io.Copy(io.Discard, &frameGuard{Conn: b}); err != nil || n != int64(len(ok)) {
-		t.Fatalf("valid frames: %d, %v", n, err)
+	go func() { _, _ = a.Write(bytes.Join([][]byte{runts, ok, foreign}, nil)); _ = a.Close() }()
+	g := newFrameGuard(b, 0, nil)
+	var got bytes.Buffer
+	if _, err := io.Copy(&got, g); err != nil || !bytes.Equal(got.Bytes(), ok) || g.dropped != 5 {
+		t.Fatalf("valid frames among dropped ones: %v, %d of %d bytes, %d dropped", err, got.Len(), len(ok), g.dropped)
 	}
 	a, b = net.Pipe()
-	go func() { _, _ = a.Write(append(frame(10), frame(maxFrame + 1)[:4]...)); _ = a.Close() }()
-	if _, err := io.Copy(io.Discard, &frameGuard{Conn: b}); err == nil || !strings.Contains(err.Error(), "exceeds") {
+	go func() {
+		_, _ = a.Write(append(frame(GatewayMAC, GuestMAC, 60), frame(GatewayMAC, GuestMAC, maxFrame+1)[:4]...))
+		_ = a.Close()
+	}()
+	if _, err := io.Copy(io.Discard, newFrameGuard(b, 0, nil)); err == nil || !strings.Contains(err.Error(), "exceeds") {
 		t.Fatalf("oversized frame: %v", err)
 	}
 }

@@ -30,6 +30,8 @@ func netServe(t testing.TB, extra ...string) (*server, *client.Client) {
 		"--dns-host", "other.test=" + testHostB,
 		"--dns-host", "api.wild.test=" + testHostA,
 		"--dns-host", "loop.test=127.0.0.2", // the host's loopback, by name
+		// The test hosts are on a private network, which sandboxes reach only when allowed.
+		"--net-allow-reserved", testHostA, "--net-allow-reserved", testHostB + "/32",
 	}, extra...)
 	s, c := d.serve(t, args...)
 	t.Cleanup(func() {
@@ -215,6 +217,18 @@ func TestNetworkAllowByDomain(t *testing.T) {
 	s.refused(curl + "-H 'Host: evil.test' http://allowed.test/")
 	s.refused(curl + "--resolve evil.test:443:" + testHostA + " https://evil.test/")
 	s.refused(curl + "--resolve other.test:443:" + testHostA + " https://other.test/")
+	// Every request on a keep-alive connection is checked, not only the first.
+	keepAlive := `python3 -c "
+import socket
+s = socket.create_connection(('allowed.test', 80), timeout=5)
+s.sendall(b'GET / HTTP/1.1\r\nHost: allowed.test\r\n\r\n')
+print(s.recv(4096).decode().split('\r\n')[0])
+s.sendall(b'GET / HTTP/1.1\r\nHost: evil.test\r\n\r\n')
+try: print('second:', s.recv(4096) or 'closed')
+except OSError as e: print('second:', e)"`
+	if out := s.ok(keepAlive); !strings.Contains(out, "HTTP/1.1 200") || !strings.Contains(out, "second: closed") && !strings.Contains(out, "second: [Errno 104]") {
+		t.Fatalf("a second request for a denied host on a keep-alive connection:\n%s", out)
+	}
 }
 
 func TestNetworkCIDRRulesAndLiveUpdate(t *testing.T) {
@@ -440,7 +454,8 @@ func TestNetworkAfterRestart(t *testing.T) {
 	}
 	metricsAddr := ln.Addr().String()
 	_ = ln.Close()
-	flags := []string{"--dns-host", "allowed.test=" + testHostA, "--metrics-listen", metricsAddr}
+	flags := []string{"--dns-host", "allowed.test=" + testHostA, "--metrics-listen", metricsAddr,
+		"--net-allow-reserved", testHostA, "--net-allow-reserved", testHostB}
 	s1, c := d.serve(t, flags...)
 	s := newSbx(t, c, client.CreateOptions{Timeout: 10 * time.Minute, Network: &client.Network{DenyOut: []string{testHostB + "/32"}}})
 	s.ok(curl + "https://allowed.test/")
@@ -474,13 +489,18 @@ func TestNetworkAfterRestart(t *testing.T) {
 func TestRunNetwork(t *testing.T) {
 	needTestHosts(t)
 	rd := runDir(t)
-	if r := cli(t, rd, "", "run", "--", "curl", "-sS", "-m", "8", "http://"+testHostA+"/"); r.code != 0 || !strings.Contains(r.stdout, "local="+testHostA) {
+	// The test hosts are on a private network: closed to sandboxes unless allowed.
+	if r := cli(t, rd, "", "run", "--", "curl", "-sS", "-m", "8", "http://"+testHostA+"/"); r.code != 7 {
+		t.Fatalf("cell run, a private address: exit %d, want curl's 7 (refused): %s %s", r.code, r.stdout, r.stderr)
+	}
+	open := []string{"run", "--net-allow-reserved", testHostA, "--net-allow-reserved", testHostB}
+	if r := cli(t, rd, "", append(open, "--", "curl", "-sS", "-m", "8", "http://"+testHostA+"/")...); r.code != 0 || !strings.Contains(r.stdout, "local="+testHostA) {
 		t.Fatalf("cell run, internet on: %d %s %s", r.code, r.stdout, r.stderr)
 	}
-	if r := cli(t, rd, "", "run", "--no-internet", "--allow-out", testHostB, "--", "curl", "-sS", "-m", "8", "http://"+testHostA+"/"); r.code != 7 {
+	if r := cli(t, rd, "", append(open, "--no-internet", "--allow-out", testHostB, "--", "curl", "-sS", "-m", "8", "http://"+testHostA+"/")...); r.code != 7 {
 		t.Fatalf("cell run --no-internet: exit %d, want curl's 7 (refused): %s %s", r.code, r.stdout, r.stderr)
 	}
-	if r := cli(t, rd, "", "run", "--no-internet", "--allow-out", testHostB, "--", "curl", "-sS", "-m", "8", "http://"+testHostB+"/"); r.code != 0 {
+	if r := cli(t, rd, "", append(open, "--no-internet", "--allow-out", testHostB, "--", "curl", "-sS", "-m", "8", "http://"+testHostB+"/")...); r.code != 0 {
 		t.Fatalf("cell run --allow-out: %d %s %s", r.code, r.stdout, r.stderr)
 	}
 	if r := cli(t, rd, "", "run", "--deny-out", "example.com", "--", "true"); r.code != 125 || !strings.Contains(r.stderr, "denyOut[0]") {

@@ -1,0 +1,328 @@
+package netstack
+
+import (
+	"bufio"
+	"bytes"
+	"errors"
+	"io"
+	"net/http"
+	"net/textproto"
+	"strconv"
+	"strings"
+)
+
+// The guard of a plain HTTP connection admitted by a name rule: every request's head is read
+// (bounded) and checked as it passes, its body relayed by its framing to find the next one.
+
+var errHeadTooLong = refuse("an HTTP head longer than %d bytes", maxSniff)
+
+// readHead reads an HTTP head: lines ended by CRLF (a bare CR or LF is refused, as servers
+// differ on it), up to and including the empty line, at most limit bytes. io.EOF means the
+// stream ended cleanly before a head began.
+func readHead(r *bufio.Reader, limit int) ([]byte, error) {
+	var head []byte
+	for {
+		line, err := r.ReadSlice('\n')
+		if err != nil {
+			if errors.Is(err, bufio.ErrBufferFull) {
+				return nil, errHeadTooLong
+			}
+			if err == io.EOF && len(head) == 0 && len(line) == 0 {
+				return nil, io.EOF
+			}
+			if err == io.EOF {
+				err = io.ErrUnexpectedEOF
+			}
+			return nil, err
+		}
+		if len(head)+len(line) > limit {
+			return nil, errHeadTooLong
+		}
+		body := line[:len(line)-1]
+		if len(body) == 0 || body[len(body)-1] != '\r' || bytes.IndexByte(body[:len(body)-1], '\r') >= 0 {
+			return nil, refuse("an HTTP line not ended by CRLF")
+		}
+		if len(line) == 2 && len(head) == 0 {
+			return nil, refuse("an empty line where an HTTP request should start")
+		}
+		head = append(head, line...)
+		if len(line) == 2 {
+			return head, nil
+		}
+	}
+}
+
+// reqHead is an HTTP/1.x request head the guard has checked.
+type reqHead struct {
+	raw     []byte
+	hosts   []string // every host the request names (Host, an absolute URI's or CONNECT's)
+	chunked bool     // the body is chunked
+	length  int64    // else its length
+	tunnel  bool     // an Upgrade (WebSocket) or CONNECT: after the response, maybe no more HTTP
+	connect bool
+}
+
+// parseRequestHead checks a request head read by readHead. It refuses what a server could frame
+// or route differently from the guard: folded lines, header names that some servers map to the
+// framing or routing ones ("Transfer_Encoding"), both Content-Length and Transfer-Encoding, a
+// transfer coding other than chunked, several Host headers, an upgrade to anything but WebSocket
+// (an h2c upgrade would carry requests for any host).
+func parseRequestHead(head []byte) (*reqHead, error) {
+	lines := bytes.Split(head[:len(head)-2], []byte("\r\n"))
+	for _, l := range lines[1:] {
+		if len(l) > 0 && (l[0] == ' ' || l[0] == '\t') {
+			return nil, refuse("a folded HTTP header line")
+		}
+		if name, _, ok := bytes.Cut(l, []byte(":")); ok && bytes.IndexByte(name, '_') >= 0 {
+			switch textproto.CanonicalMIMEHeaderKey(strings.ReplaceAll(string(name), "_", "-")) {
+			case "Host", "Content-Length", "Transfer-Encoding", "Upgrade", "Connection":
+				return nil, refuse("HTTP header %q", name)
+			}
+		}
+	}
+	req, err := http.ReadRequest(bufio.NewReaderSize(bytes.NewReader(head), len(head)+16))
+	if err != nil {
+		return nil, refuse("%w: %w", errNoHost, err)
+	}
+	if req.ProtoMajor != 1 {
+		return nil, refuse("%w: %s", errNoHost, req.Proto)
+	}
+	tp := textproto.NewReader(bufio.NewReaderSize(bytes.NewReader(head), len(head)+16))
+	if _, err := tp.ReadLine(); err != nil {
+		return nil, err
+	}
+	mh, err := tp.ReadMIMEHeader()
+	if err != nil {
+		return nil, refuse("%w: %w", errNoHost, err)
+	}
+	h := &reqHead{raw: head}
+	if len(mh["Host"]) != 1 {
+		return nil, refuse("%w: %d Host headers", errNoHost, len(mh["Host"]))
+	}
+	host, ok := splitHost(mh["Host"][0])
+	if !ok {
+		return nil, refuse("%w: Host %q", errNoHost, mh["Host"][0])
+	}
+	h.hosts = append(h.hosts, host)
+	if req.URL.Host != "" {
+		host, ok := splitHost(req.URL.Host)
+		if !ok {
+			return nil, refuse("%w: request target %q", errNoHost, req.RequestURI)
+		}
+		h.hosts = append(h.hosts, host)
+	}
+	te, cl := mh["Transfer-Encoding"], mh["Content-Length"]
+	switch {
+	case len(te) > 0 && len(cl) > 0:
+		return nil, refuse("an HTTP request with both Content-Length and Transfer-Encoding")
+	case len(te) > 0:
+		if len(te) != 1 || !strings.EqualFold(te[0], "chunked") || !req.ProtoAtLeast(1, 1) {
+			return nil, refuse("HTTP Transfer-Encoding %q", te)
+		}
+		h.chunked = true
+	case len(cl) > 0:
+		for _, v := range cl {
+			k, err := strconv.ParseInt(v, 10, 63)
+			if err != nil || k < 0 || v != cl[0] || strings.Trim(v, "0123456789") != "" {
+				return nil, refuse("HTTP Content-Length %q", cl)
+			}
+			h.length = k
+		}
+	}
+	if up := mh["Upgrade"]; len(up) > 0 {
+		for _, v := range up {
+			for _, p := range strings.Split(v, ",") {
+				proto, _, _ := strings.Cut(strings.TrimSpace(p), "/")
+				if !strings.EqualFold(proto, "websocket") {
+					return nil, refuse("HTTP Upgrade to %q: a name rule admits WebSocket upgrades only", p)
+				}
+			}
+		}
+		h.tunnel = true
+	}
+	if req.Method == http.MethodConnect {
+		h.tunnel, h.connect = true, true
+	}
+	return h, nil
+}
+
+// relayRequests copies HTTP/1.x requests from src to dst unchanged, first (already read) then
+// each one after it, calling admit with the hosts each names before sending it on. After an
+// upgrade or CONNECT (only as the first request) it waits for tunnelled: if the server opened
+// the tunnel, the rest is copied as it comes. It returns nil when src ends between requests.
+func relayRequests(dst io.Writer, src *bufio.Reader, first *reqHead, admit func(hosts []string) error, tunnelled func() bool) error {
+	rq := first
+	for i := 0; ; i++ {
+		if rq == nil {
+			head, err := readHead(src, maxSniff)
+			if err == io.EOF {
+				return nil
+			}
+			if err != nil {
+				return err
+			}
+			if rq, err = parseRequestHead(head); err != nil {
+				return err
+			}
+		}
+		if err := admit(rq.hosts); err != nil {
+			return err
+		}
+		if rq.tunnel && i > 0 {
+			return refuse("an upgrade or CONNECT after a connection's first request (under a name rule, it must come first)")
+		}
+		if _, err := dst.Write(rq.raw); err != nil {
+			return err
+		}
+		var err error
+		if rq.chunked {
+			err = relayChunked(dst, src)
+		} else if rq.length > 0 {
+			var k int64
+			k, err = io.CopyN(dst, src, rq.length)
+			if err == io.EOF && k < rq.length {
+				err = io.ErrUnexpectedEOF
+			}
+		}
+		if err != nil {
+			return err
+		}
+		if rq.tunnel && tunnelled() {
+			_, err := io.Copy(dst, src)
+			return err
+		}
+		rq = nil
+	}
+}
+
+// relayChunked copies a chunked body, trailer included, checking its framing.
+func relayChunked(dst io.Writer, src *bufio.Reader) error {
+	for {
+		line, err := src.ReadSlice('\n')
+		if err != nil {
+			return chunkErr(err)
+		}
+		if len(line) < 3 || line[len(line)-2] != '\r' || bytes.IndexByte(line[:len(line)-2], '\r') >= 0 {
+			return refuse("an HTTP chunk line not ended by CRLF")
+		}
+		hex, _, _ := bytes.Cut(line[:len(line)-2], []byte(";"))
+		if len(hex) == 0 || len(hex) > 15 {
+			return refuse("HTTP chunk size %q", hex)
+		}
+		size, err := strconv.ParseUint(string(hex), 16, 62)
+		if err != nil {
+			return refuse("HTTP chunk size %q", hex)
+		}
+		if _, err := dst.Write(line); err != nil {
+			return err
+		}
+		if size == 0 {
+			// The trailer: header lines up to an empty one.
+			for {
+				line, err := src.ReadSlice('\n')
+				if err != nil {
+					return chunkErr(err)
+				}
+				if len(line) < 2 || line[len(line)-2] != '\r' || bytes.IndexByte(line[:len(line)-2], '\r') >= 0 {
+					return refuse("an HTTP trailer line not ended by CRLF")
+				}
+				if len(line) > 2 && (line[0] == ' ' || line[0] == '\t') {
+					return refuse("a folded HTTP trailer line")
+				}
+				if _, err := dst.Write(line); err != nil {
+					return err
+				}
+				if len(line) == 2 {
+					return nil
+				}
+			}
+		}
+		if _, err := io.CopyN(dst, src, int64(size)); err != nil {
+			if err == io.EOF {
+				err = io.ErrUnexpectedEOF
+			}
+			return err
+		}
+		var crlf [2]byte
+		if _, err := io.ReadFull(src, crlf[:]); err != nil {
+			return err
+		}
+		if crlf != [2]byte{'\r', '\n'} {
+			return refuse("an HTTP chunk not ended by CRLF")
+		}
+		if _, err := dst.Write(crlf[:]); err != nil {
+			return err
+		}
+	}
+}
+
+// chunkErr is the error of a chunk or trailer line that could not be read.
+func chunkErr(err error) error {
+	switch {
+	case errors.Is(err, bufio.ErrBufferFull):
+		return refuse("an HTTP chunk or trailer line longer than %d bytes", guestReaderSize)
+	case err == io.EOF:
+		return io.ErrUnexpectedEOF
+	}
+	return err
+}
+
+// relayResponses copies the server's side to dst. When the first request asked for a tunnel,
+// it first reads the response's status lines (1xx interim ones skipped) and sends on tunnel
+// whether the server opened it (101 Switching Protocols, or 2xx to a CONNECT); tunnel is closed
+// when it returns.
+func relayResponses(dst io.Writer, src io.Reader, first *reqHead, tunnel chan<- bool) error {
+	defer close(tunnel)
+	if !first.tunnel {
+		_, err := io.Copy(dst, src)
+		return err
+	}
+	br := bufio.NewReaderSize(src, maxSniff)
+	sent := false
+	for !sent {
+		code := 0
+		for i := 0; ; i++ {
+			line, err := br.ReadSlice('\n')
+			if len(line) > 0 {
+				if _, werr := dst.Write(line); werr != nil {
+					return werr
+				}
+			}
+			if err != nil {
+				if errors.Is(err, bufio.ErrBufferFull) {
+					break // not a response the guard reads: no tunnel
+				}
+				return err
+			}
+			if i == 0 {
+				code = statusCode(line)
+			} else if len(bytes.TrimRight(line, "\r\n")) == 0 {
+				break
+			}
+		}
+		switch {
+		case code >= 100 && code < 200 && code != 101:
+			continue // interim: the final answer follows
+		case code == 101 && !first.connect, first.connect && code >= 200 && code < 300:
+			tunnel <- true
+		default:
+			tunnel <- false
+		}
+		sent = true
+	}
+	_, err := io.Copy(dst, br)
+	return err
+}
+
+// statusCode is the code of an HTTP/1.x status line, or 0.
+func statusCode(line []byte) int {
+	s := string(line)
+	if !strings.HasPrefix(s, "HTTP/1.") || len(s) < 12 || s[8] != ' ' {
+		return 0
+	}
+	code, err := strconv.Atoi(s[9:12])
+	if err != nil {
+		return 0
+	}
+	return code
+}
