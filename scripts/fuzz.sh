@@ -14,7 +14,7 @@ for pkg in $($GO list ./... | grep -v /test/); do
 	for target in $($GO test -list '^Fuzz' "$pkg" | grep '^Fuzz' || true); do
 		count=$((count + 1))
 		echo "==> $pkg $target ($FUZZTIME)"
-		if ! $GO test -run '^$' -fuzz "^${target}\$" -fuzztime "$FUZZTIME" -parallel 2 "$pkg" 2>&1 | tail -n 3; then
+		if ! $GO test -run '^$' -fuzz "^${target}\$" -fuzztime "$FUZZTIME" -fuzzminimizetime 5s -parallel 2 "$pkg" 2>&1 | tail -n 3; then
 			failed=$((failed + 1))
 		fi
 	done
