@@ -54,7 +54,7 @@ func (s *Sandbox) Pause(ctx context.Context, dir string, memory bool) (PausedMet
 	// a pause does not wait for envd to say so (vmm.VM.LeaveGuest): the wait took 5-13 ms, in
 	// which a guest that has just written much keeps dirtying memory; pauses with 512 MiB written
 	// measured 15-30 ms longer, for resumes ~10 ms shorter.
-	_ = s.VM.Channel.Close()
+	s.VM.SuspendChannel()
 	if memory {
 		if err := saveMemory(ctx, s.VM, staging, meta.RAMFile, true); err != nil {
 			return meta, fmt.Errorf("saving the VM: %w", err)

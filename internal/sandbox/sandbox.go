@@ -216,13 +216,28 @@ func (r *Runtime) Boot(ctx context.Context, opts Options) (*Sandbox, error) {
 }
 
 func newSandbox(vm *vmm.VM) *Sandbox {
-	hc := vm.Channel.HTTPClient()
-	sb := &Sandbox{ID: vm.ID, VM: vm, http: hc}
+	raw := sessionTransport{vm: vm}
+	sb := &Sandbox{ID: vm.ID, VM: vm, http: &http.Client{Transport: raw}}
 	// Cell's own calls carry envd's access token once one is set; the proxy's (HTTP()) do not.
-	own := &http.Client{Transport: tokenTransport{base: hc.Transport, token: &sb.token}}
+	own := &http.Client{Transport: tokenTransport{base: raw, token: &sb.token}}
 	sb.own = own
 	sb.Process = processconnect.NewProcessClient(own, envdURL)
 	return sb
+}
+
+// sessionTransport sends each request over the VM's current session with envd, which the VM
+// makes again when it is gone (an adopted VM's first, the next after a pause that failed).
+type sessionTransport struct{ vm *vmm.VM }
+
+func (t sessionTransport) RoundTrip(r *http.Request) (*http.Response, error) {
+	h, err := t.vm.Session(r.Context())
+	if err != nil {
+		if r.Body != nil {
+			_ = r.Body.Close() // a RoundTripper closes the body, even on error
+		}
+		return nil, err
+	}
+	return h.HTTPClient().Transport.RoundTrip(r)
 }
 
 // tokenTransport adds envd's access token, when there is one, to each request.
