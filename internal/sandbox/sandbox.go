@@ -136,6 +136,7 @@ type Sandbox struct {
 	http     *http.Client // raw: for the proxy, whose clients bring their own token
 	own      *http.Client // with envd's access token: for Cell's own calls
 	token    atomic.Pointer[string]
+	log      *slog.Logger
 }
 
 // ErrVMExited is wrapped when the sandbox's VM ended while a call was waiting on it.
@@ -202,7 +203,7 @@ func (r *Runtime) Boot(ctx context.Context, opts Options) (*Sandbox, error) {
 	if token == nil && spec.Restore != nil && t.token != "" {
 		token = &t.token // the snapshot's envd enforces its source's token unless told another
 	}
-	sb := newSandbox(vm)
+	sb := newSandbox(vm, r.Log)
 	sb.Restored = spec.Restore != nil
 	if token != nil {
 		sb.SetToken(*token)
@@ -215,9 +216,12 @@ func (r *Runtime) Boot(ctx context.Context, opts Options) (*Sandbox, error) {
 	return sb, nil
 }
 
-func newSandbox(vm *vmm.VM) *Sandbox {
+func newSandbox(vm *vmm.VM, log *slog.Logger) *Sandbox {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
 	raw := sessionTransport{vm: vm}
-	sb := &Sandbox{ID: vm.ID, VM: vm, http: &http.Client{Transport: raw}}
+	sb := &Sandbox{ID: vm.ID, VM: vm, http: &http.Client{Transport: raw}, log: log}
 	// Cell's own calls carry envd's access token once one is set; the proxy's (HTTP()) do not.
 	own := &http.Client{Transport: tokenTransport{base: raw, token: &sb.token}}
 	sb.own = own
@@ -261,7 +265,7 @@ func (r *Runtime) Adopt(ctx context.Context, id string, pid int, startTicks uint
 	if err != nil {
 		return nil, err
 	}
-	sb := newSandbox(vm)
+	sb := newSandbox(vm, r.Log)
 	if err := r.attachNet(sb, rules); err != nil {
 		vm.Detach()
 		return nil, err
