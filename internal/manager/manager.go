@@ -18,6 +18,8 @@ import (
 	"sync"
 	"time"
 
+	"golang.org/x/sync/errgroup"
+
 	"github.com/cellhq/cell/envd/server"
 	"github.com/cellhq/cell/internal/ids"
 	"github.com/cellhq/cell/internal/netstack"
@@ -511,15 +513,31 @@ func (m *Manager) ConsoleLog(team, id string) (string, error) {
 	return string(data), nil
 }
 
-// Recover re-adopts the sandboxes a previous run left running; each one that cannot be adopted
-// is marked lost and its QEMU (if still ours) and directory are removed. Then orphans (VM
-// directories and QEMU processes of ours that no live record names) are cleaned up.
+// Adoption at startup.
+const (
+	// AdoptConcurrency is how many VMs Recover adopts at once.
+	AdoptConcurrency = 8
+	// AdoptTimeout bounds one adoption: QEMU's monitor, console and network device, which QEMU
+	// answers itself (envd is not waited for: see vmm.Host.Adopt).
+	AdoptTimeout = 30 * time.Second
+)
+
+// Recover re-adopts the sandboxes a previous run left running, AdoptConcurrency at a time. A VM
+// whose QEMU is still ours is adopted even if envd is slow to answer or the VM limit is lower
+// than when it started; one whose QEMU is gone (or is not ours any more) is marked lost and its
+// directory removed. Then orphans (VM directories and QEMU processes of ours that no live
+// record names) are cleaned up.
 func (m *Manager) Recover(ctx context.Context) error {
 	recs, err := m.cfg.Store.Sandboxes(ctx, store.StateCreating, store.StateRunning, store.StatePaused)
 	if err != nil {
 		return fmt.Errorf("reading sandboxes: %w", err)
 	}
+	var mu sync.Mutex
 	keep := map[string]bool{}
+	// No context of the group's: a failure to record one sandbox must not cut the adoption of
+	// the others short (which would count them lost).
+	var g errgroup.Group
+	g.SetLimit(AdoptConcurrency)
 	for _, rec := range recs {
 		if rec.State == store.StatePaused {
 			if err := m.recoverPaused(ctx, rec); err != nil {
@@ -527,76 +545,21 @@ func (m *Manager) Recover(ctx context.Context) error {
 			}
 			continue
 		}
-		b := newBox(rec)
-		var sb *sandbox.Sandbox
-		var aerr error
-		if rec.State == store.StateRunning {
-			done, err := m.recoverPause(ctx, &rec)
-			if err != nil {
-				return err
+		g.Go(func() error {
+			kept, err := m.recoverRunning(ctx, rec)
+			if kept {
+				mu.Lock()
+				keep[rec.ID] = true
+				mu.Unlock()
 			}
-			if done {
-				continue
-			}
-		}
-		if rec.State == store.StateRunning {
-			actx, cancel := context.WithTimeout(ctx, 10*time.Second)
-			rules, err := compileNet(rec.AllowInternet, rec.Network)
-			if err != nil {
-				rules = denyAll() // a stored policy that no longer compiles must not open the way out
-			}
-			sb, aerr = m.cfg.Runtime.Adopt(actx, rec.ID, rec.PID, rec.StartTicks, rules)
-			cancel()
-		} else {
-			aerr = errors.New("was still creating")
-		}
-		if aerr != nil && m.pausedCopy(rec.ID) {
-			// The previous daemon died between publishing a pause and recording it.
-			if vmm.IsOurs(rec.PID, rec.StartTicks, rec.ID) {
-				if p, err := os.FindProcess(rec.PID); err == nil {
-					_ = p.Kill()
-				}
-			}
-			rec.State, rec.PID, rec.StartTicks = store.StatePaused, 0, 0
-			if err := m.cfg.Store.PutSandbox(ctx, rec); err != nil {
-				return err
-			}
-			if err := m.recoverPaused(ctx, rec); err != nil {
-				return err
-			}
-			continue
-		}
-		if aerr != nil {
-			m.log.Warn("sandbox lost across restart", "sandbox", rec.ID, "err", aerr)
-			if vmm.IsOurs(rec.PID, rec.StartTicks, rec.ID) {
-				if p, err := os.FindProcess(rec.PID); err == nil {
-					_ = p.Kill()
-				}
-			}
-			if m.cfg.RunDir != "" {
-				_ = os.RemoveAll(filepath.Join(m.cfg.RunDir, rec.ID))
-			}
-			rec.State, rec.Reason, rec.EndAt = store.StateLost, "not re-adopted after restart: "+aerr.Error(), time.Now()
-			if err := m.cfg.Store.PutSandbox(ctx, rec); err != nil {
-				return err
-			}
-			continue
-		}
-		keep[rec.ID] = true
-		// The VM is the truth: a generation left by a resume that was not cleaned up is stale.
-		if m.cfg.PausedDir != "" {
-			_ = os.RemoveAll(m.pausedDir(rec.ID))
-		}
-		sb.SetToken(rec.EnvdToken)
-		b.sb = sb
-		m.mu.Lock()
-		m.boxes[rec.ID] = b
-		m.mu.Unlock()
-		b.mu.Lock()
-		m.arm(b)
-		b.mu.Unlock()
-		m.watch(b)
-		m.log.Info("sandbox re-adopted", "sandbox", rec.ID, "pid", rec.PID)
+			return err
+		})
+	}
+	if err := g.Wait(); err != nil {
+		return err
+	}
+	if used, over := m.slots(); over > 0 {
+		m.log.Warn("more VMs adopted than --max-vms allows: no sandbox starts until enough have ended", "running", used, "over", over)
 	}
 	m.cleanOrphans(keep)
 	m.cleanPausedOrphans(ctx)
@@ -606,6 +569,83 @@ func (m *Manager) Recover(ctx context.Context) error {
 		m.log.Warn("pruning ended sandboxes", "err", err)
 	}
 	return nil
+}
+
+// slots reports the runtime's VM slots, when it says.
+func (m *Manager) slots() (used, over int) {
+	if s, ok := m.cfg.Runtime.(interface{ Slots() (int, int) }); ok {
+		return s.Slots()
+	}
+	return 0, 0
+}
+
+// recoverRunning takes back a creating or running record at startup: its VM adopted (kept), or
+// its interrupted pause completed (paused), or it is recorded lost.
+func (m *Manager) recoverRunning(ctx context.Context, rec store.Sandbox) (kept bool, err error) {
+	b := newBox(rec)
+	var sb *sandbox.Sandbox
+	var aerr error
+	if rec.State == store.StateRunning {
+		done, err := m.recoverPause(ctx, &rec)
+		if err != nil {
+			return false, err
+		}
+		if done {
+			return false, nil
+		}
+		actx, cancel := context.WithTimeout(ctx, AdoptTimeout)
+		rules, err := compileNet(rec.AllowInternet, rec.Network)
+		if err != nil {
+			rules = denyAll() // a stored policy that no longer compiles must not open the way out
+		}
+		sb, aerr = m.cfg.Runtime.Adopt(actx, rec.ID, rec.PID, rec.StartTicks, rules)
+		cancel()
+	} else {
+		aerr = errors.New("was still creating")
+	}
+	if aerr != nil && m.pausedCopy(rec.ID) {
+		// The previous daemon died between publishing a pause and recording it.
+		if vmm.IsOurs(rec.PID, rec.StartTicks, rec.ID) {
+			if p, err := os.FindProcess(rec.PID); err == nil {
+				_ = p.Kill()
+			}
+		}
+		rec.State, rec.PID, rec.StartTicks = store.StatePaused, 0, 0
+		if err := m.cfg.Store.PutSandbox(ctx, rec); err != nil {
+			return false, err
+		}
+		return false, m.recoverPaused(ctx, rec)
+	}
+	if aerr != nil {
+		// Adoption waits for nothing the guest controls: a QEMU still ours that failed it did not
+		// answer its own monitor within AdoptTimeout, and cannot be managed.
+		m.log.Warn("sandbox lost across restart", "sandbox", rec.ID, "err", aerr)
+		if vmm.IsOurs(rec.PID, rec.StartTicks, rec.ID) {
+			if p, err := os.FindProcess(rec.PID); err == nil {
+				_ = p.Kill()
+			}
+		}
+		if m.cfg.RunDir != "" {
+			_ = os.RemoveAll(filepath.Join(m.cfg.RunDir, rec.ID))
+		}
+		rec.State, rec.Reason, rec.EndAt = store.StateLost, "not re-adopted after restart: "+aerr.Error(), time.Now()
+		return false, m.cfg.Store.PutSandbox(ctx, rec)
+	}
+	// The VM is the truth: a generation left by a resume that was not cleaned up is stale.
+	if m.cfg.PausedDir != "" {
+		_ = os.RemoveAll(m.pausedDir(rec.ID))
+	}
+	sb.SetToken(rec.EnvdToken)
+	b.sb = sb
+	m.mu.Lock()
+	m.boxes[rec.ID] = b
+	m.mu.Unlock()
+	b.mu.Lock()
+	m.arm(b)
+	b.mu.Unlock()
+	m.watch(b)
+	m.log.Info("sandbox re-adopted", "sandbox", rec.ID, "pid", rec.PID)
+	return true, nil
 }
 
 // pruneTemplates removes base templates made for an earlier QEMU, kernel, image or envd that no

@@ -57,10 +57,17 @@ func (m *Manager) pause(ctx context.Context, b *box, memory bool) error {
 	b.mu.Unlock()
 
 	t0 := time.Now()
+	// The pause bounds itself (sandbox.PauseTimeout); the caller going away must not stop it
+	// half-way.
 	_, perr := sb.Pause(context.WithoutCancel(ctx), m.pausedDir(id), memory)
+	if errors.Is(perr, sandbox.ErrPauseUndone) {
+		// Nothing was published and the VM runs on: the sandbox stays running, as it was.
+		m.pauseUndone(b, sb)
+		return fmt.Errorf("pausing sandbox %s: %w", id, perr)
+	}
 	if perr != nil {
 		if _, _, err := sandbox.CurrentPaused(m.pausedDir(id)); err != nil {
-			// Nothing was published and the VM is half-stopped: the sandbox cannot go on.
+			// Nothing was published and the VM could not go on (its QEMU is gone).
 			b.mu.Lock()
 			b.pausing = false
 			b.mu.Unlock()
@@ -71,6 +78,11 @@ func (m *Manager) pause(ctx context.Context, b *box, memory bool) error {
 	}
 	b.mu.Lock()
 	b.pausing = false
+	if b.ended { // killed while it paused: the saved state goes with it
+		b.mu.Unlock()
+		_ = os.RemoveAll(m.pausedDir(id))
+		return fmt.Errorf("%w: sandbox %q", ErrNotFound, id)
+	}
 	b.sb = nil
 	b.rec.State, b.rec.PID, b.rec.StartTicks = store.StatePaused, 0, 0
 	rec := b.rec
@@ -80,6 +92,33 @@ func (m *Manager) pause(ctx context.Context, b *box, memory bool) error {
 	}
 	m.log.Info("sandbox paused", "sandbox", id, "memory", memory, "took", time.Since(t0))
 	return nil
+}
+
+// pauseUndone takes b back after a pause of sb failed and was undone: it runs on, with its
+// timeout armed again (or it expires now if that passed meanwhile), and its VM's death is
+// watched again (the watcher let a death during the pause be).
+func (m *Manager) pauseUndone(b *box, sb *sandbox.Sandbox) {
+	b.mu.Lock()
+	b.pausing = false
+	if b.ended {
+		b.mu.Unlock()
+		return
+	}
+	select {
+	case <-sb.VM.Exited():
+		// It died after the pause was undone, while its watcher took it for the pause's doing.
+		b.mu.Unlock()
+		m.end(b, store.StateKilled, "qemu "+sb.VM.ExitReason())
+		return
+	default:
+	}
+	if time.Now().After(b.rec.EndAt) {
+		b.mu.Unlock()
+		m.end(b, store.StateExpired, "timeout (its pause failed)")
+		return
+	}
+	m.arm(b)
+	b.mu.Unlock()
 }
 
 // Resume starts team's paused sandbox again, to live timeout from now; with timeout 0 it lives

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -28,24 +29,63 @@ type PausedMeta struct {
 	PausedAt   time.Time `json:"pausedAt"`
 }
 
+// SyncTimeout bounds the guest's flush at the start of a pause. A guest that has not answered by
+// then is paused without it: with its RAM nothing is lost (what it had not written out is in the
+// saved RAM), and without, its disk is as after a power cut, which its file system is made to
+// survive. Failing the pause instead would let a guest refuse to be paused (at its timeout, at
+// shutdown) only by not answering.
+const SyncTimeout = 5 * time.Second
+
+// PauseTimeout bounds a whole pause of a VM with memoryMiB of RAM: the sync, the save (allowed
+// 32 MiB/s, ~20 times slower than measured here, where 512 MiB of written RAM saves in well under
+// a second), the disk's handover and the publication. Nothing in it waits for the guest but the
+// sync, which has its own bound; the rest is QEMU and the host's disk.
+func PauseTimeout(memoryMiB int) time.Duration {
+	return 30*time.Second + time.Duration(memoryMiB)*time.Second/32
+}
+
+// undoTimeout bounds the undoing of a failed pause: continuing the VM, and envd's new session.
+const undoTimeout = 15 * time.Second
+
+// ErrPauseUndone is wrapped by Pause's error when the pause failed and was undone: nothing was
+// published, and the VM runs on as before it, with its disk (envd gets a new session).
+var ErrPauseUndone = errors.New("the pause was undone: the sandbox runs on")
+
 // Pause flushes the guest's file systems, saves the sandbox into a new generation under dir
 // (RAM and device state too when memory), publishes it atomically, and stops the VM: a paused
-// sandbox holds no RAM. dir holds generations g<N>, and a file "current" naming the complete one;
-// it is replaced by rename, so a crash at any point leaves the old or the new generation current.
-func (s *Sandbox) Pause(ctx context.Context, dir string, memory bool) (PausedMeta, error) {
+// sandbox holds no RAM. dir holds generations g<N>; the newest complete one is the sandbox (see
+// CurrentPaused), and a file "current" names it for people. The generation is complete once
+// its meta.json is there (written last, synced, before the rename that publishes it), so a crash
+// at any point leaves the old or the new generation the newest complete one.
+//
+// Every step is bounded (the whole pause by PauseTimeout; ctx may bound it more). A pause that
+// fails before publishing is undone (the error wraps ErrPauseUndone): the VM continues, with its
+// disk. Only a VM that cannot be continued (its QEMU exited) is left stopped: then the error does
+// not wrap ErrPauseUndone, and the caller closes the sandbox.
+func (s *Sandbox) Pause(ctx context.Context, dir string, memory bool) (_ PausedMeta, err error) {
+	ctx, cancel := context.WithTimeout(ctx, PauseTimeout(s.VM.MemoryMiB))
+	defer cancel()
 	meta := PausedMeta{ID: s.ID, Memory: memory, NamedRAM: s.VM.NamedRAM, RAMFile: memory && s.VM.NamedRAM, MemoryMiB: s.VM.MemoryMiB, CPUs: s.VM.CPUs,
 		KernelArgs: s.VM.KernelArgs, PausedAt: time.Now().UTC()}
-	if err := s.Sync(ctx); err != nil {
-		return meta, fmt.Errorf("flushing the guest's file systems: %w", err)
+	sctx, scancel := context.WithTimeout(ctx, SyncTimeout)
+	serr := s.Sync(sctx)
+	scancel()
+	if serr != nil {
+		s.log.Warn("pausing without the guest's flush", "sandbox", s.ID, "err", serr)
 	}
 	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return meta, err
+		return meta, fmt.Errorf("%w: %w", ErrPauseUndone, err)
 	}
 	staging, err := os.MkdirTemp(dir, ".staging-")
 	if err != nil {
-		return meta, err
+		return meta, fmt.Errorf("%w: %w", ErrPauseUndone, err)
 	}
-	defer func() { _ = os.RemoveAll(staging) }()
+	u := pauseUndo{s: s, staging: staging}
+	defer func() {
+		if err != nil {
+			err = u.undo(ctx, err)
+		}
+	}()
 	b, _ := json.MarshalIndent(meta, "", "  ")
 	if err := writeSynced(filepath.Join(staging, "meta.pending"), b); err != nil {
 		return meta, err
@@ -54,7 +94,8 @@ func (s *Sandbox) Pause(ctx context.Context, dir string, memory bool) (PausedMet
 	// a pause does not wait for envd to say so (vmm.VM.LeaveGuest): the wait took 5-13 ms, in
 	// which a guest that has just written much keeps dirtying memory; pauses with 512 MiB written
 	// measured 15-30 ms longer, for resumes ~10 ms shorter.
-	_ = s.VM.Channel.Close()
+	s.VM.SuspendChannel()
+	u.channel, u.stopped = true, true // a save stops the VM first, as a failed one may have
 	if memory {
 		if err := saveMemory(ctx, s.VM, staging, meta.RAMFile, true); err != nil {
 			return meta, fmt.Errorf("saving the VM: %w", err)
@@ -62,36 +103,97 @@ func (s *Sandbox) Pause(ctx context.Context, dir string, memory bool) (PausedMet
 	} else if err := s.VM.QMP.Execute(ctx, "stop", nil, nil); err != nil {
 		return meta, fmt.Errorf("stopping the VM: %w", err)
 	}
-	// Stopping the guest drained and flushed its disk: QEMU writes to it no more.
-	if err := os.Rename(s.VM.Dir.File("disk.qcow2"), filepath.Join(staging, "disk.qcow2")); err != nil {
-		return meta, err
+	// Stopping the guest drained and flushed its disk: QEMU writes to it no more. (The state and
+	// memory file were synced by the save.)
+	disk := filepath.Join(staging, "disk.qcow2")
+	if err := os.Rename(s.VM.Dir.File("disk.qcow2"), disk); err != nil {
+		return meta, fmt.Errorf("taking the VM's disk: %w", err)
 	}
-	// QEMU is killed now, and its exit (where the kernel frees its RAM: ~40 ms with 512 MiB
-	// written) goes on while the generation is published.
-	s.Release()
-	// The state (and memory file) were synced by the save.
-	if err := syncFile(filepath.Join(staging, "disk.qcow2")); err != nil {
-		return meta, err
+	u.disk = disk
+	if err := syncFile(disk); err != nil {
+		return meta, fmt.Errorf("syncing the disk: %w", err)
 	}
-	// meta.json comes last: a staging directory with it is complete (see FinishPause).
+	// meta.json comes last: a directory with it is complete (see CurrentPaused, FinishPause).
 	if err := os.Rename(filepath.Join(staging, "meta.pending"), filepath.Join(staging, "meta.json")); err != nil {
 		return meta, err
 	}
 	syncDir(staging)
-	if err := publish(dir, staging); err != nil {
+	if err := ctx.Err(); err != nil {
+		return meta, fmt.Errorf("publishing: %w", context.Cause(ctx))
+	}
+	if err := publish(s.log, dir, staging); err != nil {
 		return meta, err
 	}
+	// Published: QEMU is killed now, and its exit (where the kernel frees its RAM: ~40 ms with
+	// 512 MiB written) finishes in the background.
+	s.Release()
 	CleanPaused(dir)
 	return meta, nil
 }
 
-// publish makes the complete staging directory the current generation under dir.
-func publish(dir, staging string) error {
-	gen := "g" + strconv.FormatInt(time.Now().UnixNano(), 10)
+// pauseUndo is what a pause has done so far, to undo when it fails.
+type pauseUndo struct {
+	s       *Sandbox
+	staging string // the staging directory, to remove
+	channel bool   // the channel to envd was suspended
+	stopped bool   // the VM may be stopped
+	disk    string // where the VM's disk was moved to
+}
+
+// undo gives the VM back its disk and continues it after the pause failed with cause. The result
+// wraps ErrPauseUndone when the VM runs on.
+func (u *pauseUndo) undo(ctx context.Context, cause error) error {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), undoTimeout)
+	defer cancel()
+	vm := u.s.VM
+	// The disk goes back before the VM continues: a crash from here on finds it where a running
+	// VM's is, and the VM is adopted (and continued, if it was still stopped).
+	if u.disk != "" {
+		if err := os.Rename(u.disk, vm.Dir.File("disk.qcow2")); err != nil {
+			return fmt.Errorf("%w; giving the VM its disk back: %w", cause, err)
+		}
+		syncDir(vm.Dir.Path)
+	}
+	_ = os.RemoveAll(u.staging)
+	if u.stopped {
+		if err := vm.Continue(ctx); err != nil {
+			return fmt.Errorf("%w; %w", cause, u.s.explain(ctx, err))
+		}
+	}
+	select {
+	case <-vm.Exited():
+		return fmt.Errorf("%w; %w: qemu %s", cause, ErrVMExited, vm.ExitReason())
+	default:
+	}
+	if u.channel {
+		vm.ResumeChannel()
+		// Waited for so that the caller's next request finds envd, but not required: a guest
+		// slow to answer is retried at its next request.
+		if _, err := vm.Session(ctx); err != nil {
+			u.s.log.Warn("envd has not answered since the undone pause", "sandbox", u.s.ID, "err", err)
+		}
+	}
+	u.s.log.Warn("pause failed and was undone: the sandbox runs on", "sandbox", u.s.ID, "err", cause)
+	return fmt.Errorf("%w: %w", ErrPauseUndone, cause)
+}
+
+// publish makes the complete staging directory the newest generation under dir: renamed into
+// place, it is the sandbox (CurrentPaused). The file "current" is then made to name it, for
+// people and for older Cells; failing that is only logged.
+func publish(log *slog.Logger, dir, staging string) error {
+	gen := nextGeneration(dir)
 	if err := os.Rename(staging, filepath.Join(dir, gen)); err != nil {
-		return err
+		return fmt.Errorf("publishing the paused sandbox: %w", err)
 	}
 	syncDir(dir)
+	if err := nameCurrent(dir, gen); err != nil {
+		log.Warn("naming the current paused generation", "dir", dir, "err", err)
+	}
+	return nil
+}
+
+// nameCurrent makes dir's file "current" name gen, atomically.
+func nameCurrent(dir, gen string) error {
 	if err := writeSynced(filepath.Join(dir, ".current.tmp"), []byte(gen)); err != nil {
 		return err
 	}
@@ -100,6 +202,44 @@ func publish(dir, staging string) error {
 	}
 	syncDir(dir)
 	return nil
+}
+
+// nextGeneration names a new generation under dir: g<N>, N the time in nanoseconds, or above
+// every generation there if the clock went back.
+func nextGeneration(dir string) string {
+	n := time.Now().UnixNano()
+	if des, err := os.ReadDir(dir); err == nil {
+		for _, de := range des {
+			if g, ok := generation(de.Name()); ok && g >= n {
+				n = g + 1
+			}
+		}
+	}
+	return "g" + strconv.FormatInt(n, 10)
+}
+
+// generation parses a generation's name g<N>.
+func generation(name string) (int64, bool) {
+	digits, ok := strings.CutPrefix(name, "g")
+	if !ok || digits == "" || strings.TrimLeft(digits, "0123456789") != "" {
+		return 0, false
+	}
+	n, err := strconv.ParseInt(digits, 10, 64)
+	return n, err == nil
+}
+
+// complete reads the meta of the saved sandbox in directory g and says whether g holds all of it:
+// meta.json (written last), the disk, and the saved memory when meta says there is one.
+func complete(g string) (PausedMeta, bool) {
+	var meta PausedMeta
+	b, err := os.ReadFile(filepath.Join(g, "meta.json"))
+	if err != nil || json.Unmarshal(b, &meta) != nil {
+		return meta, false
+	}
+	if _, err := os.Stat(filepath.Join(g, "disk.qcow2")); err != nil {
+		return meta, false
+	}
+	return meta, !meta.Memory || savedMemory(g, meta)
 }
 
 // UndoPause gives a VM back the disk an interrupted pause took from it (a staging generation
@@ -127,10 +267,10 @@ func UndoPause(dir, vmDisk string) bool {
 }
 
 // FinishPause completes a pause that a crash interrupted after it took the sandbox's disk (the
-// VM is gone or must go): a complete staging generation is published; failing that, one holding
-// the disk is completed from its meta.pending (with its saved state), or as a disk-only
-// generation when even that is missing (resume then boots from the disk). It reports whether
-// dir now has a current generation.
+// VM is gone or must go): a complete generation (published, or still staging) is the result;
+// failing that, a staging generation holding the disk is completed from its meta.pending (with
+// its saved state), or as a disk-only generation when even that is missing (resume then boots
+// from the disk). It reports whether dir now has a complete generation.
 func FinishPause(dir string, id string, memoryMiB, cpus int) (bool, error) {
 	if _, _, err := CurrentPaused(dir); err == nil {
 		return true, nil
@@ -145,8 +285,8 @@ func FinishPause(dir string, id string, memoryMiB, cpus int) (bool, error) {
 			continue
 		}
 		st := filepath.Join(dir, de.Name())
-		if _, err := os.Stat(filepath.Join(st, "meta.json")); err == nil {
-			return true, publish(dir, st)
+		if _, ok := complete(st); ok {
+			return true, publish(slog.New(slog.DiscardHandler), dir, st)
 		}
 		if _, err := os.Stat(filepath.Join(st, "disk.qcow2")); err == nil {
 			withDisk = st
@@ -178,7 +318,8 @@ func FinishPause(dir string, id string, memoryMiB, cpus int) (bool, error) {
 	if err := writeSynced(filepath.Join(withDisk, "meta.json"), b); err != nil {
 		return false, err
 	}
-	return true, publish(dir, withDisk)
+	syncDir(withDisk)
+	return true, publish(slog.New(slog.DiscardHandler), dir, withDisk)
 }
 
 // savedMemory says whether a staging generation holds the saved memory its meta describes.
@@ -195,30 +336,37 @@ func savedMemory(dir string, meta PausedMeta) bool {
 	return true
 }
 
-// CurrentPaused returns the current generation under dir and its meta.
+// CurrentPaused returns the paused sandbox under dir: its newest complete generation, and its
+// meta. The file "current" is not trusted for it: a crash between a generation's rename into
+// place and the update of "current" leaves the new generation complete and "current" naming the
+// old one (or none). With no complete generation the error wraps os.ErrNotExist.
 func CurrentPaused(dir string) (string, PausedMeta, error) {
-	var meta PausedMeta
-	b, err := os.ReadFile(filepath.Join(dir, "current"))
+	des, err := os.ReadDir(dir)
 	if err != nil {
-		return "", meta, err
+		return "", PausedMeta{}, err
 	}
-	gen := strings.TrimSpace(string(b))
-	if !strings.HasPrefix(gen, "g") || strings.ContainsAny(gen, "/.") {
-		return "", meta, fmt.Errorf("%s: bad generation %q", dir, gen)
+	var best string
+	var bestN int64 = -1
+	var bestMeta PausedMeta
+	for _, de := range des {
+		n, ok := generation(de.Name())
+		if !ok || !de.IsDir() || n <= bestN {
+			continue
+		}
+		g := filepath.Join(dir, de.Name())
+		if meta, ok := complete(g); ok {
+			best, bestN, bestMeta = g, n, meta
+		}
 	}
-	g := filepath.Join(dir, gen)
-	mb, err := os.ReadFile(filepath.Join(g, "meta.json"))
-	if err != nil {
-		return "", meta, err
+	if best == "" {
+		return "", PausedMeta{}, fmt.Errorf("%s: no complete paused generation: %w", dir, os.ErrNotExist)
 	}
-	if err := json.Unmarshal(mb, &meta); err != nil {
-		return "", meta, err
-	}
-	return g, meta, nil
+	return best, bestMeta, nil
 }
 
-// CleanPaused removes what is not the current generation under dir: staging directories of
-// interrupted pauses and superseded generations. Without a readable current it removes nothing.
+// CleanPaused removes what is not the current generation under dir (staging directories of
+// interrupted pauses, superseded or incomplete generations), and makes "current" name it if it
+// does not. Without a complete generation it removes nothing.
 func CleanPaused(dir string) {
 	cur, _, err := CurrentPaused(dir)
 	if err != nil {
@@ -233,6 +381,9 @@ func CleanPaused(dir string) {
 		if de.IsDir() && p != cur {
 			_ = os.RemoveAll(p)
 		}
+	}
+	if b, err := os.ReadFile(filepath.Join(dir, "current")); err != nil || strings.TrimSpace(string(b)) != filepath.Base(cur) {
+		_ = nameCurrent(dir, filepath.Base(cur))
 	}
 }
 
@@ -267,7 +418,7 @@ func (r *Runtime) Resume(ctx context.Context, dir string, init server.InitReques
 	if err != nil {
 		return nil, fmt.Errorf("resuming sandbox %s: %w", meta.ID, err)
 	}
-	sb := newSandbox(vm)
+	sb := newSandbox(vm, r.Log)
 	sb.Restored = meta.Memory
 	if err := r.attachNet(sb, rules); err != nil {
 		_ = sb.Close()

@@ -2,9 +2,13 @@ package sandbox
 
 import (
 	"encoding/json"
+	"errors"
+	"log/slog"
 	"os"
 	"path/filepath"
+	"strconv"
 	"testing"
+	"time"
 )
 
 // stagingWith makes a staging generation under dir holding the given files.
@@ -92,5 +96,143 @@ func TestUndoPause(t *testing.T) {
 	}
 	if _, err := os.Stat(st); !os.IsNotExist(err) {
 		t.Fatal("the undone staging generation is still there")
+	}
+}
+
+// generationWith makes the generation dir/name holding files.
+func generationWith(t *testing.T, dir, name string, files map[string]string) {
+	t.Helper()
+	g := filepath.Join(dir, name)
+	if err := os.Mkdir(g, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	for f, content := range files {
+		if err := os.WriteFile(filepath.Join(g, f), []byte(content), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// Each state a crash can leave a paused sandbox's directory in: the newest complete generation
+// is the sandbox, whatever "current" says; CleanPaused keeps only it and names it current.
+func TestCurrentPausedCrashPoints(t *testing.T) {
+	full := PausedMeta{ID: "sb1", Memory: true, NamedRAM: true, RAMFile: true, MemoryMiB: 512, CPUs: 2}
+	diskOnly := PausedMeta{ID: "sb1", MemoryMiB: 512, CPUs: 2}
+	done := map[string]string{"meta.json": pending(t, full), "state": "s", "mem": "m", "disk.qcow2": "d"}
+	doneDisk := map[string]string{"meta.json": pending(t, diskOnly), "disk.qcow2": "d"}
+	for _, c := range []struct {
+		name    string
+		gens    map[string]map[string]string
+		current string // "" for none
+		staging map[string]string
+		want    string // "" for none
+	}{
+		{"published", map[string]map[string]string{"g100": done}, "g100", nil, "g100"},
+		{"renamed, not yet named current", map[string]map[string]string{"g100": done}, "", nil, "g100"},
+		{"renamed, current names the previous", map[string]map[string]string{"g50": doneDisk, "g100": done}, "g50", nil, "g100"},
+		{"current names a generation that is gone", map[string]map[string]string{"g50": done}, "g70", nil, "g50"},
+		{"newer one without meta.json", map[string]map[string]string{"g50": done,
+			"g100": {"meta.pending": pending(t, full), "state": "s", "mem": "m", "disk.qcow2": "d"}}, "g50", nil, "g50"},
+		{"newer one without its disk", map[string]map[string]string{"g50": done,
+			"g100": {"meta.json": pending(t, full), "state": "s", "mem": "m"}}, "g50", nil, "g50"},
+		{"newer one without its memory", map[string]map[string]string{"g50": done,
+			"g100": {"meta.json": pending(t, full), "state": "s", "disk.qcow2": "d"}}, "g50", nil, "g50"},
+		{"newer one with a torn meta.json", map[string]map[string]string{"g50": done,
+			"g100": {"meta.json": `{"id": "sb1", "mem`, "disk.qcow2": "d"}}, "g50", nil, "g50"},
+		{"numbers, not names, are compared", map[string]map[string]string{"g9": doneDisk, "g10": done}, "g9", nil, "g10"},
+		{"staging only", nil, "", done, ""},
+		{"staging beside the published one", map[string]map[string]string{"g100": done}, "g100",
+			map[string]string{"meta.pending": pending(t, full), "state": "partial"}, "g100"},
+		{"not a generation", map[string]map[string]string{"gx1": done, "g-1": done}, "", nil, ""},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			dir := t.TempDir()
+			for name, files := range c.gens {
+				generationWith(t, dir, name, files)
+			}
+			if c.current != "" {
+				if err := os.WriteFile(filepath.Join(dir, "current"), []byte(c.current), 0o600); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if c.staging != nil {
+				stagingWith(t, dir, c.staging)
+			}
+			g, meta, err := CurrentPaused(dir)
+			if c.want == "" {
+				if !errors.Is(err, os.ErrNotExist) {
+					t.Fatalf("CurrentPaused = %q, %v; want none (ErrNotExist)", g, err)
+				}
+				CleanPaused(dir) // without a complete generation, everything stays for inspection
+				if des, _ := os.ReadDir(dir); len(des) != len(c.gens)+btoi(c.staging != nil)+btoi(c.current != "") {
+					t.Fatalf("CleanPaused removed something: %d entries left", len(des))
+				}
+				return
+			}
+			if err != nil || g != filepath.Join(dir, c.want) || meta.ID != "sb1" {
+				t.Fatalf("CurrentPaused = %q, %+v, %v; want %s", g, meta, err, c.want)
+			}
+			CleanPaused(dir)
+			des, _ := os.ReadDir(dir)
+			var left []string
+			for _, de := range des {
+				left = append(left, de.Name())
+			}
+			if len(left) != 2 || left[0] != "current" || left[1] != c.want {
+				t.Fatalf("after CleanPaused: %v; want [current %s]", left, c.want)
+			}
+			if b, _ := os.ReadFile(filepath.Join(dir, "current")); string(b) != c.want {
+				t.Fatalf("current names %q, want %s", b, c.want)
+			}
+		})
+	}
+	if _, _, err := CurrentPaused(filepath.Join(t.TempDir(), "missing")); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("no directory: %v", err)
+	}
+}
+
+func btoi(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
+}
+
+// A crash after the new generation was renamed into place but before "current" named it: the
+// recovery (FinishPause, for a VM that lost its disk to the pause) finds it, and it is the sandbox.
+func TestFinishPauseAfterRename(t *testing.T) {
+	dir := t.TempDir()
+	full := PausedMeta{ID: "sb1", Memory: true, NamedRAM: true, RAMFile: true, MemoryMiB: 512, CPUs: 2}
+	generationWith(t, dir, "g100", map[string]string{"meta.json": pending(t, full), "state": "s", "mem": "m", "disk.qcow2": "d"})
+	ok, err := FinishPause(dir, "sb1", 512, 2)
+	if err != nil || !ok {
+		t.Fatalf("FinishPause = %v, %v", ok, err)
+	}
+	g, meta, err := CurrentPaused(dir)
+	if err != nil || filepath.Base(g) != "g100" || !meta.Memory {
+		t.Fatalf("CurrentPaused = %q, %+v, %v", g, meta, err)
+	}
+}
+
+// A new generation is newer than every one there, even if the clock went back.
+func TestPublishAfterEveryGeneration(t *testing.T) {
+	dir := t.TempDir()
+	future := time.Now().Add(time.Hour).UnixNano()
+	old := "g" + strconv.FormatInt(future, 10)
+	diskOnly := PausedMeta{ID: "sb1", MemoryMiB: 512, CPUs: 2}
+	generationWith(t, dir, old, map[string]string{"meta.json": pending(t, diskOnly), "disk.qcow2": "old"})
+	st := stagingWith(t, dir, map[string]string{"meta.json": pending(t, diskOnly), "disk.qcow2": "new"})
+	if err := publish(slog.New(slog.DiscardHandler), dir, st); err != nil {
+		t.Fatal(err)
+	}
+	g, _, err := CurrentPaused(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if b, _ := os.ReadFile(filepath.Join(g, "disk.qcow2")); string(b) != "new" {
+		t.Fatalf("the current generation %s is not the one just published", g)
+	}
+	if b, _ := os.ReadFile(filepath.Join(dir, "current")); string(b) != filepath.Base(g) {
+		t.Fatalf("current names %q, want %s", b, filepath.Base(g))
 	}
 }

@@ -141,3 +141,6 @@ func NewRuntime(ctx context.Context, cfg RuntimeConfig) (*Runtime, vmm.AccelChoi
 	}
 	return &Runtime{Host: host, Image: img, Accel: choice.Accel, Net: env, Log: cfg.Log}, choice, nil
 }
+
+// Slots says how many VM slots are held, and how many of them past the limit (see vmm.Host.Slots).
+func (r *Runtime) Slots() (used, over int) { return r.Host.Slots() }

@@ -136,6 +136,7 @@ type Sandbox struct {
 	http     *http.Client // raw: for the proxy, whose clients bring their own token
 	own      *http.Client // with envd's access token: for Cell's own calls
 	token    atomic.Pointer[string]
+	log      *slog.Logger
 }
 
 // ErrVMExited is wrapped when the sandbox's VM ended while a call was waiting on it.
@@ -202,7 +203,7 @@ func (r *Runtime) Boot(ctx context.Context, opts Options) (*Sandbox, error) {
 	if token == nil && spec.Restore != nil && t.token != "" {
 		token = &t.token // the snapshot's envd enforces its source's token unless told another
 	}
-	sb := newSandbox(vm)
+	sb := newSandbox(vm, r.Log)
 	sb.Restored = spec.Restore != nil
 	if token != nil {
 		sb.SetToken(*token)
@@ -215,14 +216,32 @@ func (r *Runtime) Boot(ctx context.Context, opts Options) (*Sandbox, error) {
 	return sb, nil
 }
 
-func newSandbox(vm *vmm.VM) *Sandbox {
-	hc := vm.Channel.HTTPClient()
-	sb := &Sandbox{ID: vm.ID, VM: vm, http: hc}
+func newSandbox(vm *vmm.VM, log *slog.Logger) *Sandbox {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	raw := sessionTransport{vm: vm}
+	sb := &Sandbox{ID: vm.ID, VM: vm, http: &http.Client{Transport: raw}, log: log}
 	// Cell's own calls carry envd's access token once one is set; the proxy's (HTTP()) do not.
-	own := &http.Client{Transport: tokenTransport{base: hc.Transport, token: &sb.token}}
+	own := &http.Client{Transport: tokenTransport{base: raw, token: &sb.token}}
 	sb.own = own
 	sb.Process = processconnect.NewProcessClient(own, envdURL)
 	return sb
+}
+
+// sessionTransport sends each request over the VM's current session with envd, which the VM
+// makes again when it is gone (an adopted VM's first, the next after a pause that failed).
+type sessionTransport struct{ vm *vmm.VM }
+
+func (t sessionTransport) RoundTrip(r *http.Request) (*http.Response, error) {
+	h, err := t.vm.Session(r.Context())
+	if err != nil {
+		if r.Body != nil {
+			_ = r.Body.Close() // a RoundTripper closes the body, even on error
+		}
+		return nil, err
+	}
+	return h.HTTPClient().Transport.RoundTrip(r)
 }
 
 // tokenTransport adds envd's access token, when there is one, to each request.
@@ -246,7 +265,7 @@ func (r *Runtime) Adopt(ctx context.Context, id string, pid int, startTicks uint
 	if err != nil {
 		return nil, err
 	}
-	sb := newSandbox(vm)
+	sb := newSandbox(vm, r.Log)
 	if err := r.attachNet(sb, rules); err != nil {
 		vm.Detach()
 		return nil, err

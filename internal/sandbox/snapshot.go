@@ -40,8 +40,11 @@ func (r *Runtime) Snapshot(ctx context.Context, s *Sandbox, home, name, label, t
 		// Stopping the VM flushed QEMU's qcow2 caches to the file: it is consistent now.
 		err = vmm.CopyFile(s.VM.Dir.File("disk.qcow2"), filepath.Join(staging, "disk.qcow2"))
 	}
-	// The sandbox goes on whatever happened.
-	if cerr := s.VM.QMP.Execute(context.WithoutCancel(ctx), "cont", nil, nil); cerr != nil && err == nil {
+	// The sandbox goes on whatever happened (a save given up on is cancelled first).
+	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), undoTimeout)
+	cerr := s.VM.Continue(cctx)
+	cancel()
+	if cerr != nil && err == nil {
 		err = fmt.Errorf("continuing the sandbox: %w", cerr)
 	}
 	if err != nil {

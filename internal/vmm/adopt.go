@@ -16,7 +16,6 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/cellhq/cell/internal/channel"
 	"github.com/cellhq/cell/internal/ids"
 	"github.com/cellhq/cell/internal/qmp"
 )
@@ -70,7 +69,10 @@ func IsOurs(pid int, startTicks uint64, id string) bool {
 }
 
 // Adopt takes over a VM that an earlier process started detached: it checks that pid is still
-// that VM's QEMU, reconnects QMP, console and channel, and waits for envd. The VM holds a slot.
+// that VM's QEMU and reconnects QMP, the console and the network device; ctx bounds these, which
+// QEMU itself answers. envd is not waited for: its session is made in the background (see
+// Session), so a guest slow to answer a restarted daemon is adopted all the same. The VM holds a
+// slot, taken past the limit if none is free (see Config.MaxVMs).
 func (h *Host) Adopt(ctx context.Context, id string, pid int, startTicks uint64) (_ *VM, retErr error) {
 	if err := ids.Validate("vm id", id); err != nil {
 		return nil, err
@@ -78,15 +80,11 @@ func (h *Host) Adopt(ctx context.Context, id string, pid int, startTicks uint64)
 	if !IsOurs(pid, startTicks, id) {
 		return nil, fmt.Errorf("vm %s pid %d: %w", id, pid, ErrNotOurs)
 	}
-	if !h.slots.TryAcquire(1) {
-		return nil, fmt.Errorf("vm %s: no free VM slot (%d running)", id, h.cfg.MaxVMs)
-	}
 	dir := WorkDir{Path: h.cfg.RunDir + "/" + id}
 	vm := &VM{ID: id, Dir: dir, PID: pid, StartTicks: startTicks, host: h, log: h.cfg.Log.With("vm", id),
 		stderr: &tail{}, exited: make(chan struct{}), closeDone: make(chan struct{}), detached: true}
 	proc, err := os.FindProcess(pid)
 	if err != nil {
-		h.slots.Release(1)
 		return nil, err
 	}
 	vm.proc = proc
@@ -95,14 +93,17 @@ func (h *Host) Adopt(ctx context.Context, id string, pid int, startTicks uint64)
 	}
 	stop, err := watchExit(pid, vm)
 	if err != nil {
-		h.slots.Release(1)
-		return nil, err
+		return nil, fmt.Errorf("vm %s: %w", id, err)
 	}
 	vm.stopWatch = stop
+	h.slots.force()
+	if used, over := h.slots.inUse(); over > 0 {
+		vm.log.Warn("adopted past the VM limit: no new VM starts until enough have ended", "max_vms", h.cfg.MaxVMs, "running", used)
+	}
 	defer func() {
 		if retErr != nil {
 			vm.detach()
-			h.slots.Release(1)
+			h.slots.release()
 		}
 	}()
 	// A VM that took its memory file over still has it: saves work as before the restart (a
@@ -125,12 +126,7 @@ func (h *Host) Adopt(ctx context.Context, id string, pid int, startTicks uint64)
 	}
 	if !st.Running {
 		h.cfg.Log.Warn("adopted VM was stopped: continuing it", "vm", id, "status", st.Status)
-		// QEMU writes migration state files itself, so a save the daemon started may still be
-		// going: continued under it, the guest would be stopped again when it completes.
-		if err := vm.cancelMigration(ctx); err != nil {
-			return nil, fmt.Errorf("vm %s: %w", id, err)
-		}
-		if err := vm.QMP.Execute(ctx, "cont", nil, nil); err != nil {
+		if err := vm.Continue(ctx); err != nil {
 			return nil, fmt.Errorf("vm %s: continuing it (%s): %w", id, st.Status, err)
 		}
 	}
@@ -140,19 +136,13 @@ func (h *Host) Adopt(ctx context.Context, id string, pid int, startTicks uint64)
 			return nil, err
 		}
 	}
-	chConn, err := (&net.Dialer{}).DialContext(ctx, "unix", dir.File("ch.sock"))
-	if err != nil {
-		return nil, fmt.Errorf("vm %s: reconnecting the channel: %w", id, err)
-	}
-	if vm.Channel, err = channel.Connect(ctx, chConn, vm.log, nil); err != nil {
-		return nil, fmt.Errorf("vm %s: envd did not answer: %w", id, err)
-	}
 	if h.cfg.NetMAC != "" {
 		// QEMU accepts a new connection on its network socket once the old one closed.
 		if vm.net, err = dialRetry(ctx, dir.File(netSocket), func(c net.Conn) (net.Conn, error) { return c, nil }); err != nil {
 			return nil, fmt.Errorf("vm %s: reconnecting the network device: %w", id, err)
 		}
 	}
+	vm.connectSoon()
 	return vm, nil
 }
 
@@ -197,7 +187,7 @@ func watchExit(pid int, vm *VM) (stop func(), err error) {
 func (vm *VM) Detach() {
 	vm.closeOnce.Do(func() {
 		vm.detach()
-		vm.host.slots.Release(1)
+		vm.host.slots.release()
 		close(vm.closeDone)
 	})
 }
@@ -212,9 +202,7 @@ func (vm *VM) detach() {
 	if c := vm.TakeNet(); c != nil {
 		_ = c.Close()
 	}
-	if vm.Channel != nil {
-		_ = vm.Channel.Close()
-	}
+	vm.closeSessions()
 	if vm.QMP != nil {
 		_ = vm.QMP.Close()
 	}

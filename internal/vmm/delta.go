@@ -133,7 +133,7 @@ func (vm *VM) saveDelta(ctx context.Context, statePath, memPath string, last boo
 		return err
 	}
 	if last && vm.ownRAM {
-		st, err := copyRAM(m, nil, &writeback{f: vm.ramSrc}, size)
+		st, err := copyRAM(ctx, m, nil, &writeback{f: vm.ramSrc}, size)
 		if err != nil {
 			return fmt.Errorf("saving RAM in place: %w", err)
 		}
@@ -154,7 +154,7 @@ func (vm *VM) saveDelta(ctx context.Context, statePath, memPath string, last boo
 	if err := out.Truncate(size); err != nil {
 		return fmt.Errorf("sizing the memory file: %w", err)
 	}
-	st, err := copyRAM(m, vm.ramSrc, &writeback{f: out}, size)
+	st, err := copyRAM(ctx, m, vm.ramSrc, &writeback{f: out}, size)
 	if err != nil {
 		return fmt.Errorf("saving RAM: %w", err)
 	}
@@ -202,8 +202,8 @@ type copyStats struct{ written, copied, zero int64 } // pages
 // (QEMU's memory into this process, then into the page cache), and the guest is stopped, so the
 // host's cores are free for them. BenchmarkCopyRAMInPlace on 2 cores: ~2.2 GB/s with one
 // goroutine, ~2.9 GB/s with two (their writes share the file's inode lock). A reader/writer
-// pipeline measured slower than either.
-func copyRAM(m *ramMapping, src *os.File, out *writeback, size int64) (copyStats, error) {
+// pipeline measured slower than either. ctx is checked at every chunk (a pause has a deadline).
+func copyRAM(ctx context.Context, m *ramMapping, src *os.File, out *writeback, size int64) (copyStats, error) {
 	var list []extent
 	if src != nil {
 		ext, err := dataExtents(src, size)
@@ -224,7 +224,7 @@ func copyRAM(m *ramMapping, src *os.File, out *writeback, size int64) (copyStats
 		}
 		g.Go(func() error {
 			var err error
-			stats[w], err = copyRange(m, src, &extents{list: list}, out, lo, hi)
+			stats[w], err = copyRange(ctx, m, src, &extents{list: list}, out, lo, hi)
 			return err
 		})
 	}
@@ -242,11 +242,14 @@ const (
 )
 
 // copyRange is copyRAM for the pages [lo, hi); data walks src's extents from lo on.
-func copyRange(m *ramMapping, src *os.File, data *extents, out *writeback, lo, hi int64) (copyStats, error) {
+func copyRange(ctx context.Context, m *ramMapping, src *os.File, data *extents, out *writeback, lo, hi int64) (copyStats, error) {
 	var st copyStats
 	entries := make([]byte, copyChunk*8)
 	buf := make([]byte, copyChunk*migstream.PageSize)
 	for first := lo; first < hi; first += copyChunk {
+		if err := ctx.Err(); err != nil {
+			return st, fmt.Errorf("copying RAM: %w", context.Cause(ctx))
+		}
 		n := min(copyChunk, hi-first)
 		if _, err := m.pagemap.ReadAt(entries[:n*8], int64(m.addr/migstream.PageSize+uint64(first))*8); err != nil {
 			return st, fmt.Errorf("reading QEMU's page map: %w", err)

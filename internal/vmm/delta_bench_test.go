@@ -1,6 +1,7 @@
 package vmm
 
 import (
+	"context"
 	"os"
 	"path/filepath"
 	"testing"
@@ -21,7 +22,7 @@ func BenchmarkCopyRAMInPlace(b *testing.B) {
 		for p := 0; p < size; p += 4096 {
 			mem[p] = byte(i + 1) // every page written since the last save
 		}
-		if _, err := copyRAM(m, nil, &writeback{f: f}, size); err != nil {
+		if _, err := copyRAM(context.Background(), m, nil, &writeback{f: f}, size); err != nil {
 			b.Fatal(err)
 		}
 	}

@@ -2,6 +2,7 @@ package vmm
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"os"
 	"path/filepath"
@@ -72,7 +73,7 @@ func TestCopyRAM(t *testing.T) {
 	if err := out.Truncate(size); err != nil {
 		t.Fatal(err)
 	}
-	st, err := copyRAM(m, src, &writeback{f: out}, size)
+	st, err := copyRAM(context.Background(), m, src, &writeback{f: out}, size)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -125,7 +126,7 @@ func TestCopyRAMInPlace(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer m.close()
-	st, err := copyRAM(m, nil, &writeback{f: f}, size)
+	st, err := copyRAM(context.Background(), m, nil, &writeback{f: f}, size)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -17,9 +17,7 @@ func (vm *VM) LeaveGuest(ctx context.Context, d time.Duration) bool {
 	if vm.console != nil {
 		seen, more = vm.console.idle.count()
 	}
-	if vm.Channel != nil {
-		_ = vm.Channel.Close()
-	}
+	vm.SuspendChannel()
 	if more == nil {
 		return false
 	}

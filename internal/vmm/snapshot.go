@@ -93,6 +93,19 @@ func (vm *VM) cancelMigration(ctx context.Context) error {
 	return err
 }
 
+// Continue runs a VM that a save left stopped (it failed, or the VM goes on after a snapshot).
+// QEMU writes some saves itself, so one may still be going: it is cancelled first, or its
+// completion would stop the guest again. Continuing a running VM does nothing.
+func (vm *VM) Continue(ctx context.Context) error {
+	if err := vm.cancelMigration(ctx); err != nil {
+		return err
+	}
+	if err := vm.QMP.Execute(ctx, "cont", nil, nil); err != nil {
+		return fmt.Errorf("continuing the VM: %w", err)
+	}
+	return nil
+}
+
 // incoming feeds a saved device state to a VM started with Incoming, and waits until it is loaded.
 func (vm *VM) incoming(ctx context.Context, statePath string, ignoreShared bool) error {
 	f, err := os.Open(statePath)
@@ -151,6 +164,10 @@ func (vm *VM) save(ctx context.Context, statePath string, full bool) error {
 		return fmt.Errorf("migrate: %w", err)
 	}
 	if err := vm.waitMigration(ctx); err != nil {
+		// QEMU writes this stream itself: a save given up on must not go on under the caller.
+		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+		_ = vm.cancelMigration(cctx)
+		cancel()
 		return err
 	}
 	if err := out.Sync(); err != nil {

@@ -15,8 +15,6 @@ import (
 	"syscall"
 	"time"
 
-	"golang.org/x/sync/semaphore"
-
 	"github.com/cellhq/cell/internal/channel"
 	"github.com/cellhq/cell/internal/ids"
 	"github.com/cellhq/cell/internal/qmp"
@@ -28,6 +26,8 @@ type Config struct {
 	QEMUImg string // qemu-img
 	RunDir  string // VM working directories live here
 	// MaxVMs bounds VMs running at once; Start waits (honouring its context) for a free slot.
+	// Adopt never refuses a VM for it: adopted VMs past the limit hold slots until they end, and
+	// Start waits until the count is below the limit.
 	MaxVMs int
 	// Attempts is how many times a transiently failing boot is tried (at least 1).
 	Attempts int
@@ -52,7 +52,7 @@ type Config struct {
 // Host starts VMs on this machine.
 type Host struct {
 	cfg      Config
-	slots    *semaphore.Weighted
+	slots    *slots
 	overlays overlays
 	releases sync.WaitGroup // VMs whose Release is still finishing
 }
@@ -88,8 +88,12 @@ func NewHost(cfg Config) (*Host, error) {
 	if cfg.Log == nil {
 		cfg.Log = slog.New(slog.DiscardHandler)
 	}
-	return &Host{cfg: cfg, slots: semaphore.NewWeighted(int64(cfg.MaxVMs))}, nil
+	return &Host{cfg: cfg, slots: newSlots(cfg.MaxVMs)}, nil
 }
+
+// Slots says how many VM slots are held and how many of them past the limit (VMs adopted by a
+// daemon restarted with a lower limit): no VM starts until that is back to zero and a slot is free.
+func (h *Host) Slots() (used, over int) { return h.slots.inUse() }
 
 // RunDir is where the host's VM directories live.
 func (h *Host) RunDir() string { return h.cfg.RunDir }
@@ -159,7 +163,10 @@ type VM struct {
 	console *console
 	conCon  net.Conn
 	QMP     *qmp.Client
-	Channel *channel.Host
+
+	// sess is the channel to envd (see Session); sessWG counts its attempts in flight.
+	sess   sessions
+	sessWG sync.WaitGroup
 
 	netMu sync.Mutex
 	net   net.Conn // the host end of the network device until TakeNet
@@ -229,7 +236,7 @@ func (h *Host) Start(ctx context.Context, spec Spec) (*VM, error) {
 			return nil, fmt.Errorf("%s: %w", name, err)
 		}
 	}
-	if err := h.slots.Acquire(ctx, 1); err != nil {
+	if err := h.slots.acquire(ctx); err != nil {
 		return nil, fmt.Errorf("waiting for a free VM slot (%d running): %w", h.cfg.MaxVMs, err)
 	}
 	var lastErr error
@@ -252,7 +259,7 @@ func (h *Host) Start(ctx context.Context, spec Spec) (*VM, error) {
 		}
 		backoff *= 2
 	}
-	h.slots.Release(1)
+	h.slots.release()
 	return nil, lastErr
 }
 
@@ -449,7 +456,7 @@ func (h *Host) startOnce(ctx context.Context, spec Spec) (_ *VM, retErr error) {
 		return nil, fail("starting the guest", err)
 	}
 	tCont := time.Now()
-	vm.Channel, err = channel.Connect(bootCtx, chConn, vm.log, spec.Init)
+	vm.sess.cur, err = channel.Connect(bootCtx, chConn, vm.log, spec.Init)
 	if errors.Is(err, channel.ErrInitRefused) {
 		return nil, &BootError{Err: fmt.Errorf("starting envd: %w", err)} // the same init would be refused again
 	}
@@ -576,7 +583,7 @@ func (vm *VM) Close() error {
 
 func (vm *VM) finish() {
 	vm.closeErr = vm.teardown()
-	vm.host.slots.Release(1)
+	vm.host.slots.release()
 	close(vm.closeDone)
 }
 
@@ -606,9 +613,7 @@ func (vm *VM) Release() {
 // teardown releases everything but the slot.
 func (vm *VM) teardown() error {
 	var errs []error
-	if vm.Channel != nil {
-		_ = vm.Channel.Close()
-	}
+	vm.closeSessions()
 	if vm.proc != nil {
 		select {
 		case <-vm.exited:

@@ -57,7 +57,7 @@ func TestStartPermanentFailures(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "overlay") {
 		t.Fatalf("bad base disk: %v", err)
 	}
-	if !h.slots.TryAcquire(1) {
+	if used, _ := h.Slots(); used != 0 {
 		t.Fatal("a failed start kept its VM slot")
 	}
 	entries, _ := os.ReadDir(h.cfg.RunDir)

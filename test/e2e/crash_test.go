@@ -6,6 +6,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -14,10 +15,18 @@ import (
 	"github.com/cellhq/cell/pkg/client"
 )
 
-// TestCrashSafety SIGKILLs `cell serve` at 24 random points during pauses, resumes and
-// snapshots. After each restart every sandbox is running or paused (resumable), with its disk
-// and memory as they were; no QEMU, VM directory or half-written state is left over.
+// TestCrashSafety SIGKILLs `cell serve` at 24 (CELL_CRASH_ROUNDS) random points during pauses,
+// resumes and snapshots. After each restart every sandbox is running or paused (resumable), with
+// its disk and memory as they were; no QEMU, VM directory or half-written state is left over.
 func TestCrashSafety(t *testing.T) {
+	rounds := 24
+	if s := os.Getenv("CELL_CRASH_ROUNDS"); s != "" {
+		n, err := strconv.Atoi(s)
+		if err != nil || n < 1 {
+			t.Fatalf("CELL_CRASH_ROUNDS=%q: want a positive number", s)
+		}
+		rounds = n
+	}
 	d := newDaemon(t)
 	seed := uint64(time.Now().UnixNano())
 	t.Logf("seed %d", seed)
@@ -37,7 +46,7 @@ func TestCrashSafety(t *testing.T) {
 		execOut(t, c, id, "echo "+marks[id]+" > /tmp/mem; echo "+marks[id]+" > /home/user/disk; sync")
 	}
 	maxDelay := map[string]int{"pause": 2500, "resume": 1200, "snapshot": 2500}
-	for i := 0; i < 24; i++ {
+	for i := 0; i < rounds; i++ {
 		id := ids[i%2]
 		info, err := c.Get(ctx, id)
 		if err != nil {
