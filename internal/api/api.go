@@ -625,36 +625,6 @@ func (a *API) metrics(w http.ResponseWriter, r *http.Request, team string) {
 		NetBytesIn: ns.BytesIn, NetBytesOut: ns.BytesOut, NetDenied: ns.Denied}})
 }
 
-type logLine struct {
-	Timestamp time.Time `json:"timestamp"`
-	Line      string    `json:"line"`
-}
-
-type logEntry struct {
-	Timestamp time.Time         `json:"timestamp"`
-	Level     string            `json:"level"`
-	Message   string            `json:"message"`
-	Fields    map[string]string `json:"fields"`
-}
-
-func (a *API) logs(w http.ResponseWriter, r *http.Request, team string) {
-	text, err := a.cfg.Manager.ConsoleLog(team, r.PathValue("id"))
-	if err != nil {
-		fail(w, err)
-		return
-	}
-	now := time.Now().UTC()
-	lines, entries := []logLine{}, []logEntry{}
-	for _, l := range strings.Split(strings.TrimRight(text, "\n"), "\n") {
-		if l == "" {
-			continue
-		}
-		lines = append(lines, logLine{Timestamp: now, Line: l})
-		entries = append(entries, logEntry{Timestamp: now, Level: "info", Message: l, Fields: map[string]string{"source": "console"}})
-	}
-	writeJSON(w, http.StatusOK, map[string]any{"logs": lines, "logEntries": entries})
-}
-
 type pauseBody struct {
 	Memory *bool `json:"memory,omitempty"`
 }
