@@ -2,7 +2,9 @@ package api
 
 import (
 	"context"
+	"crypto/rand"
 	_ "embed"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -111,9 +113,11 @@ func notImplemented(w http.ResponseWriter, route string) {
 	writeError(w, http.StatusNotImplemented, route+" is not implemented by Cell yet")
 }
 
-// route registers an authenticated handler; h gets the caller's team.
+// route registers an authenticated handler; h gets the caller's team, and a ResponseWriter
+// through which fail logs what a 5xx leaves out.
 func (a *API) route(pattern string, h func(http.ResponseWriter, *http.Request, string)) {
 	a.mux.HandleFunc(pattern, func(w http.ResponseWriter, r *http.Request) {
+		w = &errorLog{ResponseWriter: w, log: a.cfg.Log.With("method", r.Method, "path", r.URL.Path)}
 		key := r.Header.Get("X-API-KEY")
 		if key == "" {
 			writeError(w, http.StatusUnauthorized, "missing X-API-KEY header")
@@ -125,12 +129,21 @@ func (a *API) route(pattern string, h func(http.ResponseWriter, *http.Request, s
 				writeError(w, http.StatusUnauthorized, err.Error())
 				return
 			}
-			writeError(w, http.StatusInternalServerError, err.Error())
+			internalError(w, "checking the API key failed", err)
 			return
 		}
 		h(w, r, team)
 	})
 }
+
+// errorLog is the ResponseWriter of a REST handler: it carries the log a 5xx's details go to.
+type errorLog struct {
+	http.ResponseWriter
+	log *slog.Logger
+}
+
+// Unwrap lets http.ResponseController reach the connection.
+func (e *errorLog) Unwrap() http.ResponseWriter { return e.ResponseWriter }
 
 // ServeHTTP routes sandbox traffic to the proxy and the rest to the REST API.
 func (a *API) ServeHTTP(w http.ResponseWriter, r *http.Request) {
@@ -160,22 +173,58 @@ func writeError(w http.ResponseWriter, code int, msg string) {
 	writeJSON(w, code, apiError{Code: code, Message: msg})
 }
 
-// fail maps a manager error to its HTTP status.
+// fail answers a manager error with its HTTP status.
 func fail(w http.ResponseWriter, err error) {
+	code, msg, id := answerFor(err)
+	if id != "" {
+		logError(w, id, err)
+	}
+	writeError(w, code, msg)
+}
+
+// answerFor maps a manager error to the status and message a client gets. A 4xx says what was
+// wrong with the request; a 5xx only what failed, with a new error id: the error itself (host
+// paths, QEMU's output, the guest's console) is for the daemon's log, with the same id.
+func answerFor(err error) (code int, msg, id string) {
 	switch {
 	case errors.Is(err, manager.ErrInvalid):
-		writeError(w, http.StatusBadRequest, err.Error())
+		return http.StatusBadRequest, err.Error(), ""
 	case errors.Is(err, manager.ErrNotFound):
-		writeError(w, http.StatusNotFound, err.Error())
+		return http.StatusNotFound, err.Error(), ""
 	case errors.Is(err, manager.ErrConflict):
-		writeError(w, http.StatusConflict, err.Error())
+		return http.StatusConflict, err.Error(), ""
 	case errors.Is(err, manager.ErrShutdown):
-		writeError(w, http.StatusServiceUnavailable, err.Error())
+		return http.StatusServiceUnavailable, manager.ErrShutdown.Error(), ""
 	case errors.Is(err, context.Canceled):
-		writeError(w, 499, "client closed the request")
-	default:
-		writeError(w, http.StatusInternalServerError, err.Error())
+		return 499, "client closed the request", ""
 	}
+	what := "internal error"
+	if errors.Is(err, manager.ErrBootFailed) {
+		what = manager.ErrBootFailed.Error()
+	}
+	id = errorID()
+	return http.StatusInternalServerError, fmt.Sprintf("%s (error id %s: the details are in cell serve's log)", what, id), id
+}
+
+// internalError answers 500 saying what failed, and logs err with the answer's error id.
+func internalError(w http.ResponseWriter, what string, err error) {
+	id := errorID()
+	logError(w, id, err)
+	writeError(w, http.StatusInternalServerError, fmt.Sprintf("%s (error id %s: the details are in cell serve's log)", what, id))
+}
+
+// logError logs a 5xx's error with its id, through the log a REST handler's writer carries.
+func logError(w http.ResponseWriter, id string, err error) {
+	if el, ok := w.(*errorLog); ok {
+		el.log.Error("request failed", "error_id", id, "err", err)
+	}
+}
+
+// errorID names one failure in an answer and in the log.
+func errorID() string {
+	b := make([]byte, 6)
+	_, _ = rand.Read(b)
+	return hex.EncodeToString(b)
 }
 
 // decode reads a JSON body strictly: bounded size, no unknown fields, one value.
@@ -764,11 +813,11 @@ func (a *API) fork(w http.ResponseWriter, r *http.Request, team string) {
 	out := make([]forkResult, len(results))
 	for i, res := range results {
 		if res.Err != nil {
-			code := http.StatusInternalServerError
-			if errors.Is(res.Err, manager.ErrNotFound) {
-				code = http.StatusNotFound
+			code, msg, id := answerFor(res.Err)
+			if id != "" {
+				logError(w, id, res.Err)
 			}
-			out[i].Error = &apiError{Code: code, Message: res.Err.Error()}
+			out[i].Error = &apiError{Code: code, Message: msg}
 			continue
 		}
 		sr := a.sandboxResponse(res.Info)
