@@ -1,6 +1,7 @@
 package api
 
 import (
+	"cmp"
 	"context"
 	"crypto/rand"
 	_ "embed"
@@ -12,6 +13,7 @@ import (
 	"log/slog"
 	"net/http"
 	"net/url"
+	"os"
 	"strconv"
 	"strings"
 	"time"
@@ -37,6 +39,9 @@ type Config struct {
 	// Domain is the sandbox domain reported to clients and matched in {port}-{id}.{domain} hosts.
 	Domain string
 	Log    *slog.Logger
+	// MaxStreams and MaxSandboxStreams bound the proxy's requests in flight, in total and per
+	// sandbox (envd and ports each); zero: DefaultMaxStreams, DefaultMaxSandboxStreams.
+	MaxStreams, MaxSandboxStreams int
 }
 
 // API is the HTTP handler of `cell serve`.
@@ -44,6 +49,8 @@ type API struct {
 	cfg   Config
 	mux   *http.ServeMux
 	proxy *proxy
+	// bodyTime bounds the read of a REST request's body.
+	bodyTime time.Duration
 }
 
 // New returns the handler.
@@ -51,7 +58,10 @@ func New(cfg Config) *API {
 	if cfg.Log == nil {
 		cfg.Log = slog.New(slog.DiscardHandler)
 	}
-	a := &API{cfg: cfg, mux: http.NewServeMux(), proxy: newProxy(cfg.Manager, cfg.Domain, cfg.Log)}
+	a := &API{cfg: cfg, mux: http.NewServeMux(), proxy: newProxy(cfg.Manager, cfg.Domain, cfg.Log), bodyTime: restBodyTime}
+	if cfg.MaxStreams > 0 || cfg.MaxSandboxStreams > 0 {
+		a.proxy.streams = newStreamLimits(cmp.Or(cfg.MaxStreams, DefaultMaxStreams), cmp.Or(cfg.MaxSandboxStreams, DefaultMaxSandboxStreams))
+	}
 	a.mux.HandleFunc("GET /health", func(w http.ResponseWriter, _ *http.Request) {
 		writeJSON(w, http.StatusOK, map[string]any{"status": "ok", "pools": cfg.Manager.Pools()})
 	})
@@ -114,10 +124,10 @@ func notImplemented(w http.ResponseWriter, route string) {
 }
 
 // route registers an authenticated handler; h gets the caller's team, and a ResponseWriter
-// through which fail logs what a 5xx leaves out.
+// through which fail logs what a 5xx leaves out and decode learns its time.
 func (a *API) route(pattern string, h func(http.ResponseWriter, *http.Request, string)) {
 	a.mux.HandleFunc(pattern, func(w http.ResponseWriter, r *http.Request) {
-		w = &errorLog{ResponseWriter: w, log: a.cfg.Log.With("method", r.Method, "path", r.URL.Path)}
+		w = &restWriter{ResponseWriter: w, log: a.cfg.Log.With("method", r.Method, "path", r.URL.Path), bodyTime: a.bodyTime}
 		key := r.Header.Get("X-API-KEY")
 		if key == "" {
 			writeError(w, http.StatusUnauthorized, "missing X-API-KEY header")
@@ -136,14 +146,16 @@ func (a *API) route(pattern string, h func(http.ResponseWriter, *http.Request, s
 	})
 }
 
-// errorLog is the ResponseWriter of a REST handler: it carries the log a 5xx's details go to.
-type errorLog struct {
+// restWriter is the ResponseWriter of a REST handler: it carries the log a 5xx's details go to
+// and how long the request's body may take.
+type restWriter struct {
 	http.ResponseWriter
-	log *slog.Logger
+	log      *slog.Logger
+	bodyTime time.Duration
 }
 
 // Unwrap lets http.ResponseController reach the connection.
-func (e *errorLog) Unwrap() http.ResponseWriter { return e.ResponseWriter }
+func (rw *restWriter) Unwrap() http.ResponseWriter { return rw.ResponseWriter }
 
 // ServeHTTP routes sandbox traffic to the proxy and the rest to the REST API.
 func (a *API) ServeHTTP(w http.ResponseWriter, r *http.Request) {
@@ -215,8 +227,8 @@ func internalError(w http.ResponseWriter, what string, err error) {
 
 // logError logs a 5xx's error with its id, through the log a REST handler's writer carries.
 func logError(w http.ResponseWriter, id string, err error) {
-	if el, ok := w.(*errorLog); ok {
-		el.log.Error("request failed", "error_id", id, "err", err)
+	if rw, ok := w.(*restWriter); ok {
+		rw.log.Error("request failed", "error_id", id, "err", err)
 	}
 }
 
@@ -227,44 +239,82 @@ func errorID() string {
 	return hex.EncodeToString(b)
 }
 
-// decode reads a JSON body strictly: bounded size, no unknown fields, one value.
+// decode reads a JSON body strictly: bounded size and time, no unknown fields, one value.
 func decode(w http.ResponseWriter, r *http.Request, v any, optional bool) bool {
 	if ct := r.Header.Get("Content-Type"); ct != "" && !strings.HasPrefix(ct, "application/json") {
 		writeError(w, http.StatusUnsupportedMediaType, fmt.Sprintf("Content-Type %q: expected application/json", ct))
 		return false
 	}
+	// A client that sends its body slowly must not hold the handler: the body, to its end, has
+	// bodyTime. The deadline is lifted once it is read, or it would end the request (net/http
+	// watches the connection for a client going away once the body is read); after a bad body it
+	// stays, so that net/http, discarding the rest, does not wait for it forever either.
+	bodyTime := restBodyTime
+	if rw, ok := w.(*restWriter); ok {
+		bodyTime = rw.bodyTime
+	}
+	rc := http.NewResponseController(w)
+	_ = rc.SetReadDeadline(time.Now().Add(bodyTime))
 	body := http.MaxBytesReader(w, r.Body, MaxBody)
 	dec := json.NewDecoder(body)
 	dec.DisallowUnknownFields()
-	if err := dec.Decode(v); err != nil {
-		var mbe *http.MaxBytesError
-		var se *json.SyntaxError
-		var te *json.UnmarshalTypeError
-		switch {
-		case errors.Is(err, io.EOF) && optional:
-			return true
-		case errors.Is(err, io.EOF):
-			writeError(w, http.StatusBadRequest, "request body: a JSON object is required")
-		case errors.Is(err, io.ErrUnexpectedEOF):
-			writeError(w, http.StatusBadRequest, "request body: truncated JSON")
-		case errors.As(err, &mbe):
-			writeError(w, http.StatusRequestEntityTooLarge, fmt.Sprintf("request body: larger than %d bytes", MaxBody))
-		case errors.As(err, &se):
-			writeError(w, http.StatusBadRequest, fmt.Sprintf("request body: malformed JSON at byte %d: %v", se.Offset, err))
-		case errors.As(err, &te):
-			writeError(w, http.StatusBadRequest, fmt.Sprintf("request body: field %q: expected %s, got %s", te.Field, te.Type, te.Value))
-		case strings.HasPrefix(err.Error(), "json: unknown field"):
-			writeError(w, http.StatusBadRequest, "request body: "+strings.TrimPrefix(err.Error(), "json: "))
-		default:
-			writeError(w, http.StatusBadRequest, "request body: "+err.Error())
+	err := dec.Decode(v)
+	if errors.Is(err, io.EOF) && optional {
+		err = nil
+	} else if err == nil {
+		// The rest must be white space, read to its end.
+		var only bool
+		if only, err = onlySpace(io.MultiReader(dec.Buffered(), body)); err == nil && !only {
+			writeError(w, http.StatusBadRequest, "request body: more than one JSON value")
+			return false
 		}
-		return false
 	}
-	if dec.More() {
-		writeError(w, http.StatusBadRequest, "request body: more than one JSON value")
-		return false
+	if err == nil {
+		_ = rc.SetReadDeadline(time.Time{})
+		return true
 	}
-	return true
+	var mbe *http.MaxBytesError
+	var se *json.SyntaxError
+	var te *json.UnmarshalTypeError
+	switch {
+	case errors.Is(err, io.EOF):
+		writeError(w, http.StatusBadRequest, "request body: a JSON object is required")
+	case errors.Is(err, io.ErrUnexpectedEOF):
+		writeError(w, http.StatusBadRequest, "request body: truncated JSON")
+	case errors.Is(err, os.ErrDeadlineExceeded):
+		writeError(w, http.StatusRequestTimeout, fmt.Sprintf("request body: not received within %v", bodyTime))
+	case errors.As(err, &mbe):
+		writeError(w, http.StatusRequestEntityTooLarge, fmt.Sprintf("request body: larger than %d bytes", MaxBody))
+	case errors.As(err, &se):
+		writeError(w, http.StatusBadRequest, fmt.Sprintf("request body: malformed JSON at byte %d: %v", se.Offset, err))
+	case errors.As(err, &te):
+		writeError(w, http.StatusBadRequest, fmt.Sprintf("request body: field %q: expected %s, got %s", te.Field, te.Type, te.Value))
+	case strings.HasPrefix(err.Error(), "json: unknown field"):
+		writeError(w, http.StatusBadRequest, "request body: "+strings.TrimPrefix(err.Error(), "json: "))
+	default:
+		writeError(w, http.StatusBadRequest, "request body: "+err.Error())
+	}
+	return false
+}
+
+// onlySpace reads r to its end and says whether it held nothing but JSON white space.
+func onlySpace(r io.Reader) (bool, error) {
+	buf := make([]byte, 4096)
+	only := true
+	for {
+		n, err := r.Read(buf)
+		for _, c := range buf[:n] {
+			if c != ' ' && c != '\t' && c != '\r' && c != '\n' {
+				only = false
+			}
+		}
+		if err == io.EOF {
+			return only, nil
+		}
+		if err != nil {
+			return only, err
+		}
+	}
 }
 
 // NewSandbox is the create body (E2B's names; fields Cell does not support yet are refused).

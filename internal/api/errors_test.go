@@ -54,8 +54,9 @@ func (s *syncBuffer) String() string {
 	return s.b.String()
 }
 
-// setupRuntime is setup with rt as the VM runtime and the API's log kept.
-func setupRuntime(t *testing.T, rt manager.Runtime) (*httptest.Server, string, *store.Store, *syncBuffer) {
+// setupRuntime is setup with rt as the VM runtime and the API's log kept; configure, if any,
+// changes the API before it serves.
+func setupRuntime(t *testing.T, rt manager.Runtime, configure ...func(*API)) (*httptest.Server, string, *store.Store, *syncBuffer) {
 	t.Helper()
 	ctx := context.Background()
 	st, err := store.Open(ctx, filepath.Join(t.TempDir(), "cell.db"))
@@ -73,7 +74,11 @@ func setupRuntime(t *testing.T, rt manager.Runtime) (*httptest.Server, string, *
 		t.Fatal(err)
 	}
 	logs := &syncBuffer{}
-	srv := httptest.NewServer(New(Config{Manager: mgr, Keys: keys, Log: slog.New(slog.NewTextHandler(logs, nil))}))
+	a := New(Config{Manager: mgr, Keys: keys, Log: slog.New(slog.NewTextHandler(logs, nil))})
+	for _, f := range configure {
+		f(a)
+	}
+	srv := httptest.NewServer(a)
 	t.Cleanup(srv.Close)
 	return srv, key, st, logs
 }
