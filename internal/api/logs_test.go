@@ -236,3 +236,27 @@ func TestLogsQueryErrors(t *testing.T) {
 		t.Errorf("unknown sandbox: %d %s", a.status, a.raw)
 	}
 }
+
+// FuzzLogs: whatever the guest printed, the answer is valid JSON, bounded, with the same lines in
+// logs and logEntries, each at most maxLogLine bytes, and no more than limit of them.
+func FuzzLogs(f *testing.F) {
+	f.Add([]byte("boot\r\nok\n"), int64(-1), uint16(1000))
+	f.Add([]byte("\xff\xfe\x00\x1b[0m\n\n\nlast"), int64(0), uint16(2))
+	f.Add(bytes.Repeat([]byte("é"), 3000), int64(-1), uint16(5))
+	f.Add([]byte(strings.Repeat("x", maxLogLine-4)+"\xe2\x82\xac\n"), int64(1700000000001), uint16(0))
+	f.Fuzz(func(t *testing.T, content []byte, start int64, limit uint16) {
+		q := logQuery{start: max(start, -1), limit: int(limit) % (MaxLogEntries + 1)}
+		a := readLogs(t, newMemLog(content, time.UnixMilli(1700000000000)), q)
+		if len(a.Logs) > q.limit {
+			t.Fatalf("%d lines for limit %d", len(a.Logs), q.limit)
+		}
+		for _, l := range a.Logs {
+			if len(l.Line) > maxLogLine*3 { // U+FFFD is 3 bytes for each invalid byte
+				t.Fatalf("a line of %d bytes", len(l.Line))
+			}
+			if q.start >= 0 && l.Timestamp.UnixMilli() < q.start {
+				t.Fatalf("a line stamped %v before start %d", l.Timestamp, q.start)
+			}
+		}
+	})
+}
