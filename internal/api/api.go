@@ -1,8 +1,11 @@
 package api
 
 import (
+	"cmp"
 	"context"
+	"crypto/rand"
 	_ "embed"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -10,6 +13,7 @@ import (
 	"log/slog"
 	"net/http"
 	"net/url"
+	"os"
 	"strconv"
 	"strings"
 	"time"
@@ -35,6 +39,9 @@ type Config struct {
 	// Domain is the sandbox domain reported to clients and matched in {port}-{id}.{domain} hosts.
 	Domain string
 	Log    *slog.Logger
+	// MaxStreams and MaxSandboxStreams bound the proxy's requests in flight, in total and per
+	// sandbox (envd and ports each); zero: DefaultMaxStreams, DefaultMaxSandboxStreams.
+	MaxStreams, MaxSandboxStreams int
 }
 
 // API is the HTTP handler of `cell serve`.
@@ -42,6 +49,8 @@ type API struct {
 	cfg   Config
 	mux   *http.ServeMux
 	proxy *proxy
+	// bodyTime bounds the read of a REST request's body.
+	bodyTime time.Duration
 }
 
 // New returns the handler.
@@ -49,7 +58,10 @@ func New(cfg Config) *API {
 	if cfg.Log == nil {
 		cfg.Log = slog.New(slog.DiscardHandler)
 	}
-	a := &API{cfg: cfg, mux: http.NewServeMux(), proxy: newProxy(cfg.Manager, cfg.Domain, cfg.Log)}
+	a := &API{cfg: cfg, mux: http.NewServeMux(), proxy: newProxy(cfg.Manager, cfg.Domain, cfg.Log), bodyTime: restBodyTime}
+	if cfg.MaxStreams > 0 || cfg.MaxSandboxStreams > 0 {
+		a.proxy.streams = newStreamLimits(cmp.Or(cfg.MaxStreams, DefaultMaxStreams), cmp.Or(cfg.MaxSandboxStreams, DefaultMaxSandboxStreams))
+	}
 	a.mux.HandleFunc("GET /health", func(w http.ResponseWriter, _ *http.Request) {
 		writeJSON(w, http.StatusOK, map[string]any{"status": "ok", "pools": cfg.Manager.Pools()})
 	})
@@ -111,9 +123,11 @@ func notImplemented(w http.ResponseWriter, route string) {
 	writeError(w, http.StatusNotImplemented, route+" is not implemented by Cell yet")
 }
 
-// route registers an authenticated handler; h gets the caller's team.
+// route registers an authenticated handler; h gets the caller's team, and a ResponseWriter
+// through which fail logs what a 5xx leaves out and decode learns its time.
 func (a *API) route(pattern string, h func(http.ResponseWriter, *http.Request, string)) {
 	a.mux.HandleFunc(pattern, func(w http.ResponseWriter, r *http.Request) {
+		w = &restWriter{ResponseWriter: w, log: a.cfg.Log.With("method", r.Method, "path", r.URL.Path), bodyTime: a.bodyTime}
 		key := r.Header.Get("X-API-KEY")
 		if key == "" {
 			writeError(w, http.StatusUnauthorized, "missing X-API-KEY header")
@@ -125,12 +139,23 @@ func (a *API) route(pattern string, h func(http.ResponseWriter, *http.Request, s
 				writeError(w, http.StatusUnauthorized, err.Error())
 				return
 			}
-			writeError(w, http.StatusInternalServerError, err.Error())
+			internalError(w, "checking the API key failed", err)
 			return
 		}
 		h(w, r, team)
 	})
 }
+
+// restWriter is the ResponseWriter of a REST handler: it carries the log a 5xx's details go to
+// and how long the request's body may take.
+type restWriter struct {
+	http.ResponseWriter
+	log      *slog.Logger
+	bodyTime time.Duration
+}
+
+// Unwrap lets http.ResponseController reach the connection.
+func (rw *restWriter) Unwrap() http.ResponseWriter { return rw.ResponseWriter }
 
 // ServeHTTP routes sandbox traffic to the proxy and the rest to the REST API.
 func (a *API) ServeHTTP(w http.ResponseWriter, r *http.Request) {
@@ -160,62 +185,136 @@ func writeError(w http.ResponseWriter, code int, msg string) {
 	writeJSON(w, code, apiError{Code: code, Message: msg})
 }
 
-// fail maps a manager error to its HTTP status.
+// fail answers a manager error with its HTTP status.
 func fail(w http.ResponseWriter, err error) {
+	code, msg, id := answerFor(err)
+	if id != "" {
+		logError(w, id, err)
+	}
+	writeError(w, code, msg)
+}
+
+// answerFor maps a manager error to the status and message a client gets. A 4xx says what was
+// wrong with the request; a 5xx only what failed, with a new error id: the error itself (host
+// paths, QEMU's output, the guest's console) is for the daemon's log, with the same id.
+func answerFor(err error) (code int, msg, id string) {
 	switch {
 	case errors.Is(err, manager.ErrInvalid):
-		writeError(w, http.StatusBadRequest, err.Error())
+		return http.StatusBadRequest, err.Error(), ""
 	case errors.Is(err, manager.ErrNotFound):
-		writeError(w, http.StatusNotFound, err.Error())
+		return http.StatusNotFound, err.Error(), ""
 	case errors.Is(err, manager.ErrConflict):
-		writeError(w, http.StatusConflict, err.Error())
+		return http.StatusConflict, err.Error(), ""
 	case errors.Is(err, manager.ErrShutdown):
-		writeError(w, http.StatusServiceUnavailable, err.Error())
+		return http.StatusServiceUnavailable, manager.ErrShutdown.Error(), ""
 	case errors.Is(err, context.Canceled):
-		writeError(w, 499, "client closed the request")
-	default:
-		writeError(w, http.StatusInternalServerError, err.Error())
+		return 499, "client closed the request", ""
+	}
+	what := "internal error"
+	if errors.Is(err, manager.ErrBootFailed) {
+		what = manager.ErrBootFailed.Error()
+	}
+	id = errorID()
+	return http.StatusInternalServerError, fmt.Sprintf("%s (error id %s: the details are in cell serve's log)", what, id), id
+}
+
+// internalError answers 500 saying what failed, and logs err with the answer's error id.
+func internalError(w http.ResponseWriter, what string, err error) {
+	id := errorID()
+	logError(w, id, err)
+	writeError(w, http.StatusInternalServerError, fmt.Sprintf("%s (error id %s: the details are in cell serve's log)", what, id))
+}
+
+// logError logs a 5xx's error with its id, through the log a REST handler's writer carries.
+func logError(w http.ResponseWriter, id string, err error) {
+	if rw, ok := w.(*restWriter); ok {
+		rw.log.Error("request failed", "error_id", id, "err", err)
 	}
 }
 
-// decode reads a JSON body strictly: bounded size, no unknown fields, one value.
+// errorID names one failure in an answer and in the log.
+func errorID() string {
+	b := make([]byte, 6)
+	_, _ = rand.Read(b)
+	return hex.EncodeToString(b)
+}
+
+// decode reads a JSON body strictly: bounded size and time, no unknown fields, one value.
 func decode(w http.ResponseWriter, r *http.Request, v any, optional bool) bool {
 	if ct := r.Header.Get("Content-Type"); ct != "" && !strings.HasPrefix(ct, "application/json") {
 		writeError(w, http.StatusUnsupportedMediaType, fmt.Sprintf("Content-Type %q: expected application/json", ct))
 		return false
 	}
+	// A client that sends its body slowly must not hold the handler: the body, to its end, has
+	// bodyTime. The deadline is lifted once it is read, or it would end the request (net/http
+	// watches the connection for a client going away once the body is read); after a bad body it
+	// stays, so that net/http, discarding the rest, does not wait for it forever either.
+	bodyTime := restBodyTime
+	if rw, ok := w.(*restWriter); ok {
+		bodyTime = rw.bodyTime
+	}
+	rc := http.NewResponseController(w)
+	_ = rc.SetReadDeadline(time.Now().Add(bodyTime))
 	body := http.MaxBytesReader(w, r.Body, MaxBody)
 	dec := json.NewDecoder(body)
 	dec.DisallowUnknownFields()
-	if err := dec.Decode(v); err != nil {
-		var mbe *http.MaxBytesError
-		var se *json.SyntaxError
-		var te *json.UnmarshalTypeError
-		switch {
-		case errors.Is(err, io.EOF) && optional:
-			return true
-		case errors.Is(err, io.EOF):
-			writeError(w, http.StatusBadRequest, "request body: a JSON object is required")
-		case errors.Is(err, io.ErrUnexpectedEOF):
-			writeError(w, http.StatusBadRequest, "request body: truncated JSON")
-		case errors.As(err, &mbe):
-			writeError(w, http.StatusRequestEntityTooLarge, fmt.Sprintf("request body: larger than %d bytes", MaxBody))
-		case errors.As(err, &se):
-			writeError(w, http.StatusBadRequest, fmt.Sprintf("request body: malformed JSON at byte %d: %v", se.Offset, err))
-		case errors.As(err, &te):
-			writeError(w, http.StatusBadRequest, fmt.Sprintf("request body: field %q: expected %s, got %s", te.Field, te.Type, te.Value))
-		case strings.HasPrefix(err.Error(), "json: unknown field"):
-			writeError(w, http.StatusBadRequest, "request body: "+strings.TrimPrefix(err.Error(), "json: "))
-		default:
-			writeError(w, http.StatusBadRequest, "request body: "+err.Error())
+	err := dec.Decode(v)
+	if errors.Is(err, io.EOF) && optional {
+		err = nil
+	} else if err == nil {
+		// The rest must be white space, read to its end.
+		var only bool
+		if only, err = onlySpace(io.MultiReader(dec.Buffered(), body)); err == nil && !only {
+			writeError(w, http.StatusBadRequest, "request body: more than one JSON value")
+			return false
 		}
-		return false
 	}
-	if dec.More() {
-		writeError(w, http.StatusBadRequest, "request body: more than one JSON value")
-		return false
+	if err == nil {
+		_ = rc.SetReadDeadline(time.Time{})
+		return true
 	}
-	return true
+	var mbe *http.MaxBytesError
+	var se *json.SyntaxError
+	var te *json.UnmarshalTypeError
+	switch {
+	case errors.Is(err, io.EOF):
+		writeError(w, http.StatusBadRequest, "request body: a JSON object is required")
+	case errors.Is(err, io.ErrUnexpectedEOF):
+		writeError(w, http.StatusBadRequest, "request body: truncated JSON")
+	case errors.Is(err, os.ErrDeadlineExceeded):
+		writeError(w, http.StatusRequestTimeout, fmt.Sprintf("request body: not received within %v", bodyTime))
+	case errors.As(err, &mbe):
+		writeError(w, http.StatusRequestEntityTooLarge, fmt.Sprintf("request body: larger than %d bytes", MaxBody))
+	case errors.As(err, &se):
+		writeError(w, http.StatusBadRequest, fmt.Sprintf("request body: malformed JSON at byte %d: %v", se.Offset, err))
+	case errors.As(err, &te):
+		writeError(w, http.StatusBadRequest, fmt.Sprintf("request body: field %q: expected %s, got %s", te.Field, te.Type, te.Value))
+	case strings.HasPrefix(err.Error(), "json: unknown field"):
+		writeError(w, http.StatusBadRequest, "request body: "+strings.TrimPrefix(err.Error(), "json: "))
+	default:
+		writeError(w, http.StatusBadRequest, "request body: "+err.Error())
+	}
+	return false
+}
+
+// onlySpace reads r to its end and says whether it held nothing but JSON white space.
+func onlySpace(r io.Reader) (bool, error) {
+	buf := make([]byte, 4096)
+	only := true
+	for {
+		n, err := r.Read(buf)
+		for _, c := range buf[:n] {
+			if c != ' ' && c != '\t' && c != '\r' && c != '\n' {
+				only = false
+			}
+		}
+		if err == io.EOF {
+			return only, nil
+		}
+		if err != nil {
+			return only, err
+		}
+	}
 }
 
 // NewSandbox is the create body (E2B's names; fields Cell does not support yet are refused).
@@ -650,36 +749,6 @@ func (a *API) metrics(w http.ResponseWriter, r *http.Request, team string) {
 		NetBytesIn: ns.BytesIn, NetBytesOut: ns.BytesOut, NetDenied: ns.Denied}})
 }
 
-type logLine struct {
-	Timestamp time.Time `json:"timestamp"`
-	Line      string    `json:"line"`
-}
-
-type logEntry struct {
-	Timestamp time.Time         `json:"timestamp"`
-	Level     string            `json:"level"`
-	Message   string            `json:"message"`
-	Fields    map[string]string `json:"fields"`
-}
-
-func (a *API) logs(w http.ResponseWriter, r *http.Request, team string) {
-	text, err := a.cfg.Manager.ConsoleLog(team, r.PathValue("id"))
-	if err != nil {
-		fail(w, err)
-		return
-	}
-	now := time.Now().UTC()
-	lines, entries := []logLine{}, []logEntry{}
-	for _, l := range strings.Split(strings.TrimRight(text, "\n"), "\n") {
-		if l == "" {
-			continue
-		}
-		lines = append(lines, logLine{Timestamp: now, Line: l})
-		entries = append(entries, logEntry{Timestamp: now, Level: "info", Message: l, Fields: map[string]string{"source": "console"}})
-	}
-	writeJSON(w, http.StatusOK, map[string]any{"logs": lines, "logEntries": entries})
-}
-
 type pauseBody struct {
 	Memory *bool `json:"memory,omitempty"`
 }
@@ -821,11 +890,11 @@ func (a *API) fork(w http.ResponseWriter, r *http.Request, team string) {
 	out := make([]forkResult, len(results))
 	for i, res := range results {
 		if res.Err != nil {
-			code := http.StatusInternalServerError
-			if errors.Is(res.Err, manager.ErrNotFound) {
-				code = http.StatusNotFound
+			code, msg, id := answerFor(res.Err)
+			if id != "" {
+				logError(w, id, res.Err)
 			}
-			out[i].Error = &apiError{Code: code, Message: res.Err.Error()}
+			out[i].Error = &apiError{Code: code, Message: msg}
 			continue
 		}
 		sr := a.sandboxResponse(res.Info)

@@ -3,17 +3,21 @@ package api
 import (
 	"context"
 	"crypto/subtle"
+	"encoding/base64"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
 	"net/http/httputil"
+	"regexp"
 	"strconv"
 	"strings"
 	"time"
 
 	"github.com/cellhq/cell/envd/filesystem"
+	"github.com/cellhq/cell/internal/auth"
 	"github.com/cellhq/cell/internal/ids"
 	"github.com/cellhq/cell/internal/manager"
 )
@@ -30,18 +34,34 @@ const (
 // TrafficTokenHeader carries a sandbox's traffic access token to its exposed ports.
 const TrafficTokenHeader = "E2b-Traffic-Access-Token"
 
+// sandboxes is what the proxy needs of the manager: how to reach a running sandbox.
+type sandboxes interface {
+	Envd(id string) (*http.Client, error)
+	Port(id string, port uint16) (manager.PortTarget, error)
+	Get(team, id string) (manager.Info, error)
+	FindRunning(match func(token string) bool) string
+}
+
 type proxy struct {
-	mgr     *manager.Manager
+	mgr     sandboxes
 	domain  string
 	log     *slog.Logger
 	buffers bufferPool
 	// ports reaches guest ports; connections are pooled per sandbox and port (the dial address
 	// is "<id>:<port>").
 	ports *http.Transport
+	// streams bounds the requests in flight to sandboxes.
+	streams *streamLimits
+	// bodyIdle is how long a proxied request's body may send nothing before its read fails.
+	bodyIdle time.Duration
 }
 
-func newProxy(mgr *manager.Manager, domain string, log *slog.Logger) *proxy {
-	p := &proxy{mgr: mgr, domain: domain, log: log, buffers: make(bufferPool, 32)}
+func newProxy(mgr sandboxes, domain string, log *slog.Logger) *proxy {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	p := &proxy{mgr: mgr, domain: domain, log: log, buffers: make(bufferPool, 32),
+		streams: newStreamLimits(DefaultMaxStreams, DefaultMaxSandboxStreams), bodyIdle: ProxyBodyIdle}
 	p.ports = &http.Transport{
 		DialContext:         p.dialPort,
 		MaxIdleConnsPerHost: 16,
@@ -161,6 +181,12 @@ func (p *proxy) serve(w http.ResponseWriter, r *http.Request, id, port string) {
 		p.servePort(w, r, id, n)
 		return
 	}
+	release, ok := p.streams.acquire(w, id, "envd")
+	if !ok {
+		return
+	}
+	defer release()
+	p.limitBody(w, r)
 	rp := &httputil.ReverseProxy{
 		Rewrite: func(pr *httputil.ProxyRequest) {
 			pr.Out.URL.Scheme = "http"
@@ -168,6 +194,7 @@ func (p *proxy) serve(w http.ResponseWriter, r *http.Request, id, port string) {
 			pr.Out.Host = "envd"
 			pr.Out.Header.Del(SandboxIDHeader)
 			pr.Out.Header.Del(SandboxPortHeader)
+			stripCredentials(pr.Out.Header, true)
 		},
 		Transport: hc.Transport,
 		// Responses without a length (Connect streams, gzip) are flushed at every write by
@@ -183,6 +210,77 @@ func (p *proxy) serve(w http.ResponseWriter, r *http.Request, id, port string) {
 		},
 	}
 	rp.ServeHTTP(w, r)
+}
+
+// apiKeyRE finds a Cell API key (auth's form) in a header value.
+var apiKeyRE = regexp.MustCompile(auth.Prefix + `[0-9a-f]{40}`)
+
+// stripCredentials removes from a request on its way into a sandbox what the guest must never
+// see: the client's Cell API key (X-API-KEY, or Authorization carrying one, also inside Basic
+// credentials) and the traffic token; for a port (not envd), envd's access token too. What the
+// guest needs stays: envd's X-Access-Token and E2B's Basic user name for envd, the client's own
+// Authorization and cookies for a server in the sandbox.
+func stripCredentials(h http.Header, envd bool) {
+	h.Del("X-API-KEY")
+	h.Del(TrafficTokenHeader)
+	if !envd {
+		h.Del(filesystem.AccessTokenHeader)
+	}
+	auths := h.Values("Authorization")
+	h.Del("Authorization")
+	for _, v := range auths {
+		if !carriesAPIKey(v) {
+			h.Add("Authorization", v)
+		}
+	}
+}
+
+// carriesAPIKey says whether an Authorization value holds something of an API key's form.
+func carriesAPIKey(v string) bool {
+	if apiKeyRE.MatchString(v) {
+		return true
+	}
+	scheme, cred, _ := strings.Cut(strings.TrimSpace(v), " ")
+	if !strings.EqualFold(scheme, "Basic") {
+		return false
+	}
+	dec, err := base64.StdEncoding.DecodeString(strings.TrimSpace(cred))
+	return err == nil && apiKeyRE.Match(dec)
+}
+
+// tokenMatches compares a presented secret with the expected one in constant time (a different
+// length answers at once: the length of Cell's tokens is no secret); an empty expected token
+// never matches.
+func tokenMatches(got, want string) bool {
+	return want != "" && subtle.ConstantTimeCompare([]byte(got), []byte(want)) == 1
+}
+
+// limitBody makes a proxied request's body fail once the client has sent nothing for bodyIdle:
+// an upload may take as long as it keeps coming, a client that stalls does not hold the
+// connection, the stream and the guest's handler forever.
+func (p *proxy) limitBody(w http.ResponseWriter, r *http.Request) {
+	if r.Body == nil || r.Body == http.NoBody || p.bodyIdle <= 0 {
+		return
+	}
+	r.Body = &idleBody{ReadCloser: r.Body, rc: http.NewResponseController(w), idle: p.bodyIdle}
+}
+
+// idleBody is a request body with a deadline for each read.
+type idleBody struct {
+	io.ReadCloser
+	rc   *http.ResponseController
+	idle time.Duration
+}
+
+func (b *idleBody) Read(p []byte) (int, error) {
+	_ = b.rc.SetReadDeadline(time.Now().Add(b.idle))
+	n, err := b.ReadCloser.Read(p)
+	if err != nil {
+		// The body is done: the connection's later reads (net/http's watch for the client going
+		// away, the next request) must not inherit the deadline.
+		_ = b.rc.SetReadDeadline(time.Time{})
+	}
+	return n, err
 }
 
 // serveSigned proxies a signed /files URL that names no sandbox (E2B's SDKs make such URLs when
@@ -231,11 +329,17 @@ func (p *proxy) servePort(w http.ResponseWriter, r *http.Request, id string, por
 		badGateway(w, id, "The sandbox was not found")
 		return
 	}
-	if t.TrafficToken != "" && r.Header.Get(TrafficTokenHeader) != t.TrafficToken {
+	if t.TrafficToken != "" && !tokenMatches(r.Header.Get(TrafficTokenHeader), t.TrafficToken) {
 		writeJSON(w, http.StatusForbidden, sandboxError{SandboxID: id, Code: http.StatusForbidden,
 			Message: "The sandbox requires the " + strings.ToLower(TrafficTokenHeader) + " header (its allowPublicTraffic is false)"})
 		return
 	}
+	release, ok := p.streams.acquire(w, id, "port")
+	if !ok {
+		return
+	}
+	defer release()
+	p.limitBody(w, r)
 	mask := ""
 	if info, err := p.mgr.Get("", id); err == nil {
 		mask = info.Network.MaskRequestHost
@@ -250,7 +354,7 @@ func (p *proxy) servePort(w http.ResponseWriter, r *http.Request, id string, por
 			}
 			pr.Out.Header.Del(SandboxIDHeader)
 			pr.Out.Header.Del(SandboxPortHeader)
-			pr.Out.Header.Del(TrafficTokenHeader)
+			stripCredentials(pr.Out.Header, false)
 			pr.SetXForwarded()
 		},
 		Transport:     p.ports,

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"log/slog"
 	"net"
 	"net/http"
 	"os"
@@ -35,7 +34,8 @@ func (g *globals) openStore(ctx context.Context) (*store.Store, error) {
 }
 
 func serveCmd(g *globals) *cobra.Command {
-	var listen, domain, accel, metricsListen string
+	var listen, domain, accel, metricsListen, metricsTokenFile, metricsToken string
+	var maxConns, maxStreams, maxSandboxStreams int
 	var nf netFlags
 	var leave, cold, pauseAll bool
 	var pools map[string]int
@@ -49,6 +49,23 @@ E2B_API_URL=http://ADDR E2B_SANDBOX_URL=http://ADDR E2B_API_KEY=<key from cell a
 On SIGTERM or SIGINT it stops accepting, finishes in-flight calls (up to --grace), then kills
 every sandbox, or with --leave-running leaves them for the next cell serve to re-adopt.`,
 		Args: cobra.NoArgs,
+		PreRunE: func(*cobra.Command, []string) error {
+			for name, v := range map[string]int{"--max-conns": maxConns, "--max-proxy-streams": maxStreams, "--max-sandbox-streams": maxSandboxStreams} {
+				if v < 1 {
+					return fmt.Errorf("%s: %d must be at least 1", name, v)
+				}
+			}
+			if metricsTokenFile != "" {
+				if metricsListen == "" {
+					return errors.New("--metrics-token-file: only with --metrics-listen")
+				}
+				var err error
+				if metricsToken, err = api.ReadTokenFile(metricsTokenFile); err != nil {
+					return fmt.Errorf("--metrics-token-file: %w", err)
+				}
+			}
+			return nil
+		},
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			// One daemon per data directory, before anything else: a second one would take the
 			// first one's VMs for orphans and destroy them.
@@ -122,9 +139,11 @@ every sandbox, or with --leave-running leaves them for the next cell serve to re
 				mgr.Shutdown(context.Background(), manager.Leave)
 				return fmt.Errorf("listening on %s: %w", listen, err)
 			}
-			h := api.New(api.Config{Manager: mgr, Keys: auth.Keys{Store: st}, Domain: domain, Log: log})
-			srv := &http.Server{Handler: h, ReadHeaderTimeout: 30 * time.Second, ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelDebug)}
+			h := api.New(api.Config{Manager: mgr, Keys: auth.Keys{Store: st}, Domain: domain, Log: log,
+				MaxStreams: maxStreams, MaxSandboxStreams: maxSandboxStreams})
+			srv := api.NewServer(h, log)
 			fmt.Fprintf(os.Stderr, "cell: serving on http://%s (accel %s)\n", ln.Addr(), choice.Accel)
+			ln = api.LimitListener(ln, maxConns)
 			errc := make(chan error, 2)
 			go func() { errc <- srv.Serve(ln) }()
 			if metricsListen != "" {
@@ -134,7 +153,8 @@ every sandbox, or with --leave-running leaves them for the next cell serve to re
 					mgr.Shutdown(context.Background(), manager.Leave)
 					return fmt.Errorf("--metrics-listen %s: %w", metricsListen, err)
 				}
-				msrv := &http.Server{Handler: api.MetricsHandler(mgr), ReadHeaderTimeout: 10 * time.Second}
+				msrv := &http.Server{Handler: api.MetricsHandler(mgr, metricsToken), ReadHeaderTimeout: 10 * time.Second, IdleTimeout: api.IdleTimeout}
+				mln = api.LimitListener(mln, 64)
 				defer func() { _ = msrv.Close() }()
 				go func() {
 					if err := msrv.Serve(mln); !errors.Is(err, http.ErrServerClosed) {
@@ -175,7 +195,11 @@ every sandbox, or with --leave-running leaves them for the next cell serve to re
 	c.Flags().BoolVar(&pauseAll, "pause-on-shutdown", false, "on shutdown, pause running sandboxes (with their RAM) instead of killing them")
 	c.Flags().BoolVar(&leave, "leave-running", false, "on shutdown, leave sandboxes running for the next cell serve to re-adopt")
 	c.Flags().DurationVar(&grace, "grace", 10*time.Second, "how long shutdown waits for in-flight calls")
-	c.Flags().StringVar(&metricsListen, "metrics-listen", "", "serve Prometheus metrics on this (operator-only) address, e.g. 127.0.0.1:9464")
+	c.Flags().StringVar(&metricsListen, "metrics-listen", "", "serve Prometheus metrics on this (operator-only) address, e.g. 127.0.0.1:9464; per-sandbox series need --metrics-token-file")
+	c.Flags().StringVar(&metricsTokenFile, "metrics-token-file", "", "file holding a bearer token that every scrape of --metrics-listen must present (Prometheus: authorization.credentials_file); with it the metrics name each sandbox (sandbox ids are capabilities for public ports), without it only the count of running sandboxes is served")
+	c.Flags().IntVar(&maxConns, "max-conns", api.DefaultMaxConns, "serve at most this many client connections at once (more wait to be accepted)")
+	c.Flags().IntVar(&maxStreams, "max-proxy-streams", api.DefaultMaxStreams, "at most this many proxied requests to sandboxes (envd calls and streams, exposed ports, WebSockets) in flight in total (more get 503)")
+	c.Flags().IntVar(&maxSandboxStreams, "max-sandbox-streams", api.DefaultMaxSandboxStreams, "at most this many proxied requests in flight per sandbox, to its envd and to its ports each (more get 429)")
 	nf.register(c)
 	return c
 }

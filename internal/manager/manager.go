@@ -494,23 +494,27 @@ func (m *Manager) FindRunning(match func(token string) bool) string {
 	return ""
 }
 
-// ConsoleLog returns the sandbox's console log.
-func (m *Manager) ConsoleLog(team, id string) (string, error) {
+// ConsoleLog opens the sandbox's console log for reading (bounded, with when each byte was
+// written); nil when the sandbox has no VM (paused) or the log is gone. The caller closes it.
+func (m *Manager) ConsoleLog(team, id string) (*vmm.ConsoleLog, error) {
 	b, err := m.lookup(team, id)
 	if err != nil {
-		return "", err
+		return nil, err
 	}
 	b.mu.Lock()
 	sb := b.sb
 	b.mu.Unlock()
 	if sb == nil {
-		return "", nil
+		return nil, nil
 	}
-	data, err := os.ReadFile(sb.VM.Dir.File("console.log"))
-	if err != nil && !errors.Is(err, os.ErrNotExist) {
-		return "", err
+	log, err := sb.VM.OpenConsoleLog()
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil
 	}
-	return string(data), nil
+	if err != nil {
+		return nil, fmt.Errorf("sandbox %s: opening the console log: %w", id, err)
+	}
+	return log, nil
 }
 
 // Adoption at startup.

@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"sort"
+	"strings"
 	"sync"
 	"time"
 
@@ -106,7 +107,8 @@ func (m *Manager) DeleteTemplate(team, id string) error {
 	}
 	if err := sandbox.RemoveTemplate(t.Dir, m.cfg.RunDir, m.cfg.PausedDir); err != nil {
 		if errors.Is(err, sandbox.ErrTemplateInUse) {
-			return fmt.Errorf("%w: %w", ErrConflict, err)
+			// The message goes to the client: without the template's directory on the host.
+			return fmt.Errorf("%w: template %q: %s", ErrConflict, id, strings.TrimPrefix(err.Error(), "template "+t.Dir+": "))
 		}
 		return err
 	}

@@ -100,6 +100,7 @@ func (h *Host) Adopt(ctx context.Context, id string, pid int, startTicks uint64)
 	if used, over := h.slots.inUse(); over > 0 {
 		vm.log.Warn("adopted past the VM limit: no new VM starts until enough have ended", "max_vms", h.cfg.MaxVMs, "running", used)
 	}
+	vm.qemuOut = adoptQEMUOutput(dir)
 	defer func() {
 		if retErr != nil {
 			vm.detach()
@@ -212,6 +213,14 @@ func (vm *VM) detach() {
 	if vm.console != nil {
 		<-vm.console.done
 	}
+	if o := vm.qemuOut; o != nil {
+		select {
+		case <-vm.exited:
+			o.finish(time.Second) // QEMU is gone: what it wrote last is still in the pipe
+		default:
+			o.stop() // QEMU goes on: it writes into the pipe for the next daemon
+		}
+	}
 	if vm.stopWatch != nil {
 		vm.stopWatch()
 	}
@@ -235,7 +244,7 @@ func (vm *VM) stderrText() string {
 	if !vm.detached {
 		return vm.stderr.String()
 	}
-	f, err := os.Open(vm.Dir.File("qemu.log"))
+	f, err := os.Open(vm.Dir.File(qemuLog))
 	if err != nil {
 		return ""
 	}

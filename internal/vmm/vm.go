@@ -38,7 +38,8 @@ type Config struct {
 	// DieWithParent makes QEMU receive SIGKILL when this process dies (for `cell run`).
 	DieWithParent bool
 	// Detached VMs outlive this process so that a restarted daemon can adopt them: QEMU's own
-	// output goes to qemu.log in the VM's directory instead of a pipe.
+	// output goes to qemu.log in the VM's directory (bounded, through a pipe whichever daemon
+	// is attached drains; see qemuOutput) instead of a pipe to this process.
 	Detached bool
 	// Sandbox enables QEMU's seccomp sandbox.
 	Sandbox bool
@@ -180,7 +181,8 @@ type VM struct {
 	aside     WorkDir       // where Release moved the working directory
 
 	detached  bool
-	stopWatch func() // stops the exit watcher of an adopted VM
+	qemuOut   *qemuOutput // drains a detached QEMU's output into qemu.log
+	stopWatch func()      // stops the exit watcher of an adopted VM
 }
 
 // BootError is a failed boot with what QEMU and the guest said.
@@ -359,12 +361,13 @@ func (h *Host) startOnce(ctx context.Context, spec Spec) (_ *VM, retErr error) {
 	cmd.Stdout = vm.stderr
 	cmd.Stderr = vm.stderr
 	if h.cfg.Detached {
-		logf, err := os.OpenFile(dir.File("qemu.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+		out, err := newQEMUOutput(dir)
 		if err != nil {
-			return nil, fmt.Errorf("opening qemu.log: %w", err)
+			return nil, err
 		}
-		defer func() { _ = logf.Close() }() // QEMU has its own copy once started
-		cmd.Stdout, cmd.Stderr = logf, logf
+		vm.qemuOut = out
+		defer out.closeChildEnds() // QEMU has its own copies once started
+		out.attach(cmd)
 		vm.detached = true
 	}
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
@@ -378,6 +381,11 @@ func (h *Host) startOnce(ctx context.Context, spec Spec) (_ *VM, retErr error) {
 	vm.cmd = cmd
 	vm.proc = cmd.Process
 	vm.PID = vm.cmd.Process.Pid
+	if vm.qemuOut != nil {
+		if err := vm.qemuOut.started(); err != nil {
+			vm.log.Warn("QEMU's output may block it when no daemon drains it", "err", err)
+		}
+	}
 	vm.StartTicks, _ = ProcessStartTicks(vm.PID)
 	go func() {
 		vm.exitErr = vm.cmd.Wait()

@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
@@ -454,7 +455,11 @@ func TestNetworkAfterRestart(t *testing.T) {
 	}
 	metricsAddr := ln.Addr().String()
 	_ = ln.Close()
-	flags := []string{"--dns-host", "allowed.test=" + testHostA, "--metrics-listen", metricsAddr,
+	tokenFile := filepath.Join(t.TempDir(), "metrics-token")
+	if err := os.WriteFile(tokenFile, []byte("scrape-secret\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	flags := []string{"--dns-host", "allowed.test=" + testHostA, "--metrics-listen", metricsAddr, "--metrics-token-file", tokenFile,
 		"--net-allow-reserved", testHostA, "--net-allow-reserved", testHostB}
 	s1, c := d.serve(t, flags...)
 	s := newSbx(t, c, client.CreateOptions{Timeout: 10 * time.Minute, Network: &client.Network{DenyOut: []string{testHostB + "/32"}}})
@@ -468,7 +473,18 @@ func TestNetworkAfterRestart(t *testing.T) {
 	s = connectSbx(t, c, s.id)
 	s.ok(curl + "https://allowed.test/")
 	s.refused(curl + "http://" + testHostB + "/")
+	// Sandbox ids are capabilities: the per-sandbox series need the scrape token.
 	resp, err := http.Get("http://" + metricsAddr + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = resp.Body.Close()
+	if resp.StatusCode != http.StatusUnauthorized {
+		t.Fatalf("metrics without the token: %d", resp.StatusCode)
+	}
+	req, _ := http.NewRequest("GET", "http://"+metricsAddr+"/metrics", nil)
+	req.Header.Set("Authorization", "Bearer scrape-secret")
+	resp, err = http.DefaultClient.Do(req)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -77,7 +77,7 @@ func TestPauseFailureIsUndone(t *testing.T) {
 		}
 	}
 	token := ""
-	sb2, err := rt.Resume(ctx, dir, envd.InitRequest{AccessToken: &token}, nil)
+	sb2, err := rt.Resume(ctx, dir, envd.InitRequest{AccessToken: &token}, nil, true)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -139,7 +139,7 @@ func TestAdoptAndPauseASilentGuest(t *testing.T) {
 	}
 	_ = blocker.Close()
 	token := ""
-	sb3, err := rt2.Resume(ctx, dir, envd.InitRequest{AccessToken: &token}, nil)
+	sb3, err := rt2.Resume(ctx, dir, envd.InitRequest{AccessToken: &token}, nil, true)
 	if err != nil {
 		t.Fatal(err)
 	}
