@@ -52,6 +52,7 @@ func FuzzAPIBodies(f *testing.F) {
 		`{"name": "snap"}`, `{"count": 0}`, `{"count": 101, "timeout": 5}`, `{"allowOut": ["example.com"], "allow_internet_access": true}`,
 		`{"a": 1} {"b": 2}`, `{"templateID": "base"}]`, `{"templateID": "\u0000"}`, `{"templateID": "base",`, "\xff\xfe",
 		`{"templateID": "base", "metadata": {"": ""}}`, `{"templateID": "base", "timeout": 9223372036854775807}`,
+		`{"templateID": "base", "timeout": 18446744074}`, `{"timeout": 18446744074}`, `{"count": 1, "timeout": 18446744074}`,
 	} {
 		for i := range jsonRoutes {
 			f.Add(uint8(i), []byte(seed))
