@@ -367,7 +367,7 @@ func (f *Files) upload(w http.ResponseWriter, r *http.Request, id process.Identi
 		mr := multipart.NewReader(&bulkReader{r: body}, params["boundary"])
 		for {
 			part, err := mr.NextPart()
-			if errors.Is(err, io.EOF) {
+			if err == io.EOF { // the final boundary; a body cut off before it is a wrapped EOF
 				break
 			}
 			if err != nil {
@@ -375,7 +375,11 @@ func (f *Files) upload(w http.ResponseWriter, r *http.Request, id process.Identi
 				return
 			}
 			if part.FormName() != "file" {
-				_ = part.Close()
+				// Read to its end (Close would ignore a body cut off inside it).
+				if _, err := io.Copy(io.Discard, part); err != nil {
+					WriteError(w, http.StatusBadRequest, "reading multipart body: %v", err)
+					return
+				}
 				continue
 			}
 			target := qpath
@@ -483,9 +487,13 @@ func writeFile(p string, r io.Reader, id process.Identity, md map[string]string)
 		return uploaded{}, statusFor(err), fmt.Errorf("opening %s: %w", p, err)
 	}
 	// Large reads, as for downloads (File.ReadFrom would read 32 KiB at a time).
-	_, err = io.CopyBuffer(struct{ io.Writer }{file}, r, make([]byte, fileChunk))
+	src := &sourceReader{r: r}
+	_, err = io.CopyBuffer(struct{ io.Writer }{file}, src, make([]byte, fileChunk))
 	if cerr := file.Close(); err == nil {
 		err = cerr
+	}
+	if src.err != nil { // the upload itself was cut off or malformed: the client's fault
+		return uploaded{}, http.StatusBadRequest, fmt.Errorf("reading the upload of %s: %w", p, src.err)
 	}
 	if err != nil {
 		return uploaded{}, statusFor(err), fmt.Errorf("writing %s: %w", p, err)
@@ -499,6 +507,21 @@ func writeFile(p string, r io.Reader, id process.Identity, md map[string]string)
 		}
 	}
 	return uploaded{Name: filepath.Base(p), Type: "file", Path: p, Metadata: md}, 0, nil
+}
+
+// sourceReader remembers the error its reader gave (other than the end), so that a failed copy
+// can tell a bad upload (400) from a failed write (507, 403, 500).
+type sourceReader struct {
+	r   io.Reader
+	err error
+}
+
+func (s *sourceReader) Read(p []byte) (int, error) {
+	n, err := s.r.Read(p)
+	if err != nil && err != io.EOF {
+		s.err = err
+	}
+	return n, err
 }
 
 func statusFor(err error) int {

@@ -85,12 +85,6 @@ func FuzzFilesUpload(f *testing.F) {
 		files.ServeHTTP(rec, req)
 
 		if rec.Code >= 500 {
-			if rec.Code == 500 && bytes.Contains(rec.Body.Bytes(), []byte("unexpected EOF")) && truncatedPart(body, ctypeHeader) {
-				// Known, reported, left to envd's owner: a "file" part cut off before its
-				// closing boundary fails writeFile's copy, and statusFor makes any error it
-				// does not know a 500 (the body is malformed: 400).
-				t.Skip("envd answers 500 for a truncated multipart part (reported)")
-			}
 			t.Fatalf("%d for a body: %s", rec.Code, rec.Body.String())
 		}
 		if rec.Code != 200 {
@@ -128,14 +122,6 @@ func FuzzFilesUpload(f *testing.F) {
 				}
 			}
 			if perr != nil || len(fileParts) != 1 {
-				if rec.Code == 200 && perr != nil && (errors.Is(perr, io.EOF) || errors.Is(perr, io.ErrUnexpectedEOF)) {
-					// Known, reported, left to envd's owner: the upload loop takes
-					// mime/multipart's wrapped "NextPart: EOF" (a body cut off before its final
-					// boundary) for the clean end (errors.Is(err, io.EOF) instead of
-					// err == io.EOF), and ignores the error of closing a skipped part, so a
-					// truncated body is answered 200.
-					t.Skipf("envd accepts a multipart body cut off before its final boundary (reported): %v", perr)
-				}
 				if rec.Code == 200 {
 					t.Fatalf("accepted, but the reference found %d file parts (%v)", len(fileParts), perr)
 				}
@@ -179,5 +165,39 @@ func truncatedPart(body []byte, ctypeHeader string) bool {
 		if _, err := io.Copy(io.Discard, part); err != nil {
 			return errors.Is(err, io.ErrUnexpectedEOF)
 		}
+	}
+}
+
+// A multipart upload cut off is refused as the client's (400), whether the cut is inside the
+// file's part (it was a 500) or after it, before the final boundary (it was a 200: mime/multipart
+// wraps that EOF, which the loop took for the clean end), or inside a part it skips.
+func TestTruncatedMultipartRefused(t *testing.T) {
+	u, err := user.Current()
+	if err != nil {
+		t.Fatal(err)
+	}
+	files := &Files{Defaults: state.New(u.Username), Users: &process.Users{}}
+	target := filepath.Join(t.TempDir(), "upload")
+	whole := multipartBody("b0undary", [3]string{"file", "a.txt", "hello"})
+	skipped := multipartBody("b0undary", [3]string{"file", "a.txt", "hello"}, [3]string{"other", "x", "skipped part"})
+	for name, body := range map[string][]byte{
+		"inside the file":         []byte("--b0undary\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a\"\r\n\r\ntrunc"),
+		"before the end boundary": whole[:bytes.LastIndex(whole, []byte("--b0undary--"))],
+		"inside a skipped part":   skipped[:len(skipped)-len("part\r\n--b0undary--\r\n")],
+	} {
+		req := httptest.NewRequest("POST", "/files?"+url.Values{"path": {target}}.Encode(), bytes.NewReader(body))
+		req.Header.Set("Content-Type", "multipart/form-data; boundary=b0undary")
+		rec := httptest.NewRecorder()
+		files.ServeHTTP(rec, req)
+		if rec.Code != 400 {
+			t.Errorf("%s: %d %s, want 400", name, rec.Code, rec.Body.String())
+		}
+	}
+	req := httptest.NewRequest("POST", "/files?"+url.Values{"path": {target}}.Encode(), bytes.NewReader(whole))
+	req.Header.Set("Content-Type", "multipart/form-data; boundary=b0undary")
+	rec := httptest.NewRecorder()
+	files.ServeHTTP(rec, req)
+	if rec.Code != 200 {
+		t.Fatalf("the whole body: %d %s", rec.Code, rec.Body.String())
 	}
 }
