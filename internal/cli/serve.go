@@ -94,6 +94,13 @@ every sandbox, or with --leave-running leaves them for the next cell serve to re
 			if err != nil {
 				return err
 			}
+			// The run directory may be shared (CELL_RUN_DIR): one daemon in it at a time, or one
+			// would take the other's VMs, left running across a restart, for orphans.
+			runLock, err := datadir.Acquire(rt.Host.RunDir(), "cell serve")
+			if err != nil {
+				return err
+			}
+			defer func() { _ = runLock.Release() }()
 			log.Info("accelerator", "accel", choice.Accel, "reason", choice.Reason)
 			if !cold {
 				// Sandboxes are restored from the base template's memory snapshot; without one

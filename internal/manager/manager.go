@@ -620,6 +620,12 @@ func (m *Manager) recoverRunning(ctx context.Context, rec store.Sandbox) (kept b
 		}
 		return false, m.recoverPaused(ctx, rec)
 	}
+	if aerr != nil && errors.Is(aerr, vmm.ErrClaimed) {
+		// Another live process manages that VM: it is not this daemon's to stop or remove.
+		m.log.Warn("sandbox lost across restart: another process manages its VM", "sandbox", rec.ID, "err", aerr)
+		rec.State, rec.Reason, rec.EndAt = store.StateLost, "not re-adopted after restart: "+aerr.Error(), time.Now()
+		return false, m.cfg.Store.PutSandbox(ctx, rec)
+	}
 	if aerr != nil {
 		// Adoption waits for nothing the guest controls: a QEMU still ours that failed it did not
 		// answer its own monitor within AdoptTimeout, and cannot be managed.
@@ -676,7 +682,9 @@ func (m *Manager) cleanOrphans(keep map[string]bool) {
 		return
 	}
 	for _, o := range findQEMUs(m.cfg.RunDir) {
-		if !keep[o.id] {
+		// A VM another live process manages (a `cell run`, a daemon sharing the run directory)
+		// is not an orphan.
+		if !keep[o.id] && !vmm.Claimed(filepath.Join(m.cfg.RunDir, o.id)) {
 			m.log.Warn("killing orphan qemu", "sandbox", o.id, "pid", o.pid)
 			if p, err := os.FindProcess(o.pid); err == nil {
 				_ = p.Kill()
@@ -689,7 +697,7 @@ func (m *Manager) cleanOrphans(keep map[string]bool) {
 	}
 	for _, de := range des {
 		orphan := !keep[de.Name()] && ids.Validate("sandboxID", de.Name()) == nil
-		if de.IsDir() && (orphan || vmm.IsGoneDir(de.Name())) {
+		if de.IsDir() && (orphan || vmm.IsGoneDir(de.Name())) && !vmm.Claimed(filepath.Join(m.cfg.RunDir, de.Name())) {
 			m.log.Warn("removing orphan VM directory", "dir", de.Name())
 			_ = os.RemoveAll(filepath.Join(m.cfg.RunDir, de.Name()))
 		}

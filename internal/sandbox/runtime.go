@@ -2,14 +2,19 @@ package sandbox
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"log/slog"
 	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strconv"
+	"syscall"
 	"time"
 
 	"github.com/cellhq/cell/internal/image"
@@ -55,24 +60,35 @@ func FindTool(name, pkg string) (string, error) {
 }
 
 // RunDir is where VM working directories go: home/run when socket paths fit in it, else a
-// private per-user directory under the system's temporary directory.
+// private per-user directory under the system's temporary directory, one per data directory
+// (named by a hash of home's path: two data directories never share one).
 func RunDir(home string) (string, error) {
 	d := filepath.Join(home, "run")
 	if len(d) <= 70 {
 		return d, nil
 	}
-	d = filepath.Join(os.TempDir(), "cell-"+strconv.Itoa(os.Getuid()))
-	if err := os.MkdirAll(d, 0o700); err != nil {
-		return "", err
-	}
-	st, err := os.Lstat(d)
-	if err != nil {
-		return "", err
-	}
-	if !st.IsDir() || st.Mode().Perm() != 0o700 {
-		return "", fmt.Errorf("run dir %s: not a private directory", d)
+	parent := filepath.Join(os.TempDir(), "cell-"+strconv.Itoa(os.Getuid()))
+	sum := sha256.Sum256([]byte(home))
+	d = filepath.Join(parent, hex.EncodeToString(sum[:6]))
+	for _, p := range []string{parent, d} {
+		if err := os.Mkdir(p, 0o700); err != nil && !errors.Is(err, fs.ErrExist) {
+			return "", err
+		}
+		st, err := os.Lstat(p)
+		if err != nil {
+			return "", err
+		}
+		if !st.IsDir() || st.Mode().Perm() != 0o700 || !ownedByUs(st) {
+			return "", fmt.Errorf("run dir %s: not a private directory of this user", p)
+		}
 	}
 	return d, nil
+}
+
+// ownedByUs says whether st (from Lstat) belongs to this process's user.
+func ownedByUs(st fs.FileInfo) bool {
+	sys, ok := st.Sys().(*syscall.Stat_t)
+	return ok && int(sys.Uid) == os.Getuid()
 }
 
 // NewRuntime finds (or builds) the image, resolves the accelerator and returns a Runtime.

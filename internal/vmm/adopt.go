@@ -81,10 +81,15 @@ func (h *Host) Adopt(ctx context.Context, id string, pid int, startTicks uint64)
 		return nil, fmt.Errorf("vm %s pid %d: %w", id, pid, ErrNotOurs)
 	}
 	dir := WorkDir{Path: h.cfg.RunDir + "/" + id}
+	claim, err := claimDir(dir.Path)
+	if err != nil {
+		return nil, fmt.Errorf("vm %s: %w", id, err)
+	}
 	vm := &VM{ID: id, Dir: dir, PID: pid, StartTicks: startTicks, host: h, log: h.cfg.Log.With("vm", id),
-		stderr: &tail{}, exited: make(chan struct{}), closeDone: make(chan struct{}), detached: true}
+		stderr: &tail{}, exited: make(chan struct{}), closeDone: make(chan struct{}), detached: true, claim: claim}
 	proc, err := os.FindProcess(pid)
 	if err != nil {
+		_ = claim.Close()
 		return nil, err
 	}
 	vm.proc = proc
@@ -93,6 +98,7 @@ func (h *Host) Adopt(ctx context.Context, id string, pid int, startTicks uint64)
 	}
 	stop, err := watchExit(pid, vm)
 	if err != nil {
+		_ = claim.Close()
 		return nil, fmt.Errorf("vm %s: %w", id, err)
 	}
 	vm.stopWatch = stop
@@ -223,6 +229,10 @@ func (vm *VM) detach() {
 	}
 	if vm.stopWatch != nil {
 		vm.stopWatch()
+	}
+	if f := vm.claim; f != nil { // last: the VM is free for another process to manage
+		vm.claim = nil
+		_ = f.Close()
 	}
 }
 

@@ -142,7 +142,9 @@ type Snapshot struct {
 type VM struct {
 	ID  string
 	Dir WorkDir
-	PID int
+	// claim is this process's claim of Dir (see claimDir), held while it manages the VM.
+	claim *os.File
+	PID   int
 	// StartTicks is QEMU's start time (/proc/PID/stat field 22): with PID it names the process
 	// even after the PID is reused.
 	StartTicks uint64
@@ -272,6 +274,10 @@ func (h *Host) startOnce(ctx context.Context, spec Spec) (_ *VM, retErr error) {
 	}
 	vm := &VM{ID: spec.ID, Dir: dir, host: h, log: h.cfg.Log.With("vm", spec.ID),
 		stderr: &tail{}, exited: make(chan struct{}), closeDone: make(chan struct{})}
+	if vm.claim, err = claimDir(dir.Path); err != nil {
+		_ = dir.Remove()
+		return nil, err
+	}
 	defer func() {
 		if retErr != nil && vm.cmd == nil {
 			// QEMU never ran: there is nothing to add to the error.

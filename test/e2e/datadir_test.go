@@ -136,3 +136,39 @@ func TestHugeTimeoutsRefused(t *testing.T) {
 	}
 	execOut(t, c, id, "true")
 }
+
+// TestServeLeavesCellRunAlone: a daemon starting on a data directory whose run/ holds a `cell run`
+// VM leaves it running (it used to kill it as an orphan QEMU and remove its directory).
+func TestServeLeavesCellRunAlone(t *testing.T) {
+	d := newDaemon(t)
+	run := exec.Command(testEnv.cell, "run", "--", "bash", "-c", "sleep 8; echo survived")
+	run.Env = serveEnv(d.home)
+	var out bytes.Buffer
+	run.Stdout, run.Stderr = &out, &out
+	if err := run.Start(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- run.Wait() }()
+	t.Cleanup(func() { _ = run.Process.Kill() })
+	// Wait for its VM to run.
+	deadline := time.Now().Add(60 * time.Second)
+	for len(qemuProcesses(t, filepath.Join(d.home, "run"))) == 0 {
+		if time.Now().After(deadline) {
+			t.Fatalf("cell run started no VM:\n%s", out.String())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	s, _ := d.serve(t)
+	select {
+	case err := <-done:
+		if err != nil || !strings.Contains(out.String(), "survived") {
+			t.Fatalf("cell run beside a starting daemon: %v\n%s\ndaemon:\n%s", err, out.String(), s.logs)
+		}
+	case <-time.After(2 * time.Minute):
+		t.Fatalf("cell run did not finish:\n%s", out.String())
+	}
+	if strings.Contains(s.logs.String(), "orphan") {
+		t.Errorf("the daemon took cell run's VM for an orphan:\n%s", s.logs)
+	}
+}
