@@ -11,6 +11,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/cellhq/cell/internal/ids"
+	"github.com/cellhq/cell/internal/datadir"
 	"github.com/cellhq/cell/internal/sandbox"
 )
 
@@ -65,6 +66,17 @@ func templateCmd(g *globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
+			// A running daemon may be starting a sandbox from the snapshot this moment: it
+			// removes snapshots itself (DELETE /templates/{id}).
+			home, err := g.homeDir()
+			if err != nil {
+				return err
+			}
+			lock, err := datadir.Acquire(home, "cell template rm")
+			if err != nil {
+				return fmt.Errorf("%w (while it runs, remove snapshots through it: DELETE /templates/{id})", err)
+			}
+			defer func() { _ = lock.Release() }()
 			for _, a := range args {
 				name, snap, ok := cutTemplate(a)
 				if !ok {
