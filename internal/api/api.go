@@ -171,6 +171,8 @@ func fail(w http.ResponseWriter, err error) {
 		writeError(w, http.StatusConflict, err.Error())
 	case errors.Is(err, manager.ErrShutdown):
 		writeError(w, http.StatusServiceUnavailable, err.Error())
+	case errors.Is(err, manager.ErrInsufficientStorage):
+		writeError(w, http.StatusInsufficientStorage, err.Error())
 	case errors.Is(err, context.Canceled):
 		writeError(w, 499, "client closed the request")
 	default:
@@ -233,6 +235,9 @@ type NewSandbox struct {
 	MCP                 json.RawMessage   `json:"mcp,omitempty"`
 	IAM                 json.RawMessage   `json:"iam,omitempty"`
 	VolumeMounts        json.RawMessage   `json:"volumeMounts,omitempty"`
+	// DiskSizeMB is Cell's own: the sandbox's disk in MiB (E2B sets it per template). It bounds
+	// what the sandbox can write on the host; omitted: the daemon's default.
+	DiskSizeMB *int `json:"diskSizeMB,omitempty"`
 }
 
 func isNull(m json.RawMessage) bool {
@@ -312,7 +317,7 @@ func (a *API) detail(info manager.Info, withToken bool) SandboxDetail {
 	d := SandboxDetail{
 		TemplateID: info.TemplateID, SandboxID: info.ID, ClientID: clientID, StartedAt: info.StartedAt.UTC(),
 		EndAt: info.EndAt.UTC(), EnvdVersion: server.Version, Domain: a.domain(), CPUCount: info.CPUs, MemoryMB: info.MemoryMiB,
-		Metadata: info.Metadata, State: info.State, AllowInternetAccess: info.AllowInternet, VolumeMounts: []any{},
+		DiskSizeMB: info.DiskMiB, Metadata: info.Metadata, State: info.State, AllowInternetAccess: info.AllowInternet, VolumeMounts: []any{},
 	}
 	public := !info.Network.PrivateTraffic
 	d.Network = NetworkConfig{AllowOut: info.Network.AllowOut, DenyOut: info.Network.DenyOut, AllowPublicTraffic: &public}
@@ -365,6 +370,13 @@ func (a *API) create(w http.ResponseWriter, r *http.Request, team string) {
 			return
 		}
 		cr.Timeout = time.Duration(*req.Timeout) * time.Second
+	}
+	if req.DiskSizeMB != nil {
+		if *req.DiskSizeMB <= 0 {
+			writeError(w, http.StatusBadRequest, "diskSizeMB: must be positive")
+			return
+		}
+		cr.DiskMiB = *req.DiskSizeMB
 	}
 	info, err := a.cfg.Manager.Create(r.Context(), cr)
 	if err != nil {
@@ -795,8 +807,11 @@ func (a *API) fork(w http.ResponseWriter, r *http.Request, team string) {
 	for i, res := range results {
 		if res.Err != nil {
 			code := http.StatusInternalServerError
-			if errors.Is(res.Err, manager.ErrNotFound) {
+			switch {
+			case errors.Is(res.Err, manager.ErrNotFound):
 				code = http.StatusNotFound
+			case errors.Is(res.Err, manager.ErrInsufficientStorage):
+				code = http.StatusInsufficientStorage
 			}
 			out[i].Error = &apiError{Code: code, Message: res.Err.Error()}
 			continue

@@ -18,6 +18,7 @@ import (
 	"github.com/cellhq/cell/internal/api"
 	"github.com/cellhq/cell/internal/auth"
 	"github.com/cellhq/cell/internal/manager"
+	"github.com/cellhq/cell/internal/sandbox"
 	"github.com/cellhq/cell/internal/store"
 	"github.com/cellhq/cell/internal/vmm"
 )
@@ -34,7 +35,8 @@ func (g *globals) openStore(ctx context.Context) (*store.Store, error) {
 }
 
 func serveCmd(g *globals) *cobra.Command {
-	var listen, domain, accel, metricsListen string
+	var listen, domain, accel, metricsListen, minFree string
+	var diskMiB int
 	var nf netFlags
 	var leave, cold, pauseAll bool
 	var pools map[string]int
@@ -60,7 +62,14 @@ every sandbox, or with --leave-running leaves them for the next cell serve to re
 			if err != nil {
 				return err
 			}
-			rt, choice, err := g.runtime(ctx, runtimeOpts{accel: acc, detached: true, dnsHosts: hosts, netExempt: exempt})
+			reserve, err := vmm.ParseReserve(minFree)
+			if err != nil {
+				return fmt.Errorf("--min-free-disk: %w", err)
+			}
+			if diskMiB < sandbox.DefaultDiskMiB || diskMiB > sandbox.MaxDiskMiB {
+				return fmt.Errorf("--disk-size %d: must be from %d (the image's file system) to %d MiB", diskMiB, sandbox.DefaultDiskMiB, sandbox.MaxDiskMiB)
+			}
+			rt, choice, err := g.runtime(ctx, runtimeOpts{accel: acc, detached: true, dnsHosts: hosts, netExempt: exempt, minFreeDisk: &reserve})
 			if err != nil {
 				return err
 			}
@@ -84,7 +93,7 @@ every sandbox, or with --leave-running leaves them for the next cell serve to re
 				return err
 			}
 			mgr, err := manager.New(ctx, manager.Config{Runtime: rt, Templates: rt, Store: st, RunDir: rt.Host.RunDir(),
-				PausedDir: filepath.Join(home, "paused"), TemplateHome: home, Log: log})
+				PausedDir: filepath.Join(home, "paused"), TemplateHome: home, DiskMiB: diskMiB, Disk: rt.Host.DiskGuard(), Log: log})
 			if err != nil {
 				return err
 			}
@@ -167,6 +176,8 @@ every sandbox, or with --leave-running leaves them for the next cell serve to re
 	c.Flags().BoolVar(&leave, "leave-running", false, "on shutdown, leave sandboxes running for the next cell serve to re-adopt")
 	c.Flags().DurationVar(&grace, "grace", 10*time.Second, "how long shutdown waits for in-flight calls")
 	c.Flags().StringVar(&metricsListen, "metrics-listen", "", "serve Prometheus metrics on this (operator-only) address, e.g. 127.0.0.1:9464")
+	c.Flags().IntVar(&diskMiB, "disk-size", sandbox.DefaultDiskMiB, "each sandbox's disk in MiB unless its create asks for another: the most it can write on this host (above the image's 2048, each create grows the guest's file system)")
+	c.Flags().StringVar(&minFree, "min-free-disk", vmm.DefaultMinFreeDisk, "free space kept on the data directory's disk: a size, a percentage of the disk, or the larger of both; creates, resumes and snapshots that could take it are refused (507)")
 	nf.register(c)
 	return c
 }
