@@ -207,6 +207,8 @@ func answerFor(err error) (code int, msg, id string) {
 		return http.StatusConflict, err.Error(), ""
 	case errors.Is(err, manager.ErrShutdown):
 		return http.StatusServiceUnavailable, manager.ErrShutdown.Error(), ""
+	case errors.Is(err, manager.ErrInsufficientStorage):
+		return http.StatusInsufficientStorage, err.Error(), ""
 	case errors.Is(err, context.Canceled):
 		return 499, "client closed the request", ""
 	}
@@ -332,6 +334,9 @@ type NewSandbox struct {
 	MCP                 json.RawMessage   `json:"mcp,omitempty"`
 	IAM                 json.RawMessage   `json:"iam,omitempty"`
 	VolumeMounts        json.RawMessage   `json:"volumeMounts,omitempty"`
+	// DiskSizeMB is Cell's own: the sandbox's disk in MiB (E2B sets it per template). It bounds
+	// what the sandbox can write on the host; omitted: the daemon's default.
+	DiskSizeMB *int `json:"diskSizeMB,omitempty"`
 }
 
 func isNull(m json.RawMessage) bool {
@@ -411,7 +416,7 @@ func (a *API) detail(info manager.Info, withToken bool) SandboxDetail {
 	d := SandboxDetail{
 		TemplateID: info.TemplateID, SandboxID: info.ID, ClientID: clientID, StartedAt: info.StartedAt.UTC(),
 		EndAt: info.EndAt.UTC(), EnvdVersion: server.Version, Domain: a.domain(), CPUCount: info.CPUs, MemoryMB: info.MemoryMiB,
-		Metadata: info.Metadata, State: info.State, AllowInternetAccess: info.AllowInternet, VolumeMounts: []any{},
+		DiskSizeMB: info.DiskMiB, Metadata: info.Metadata, State: info.State, AllowInternetAccess: info.AllowInternet, VolumeMounts: []any{},
 	}
 	public := !info.Network.PrivateTraffic
 	d.Network = NetworkConfig{AllowOut: info.Network.AllowOut, DenyOut: info.Network.DenyOut, AllowPublicTraffic: &public}
@@ -463,6 +468,13 @@ func (a *API) create(w http.ResponseWriter, r *http.Request, team string) {
 		if cr.Timeout, ok = timeoutField(w, *req.Timeout); !ok {
 			return
 		}
+	}
+	if req.DiskSizeMB != nil {
+		if *req.DiskSizeMB <= 0 {
+			writeError(w, http.StatusBadRequest, "diskSizeMB: must be positive")
+			return
+		}
+		cr.DiskMiB = *req.DiskSizeMB
 	}
 	info, err := a.cfg.Manager.Create(r.Context(), cr)
 	if err != nil {

@@ -134,6 +134,7 @@ type runtimeOpts struct {
 	detached      bool
 	dnsHosts      map[string]netip.Addr
 	netExempt     []netip.Prefix
+	minFreeDisk   *vmm.Reserve // nil: VMs are not checked against the host's free space
 }
 
 // runtime builds the image if needed, resolves the accelerator and returns a sandbox runtime.
@@ -149,7 +150,7 @@ func (g *globals) runtime(ctx context.Context, o runtimeOpts) (*sandbox.Runtime,
 	return sandbox.NewRuntime(ctx, sandbox.RuntimeConfig{
 		Home: home, ImageHome: imageHome(home), Envd: envd, RunDir: os.Getenv("CELL_RUN_DIR"), Accel: o.accel, MaxVMs: g.maxVMs,
 		Attempts: o.attempts, BootTimeout: o.bootTimeout, DieWithParent: o.dieWithParent, Detached: o.detached,
-		Build: true, Progress: os.Stderr, DNSHosts: o.dnsHosts, NetExempt: o.netExempt, Log: g.logger(),
+		Build: true, Progress: os.Stderr, DNSHosts: o.dnsHosts, NetExempt: o.netExempt, MinFreeDisk: o.minFreeDisk, Log: g.logger(),
 	})
 }
 

@@ -33,6 +33,7 @@ type runFlags struct {
 	template   string
 	memory     int
 	cpus       int
+	diskMiB    int
 	timeout    time.Duration
 	env        []string
 	cwd        string
@@ -83,6 +84,7 @@ func runCmd(g *globals) *cobra.Command {
 	fl.StringVar(&f.template, "template", "base", "template to start from")
 	fl.IntVar(&f.memory, "memory", sandbox.DefaultMemoryMiB, "guest memory in MiB")
 	fl.IntVar(&f.cpus, "cpus", sandbox.DefaultCPUs, "guest vCPUs")
+	fl.IntVar(&f.diskMiB, "disk-size", 0, "the sandbox's disk in MiB, the most it can write (0: the template's, 2048 for base)")
 	fl.DurationVar(&f.timeout, "timeout", 0, "kill the command after this long (0: no limit)")
 	fl.StringArrayVar(&f.env, "env", nil, "environment variable KEY=VALUE (repeatable)")
 	fl.StringVar(&f.cwd, "cwd", "", "working directory (default: the user's home)")
@@ -134,7 +136,7 @@ func runOnce(ctx context.Context, g *globals, f *runFlags, args []string) (int, 
 			fmt.Fprintln(os.Stderr, "cell: no template snapshot, booting cold:", printable(err.Error()))
 		}
 	}
-	sb, err := rt.Boot(ctx, sandbox.Options{Template: f.template, MemoryMiB: f.memory, CPUs: f.cpus, KernelArgs: f.kernelArgs, Cold: f.cold, Net: rules})
+	sb, err := rt.Boot(ctx, sandbox.Options{Template: f.template, MemoryMiB: f.memory, CPUs: f.cpus, DiskMiB: f.diskMiB, KernelArgs: f.kernelArgs, Cold: f.cold, Net: rules})
 	if err != nil {
 		return exitCellError, err
 	}

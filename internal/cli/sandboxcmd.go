@@ -76,6 +76,7 @@ func sandboxCmd() *cobra.Command {
 	var template string
 	var timeout time.Duration
 	var meta []string
+	var diskMiB int
 	var egress egressFlags
 	create := &cobra.Command{
 		Use: "create", Short: "Create a sandbox and print its id", Args: cobra.NoArgs,
@@ -84,7 +85,7 @@ func sandboxCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			o := client.CreateOptions{Template: template, Timeout: timeout, Metadata: md}
+			o := client.CreateOptions{Template: template, Timeout: timeout, Metadata: md, DiskSizeMB: diskMiB}
 			if egress.noInternet {
 				off := false
 				o.Internet = &off
@@ -103,6 +104,7 @@ func sandboxCmd() *cobra.Command {
 	create.Flags().StringVar(&template, "template", "base", "template")
 	create.Flags().DurationVar(&timeout, "timeout", 5*time.Minute, "time to live")
 	create.Flags().StringArrayVar(&meta, "metadata", nil, "KEY=VALUE metadata (repeatable)")
+	create.Flags().IntVar(&diskMiB, "disk-size", 0, "the sandbox's disk in MiB, the most it can write (0: the server's --disk-size)")
 	egress.register(create)
 	kill := &cobra.Command{
 		Use: "kill ID…", Short: "Kill sandboxes", Args: cobra.MinimumNArgs(1),

@@ -18,6 +18,7 @@ import (
 	"github.com/cellhq/cell/internal/auth"
 	"github.com/cellhq/cell/internal/datadir"
 	"github.com/cellhq/cell/internal/manager"
+	"github.com/cellhq/cell/internal/sandbox"
 	"github.com/cellhq/cell/internal/store"
 	"github.com/cellhq/cell/internal/vmm"
 )
@@ -34,8 +35,8 @@ func (g *globals) openStore(ctx context.Context) (*store.Store, error) {
 }
 
 func serveCmd(g *globals) *cobra.Command {
-	var listen, domain, accel, metricsListen, metricsTokenFile, metricsToken string
-	var maxConns, maxStreams, maxSandboxStreams int
+	var listen, domain, accel, metricsListen, metricsTokenFile, metricsToken, minFree string
+	var maxConns, maxStreams, maxSandboxStreams, diskMiB int
 	var nf netFlags
 	var leave, cold, pauseAll bool
 	var pools map[string]int
@@ -90,7 +91,14 @@ every sandbox, or with --leave-running leaves them for the next cell serve to re
 				return err
 			}
 			warnUnreachable(log, hosts, exempt)
-			rt, choice, err := g.runtime(ctx, runtimeOpts{accel: acc, detached: true, dnsHosts: hosts, netExempt: exempt})
+			reserve, err := vmm.ParseReserve(minFree)
+			if err != nil {
+				return fmt.Errorf("--min-free-disk: %w", err)
+			}
+			if diskMiB < sandbox.DefaultDiskMiB || diskMiB > sandbox.MaxDiskMiB {
+				return fmt.Errorf("--disk-size %d: must be from %d (the image's file system) to %d MiB", diskMiB, sandbox.DefaultDiskMiB, sandbox.MaxDiskMiB)
+			}
+			rt, choice, err := g.runtime(ctx, runtimeOpts{accel: acc, detached: true, dnsHosts: hosts, netExempt: exempt, minFreeDisk: &reserve})
 			if err != nil {
 				return err
 			}
@@ -117,7 +125,7 @@ every sandbox, or with --leave-running leaves them for the next cell serve to re
 			}
 			defer func() { _ = st.Close() }()
 			mgr, err := manager.New(ctx, manager.Config{Runtime: rt, Templates: rt, Store: st, RunDir: rt.Host.RunDir(),
-				PausedDir: filepath.Join(home, "paused"), TemplateHome: home, Log: log})
+				PausedDir: filepath.Join(home, "paused"), TemplateHome: home, DiskMiB: diskMiB, Disk: rt.Host.DiskGuard(), Log: log})
 			if err != nil {
 				return err
 			}
@@ -207,6 +215,8 @@ every sandbox, or with --leave-running leaves them for the next cell serve to re
 	c.Flags().IntVar(&maxConns, "max-conns", api.DefaultMaxConns, "serve at most this many client connections at once (more wait to be accepted)")
 	c.Flags().IntVar(&maxStreams, "max-proxy-streams", api.DefaultMaxStreams, "at most this many proxied requests to sandboxes (envd calls and streams, exposed ports, WebSockets) in flight in total (more get 503)")
 	c.Flags().IntVar(&maxSandboxStreams, "max-sandbox-streams", api.DefaultMaxSandboxStreams, "at most this many proxied requests in flight per sandbox, to its envd and to its ports each (more get 429)")
+	c.Flags().IntVar(&diskMiB, "disk-size", sandbox.DefaultDiskMiB, "each sandbox's disk in MiB unless its create asks for another: the most it can write on this host (above the image's 2048, each create grows the guest's file system)")
+	c.Flags().StringVar(&minFree, "min-free-disk", vmm.DefaultMinFreeDisk, "free space kept on the data directory's disk: a size, a percentage of the disk, or the larger of both; creates, resumes and snapshots that could take it are refused (507)")
 	nf.register(c)
 	return c
 }

@@ -35,6 +35,9 @@ var (
 	ErrConflict   = errors.New("conflict")
 	ErrShutdown   = errors.New("cell serve is shutting down")
 	ErrBootFailed = errors.New("sandbox failed to start")
+	// ErrInsufficientStorage: the host's disk cannot take what a sandbox may write (a create,
+	// a resume, a snapshot, a fork).
+	ErrInsufficientStorage = vmm.ErrInsufficientStorage
 )
 
 // Limits.
@@ -73,7 +76,13 @@ type Config struct {
 	PausedDir string
 	// TemplateHome is the data directory whose templates/ holds snapshots of sandboxes.
 	TemplateHome string
-	Log          *slog.Logger
+	// DiskMiB is the disk size of a sandbox whose create does not give one (0:
+	// sandbox.DefaultDiskMiB); never below its template's.
+	DiskMiB int
+	// Disk refuses creates whose disk does not fit on the host (nil: no check); the runtime's
+	// VM starts have the same guard.
+	Disk *vmm.DiskGuard
+	Log  *slog.Logger
 }
 
 // Manager runs the daemon's sandboxes.
@@ -134,6 +143,7 @@ type CreateRequest struct {
 	AutoPause, AutoPauseMemory bool
 	CPUs                       int
 	MemoryMiB                  int
+	DiskMiB                    int // 0: the daemon's default (Config.DiskMiB)
 }
 
 // Info is a sandbox as the API shows it.
@@ -199,6 +209,9 @@ func (m *Manager) Create(ctx context.Context, req CreateRequest) (Info, error) {
 	if err != nil {
 		return Info{}, err
 	}
+	if req.DiskMiB, err = m.admitDisk(req.Template, req.DiskMiB); err != nil {
+		return Info{}, err
+	}
 	if req.CPUs == 0 {
 		req.CPUs = sandbox.DefaultCPUs
 	}
@@ -212,7 +225,7 @@ func (m *Manager) Create(ctx context.Context, req CreateRequest) (Info, error) {
 	m.mu.Unlock()
 	// A sandbox from the warm pool already runs: it only needs this sandbox's settings.
 	var fromPool *pooled
-	if req.CPUs == sandbox.DefaultCPUs && req.MemoryMiB == sandbox.DefaultMemoryMiB {
+	if req.CPUs == sandbox.DefaultCPUs && req.MemoryMiB == sandbox.DefaultMemoryMiB && req.DiskMiB == m.diskMiB(req.Template) {
 		fromPool = m.takePooled(req.Template)
 	}
 	id := ids.NewSandboxID()
@@ -221,7 +234,7 @@ func (m *Manager) Create(ctx context.Context, req CreateRequest) (Info, error) {
 	}
 	rec := store.Sandbox{
 		ID: id, TeamID: req.Team, TemplateID: req.Template, State: store.StateCreating,
-		Metadata: maps.Clone(req.Metadata), EnvVars: maps.Clone(req.EnvVars), CPUs: req.CPUs, MemoryMiB: req.MemoryMiB,
+		Metadata: maps.Clone(req.Metadata), EnvVars: maps.Clone(req.EnvVars), CPUs: req.CPUs, MemoryMiB: req.MemoryMiB, DiskMiB: req.DiskMiB,
 		AllowInternet: req.AllowInternet, StartedAt: now, EndAt: now.Add(req.Timeout), Seq: seq, Timeout: req.Timeout,
 		AutoPause: req.AutoPause, AutoPauseMemory: req.AutoPauseMemory, Network: req.Network,
 	}
@@ -260,7 +273,7 @@ func (m *Manager) Create(ctx context.Context, req CreateRequest) (Info, error) {
 			}
 		}
 	} else {
-		sb, err = m.cfg.Runtime.Boot(ctx, sandbox.Options{ID: rec.ID, Template: req.Template, CPUs: req.CPUs, MemoryMiB: req.MemoryMiB, Init: &initReq, Net: rules})
+		sb, err = m.cfg.Runtime.Boot(ctx, sandbox.Options{ID: rec.ID, Template: req.Template, CPUs: req.CPUs, MemoryMiB: req.MemoryMiB, DiskMiB: req.DiskMiB, Init: &initReq, Net: rules})
 	}
 	if err == nil {
 		b.rec.PID, b.rec.StartTicks = sb.VM.PID, sb.VM.StartTicks

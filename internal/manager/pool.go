@@ -71,7 +71,7 @@ func (m *Manager) fill(ctx context.Context, p *pool) {
 			continue
 		}
 		token := newToken()
-		sb, err := m.cfg.Runtime.Boot(ctx, sandbox.Options{Template: p.template, Init: &server.InitRequest{AccessToken: &token}})
+		sb, err := m.cfg.Runtime.Boot(ctx, sandbox.Options{Template: p.template, DiskMiB: m.diskMiB(p.template), Init: &server.InitRequest{AccessToken: &token}})
 		if err == nil {
 			var res sandbox.Result
 			res, err = sb.Run(ctx, poolWarmUp, nil, io.Discard, io.Discard, nil)

@@ -165,7 +165,7 @@ func (m *Manager) Fork(ctx context.Context, team, id string, count int, timeout 
 			defer func() { <-slots }()
 			info, err := m.Create(ctx, CreateRequest{Team: team, Template: snap.ID, Timeout: timeout, Metadata: src.Metadata,
 				EnvVars: src.EnvVars, Secure: src.EnvdToken != "", AllowInternet: src.AllowInternet, Network: src.Network,
-				CPUs: src.CPUs, MemoryMiB: src.MemoryMiB})
+				CPUs: src.CPUs, MemoryMiB: src.MemoryMiB, DiskMiB: src.DiskMiB})
 			out[i] = ForkResult{Info: info, Err: err}
 		}()
 	}

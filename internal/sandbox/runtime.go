@@ -47,7 +47,10 @@ type RuntimeConfig struct {
 	NoNetwork bool
 	// ResolvConf names the host's resolvers sandboxes' DNS asks (default /etc/resolv.conf).
 	ResolvConf string
-	Log        *slog.Logger
+	// MinFreeDisk, when set, is kept free on the run directory's file system: a VM whose disk
+	// could grow into it is refused (vmm.ErrInsufficientStorage). nil: no check.
+	MinFreeDisk *vmm.Reserve
+	Log         *slog.Logger
 }
 
 // FindTool looks a host tool up on PATH and names the Debian package when it is missing.
@@ -144,6 +147,9 @@ func NewRuntime(ctx context.Context, cfg RuntimeConfig) (*Runtime, vmm.AccelChoi
 	vcfg := vmm.Config{
 		QEMU: qemu, QEMUImg: qemuImg, RunDir: rd, MaxVMs: cfg.MaxVMs, Attempts: cfg.Attempts,
 		BootTimeout: cfg.BootTimeout, DieWithParent: cfg.DieWithParent, Detached: cfg.Detached, Sandbox: true, Log: cfg.Log,
+	}
+	if cfg.MinFreeDisk != nil {
+		vcfg.Disk = &vmm.DiskGuard{Dir: rd, Reserve: *cfg.MinFreeDisk}
 	}
 	netVM(&vcfg, cfg.NoNetwork)
 	host, err := vmm.NewHost(vcfg)

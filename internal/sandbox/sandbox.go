@@ -34,6 +34,11 @@ const (
 	DefaultMemoryMiB = 512
 	DefaultCPUs      = 2
 	DefaultUser      = "user"
+	// DefaultDiskMiB is the size of the image's root file system, and so the smallest disk a
+	// sandbox can have (ext4 cannot shrink under a running guest).
+	DefaultDiskMiB = image.DiskSizeBytes / vmm.MiB
+	// MaxDiskMiB bounds a sandbox's disk (the file system grows to it online, in the guest).
+	MaxDiskMiB = 256 << 10
 )
 
 // Runtime boots sandboxes on this host. Sandboxes of a template in its TemplateSet are restored
@@ -92,9 +97,12 @@ func (s *TemplateSet) DropTemplate(name string) {
 // Template is a memory snapshot of a booted, warmed-up sandbox: its disk layer, its RAM file and
 // device state, and the machine it must be restored into.
 type Template struct {
-	Name       string
-	Dir        string
-	Disk       string // qcow2 layer, backed by the image's base disk
+	Name string
+	Dir  string
+	Disk string // qcow2 layer, backed by the image's base disk
+	// DiskBytes is the layer's size: the guest's file system fills it, so a sandbox restored
+	// from the template has at least this disk.
+	DiskBytes  uint64
 	Snapshot   vmm.Snapshot
 	MemoryMiB  int
 	CPUs       int
@@ -119,6 +127,10 @@ type Options struct {
 	MemoryMiB  int
 	CPUs       int
 	KernelArgs []string // for tests and debugging
+	// DiskMiB is the size of the sandbox's disk: the most it can write on the host, and the size
+	// of its root file system (grown in the guest when it is larger than the template's disk).
+	// 0: the template's.
+	DiskMiB int
 	// Net is the sandbox's egress policy (nil: DefaultRules).
 	Net *netstack.Rules
 
@@ -176,6 +188,16 @@ func (r *Runtime) Boot(ctx context.Context, opts Options) (*Sandbox, error) {
 	} else if opts.Template != "base" {
 		return nil, fmt.Errorf("template %q: not found or made for another machine size", opts.Template)
 	}
+	from := uint64(image.DiskSizeBytes)
+	if spec.Restore != nil {
+		from = t.DiskBytes
+	}
+	if opts.DiskMiB != 0 {
+		if opts.DiskMiB < 0 || opts.DiskMiB > MaxDiskMiB || uint64(opts.DiskMiB)*vmm.MiB < from {
+			return nil, fmt.Errorf("disk size: %d MiB is outside %d..%d MiB", opts.DiskMiB, from/vmm.MiB, MaxDiskMiB)
+		}
+		spec.DiskBytes = uint64(opts.DiskMiB) * vmm.MiB
+	}
 	var token *string
 	if spec.Restore != nil || opts.Init != nil {
 		// A clone wakes up as its template: its own name, variables and token (and, with every
@@ -207,6 +229,12 @@ func (r *Runtime) Boot(ctx context.Context, opts Options) (*Sandbox, error) {
 	sb.Restored = spec.Restore != nil
 	if token != nil {
 		sb.SetToken(*token)
+	}
+	if spec.DiskBytes > from {
+		if err := sb.growFS(ctx, spec.DiskBytes); err != nil {
+			_ = sb.Close()
+			return nil, err
+		}
 	}
 	if err := r.attachNet(sb, opts.Net); err != nil {
 		_ = sb.Close()

@@ -27,6 +27,17 @@ func (r *Runtime) Snapshot(ctx context.Context, s *Sandbox, home, name, label, t
 	if _, err := os.Stat(final); err == nil {
 		return nil, fmt.Errorf("snapshot %s already exists", name)
 	}
+	// The snapshot writes a copy of the disk as it is and the RAM: refused when the host's disk
+	// cannot take them.
+	need := uint64(s.VM.MemoryMiB) * vmm.MiB
+	if info, err := os.Stat(s.VM.Dir.File("disk.qcow2")); err == nil {
+		if n, ok := allocated(info); ok {
+			need += uint64(n)
+		}
+	}
+	if err := r.Host.DiskGuard().Admit(need, "a snapshot (disk and memory)"); err != nil {
+		return nil, fmt.Errorf("snapshot of %s: %w", s.ID, err)
+	}
 	staging, err := os.MkdirTemp(parent, ".staging-")
 	if err != nil {
 		return nil, err

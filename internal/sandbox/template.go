@@ -188,8 +188,12 @@ func loadTemplate(dir, fp string) (*Template, error) {
 			return nil, fmt.Errorf("%s: incomplete: %w", dir, err)
 		}
 	}
+	size, err := vmm.DiskVirtualSize(filepath.Join(dir, "disk.qcow2"))
+	if err != nil {
+		return nil, err
+	}
 	t := &Template{
-		Name: m.Name, Dir: dir, Disk: filepath.Join(dir, "disk.qcow2"), MemoryMiB: m.MemoryMiB, CPUs: m.CPUs, KernelArgs: m.KernelArgs,
+		Name: m.Name, Dir: dir, Disk: filepath.Join(dir, "disk.qcow2"), DiskBytes: size, MemoryMiB: m.MemoryMiB, CPUs: m.CPUs, KernelArgs: m.KernelArgs,
 		Snapshot: vmm.Snapshot{MemPath: filepath.Join(dir, "mem"), StatePath: filepath.Join(dir, "state"), Full: m.Full, NamedRAM: m.NamedRAM},
 		Full:     m.Full, Team: m.Team, Source: m.Source, token: m.Token, Fork: m.Fork, Label: m.Label,
 	}

@@ -2,6 +2,7 @@ package sandbox
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"os"
 	"os/exec"
@@ -15,16 +16,22 @@ import (
 
 func TestLoadTemplateRefusesOtherMachinesAndIncompleteOnes(t *testing.T) {
 	dir := t.TempDir()
-	for _, f := range []string{"mem", "state", "disk.qcow2"} {
-		if err := os.WriteFile(filepath.Join(dir, f), []byte("x"), 0o600); err != nil {
+	// A qcow2 header that gives the disk's size (3 GiB), which the template reports.
+	disk := make([]byte, 32)
+	copy(disk, "QFI\xfb")
+	binary.BigEndian.PutUint64(disk[24:], 3<<30)
+	for f, b := range map[string][]byte{"mem": []byte("x"), "state": []byte("x"), "disk.qcow2": disk} {
+		if err := os.WriteFile(filepath.Join(dir, f), b, 0o600); err != nil {
 			t.Fatal(err)
 		}
 	}
 	if err := os.WriteFile(filepath.Join(dir, "meta.json"), []byte(`{"name":"base","fingerprint":"aaaa","memoryMiB":512,"cpus":2}`), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := loadTemplate(dir, "aaaa"); err != nil {
+	if tp, err := loadTemplate(dir, "aaaa"); err != nil {
 		t.Fatalf("matching template: %v", err)
+	} else if tp.DiskBytes != 3<<30 {
+		t.Fatalf("the template's disk has %d bytes, want 3 GiB", tp.DiskBytes)
 	}
 	if _, err := loadTemplate(dir, "bbbb"); err == nil || !strings.Contains(err.Error(), "another machine") {
 		t.Fatalf("other machine's template loaded: %v", err)

@@ -61,6 +61,7 @@ var migrations = []string{
 	`ALTER TABLE sandboxes ADD COLUMN network TEXT NOT NULL DEFAULT '{}'`,
 	`ALTER TABLE sandboxes ADD COLUMN traffic_token TEXT NOT NULL DEFAULT ''`,
 	`ALTER TABLE sandboxes ADD COLUMN timeout_ms INTEGER NOT NULL DEFAULT 0`,
+	`ALTER TABLE sandboxes ADD COLUMN disk_mib INTEGER NOT NULL DEFAULT 0`,
 }
 
 // Open opens (creating if needed) the database at path.
@@ -197,6 +198,7 @@ type Sandbox struct {
 	ID, TeamID, TemplateID, State string
 	Metadata, EnvVars             map[string]string
 	CPUs, MemoryMiB               int
+	DiskMiB                       int // 0 in records older than the column
 	EnvdToken                     string
 	AllowInternet                 bool
 	StartedAt, EndAt              time.Time
@@ -234,11 +236,11 @@ func (s *Store) PutSandbox(ctx context.Context, sb Sandbox) error {
 	}
 	_, err := s.db.ExecContext(ctx, `INSERT OR REPLACE INTO sandboxes(id, team_id, template_id, state, metadata, env_vars, cpus,
 		memory_mib, envd_token, allow_internet, started_at, end_at, pid, start_ticks, seq, reason, auto_pause, auto_pause_memory,
-		network, traffic_token, timeout_ms)
-		VALUES(?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)`,
+		network, traffic_token, timeout_ms, disk_mib)
+		VALUES(?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)`,
 		sb.ID, sb.TeamID, sb.TemplateID, sb.State, string(md), string(env), sb.CPUs, sb.MemoryMiB, sb.EnvdToken,
 		sb.AllowInternet, sb.StartedAt.UnixMilli(), sb.EndAt.UnixMilli(), sb.PID, int64(sb.StartTicks), sb.Seq, sb.Reason,
-		sb.AutoPause, sb.AutoPauseMemory, string(nw), sb.TrafficToken, sb.Timeout.Milliseconds())
+		sb.AutoPause, sb.AutoPauseMemory, string(nw), sb.TrafficToken, sb.Timeout.Milliseconds(), sb.DiskMiB)
 	if err != nil {
 		return fmt.Errorf("storing sandbox %s: %w", sb.ID, err)
 	}
@@ -255,7 +257,7 @@ func nonNil(m map[string]string) map[string]string {
 // Sandboxes returns the records in the given states (all when none), oldest first.
 func (s *Store) Sandboxes(ctx context.Context, states ...string) ([]Sandbox, error) {
 	rows, err := s.db.QueryContext(ctx, `SELECT id, team_id, template_id, state, metadata, env_vars, cpus, memory_mib, envd_token,
-		allow_internet, started_at, end_at, pid, start_ticks, seq, reason, auto_pause, auto_pause_memory, network, traffic_token, timeout_ms FROM sandboxes ORDER BY seq`)
+		allow_internet, started_at, end_at, pid, start_ticks, seq, reason, auto_pause, auto_pause_memory, network, traffic_token, timeout_ms, disk_mib FROM sandboxes ORDER BY seq`)
 	if err != nil {
 		return nil, err
 	}
@@ -270,7 +272,7 @@ func (s *Store) Sandboxes(ctx context.Context, states ...string) ([]Sandbox, err
 		var md, env, nw string
 		var started, end, ticks, timeoutMs int64
 		if err := rows.Scan(&sb.ID, &sb.TeamID, &sb.TemplateID, &sb.State, &md, &env, &sb.CPUs, &sb.MemoryMiB, &sb.EnvdToken,
-			&sb.AllowInternet, &started, &end, &sb.PID, &ticks, &sb.Seq, &sb.Reason, &sb.AutoPause, &sb.AutoPauseMemory, &nw, &sb.TrafficToken, &timeoutMs); err != nil {
+			&sb.AllowInternet, &started, &end, &sb.PID, &ticks, &sb.Seq, &sb.Reason, &sb.AutoPause, &sb.AutoPauseMemory, &nw, &sb.TrafficToken, &timeoutMs, &sb.DiskMiB); err != nil {
 			return nil, err
 		}
 		if len(want) > 0 && !want[sb.State] {

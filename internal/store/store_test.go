@@ -18,7 +18,7 @@ func TestSandboxRecordsSurviveReopen(t *testing.T) {
 	now := time.UnixMilli(time.Now().UnixMilli())
 	recs := []Sandbox{
 		{ID: "a1", TeamID: "t", TemplateID: "base", State: StateRunning, Metadata: map[string]string{"k": "v"},
-			EnvVars: map[string]string{"E": "1"}, CPUs: 2, MemoryMiB: 512, EnvdToken: "tok", AllowInternet: true,
+			EnvVars: map[string]string{"E": "1"}, CPUs: 2, MemoryMiB: 512, DiskMiB: 3072, EnvdToken: "tok", AllowInternet: true,
 			StartedAt: now, EndAt: now.Add(time.Minute), PID: 42, StartTicks: 1 << 40, Seq: 1, Timeout: 15 * time.Minute},
 		{ID: "a2", TeamID: "t", TemplateID: "base", State: StateKilled, StartedAt: now, EndAt: now, Seq: 2, Reason: "killed by request"},
 	}

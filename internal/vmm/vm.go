@@ -46,6 +46,9 @@ type Config struct {
 	// NetMAC, when set, gives every VM a virtio-net device with this MAC whose host end is a
 	// unix socket in the VM's directory (see VM.TakeNet).
 	NetMAC string
+	// Disk, when set, refuses a VM whose disk could grow past the host's free space (see
+	// DiskGuard); Start then fails with ErrInsufficientStorage.
+	Disk   *DiskGuard
 	TSCkHz int
 	Log    *slog.Logger
 }
@@ -99,6 +102,9 @@ func (h *Host) Slots() (used, over int) { return h.slots.inUse() }
 // RunDir is where the host's VM directories live.
 func (h *Host) RunDir() string { return h.cfg.RunDir }
 
+// DiskGuard is what admits VM disks on this host (nil: everything).
+func (h *Host) DiskGuard() *DiskGuard { return h.cfg.Disk }
+
 // Spec is one VM to start.
 type Spec struct {
 	ID         string
@@ -119,6 +125,10 @@ type Spec struct {
 	Restore *Snapshot
 	// Disk, when set, is copied to be the VM's disk instead of a new overlay on BaseDisk.
 	Disk string
+	// DiskBytes, when set, is the size of the VM's disk (a multiple of 1 MiB): the disk it
+	// starts from (BaseDisk's, or Disk's) grows to it before the guest runs, and the guest is
+	// told (its file system grows only when something in it resizes it). 0: that disk's size.
+	DiskBytes uint64
 	// Init, when not nil, goes to envd with the channel's first handshake (see channel.Connect):
 	// the sandbox's identity, applied before Start returns. A guest that refuses it fails Start
 	// for good (channel.ErrInitRefused), without a retry.
@@ -240,13 +250,35 @@ func (h *Host) Start(ctx context.Context, spec Spec) (*VM, error) {
 			return nil, fmt.Errorf("%s: %w", name, err)
 		}
 	}
+	from := spec.BaseDisk
+	if spec.Disk != "" {
+		from = spec.Disk
+	}
+	have, err := DiskVirtualSize(from)
+	if err != nil {
+		return nil, err
+	}
+	switch {
+	case spec.DiskBytes%MiB != 0:
+		return nil, fmt.Errorf("disk size: %d bytes is not a whole number of MiB", spec.DiskBytes)
+	case spec.DiskBytes != 0 && spec.DiskBytes < have:
+		// The guest's file system fills the disk it starts from: it cannot shrink under it.
+		return nil, fmt.Errorf("disk size: %s is below the %s of the disk it starts from", FormatSize(spec.DiskBytes), FormatSize(have))
+	case spec.DiskBytes == 0:
+		spec.DiskBytes = have
+	}
+	// A VM may come to hold its whole disk on the host: it starts only if that fits (a resume's
+	// copy of its disk is part of it).
+	if err := h.cfg.Disk.Admit(spec.DiskBytes, "a sandbox disk"); err != nil {
+		return nil, err
+	}
 	if err := h.slots.acquire(ctx); err != nil {
 		return nil, fmt.Errorf("waiting for a free VM slot (%d running): %w", h.cfg.MaxVMs, err)
 	}
 	var lastErr error
 	backoff := 50 * time.Millisecond
 	for attempt := 1; attempt <= h.cfg.Attempts; attempt++ {
-		vm, err := h.startOnce(ctx, spec)
+		vm, err := h.startOnce(ctx, spec, have)
 		if err == nil {
 			return vm, nil
 		}
@@ -267,7 +299,8 @@ func (h *Host) Start(ctx context.Context, spec Spec) (*VM, error) {
 	return nil, lastErr
 }
 
-func (h *Host) startOnce(ctx context.Context, spec Spec) (_ *VM, retErr error) {
+// startOnce is one attempt of Start; have is the size of the disk the VM's disk starts from.
+func (h *Host) startOnce(ctx context.Context, spec Spec, have uint64) (_ *VM, retErr error) {
 	dir, err := NewWorkDir(h.cfg.RunDir, spec.ID)
 	if err != nil {
 		return nil, err
@@ -463,6 +496,15 @@ func (h *Host) startOnce(ctx context.Context, spec Spec) (_ *VM, retErr error) {
 		if err := vm.incoming(bootCtx, spec.Restore.StatePath, !spec.Restore.Full); err != nil {
 			_ = chConn.Close()
 			return nil, fail("restoring the snapshot", err)
+		}
+	}
+	if spec.DiskBytes > have {
+		// Before the guest runs: a booting kernel finds the disk at its size; a restored one
+		// (which knew the smaller disk) gets virtio's configuration-change interrupt when it
+		// continues, and reads the new size.
+		if err := vm.QMP.Execute(bootCtx, "block_resize", map[string]any{"node-name": "n0", "size": spec.DiskBytes}, nil); err != nil {
+			_ = chConn.Close()
+			return nil, fail("growing the disk", err)
 		}
 	}
 	if err := vm.QMP.Execute(bootCtx, "cont", nil, nil); err != nil {

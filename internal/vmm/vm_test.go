@@ -52,8 +52,13 @@ func TestStartPermanentFailures(t *testing.T) {
 			t.Errorf("%s: err = %v", field, err)
 		}
 	}
-	// The base disk exists but is not a qcow2 image: qemu-img refuses; the slot must be free again.
-	_, err := h.Start(ctx, Spec{ID: "a3", Kernel: kernel, BaseDisk: kernel, MemoryMiB: 256, CPUs: 1, Accel: AccelTCG})
+	// The base disk has a qcow2 header but nothing a qcow2 image needs after it: qemu-img
+	// refuses; the slot must be free again.
+	bad := filepath.Join(dir, "bad.qcow2")
+	if err := os.WriteFile(bad, append([]byte("QFI\xfb"), make([]byte, 60)...), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	_, err := h.Start(ctx, Spec{ID: "a3", Kernel: kernel, BaseDisk: bad, MemoryMiB: 256, CPUs: 1, Accel: AccelTCG})
 	if err == nil || !strings.Contains(err.Error(), "overlay") {
 		t.Fatalf("bad base disk: %v", err)
 	}

@@ -99,6 +99,8 @@ type CreateOptions struct {
 	// Internet false: no connection leaves the sandbox except to AllowOut (nil: on).
 	Internet *bool
 	Network  *Network
+	// DiskSizeMB is the sandbox's disk in MiB (Cell's own; 0: the server's default).
+	DiskSizeMB int
 }
 
 // Network is a sandbox's egress policy and public-traffic setting (E2B's names).
@@ -122,6 +124,7 @@ type Info struct {
 	State              string            `json:"state"`
 	CPUCount           int               `json:"cpuCount"`
 	MemoryMB           int               `json:"memoryMB"`
+	DiskSizeMB         int               `json:"diskSizeMB"`
 	Metadata           map[string]string `json:"metadata"`
 }
 
@@ -139,6 +142,9 @@ func (c *Client) Create(ctx context.Context, o CreateOptions) (Info, error) {
 	}
 	if o.Network != nil {
 		body["network"] = o.Network
+	}
+	if o.DiskSizeMB != 0 {
+		body["diskSizeMB"] = o.DiskSizeMB
 	}
 	var info Info
 	_, err := c.do(ctx, http.MethodPost, "/sandboxes", body, &info)
