@@ -17,6 +17,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cellhq/cell/internal/netstack"
 	"github.com/cellhq/cell/pkg/client"
 )
 
@@ -423,7 +424,19 @@ func TestNetworkNpmInstall(t *testing.T) {
 	if resp.StatusCode != 200 {
 		t.Fatalf("the host itself cannot use the npm registry (HTTP %d): this test needs it", resp.StatusCode)
 	}
-	_, c := netServe(t)
+	// This machine may reach the registry through an address of a reserved range (its egress
+	// proxy): sandboxes reach it only if the operator opens it, as one would here.
+	var open []string
+	addrs, err := net.DefaultResolver.LookupNetIP(context.Background(), "ip4", "registry.npmjs.org")
+	if err != nil {
+		t.Fatalf("resolving the registry on the host: %v", err)
+	}
+	for _, a := range addrs {
+		if _, blocked := (&netstack.Guard{}).Blocked(a); blocked {
+			open = append(open, "--net-allow-reserved", a.String()+"/32")
+		}
+	}
+	_, c := netServe(t, open...)
 	s := newSbx(t, c, client.CreateOptions{Timeout: 10 * time.Minute})
 	// The guest trusts what the host trusts (this machine's egress may re-sign TLS).
 	bundle, err := os.ReadFile("/etc/ssl/certs/ca-certificates.crt")
