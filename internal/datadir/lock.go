@@ -40,7 +40,8 @@ func (e *InUseError) Unwrap() error { return ErrInUse }
 
 // Lock is a held data-directory lock. Release (or the process's exit) lets it go.
 type Lock struct {
-	f *os.File
+	f    *os.File
+	path string
 }
 
 // Acquire takes dir's lock without waiting, creating dir if needed; what names the holder in the
@@ -53,35 +54,50 @@ func Acquire(dir, what string) (*Lock, error) {
 		return nil, fmt.Errorf("creating the data directory: %w", err)
 	}
 	p := filepath.Join(dir, LockFile)
-	f, err := os.OpenFile(p, os.O_RDWR|os.O_CREATE|unix.O_NOFOLLOW, 0o600)
-	if err != nil {
-		return nil, fmt.Errorf("opening %s: %w", p, err)
-	}
-	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
-		_ = f.Close()
-		if errors.Is(err, unix.EWOULDBLOCK) {
-			e := &InUseError{Dir: dir}
-			e.PID, e.What = readHolder(p)
-			return nil, e
+	// Release removes the file (the directory is left as it was found); a lock taken on a file
+	// that was removed meanwhile is no lock: then take the new one.
+	for attempt := 0; ; attempt++ {
+		f, err := os.OpenFile(p, os.O_RDWR|os.O_CREATE|unix.O_NOFOLLOW, 0o600)
+		if err != nil {
+			return nil, fmt.Errorf("opening %s: %w", p, err)
 		}
-		return nil, fmt.Errorf("locking %s: %w", p, err)
+		if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
+			_ = f.Close()
+			if errors.Is(err, unix.EWOULDBLOCK) {
+				e := &InUseError{Dir: dir}
+				e.PID, e.What = readHolder(p)
+				return nil, e
+			}
+			return nil, fmt.Errorf("locking %s: %w", p, err)
+		}
+		held, err1 := f.Stat()
+		named, err2 := os.Lstat(p)
+		if err1 != nil || err2 != nil || !os.SameFile(held, named) {
+			_ = f.Close()
+			if attempt < 10 {
+				continue
+			}
+			return nil, fmt.Errorf("locking %s: the file keeps being replaced", p)
+		}
+		// Who holds it, for the message the next one gets (only ever read for that).
+		holder := fmt.Sprintf("%d %s\n", os.Getpid(), strings.ReplaceAll(what, "\n", " "))
+		if err := f.Truncate(0); err == nil {
+			_, _ = f.WriteAt([]byte(holder), 0)
+		}
+		return &Lock{f: f, path: p}, nil
 	}
-	// Who holds it, for the message the next one gets (only ever read for that).
-	holder := fmt.Sprintf("%d %s\n", os.Getpid(), strings.ReplaceAll(what, "\n", " "))
-	if err := f.Truncate(0); err == nil {
-		_, _ = f.WriteAt([]byte(holder), 0)
-	}
-	return &Lock{f: f}, nil
 }
 
-// Release lets the lock go. Releasing twice is harmless.
+// Release lets the lock go and removes its file. Releasing twice is harmless.
 func (l *Lock) Release() error {
 	if l == nil || l.f == nil {
 		return nil
 	}
 	f := l.f
 	l.f = nil
-	_ = f.Truncate(0)
+	// Removed while still held: whoever opens the name next makes a new file, and whoever
+	// opened this one before sees that it is no longer the one named (see Acquire).
+	_ = os.Remove(l.path)
 	return f.Close() // closing the last descriptor drops the flock
 }
 

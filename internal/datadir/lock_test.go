@@ -100,3 +100,33 @@ func TestLockFileIsNotFollowed(t *testing.T) {
 		t.Errorf("the link's target was created: %v", err)
 	}
 }
+
+// Release leaves the directory as it found it, and a lock taken on a file that was released
+// (removed) meanwhile is retaken on the new one: two holders never coexist.
+func TestReleaseRemovesTheFile(t *testing.T) {
+	dir := t.TempDir()
+	l, err := Acquire(dir, "cell serve")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Another opener of the old file, as a racing Acquire would have.
+	old, err := os.Open(filepath.Join(dir, LockFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = old.Close() }()
+	if err := l.Release(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Lstat(filepath.Join(dir, LockFile)); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("the lock file is left: %v", err)
+	}
+	a, err := Acquire(dir, "a")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = a.Release() }()
+	if _, err := Acquire(dir, "b"); !errors.Is(err, ErrInUse) {
+		t.Fatalf("a second holder: %v", err)
+	}
+}
