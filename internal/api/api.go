@@ -213,8 +213,11 @@ func answerFor(err error) (code int, msg, id string) {
 		return 499, "client closed the request", ""
 	}
 	what := "internal error"
-	if errors.Is(err, manager.ErrBootFailed) {
+	switch {
+	case errors.Is(err, manager.ErrBootFailed):
 		what = manager.ErrBootFailed.Error()
+	case errors.Is(err, manager.ErrPauseUndone):
+		what = manager.ErrPauseUndone.Error()
 	}
 	id = errorID()
 	return http.StatusInternalServerError, fmt.Sprintf("%s (error id %s: the details are in cell serve's log)", what, id), id

@@ -129,6 +129,7 @@ func TestAnswerFor(t *testing.T) {
 		{fmt.Errorf("%w: template %q: in use: used by sb1", manager.ErrConflict, "t1"), 409, "sb1", false},
 		{fmt.Errorf("%w: draining", manager.ErrShutdown), 503, "shutting down", false},
 		{fmt.Errorf("opening %s: %w", hostPath, errors.New("no space left on device")), 500, "internal error", true},
+		{fmt.Errorf("%w: pausing sandbox abc: writing %s: file too large", manager.ErrPauseUndone, hostPath), 500, "runs on", true},
 	} {
 		code, msg, id := answerFor(c.err)
 		if code != c.code || !strings.Contains(msg, c.mention) || (id != "") != c.internal {

@@ -35,6 +35,9 @@ var (
 	ErrConflict   = errors.New("conflict")
 	ErrShutdown   = errors.New("cell serve is shutting down")
 	ErrBootFailed = errors.New("sandbox failed to start")
+	// ErrPauseUndone: a pause failed before it saved anything for good, and the sandbox runs on
+	// as it was.
+	ErrPauseUndone = errors.New("the pause failed and was undone: the sandbox runs on as it was")
 	// ErrInsufficientStorage: the host's disk cannot take what a sandbox may write (a create,
 	// a resume, a snapshot, a fork).
 	ErrInsufficientStorage = vmm.ErrInsufficientStorage

@@ -63,7 +63,7 @@ func (m *Manager) pause(ctx context.Context, b *box, memory bool) error {
 	if errors.Is(perr, sandbox.ErrPauseUndone) {
 		// Nothing was published and the VM runs on: the sandbox stays running, as it was.
 		m.pauseUndone(b, sb)
-		return fmt.Errorf("pausing sandbox %s: %w", id, perr)
+		return fmt.Errorf("%w: pausing sandbox %s: %w", ErrPauseUndone, id, perr)
 	}
 	if perr != nil {
 		if _, _, err := sandbox.CurrentPaused(m.pausedDir(id)); err != nil {
