@@ -118,9 +118,35 @@ func readClientHello(r *bufio.Reader) (string, []byte, error) {
 	}
 }
 
+// Extensions a ClientHello under a name rule may not carry: with Encrypted Client Hello the
+// server name the guard reads is only the outer one (the client-facing server's public name),
+// and a server holding the ECH key (a CDN's) routes by the inner one, which may be any name it
+// serves. RFC 9849's codepoint, the implementation drafts' (08 to 12) and ESNI's (draft 02).
+// A browser's GREASE ECH is refused too: it cannot be told from the real thing.
+func hidesServerName(ext uint16) bool {
+	return ext == 0xfe0d || ext >= 0xfe08 && ext <= 0xfe0c || ext == 0xffce
+}
+
+// extensionEarlyData is the ClientHello's early_data extension (RFC 8446 4.2.10).
+const extensionEarlyData = 42
+
+// helloInfo is what the guard reads from a ClientHello.
+type helloInfo struct {
+	name      string // the server name: lower case, no port, well formed
+	earlyData bool   // the client may send 0-RTT application data before the ServerHello
+}
+
 // clientHelloName parses a ClientHello handshake message (type and length included) with
 // crypto/tls and returns its server name, which must be a well-formed host name.
 func clientHelloName(msg []byte) (string, error) {
+	h, err := parseClientHello(msg)
+	return h.name, err
+}
+
+// parseClientHello parses a ClientHello handshake message (type and length included) with
+// crypto/tls: its server name must be a well-formed host name, and it may not hide another
+// (Encrypted Client Hello).
+func parseClientHello(msg []byte) (helloInfo, error) {
 	var recs []byte
 	for rest := msg; len(rest) > 0; {
 		k := min(len(rest), 1<<14)
@@ -129,23 +155,34 @@ func clientHelloName(msg []byte) (string, error) {
 		rest = rest[k:]
 	}
 	var name string
+	var exts []uint16
 	var got bool
 	errStop := errors.New("stop")
 	conn := tls.Server(&readOnlyConn{r: bytes.NewReader(recs)}, &tls.Config{
 		GetConfigForClient: func(h *tls.ClientHelloInfo) (*tls.Config, error) {
-			name, got = h.ServerName, true
+			name, exts, got = h.ServerName, h.Extensions, true
 			return nil, errStop
 		},
 	})
 	err := conn.Handshake()
 	if !got {
-		return "", refuse("not a ClientHello: %w", err)
+		return helloInfo{}, refuse("not a ClientHello: %w", err)
+	}
+	var h helloInfo
+	for _, e := range exts {
+		if hidesServerName(e) {
+			return helloInfo{}, refuse("a ClientHello with Encrypted Client Hello (extension %#04x): the server name %q may not be the one the server uses", e, name)
+		}
+		if e == extensionEarlyData {
+			h.earlyData = true
+		}
 	}
 	host, ok := splitHost(name)
 	if !ok || strings.Contains(name, ":") {
-		return "", refuse("ClientHello without a well-formed server name (%q)", name)
+		return helloInfo{}, refuse("ClientHello without a well-formed server name (%q)", name)
 	}
-	return host, nil
+	h.name = host
+	return h, nil
 }
 
 // readOnlyConn is a net.Conn that reads from r and discards writes (the TLS alert).

@@ -243,6 +243,7 @@ func TestSecondClientHello(t *testing.T) {
 	}{
 		{"retry, then an allowed name", serverHello(helloRetryRandom), append(ccs, clientHello(t, "allowed.test")...), true},
 		{"retry, then another name", serverHello(helloRetryRandom), append(ccs, clientHello(t, "evil.test")...), false},
+		{"retry, then Encrypted Client Hello", serverHello(helloRetryRandom), append(ccs, withExtension(t, clientHello(t, "allowed.test"), 0xfe0d, greaseECH())...), false},
 		{"no retry: what follows is not parsed", serverHello([32]byte{1}), []byte("\x16\x03\x03\x00\x05\x01\xff\xff\xff\xff"), true},
 	} {
 		var state atomic.Int32
