@@ -80,12 +80,13 @@ func parseRequestHead(head []byte) (*reqHead, error) {
 			}
 		}
 	}
+	target, err := checkRequestLine(string(lines[0]))
+	if err != nil {
+		return nil, err
+	}
 	req, err := http.ReadRequest(bufio.NewReaderSize(bytes.NewReader(head), len(head)+16))
 	if err != nil {
 		return nil, refuse("%w: %w", errNoHost, err)
-	}
-	if req.ProtoMajor != 1 {
-		return nil, refuse("%w: %s", errNoHost, req.Proto)
 	}
 	tp := textproto.NewReader(bufio.NewReaderSize(bytes.NewReader(head), len(head)+16))
 	if _, err := tp.ReadLine(); err != nil {
@@ -104,12 +105,8 @@ func parseRequestHead(head []byte) (*reqHead, error) {
 		return nil, refuse("%w: Host %q", errNoHost, mh["Host"][0])
 	}
 	h.hosts = append(h.hosts, host)
-	if req.URL.Host != "" {
-		host, ok := splitHost(req.URL.Host)
-		if !ok {
-			return nil, refuse("%w: request target %q", errNoHost, req.RequestURI)
-		}
-		h.hosts = append(h.hosts, host)
+	if target != "" {
+		h.hosts = append(h.hosts, target)
 	}
 	te, cl := mh["Transfer-Encoding"], mh["Content-Length"]
 	switch {
@@ -144,6 +141,62 @@ func parseRequestHead(head []byte) (*reqHead, error) {
 		h.tunnel, h.connect = true, true
 	}
 	return h, nil
+}
+
+// checkRequestLine checks an HTTP request line (without its CRLF): a method, a request target
+// and HTTP/1.0 or HTTP/1.1, one space between each. The target must be in a form every server
+// reads alike (RFC 9112 3.2): origin-form ("/path?query", not "//", which some read as a host),
+// absolute-form with scheme http, https, ws or wss and no userinfo ("http://evil@allowed/" is
+// read as either host), "*" for OPTIONS only, authority-form ("host:port") for CONNECT only;
+// only visible ASCII, no fragment, no backslash (which some servers take for a slash). It
+// returns the host an absolute-form or authority-form target names, else "".
+func checkRequestLine(line string) (string, error) {
+	method, rest, _ := strings.Cut(line, " ")
+	target, version, ok := strings.Cut(rest, " ")
+	if !ok || method == "" || target == "" {
+		return "", refuse("%w: request line %q", errNoHost, line)
+	}
+	if version != "HTTP/1.1" && version != "HTTP/1.0" {
+		return "", refuse("%w: version %q (HTTP/1.0 and HTTP/1.1 only)", errNoHost, version)
+	}
+	for i := 0; i < len(target); i++ {
+		if c := target[i]; c <= ' ' || c >= 0x7f || c == '#' || c == '\\' {
+			return "", refuse("HTTP request target %q: byte %#02x", target, c)
+		}
+	}
+	switch {
+	case method == http.MethodConnect:
+		host, ok := splitHost(target)
+		if !ok || !strings.Contains(target, ":") {
+			return "", refuse("HTTP CONNECT target %q: host:port only", target)
+		}
+		return host, nil
+	case target == "*":
+		if method != http.MethodOptions {
+			return "", refuse("HTTP request target * for %s (OPTIONS only)", method)
+		}
+		return "", nil
+	case target[0] == '/':
+		if strings.HasPrefix(target, "//") {
+			return "", refuse("HTTP request target %q: origin-form starts with a single /", target)
+		}
+		return "", nil
+	}
+	scheme, rest, ok := strings.Cut(target, "://")
+	switch strings.ToLower(scheme) {
+	case "http", "https", "ws", "wss":
+	default:
+		return "", refuse("HTTP request target %q: neither /path nor an http, https, ws or wss URI", target)
+	}
+	authority := rest
+	if i := strings.IndexAny(rest, "/?"); i >= 0 {
+		authority = rest[:i]
+	}
+	host, valid := splitHost(authority)
+	if !ok || !valid {
+		return "", refuse("HTTP request target %q: the host must be a name (no userinfo)", target)
+	}
+	return host, nil
 }
 
 // relayRequests copies HTTP/1.x requests from src to dst unchanged, first (already read) then

@@ -365,3 +365,52 @@ func TestFrameGuard(t *testing.T) {
 		t.Fatalf("oversized frame: %v", err)
 	}
 }
+
+// TestRequestTargets: a request's target is origin-form ("/path", not "//"), absolute-form
+// (http, https, ws or wss, without userinfo, its host allowed too), "*" for OPTIONS only or
+// authority-form for CONNECT only; the version HTTP/1.0 or HTTP/1.1. Anything else a server
+// might read as naming another host, or read otherwise than the guard, is refused.
+func TestRequestTargets(t *testing.T) {
+	for _, ok := range []string{
+		"GET / HTTP/1.1\r\nHost: allowed.test\r\n\r\n",
+		"GET /a/b?c=d//e HTTP/1.0\r\nHost: allowed.test\r\n\r\n",
+		"GET http://allowed.test/ HTTP/1.1\r\nHost: allowed.test\r\n\r\n",
+		"GET HTTPS://allowed.test:8443 HTTP/1.1\r\nHost: allowed.test\r\n\r\n",
+		"GET ws://api.wild.test/x HTTP/1.1\r\nHost: allowed.test\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n",
+		"GET wss://allowed.test/x HTTP/1.1\r\nHost: allowed.test\r\n\r\n",
+		"OPTIONS * HTTP/1.1\r\nHost: allowed.test\r\n\r\n",
+		"CONNECT allowed.test:443 HTTP/1.1\r\nHost: allowed.test:443\r\n\r\n",
+	} {
+		if out, err := relayAll(t, ok, true); err != nil || out != ok {
+			t.Errorf("%q: %v, sent on %q", ok, err, out)
+		}
+	}
+	for _, bad := range []string{
+		"GET evil.test:80 HTTP/1.1\r\nHost: allowed.test\r\n\r\n",
+		"GET //evil.test/ HTTP/1.1\r\nHost: allowed.test\r\n\r\n",
+		"GET http://evil.test:80@allowed.test/ HTTP/1.1\r\nHost: allowed.test\r\n\r\n",
+		"GET http://user@allowed.test/ HTTP/1.1\r\nHost: allowed.test\r\n\r\n",
+		"GET http:///x HTTP/1.1\r\nHost: allowed.test\r\n\r\n",
+		"GET http:/x HTTP/1.1\r\nHost: allowed.test\r\n\r\n",
+		"GET ftp://allowed.test/ HTTP/1.1\r\nHost: allowed.test\r\n\r\n",
+		"GET x HTTP/1.1\r\nHost: allowed.test\r\n\r\n",
+		"GET * HTTP/1.1\r\nHost: allowed.test\r\n\r\n",
+		"OPTIONS *x HTTP/1.1\r\nHost: allowed.test\r\n\r\n",
+		"GET allowed.test:80 HTTP/1.1\r\nHost: allowed.test\r\n\r\n",
+		"CONNECT /x HTTP/1.1\r\nHost: allowed.test\r\n\r\n",
+		"CONNECT allowed.test HTTP/1.1\r\nHost: allowed.test\r\n\r\n",
+		"CONNECT http://allowed.test/ HTTP/1.1\r\nHost: allowed.test\r\n\r\n",
+		"GET /\x7fx HTTP/1.1\r\nHost: allowed.test\r\n\r\n",
+		"GET / HTTP/1.2\r\nHost: allowed.test\r\n\r\n",
+		"GET / HTTP/1.10\r\nHost: allowed.test\r\n\r\n",
+		"GET / http/1.1\r\nHost: allowed.test\r\n\r\n",
+		"GET  / HTTP/1.1\r\nHost: allowed.test\r\n\r\n",
+		"GET / HTTP/1.1 \r\nHost: allowed.test\r\n\r\n",
+	} {
+		out, err := relayAll(t, bad, true)
+		var ref refusal
+		if !errors.As(err, &ref) || out != "" {
+			t.Errorf("%q: %v, sent on %q", bad, err, out)
+		}
+	}
+}
