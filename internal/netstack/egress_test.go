@@ -394,3 +394,62 @@ func TestDNSWithTheInternetOff(t *testing.T) {
 		t.Errorf("denyOut covering everything: %v", resp)
 	}
 }
+
+// TestBodyEndsTheConnectionByName: a server that ignores a POST's body (it answers before
+// reading it) reads the body as a request for evil.test; through the network, the guest gets
+// the answer to its POST and then the end of the connection, never the answer for evil.test.
+func TestBodyEndsTheConnectionByName(t *testing.T) {
+	noLeaks(t)
+	n := newTestNetwork(t, Policy{AllowOut: []string{"allowed.test"}})
+	o := newOutside(n)
+	served := make(chan string, 4)
+	o.serveTCP(t, "80", func(c net.Conn) {
+		// Every head is a request; what follows one is never read as its body.
+		br := bufio.NewReader(c)
+		for {
+			host := ""
+			for {
+				line, err := br.ReadString('\n')
+				if err != nil {
+					return
+				}
+				if h, ok := strings.CutPrefix(line, "Host: "); ok {
+					host = strings.TrimSpace(h)
+				}
+				if line == "\r\n" {
+					break
+				}
+			}
+			served <- host
+			body := "host=" + host
+			if _, err := fmt.Fprintf(c, "HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s", len(body), body); err != nil {
+				return
+			}
+		}
+	})
+	g := newTestGuest(t, n)
+	defer func() { _ = n.Close() }()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	if rcode, _ := g.lookup(t, "allowed.test"); rcode != dns.RcodeSuccess {
+		t.Fatalf("allowed.test: rcode %d", rcode)
+	}
+	c, err := g.dial(ctx, "1.2.3.4", 80)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = c.Close() }()
+	if err := httpGet(c, "allowed.test"); err != nil { // a keep-alive request first
+		t.Fatal(err)
+	}
+	smuggled := "GET /secret HTTP/1.1\r\nHost: evil.test\r\n\r\n"
+	fmt.Fprintf(c, "POST / HTTP/1.1\r\nHost: allowed.test\r\nContent-Length: %d\r\n\r\n%s", len(smuggled), smuggled)
+	_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	rest, err := io.ReadAll(c)
+	if err != nil {
+		t.Fatalf("the connection did not end after the POST's answer: %v (read %q)", err, rest)
+	}
+	if want := "HTTP/1.1 200 OK\r\nContent-Length: 17\r\n\r\nhost=allowed.test"; string(rest) != want {
+		t.Fatalf("after the POST the guest read %q, want only %q", rest, want)
+	}
+}

@@ -313,18 +313,46 @@ func (n *Network) forwardByName(f *flow, ep abortable, guest net.Conn, target st
 	}
 }
 
-// relayHTTP relays a name-admitted plain HTTP connection, checking every request's host.
+// maxPipelined bounds the requests sent on whose responses have not come back yet: the
+// request side waits for the response side beyond.
+const maxPipelined = 64
+
+// relayHTTP relays a name-admitted plain HTTP connection, checking every request's host. After
+// a request with a body it ends the connection once that request's response is complete (see
+// relayRequests).
 func relayHTTP(guest net.Conn, gr *bufio.Reader, out net.Conn, first *reqHead, admit func([]string) error) error {
+	sent := make(chan *reqHead, maxPipelined)
 	tunnel := make(chan bool, 1)
-	var wg sync.WaitGroup
-	wg.Add(1)
+	answered := make(chan struct{}) // closed when the response side has ended
 	go func() {
-		defer wg.Done()
-		endHalf(guest, out, relayResponses(guest, out, first, tunnel))
+		defer close(answered)
+		err := relayResponses(guest, out, sent, tunnel)
+		if errors.Is(err, errAnswered) {
+			err = nil // the guest reads the response to its end, then the end of the connection
+		}
+		endHalf(guest, out, err)
 	}()
-	err := relayRequests(out, gr, first, admit, func() bool { return <-tunnel })
+	push := func(rq *reqHead) bool {
+		select {
+		case sent <- rq:
+			return true
+		case <-answered:
+			return false
+		}
+	}
+	err := relayRequests(out, gr, first, admit, push, func() bool { return <-tunnel })
+	close(sent)
+	switch {
+	case errors.Is(err, errBodySent):
+		<-answered
+		_ = guest.Close()
+		_ = out.Close()
+		return nil
+	case errors.Is(err, errRelayEnded):
+		err = nil
+	}
 	endHalf(out, guest, err)
-	wg.Wait()
+	<-answered
 	return err
 }
 
