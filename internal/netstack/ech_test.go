@@ -127,7 +127,7 @@ func TestEncryptedClientHelloRefused(t *testing.T) {
 		err = admit([]string{s.name})
 	}
 	if err == nil {
-		err = relayTLS(guardIn, gr, guardOut, s.head, admit)
+		err = relayTLS(guardIn, gr, guardOut, s, admit)
 	}
 	_ = guardIn.Close()
 	_ = guardOut.Close()

@@ -302,7 +302,7 @@ func (n *Network) forwardByName(f *flow, ep abortable, guest net.Conn, target st
 	n.stats.connections.Add(1)
 	admit := func(hosts []string) error { return n.admitNames(f, hosts) }
 	if s.tls {
-		err = relayTLS(guest, gr, out, s.head, admit)
+		err = relayTLS(guest, gr, out, s, admit)
 	} else {
 		err = relayHTTP(guest, gr, out, s.req, admit)
 	}
@@ -356,21 +356,28 @@ func relayHTTP(guest net.Conn, gr *bufio.Reader, out net.Conn, first *reqHead, a
 	return err
 }
 
-// relayTLS relays a name-admitted TLS connection whose ClientHello (head) was read already.
-func relayTLS(guest net.Conn, gr *bufio.Reader, out net.Conn, head []byte, admit func([]string) error) error {
-	if _, err := out.Write(head); err != nil {
+// relayTLS relays a name-admitted TLS connection whose ClientHello (hello.head) was read
+// already. It returns the guest's side's error, or the server's side's if that refused it.
+func relayTLS(guest net.Conn, gr *bufio.Reader, out net.Conn, hello sniffed, admit func([]string) error) error {
+	if _, err := out.Write(hello.head); err != nil {
 		return err
 	}
 	var state atomic.Int32
+	var srvErr error
 	var wg sync.WaitGroup
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
-		endHalf(guest, out, relayTLSServer(guest, out, &state))
+		srvErr = relayTLSServer(guest, out, &state)
+		endHalf(guest, out, srvErr)
 	}()
-	err := relayTLSClient(out, gr, &state, admit)
+	err := relayTLSClient(out, gr, &state, admit, hello.earlyData)
 	endHalf(out, guest, err)
 	wg.Wait()
+	var ref refusal
+	if !errors.As(err, &ref) && errors.As(srvErr, &ref) {
+		return srvErr
+	}
 	return err
 }
 

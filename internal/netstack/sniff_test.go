@@ -264,7 +264,7 @@ func TestSecondClientHello(t *testing.T) {
 			}
 		}
 		var toServer bytes.Buffer
-		err := relayTLSClient(&toServer, bufio.NewReader(bytes.NewReader(c.client)), &state, admit)
+		err := relayTLSClient(&toServer, bufio.NewReader(bytes.NewReader(c.client)), &state, admit, false)
 		_ = pw.Close()
 		<-served
 		if (err == nil) != c.ok {
@@ -280,11 +280,15 @@ func TestSecondClientHello(t *testing.T) {
 // wants a group the client sent no key share for), pass through the guard unchanged.
 func TestTLSThroughTheGuard(t *testing.T) {
 	cert := selfSigned(t, "allowed.test")
-	for _, curves := range [][]tls.CurveID{nil, {tls.CurveP384}} {
+	for _, tc := range []struct {
+		curves []tls.CurveID
+		max    uint16
+	}{{nil, 0}, {[]tls.CurveID{tls.CurveP384}, 0}, {nil, tls.VersionTLS12}} {
+		curves, maxVersion := tc.curves, tc.max
 		server, sOut := net.Pipe()
 		guest, cIn := net.Pipe()
 		go func() {
-			c := tls.Server(server, &tls.Config{Certificates: []tls.Certificate{cert}, CurvePreferences: curves})
+			c := tls.Server(server, &tls.Config{Certificates: []tls.Certificate{cert}, CurvePreferences: curves, MaxVersion: maxVersion})
 			if c.Handshake() == nil {
 				_, _ = c.Write([]byte("hello from allowed.test"))
 			}
@@ -298,7 +302,7 @@ func TestTLSThroughTheGuard(t *testing.T) {
 				relayed <- err
 				return
 			}
-			relayed <- relayTLS(cIn, r, sOut, s.head, allowHosts(t, "allowed.test"))
+			relayed <- relayTLS(cIn, r, sOut, s, allowHosts(t, "allowed.test"))
 		}()
 		pool := x509.NewCertPool()
 		pool.AddCert(cert.Leaf)
@@ -307,6 +311,9 @@ func TestTLSThroughTheGuard(t *testing.T) {
 		msg, err := io.ReadAll(c)
 		if err != nil || string(msg) != "hello from allowed.test" {
 			t.Fatalf("curves %v: %q, %v", curves, msg, err)
+		}
+		if v := c.ConnectionState().Version; maxVersion != 0 && v != maxVersion {
+			t.Fatalf("TLS version %#x, want %#x", v, maxVersion)
 		}
 		if retried := c.ConnectionState().HelloRetryRequest; retried != (curves != nil) {
 			t.Fatalf("curves %v: HelloRetryRequest %v", curves, retried)
@@ -536,6 +543,67 @@ func TestResponseFraming(t *testing.T) {
 			t.Errorf("%q: %v, relayed %q", c.resps, err, got.String())
 		case !c.ok && !errors.As(err, &ref):
 			t.Errorf("%q: %v, want a refusal", c.resps, err)
+		}
+	}
+}
+
+// record is one TLS record of type typ carrying body.
+func record(typ byte, body ...byte) []byte {
+	return append([]byte{typ, 3, 3, byte(len(body) >> 8), byte(len(body))}, body...)
+}
+
+// TestTLSRelayFailsClosed: until the server's ServerHello, what either side sends must be the
+// TLS the guard reads, else the connection ends: from the guest, handshake records (a
+// ClientHello), a change_cipher_spec, alerts, and application data only as the early data its
+// ClientHello offered; from the server, a ServerHello first, a change_cipher_spec or alerts.
+// Before, a server that did not answer in TLS (a plain HTTP server on a front end's port)
+// turned the relay into a raw pipe, and the guest's records were sent on unparsed.
+func TestTLSRelayFailsClosed(t *testing.T) {
+	admit := allowHosts(t, "allowed.test")
+	alert := record(0x15, 1, 0)
+	ccs := record(0x14, 1)
+	appData := record(0x17, 1, 2, 3, 4)
+	for _, c := range []struct {
+		name   string
+		client []byte
+		early  bool
+		ok     bool
+	}{
+		{"a change_cipher_spec and an alert", append(append([]byte(nil), ccs...), alert...), false, true},
+		{"early data offered", appData, true, true},
+		{"application data not offered as early data", appData, false, false},
+		// (Read as a record, "GET /" says 8239 bytes follow.)
+		{"HTTP after the ClientHello", []byte("GET / HTTP/1.1\r\nHost: evil.test\r\nX: " + strings.Repeat("x", 8239) + "\r\n\r\n"), true, false},
+		{"a record of another type", record(0x18, 1, 0, 0), true, false},
+		{"a handshake message but a ClientHello", record(0x16, 11, 0, 0, 0), true, false},
+		{"an oversized record", []byte{0x17, 3, 3, 0xff, 0xff}, true, false},
+	} {
+		var state atomic.Int32
+		var out bytes.Buffer
+		err := relayTLSClient(&out, bufio.NewReader(bytes.NewReader(c.client)), &state, admit, c.early)
+		var ref refusal
+		if c.ok && (err != nil || !bytes.Equal(out.Bytes(), c.client)) || !c.ok && (!errors.As(err, &ref) || out.Len() > 0) {
+			t.Errorf("guest: %s: %v, sent on %.60q", c.name, err, out.Bytes())
+		}
+	}
+	for _, c := range []struct {
+		name   string
+		server []byte
+		ok     bool
+	}{
+		{"an alert", alert, true},
+		{"a ServerHello, then anything", append(serverHello([32]byte{1}), "anything"...), true},
+		{"HTTP", []byte("HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n"), false},
+		{"application data", appData, false},
+		{"a handshake message but a ServerHello", record(0x16, 11, 0, 0, 0), false},
+		{"an oversized record", []byte{0x16, 3, 3, 0xff, 0xff}, false},
+	} {
+		var state atomic.Int32
+		var out bytes.Buffer
+		err := relayTLSServer(&out, bytes.NewReader(c.server), &state)
+		var ref refusal
+		if c.ok && (errors.As(err, &ref) || !bytes.Equal(out.Bytes(), c.server)) || !c.ok && (!errors.As(err, &ref) || out.Len() > 0) {
+			t.Errorf("server: %s: %v, relayed %q", c.name, err, out.Bytes())
 		}
 	}
 }
