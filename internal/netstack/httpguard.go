@@ -393,7 +393,21 @@ var errAnswered = errors.New("the response to a request with a body is complete"
 func relayResponses(dst io.Writer, src io.Reader, sent <-chan *reqHead, tunnel chan<- bool) error {
 	defer close(tunnel)
 	br := bufio.NewReaderSize(src, maxResponseHead)
-	for rq := range sent {
+	for {
+		// The server's end between responses is passed on at once (a client reading to the
+		// end, an HTTP/1.0 one, waits for it), without waiting for a request.
+		if _, err := br.Peek(1); err != nil {
+			if err == io.EOF {
+				return nil
+			}
+			return err
+		}
+		rq, ok := <-sent
+		if !ok {
+			// No request is left that the server could answer.
+			_, err := io.Copy(dst, br)
+			return err
+		}
 		var resp *http.Response
 		for {
 			head, err := readResponseHead(br)
@@ -443,8 +457,6 @@ func relayResponses(dst io.Writer, src io.Reader, sent <-chan *reqHead, tunnel c
 			return errAnswered
 		}
 	}
-	_, err := io.Copy(dst, br)
-	return err
 }
 
 // readResponse parses a response head to a request with method as net/http's client does,

@@ -607,3 +607,26 @@ func TestTLSRelayFailsClosed(t *testing.T) {
 		}
 	}
 }
+
+// TestServerEndBetweenResponses: when the server ends its side after a response (HTTP/1.0, or
+// Connection: close), the guest sees the end at once, without sending another request.
+func TestServerEndBetweenResponses(t *testing.T) {
+	sent := make(chan *reqHead, 1)
+	s, err := sniff(bufio.NewReader(strings.NewReader("GET / HTTP/1.0\r\nHost: allowed.test\r\n\r\n")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	sent <- s.req // and no more, but the guest's side has not ended
+	resp := "HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok"
+	done := make(chan error, 1)
+	var got bytes.Buffer
+	go func() { done <- relayResponses(&got, strings.NewReader(resp), sent, make(chan bool, 1)) }()
+	select {
+	case err := <-done:
+		if err != nil || got.String() != resp {
+			t.Fatalf("%v, relayed %q", err, got.String())
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("the server's end was not passed on while no request was pending")
+	}
+}
