@@ -3,10 +3,12 @@ package netstack
 import (
 	"bufio"
 	"context"
+	"encoding/binary"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
+	"runtime"
 	"slices"
 	"strings"
 	"sync"
@@ -392,5 +394,171 @@ func TestDNSWithTheInternetOff(t *testing.T) {
 	n.SetRules(mustCompile(t, Policy{Internet: true, DenyOut: []string{"0.0.0.0/1", "128.0.0.0/1"}}))
 	if resp := n.answer(query("leak.attacker.net")); resp.Rcode != dns.RcodeRefused {
 		t.Errorf("denyOut covering everything: %v", resp)
+	}
+}
+
+// TestBodyEndsTheConnectionByName: a server that ignores a POST's body (it answers before
+// reading it) reads the body as a request for evil.test; through the network, the guest gets
+// the answer to its POST and then the end of the connection, never the answer for evil.test.
+func TestBodyEndsTheConnectionByName(t *testing.T) {
+	noLeaks(t)
+	n := newTestNetwork(t, Policy{AllowOut: []string{"allowed.test"}})
+	o := newOutside(n)
+	served := make(chan string, 4)
+	o.serveTCP(t, "80", func(c net.Conn) {
+		// Every head is a request; what follows one is never read as its body.
+		br := bufio.NewReader(c)
+		for {
+			host := ""
+			for {
+				line, err := br.ReadString('\n')
+				if err != nil {
+					return
+				}
+				if h, ok := strings.CutPrefix(line, "Host: "); ok {
+					host = strings.TrimSpace(h)
+				}
+				if line == "\r\n" {
+					break
+				}
+			}
+			served <- host
+			body := "host=" + host
+			if _, err := fmt.Fprintf(c, "HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s", len(body), body); err != nil {
+				return
+			}
+		}
+	})
+	g := newTestGuest(t, n)
+	defer func() { _ = n.Close() }()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	if rcode, _ := g.lookup(t, "allowed.test"); rcode != dns.RcodeSuccess {
+		t.Fatalf("allowed.test: rcode %d", rcode)
+	}
+	c, err := g.dial(ctx, "1.2.3.4", 80)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = c.Close() }()
+	if err := httpGet(c, "allowed.test"); err != nil { // a keep-alive request first
+		t.Fatal(err)
+	}
+	smuggled := "GET /secret HTTP/1.1\r\nHost: evil.test\r\n\r\n"
+	fmt.Fprintf(c, "POST / HTTP/1.1\r\nHost: allowed.test\r\nContent-Length: %d\r\n\r\n%s", len(smuggled), smuggled)
+	_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	rest, err := io.ReadAll(c)
+	if err != nil {
+		t.Fatalf("the connection did not end after the POST's answer: %v (read %q)", err, rest)
+	}
+	if want := "HTTP/1.1 200 OK\r\nContent-Length: 17\r\n\r\nhost=allowed.test"; string(rest) != want {
+		t.Fatalf("after the POST the guest read %q, want only %q", rest, want)
+	}
+}
+
+// dnsOverTCP opens a TCP connection from the guest to the gateway's DNS server and asks for
+// name on it; the answer is read by answered.
+func (g *testGuest) dnsOverTCP(ctx context.Context, name string) (net.Conn, error) {
+	c, err := g.dial(ctx, GatewayIP.String(), 53)
+	if err != nil {
+		return nil, err
+	}
+	if err := askTCP(c, name); err != nil {
+		_ = c.Close()
+		return nil, err
+	}
+	return c, nil
+}
+
+// askTCP sends a query for name on a DNS-over-TCP connection.
+func askTCP(c net.Conn, name string) error {
+	q, _ := query(name).Pack()
+	_, err := c.Write(append(binary.BigEndian.AppendUint16(nil, uint16(len(q))), q...))
+	return err
+}
+
+// answered reads one DNS-over-TCP answer from c within d.
+func answered(c net.Conn, d time.Duration) error {
+	_ = c.SetReadDeadline(time.Now().Add(d))
+	defer func() { _ = c.SetReadDeadline(time.Time{}) }()
+	var size [2]byte
+	if _, err := io.ReadFull(c, size[:]); err != nil {
+		return err
+	}
+	_, err := io.ReadFull(c, make([]byte, binary.BigEndian.Uint16(size[:])))
+	return err
+}
+
+// TestDNSOverTCPIsBounded: the gateway serves at most maxDNSConns DNS-over-TCP connections at
+// once (each costs the host a goroutine and buffers; forwarded connections are bounded by
+// maxFlows, these were not: 4000 cost 4000 goroutines and 64 MB); the next one waits until
+// one of them ends, and the host's goroutines stay bounded however many the guest opens.
+func TestDNSOverTCPIsBounded(t *testing.T) {
+	noLeaks(t)
+	n := newTestNetwork(t, Policy{})
+	defer func() { _ = n.Close() }()
+	g := newTestGuest(t, n)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	runtime.GC()
+	before := runtime.NumGoroutine()
+	var conns []net.Conn
+	defer func() {
+		for _, c := range conns {
+			_ = c.Close()
+		}
+	}()
+	for range maxDNSConns {
+		c, err := g.dnsOverTCP(ctx, "refused.example")
+		if err != nil {
+			t.Fatal(err)
+		}
+		conns = append(conns, c)
+	}
+	for i, c := range conns {
+		if err := answered(c, 5*time.Second); err != nil {
+			t.Fatalf("connection %d: %v", i+1, err)
+		}
+	}
+	// One more waits (in the listener's backlog) while they are open.
+	next, err := g.dnsOverTCP(ctx, "refused.example")
+	if err != nil {
+		t.Fatal(err)
+	}
+	conns = append(conns, next)
+	if err := answered(next, 500*time.Millisecond); err == nil {
+		t.Fatalf("connection %d was served while %d were open", maxDNSConns+1, maxDNSConns)
+	}
+	// 40 more (with the backlog full, their dials may not complete) cost the host nothing.
+	var mu sync.Mutex
+	var extra sync.WaitGroup
+	for range 40 {
+		extra.Add(1)
+		go func() {
+			defer extra.Done()
+			dctx, dcancel := context.WithTimeout(ctx, 500*time.Millisecond)
+			defer dcancel()
+			if c, err := g.dnsOverTCP(dctx, "refused.example"); err == nil {
+				mu.Lock()
+				conns = append(conns, c)
+				mu.Unlock()
+			}
+		}()
+	}
+	extra.Wait()
+	if grown := runtime.NumGoroutine() - before; grown > maxDNSConns+10 {
+		t.Errorf("%d DNS-over-TCP connections open grew the host's goroutines by %d", len(conns), grown)
+	}
+	// The first ones are still served (they were open all along), and once one ends, the
+	// waiting one is.
+	if err := askTCP(conns[0], "refused.example"); err != nil {
+		t.Fatal(err)
+	}
+	if err := answered(conns[0], 5*time.Second); err != nil {
+		t.Fatalf("a connection served before: %v (did it idle out?)", err)
+	}
+	_ = conns[1].Close()
+	if err := answered(next, 5*time.Second); err != nil {
+		t.Fatalf("connection %d once one ended: %v", maxDNSConns+1, err)
 	}
 }

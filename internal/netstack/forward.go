@@ -302,7 +302,7 @@ func (n *Network) forwardByName(f *flow, ep abortable, guest net.Conn, target st
 	n.stats.connections.Add(1)
 	admit := func(hosts []string) error { return n.admitNames(f, hosts) }
 	if s.tls {
-		err = relayTLS(guest, gr, out, s.head, admit)
+		err = relayTLS(guest, gr, out, s, admit)
 	} else {
 		err = relayHTTP(guest, gr, out, s.req, admit)
 	}
@@ -313,36 +313,71 @@ func (n *Network) forwardByName(f *flow, ep abortable, guest net.Conn, target st
 	}
 }
 
-// relayHTTP relays a name-admitted plain HTTP connection, checking every request's host.
+// maxPipelined bounds the requests sent on whose responses have not come back yet: the
+// request side waits for the response side beyond.
+const maxPipelined = 64
+
+// relayHTTP relays a name-admitted plain HTTP connection, checking every request's host. After
+// a request with a body it ends the connection once that request's response is complete (see
+// relayRequests).
 func relayHTTP(guest net.Conn, gr *bufio.Reader, out net.Conn, first *reqHead, admit func([]string) error) error {
+	sent := make(chan *reqHead, maxPipelined)
 	tunnel := make(chan bool, 1)
-	var wg sync.WaitGroup
-	wg.Add(1)
+	answered := make(chan struct{}) // closed when the response side has ended
 	go func() {
-		defer wg.Done()
-		endHalf(guest, out, relayResponses(guest, out, first, tunnel))
+		defer close(answered)
+		err := relayResponses(guest, out, sent, tunnel)
+		if errors.Is(err, errAnswered) {
+			err = nil // the guest reads the response to its end, then the end of the connection
+		}
+		endHalf(guest, out, err)
 	}()
-	err := relayRequests(out, gr, first, admit, func() bool { return <-tunnel })
+	push := func(rq *reqHead) bool {
+		select {
+		case sent <- rq:
+			return true
+		case <-answered:
+			return false
+		}
+	}
+	err := relayRequests(out, gr, first, admit, push, func() bool { return <-tunnel })
+	close(sent)
+	switch {
+	case errors.Is(err, errBodySent):
+		<-answered
+		_ = guest.Close()
+		_ = out.Close()
+		return nil
+	case errors.Is(err, errRelayEnded):
+		err = nil
+	}
 	endHalf(out, guest, err)
-	wg.Wait()
+	<-answered
 	return err
 }
 
-// relayTLS relays a name-admitted TLS connection whose ClientHello (head) was read already.
-func relayTLS(guest net.Conn, gr *bufio.Reader, out net.Conn, head []byte, admit func([]string) error) error {
-	if _, err := out.Write(head); err != nil {
+// relayTLS relays a name-admitted TLS connection whose ClientHello (hello.head) was read
+// already. It returns the guest's side's error, or the server's side's if that refused it.
+func relayTLS(guest net.Conn, gr *bufio.Reader, out net.Conn, hello sniffed, admit func([]string) error) error {
+	if _, err := out.Write(hello.head); err != nil {
 		return err
 	}
 	var state atomic.Int32
+	var srvErr error
 	var wg sync.WaitGroup
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
-		endHalf(guest, out, relayTLSServer(guest, out, &state))
+		srvErr = relayTLSServer(guest, out, &state)
+		endHalf(guest, out, srvErr)
 	}()
-	err := relayTLSClient(out, gr, &state, admit)
+	err := relayTLSClient(out, gr, &state, admit, hello.earlyData)
 	endHalf(out, guest, err)
 	wg.Wait()
+	var ref refusal
+	if !errors.As(err, &ref) && errors.As(srvErr, &ref) {
+		return srvErr
+	}
 	return err
 }
 

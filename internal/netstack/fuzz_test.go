@@ -239,6 +239,10 @@ func FuzzHostCheck(f *testing.F) {
 		"POST /b HTTP/1.1\r\nHost: api.wild.test\r\nTransfer-Encoding: chunked\r\n\r\n5;x=y\r\nhello\r\n0\r\nT: t\r\n\r\nGET / HTTP/1.1\r\nHost: allowed.test\r\n\r\n",
 		"POST / HTTP/1.1\r\nHost: allowed.test\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET / HTTP/1.1\r\nHost: evil.test\r\n\r\n",
 		"GET /ws HTTP/1.1\r\nHost: allowed.test\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\nGET / HTTP/1.1\r\nHost: evil.test\r\n\r\n",
+		"GET / HTTP/1.1\r\nHost: allowed.test\r\nContent-Length: 41\r\n\r\nGET /secret HTTP/1.1\r\nHost: evil.test\r\n\r\n",
+		"POST / HTTP/1.1\r\nHost: allowed.test\r\nExpect: 100-continue\r\nContent-Length: 41\r\n\r\nGET /secret HTTP/1.1\r\nHost: evil.test\r\n\r\n",
+		"GET http://evil.test:80@allowed.test/ HTTP/1.1\r\nHost: allowed.test\r\n\r\n",
+		"OPTIONS * HTTP/1.1\r\nHost: allowed.test\r\n\r\nCONNECT allowed.test:443 HTTP/1.0\r\nHost: allowed.test\r\n\r\n",
 	} {
 		f.Add([]byte(s), false)
 	}
@@ -249,7 +253,7 @@ func FuzzHostCheck(f *testing.F) {
 			return
 		}
 		var out bytes.Buffer
-		_ = relayRequests(&out, r, s.req, allowHosts(t, "allowed.test", "*.wild.test"), func() bool { return tunnelled })
+		_ = relayRequests(&out, r, s.req, allowHosts(t, "allowed.test", "*.wild.test"), func(*reqHead) bool { return true }, func() bool { return tunnelled })
 		if !bytes.HasPrefix(in, out.Bytes()) {
 			t.Fatal("sent on what the guest did not send")
 		}
@@ -267,12 +271,74 @@ func FuzzHostCheck(f *testing.F) {
 					t.Fatalf("a request for %q was sent on", h)
 				}
 			}
-			if _, err := io.Copy(io.Discard, req.Body); err != nil {
+			if req.Header.Get("Expect") != "" || req.URL.User != nil {
+				t.Fatalf("a request with Expect or userinfo was sent on: %q", req.RequestURI)
+			}
+			k, err := io.Copy(io.Discard, req.Body)
+			if err != nil {
 				return
+			}
+			if k > 0 || len(req.TransferEncoding) > 0 {
+				switch req.Method {
+				case http.MethodGet, http.MethodHead, http.MethodOptions, http.MethodDelete, http.MethodTrace, http.MethodConnect:
+					t.Fatalf("a %s request with a body was sent on", req.Method)
+				}
+				if _, err := br.Peek(1); err != io.EOF {
+					t.Fatal("a request was sent on after one with a body")
+				}
 			}
 			if req.Header.Get("Upgrade") != "" || req.Method == http.MethodConnect {
 				return // what follows an upgrade the server accepted is not HTTP
 			}
+		}
+	})
+}
+
+// FuzzResponses: whatever a server answers a GET, a HEAD, a GET and a POST with a body sent
+// on a name-admitted connection, the guard relays to the guest a prefix of it, and when it
+// ends the connection after the POST's answer (errAnswered) what it relayed is exactly four
+// responses (and interim ones) as net/http's client reads them: nothing the server sent after
+// them (which could answer requests it read out of the POST's body) reaches the guest.
+func FuzzResponses(f *testing.F) {
+	for _, s := range []string{
+		"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nabHTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\n" +
+			"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 204 No Content\r\n\r\n" +
+			"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n1;a=b\r\na\r\n0\r\nT: x\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nevil",
+		"HTTP/1.1 304 Not Modified\nContent-Length: 5\n\nHTTP/1.1 200 OK\r\n\r\nHTTP/1.0 200 OK\r\nContent-Length: 0\r\n\r\nHTTP/1.1 200 OK\r\n\r\nto the end",
+		"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+		"HTTP/1.1 101 Switching Protocols\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n",
+	} {
+		f.Add([]byte(s))
+	}
+	get := "GET / HTTP/1.1\r\nHost: allowed.test\r\n\r\n"
+	reqs := get + "HEAD / HTTP/1.1\r\nHost: allowed.test\r\n\r\n" + get + "POST / HTTP/1.1\r\nHost: allowed.test\r\nContent-Length: 1\r\n\r\nx"
+	methods := []string{http.MethodGet, http.MethodHead, http.MethodGet, http.MethodPost}
+	f.Fuzz(func(t *testing.T, in []byte) {
+		var out bytes.Buffer
+		err := relayResponses(&out, bytes.NewReader(in), sentRequests(t, reqs), make(chan bool, 1))
+		if !bytes.HasPrefix(in, out.Bytes()) {
+			t.Fatal("relayed what the server did not send")
+		}
+		if !errors.Is(err, errAnswered) {
+			return
+		}
+		br := bufio.NewReader(bytes.NewReader(out.Bytes()))
+		for _, m := range methods {
+			for {
+				resp, err := http.ReadResponse(br, &http.Request{Method: m})
+				if err != nil {
+					t.Fatalf("net/http cannot read the answer to a %s: %v", m, err)
+				}
+				if _, err := io.Copy(io.Discard, resp.Body); err != nil {
+					t.Fatalf("net/http cannot read the body of the answer to a %s: %v", m, err)
+				}
+				if resp.StatusCode < 100 || resp.StatusCode >= 200 || resp.StatusCode == 101 {
+					break
+				}
+			}
+		}
+		if rest, _ := io.ReadAll(br); len(rest) > 0 {
+			t.Fatalf("relayed %q after the answer to the POST", rest)
 		}
 	})
 }

@@ -18,9 +18,13 @@ type Guard struct {
 	// /128): opening a private network the host sits in does not open the host.
 	Exempt []netip.Prefix
 
+	// interfaceAddrs lists the host's addresses (nil: net.InterfaceAddrs).
+	interfaceAddrs func() ([]net.Addr, error)
+
 	mu       sync.Mutex
-	hostAddr map[netip.Addr]bool
-	fetched  time.Time
+	hostAddr map[netip.Addr]bool // nil until listed once
+	listErr  error               // why the last listing failed, if it did
+	next     time.Time           // when to list them again
 }
 
 // reservedRange is a range no sandbox reaches unless exempted, and why.
@@ -84,8 +88,12 @@ var (
 	sixToFour = netip.MustParsePrefix("2002::/16")
 )
 
-// hostAddrTTL bounds how stale the list of the host's own addresses may be.
-const hostAddrTTL = 5 * time.Second
+// hostAddrTTL bounds how stale the list of the host's own addresses may be; hostAddrRetry is
+// how soon a listing that failed is tried again (meanwhile the previous list holds).
+const (
+	hostAddrTTL   = 5 * time.Second
+	hostAddrRetry = time.Second
+)
 
 // Blocked says whether a is reserved, and why. The sandbox network carries IPv4 only: an IPv6
 // destination outside the reserved ranges is blocked too, unless exempted.
@@ -94,7 +102,10 @@ func (g *Guard) Blocked(a netip.Addr) (string, bool) {
 	if !a.IsValid() {
 		return "not an IP address", true
 	}
-	host := g.isHostAddr(a)
+	host, listErr := g.isHostAddr(a)
+	if listErr != nil {
+		host = true // it may be: fail closed
+	}
 	for _, p := range g.Exempt {
 		if p.Contains(a) && (!host || p.IsSingleIP()) {
 			return "", false
@@ -102,6 +113,9 @@ func (g *Guard) Blocked(a netip.Addr) (string, bool) {
 	}
 	if why, ok := reservedWhy(a); ok {
 		return why, true
+	}
+	if listErr != nil {
+		return "the host's own addresses could not be listed (" + listErr.Error() + "), and this may be one", true
 	}
 	if host {
 		return "an address of the host itself", true
@@ -138,12 +152,22 @@ func reservedWhy(a netip.Addr) (string, bool) {
 	return "", false
 }
 
-func (g *Guard) isHostAddr(a netip.Addr) bool {
+// isHostAddr says whether a is one of the host's own addresses, as listed at most hostAddrTTL
+// ago. A listing that fails (net.InterfaceAddrs runs out of file descriptors, say) keeps the
+// previous list; before any listing has succeeded, it returns the error: nothing is known.
+func (g *Guard) isHostAddr(a netip.Addr) (bool, error) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	if g.hostAddr == nil || time.Since(g.fetched) > hostAddrTTL {
-		m := map[netip.Addr]bool{}
-		if addrs, err := net.InterfaceAddrs(); err == nil {
+	if now := time.Now(); !now.Before(g.next) {
+		list := g.interfaceAddrs
+		if list == nil {
+			list = net.InterfaceAddrs
+		}
+		addrs, err := list()
+		if err != nil {
+			g.listErr, g.next = err, now.Add(hostAddrRetry)
+		} else {
+			m := map[netip.Addr]bool{}
 			for _, ad := range addrs {
 				if ipn, ok := ad.(*net.IPNet); ok {
 					if x, ok := netip.AddrFromSlice(ipn.IP); ok {
@@ -151,8 +175,11 @@ func (g *Guard) isHostAddr(a netip.Addr) bool {
 					}
 				}
 			}
+			g.hostAddr, g.listErr, g.next = m, nil, now.Add(hostAddrTTL)
 		}
-		g.hostAddr, g.fetched = m, time.Now()
 	}
-	return g.hostAddr[a]
+	if g.hostAddr == nil {
+		return false, g.listErr
+	}
+	return g.hostAddr[a], nil
 }

@@ -15,6 +15,7 @@ import (
 	"github.com/containers/gvisor-tap-vsock/pkg/tap"
 	"github.com/containers/gvisor-tap-vsock/pkg/types"
 	"github.com/miekg/dns"
+	"golang.org/x/net/netutil"
 	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/adapters/gonet"
 	"gvisor.dev/gvisor/pkg/tcpip/network/arp"
@@ -82,6 +83,19 @@ type Network struct {
 const (
 	maxFlows       = 1024
 	maxDNSInFlight = 64
+	// maxDNSConns bounds the guest's DNS-over-TCP connections to the gateway served at once
+	// (each holds a goroutine and buffers on the host; more wait in the listener's backlog).
+	maxDNSConns = 64
+)
+
+// DNS over TCP at the gateway: a connection's first query must come within dnsReadTimeout, each
+// later one within dnsIdleTimeout, at most dnsMaxQueries on one connection (RFC 7766 leaves the
+// idle timeout to the server, "of the order of seconds"; a resolver falling back to TCP for a
+// truncated answer asks once or twice).
+const (
+	dnsReadTimeout = 2 * time.Second
+	dnsIdleTimeout = 3 * time.Second
+	dnsMaxQueries  = 16
 )
 
 // dialTimeout bounds an outbound connection attempt made for the guest.
@@ -190,7 +204,8 @@ func (n *Network) serveDNS() error {
 		return fmt.Errorf("netstack: DNS over TCP: %w", err)
 	}
 	udpSrv := &dns.Server{PacketConn: pc, Handler: n}
-	tcpSrv := &dns.Server{Listener: ln, Handler: n}
+	tcpSrv := &dns.Server{Listener: netutil.LimitListener(ln, maxDNSConns), Handler: n,
+		ReadTimeout: dnsReadTimeout, IdleTimeout: func() time.Duration { return dnsIdleTimeout }, MaxTCPQueries: dnsMaxQueries}
 	n.dns = []*dns.Server{udpSrv, tcpSrv}
 	for _, srv := range n.dns {
 		n.wg.Add(1)

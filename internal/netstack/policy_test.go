@@ -1,9 +1,13 @@
 package netstack
 
 import (
+	"net"
 	"net/netip"
 	"strings"
+	"sync/atomic"
+	"syscall"
 	"testing"
+	"time"
 )
 
 func TestCompileErrorsNameTheEntry(t *testing.T) {
@@ -182,5 +186,51 @@ func TestLearnedIsBounded(t *testing.T) {
 	}
 	if n := len(l.names(x)); n > 64 {
 		t.Fatalf("%d names for one address", n)
+	}
+}
+
+// TestHostAddressesFailClosed: when the host's addresses cannot be listed (net.InterfaceAddrs
+// fails, as it does out of file descriptors), the guard keeps the list it had; before it has
+// ever had one, it refuses every destination it cannot tell from the host's own.
+func TestHostAddressesFailClosed(t *testing.T) {
+	hostA, other := netip.MustParseAddr("1.2.3.4"), netip.MustParseAddr("5.6.7.8")
+	var fail atomic.Bool
+	fail.Store(true)
+	g := &Guard{Exempt: []netip.Prefix{netip.MustParsePrefix("9.9.9.9/32")}}
+	g.interfaceAddrs = func() ([]net.Addr, error) {
+		if fail.Load() {
+			return nil, syscall.EMFILE
+		}
+		return []net.Addr{&net.IPNet{IP: net.IP(hostA.AsSlice()), Mask: net.CIDRMask(24, 32)}}, nil
+	}
+	for _, a := range []netip.Addr{hostA, other} {
+		if why, blocked := g.Blocked(a); !blocked || !strings.Contains(why, "could not be listed") {
+			t.Errorf("%s with the host's addresses unknown: %q, %v", a, why, blocked)
+		}
+	}
+	if why, blocked := g.Blocked(netip.MustParseAddr("9.9.9.9")); blocked {
+		t.Errorf("an address exempted by itself: %s", why)
+	}
+	// Listed: only the host's address is refused.
+	fail.Store(false)
+	g.mu.Lock()
+	g.next = time.Time{}
+	g.mu.Unlock()
+	if why, blocked := g.Blocked(hostA); !blocked || !strings.Contains(why, "host itself") {
+		t.Errorf("the host's address: %q, %v", why, blocked)
+	}
+	if why, blocked := g.Blocked(other); blocked {
+		t.Errorf("another address: %s", why)
+	}
+	// Failing again later: the list it had still holds.
+	fail.Store(true)
+	g.mu.Lock()
+	g.next = time.Time{}
+	g.mu.Unlock()
+	if why, blocked := g.Blocked(hostA); !blocked || !strings.Contains(why, "host itself") {
+		t.Errorf("the host's address once listing fails: %q, %v", why, blocked)
+	}
+	if why, blocked := g.Blocked(other); blocked {
+		t.Errorf("another address once listing fails: %s", why)
 	}
 }
