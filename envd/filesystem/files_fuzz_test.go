@@ -149,25 +149,6 @@ func FuzzFilesUpload(f *testing.F) {
 	})
 }
 
-// truncatedPart says whether mime/multipart, reading body directly, fails inside a part with
-// io.ErrUnexpectedEOF.
-func truncatedPart(body []byte, ctypeHeader string) bool {
-	_, params, err := mime.ParseMediaType(ctypeHeader)
-	if err != nil {
-		return false
-	}
-	mr := multipart.NewReader(bytes.NewReader(body), params["boundary"])
-	for {
-		part, err := mr.NextPart()
-		if err != nil {
-			return errors.Is(err, io.ErrUnexpectedEOF)
-		}
-		if _, err := io.Copy(io.Discard, part); err != nil {
-			return errors.Is(err, io.ErrUnexpectedEOF)
-		}
-	}
-}
-
 // A multipart upload cut off is refused as the client's (400), whether the cut is inside the
 // file's part (it was a 500) or after it, before the final boundary (it was a 200: mime/multipart
 // wraps that EOF, which the loop took for the clean end), or inside a part it skips.
