@@ -18,6 +18,7 @@ import (
 	"github.com/cellhq/cell/envd/state"
 	"github.com/cellhq/cell/envd/vport"
 	"github.com/cellhq/cell/internal/channel"
+	"github.com/cellhq/cell/pkg/envd"
 )
 
 func main() {
@@ -31,7 +32,7 @@ func main() {
 		os.Exit(serveCommand(log, os.Args[2:]))
 	}
 	if len(os.Args) > 1 && os.Args[1] == "version" {
-		fmt.Println(server.Version)
+		fmt.Println(envd.Version)
 		return
 	}
 	fmt.Fprintln(os.Stderr, "usage: envd serve [-port NAME]  (as PID 1, envd is the guest's init)")

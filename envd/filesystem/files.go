@@ -3,9 +3,7 @@ package filesystem
 import (
 	"bytes"
 	"compress/gzip"
-	"crypto/sha256"
 	"crypto/subtle"
-	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -27,13 +25,8 @@ import (
 	"github.com/cellhq/cell/envd/process"
 	"github.com/cellhq/cell/envd/state"
 	"github.com/cellhq/cell/internal/memcopy"
+	"github.com/cellhq/cell/pkg/envd"
 )
-
-// MetadataHeaderPrefix marks request headers that become a file's metadata (user.* xattrs).
-const MetadataHeaderPrefix = "X-Metadata-"
-
-// AccessTokenHeader carries envd's access token.
-const AccessTokenHeader = "X-Access-Token"
 
 // Files serves GET and POST /files.
 type Files struct {
@@ -55,24 +48,13 @@ func WriteError(w http.ResponseWriter, code int, format string, args ...any) {
 	_ = json.NewEncoder(w).Encode(fileError{Code: code, Message: fmt.Sprintf(format, args...)})
 }
 
-// Sign returns the signature E2B's SDKs put on a /files URL: "v1_" and the unpadded standard
-// base64 of SHA-256 over "path:operation:user:token[:expiration]".
-func Sign(path, operation, user, token string, expiration int64) string {
-	raw := path + ":" + operation + ":" + user + ":" + token
-	if expiration != 0 {
-		raw += ":" + strconv.FormatInt(expiration, 10)
-	}
-	sum := sha256.Sum256([]byte(raw))
-	return "v1_" + strings.TrimRight(base64.StdEncoding.EncodeToString(sum[:]), "=")
-}
-
 // authorize checks the access token or, failing that, the URL's signature for operation.
 func (f *Files) authorize(r *http.Request, operation string) (int, error) {
 	token := f.Defaults.Token()
 	if token == "" {
 		return 0, nil
 	}
-	if got := r.Header.Get(AccessTokenHeader); got != "" {
+	if got := r.Header.Get(envd.AccessTokenHeader); got != "" {
 		if f.Defaults.CheckToken(got) {
 			return 0, nil
 		}
@@ -98,7 +80,7 @@ func (f *Files) authorize(r *http.Request, operation string) (int, error) {
 		}
 		exp = n
 	}
-	want := Sign(q.Get("path"), operation, q.Get("username"), token, exp)
+	want := envd.Sign(q.Get("path"), operation, q.Get("username"), token, exp)
 	if subtle.ConstantTimeCompare([]byte(sig), []byte(want)) != 1 {
 		return http.StatusUnauthorized, errors.New("invalid signature")
 	}
@@ -447,7 +429,7 @@ func partPath(part *multipart.Part) string {
 func metadataFrom(h http.Header) (map[string]string, error) {
 	var md map[string]string
 	for k, vs := range h {
-		key, ok := strings.CutPrefix(http.CanonicalHeaderKey(k), MetadataHeaderPrefix)
+		key, ok := strings.CutPrefix(http.CanonicalHeaderKey(k), envd.MetadataHeaderPrefix)
 		if !ok || len(vs) == 0 {
 			continue
 		}

@@ -23,6 +23,7 @@ import (
 
 	"github.com/cellhq/cell/envd/process"
 	"github.com/cellhq/cell/envd/state"
+	"github.com/cellhq/cell/pkg/envd"
 	pb "github.com/cellhq/cell/proto/filesystem"
 )
 
@@ -83,7 +84,7 @@ func TestFilesUploadDownloadAndSignatures(t *testing.T) {
 	zw := gzip.NewWriter(&gz)
 	_, _ = zw.Write([]byte("hello"))
 	_ = zw.Close()
-	wq := url.Values{"path": {p}, "signature": {Sign(p, "write", "", "tok", 0)}}
+	wq := url.Values{"path": {p}, "signature": {envd.Sign(p, "write", "", "tok", 0)}}
 	req, _ := http.NewRequest("POST", srv.URL+"/files?"+wq.Encode(), &gz)
 	req.Header.Set("Content-Type", "application/octet-stream")
 	req.Header.Set("Content-Encoding", "gzip")
@@ -110,10 +111,10 @@ func TestFilesUploadDownloadAndSignatures(t *testing.T) {
 		exp    int64
 		status int
 	}{
-		{Sign(p, "write", "", "tok", 0), 0, 401},
-		{Sign(p, "read", "", "tok", time.Now().Add(-time.Minute).Unix()), time.Now().Add(-time.Minute).Unix(), 401},
-		{Sign(p, "read", "", "tok", time.Now().Add(time.Minute).Unix()), time.Now().Add(time.Minute).Unix(), 200},
-		{Sign(p, "read", "", "other", 0), 0, 401},
+		{envd.Sign(p, "write", "", "tok", 0), 0, 401},
+		{envd.Sign(p, "read", "", "tok", time.Now().Add(-time.Minute).Unix()), time.Now().Add(-time.Minute).Unix(), 401},
+		{envd.Sign(p, "read", "", "tok", time.Now().Add(time.Minute).Unix()), time.Now().Add(time.Minute).Unix(), 200},
+		{envd.Sign(p, "read", "", "other", 0), 0, 401},
 	} {
 		rq := url.Values{"path": {p}, "signature": {c.sig}}
 		if c.exp != 0 {
@@ -136,7 +137,7 @@ func TestFilesUploadDownloadAndSignatures(t *testing.T) {
 	// With the token: missing files are 404, directories 400.
 	for path, status := range map[string]int{filepath.Join(dir, "missing"): 404, dir: 400} {
 		req, _ := http.NewRequest("GET", srv.URL+"/files?"+url.Values{"path": {path}}.Encode(), nil)
-		req.Header.Set(AccessTokenHeader, "tok")
+		req.Header.Set(envd.AccessTokenHeader, "tok")
 		resp, err := http.DefaultClient.Do(req)
 		if err != nil {
 			t.Fatal(err)
@@ -360,7 +361,7 @@ func TestMultipartUpload(t *testing.T) {
 	_ = mw.Close()
 	req, _ := http.NewRequest("POST", srv.URL+"/files?"+url.Values{"path": {p}}.Encode(), &body)
 	req.Header.Set("Content-Type", mw.FormDataContentType())
-	req.Header.Set(AccessTokenHeader, "tok")
+	req.Header.Set(envd.AccessTokenHeader, "tok")
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		t.Fatal(err)

@@ -9,16 +9,8 @@ import (
 	"time"
 
 	"github.com/cellhq/cell/envd/filesystem"
+	"github.com/cellhq/cell/pkg/envd"
 )
-
-// LocalTCPPath opens a byte stream to a TCP port on the guest's loopback (Cell-specific): the
-// host's proxy uses it for servers that listen on the loopback only (127.0.0.1 or ::1), which its
-// network cannot reach.
-// The request upgrades to the protocol "cell-tcp"; after the 101 the stream is the connection.
-const LocalTCPPath = "/cell/tcp"
-
-// LocalTCPProtocol is the Upgrade token of LocalTCPPath.
-const LocalTCPProtocol = "cell-tcp"
 
 func localTCP(w http.ResponseWriter, r *http.Request) {
 	port, err := strconv.Atoi(r.URL.Query().Get("port"))
@@ -44,7 +36,7 @@ func localTCP(w http.ResponseWriter, r *http.Request) {
 	}
 	defer func() { _ = conn.Close() }()
 	defer func() { _ = c.Close() }()
-	if _, err := io.WriteString(conn, "HTTP/1.1 101 Switching Protocols\r\nUpgrade: "+LocalTCPProtocol+"\r\nConnection: Upgrade\r\n\r\n"); err != nil {
+	if _, err := io.WriteString(conn, "HTTP/1.1 101 Switching Protocols\r\nUpgrade: "+envd.LocalTCPProtocol+"\r\nConnection: Upgrade\r\n\r\n"); err != nil {
 		return
 	}
 	var wg sync.WaitGroup

@@ -9,6 +9,8 @@ import (
 	"net/http/httptest"
 	"strings"
 	"testing"
+
+	"github.com/cellhq/cell/pkg/envd"
 )
 
 func TestLocalTCP(t *testing.T) {
@@ -28,7 +30,7 @@ func TestLocalTCP(t *testing.T) {
 		{"?port=http", 400, "port"},
 		{fmt.Sprintf("?port=%d", freePort(t)), 502, "not open"},
 	} {
-		resp, err := http.Get(srv.URL + LocalTCPPath + c.query)
+		resp, err := http.Get(srv.URL + envd.LocalTCPPath + c.query)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -40,7 +42,7 @@ func TestLocalTCP(t *testing.T) {
 	}
 }
 
-// echoThrough runs an echo server on addr and talks to it through srv's LocalTCPPath.
+// echoThrough runs an echo server on addr and talks to it through srv's envd.LocalTCPPath.
 func echoThrough(t *testing.T, srv *httptest.Server, addr string) {
 	echo, err := net.Listen("tcp", addr)
 	if err != nil {
@@ -63,7 +65,7 @@ func echoThrough(t *testing.T, srv *httptest.Server, addr string) {
 	defer func() { _ = conn.Close() }()
 	port := echo.Addr().(*net.TCPAddr).Port
 	// The request and the first bytes of the stream in one write: nothing may be lost.
-	fmt.Fprintf(conn, "GET %s?port=%d HTTP/1.1\r\nHost: envd\r\nConnection: Upgrade\r\nUpgrade: %s\r\n\r\nhello ", LocalTCPPath, port, LocalTCPProtocol)
+	fmt.Fprintf(conn, "GET %s?port=%d HTTP/1.1\r\nHost: envd\r\nConnection: Upgrade\r\nUpgrade: %s\r\n\r\nhello ", envd.LocalTCPPath, port, envd.LocalTCPProtocol)
 	br := bufio.NewReader(conn)
 	resp, err := http.ReadResponse(br, nil)
 	if err != nil || resp.StatusCode != http.StatusSwitchingProtocols {

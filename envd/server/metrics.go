@@ -12,19 +12,9 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
-)
 
-// MetricsReport is GET /metrics (E2B's field names).
-type MetricsReport struct {
-	Timestamp  int64   `json:"ts"`
-	CPUCount   int     `json:"cpu_count"`
-	CPUUsedPct float64 `json:"cpu_used_pct"`
-	MemTotal   uint64  `json:"mem_total"`
-	MemUsed    uint64  `json:"mem_used"`
-	MemCache   uint64  `json:"mem_cache"`
-	DiskUsed   uint64  `json:"disk_used"`
-	DiskTotal  uint64  `json:"disk_total"`
-}
+	"github.com/cellhq/cell/pkg/envd"
+)
 
 // Metrics reads the guest's resource use; CPU use is measured between successive reads.
 type Metrics struct {
@@ -74,8 +64,8 @@ func meminfo() (map[string]uint64, error) {
 }
 
 // Read returns the current report.
-func (m *Metrics) Read() (MetricsReport, error) {
-	r := MetricsReport{Timestamp: time.Now().Unix(), CPUCount: runtime.NumCPU()}
+func (m *Metrics) Read() (envd.MetricsReport, error) {
+	r := envd.MetricsReport{Timestamp: time.Now().Unix(), CPUCount: runtime.NumCPU()}
 	busy, all, err := cpuTimes()
 	if err != nil {
 		return r, err

@@ -20,20 +20,10 @@ import (
 	"github.com/cellhq/cell/envd/process"
 	"github.com/cellhq/cell/envd/state"
 	"github.com/cellhq/cell/internal/channel"
+	"github.com/cellhq/cell/pkg/envd"
 	"github.com/cellhq/cell/proto/filesystem/filesystemconnect"
 	"github.com/cellhq/cell/proto/process/processconnect"
 )
-
-// Version is envd's version as reported to clients. E2B's SDKs enable features by it: 0.6.4 is
-// the newest feature level Cell implements (octet-stream uploads, file metadata, watch entries).
-const Version = "0.6.4"
-
-// PowerOffPath asks envd to power the guest off (Cell-specific, not part of E2B's API).
-const PowerOffPath = "/cell/poweroff"
-
-// SyncPath asks envd to flush the guest's file systems (sync(2)) and answers when they are
-// (Cell-specific: a pause needs it, and it saves starting /bin/sync in the guest).
-const SyncPath = "/cell/sync"
 
 // maxInitBody bounds the /init request, as the channel bounds an init that comes with its
 // handshake. It must hold what the host sends: env vars that came through the host's API in a
@@ -48,9 +38,9 @@ type Services struct {
 	Process  *process.Service
 	FS       *filesystem.Service
 	Metrics  *Metrics
-	// PowerOff is called (once per request) for PowerOffPath.
+	// PowerOff is called (once per request) for envd.PowerOffPath.
 	PowerOff func()
-	// Sync flushes the file systems, for SyncPath (nil: sync(2)).
+	// Sync flushes the file systems, for envd.SyncPath (nil: sync(2)).
 	Sync func()
 	// SetClock sets the guest's wall clock (nil: left alone).
 	SetClock func(time.Time) error
@@ -71,7 +61,7 @@ func Handler(s Services) http.Handler {
 	path, h = filesystemconnect.NewFilesystemHandler(s.FS, noCompress)
 	mux.Handle(path, h)
 	mux.HandleFunc("GET /health", func(w http.ResponseWriter, _ *http.Request) {
-		w.Header().Set("X-Envd-Version", Version)
+		w.Header().Set("X-Envd-envd.Version", envd.Version)
 		w.WriteHeader(http.StatusNoContent)
 	})
 	mux.HandleFunc("GET /envs", func(w http.ResponseWriter, _ *http.Request) {
@@ -88,15 +78,15 @@ func Handler(s Services) http.Handler {
 	mux.HandleFunc("POST /init", s.init)
 	files := &filesystem.Files{Defaults: s.Defaults, Users: s.Users}
 	mux.Handle("/files", files)
-	mux.HandleFunc("GET "+LocalTCPPath, localTCP)
-	mux.HandleFunc("POST "+PowerOffPath, func(w http.ResponseWriter, _ *http.Request) {
+	mux.HandleFunc("GET "+envd.LocalTCPPath, localTCP)
+	mux.HandleFunc("POST "+envd.PowerOffPath, func(w http.ResponseWriter, _ *http.Request) {
 		w.WriteHeader(http.StatusAccepted)
 		if f, ok := w.(http.Flusher); ok {
 			f.Flush()
 		}
 		go s.PowerOff()
 	})
-	mux.HandleFunc("POST "+SyncPath, func(w http.ResponseWriter, _ *http.Request) {
+	mux.HandleFunc("POST "+envd.SyncPath, func(w http.ResponseWriter, _ *http.Request) {
 		if s.Sync != nil {
 			s.Sync()
 		} else {
@@ -109,7 +99,7 @@ func Handler(s Services) http.Handler {
 		// detour of cold code through package time on a clone's first request under TCG.
 		w.Header()["Date"] = nil
 		// /health is open; /files checks the token or a signed URL itself; the rest need the token.
-		if r.URL.Path != "/health" && r.URL.Path != "/files" && !s.Defaults.CheckToken(r.Header.Get(filesystem.AccessTokenHeader)) {
+		if r.URL.Path != "/health" && r.URL.Path != "/files" && !s.Defaults.CheckToken(r.Header.Get(envd.AccessTokenHeader)) {
 			if strings.HasPrefix(r.URL.Path, "/process.") || strings.HasPrefix(r.URL.Path, "/filesystem.") {
 				// A Connect error, which Connect clients read from any non-200 answer.
 				w.Header().Set("Content-Type", "application/json")
@@ -133,26 +123,8 @@ func writeJSON(w http.ResponseWriter, v any) {
 	_ = json.NewEncoder(w).Encode(v)
 }
 
-// InitRequest is the body of POST /init (E2B's field names).
-type InitRequest struct {
-	EnvVars        map[string]string `json:"envVars,omitempty"`
-	AccessToken    *string           `json:"accessToken,omitempty"`
-	Timestamp      *time.Time        `json:"timestamp,omitempty"`
-	DefaultUser    *string           `json:"defaultUser,omitempty"`
-	DefaultWorkdir *string           `json:"defaultWorkdir,omitempty"`
-	HyperloopIP    string            `json:"hyperloopIP,omitempty"`
-	// Cell's own: the sandbox's host name. (Host randomness for the kernel's generator comes
-	// with every channel handshake instead: see Visits.Reseed.)
-	Hostname *string `json:"hostname,omitempty"`
-	// Cell's own: the sandbox's and its template's ids, which commands see as E2B's
-	// E2B_SANDBOX_ID and E2B_TEMPLATE_ID (E2B's envd reads them from Firecracker's metadata
-	// service).
-	SandboxID  *string `json:"sandboxID,omitempty"`
-	TemplateID *string `json:"templateID,omitempty"`
-}
-
 func (s Services) init(w http.ResponseWriter, r *http.Request) {
-	var req InitRequest
+	var req envd.InitRequest
 	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, maxInitBody))
 	if err := dec.Decode(&req); err != nil && !errors.Is(err, io.EOF) {
 		if tooBig := (*http.MaxBytesError)(nil); errors.As(err, &tooBig) {
@@ -172,7 +144,7 @@ func (s Services) init(w http.ResponseWriter, r *http.Request) {
 // ApplyInit applies an init that came with the channel's handshake: the same JSON body as
 // POST /init's, with the same checks.
 func (s Services) ApplyInit(body []byte) error {
-	var req InitRequest
+	var req envd.InitRequest
 	if err := json.Unmarshal(body, &req); err != nil {
 		return fmt.Errorf("init: %w", err)
 	}
@@ -181,7 +153,7 @@ func (s Services) ApplyInit(body []byte) error {
 }
 
 // apply applies req; a refusal comes with the HTTP status that answers it.
-func (s Services) apply(req InitRequest) (int, error) {
+func (s Services) apply(req envd.InitRequest) (int, error) {
 	if req.DefaultUser != nil && *req.DefaultUser != "" {
 		if _, err := s.Users.Lookup(*req.DefaultUser); err != nil {
 			return http.StatusBadRequest, fmt.Errorf("defaultUser: user %q not found", *req.DefaultUser)

@@ -11,9 +11,9 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/cellhq/cell/envd/filesystem"
 	"github.com/cellhq/cell/envd/process"
 	"github.com/cellhq/cell/envd/state"
+	"github.com/cellhq/cell/pkg/envd"
 )
 
 // TestSync: POST /cell/sync flushes (once per request) and needs the access token.
@@ -25,9 +25,9 @@ func TestSync(t *testing.T) {
 	srv := httptest.NewServer(Handler(Services{Defaults: defaults, Sync: func() { syncs++ }}))
 	defer srv.Close()
 	do := func(method, token string) int {
-		req, _ := http.NewRequest(method, srv.URL+SyncPath, nil)
+		req, _ := http.NewRequest(method, srv.URL+envd.SyncPath, nil)
 		if token != "" {
-			req.Header.Set(filesystem.AccessTokenHeader, token)
+			req.Header.Set(envd.AccessTokenHeader, token)
 		}
 		resp, err := http.DefaultClient.Do(req)
 		if err != nil {
@@ -54,7 +54,7 @@ func TestInitBodyLimit(t *testing.T) {
 	srv := httptest.NewServer(Handler(Services{Defaults: defaults, Log: slog.New(slog.DiscardHandler)}))
 	defer srv.Close()
 	post := func(value string) (int, string) {
-		body, _ := json.Marshal(InitRequest{EnvVars: map[string]string{"BIG": value}})
+		body, _ := json.Marshal(envd.InitRequest{EnvVars: map[string]string{"BIG": value}})
 		resp, err := http.Post(srv.URL+"/init", "application/json", bytes.NewReader(body))
 		if err != nil {
 			t.Fatal(err)
@@ -80,7 +80,7 @@ func TestApplyInit(t *testing.T) {
 	svc := Services{Defaults: defaults, Users: &process.Users{}, Log: slog.New(slog.DiscardHandler),
 		SetHostname: func(h string) error { hostname = h; return nil }}
 	tok, host, id := "tok", "sbx1", "sbx1"
-	body, _ := json.Marshal(InitRequest{EnvVars: map[string]string{"A": "1"}, AccessToken: &tok, Hostname: &host, SandboxID: &id})
+	body, _ := json.Marshal(envd.InitRequest{EnvVars: map[string]string{"A": "1"}, AccessToken: &tok, Hostname: &host, SandboxID: &id})
 	if err := svc.ApplyInit(body); err != nil {
 		t.Fatal(err)
 	}
@@ -91,7 +91,7 @@ func TestApplyInit(t *testing.T) {
 		t.Fatalf("a broken body: %v", err)
 	}
 	nobody := "no-such-user-here"
-	body, _ = json.Marshal(InitRequest{DefaultUser: &nobody, EnvVars: map[string]string{"B": "2"}})
+	body, _ = json.Marshal(envd.InitRequest{DefaultUser: &nobody, EnvVars: map[string]string{"B": "2"}})
 	if err := svc.ApplyInit(body); err == nil || !strings.Contains(err.Error(), `defaultUser: user "no-such-user-here" not found`) {
 		t.Fatalf("an unknown user: %v", err)
 	}
@@ -99,7 +99,7 @@ func TestApplyInit(t *testing.T) {
 		t.Fatal("a refused init changed the variables")
 	}
 	empty := ""
-	body, _ = json.Marshal(InitRequest{Hostname: &empty})
+	body, _ = json.Marshal(envd.InitRequest{Hostname: &empty})
 	if err := svc.ApplyInit(body); err == nil || !strings.Contains(err.Error(), "hostname") {
 		t.Fatalf("an empty host name: %v", err)
 	}

@@ -18,10 +18,10 @@ import (
 	"strings"
 	"time"
 
-	"github.com/cellhq/cell/envd/server"
 	"github.com/cellhq/cell/internal/auth"
 	"github.com/cellhq/cell/internal/manager"
 	"github.com/cellhq/cell/internal/store"
+	"github.com/cellhq/cell/pkg/envd"
 )
 
 // OpenAPI is Cell's API description, served at /openapi.yaml.
@@ -403,7 +403,7 @@ func (a *API) domain() *string {
 }
 
 func (a *API) sandboxResponse(info manager.Info) SandboxResponse {
-	res := SandboxResponse{TemplateID: info.TemplateID, SandboxID: info.ID, ClientID: clientID, EnvdVersion: server.Version, Domain: a.domain()}
+	res := SandboxResponse{TemplateID: info.TemplateID, SandboxID: info.ID, ClientID: clientID, EnvdVersion: envd.Version, Domain: a.domain()}
 	if info.EnvdToken != "" {
 		tok := info.EnvdToken
 		res.EnvdAccessToken = &tok
@@ -418,7 +418,7 @@ func (a *API) sandboxResponse(info manager.Info) SandboxResponse {
 func (a *API) detail(info manager.Info, withToken bool) SandboxDetail {
 	d := SandboxDetail{
 		TemplateID: info.TemplateID, SandboxID: info.ID, ClientID: clientID, StartedAt: info.StartedAt.UTC(),
-		EndAt: info.EndAt.UTC(), EnvdVersion: server.Version, Domain: a.domain(), CPUCount: info.CPUs, MemoryMB: info.MemoryMiB,
+		EndAt: info.EndAt.UTC(), EnvdVersion: envd.Version, Domain: a.domain(), CPUCount: info.CPUs, MemoryMB: info.MemoryMiB,
 		DiskSizeMB: info.DiskMiB, Metadata: info.Metadata, State: info.State, AllowInternetAccess: info.AllowInternet, VolumeMounts: []any{},
 	}
 	public := !info.Network.PrivateTraffic

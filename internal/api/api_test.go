@@ -13,12 +13,12 @@ import (
 
 	"gopkg.in/yaml.v3"
 
-	"github.com/cellhq/cell/envd/server"
 	"github.com/cellhq/cell/internal/auth"
 	"github.com/cellhq/cell/internal/manager"
 	"github.com/cellhq/cell/internal/netstack"
 	"github.com/cellhq/cell/internal/sandbox"
 	"github.com/cellhq/cell/internal/store"
+	"github.com/cellhq/cell/pkg/envd"
 )
 
 // unreachable is the runtime boundary broken on purpose: every request here must be refused
@@ -39,7 +39,7 @@ func (u unreachable) Snapshot(context.Context, *sandbox.Sandbox, string, string,
 	return nil, errors.New("unreachable")
 }
 
-func (u unreachable) Resume(context.Context, string, server.InitRequest, *netstack.Rules, bool) (*sandbox.Sandbox, error) {
+func (u unreachable) Resume(context.Context, string, envd.InitRequest, *netstack.Rules, bool) (*sandbox.Sandbox, error) {
 	u.t.Error("Resume called for a request that should have been refused")
 	return nil, errors.New("unreachable")
 }

@@ -10,12 +10,12 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/cellhq/cell/envd/server"
 	"github.com/cellhq/cell/internal/auth"
 	"github.com/cellhq/cell/internal/manager"
 	"github.com/cellhq/cell/internal/netstack"
 	"github.com/cellhq/cell/internal/sandbox"
 	"github.com/cellhq/cell/internal/store"
+	"github.com/cellhq/cell/pkg/envd"
 )
 
 // jsonRoutes are the routes that take a JSON body, with the fields their messages may name.
@@ -140,6 +140,6 @@ func (fuzzRuntime) Snapshot(context.Context, *sandbox.Sandbox, string, string, s
 	return nil, errors.New("no VMs here")
 }
 
-func (fuzzRuntime) Resume(context.Context, string, server.InitRequest, *netstack.Rules, bool) (*sandbox.Sandbox, error) {
+func (fuzzRuntime) Resume(context.Context, string, envd.InitRequest, *netstack.Rules, bool) (*sandbox.Sandbox, error) {
 	return nil, errors.New("no VMs here")
 }

@@ -16,10 +16,10 @@ import (
 	"strings"
 	"time"
 
-	"github.com/cellhq/cell/envd/filesystem"
 	"github.com/cellhq/cell/internal/auth"
 	"github.com/cellhq/cell/internal/ids"
 	"github.com/cellhq/cell/internal/manager"
+	"github.com/cellhq/cell/pkg/envd"
 )
 
 // EnvdPort is the port E2B's SDKs address envd on.
@@ -220,11 +220,11 @@ var apiKeyRE = regexp.MustCompile(auth.Prefix + `[0-9a-f]{40}`)
 // credentials) and the traffic token; for a port (not envd), envd's access token too. What the
 // guest needs stays: envd's X-Access-Token and E2B's Basic user name for envd, the client's own
 // Authorization and cookies for a server in the sandbox.
-func stripCredentials(h http.Header, envd bool) {
+func stripCredentials(h http.Header, toEnvd bool) {
 	h.Del("X-API-KEY")
 	h.Del(TrafficTokenHeader)
-	if !envd {
-		h.Del(filesystem.AccessTokenHeader)
+	if !toEnvd {
+		h.Del(envd.AccessTokenHeader)
 	}
 	auths := h.Values("Authorization")
 	h.Del("Authorization")
@@ -303,7 +303,7 @@ func (p *proxy) serveSigned(w http.ResponseWriter, r *http.Request) {
 	}
 	sig := []byte(q.Get("signature"))
 	id := p.mgr.FindRunning(func(token string) bool {
-		want := filesystem.Sign(q.Get("path"), op, q.Get("username"), token, exp)
+		want := envd.Sign(q.Get("path"), op, q.Get("username"), token, exp)
 		return subtle.ConstantTimeCompare(sig, []byte(want)) == 1
 	})
 	if id == "" {

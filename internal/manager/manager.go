@@ -20,12 +20,12 @@ import (
 
 	"golang.org/x/sync/errgroup"
 
-	"github.com/cellhq/cell/envd/server"
 	"github.com/cellhq/cell/internal/ids"
 	"github.com/cellhq/cell/internal/netstack"
 	"github.com/cellhq/cell/internal/sandbox"
 	"github.com/cellhq/cell/internal/store"
 	"github.com/cellhq/cell/internal/vmm"
+	"github.com/cellhq/cell/pkg/envd"
 )
 
 // Errors the API maps to HTTP statuses.
@@ -57,7 +57,7 @@ const (
 type Runtime interface {
 	Boot(ctx context.Context, opts sandbox.Options) (*sandbox.Sandbox, error)
 	Adopt(ctx context.Context, id string, pid int, startTicks uint64, rules *netstack.Rules) (*sandbox.Sandbox, error)
-	Resume(ctx context.Context, dir string, init server.InitRequest, rules *netstack.Rules, memory bool) (*sandbox.Sandbox, error)
+	Resume(ctx context.Context, dir string, init envd.InitRequest, rules *netstack.Rules, memory bool) (*sandbox.Sandbox, error)
 	Snapshot(ctx context.Context, sb *sandbox.Sandbox, home, name, label, team string, fork bool) (*sandbox.Template, error)
 }
 
@@ -261,7 +261,7 @@ func (m *Manager) Create(ctx context.Context, req CreateRequest) (Info, error) {
 	// envd gets the env vars and the access token (with its name, randomness and clock) before
 	// the sandbox is handed out.
 	token := rec.EnvdToken
-	initReq := server.InitRequest{EnvVars: rec.EnvVars, AccessToken: &token}
+	initReq := envd.InitRequest{EnvVars: rec.EnvVars, AccessToken: &token}
 	var sb *sandbox.Sandbox
 	if fromPool != nil {
 		sb = fromPool.sb
@@ -819,8 +819,8 @@ func (m *Manager) Shutdown(ctx context.Context, mode ShutdownMode) {
 }
 
 // EnvdMetrics reads envd's /metrics through hc.
-func (m *Manager) EnvdMetrics(ctx context.Context, id string, hc *http.Client) (server.MetricsReport, error) {
-	var rep server.MetricsReport
+func (m *Manager) EnvdMetrics(ctx context.Context, id string, hc *http.Client) (envd.MetricsReport, error) {
+	var rep envd.MetricsReport
 	b, err := m.lookup("", id)
 	if err != nil {
 		return rep, err

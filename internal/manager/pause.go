@@ -4,12 +4,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"github.com/cellhq/cell/internal/vmm"
 	"os"
 	"path/filepath"
 	"time"
 
-	"github.com/cellhq/cell/envd/server"
+	"github.com/cellhq/cell/internal/vmm"
+	"github.com/cellhq/cell/pkg/envd"
+
 	"github.com/cellhq/cell/internal/sandbox"
 	"github.com/cellhq/cell/internal/store"
 )
@@ -151,7 +152,7 @@ func (m *Manager) Resume(ctx context.Context, team, id string, timeout time.Dura
 	}
 	token := b.rec.EnvdToken
 	template := b.rec.TemplateID
-	init := server.InitRequest{EnvVars: b.rec.EnvVars, AccessToken: &token, TemplateID: &template}
+	init := envd.InitRequest{EnvVars: b.rec.EnvVars, AccessToken: &token, TemplateID: &template}
 	rules, err := compileNet(b.rec.AllowInternet, b.rec.Network)
 	if err != nil {
 		rules = denyAll()

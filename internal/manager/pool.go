@@ -7,8 +7,8 @@ import (
 	"sync"
 	"time"
 
-	"github.com/cellhq/cell/envd/server"
 	"github.com/cellhq/cell/internal/sandbox"
+	"github.com/cellhq/cell/pkg/envd"
 )
 
 // poolWarmUp runs once in every pool sandbox so that the code of a login shell (E2B's SDKs run
@@ -71,7 +71,7 @@ func (m *Manager) fill(ctx context.Context, p *pool) {
 			continue
 		}
 		token := newToken()
-		sb, err := m.cfg.Runtime.Boot(ctx, sandbox.Options{Template: p.template, DiskMiB: m.diskMiB(p.template), Init: &server.InitRequest{AccessToken: &token}})
+		sb, err := m.cfg.Runtime.Boot(ctx, sandbox.Options{Template: p.template, DiskMiB: m.diskMiB(p.template), Init: &envd.InitRequest{AccessToken: &token}})
 		if err == nil {
 			var res sandbox.Result
 			res, err = sb.Run(ctx, poolWarmUp, nil, io.Discard, io.Discard, nil)

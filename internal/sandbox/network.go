@@ -9,10 +9,9 @@ import (
 	"strconv"
 	"time"
 
-	"github.com/cellhq/cell/envd/server"
-
 	"github.com/cellhq/cell/internal/netstack"
 	"github.com/cellhq/cell/internal/vmm"
+	"github.com/cellhq/cell/pkg/envd"
 )
 
 // NetEnv is what every sandbox network of a runtime is made with.
@@ -78,25 +77,25 @@ func netVM(cfg *vmm.Config, off bool) {
 // (for servers that listen on 127.0.0.1 only, which the network cannot reach). An error whose
 // text says "not open" means nothing listens there.
 func (s *Sandbox) DialLocal(ctx context.Context, port uint16) (net.Conn, error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, envdURL+server.LocalTCPPath+"?port="+strconv.Itoa(int(port)), nil)
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, envdURL+envd.LocalTCPPath+"?port="+strconv.Itoa(int(port)), nil)
 	if err != nil {
 		return nil, err
 	}
 	req.Header.Set("Connection", "Upgrade")
-	req.Header.Set("Upgrade", server.LocalTCPProtocol)
+	req.Header.Set("Upgrade", envd.LocalTCPProtocol)
 	resp, err := s.own.Do(req)
 	if err != nil {
-		return nil, fmt.Errorf("envd %s: %w", server.LocalTCPPath, err)
+		return nil, fmt.Errorf("envd %s: %w", envd.LocalTCPPath, err)
 	}
 	if resp.StatusCode != http.StatusSwitchingProtocols {
 		msg, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
 		_ = resp.Body.Close()
-		return nil, fmt.Errorf("envd %s: HTTP %d: %s", server.LocalTCPPath, resp.StatusCode, msg)
+		return nil, fmt.Errorf("envd %s: HTTP %d: %s", envd.LocalTCPPath, resp.StatusCode, msg)
 	}
 	rwc, ok := resp.Body.(io.ReadWriteCloser)
 	if !ok {
 		_ = resp.Body.Close()
-		return nil, fmt.Errorf("envd %s: the upgraded stream is not writable", server.LocalTCPPath)
+		return nil, fmt.Errorf("envd %s: the upgraded stream is not writable", envd.LocalTCPPath)
 	}
 	return &streamConn{ReadWriteCloser: rwc, port: int(port)}, nil
 }

@@ -12,9 +12,9 @@ import (
 	"strings"
 	"time"
 
-	"github.com/cellhq/cell/envd/server"
 	"github.com/cellhq/cell/internal/netstack"
 	"github.com/cellhq/cell/internal/vmm"
+	"github.com/cellhq/cell/pkg/envd"
 )
 
 // PausedMeta describes a paused sandbox's saved generation.
@@ -394,7 +394,7 @@ func CleanPaused(dir string) {
 // booted one gets init, with its host name, fresh randomness and the clock. The generation is
 // left in place; the caller removes it once the sandbox is recorded as running.
 // The sandbox gets a new network under rules.
-func (r *Runtime) Resume(ctx context.Context, dir string, init server.InitRequest, rules *netstack.Rules, memory bool) (*Sandbox, error) {
+func (r *Runtime) Resume(ctx context.Context, dir string, init envd.InitRequest, rules *netstack.Rules, memory bool) (*Sandbox, error) {
 	g, meta, err := CurrentPaused(dir)
 	if err != nil {
 		return nil, fmt.Errorf("paused sandbox: %w", err)

@@ -16,12 +16,12 @@ import (
 
 	"connectrpc.com/connect"
 
-	"github.com/cellhq/cell/envd/server"
 	"github.com/cellhq/cell/internal/ids"
 	"github.com/cellhq/cell/internal/image"
 	"github.com/cellhq/cell/internal/netstack"
 	"github.com/cellhq/cell/internal/vmm"
 	"github.com/cellhq/cell/pkg/client"
+	"github.com/cellhq/cell/pkg/envd"
 	pb "github.com/cellhq/cell/proto/process"
 	"github.com/cellhq/cell/proto/process/processconnect"
 )
@@ -122,7 +122,7 @@ type Options struct {
 	Cold bool   // boot even when a template snapshot exists
 	// Init, when set, goes to envd with the channel's handshake (with the identity initBody
 	// always adds); a restored sandbox gets an identity init even without it.
-	Init       *server.InitRequest
+	Init       *envd.InitRequest
 	Template   string
 	MemoryMiB  int
 	CPUs       int
@@ -203,7 +203,7 @@ func (r *Runtime) Boot(ctx context.Context, opts Options) (*Sandbox, error) {
 		// A clone wakes up as its template: its own name, variables and token (and, with every
 		// handshake, fresh randomness and the time) come with the channel's handshake, so they
 		// are settled before anything else runs in it, without a request of their own.
-		var req server.InitRequest
+		var req envd.InitRequest
 		if opts.Init != nil {
 			req = *opts.Init
 		}
@@ -303,7 +303,7 @@ func (r *Runtime) Adopt(ctx context.Context, id string, pid int, startTicks uint
 
 // initBody is the /init body envd gets for the sandbox id: req, with the sandbox's host name and
 // its id (which commands see as E2B_SANDBOX_ID).
-func initBody(id string, req server.InitRequest) ([]byte, error) {
+func initBody(id string, req envd.InitRequest) ([]byte, error) {
 	hostname, sandboxID := id, id
 	req.Hostname, req.SandboxID = &hostname, &sandboxID
 	// No HTML escaping: an env var full of '<' would grow six-fold and could outgrow what envd
@@ -320,7 +320,7 @@ func initBody(id string, req server.InitRequest) ([]byte, error) {
 // Init sends envd a request to /init: req as given, plus the sandbox's host name and the host's
 // clock, for a sandbox that is already running (a new sandbox gets its init with the channel's
 // handshake, in Boot).
-func (s *Sandbox) Init(ctx context.Context, req server.InitRequest) error {
+func (s *Sandbox) Init(ctx context.Context, req envd.InitRequest) error {
 	now := time.Now()
 	req.Timestamp = &now
 	body, err := initBody(s.ID, req)
@@ -542,7 +542,7 @@ func (s *Sandbox) postEnvd(ctx context.Context, path string) (int, error) {
 // Sync flushes the guest's file systems. An envd older than SyncPath (a VM adopted from an
 // earlier Cell) gets /bin/sync run instead.
 func (s *Sandbox) Sync(ctx context.Context) error {
-	status, err := s.postEnvd(ctx, server.SyncPath)
+	status, err := s.postEnvd(ctx, envd.SyncPath)
 	switch {
 	case err != nil:
 		return fmt.Errorf("asking envd to sync: %w", err)
@@ -560,7 +560,7 @@ func (s *Sandbox) Sync(ctx context.Context) error {
 
 // PowerOff asks envd to stop everything and power the VM off, and waits for QEMU to exit.
 func (s *Sandbox) PowerOff(ctx context.Context) error {
-	status, err := s.postEnvd(ctx, server.PowerOffPath)
+	status, err := s.postEnvd(ctx, envd.PowerOffPath)
 	if err != nil {
 		return fmt.Errorf("asking envd to power off: %w", err)
 	}

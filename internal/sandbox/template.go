@@ -12,9 +12,9 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/cellhq/cell/envd/server"
 	"github.com/cellhq/cell/internal/ids"
 	"github.com/cellhq/cell/internal/vmm"
+	"github.com/cellhq/cell/pkg/envd"
 )
 
 // templateMeta is a template's meta.json.
@@ -125,7 +125,7 @@ func (r *Runtime) buildTemplate(ctx context.Context, dir string, meta *templateM
 	// (the JSON decoder's type cache, the kernel's first reseed) are paid in the snapshot, not in
 	// each create (envd's own time for an init in a clone: ~20 ms -> ~3 ms under TCG).
 	sb, err := r.Boot(ctx, Options{Template: meta.Name, Cold: true, memPath: filepath.Join(dir, "mem"),
-		MemoryMiB: meta.MemoryMiB, CPUs: meta.CPUs, Init: &server.InitRequest{}})
+		MemoryMiB: meta.MemoryMiB, CPUs: meta.CPUs, Init: &envd.InitRequest{}})
 	if err != nil {
 		return err
 	}

@@ -13,9 +13,9 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	envd "github.com/cellhq/cell/envd/server"
 	"github.com/cellhq/cell/internal/sandbox"
 	"github.com/cellhq/cell/pkg/client"
+	"github.com/cellhq/cell/pkg/envd"
 )
 
 // TestPauseFailureIsUndone: a pause that runs out of time at any step (its deadline set ever

@@ -10,8 +10,8 @@ import (
 	"strings"
 	"testing"
 
-	envd "github.com/cellhq/cell/envd/server"
 	"github.com/cellhq/cell/internal/sandbox"
+	"github.com/cellhq/cell/pkg/envd"
 )
 
 // TestResumeReseeds resumes one paused state twice (a copy of its directory), as a crash that

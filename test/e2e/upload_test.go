@@ -16,8 +16,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/cellhq/cell/envd/filesystem"
 	"github.com/cellhq/cell/pkg/client"
+	"github.com/cellhq/cell/pkg/envd"
 )
 
 // TestMultipartUploadsThroughServe sends multipart uploads the way E2B's SDKs do, through
@@ -65,7 +65,7 @@ func TestMultipartUploadsThroughServe(t *testing.T) {
 		req.Header.Set("E2b-Sandbox-Port", "49983")
 		req.Header.Set("X-Metadata-Origin", "test")
 		if token != "" {
-			req.Header.Set(filesystem.AccessTokenHeader, token)
+			req.Header.Set(envd.AccessTokenHeader, token)
 		}
 		resp, err := http.DefaultClient.Do(req)
 		if err != nil {
@@ -115,7 +115,7 @@ func TestMultipartUploadsThroughServe(t *testing.T) {
 	// A signed URL instead of the token (the signature covers the path, which envd still sees).
 	exp := time.Now().Add(time.Minute).Unix()
 	q := url.Values{"path": {"/home/user/signed.txt"}, "username": {"user"},
-		"signature": {filesystem.Sign("/home/user/signed.txt", "write", "user", tok, exp)}, "signature_expiration": {strconv.FormatInt(exp, 10)}}
+		"signature": {envd.Sign("/home/user/signed.txt", "write", "user", tok, exp)}, "signature_expiration": {strconv.FormatInt(exp, 10)}}
 	if status, body = post(q, "", []part{{field: "file", name: "s", data: []byte("signed")}}, nil); status != 200 {
 		t.Fatalf("signed upload: %d %s", status, body)
 	}
