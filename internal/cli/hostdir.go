@@ -74,26 +74,10 @@ func (h *hostDir) openAt(dirfd int, name string, flags int, mode uint32) (int, e
 	}
 }
 
-// rel names the entry at components rel (below the destination's parent) in messages.
+// rel names the entry at components rel (below the destination's parent) in messages, escaped:
+// the names are the sandbox's.
 func (h *hostDir) rel(rel []string) string {
-	return strings.TrimSuffix(h.path, "/") + "/" + strings.Join(rel, "/")
-}
-
-// openDir opens the directory at components rel, each step refusing a link.
-func (h *hostDir) openDir(rel []string) (int, error) {
-	fd, err := unix.Dup(h.fd)
-	if err != nil {
-		return -1, err
-	}
-	for i, name := range rel {
-		next, err := h.openAt(fd, name, unix.O_RDONLY|unix.O_DIRECTORY, 0)
-		_ = unix.Close(fd)
-		if err != nil {
-			return -1, h.dirError(rel[:i+1], err)
-		}
-		fd = next
-	}
-	return fd, nil
+	return printableName(strings.TrimSuffix(h.path, "/") + "/" + strings.Join(rel, "/"))
 }
 
 // dirError explains a failed open of the directory at rel: a link there is refused.
@@ -170,14 +154,9 @@ func (h *hostDir) writeFile(parent int, rel []string, mode os.FileMode, fill fun
 	return nil
 }
 
-// symlink makes name in the directory at components rel[:len(rel)-1] a link to target, replacing
-// a file or link there (not a directory). The target is only data: nothing follows it.
-func (h *hostDir) symlink(rel []string, target string) error {
-	parent, err := h.openDir(rel[:len(rel)-1])
-	if err != nil {
-		return err
-	}
-	defer func() { _ = unix.Close(parent) }()
+// symlink makes name (rel's last component) in the open directory parent a link to target,
+// replacing a file or link there (not a directory). The target is only data: nothing follows it.
+func (h *hostDir) symlink(parent int, rel []string, target string) error {
 	name := rel[len(rel)-1]
 	if !plainName(name) {
 		return fmt.Errorf("%q is not a plain file name", name)
@@ -199,14 +178,8 @@ func (h *hostDir) symlink(rel []string, target string) error {
 	}
 }
 
-// chmodDir gives the directory at components rel mode's permission bits, through its own
-// descriptor (a link there is refused, not followed).
-func (h *hostDir) chmodDir(rel []string, mode os.FileMode) error {
-	fd, err := h.openDir(rel)
-	if err != nil {
-		return err
-	}
-	defer func() { _ = unix.Close(fd) }()
+// chmod gives the open directory fd (at components rel) mode's permission bits.
+func (h *hostDir) chmod(fd int, rel []string, mode os.FileMode) error {
 	if err := unix.Fchmod(fd, uint32(mode&os.ModePerm)); err != nil {
 		return &os.PathError{Op: "chmod", Path: h.rel(rel), Err: err}
 	}

@@ -7,14 +7,27 @@ import (
 	"unicode/utf8"
 )
 
-// printable makes s safe to print on a terminal: control characters (C0 but newline and tab,
-// DEL, C1), bidirectional overrides and bytes that are not UTF-8 are shown escaped, as Go quotes
-// them. Text that a sandbox chose (its file names, its error messages) reaches the user's
+// printable makes a message safe to print on a terminal: control characters (C0 but newline and
+// tab, DEL, C1), bidirectional overrides and bytes that are not UTF-8 are shown escaped, as Go
+// quotes them. Text that a sandbox chose (its file names, its error messages) reaches the user's
 // terminal in Cell's own messages; raw, it could move the cursor, rewrite what is shown or set
-// the window's title.
+// the window's title. Newlines and tabs are kept for Cell's own messages (cobra's "Did you mean
+// this?"); what a sandbox chose goes through printableName first.
 func printable(s string) string {
+	return escape(s, func(r rune) bool { return r == '\n' || r == '\t' })
+}
+
+// printableName is printable for text a sandbox chose (a name, envd's message) that Cell puts
+// inside a line of its own: newlines, carriage returns and tabs are escaped too, so that it
+// cannot fake a line, or a column, of Cell's output.
+func printableName(s string) string {
+	return escape(s, func(rune) bool { return false })
+}
+
+// escape escapes in s what printable does, but the control characters keep says.
+func escape(s string, keep func(rune) bool) string {
 	safe := func(r rune) bool {
-		return r == '\n' || r == '\t' || (!unicode.IsControl(r) && !unicode.Is(unicode.Bidi_Control, r))
+		return keep(r) || (!unicode.IsControl(r) && !unicode.Is(unicode.Bidi_Control, r))
 	}
 	clean := true
 	for _, r := range s {

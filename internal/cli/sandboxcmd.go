@@ -150,19 +150,26 @@ func sandboxCmd() *cobra.Command {
 	}
 	exec.Flags().StringVar(&user, "user", "", "user to run as (default: the sandbox's)")
 	exec.Flags().BoolVarP(&tty, "tty", "t", false, "run the command in a pseudo-terminal")
+	var allowUnsafeLinks bool
 	cp := &cobra.Command{
 		Use:   "cp SRC DST",
 		Short: "Copy files or directories into or out of a sandbox (ID:PATH names a sandbox path)",
 		Long: "Copy files or directories into or out of a sandbox, as docker cp does. One side is ID:PATH.\n" +
 			"A directory is copied whole (files, directories, symbolic links, permission bits). A\n" +
 			"destination that is an existing directory, or ends in /, receives the source under its own\n" +
-			"name. \"-\" is standard input or output, for one file's bytes.",
+			"name. \"-\" is standard input or output, for one file's bytes.\n" +
+			"Out of a sandbox, modes lose the umask's bits, and a link that points outside what is copied\n" +
+			"(an absolute target, or one climbing out with ..) is skipped with a warning unless\n" +
+			"--allow-unsafe-links: a later copy, or a path you type, could write through it. A destination\n" +
+			"that is a link to a directory is not copied into unless it ends in /; another link there is\n" +
+			"replaced by the file or link copied, never written through.",
 		Args: cobra.ExactArgs(2),
 		RunE: r.run(func(cmd *cobra.Command, args []string, cl *client.Client) error {
-			return copyPaths(cmd.Context(), cl, args[0], args[1], user, os.Stdin, os.Stdout, cmd.ErrOrStderr())
+			return copyPaths(cmd.Context(), cl, args[0], args[1], newCopyOptions(user, allowUnsafeLinks), os.Stdin, os.Stdout, cmd.ErrOrStderr())
 		}),
 	}
 	cp.Flags().StringVar(&user, "user", "", "user the sandbox side is read or written as (it owns what is copied in)")
+	cp.Flags().BoolVar(&allowUnsafeLinks, "allow-unsafe-links", false, "out of a sandbox, also make the links that point outside the copy")
 	var noMemory bool
 	var resumeTimeout time.Duration // its own: flag defaults are set when a flag is declared
 	pause := &cobra.Command{

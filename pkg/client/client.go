@@ -244,8 +244,8 @@ func (c *Client) Connect(ctx context.Context, id string) (*Sandbox, error) {
 	hc := &http.Client{Transport: headerTransport{base: base, id: id, token: info.EnvdAccessToken}}
 	return &Sandbox{
 		ID: id, c: c, token: info.EnvdAccessToken, http: hc,
-		Process: processconnect.NewProcessClient(hc, c.BaseURL),
-		FS:      filesystemconnect.NewFilesystemClient(hc, c.BaseURL),
+		Process: processconnect.NewProcessClient(hc, c.BaseURL, processOptions()...),
+		FS:      filesystemconnect.NewFilesystemClient(hc, c.BaseURL, filesystemOptions()...),
 	}, nil
 }
 
