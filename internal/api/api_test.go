@@ -46,13 +46,27 @@ func (u unreachable) Resume(context.Context, string, envd.InitRequest, *netstack
 
 func setup(t *testing.T) (*httptest.Server, string, *store.Store) {
 	t.Helper()
+	mgr, keys, key, st := deps(t, unreachable{t}, nil)
+	srv := httptest.NewServer(New(Config{Manager: mgr, Keys: keys}))
+	t.Cleanup(srv.Close)
+	return srv, key, st
+}
+
+// deps opens a store, a manager over it with rt as the VM runtime (and what mutate changes of its
+// configuration) and an API key of team-a: what every test of the API serves from.
+func deps(t testing.TB, rt manager.Runtime, mutate func(*manager.Config)) (*manager.Manager, auth.Keys, string, *store.Store) {
+	t.Helper()
 	ctx := context.Background()
 	st, err := store.Open(ctx, filepath.Join(t.TempDir(), "cell.db"))
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = st.Close() })
-	mgr, err := manager.New(ctx, manager.Config{Runtime: unreachable{t}, Templates: &sandbox.TemplateSet{}, Store: st, PausedDir: t.TempDir(), TemplateHome: t.TempDir()})
+	cfg := manager.Config{Runtime: rt, Templates: &sandbox.TemplateSet{}, Store: st, PausedDir: t.TempDir(), TemplateHome: t.TempDir()}
+	if mutate != nil {
+		mutate(&cfg)
+	}
+	mgr, err := manager.New(ctx, cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -61,9 +75,7 @@ func setup(t *testing.T) (*httptest.Server, string, *store.Store) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv := httptest.NewServer(New(Config{Manager: mgr, Keys: keys}))
-	t.Cleanup(srv.Close)
-	return srv, key, st
+	return mgr, keys, key, st
 }
 
 type answer struct {

@@ -4,17 +4,14 @@ import (
 	"context"
 	"errors"
 	"net/http/httptest"
-	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
 
-	"github.com/cellhq/cell/internal/auth"
 	"github.com/cellhq/cell/internal/manager"
 	"github.com/cellhq/cell/internal/sandbox"
-	"github.com/cellhq/cell/internal/store"
 	"github.com/cellhq/cell/internal/vmm"
 )
 
@@ -22,27 +19,12 @@ import (
 // space minus the reserve) is answered 507 before a VM is asked for, and the daemon goes on
 // serving. The free-space reading is the boundary broken on purpose.
 func TestCreateRefusedWhenTheHostDiskIsFull(t *testing.T) {
-	ctx := context.Background()
-	st, err := store.Open(ctx, filepath.Join(t.TempDir(), "cell.db"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = st.Close() })
 	var free atomic.Uint64
 	free.Store(3 << 30) // 3 GiB free, 2 GiB of it kept: 1 GiB for sandboxes
 	guard := &vmm.DiskGuard{Dir: t.TempDir(), Reserve: vmm.Reserve{Bytes: 2 << 30, Percent: 5},
 		Space: func(string) (uint64, uint64, error) { return free.Load(), 20 << 30, nil }}
 	rt := &bootRecorder{unreachable: unreachable{t}}
-	mgr, err := manager.New(ctx, manager.Config{Runtime: rt, Templates: &sandbox.TemplateSet{}, Store: st,
-		PausedDir: t.TempDir(), TemplateHome: t.TempDir(), Disk: guard})
-	if err != nil {
-		t.Fatal(err)
-	}
-	keys := auth.Keys{Store: st}
-	key, _, err := keys.Create(ctx, "team-a", "test")
-	if err != nil {
-		t.Fatal(err)
-	}
+	mgr, keys, key, _ := deps(t, rt, func(c *manager.Config) { c.Disk = guard })
 	srv := httptest.NewServer(New(Config{Manager: mgr, Keys: keys}))
 	t.Cleanup(srv.Close)
 

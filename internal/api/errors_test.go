@@ -58,21 +58,7 @@ func (s *syncBuffer) String() string {
 // changes the API before it serves.
 func setupRuntime(t *testing.T, rt manager.Runtime, configure ...func(*API)) (*httptest.Server, string, *store.Store, *syncBuffer) {
 	t.Helper()
-	ctx := context.Background()
-	st, err := store.Open(ctx, filepath.Join(t.TempDir(), "cell.db"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = st.Close() })
-	mgr, err := manager.New(ctx, manager.Config{Runtime: rt, Templates: &sandbox.TemplateSet{}, Store: st, PausedDir: t.TempDir(), TemplateHome: t.TempDir()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	keys := auth.Keys{Store: st}
-	key, _, err := keys.Create(ctx, "team-a", "test")
-	if err != nil {
-		t.Fatal(err)
-	}
+	mgr, keys, key, st := deps(t, rt, nil)
 	logs := &syncBuffer{}
 	a := New(Config{Manager: mgr, Keys: keys, Log: slog.New(slog.NewTextHandler(logs, nil))})
 	for _, f := range configure {

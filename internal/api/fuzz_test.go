@@ -6,15 +6,12 @@ import (
 	"encoding/json"
 	"errors"
 	"net/http/httptest"
-	"path/filepath"
 	"strings"
 	"testing"
 
-	"github.com/cellhq/cell/internal/auth"
 	"github.com/cellhq/cell/internal/manager"
 	"github.com/cellhq/cell/internal/netstack"
 	"github.com/cellhq/cell/internal/sandbox"
-	"github.com/cellhq/cell/internal/store"
 	"github.com/cellhq/cell/pkg/envd"
 )
 
@@ -58,21 +55,7 @@ func FuzzAPIBodies(f *testing.F) {
 			f.Add(uint8(i), []byte(seed))
 		}
 	}
-	ctx := context.Background()
-	st, err := store.Open(ctx, filepath.Join(f.TempDir(), "cell.db"))
-	if err != nil {
-		f.Fatal(err)
-	}
-	f.Cleanup(func() { _ = st.Close() })
-	mgr, err := manager.New(ctx, manager.Config{Runtime: fuzzRuntime{}, Templates: &sandbox.TemplateSet{}, Store: st, PausedDir: f.TempDir(), TemplateHome: f.TempDir()})
-	if err != nil {
-		f.Fatal(err)
-	}
-	keys := auth.Keys{Store: st}
-	key, _, err := keys.Create(ctx, "team-a", "fuzz")
-	if err != nil {
-		f.Fatal(err)
-	}
+	mgr, keys, key, _ := deps(f, fuzzRuntime{}, nil)
 	h := New(Config{Manager: mgr, Keys: keys})
 	f.Fuzz(func(t *testing.T, route uint8, body []byte) {
 		r := jsonRoutes[int(route)%len(jsonRoutes)]

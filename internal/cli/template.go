@@ -10,8 +10,8 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/cellhq/cell/internal/ids"
 	"github.com/cellhq/cell/internal/datadir"
+	"github.com/cellhq/cell/internal/ids"
 	"github.com/cellhq/cell/internal/sandbox"
 )
 
