@@ -189,10 +189,14 @@ func TestAdoptDecision(t *testing.T) {
 	if err := os.WriteFile(kernel, []byte("x"), 0o600); err != nil {
 		t.Fatal(err)
 	}
+	base := filepath.Join(t.TempDir(), "base.qcow2") // Start reads its size before it waits
+	if out, err := exec.Command(h.cfg.QEMUImg, "create", "-q", "-f", "qcow2", base, "64M").CombinedOutput(); err != nil {
+		t.Fatalf("%v %s", err, out)
+	}
 	start := func() error {
 		ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
 		defer cancel()
-		_, err := h.Start(ctx, Spec{ID: "c1", Kernel: kernel, BaseDisk: kernel, MemoryMiB: 256, CPUs: 1, Accel: AccelTCG})
+		_, err := h.Start(ctx, Spec{ID: "c1", Kernel: kernel, BaseDisk: base, MemoryMiB: 256, CPUs: 1, Accel: AccelTCG})
 		return err
 	}
 	if err := start(); err == nil || !strings.Contains(err.Error(), "slot") {
