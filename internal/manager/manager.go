@@ -318,7 +318,18 @@ func (m *Manager) arm(b *box) {
 		b.timer.Stop()
 	}
 	rec := b.rec
-	b.timer = time.AfterFunc(time.Until(rec.EndAt), func() {
+	var t *time.Timer
+	t = time.AfterFunc(time.Until(rec.EndAt), func() {
+		// A timer that was replaced or stopped too late, or that fires while the sandbox is
+		// being paused or is no longer running, has nothing to end: an acknowledged pause must
+		// not expire (and so lose) its saved state. (The caller of arm holds b.mu until t is
+		// set, so a timer that fires at once waits for it here.)
+		b.mu.Lock()
+		stale := b.timer != t || b.pausing || b.ended || b.rec.State != store.StateRunning
+		b.mu.Unlock()
+		if stale {
+			return
+		}
 		if rec.AutoPause && m.cfg.PausedDir != "" {
 			m.log.Info("sandbox timed out: pausing it", "sandbox", rec.ID)
 			err := m.Pause(context.Background(), rec.TeamID, rec.ID, rec.AutoPauseMemory)
@@ -330,6 +341,7 @@ func (m *Manager) arm(b *box) {
 		m.log.Info("sandbox timed out", "sandbox", rec.ID)
 		m.end(b, store.StateExpired, "timeout")
 	})
+	b.timer = t
 }
 
 // watch ends b as killed when its VM dies on its own.
@@ -448,6 +460,10 @@ func (m *Manager) SetTimeout(ctx context.Context, team, id string, timeout time.
 	if b.rec.State != store.StateRunning {
 		b.mu.Unlock()
 		return Info{}, fmt.Errorf("%w: sandbox %s is %s", ErrConflict, id, b.rec.State)
+	}
+	if b.pausing {
+		b.mu.Unlock()
+		return Info{}, fmt.Errorf("%w: sandbox %s is being paused", ErrConflict, id)
 	}
 	b.rec.EndAt, b.rec.Timeout = time.Now().Add(timeout), timeout
 	m.arm(b)

@@ -86,6 +86,10 @@ func (m *Manager) pause(ctx context.Context, b *box, memory bool) error {
 	}
 	b.sb = nil
 	b.rec.State, b.rec.PID, b.rec.StartTicks = store.StatePaused, 0, 0
+	if b.timer != nil { // a paused sandbox has no timeout
+		b.timer.Stop()
+		b.timer = nil
+	}
 	rec := b.rec
 	b.mu.Unlock()
 	if err := m.cfg.Store.PutSandbox(context.WithoutCancel(ctx), rec); err != nil {
@@ -175,6 +179,7 @@ func (m *Manager) Resume(ctx context.Context, team, id string, timeout time.Dura
 		_ = sb.Close()
 		return Info{}, false, fmt.Errorf("%w: sandbox %q", ErrNotFound, id)
 	}
+	paused := b.rec
 	b.sb = sb
 	b.rec.State, b.rec.PID, b.rec.StartTicks = store.StateRunning, sb.VM.PID, sb.VM.StartTicks
 	b.rec.EndAt, b.rec.Timeout = time.Now().Add(timeout), timeout
@@ -182,7 +187,20 @@ func (m *Manager) Resume(ctx context.Context, team, id string, timeout time.Dura
 	m.arm(b)
 	b.mu.Unlock()
 	if err := m.cfg.Store.PutSandbox(context.WithoutCancel(ctx), rec); err != nil {
-		return Info{}, false, err
+		// Not recorded running: it stays paused, its saved generation intact (the VM ran from
+		// a copy of its disk), and the VM goes.
+		b.mu.Lock()
+		if b.timer != nil {
+			b.timer.Stop()
+			b.timer = nil
+		}
+		b.sb = nil
+		if !b.ended {
+			b.rec = paused
+		}
+		b.mu.Unlock()
+		_ = sb.Close()
+		return Info{}, false, fmt.Errorf("recording the resumed sandbox %s (it stays paused): %w", id, err)
 	}
 	m.watch(b)
 	// Running and recorded: the saved generation has served its purpose.

@@ -196,3 +196,49 @@ func TestServePauseFailureKeepsSandbox(t *testing.T) {
 		t.Fatalf("after the resume: %q", out)
 	}
 }
+
+// TestTimeoutDuringAPauseKeepsIt: a timeout set while a pause is under way is refused (409), and
+// the pause, once acknowledged, is never expired: a timer re-armed during the pause used to fire
+// afterwards and remove the saved state of the paused sandbox. The pause is made slow by a
+// guest that cannot answer its sync (its channel's socket is held, as in
+// TestAdoptAndPauseASilentGuest).
+func TestTimeoutDuringAPauseKeepsIt(t *testing.T) {
+	d := newDaemon(t)
+	s, c := d.serve(t)
+	ctx := context.Background()
+	info, err := c.Create(ctx, client.CreateOptions{Timeout: 10 * time.Minute})
+	if err != nil {
+		t.Fatal(err)
+	}
+	id := info.SandboxID
+	execOut(t, c, id, "echo m > /tmp/mem; sync")
+	_ = s.cmd.Process.Kill()
+	_ = s.cmd.Wait()
+	blocker, err := net.Dial("unix", filepath.Join(d.home, "run", id, "ch.sock"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = blocker.Close() }()
+	s, c = d.serve(t)
+
+	paused := make(chan error, 1)
+	go func() { paused <- c.Pause(ctx, id, true) }()
+	time.Sleep(time.Second) // the pause waits up to sandbox.SyncTimeout for the silent guest
+	if err := c.SetTimeout(ctx, id, 3*time.Second); err == nil || !strings.Contains(err.Error(), "409") {
+		t.Fatalf("a timeout set during the pause: %v, want 409", err)
+	}
+	if err := <-paused; err != nil {
+		t.Fatalf("pause: %v\n%s", err, s.logs)
+	}
+	time.Sleep(5 * time.Second)
+	if got, err := c.Get(ctx, id); err != nil || got.State != "paused" {
+		t.Fatalf("5 s after the pause: %+v %v\n%s", got, err, s.logs)
+	}
+	_ = blocker.Close()
+	if err := c.Resume(ctx, id, 0); err != nil {
+		t.Fatalf("resume: %v\n%s", err, s.logs)
+	}
+	if got := execOut(t, c, id, "cat /tmp/mem"); got != "m\n" {
+		t.Fatalf("after the resume: %q", got)
+	}
+}
