@@ -69,6 +69,7 @@ func (s *Sandbox) Pause(ctx context.Context, dir string, memory bool) (_ PausedM
 		KernelArgs: s.VM.KernelArgs, PausedAt: time.Now().UTC()}
 	sctx, scancel := context.WithTimeout(ctx, SyncTimeout)
 	serr := s.Sync(sctx)
+	s.VM.StartWriteback() // what the guest wrote goes to storage while its RAM is saved
 	scancel()
 	if serr != nil {
 		s.log.Warn("pausing without the guest's flush", "sandbox", s.ID, "err", serr)
@@ -104,13 +105,13 @@ func (s *Sandbox) Pause(ctx context.Context, dir string, memory bool) (_ PausedM
 		return meta, fmt.Errorf("stopping the VM: %w", err)
 	}
 	// Stopping the guest drained and flushed its disk: QEMU writes to it no more. (The state and
-	// memory file were synced by the save.)
-	disk := filepath.Join(staging, "disk.qcow2")
-	if err := os.Rename(s.VM.Dir.File("disk.qcow2"), disk); err != nil {
+	// memory file were synced by the save.) The disk moves with its layers, no copy.
+	disk := filepath.Join(staging, vmm.DiskFile)
+	if err := s.VM.MoveDisk(ctx, staging); err != nil {
 		return meta, fmt.Errorf("taking the VM's disk: %w", err)
 	}
 	u.disk = disk
-	if err := syncFile(disk); err != nil {
+	if err := vmm.SyncChain(disk); err != nil {
 		return meta, fmt.Errorf("syncing the disk: %w", err)
 	}
 	// meta.json comes last: a directory with it is complete (see CurrentPaused, FinishPause).
@@ -149,7 +150,7 @@ func (u *pauseUndo) undo(ctx context.Context, cause error) error {
 	// The disk goes back before the VM continues: a crash from here on finds it where a running
 	// VM's is, and the VM is adopted (and continued, if it was still stopped).
 	if u.disk != "" {
-		if err := os.Rename(u.disk, vm.Dir.File("disk.qcow2")); err != nil {
+		if err := vm.ReturnDisk(u.staging); err != nil {
 			return fmt.Errorf("%w; giving the VM its disk back: %w", cause, err)
 		}
 		syncDir(vm.Dir.Path)
@@ -236,8 +237,8 @@ func complete(g string) (PausedMeta, bool) {
 	if err != nil || json.Unmarshal(b, &meta) != nil {
 		return meta, false
 	}
-	if _, err := os.Stat(filepath.Join(g, "disk.qcow2")); err != nil {
-		return meta, false
+	if _, err := vmm.Chain(filepath.Join(g, vmm.DiskFile)); err != nil {
+		return meta, false // no disk, or a layer of it missing
 	}
 	return meta, !meta.Memory || savedMemory(g, meta)
 }
@@ -258,7 +259,7 @@ func UndoPause(dir, vmDisk string) bool {
 		if _, err := os.Stat(filepath.Join(st, "meta.json")); err == nil {
 			continue
 		}
-		if os.Rename(filepath.Join(st, "disk.qcow2"), vmDisk) == nil {
+		if os.Rename(filepath.Join(st, vmm.DiskFile), vmDisk) == nil {
 			_ = os.RemoveAll(st)
 			return true
 		}
@@ -288,7 +289,7 @@ func FinishPause(dir string, id string, memoryMiB, cpus int) (bool, error) {
 		if _, ok := complete(st); ok {
 			return true, publish(slog.New(slog.DiscardHandler), dir, st)
 		}
-		if _, err := os.Stat(filepath.Join(st, "disk.qcow2")); err == nil {
+		if _, err := os.Stat(filepath.Join(st, vmm.DiskFile)); err == nil {
 			withDisk = st
 		}
 	}
@@ -309,10 +310,13 @@ func FinishPause(dir string, id string, memoryMiB, cpus int) (bool, error) {
 		_ = os.Remove(filepath.Join(withDisk, "state"))
 		_ = os.Remove(filepath.Join(withDisk, "mem"))
 	}
-	for _, f := range []string{"state", "mem", "disk.qcow2"} {
+	for _, f := range []string{"state", "mem"} {
 		if err := syncFile(filepath.Join(withDisk, f)); err != nil && !errors.Is(err, os.ErrNotExist) {
 			return false, err
 		}
+	}
+	if err := vmm.SyncChain(filepath.Join(withDisk, vmm.DiskFile)); err != nil {
+		return false, err
 	}
 	b, _ := json.MarshalIndent(meta, "", "  ")
 	if err := writeSynced(filepath.Join(withDisk, "meta.json"), b); err != nil {
@@ -402,7 +406,7 @@ func (r *Runtime) Resume(ctx context.Context, dir string, init envd.InitRequest,
 	if !memory {
 		meta.Memory = false // boot from the saved disk alone (the guest synced it before the save)
 	}
-	spec := vmm.Spec{ID: meta.ID, Kernel: r.Image.Kernel, Disk: filepath.Join(g, "disk.qcow2"), MemoryMiB: meta.MemoryMiB,
+	spec := vmm.Spec{ID: meta.ID, Kernel: r.Image.Kernel, Disk: filepath.Join(g, vmm.DiskFile), MemoryMiB: meta.MemoryMiB,
 		CPUs: meta.CPUs, Accel: r.Accel, KernelArgs: meta.KernelArgs}
 	if meta.Memory {
 		spec.Restore = &vmm.Snapshot{StatePath: filepath.Join(g, "state"), Full: true, NamedRAM: meta.NamedRAM}

@@ -27,15 +27,10 @@ func (r *Runtime) Snapshot(ctx context.Context, s *Sandbox, home, name, label, t
 	if _, err := os.Stat(final); err == nil {
 		return nil, fmt.Errorf("snapshot %s already exists", name)
 	}
-	// The snapshot writes a copy of the disk as it is and the RAM: refused when the host's disk
-	// cannot take them.
+	// The snapshot writes the RAM (its disk is taken by reference): refused when the host's disk
+	// cannot take it.
 	need := uint64(s.VM.MemoryMiB) * vmm.MiB
-	if info, err := os.Stat(s.VM.Dir.File("disk.qcow2")); err == nil {
-		if n, ok := allocated(info); ok {
-			need += uint64(n)
-		}
-	}
-	if err := r.Host.DiskGuard().Admit(need, "a snapshot (disk and memory)"); err != nil {
+	if err := r.Host.DiskGuard().Admit(need, "a snapshot's memory"); err != nil {
 		return nil, fmt.Errorf("snapshot of %s: %w", s.ID, err)
 	}
 	staging, err := os.MkdirTemp(parent, ".staging-")
@@ -44,12 +39,14 @@ func (r *Runtime) Snapshot(ctx context.Context, s *Sandbox, home, name, label, t
 	}
 	defer func() { _ = os.RemoveAll(staging) }()
 	t0 := time.Now()
+	s.VM.StartWriteback() // the disk goes to storage while the RAM is saved
 	ramFile := s.VM.NamedRAM
 	err = saveMemory(ctx, s.VM, staging, ramFile, false)
 	tSaved := time.Now()
 	if err == nil {
-		// Stopping the VM flushed QEMU's qcow2 caches to the file: it is consistent now.
-		err = vmm.CopyFile(s.VM.Dir.File("disk.qcow2"), filepath.Join(staging, "disk.qcow2"))
+		// Stopping the VM flushed QEMU's qcow2 caches to the file: it is consistent now, and
+		// becomes a read-only layer that the snapshot and the VM share.
+		err = s.VM.TakeDisk(ctx, staging)
 	}
 	// The sandbox goes on whatever happened (a save given up on is cancelled first).
 	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), undoTimeout)
@@ -57,6 +54,9 @@ func (r *Runtime) Snapshot(ctx context.Context, s *Sandbox, home, name, label, t
 	cancel()
 	if cerr != nil && err == nil {
 		err = fmt.Errorf("continuing the sandbox: %w", cerr)
+	}
+	if err == nil {
+		err = vmm.SyncChain(filepath.Join(staging, vmm.DiskFile))
 	}
 	if err != nil {
 		return nil, fmt.Errorf("snapshot of %s: %w", s.ID, err)

@@ -2,18 +2,18 @@ package sandbox
 
 import (
 	"context"
-	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 
 	"github.com/cellhq/cell/internal/image"
+	"github.com/cellhq/cell/internal/vmm"
 )
 
 // TemplateInfo describes a stored template snapshot.
@@ -101,13 +101,18 @@ func PruneTemplates(home, name, keep, runDir, pausedDir string) ([]TemplateInfo,
 	return removed, errors.Join(errs...)
 }
 
-// diskUsers maps a backing file to what has a disk that is an overlay on it: running sandboxes
-// (by id), paused ones (by id) and template snapshots ("template <name>/<dir>").
+// diskUsers maps a disk file to what has a disk whose chain goes through it (below its own top):
+// running sandboxes (by id), paused ones (by id) and template snapshots ("template
+// <name>/<dir>"). Keys are clean absolute paths.
 func diskUsers(home, runDir, pausedDir string) map[string][]string {
 	users := map[string][]string{}
 	add := func(disk, id string) {
-		if b, err := backingFile(disk); err == nil && b != "" {
-			users[b] = append(users[b], id)
+		chain, _ := vmm.Chain(disk) // what resolves, even if a layer is missing
+		for _, f := range chain[min(1, len(chain)):] {
+			f = filepath.Clean(f)
+			if !slices.Contains(users[f], id) {
+				users[f] = append(users[f], id)
+			}
 		}
 	}
 	if des, err := os.ReadDir(runDir); err == nil {
@@ -125,31 +130,6 @@ func diskUsers(home, runDir, pausedDir string) map[string][]string {
 		add(d, "template "+filepath.Base(filepath.Dir(dir))+"/"+filepath.Base(dir))
 	}
 	return users
-}
-
-// backingFile reads the backing file name from a qcow2 header.
-func backingFile(path string) (string, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return "", err
-	}
-	defer func() { _ = f.Close() }()
-	var h [20]byte
-	if _, err := io.ReadFull(f, h[:]); err != nil {
-		return "", err
-	}
-	if string(h[:4]) != "QFI\xfb" {
-		return "", fmt.Errorf("%s: not a qcow2 file", path)
-	}
-	off, size := binary.BigEndian.Uint64(h[8:16]), binary.BigEndian.Uint32(h[16:20])
-	if off == 0 || size == 0 || size > 4096 {
-		return "", nil
-	}
-	name := make([]byte, size)
-	if _, err := f.ReadAt(name, int64(off)); err != nil {
-		return "", err
-	}
-	return string(name), nil
 }
 
 // PruneImages removes the image artifacts under b's home that earlier recipes built (see

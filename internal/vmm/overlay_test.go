@@ -24,10 +24,10 @@ func TestOverlaysAreReusedPerBackingDisk(t *testing.T) {
 	var o overlays
 	ctx := context.Background()
 	a, b := filepath.Join(dir, "a.qcow2"), filepath.Join(dir, "b.qcow2")
-	if err := o.create(ctx, qemuImg, base, a); err != nil {
+	if err := o.create(ctx, qemuImg, base, base, a); err != nil {
 		t.Fatal(err)
 	}
-	if err := o.create(ctx, qemuImg, base, b); err != nil {
+	if err := o.create(ctx, qemuImg, base, base, b); err != nil {
 		t.Fatal(err)
 	}
 	ab, _ := os.ReadFile(a)
@@ -39,7 +39,7 @@ func TestOverlaysAreReusedPerBackingDisk(t *testing.T) {
 	if err != nil || !strings.Contains(string(out), "backing file: "+base) {
 		t.Fatalf("qemu-img info: %v %s", err, out)
 	}
-	if err := o.create(ctx, qemuImg, base, b); err == nil {
+	if err := o.create(ctx, qemuImg, base, base, b); err == nil {
 		t.Fatal("an existing file was overwritten")
 	}
 	// A replaced backing disk (new mtime) gets a new overlay.
@@ -47,7 +47,7 @@ func TestOverlaysAreReusedPerBackingDisk(t *testing.T) {
 	if err := os.Chtimes(base, future, future); err != nil {
 		t.Fatal(err)
 	}
-	if err := o.create(ctx, qemuImg, base, filepath.Join(dir, "c.qcow2")); err != nil || len(o.files) != 2 {
+	if err := o.create(ctx, qemuImg, base, base, filepath.Join(dir, "c.qcow2")); err != nil || len(o.files) != 2 {
 		t.Fatalf("after the disk changed: %v, %d cached", err, len(o.files))
 	}
 }

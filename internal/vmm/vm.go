@@ -184,6 +184,8 @@ type VM struct {
 	netMu sync.Mutex
 	net   net.Conn // the host end of the network device until TakeNet
 
+	diskMu sync.Mutex // serializes what changes the disk's layers (chain.go)
+
 	exited  chan struct{}
 	exitErr error // valid once exited is closed
 
@@ -333,18 +335,19 @@ func (h *Host) startOnce(ctx context.Context, spec Spec, have uint64) (_ *VM, re
 		}
 	}()
 
-	disk := dir.File("disk.qcow2")
+	// The VM writes to a new top layer (see chain.go): on its template's disk, or on the disk it
+	// already has (a paused sandbox's), taken by reference: the original stays as it was, a
+	// consistent snapshot until the VM is safely running.
+	var top string
 	if spec.Disk != "" {
-		// The VM's own disk already exists (a paused sandbox's): a copy, so that the original
-		// stays a consistent snapshot until the VM is safely running.
-		if err := CopyFile(spec.Disk, disk); err != nil {
-			return nil, fmt.Errorf("copying the disk: %w", err)
-		}
+		top, err = h.takeChain(ctx, spec.Disk, dir.Path)
 	} else {
-		if err := h.overlays.create(ctx, h.cfg.QEMUImg, spec.BaseDisk, disk); err != nil {
-			return nil, err
-		}
+		top, err = h.newTop(ctx, dir.Path, spec.BaseDisk, spec.BaseDisk)
 	}
+	if err != nil {
+		return nil, fmt.Errorf("the VM's disk: %w", err)
+	}
+	disk := dir.File(top)
 	vm.MemoryMiB, vm.CPUs, vm.KernelArgs = spec.MemoryMiB, spec.CPUs, spec.KernelArgs
 	// A booted VM's RAM is a named memory backend too (anonymous unless MemPath): a pause or
 	// snapshot can then put it in a file that restores map (SaveSplit).
@@ -527,6 +530,9 @@ func (h *Host) startOnce(ctx context.Context, spec Spec, have uint64) (_ *VM, re
 		return nil, be
 	}
 	vm.log.Debug("vm booted", "qmp", tQMP.Sub(t0), "qemu_ready", tCont.Sub(t0), "guest_ready", time.Since(tCont), "pid", vm.PID)
+	if spec.Disk != "" {
+		vm.maintainDisk() // each resume adds a layer
+	}
 	return vm, nil
 }
 

@@ -3,10 +3,14 @@ package e2e
 import (
 	"context"
 	"errors"
+	"fmt"
+	"net/http"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -147,5 +151,100 @@ with open('/dev/shm/r', 'wb') as f:
 	// Measured: ~105 MiB each with the shared file, ~315 MiB each with private copies.
 	if med := bench.MedianFloat(pss); med == 0 || med >= 160 {
 		t.Fatalf("fork PSS median %.0f MiB: the forks do not share their snapshot's RAM", med)
+	}
+}
+
+// TestSnapshotsTakeTheDiskByReference: a running sandbox snapshotted again and again, writing
+// between snapshots, goes on with all it wrote; each snapshot holds exactly what was written
+// before it, also once the source and the older snapshots are gone; the snapshots share the
+// disk's layers with the source (hard links, no copy), and the source's chain of layers stays
+// short (flattened in the background).
+func TestSnapshotsTakeTheDiskByReference(t *testing.T) {
+	d := newDaemon(t)
+	s, c := d.serve(t)
+	ctx := context.Background()
+	info, err := c.Create(ctx, client.CreateOptions{Timeout: 20 * time.Minute})
+	if err != nil {
+		t.Fatal(err)
+	}
+	src := info.SandboxID
+	const rounds = 7
+	var snaps []string
+	for i := range rounds {
+		// 8 MiB of data a round: a disk copied at each snapshot would be noticed by its size.
+		execOut(t, c, src, fmt.Sprintf("head -c 8M /dev/urandom > ~/data-%d && sha256sum ~/data-%d | cut -c1-64 > ~/sum-%d && sync", i, i, i))
+		sn, err := c.Snapshot(ctx, src, "")
+		if err != nil {
+			t.Fatalf("round %d: snapshot: %v\n%s", i, err, s.logs)
+		}
+		snaps = append(snaps, sn.SnapshotID)
+	}
+	want := execOut(t, c, src, "cat ~/sum-*")
+	check := func(id string, n int) {
+		t.Helper()
+		out := execOut(t, c, id, "cd ~ && ls data-* | wc -l && for f in data-*; do sha256sum $f | cut -c1-64; done | sort && cat sum-* | sort")
+		lines := strings.Fields(out)
+		if len(lines) != 1+2*n || lines[0] != strconv.Itoa(n) {
+			t.Fatalf("%s: want %d files, got %q", id, n, out)
+		}
+		for j := range n {
+			if lines[1+j] != lines[1+n+j] {
+				t.Fatalf("%s: file contents do not match their sums: %q", id, out)
+			}
+		}
+	}
+	check(src, rounds)
+	// The snapshots' disks are the source's layers, linked: one inode for two directories.
+	layers, _ := filepath.Glob(filepath.Join(d.home, "templates", "*", "snap", "layer-*.qcow2"))
+	shared := 0
+	for _, l := range layers {
+		if st, err := os.Stat(l); err == nil {
+			if sys, ok := st.Sys().(*syscall.Stat_t); ok && sys.Nlink > 1 {
+				shared++
+			}
+		}
+	}
+	if shared == 0 {
+		t.Fatalf("no snapshot layer is shared (layers %v): the disks were copied", layers)
+	}
+	// The source's chain is flattened in the background: its layers go back to a few.
+	runDir := filepath.Join(d.home, "run", src)
+	deadline := time.Now().Add(2 * time.Minute)
+	for {
+		l, _ := filepath.Glob(filepath.Join(runDir, "layer-*.qcow2"))
+		if len(l) <= 6 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the source keeps %d layers after %d snapshots: never flattened\n%s", len(l), rounds, s.logs)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	if got := execOut(t, c, src, "cat ~/sum-*"); got != want {
+		t.Fatalf("after the flatten the source reads %q, want %q", got, want)
+	}
+	// The source goes, and all snapshots but the last two; those still start with their files.
+	if err := c.Kill(ctx, src); err != nil {
+		t.Fatal(err)
+	}
+	for _, id := range snaps[:rounds-2] {
+		req, _ := http.NewRequestWithContext(ctx, http.MethodDelete, s.url+"/templates/"+id, nil)
+		req.Header.Set("X-API-Key", d.key)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_ = resp.Body.Close()
+		if resp.StatusCode != http.StatusNoContent && resp.StatusCode != http.StatusOK {
+			t.Fatalf("deleting snapshot %s: %s", id, resp.Status)
+		}
+	}
+	for i := rounds - 2; i < rounds; i++ {
+		child, err := c.Create(ctx, client.CreateOptions{Template: snaps[i], Timeout: 5 * time.Minute})
+		if err != nil {
+			t.Fatalf("create from snapshot %d: %v\n%s", i, err, s.logs)
+		}
+		check(child.SandboxID, i+1)
+		_ = c.Kill(ctx, child.SandboxID)
 	}
 }
