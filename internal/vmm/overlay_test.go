@@ -51,3 +51,47 @@ func TestOverlaysAreReusedPerBackingDisk(t *testing.T) {
 		t.Fatalf("after the disk changed: %v, %d cached", err, len(o.files))
 	}
 }
+
+// TestOverlaysOnLayers: an overlay on a layer named relatively is made once by qemu-img; the next
+// one on a layer of the same size is the same bytes with the name written over, and qemu-img
+// finds it sound and backed by its own layer.
+func TestOverlaysOnLayers(t *testing.T) {
+	qemuImg, err := exec.LookPath("qemu-img")
+	if err != nil {
+		t.Fatal("qemu-img is required (apt-get install qemu-utils)")
+	}
+	dir := t.TempDir()
+	la, lb := newLayerName(), newLayerName()
+	for _, l := range []string{la, lb} {
+		if out, err := exec.Command(qemuImg, "create", "-q", "-f", "qcow2", filepath.Join(dir, l), "64M").CombinedOutput(); err != nil {
+			t.Fatalf("%v %s", err, out)
+		}
+	}
+	var o overlays
+	ctx := context.Background()
+	a, b := filepath.Join(dir, "a.qcow2"), filepath.Join(dir, "b.qcow2")
+	if err := o.create(ctx, qemuImg, filepath.Join(dir, la), la, a); err != nil {
+		t.Fatal(err)
+	}
+	if err := o.create(ctx, qemuImg, filepath.Join(dir, lb), lb, b); err != nil {
+		t.Fatal(err)
+	}
+	if len(o.files) != 1 {
+		t.Fatalf("%d overlays cached, want the one per size", len(o.files))
+	}
+	ab, _ := os.ReadFile(a)
+	bb, _ := os.ReadFile(b)
+	if len(ab) != len(bb) || bytes.Equal(ab, bb) {
+		t.Fatal("the second overlay is not the first with another name")
+	}
+	out, err := exec.Command(qemuImg, "info", b).CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "backing file: "+lb+" ") {
+		t.Fatalf("qemu-img info: %v %s", err, out)
+	}
+	if out, err := exec.Command(qemuImg, "check", b).CombinedOutput(); err != nil {
+		t.Fatalf("qemu-img check: %v %s", err, out)
+	}
+	if err := o.create(ctx, qemuImg, filepath.Join(dir, la), "../"+la, filepath.Join(dir, "c.qcow2")); err == nil {
+		t.Fatal("an overlay naming its backing file neither as a layer nor absolutely")
+	}
+}
