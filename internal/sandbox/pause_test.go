@@ -5,10 +5,14 @@ import (
 	"errors"
 	"log/slog"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
+
+	"github.com/cellhq/cell/internal/vmm"
 )
 
 // stagingWith makes a staging generation under dir holding the given files.
@@ -19,7 +23,7 @@ func stagingWith(t *testing.T, dir string, files map[string]string) string {
 		t.Fatal(err)
 	}
 	for name, content := range files {
-		if err := os.WriteFile(filepath.Join(st, name), []byte(content), 0o600); err != nil {
+		if err := os.WriteFile(filepath.Join(st, name), fileContent(name, content), 0o600); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -91,12 +95,21 @@ func TestUndoPause(t *testing.T) {
 	if !UndoPause(dir, disk) {
 		t.Fatal("the disk was not given back")
 	}
-	if b, _ := os.ReadFile(disk); string(b) != "mine" {
+	if b, _ := os.ReadFile(disk); string(b) != string(fileContent(vmm.DiskFile, "mine")) {
 		t.Fatalf("VM disk %q", b)
 	}
 	if _, err := os.Stat(st); !os.IsNotExist(err) {
 		t.Fatal("the undone staging generation is still there")
 	}
+}
+
+// fileContent is what a test writes to file name to stand for content: a disk is a qcow2 file
+// (a header without a backing file, then content).
+func fileContent(name, content string) []byte {
+	if name != vmm.DiskFile {
+		return []byte(content)
+	}
+	return append([]byte("QFI\xfb\x00\x00\x00\x03"+strings.Repeat("\x00", 12)), content...)
 }
 
 // generationWith makes the generation dir/name holding files.
@@ -107,7 +120,7 @@ func generationWith(t *testing.T, dir, name string, files map[string]string) {
 		t.Fatal(err)
 	}
 	for f, content := range files {
-		if err := os.WriteFile(filepath.Join(g, f), []byte(content), 0o600); err != nil {
+		if err := os.WriteFile(filepath.Join(g, f), fileContent(f, content), 0o600); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -229,10 +242,41 @@ func TestPublishAfterEveryGeneration(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if b, _ := os.ReadFile(filepath.Join(g, "disk.qcow2")); string(b) != "new" {
+	if b, _ := os.ReadFile(filepath.Join(g, "disk.qcow2")); string(b) != string(fileContent(vmm.DiskFile, "new")) {
 		t.Fatalf("the current generation %s is not the one just published", g)
 	}
 	if b, _ := os.ReadFile(filepath.Join(dir, "current")); string(b) != filepath.Base(g) {
 		t.Fatalf("current names %q, want %s", b, filepath.Base(g))
+	}
+}
+
+// TestGenerationMissingALayerIsIncomplete: a generation's disk is a chain of layers linked into
+// it; one whose chain lacks a layer (a crash between the links and the publication could not
+// make one, but a hand or a full disk can) is not the sandbox: the previous one is.
+func TestGenerationMissingALayerIsIncomplete(t *testing.T) {
+	qemuImg, err := exec.LookPath("qemu-img")
+	if err != nil {
+		t.Fatal("qemu-img is required (apt-get install qemu-utils)")
+	}
+	dir := t.TempDir()
+	diskOnly := PausedMeta{ID: "sb1"}
+	generationWith(t, dir, "g50", map[string]string{"meta.json": pending(t, diskOnly), "disk.qcow2": "d"})
+	generationWith(t, dir, "g100", map[string]string{"meta.json": pending(t, diskOnly)})
+	layer := "layer-00000000000000aa.qcow2"
+	top := filepath.Join(dir, "g100", vmm.DiskFile)
+	if out, err := exec.Command(qemuImg, "create", "-q", "-f", "qcow2", filepath.Join(dir, "g100", layer), "1M").CombinedOutput(); err != nil {
+		t.Fatalf("%v %s", err, out)
+	}
+	if out, err := exec.Command(qemuImg, "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", layer, top).CombinedOutput(); err != nil {
+		t.Fatalf("%v %s", err, out)
+	}
+	if g, _, err := CurrentPaused(dir); err != nil || filepath.Base(g) != "g100" {
+		t.Fatalf("with its layer: %s, %v; want g100", g, err)
+	}
+	if err := os.Remove(filepath.Join(dir, "g100", layer)); err != nil {
+		t.Fatal(err)
+	}
+	if g, _, err := CurrentPaused(dir); err != nil || filepath.Base(g) != "g50" {
+		t.Fatalf("without its layer: %s, %v; want g50", g, err)
 	}
 }

@@ -152,12 +152,6 @@ func (m Machine) KernelCmdline() string {
 		// deleted stayed taken on the host until the sandbox ended: its overlay held the most
 		// the guest had ever written, up to its whole size.
 		"rootflags=discard",
-		// Pages the guest frees are zeroed as they are freed: a save (pause, snapshot) leaves
-		// zero pages out, so it costs what the guest holds, not what it once held (a dropped
-		// page cache of 300 MB was written out in full by the next pause). QEMU 7.2's free page
-		// reporting is no substitute here: for RAM mapped from a file it punches holes in the
-		// file, which is a template's, shared by every clone.
-		"init_on_free=1",
 	}
 	if m.Accel == AccelTCG {
 		// TCG (QEMU 7.2) finds translated code by its virtual address. With address-space
