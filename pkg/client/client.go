@@ -3,26 +3,22 @@ package client
 import (
 	"bytes"
 	"context"
-	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"net/http"
 	"net/url"
-	"strconv"
 	"strings"
 	"time"
 
 	"connectrpc.com/connect"
 
+	"github.com/cellhq/cell/pkg/envd"
+	"github.com/cellhq/cell/pkg/envd/command"
 	"github.com/cellhq/cell/proto/filesystem/filesystemconnect"
-	pb "github.com/cellhq/cell/proto/process"
 	"github.com/cellhq/cell/proto/process/processconnect"
 )
-
-// LifetimeTrailer is envd's trailer with a process's run time in microseconds.
-const LifetimeTrailer = "Cell-Process-Lifetime-Us"
 
 // Client talks to one `cell serve`.
 type Client struct {
@@ -226,7 +222,7 @@ func (t headerTransport) RoundTrip(r *http.Request) (*http.Response, error) {
 	r.Header.Set("E2b-Sandbox-Id", t.id)
 	r.Header.Set("E2b-Sandbox-Port", "49983")
 	if t.token != "" {
-		r.Header.Set("X-Access-Token", t.token)
+		r.Header.Set(envd.AccessTokenHeader, t.token)
 	}
 	return t.base.RoundTrip(r)
 }
@@ -249,21 +245,13 @@ func (c *Client) Connect(ctx context.Context, id string) (*Sandbox, error) {
 	}, nil
 }
 
-// AsUser sets the user a request runs as (E2B's Basic auth convention).
+// AsUser sets the user a request to envd runs as (E2B's Basic auth convention).
 func AsUser[T any](req *connect.Request[T], user string) *connect.Request[T] {
-	if user != "" {
-		req.Header().Set("Authorization", "Basic "+base64.StdEncoding.EncodeToString([]byte(user+":")))
-	}
-	return req
+	return command.AsUser(req, user)
 }
 
 // ExecResult is how a command ended.
-type ExecResult struct {
-	ExitCode int
-	Error    string
-	// Lifetime is how long the process ran as envd measured it (0 when envd did not say).
-	Lifetime time.Duration
-}
+type ExecResult = command.Result
 
 // Exec runs cmd (through bash -l -c, as E2B's SDKs do) and streams its output.
 func (s *Sandbox) Exec(ctx context.Context, cmd, user string, envs map[string]string, stdout, stderr io.Writer) (ExecResult, error) {
@@ -274,7 +262,7 @@ func (s *Sandbox) Exec(ctx context.Context, cmd, user string, envs map[string]st
 // closed at stdin's end. The copy stops when the command ends; a read of stdin in progress then
 // is not waited for.
 func (s *Sandbox) ExecInput(ctx context.Context, cmd, user string, envs map[string]string, stdin io.Reader, stdout, stderr io.Writer) (ExecResult, error) {
-	return s.start(ctx, &pb.ProcessConfig{Cmd: "/bin/bash", Args: []string{"-l", "-c", cmd}, Envs: envs}, user, stdin, stdout, stderr)
+	return s.run(ctx, command.Spec{Cmd: "/bin/bash", Args: []string{"-l", "-c", cmd}, Env: envs, User: user}, stdin, stdout, stderr)
 }
 
 // ExecArgv runs argv[0] with the arguments argv[1:] (no shell) and streams its output.
@@ -282,73 +270,21 @@ func (s *Sandbox) ExecArgv(ctx context.Context, argv []string, user string, stdo
 	if len(argv) == 0 {
 		return ExecResult{}, errors.New("no command")
 	}
-	return s.start(ctx, &pb.ProcessConfig{Cmd: argv[0], Args: argv[1:]}, user, nil, stdout, stderr)
+	return s.run(ctx, command.Spec{Cmd: argv[0], Args: argv[1:], User: user}, nil, stdout, stderr)
 }
 
-func (s *Sandbox) start(ctx context.Context, cfg *pb.ProcessConfig, user string, stdin io.Reader, stdout, stderr io.Writer) (ExecResult, error) {
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	req := &pb.StartRequest{Process: cfg}
-	if stdin != nil {
-		on := true
-		req.Stdin = &on
-	}
-	stream, err := s.Process.Start(ctx, AsUser(connect.NewRequest(req), user))
-	if err != nil {
-		return ExecResult{}, err
-	}
-	defer func() { _ = stream.Close() }()
-	for stream.Receive() {
-		switch ev := stream.Msg().GetEvent().GetEvent().(type) {
-		case *pb.ProcessEvent_Start:
-			if stdin != nil {
-				pid := ev.Start.GetPid()
-				go func() { _ = Feed(ctx, s.Process, pid, user, stdin) }()
-			}
-		case *pb.ProcessEvent_Data:
-			switch out := ev.Data.GetOutput().(type) {
-			case *pb.ProcessEvent_DataEvent_Stdout:
-				_, _ = stdout.Write(out.Stdout)
-			case *pb.ProcessEvent_DataEvent_Stderr:
-				_, _ = stderr.Write(out.Stderr)
-			}
-		case *pb.ProcessEvent_End:
-			res := ExecResult{ExitCode: int(ev.End.GetExitCode()), Error: ev.End.GetError()}
-			for stream.Receive() { // the trailer comes with the end of the stream
-			}
-			if us, err := strconv.ParseInt(stream.ResponseTrailer().Get(LifetimeTrailer), 10, 64); err == nil {
-				res.Lifetime = time.Duration(us) * time.Microsecond
-			}
-			return res, nil
-		}
-	}
-	if err := stream.Err(); err != nil {
-		return ExecResult{}, err
-	}
-	return ExecResult{}, errors.New("the command's stream ended before the command did")
+// run runs spec to its end and waits for envd's trailer with it. Output a writer refuses is
+// dropped, and the command runs on: a client's output is the caller's business.
+func (s *Sandbox) run(ctx context.Context, spec command.Spec, stdin io.Reader, stdout, stderr io.Writer) (ExecResult, error) {
+	return command.Run(ctx, s.Process, spec, stdin, lenient{stdout}, lenient{stderr}, command.Options{})
 }
 
-// Feed copies r to the standard input of process pid (as user), then closes it. It stops at
-// ctx's end (the read in progress then finishes first).
-func Feed(ctx context.Context, pc processconnect.ProcessClient, pid uint32, user string, r io.Reader) error {
-	sel := &pb.ProcessSelector{Selector: &pb.ProcessSelector_Pid{Pid: pid}}
-	buf := make([]byte, 64<<10)
-	for {
-		n, err := r.Read(buf)
-		if n > 0 {
-			in := &pb.SendInputRequest{Process: sel, Input: &pb.ProcessInput{Input: &pb.ProcessInput_Stdin{Stdin: buf[:n]}}}
-			if _, serr := pc.SendInput(ctx, AsUser(connect.NewRequest(in), user)); serr != nil {
-				return serr
-			}
-		}
-		if err != nil {
-			_, cerr := pc.CloseStdin(ctx, AsUser(connect.NewRequest(&pb.CloseStdinRequest{Process: sel}), user))
-			if errors.Is(err, io.EOF) {
-				return cerr
-			}
-			return err
-		}
-	}
+// lenient passes writes on and reports each one done.
+type lenient struct{ w io.Writer }
+
+func (l lenient) Write(p []byte) (int, error) {
+	_, _ = l.w.Write(p)
+	return len(p), nil
 }
 
 func (s *Sandbox) filesURL(path, user string) string {
