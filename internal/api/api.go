@@ -21,6 +21,7 @@ import (
 	"github.com/cellhq/cell/internal/auth"
 	"github.com/cellhq/cell/internal/manager"
 	"github.com/cellhq/cell/internal/store"
+	"github.com/cellhq/cell/pkg/e2bapi"
 	"github.com/cellhq/cell/pkg/envd"
 )
 
@@ -170,11 +171,6 @@ func (a *API) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	a.mux.ServeHTTP(w, r)
 }
 
-type apiError struct {
-	Code    int    `json:"code"`
-	Message string `json:"message"`
-}
-
 func writeJSON(w http.ResponseWriter, code int, v any) {
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(code)
@@ -182,7 +178,7 @@ func writeJSON(w http.ResponseWriter, code int, v any) {
 }
 
 func writeError(w http.ResponseWriter, code int, msg string) {
-	writeJSON(w, code, apiError{Code: code, Message: msg})
+	writeJSON(w, code, e2bapi.Error{Code: code, Message: msg})
 }
 
 // fail answers a manager error with its HTTP status.
@@ -322,74 +318,9 @@ func onlySpace(r io.Reader) (bool, error) {
 	}
 }
 
-// NewSandbox is the create body (E2B's names; fields Cell does not support yet are refused).
-type NewSandbox struct {
-	TemplateID          string            `json:"templateID"`
-	Timeout             *int              `json:"timeout,omitempty"`
-	Metadata            map[string]string `json:"metadata,omitempty"`
-	EnvVars             map[string]string `json:"envVars,omitempty"`
-	Secure              *bool             `json:"secure,omitempty"`
-	AllowInternetAccess *bool             `json:"allow_internet_access,omitempty"`
-	AutoPause           *bool             `json:"autoPause,omitempty"`
-	AutoPauseMemory     *bool             `json:"autoPauseMemory,omitempty"`
-	AutoResume          json.RawMessage   `json:"autoResume,omitempty"`
-	Network             *NetworkConfig    `json:"network,omitempty"`
-	MCP                 json.RawMessage   `json:"mcp,omitempty"`
-	IAM                 json.RawMessage   `json:"iam,omitempty"`
-	VolumeMounts        json.RawMessage   `json:"volumeMounts,omitempty"`
-	// DiskSizeMB is Cell's own: the sandbox's disk in MiB (E2B sets it per template). It bounds
-	// what the sandbox can write on the host; omitted: the daemon's default.
-	DiskSizeMB *int `json:"diskSizeMB,omitempty"`
-}
-
 func isNull(m json.RawMessage) bool {
 	s := strings.TrimSpace(string(m))
 	return s == "" || s == "null" || s == "{}" || s == "[]"
-}
-
-// SandboxResponse is what create and connect return.
-type SandboxResponse struct {
-	TemplateID         string  `json:"templateID"`
-	SandboxID          string  `json:"sandboxID"`
-	Alias              string  `json:"alias,omitempty"`
-	ClientID           string  `json:"clientID"`
-	EnvdVersion        string  `json:"envdVersion"`
-	EnvdAccessToken    *string `json:"envdAccessToken,omitempty"`
-	TrafficAccessToken *string `json:"trafficAccessToken,omitempty"`
-	Domain             *string `json:"domain"`
-}
-
-// SandboxDetail is GET /sandboxes/{id} and an item of the lists.
-type SandboxDetail struct {
-	TemplateID          string            `json:"templateID"`
-	Alias               string            `json:"alias,omitempty"`
-	SandboxID           string            `json:"sandboxID"`
-	ClientID            string            `json:"clientID"`
-	StartedAt           time.Time         `json:"startedAt"`
-	EndAt               time.Time         `json:"endAt"`
-	EnvdVersion         string            `json:"envdVersion"`
-	EnvdAccessToken     *string           `json:"envdAccessToken,omitempty"`
-	Domain              *string           `json:"domain"`
-	CPUCount            int               `json:"cpuCount"`
-	MemoryMB            int               `json:"memoryMB"`
-	DiskSizeMB          int               `json:"diskSizeMB"`
-	Metadata            map[string]string `json:"metadata"`
-	State               string            `json:"state"`
-	AllowInternetAccess bool              `json:"allowInternetAccess"`
-	Network             NetworkConfig     `json:"network"`
-	VolumeMounts        []any             `json:"volumeMounts"`
-}
-
-// NetworkConfig is a sandbox's network in E2B's shape (create body and details).
-type NetworkConfig struct {
-	AllowOut           []string `json:"allowOut,omitempty"`
-	DenyOut            []string `json:"denyOut,omitempty"`
-	AllowPublicTraffic *bool    `json:"allowPublicTraffic,omitempty"`
-	MaskRequestHost    *string  `json:"maskRequestHost,omitempty"`
-	// Not supported by Cell: refused with 501 when set.
-	Rules       json.RawMessage `json:"rules,omitempty"`
-	EgressProxy json.RawMessage `json:"egressProxy,omitempty"`
-	HTTPSPorts  json.RawMessage `json:"httpsPorts,omitempty"`
 }
 
 const clientID = "cell"
@@ -402,8 +333,8 @@ func (a *API) domain() *string {
 	return &d
 }
 
-func (a *API) sandboxResponse(info manager.Info) SandboxResponse {
-	res := SandboxResponse{TemplateID: info.TemplateID, SandboxID: info.ID, ClientID: clientID, EnvdVersion: envd.Version, Domain: a.domain()}
+func (a *API) sandboxResponse(info manager.Info) e2bapi.Sandbox {
+	res := e2bapi.Sandbox{TemplateID: info.TemplateID, SandboxID: info.ID, ClientID: clientID, EnvdVersion: envd.Version, Domain: a.domain()}
 	if info.EnvdToken != "" {
 		tok := info.EnvdToken
 		res.EnvdAccessToken = &tok
@@ -415,14 +346,14 @@ func (a *API) sandboxResponse(info manager.Info) SandboxResponse {
 	return res
 }
 
-func (a *API) detail(info manager.Info, withToken bool) SandboxDetail {
-	d := SandboxDetail{
+func (a *API) detail(info manager.Info, withToken bool) e2bapi.SandboxDetail {
+	d := e2bapi.SandboxDetail{
 		TemplateID: info.TemplateID, SandboxID: info.ID, ClientID: clientID, StartedAt: info.StartedAt.UTC(),
 		EndAt: info.EndAt.UTC(), EnvdVersion: envd.Version, Domain: a.domain(), CPUCount: info.CPUs, MemoryMB: info.MemoryMiB,
 		DiskSizeMB: info.DiskMiB, Metadata: info.Metadata, State: info.State, AllowInternetAccess: info.AllowInternet, VolumeMounts: []any{},
 	}
 	public := !info.Network.PrivateTraffic
-	d.Network = NetworkConfig{AllowOut: info.Network.AllowOut, DenyOut: info.Network.DenyOut, AllowPublicTraffic: &public}
+	d.Network = e2bapi.NetworkConfig{AllowOut: info.Network.AllowOut, DenyOut: info.Network.DenyOut, AllowPublicTraffic: &public}
 	if info.Network.MaskRequestHost != "" {
 		mask := info.Network.MaskRequestHost
 		d.Network.MaskRequestHost = &mask
@@ -438,7 +369,7 @@ func (a *API) detail(info manager.Info, withToken bool) SandboxDetail {
 }
 
 func (a *API) create(w http.ResponseWriter, r *http.Request, team string) {
-	var req NewSandbox
+	var req e2bapi.NewSandbox
 	if !decode(w, r, &req, false) {
 		return
 	}
@@ -504,12 +435,8 @@ func (a *API) kill(w http.ResponseWriter, r *http.Request, team string) {
 	w.WriteHeader(http.StatusNoContent)
 }
 
-type timeoutBody struct {
-	Timeout *int `json:"timeout"`
-}
-
 func (a *API) timeout(w http.ResponseWriter, r *http.Request, team string) {
-	var body timeoutBody
+	var body e2bapi.TimeoutRequest
 	if !decode(w, r, &body, false) {
 		return
 	}
@@ -528,12 +455,8 @@ func (a *API) timeout(w http.ResponseWriter, r *http.Request, team string) {
 	w.WriteHeader(http.StatusNoContent)
 }
 
-type refreshBody struct {
-	Duration *int `json:"duration"`
-}
-
 func (a *API) refresh(w http.ResponseWriter, r *http.Request, team string) {
-	var body refreshBody
+	var body e2bapi.RefreshRequest
 	if !decode(w, r, &body, true) {
 		return
 	}
@@ -552,19 +475,11 @@ func (a *API) refresh(w http.ResponseWriter, r *http.Request, team string) {
 	w.WriteHeader(http.StatusNoContent)
 }
 
-type connectBody struct {
-	Timeout *int `json:"timeout,omitempty"`
-	// Memory false resumes a paused sandbox from its disk alone (the SDK's onResume: 'reboot').
-	Memory *bool `json:"memory,omitempty"`
-	// AutoPause is the deprecated resume route's field; Cell keeps the sandbox's own setting.
-	AutoPause *bool `json:"autoPause,omitempty"`
-}
-
 // connect is POST /sandboxes/{id}/connect: a paused sandbox is resumed (201) to live the body's
 // timeout, or its own timeout when the body names none; a running one (200) lives on, its end
 // moved later when the body's timeout reaches past it, never earlier.
 func (a *API) connect(w http.ResponseWriter, r *http.Request, team string) {
-	var body connectBody
+	var body e2bapi.ConnectRequest
 	if !decode(w, r, &body, true) {
 		return
 	}
@@ -689,7 +604,7 @@ func (a *API) listV1(w http.ResponseWriter, r *http.Request, team string) {
 		writeError(w, http.StatusBadRequest, err.Error())
 		return
 	}
-	out := []SandboxDetail{}
+	out := []e2bapi.SandboxDetail{}
 	for _, info := range a.cfg.Manager.List(team) {
 		if f.match(info) {
 			out = append(out, a.detail(info, false))
@@ -704,7 +619,7 @@ func (a *API) listV2(w http.ResponseWriter, r *http.Request, team string) {
 		writeError(w, http.StatusBadRequest, err.Error())
 		return
 	}
-	out := []SandboxDetail{}
+	out := []e2bapi.SandboxDetail{}
 	var last int64
 	more := false
 	for _, info := range a.cfg.Manager.List(team) {
@@ -722,23 +637,6 @@ func (a *API) listV2(w http.ResponseWriter, r *http.Request, team string) {
 		w.Header().Set("X-Next-Token", strconv.FormatInt(last, 10))
 	}
 	writeJSON(w, http.StatusOK, out)
-}
-
-// Metric is one sample of GET /sandboxes/{id}/metrics.
-type Metric struct {
-	Timestamp     time.Time `json:"timestamp"`
-	TimestampUnix int64     `json:"timestampUnix"`
-	CPUCount      int       `json:"cpuCount"`
-	CPUUsedPct    float64   `json:"cpuUsedPct"`
-	MemUsed       uint64    `json:"memUsed"`
-	MemTotal      uint64    `json:"memTotal"`
-	MemCache      uint64    `json:"memCache"`
-	DiskUsed      uint64    `json:"diskUsed"`
-	DiskTotal     uint64    `json:"diskTotal"`
-	// Cell's additions: the sandbox's network counters since it (last) started.
-	NetBytesIn  uint64 `json:"netBytesIn"`
-	NetBytesOut uint64 `json:"netBytesOut"`
-	NetDenied   uint64 `json:"netDeniedConnections"`
 }
 
 func (a *API) metrics(w http.ResponseWriter, r *http.Request, team string) {
@@ -759,17 +657,13 @@ func (a *API) metrics(w http.ResponseWriter, r *http.Request, team string) {
 	}
 	ts := time.Unix(m.Timestamp, 0).UTC()
 	ns, _, _ := a.cfg.Manager.NetStats(team, id)
-	writeJSON(w, http.StatusOK, []Metric{{Timestamp: ts, TimestampUnix: m.Timestamp, CPUCount: m.CPUCount, CPUUsedPct: m.CPUUsedPct,
+	writeJSON(w, http.StatusOK, []e2bapi.Metric{{Timestamp: ts, TimestampUnix: m.Timestamp, CPUCount: m.CPUCount, CPUUsedPct: m.CPUUsedPct,
 		MemUsed: m.MemUsed, MemTotal: m.MemTotal, MemCache: m.MemCache, DiskUsed: m.DiskUsed, DiskTotal: m.DiskTotal,
 		NetBytesIn: ns.BytesIn, NetBytesOut: ns.BytesOut, NetDenied: ns.Denied}})
 }
 
-type pauseBody struct {
-	Memory *bool `json:"memory,omitempty"`
-}
-
 func (a *API) pause(w http.ResponseWriter, r *http.Request, team string) {
-	var body pauseBody
+	var body e2bapi.PauseRequest
 	if !decode(w, r, &body, true) {
 		return
 	}
@@ -782,7 +676,7 @@ func (a *API) pause(w http.ResponseWriter, r *http.Request, team string) {
 
 // resume is E2B's deprecated POST /sandboxes/{id}/resume: 201 when resumed, 409 when running.
 func (a *API) resume(w http.ResponseWriter, r *http.Request, team string) {
-	var body connectBody
+	var body e2bapi.ConnectRequest
 	if !decode(w, r, &body, true) {
 		return
 	}
@@ -805,18 +699,8 @@ func (a *API) resume(w http.ResponseWriter, r *http.Request, team string) {
 	writeJSON(w, http.StatusCreated, a.sandboxResponse(info))
 }
 
-type snapshotBody struct {
-	Name string `json:"name,omitempty"`
-}
-
-// SnapshotResponse is a snapshot in E2B's shape.
-type SnapshotResponse struct {
-	SnapshotID string   `json:"snapshotID"`
-	Names      []string `json:"names"`
-}
-
-func snapshotResponse(s manager.SnapshotInfo) SnapshotResponse {
-	r := SnapshotResponse{SnapshotID: s.ID, Names: []string{}}
+func snapshotResponse(s manager.SnapshotInfo) e2bapi.Snapshot {
+	r := e2bapi.Snapshot{SnapshotID: s.ID, Names: []string{}}
 	if s.Name != "" {
 		r.Names = append(r.Names, s.Name)
 	}
@@ -824,7 +708,7 @@ func snapshotResponse(s manager.SnapshotInfo) SnapshotResponse {
 }
 
 func (a *API) snapshot(w http.ResponseWriter, r *http.Request, team string) {
-	var body snapshotBody
+	var body e2bapi.SnapshotRequest
 	if !decode(w, r, &body, true) {
 		return
 	}
@@ -838,7 +722,7 @@ func (a *API) snapshot(w http.ResponseWriter, r *http.Request, team string) {
 
 func (a *API) snapshots(w http.ResponseWriter, r *http.Request, team string) {
 	q := r.URL.Query()
-	out := []SnapshotResponse{}
+	out := []e2bapi.Snapshot{}
 	for _, s := range a.cfg.Manager.Snapshots(team, q.Get("sandboxID")) {
 		if name := q.Get("name"); name != "" && s.Name != name {
 			continue
@@ -848,19 +732,13 @@ func (a *API) snapshots(w http.ResponseWriter, r *http.Request, team string) {
 	writeJSON(w, http.StatusOK, out)
 }
 
-// templateAliasResponse is E2B's answer to an alias lookup.
-type templateAliasResponse struct {
-	TemplateID string `json:"templateID"`
-	Public     bool   `json:"public"`
-}
-
 func (a *API) templateAlias(w http.ResponseWriter, r *http.Request, team string) {
 	id, public, err := a.cfg.Manager.TemplateAlias(team, r.PathValue("alias"))
 	if err != nil {
 		fail(w, err)
 		return
 	}
-	writeJSON(w, http.StatusOK, templateAliasResponse{TemplateID: id, Public: public})
+	writeJSON(w, http.StatusOK, e2bapi.TemplateAlias{TemplateID: id, Public: public})
 }
 
 func (a *API) deleteTemplate(w http.ResponseWriter, r *http.Request, team string) {
@@ -871,18 +749,8 @@ func (a *API) deleteTemplate(w http.ResponseWriter, r *http.Request, team string
 	w.WriteHeader(http.StatusNoContent)
 }
 
-type forkBody struct {
-	Count   *int `json:"count"`
-	Timeout *int `json:"timeout,omitempty"`
-}
-
-type forkResult struct {
-	Sandbox *SandboxResponse `json:"sandbox,omitempty"`
-	Error   *apiError        `json:"error,omitempty"`
-}
-
 func (a *API) fork(w http.ResponseWriter, r *http.Request, team string) {
-	var body forkBody
+	var body e2bapi.ForkRequest
 	if !decode(w, r, &body, false) {
 		return
 	}
@@ -902,14 +770,14 @@ func (a *API) fork(w http.ResponseWriter, r *http.Request, team string) {
 		fail(w, err)
 		return
 	}
-	out := make([]forkResult, len(results))
+	out := make([]e2bapi.ForkResult, len(results))
 	for i, res := range results {
 		if res.Err != nil {
 			code, msg, id := answerFor(res.Err)
 			if id != "" {
 				logError(w, id, res.Err)
 			}
-			out[i].Error = &apiError{Code: code, Message: msg}
+			out[i].Error = &e2bapi.Error{Code: code, Message: msg}
 			continue
 		}
 		sr := a.sandboxResponse(res.Info)

@@ -7,21 +7,11 @@ import (
 	"strings"
 
 	"github.com/cellhq/cell/internal/manager"
+	"github.com/cellhq/cell/pkg/e2bapi"
 )
 
-// networkUpdate is the body of PUT /sandboxes/{id}/network. The SDK sends the internet switch
-// as allow_internet_access; allowInternetAccess is accepted too.
-type networkUpdate struct {
-	AllowOut            *[]string `json:"allowOut,omitempty"`
-	DenyOut             *[]string `json:"denyOut,omitempty"`
-	AllowInternetAccess *bool     `json:"allowInternetAccess,omitempty"`
-	AllowInternetSnake  *bool     `json:"allow_internet_access,omitempty"`
-	Rules               any       `json:"rules,omitempty"`
-	EgressProxy         any       `json:"egressProxy,omitempty"`
-}
-
 func (a *API) updateNetwork(w http.ResponseWriter, r *http.Request, team string) {
-	var body networkUpdate
+	var body e2bapi.NetworkUpdate
 	if !decode(w, r, &body, false) {
 		return
 	}

@@ -14,6 +14,7 @@ import (
 
 	"connectrpc.com/connect"
 
+	"github.com/cellhq/cell/pkg/e2bapi"
 	"github.com/cellhq/cell/pkg/envd"
 	"github.com/cellhq/cell/pkg/envd/command"
 	"github.com/cellhq/cell/proto/filesystem/filesystemconnect"
@@ -69,9 +70,7 @@ func (c *Client) do(ctx context.Context, method, path string, in, out any) (http
 	}
 	defer func() { _ = resp.Body.Close() }()
 	if resp.StatusCode >= 300 {
-		var e struct {
-			Message string `json:"message"`
-		}
+		var e e2bapi.Error
 		raw, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
 		if json.Unmarshal(raw, &e) != nil || e.Message == "" {
 			e.Message = strings.TrimSpace(string(raw))
@@ -99,29 +98,52 @@ type CreateOptions struct {
 	DiskSizeMB int
 }
 
-// Network is a sandbox's egress policy and public-traffic setting (E2B's names).
-type Network struct {
-	AllowOut           []string `json:"allowOut,omitempty"`
-	DenyOut            []string `json:"denyOut,omitempty"`
-	AllowPublicTraffic *bool    `json:"allowPublicTraffic,omitempty"`
-}
+// Network is a sandbox's egress policy and public-traffic setting.
+type Network = e2bapi.NetworkConfig
 
-// Info describes a sandbox.
+// Info describes a sandbox. Create, Connect and Fork fill in what E2B's create answer holds
+// (ids, tokens); Get and List what its details hold (all but TrafficAccessToken).
 type Info struct {
-	SandboxID       string `json:"sandboxID"`
-	TemplateID      string `json:"templateID"`
-	EnvdVersion     string `json:"envdVersion"`
-	EnvdAccessToken string `json:"envdAccessToken"`
+	SandboxID       string
+	TemplateID      string
+	EnvdVersion     string
+	EnvdAccessToken string
 	// TrafficAccessToken must accompany requests to the sandbox's ports when it was created
 	// with AllowPublicTraffic false.
-	TrafficAccessToken string            `json:"trafficAccessToken"`
-	StartedAt          time.Time         `json:"startedAt"`
-	EndAt              time.Time         `json:"endAt"`
-	State              string            `json:"state"`
-	CPUCount           int               `json:"cpuCount"`
-	MemoryMB           int               `json:"memoryMB"`
-	DiskSizeMB         int               `json:"diskSizeMB"`
-	Metadata           map[string]string `json:"metadata"`
+	TrafficAccessToken string
+	StartedAt          time.Time
+	EndAt              time.Time
+	State              string
+	CPUCount           int
+	MemoryMB           int
+	DiskSizeMB         int
+	Metadata           map[string]string
+}
+
+// fromSandbox is the Info of a create (connect, fork) answer.
+func fromSandbox(s e2bapi.Sandbox) Info {
+	return Info{SandboxID: s.SandboxID, TemplateID: s.TemplateID, EnvdVersion: s.EnvdVersion,
+		EnvdAccessToken: deref(s.EnvdAccessToken), TrafficAccessToken: deref(s.TrafficAccessToken)}
+}
+
+// fromDetail is the Info of a sandbox's details.
+func fromDetail(d e2bapi.SandboxDetail) Info {
+	return Info{SandboxID: d.SandboxID, TemplateID: d.TemplateID, EnvdVersion: d.EnvdVersion,
+		EnvdAccessToken: deref(d.EnvdAccessToken), StartedAt: d.StartedAt, EndAt: d.EndAt, State: d.State,
+		CPUCount: d.CPUCount, MemoryMB: d.MemoryMB, DiskSizeMB: d.DiskSizeMB, Metadata: d.Metadata}
+}
+
+func deref(s *string) string {
+	if s == nil {
+		return ""
+	}
+	return *s
+}
+
+// seconds is d in whole seconds, rounded up, for a JSON field.
+func seconds(d time.Duration) *int {
+	n := int((d + time.Second - 1) / time.Second)
+	return &n
 }
 
 // Create starts a sandbox.
@@ -129,42 +151,38 @@ func (c *Client) Create(ctx context.Context, o CreateOptions) (Info, error) {
 	if o.Template == "" {
 		o.Template = "base"
 	}
-	body := map[string]any{"templateID": o.Template, "metadata": o.Metadata, "envVars": o.Envs}
+	body := e2bapi.NewSandbox{TemplateID: o.Template, Metadata: o.Metadata, EnvVars: o.Envs,
+		AllowInternetAccess: o.Internet, Network: o.Network}
 	if o.Timeout > 0 {
-		body["timeout"] = int((o.Timeout + time.Second - 1) / time.Second)
-	}
-	if o.Internet != nil {
-		body["allow_internet_access"] = *o.Internet
-	}
-	if o.Network != nil {
-		body["network"] = o.Network
+		body.Timeout = seconds(o.Timeout)
 	}
 	if o.DiskSizeMB != 0 {
-		body["diskSizeMB"] = o.DiskSizeMB
+		body.DiskSizeMB = &o.DiskSizeMB
 	}
-	var info Info
-	_, err := c.do(ctx, http.MethodPost, "/sandboxes", body, &info)
-	return info, err
+	var s e2bapi.Sandbox
+	_, err := c.do(ctx, http.MethodPost, "/sandboxes", body, &s)
+	return fromSandbox(s), err
 }
 
 // NetworkUpdate changes a running sandbox's egress policy; nil fields stay as they are.
 type NetworkUpdate struct {
-	Internet *bool     `json:"allow_internet_access,omitempty"`
-	AllowOut *[]string `json:"allowOut,omitempty"`
-	DenyOut  *[]string `json:"denyOut,omitempty"`
+	Internet *bool
+	AllowOut *[]string
+	DenyOut  *[]string
 }
 
 // UpdateNetwork changes a sandbox's egress policy; new connections follow it at once.
 func (c *Client) UpdateNetwork(ctx context.Context, id string, u NetworkUpdate) error {
-	_, err := c.do(ctx, http.MethodPut, "/sandboxes/"+url.PathEscape(id)+"/network", u, nil)
+	body := e2bapi.NetworkUpdate{AllowInternetSnake: u.Internet, AllowOut: u.AllowOut, DenyOut: u.DenyOut}
+	_, err := c.do(ctx, http.MethodPut, "/sandboxes/"+url.PathEscape(id)+"/network", body, nil)
 	return err
 }
 
 // Get describes a sandbox.
 func (c *Client) Get(ctx context.Context, id string) (Info, error) {
-	var info Info
-	_, err := c.do(ctx, http.MethodGet, "/sandboxes/"+url.PathEscape(id), nil, &info)
-	return info, err
+	var d e2bapi.SandboxDetail
+	_, err := c.do(ctx, http.MethodGet, "/sandboxes/"+url.PathEscape(id), nil, &d)
+	return fromDetail(d), err
 }
 
 // List returns every running sandbox of the key's team.
@@ -176,12 +194,14 @@ func (c *Client) List(ctx context.Context) ([]Info, error) {
 		if token != "" {
 			q.Set("nextToken", token)
 		}
-		var page []Info
+		var page []e2bapi.SandboxDetail
 		h, err := c.do(ctx, http.MethodGet, "/v2/sandboxes?"+q.Encode(), nil, &page)
 		if err != nil {
 			return nil, err
 		}
-		all = append(all, page...)
+		for _, d := range page {
+			all = append(all, fromDetail(d))
+		}
 		if token = h.Get("X-Next-Token"); token == "" {
 			return all, nil
 		}
@@ -196,7 +216,8 @@ func (c *Client) Kill(ctx context.Context, id string) error {
 
 // SetTimeout makes the sandbox end d from now.
 func (c *Client) SetTimeout(ctx context.Context, id string, d time.Duration) error {
-	_, err := c.do(ctx, http.MethodPost, "/sandboxes/"+url.PathEscape(id)+"/timeout", map[string]int{"timeout": int(d / time.Second)}, nil)
+	n := int(d / time.Second)
+	_, err := c.do(ctx, http.MethodPost, "/sandboxes/"+url.PathEscape(id)+"/timeout", e2bapi.TimeoutRequest{Timeout: &n}, nil)
 	return err
 }
 
@@ -229,10 +250,11 @@ func (t headerTransport) RoundTrip(r *http.Request) (*http.Response, error) {
 
 // Connect returns a handle on a running sandbox.
 func (c *Client) Connect(ctx context.Context, id string) (*Sandbox, error) {
-	var info Info
-	if _, err := c.do(ctx, http.MethodPost, "/sandboxes/"+url.PathEscape(id)+"/connect", map[string]any{}, &info); err != nil {
+	var s e2bapi.Sandbox
+	if _, err := c.do(ctx, http.MethodPost, "/sandboxes/"+url.PathEscape(id)+"/connect", e2bapi.ConnectRequest{}, &s); err != nil {
 		return nil, err
 	}
+	info := fromSandbox(s)
 	base := c.HTTP.Transport
 	if base == nil {
 		base = http.DefaultTransport
@@ -336,53 +358,54 @@ func (s *Sandbox) Download(ctx context.Context, path, user string, w io.Writer) 
 
 // Pause saves and stops a sandbox (its RAM too when memory).
 func (c *Client) Pause(ctx context.Context, id string, memory bool) error {
-	_, err := c.do(ctx, http.MethodPost, "/sandboxes/"+url.PathEscape(id)+"/pause", map[string]bool{"memory": memory}, nil)
+	_, err := c.do(ctx, http.MethodPost, "/sandboxes/"+url.PathEscape(id)+"/pause", e2bapi.PauseRequest{Memory: &memory}, nil)
 	return err
 }
 
 // Resume starts a paused sandbox again (E2B's connect: a running one is left as it is).
 func (c *Client) Resume(ctx context.Context, id string, timeout time.Duration) error {
-	body := map[string]any{}
+	var body e2bapi.ConnectRequest
 	if timeout > 0 {
-		body["timeout"] = int(timeout / time.Second)
+		n := int(timeout / time.Second)
+		body.Timeout = &n
 	}
 	_, err := c.do(ctx, http.MethodPost, "/sandboxes/"+url.PathEscape(id)+"/connect", body, nil)
 	return err
 }
 
 // Snapshot is a snapshot of a sandbox: a template others can be created from.
-type Snapshot struct {
-	SnapshotID string   `json:"snapshotID"`
-	Names      []string `json:"names"`
-}
+type Snapshot = e2bapi.Snapshot
 
 // Snapshot saves a running sandbox (it keeps running) as a template named name (optional).
 func (c *Client) Snapshot(ctx context.Context, id, name string) (Snapshot, error) {
-	body := map[string]any{}
-	if name != "" {
-		body["name"] = name
-	}
 	var s Snapshot
-	_, err := c.do(ctx, http.MethodPost, "/sandboxes/"+url.PathEscape(id)+"/snapshots", body, &s)
+	_, err := c.do(ctx, http.MethodPost, "/sandboxes/"+url.PathEscape(id)+"/snapshots", e2bapi.SnapshotRequest{Name: name}, &s)
 	return s, err
 }
 
 // ForkResult is one fork: its sandbox, or why it failed.
 type ForkResult struct {
-	Sandbox *Info `json:"sandbox"`
-	Error   *struct {
-		Code    int    `json:"code"`
-		Message string `json:"message"`
-	} `json:"error"`
+	Sandbox *Info
+	Error   *e2bapi.Error
 }
 
 // Fork starts count copies of a running sandbox (each to live timeout; 0: the default).
 func (c *Client) Fork(ctx context.Context, id string, count int, timeout time.Duration) ([]ForkResult, error) {
-	body := map[string]any{"count": count}
+	body := e2bapi.ForkRequest{Count: &count}
 	if timeout > 0 {
-		body["timeout"] = int((timeout + time.Second - 1) / time.Second)
+		body.Timeout = seconds(timeout)
 	}
-	var out []ForkResult
-	_, err := c.do(ctx, http.MethodPost, "/sandboxes/"+url.PathEscape(id)+"/fork", body, &out)
-	return out, err
+	var results []e2bapi.ForkResult
+	if _, err := c.do(ctx, http.MethodPost, "/sandboxes/"+url.PathEscape(id)+"/fork", body, &results); err != nil {
+		return nil, err
+	}
+	out := make([]ForkResult, len(results))
+	for i, r := range results {
+		out[i].Error = r.Error
+		if r.Sandbox != nil {
+			info := fromSandbox(*r.Sandbox)
+			out[i].Sandbox = &info
+		}
+	}
+	return out, nil
 }
