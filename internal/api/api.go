@@ -51,9 +51,7 @@ func New(cfg Config) *API {
 	if cfg.MaxStreams > 0 || cfg.MaxSandboxStreams > 0 {
 		a.proxy.streams = newStreamLimits(cmp.Or(cfg.MaxStreams, DefaultMaxStreams), cmp.Or(cfg.MaxSandboxStreams, DefaultMaxSandboxStreams))
 	}
-	a.mux.HandleFunc("GET /health", func(w http.ResponseWriter, _ *http.Request) {
-		writeJSON(w, http.StatusOK, map[string]any{"status": "ok", "pools": cfg.Manager.Pools()})
-	})
+	a.mux.HandleFunc("GET /health", a.health)
 	a.mux.HandleFunc("GET /openapi.yaml", func(w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("Content-Type", "application/yaml")
 		_, _ = w.Write(OpenAPI)

@@ -49,6 +49,10 @@ func TestWireShapes(t *testing.T) {
 			t.Errorf("%s:\n got %s\nwant %s", tc.name, got, tc.want)
 		}
 	}
+	srv, _, _ := setup(t)
+	if h := call(t, srv, "GET", "/health", "", "", nil); h.status != 200 || h.raw != `{"pools":{},"status":"ok"}`+"\n" {
+		t.Errorf("health: %d %s", h.status, h.raw)
+	}
 	w := httptest.NewRecorder()
 	writeError(w, 409, "busy")
 	if got := strings.TrimSpace(w.Body.String()); got != `{"code":409,"message":"busy"}` || w.Code != 409 {
