@@ -4,6 +4,7 @@ import (
 	"net/http"
 	"time"
 
+	"github.com/cellhq/cell/internal/manager"
 	"github.com/cellhq/cell/pkg/e2bapi"
 )
 
@@ -47,40 +48,6 @@ func (a *API) refresh(w http.ResponseWriter, r *http.Request, team string) {
 	w.WriteHeader(http.StatusNoContent)
 }
 
-// connect is POST /sandboxes/{id}/connect: a paused sandbox is resumed (201) to live the body's
-// timeout, or its own timeout when the body names none; a running one (200) lives on, its end
-// moved later when the body's timeout reaches past it, never earlier.
-func (a *API) connect(w http.ResponseWriter, r *http.Request, team string) {
-	var body e2bapi.ConnectRequest
-	if !decode(w, r, &body, true) {
-		return
-	}
-	id := r.PathValue("id")
-	var timeout time.Duration
-	if body.Timeout != nil {
-		var ok bool
-		if timeout, ok = timeoutField(w, *body.Timeout); !ok {
-			return
-		}
-	}
-	info, resumed, err := a.cfg.Manager.Resume(r.Context(), team, id, timeout, body.Memory == nil || *body.Memory)
-	if err != nil {
-		fail(w, err)
-		return
-	}
-	if resumed {
-		writeJSON(w, http.StatusCreated, a.sandboxResponse(info))
-		return
-	}
-	if body.Timeout != nil && time.Now().Add(timeout).After(info.EndAt) {
-		if info, err = a.cfg.Manager.SetTimeout(r.Context(), team, id, timeout); err != nil {
-			fail(w, err)
-			return
-		}
-	}
-	writeJSON(w, http.StatusOK, a.sandboxResponse(info))
-}
-
 func (a *API) pause(w http.ResponseWriter, r *http.Request, team string) {
 	var body e2bapi.PauseRequest
 	if !decode(w, r, &body, true) {
@@ -93,27 +60,69 @@ func (a *API) pause(w http.ResponseWriter, r *http.Request, team string) {
 	w.WriteHeader(http.StatusNoContent)
 }
 
-// resume is E2B's deprecated POST /sandboxes/{id}/resume: 201 when resumed, 409 when running.
-func (a *API) resume(w http.ResponseWriter, r *http.Request, team string) {
+// resumeRequest is what connect and resume have in common: it reads the body and resumes team's
+// sandbox if it is paused, to live the body's timeout or its own. On a bad body or a failed
+// resume it answers the request itself and returns ok false.
+func (a *API) resumeRequest(w http.ResponseWriter, r *http.Request, team string) (res resumeResult, ok bool) {
 	var body e2bapi.ConnectRequest
 	if !decode(w, r, &body, true) {
-		return
+		return res, false
 	}
 	var timeout time.Duration
 	if body.Timeout != nil {
-		var ok bool
 		if timeout, ok = timeoutField(w, *body.Timeout); !ok {
+			return res, false
+		}
+		res.timeout = &timeout
+	}
+	var err error
+	res.info, res.resumed, err = a.cfg.Manager.Resume(r.Context(), team, r.PathValue("id"), timeout, body.Memory == nil || *body.Memory)
+	if err != nil {
+		fail(w, err)
+		return res, false
+	}
+	return res, true
+}
+
+// resumeResult is what resumeRequest did.
+type resumeResult struct {
+	info    manager.Info
+	resumed bool           // false: the sandbox was running
+	timeout *time.Duration // the body's (nil: it named none)
+}
+
+// connect is POST /sandboxes/{id}/connect: a paused sandbox is resumed (201) to live the body's
+// timeout, or its own timeout when the body names none; a running one (200) lives on, its end
+// moved later when the body's timeout reaches past it, never earlier.
+func (a *API) connect(w http.ResponseWriter, r *http.Request, team string) {
+	res, ok := a.resumeRequest(w, r, team)
+	if !ok {
+		return
+	}
+	if res.resumed {
+		writeJSON(w, http.StatusCreated, a.sandboxResponse(res.info))
+		return
+	}
+	info := res.info
+	if res.timeout != nil && time.Now().Add(*res.timeout).After(info.EndAt) {
+		var err error
+		if info, err = a.cfg.Manager.SetTimeout(r.Context(), team, r.PathValue("id"), *res.timeout); err != nil {
+			fail(w, err)
 			return
 		}
 	}
-	info, resumed, err := a.cfg.Manager.Resume(r.Context(), team, r.PathValue("id"), timeout, body.Memory == nil || *body.Memory)
-	if err != nil {
-		fail(w, err)
+	writeJSON(w, http.StatusOK, a.sandboxResponse(info))
+}
+
+// resume is E2B's deprecated POST /sandboxes/{id}/resume: 201 when resumed, 409 when running.
+func (a *API) resume(w http.ResponseWriter, r *http.Request, team string) {
+	res, ok := a.resumeRequest(w, r, team)
+	if !ok {
 		return
 	}
-	if !resumed {
-		writeError(w, http.StatusConflict, "sandbox "+info.ID+" is already running")
+	if !res.resumed {
+		writeError(w, http.StatusConflict, "sandbox "+res.info.ID+" is already running")
 		return
 	}
-	writeJSON(w, http.StatusCreated, a.sandboxResponse(info))
+	writeJSON(w, http.StatusCreated, a.sandboxResponse(res.info))
 }
