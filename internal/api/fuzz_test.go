@@ -12,6 +12,7 @@ import (
 	"github.com/cellhq/cell/internal/manager"
 	"github.com/cellhq/cell/internal/netstack"
 	"github.com/cellhq/cell/internal/sandbox"
+	"github.com/cellhq/cell/pkg/e2bapi"
 	"github.com/cellhq/cell/pkg/envd"
 )
 
@@ -71,7 +72,7 @@ func FuzzAPIBodies(f *testing.F) {
 		if code < 300 {
 			return
 		}
-		var e apiError
+		var e e2bapi.Error
 		if err := json.Unmarshal(rec.Body.Bytes(), &e); err != nil || e.Code != code || e.Message == "" {
 			t.Fatalf("%s %s %q: %d %q: not an error of E2B's shape", r.method, r.path, body, code, rec.Body.String())
 		}

@@ -10,6 +10,8 @@ import (
 	"time"
 
 	"golang.org/x/net/netutil"
+
+	"github.com/cellhq/cell/pkg/e2bapi"
 )
 
 // Defaults of the API server's bounds (flags of cell serve).
@@ -80,13 +82,13 @@ func (l *streamLimits) acquire(w http.ResponseWriter, id, kind string) (release 
 	case l.per[k] >= l.maxPer:
 		l.mu.Unlock()
 		w.Header().Set("Retry-After", "1")
-		writeJSON(w, http.StatusTooManyRequests, sandboxError{SandboxID: id, Code: http.StatusTooManyRequests,
+		writeJSON(w, http.StatusTooManyRequests, e2bapi.SandboxError{SandboxID: id, Code: http.StatusTooManyRequests,
 			Message: fmt.Sprintf("too many requests in flight to the sandbox's %s (at most %d at once); retry when some have finished", kind, l.maxPer)})
 		return nil, false
 	case l.total >= l.maxTotal:
 		l.mu.Unlock()
 		w.Header().Set("Retry-After", "1")
-		writeJSON(w, http.StatusServiceUnavailable, sandboxError{SandboxID: id, Code: http.StatusServiceUnavailable,
+		writeJSON(w, http.StatusServiceUnavailable, e2bapi.SandboxError{SandboxID: id, Code: http.StatusServiceUnavailable,
 			Message: "cell serve has too many requests to sandboxes in flight (at most " + strconv.Itoa(l.maxTotal) + " at once); retry later"})
 		return nil, false
 	}

@@ -10,6 +10,8 @@ import (
 	"strconv"
 	"time"
 	"unicode/utf8"
+
+	"github.com/cellhq/cell/pkg/e2bapi"
 )
 
 // Bounds of GET /sandboxes/{id}/logs. The console log itself is bounded (vmm.ConsoleLogLimit),
@@ -99,24 +101,6 @@ func (emptyLog) ReadAt([]byte, int64) (int, error) { return 0, io.EOF }
 func (emptyLog) Size() int64                       { return 0 }
 func (emptyLog) Stamp(int64) time.Time             { return time.Time{} }
 
-// logLine is an entry of E2B's logs array.
-type logLine struct {
-	Timestamp time.Time `json:"timestamp"`
-	Line      string    `json:"line"`
-}
-
-// logEntry is an entry of E2B's logEntries array.
-type logEntry struct {
-	Timestamp time.Time `json:"timestamp"`
-	Level     string    `json:"level"`
-	Message   string    `json:"message"`
-	Fields    logFields `json:"fields"`
-}
-
-type logFields struct {
-	Source string `json:"source"`
-}
-
 // writeLogs streams E2B's {"logs": [...], "logEntries": [...]} for q: the logs array first,
 // which settles the lines the answer holds, then the same lines again as logEntries. Memory is
 // a line at a time, whatever the log holds; invalid UTF-8 comes out as U+FFFD.
@@ -146,7 +130,7 @@ func writeLogs(w io.Writer, src logSource, q logQuery) error {
 		} else if _, err := io.WriteString(cw, ","); err != nil {
 			return err
 		}
-		if err := enc.Encode(logLine{Timestamp: ts.UTC(), Line: string(line)}); err != nil {
+		if err := enc.Encode(e2bapi.LogLine{Timestamp: ts.UTC(), Line: string(line)}); err != nil {
 			return err
 		}
 		n++
@@ -174,7 +158,7 @@ func writeLogs(w io.Writer, src logSource, q logQuery) error {
 				return err
 			}
 		}
-		e := logEntry{Timestamp: src.Stamp(last).UTC(), Level: "info", Message: string(line), Fields: logFields{Source: "console"}}
+		e := e2bapi.LogEntry{Timestamp: src.Stamp(last).UTC(), Level: "info", Message: string(line), Fields: e2bapi.LogFields{Source: "console"}}
 		if err := enc.Encode(e); err != nil {
 			return err
 		}

@@ -19,6 +19,7 @@ import (
 	"github.com/cellhq/cell/internal/auth"
 	"github.com/cellhq/cell/internal/ids"
 	"github.com/cellhq/cell/internal/manager"
+	"github.com/cellhq/cell/pkg/e2bapi"
 	"github.com/cellhq/cell/pkg/envd"
 )
 
@@ -147,15 +148,8 @@ func (p *proxy) target(r *http.Request) (id string, port string, ok bool) {
 	return id, port, true
 }
 
-// sandboxError is the body E2B's edge answers with when a sandbox cannot be reached.
-type sandboxError struct {
-	SandboxID string `json:"sandboxId"`
-	Message   string `json:"message"`
-	Code      int    `json:"code"`
-}
-
 func badGateway(w http.ResponseWriter, id, msg string) {
-	writeJSON(w, http.StatusBadGateway, sandboxError{SandboxID: id, Message: msg, Code: http.StatusBadGateway})
+	writeJSON(w, http.StatusBadGateway, e2bapi.SandboxError{SandboxID: id, Message: msg, Code: http.StatusBadGateway})
 }
 
 func (p *proxy) serve(w http.ResponseWriter, r *http.Request, id, port string) {
@@ -313,14 +307,6 @@ func (p *proxy) serveSigned(w http.ResponseWriter, r *http.Request) {
 	p.serve(w, r, id, strconv.Itoa(EnvdPort))
 }
 
-// portError is E2B's body for a sandbox port nothing listens on.
-type portError struct {
-	SandboxID string `json:"sandboxId"`
-	Message   string `json:"message"`
-	Port      int    `json:"port"`
-	Code      int    `json:"code"`
-}
-
 // servePort proxies a request (HTTP/1.1, streamed, or a WebSocket upgrade) to a port the guest
 // listens on, reached through the sandbox's network.
 func (p *proxy) servePort(w http.ResponseWriter, r *http.Request, id string, port int) {
@@ -330,7 +316,7 @@ func (p *proxy) servePort(w http.ResponseWriter, r *http.Request, id string, por
 		return
 	}
 	if t.TrafficToken != "" && !tokenMatches(r.Header.Get(TrafficTokenHeader), t.TrafficToken) {
-		writeJSON(w, http.StatusForbidden, sandboxError{SandboxID: id, Code: http.StatusForbidden,
+		writeJSON(w, http.StatusForbidden, e2bapi.SandboxError{SandboxID: id, Code: http.StatusForbidden,
 			Message: "The sandbox requires the " + strings.ToLower(TrafficTokenHeader) + " header (its allowPublicTraffic is false)"})
 		return
 	}
@@ -363,7 +349,7 @@ func (p *proxy) servePort(w http.ResponseWriter, r *http.Request, id string, por
 		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
 			p.log.Debug("port proxy error", "sandbox", id, "port", port, "err", err)
 			if errors.Is(err, errPortClosed) {
-				writeJSON(w, http.StatusBadGateway, portError{SandboxID: id, Port: port, Code: http.StatusBadGateway,
+				writeJSON(w, http.StatusBadGateway, e2bapi.PortError{SandboxID: id, Port: port, Code: http.StatusBadGateway,
 					Message: "The sandbox is running but port is not open"})
 				return
 			}

@@ -9,7 +9,6 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
-	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -20,8 +19,8 @@ import (
 	"github.com/cellhq/cell/internal/image"
 	"github.com/cellhq/cell/internal/netstack"
 	"github.com/cellhq/cell/internal/vmm"
-	"github.com/cellhq/cell/pkg/client"
 	"github.com/cellhq/cell/pkg/envd"
+	"github.com/cellhq/cell/pkg/envd/command"
 	pb "github.com/cellhq/cell/proto/process"
 	"github.com/cellhq/cell/proto/process/processconnect"
 )
@@ -418,104 +417,35 @@ func (s *Sandbox) explain(ctx context.Context, err error) error {
 	return err
 }
 
-// RunSpec is one command.
-type RunSpec struct {
-	Cmd  string
-	Args []string
-	Env  map[string]string
-	Cwd  string
-	User string
-	Tag  string
-}
+// RunSpec is one command (User "": DefaultUser).
+type RunSpec = command.Spec
 
 // trailerWait bounds how long Run waits, after a command's end event, for the end of its stream
 // (which carries envd's measure of the command).
 const trailerWait = 100 * time.Millisecond
 
 // Result is how a command ended.
-type Result struct {
-	PID      uint32
-	ExitCode int
-	Status   string
-	Exited   bool
-	// Lifetime is how long the process ran as envd measured it, from fork to reaping (0 when
-	// envd did not say).
-	Lifetime time.Duration
-}
+type Result = command.Result
 
 // Run starts a command, copies stdin (if not nil) to it, streams its output to stdout and stderr
-// as it is produced, and returns how it ended. onStart, if set, is called with the pid.
+// as it is produced, and returns how it ended. onStart, if set, is called with the pid. An end
+// envd could not wait for (status "error") is an error.
 func (s *Sandbox) Run(ctx context.Context, spec RunSpec, stdin io.Reader, stdout, stderr io.Writer, onStart func(pid uint32)) (Result, error) {
 	ctx, cancel := s.guard(ctx)
 	defer cancel()
-	user := spec.User
-	if user == "" {
-		user = DefaultUser
+	if spec.User == "" {
+		spec.User = DefaultUser
 	}
-	req := &pb.StartRequest{Process: &pb.ProcessConfig{Cmd: spec.Cmd, Args: spec.Args, Envs: spec.Env}}
-	if spec.Cwd != "" {
-		req.Process.Cwd = &spec.Cwd
+	res, err := command.Run(ctx, s.Process, spec, stdin, stdout, stderr, command.Options{OnStart: onStart, TrailerWait: trailerWait})
+	switch {
+	case errors.Is(err, command.ErrOutput):
+		return res, err
+	case err != nil:
+		return res, s.explain(ctx, err)
+	case res.Status == "error": // envd could not wait for it; a non-zero exit also has an error
+		return res, fmt.Errorf("command failed: %s", res.Error)
 	}
-	if spec.Tag != "" {
-		req.Tag = &spec.Tag
-	}
-	withStdin := stdin != nil
-	req.Stdin = &withStdin
-	sctx, endStream := context.WithCancel(ctx)
-	defer endStream()
-	stream, err := s.Process.Start(sctx, client.AsUser(connect.NewRequest(req), user))
-	if err != nil {
-		return Result{}, s.explain(ctx, err)
-	}
-	defer func() { _ = stream.Close() }()
-
-	var res Result
-	inputDone := make(chan error, 1)
-	for stream.Receive() {
-		switch ev := stream.Msg().GetEvent().GetEvent().(type) {
-		case *pb.ProcessEvent_Start:
-			res.PID = ev.Start.GetPid()
-			if onStart != nil {
-				onStart(res.PID)
-			}
-			if withStdin {
-				go func() { inputDone <- client.Feed(ctx, s.Process, res.PID, user, stdin) }()
-			}
-		case *pb.ProcessEvent_Data:
-			var err error
-			switch out := ev.Data.GetOutput().(type) {
-			case *pb.ProcessEvent_DataEvent_Stdout:
-				_, err = stdout.Write(out.Stdout)
-			case *pb.ProcessEvent_DataEvent_Stderr:
-				_, err = stderr.Write(out.Stderr)
-			}
-			if err != nil {
-				return res, fmt.Errorf("writing command output: %w", err)
-			}
-		case *pb.ProcessEvent_End:
-			res.ExitCode = int(ev.End.GetExitCode())
-			res.Status = ev.End.GetStatus()
-			res.Exited = ev.End.GetExited()
-			if ev.End.GetStatus() == "error" { // envd could not wait for it; a non-zero exit also has an error
-				return res, fmt.Errorf("command failed: %s", ev.End.GetError())
-			}
-			// envd's trailer comes with the end of the stream, right after; a guest that holds
-			// the stream open is not waited for.
-			t := time.AfterFunc(trailerWait, endStream)
-			for stream.Receive() {
-			}
-			t.Stop()
-			if us, err := strconv.ParseInt(stream.ResponseTrailer().Get(client.LifetimeTrailer), 10, 64); err == nil {
-				res.Lifetime = time.Duration(us) * time.Microsecond
-			}
-			return res, nil
-		}
-	}
-	err = stream.Err()
-	if err == nil {
-		err = errors.New("envd closed the stream before the command ended")
-	}
-	return res, s.explain(ctx, err)
+	return res, nil
 }
 
 // Signal sends sig to the process (and its process group) pid.

@@ -3,26 +3,23 @@ package client
 import (
 	"bytes"
 	"context"
-	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"net/http"
 	"net/url"
-	"strconv"
 	"strings"
 	"time"
 
 	"connectrpc.com/connect"
 
+	"github.com/cellhq/cell/pkg/e2bapi"
+	"github.com/cellhq/cell/pkg/envd"
+	"github.com/cellhq/cell/pkg/envd/command"
 	"github.com/cellhq/cell/proto/filesystem/filesystemconnect"
-	pb "github.com/cellhq/cell/proto/process"
 	"github.com/cellhq/cell/proto/process/processconnect"
 )
-
-// LifetimeTrailer is envd's trailer with a process's run time in microseconds.
-const LifetimeTrailer = "Cell-Process-Lifetime-Us"
 
 // Client talks to one `cell serve`.
 type Client struct {
@@ -73,9 +70,7 @@ func (c *Client) do(ctx context.Context, method, path string, in, out any) (http
 	}
 	defer func() { _ = resp.Body.Close() }()
 	if resp.StatusCode >= 300 {
-		var e struct {
-			Message string `json:"message"`
-		}
+		var e e2bapi.Error
 		raw, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
 		if json.Unmarshal(raw, &e) != nil || e.Message == "" {
 			e.Message = strings.TrimSpace(string(raw))
@@ -103,29 +98,52 @@ type CreateOptions struct {
 	DiskSizeMB int
 }
 
-// Network is a sandbox's egress policy and public-traffic setting (E2B's names).
-type Network struct {
-	AllowOut           []string `json:"allowOut,omitempty"`
-	DenyOut            []string `json:"denyOut,omitempty"`
-	AllowPublicTraffic *bool    `json:"allowPublicTraffic,omitempty"`
-}
+// Network is a sandbox's egress policy and public-traffic setting.
+type Network = e2bapi.NetworkConfig
 
-// Info describes a sandbox.
+// Info describes a sandbox. Create, Connect and Fork fill in what E2B's create answer holds
+// (ids, tokens); Get and List what its details hold (all but TrafficAccessToken).
 type Info struct {
-	SandboxID       string `json:"sandboxID"`
-	TemplateID      string `json:"templateID"`
-	EnvdVersion     string `json:"envdVersion"`
-	EnvdAccessToken string `json:"envdAccessToken"`
+	SandboxID       string
+	TemplateID      string
+	EnvdVersion     string
+	EnvdAccessToken string
 	// TrafficAccessToken must accompany requests to the sandbox's ports when it was created
 	// with AllowPublicTraffic false.
-	TrafficAccessToken string            `json:"trafficAccessToken"`
-	StartedAt          time.Time         `json:"startedAt"`
-	EndAt              time.Time         `json:"endAt"`
-	State              string            `json:"state"`
-	CPUCount           int               `json:"cpuCount"`
-	MemoryMB           int               `json:"memoryMB"`
-	DiskSizeMB         int               `json:"diskSizeMB"`
-	Metadata           map[string]string `json:"metadata"`
+	TrafficAccessToken string
+	StartedAt          time.Time
+	EndAt              time.Time
+	State              string
+	CPUCount           int
+	MemoryMB           int
+	DiskSizeMB         int
+	Metadata           map[string]string
+}
+
+// fromSandbox is the Info of a create (connect, fork) answer.
+func fromSandbox(s e2bapi.Sandbox) Info {
+	return Info{SandboxID: s.SandboxID, TemplateID: s.TemplateID, EnvdVersion: s.EnvdVersion,
+		EnvdAccessToken: deref(s.EnvdAccessToken), TrafficAccessToken: deref(s.TrafficAccessToken)}
+}
+
+// fromDetail is the Info of a sandbox's details.
+func fromDetail(d e2bapi.SandboxDetail) Info {
+	return Info{SandboxID: d.SandboxID, TemplateID: d.TemplateID, EnvdVersion: d.EnvdVersion,
+		EnvdAccessToken: deref(d.EnvdAccessToken), StartedAt: d.StartedAt, EndAt: d.EndAt, State: d.State,
+		CPUCount: d.CPUCount, MemoryMB: d.MemoryMB, DiskSizeMB: d.DiskSizeMB, Metadata: d.Metadata}
+}
+
+func deref(s *string) string {
+	if s == nil {
+		return ""
+	}
+	return *s
+}
+
+// seconds is d in whole seconds, rounded up, for a JSON field.
+func seconds(d time.Duration) *int {
+	n := int((d + time.Second - 1) / time.Second)
+	return &n
 }
 
 // Create starts a sandbox.
@@ -133,42 +151,38 @@ func (c *Client) Create(ctx context.Context, o CreateOptions) (Info, error) {
 	if o.Template == "" {
 		o.Template = "base"
 	}
-	body := map[string]any{"templateID": o.Template, "metadata": o.Metadata, "envVars": o.Envs}
+	body := e2bapi.NewSandbox{TemplateID: o.Template, Metadata: o.Metadata, EnvVars: o.Envs,
+		AllowInternetAccess: o.Internet, Network: o.Network}
 	if o.Timeout > 0 {
-		body["timeout"] = int((o.Timeout + time.Second - 1) / time.Second)
-	}
-	if o.Internet != nil {
-		body["allow_internet_access"] = *o.Internet
-	}
-	if o.Network != nil {
-		body["network"] = o.Network
+		body.Timeout = seconds(o.Timeout)
 	}
 	if o.DiskSizeMB != 0 {
-		body["diskSizeMB"] = o.DiskSizeMB
+		body.DiskSizeMB = &o.DiskSizeMB
 	}
-	var info Info
-	_, err := c.do(ctx, http.MethodPost, "/sandboxes", body, &info)
-	return info, err
+	var s e2bapi.Sandbox
+	_, err := c.do(ctx, http.MethodPost, "/sandboxes", body, &s)
+	return fromSandbox(s), err
 }
 
 // NetworkUpdate changes a running sandbox's egress policy; nil fields stay as they are.
 type NetworkUpdate struct {
-	Internet *bool     `json:"allow_internet_access,omitempty"`
-	AllowOut *[]string `json:"allowOut,omitempty"`
-	DenyOut  *[]string `json:"denyOut,omitempty"`
+	Internet *bool
+	AllowOut *[]string
+	DenyOut  *[]string
 }
 
 // UpdateNetwork changes a sandbox's egress policy; new connections follow it at once.
 func (c *Client) UpdateNetwork(ctx context.Context, id string, u NetworkUpdate) error {
-	_, err := c.do(ctx, http.MethodPut, "/sandboxes/"+url.PathEscape(id)+"/network", u, nil)
+	body := e2bapi.NetworkUpdate{AllowInternetSnake: u.Internet, AllowOut: u.AllowOut, DenyOut: u.DenyOut}
+	_, err := c.do(ctx, http.MethodPut, "/sandboxes/"+url.PathEscape(id)+"/network", body, nil)
 	return err
 }
 
 // Get describes a sandbox.
 func (c *Client) Get(ctx context.Context, id string) (Info, error) {
-	var info Info
-	_, err := c.do(ctx, http.MethodGet, "/sandboxes/"+url.PathEscape(id), nil, &info)
-	return info, err
+	var d e2bapi.SandboxDetail
+	_, err := c.do(ctx, http.MethodGet, "/sandboxes/"+url.PathEscape(id), nil, &d)
+	return fromDetail(d), err
 }
 
 // List returns every running sandbox of the key's team.
@@ -180,12 +194,14 @@ func (c *Client) List(ctx context.Context) ([]Info, error) {
 		if token != "" {
 			q.Set("nextToken", token)
 		}
-		var page []Info
+		var page []e2bapi.SandboxDetail
 		h, err := c.do(ctx, http.MethodGet, "/v2/sandboxes?"+q.Encode(), nil, &page)
 		if err != nil {
 			return nil, err
 		}
-		all = append(all, page...)
+		for _, d := range page {
+			all = append(all, fromDetail(d))
+		}
 		if token = h.Get("X-Next-Token"); token == "" {
 			return all, nil
 		}
@@ -200,7 +216,8 @@ func (c *Client) Kill(ctx context.Context, id string) error {
 
 // SetTimeout makes the sandbox end d from now.
 func (c *Client) SetTimeout(ctx context.Context, id string, d time.Duration) error {
-	_, err := c.do(ctx, http.MethodPost, "/sandboxes/"+url.PathEscape(id)+"/timeout", map[string]int{"timeout": int(d / time.Second)}, nil)
+	n := int(d / time.Second)
+	_, err := c.do(ctx, http.MethodPost, "/sandboxes/"+url.PathEscape(id)+"/timeout", e2bapi.TimeoutRequest{Timeout: &n}, nil)
 	return err
 }
 
@@ -226,17 +243,18 @@ func (t headerTransport) RoundTrip(r *http.Request) (*http.Response, error) {
 	r.Header.Set("E2b-Sandbox-Id", t.id)
 	r.Header.Set("E2b-Sandbox-Port", "49983")
 	if t.token != "" {
-		r.Header.Set("X-Access-Token", t.token)
+		r.Header.Set(envd.AccessTokenHeader, t.token)
 	}
 	return t.base.RoundTrip(r)
 }
 
 // Connect returns a handle on a running sandbox.
 func (c *Client) Connect(ctx context.Context, id string) (*Sandbox, error) {
-	var info Info
-	if _, err := c.do(ctx, http.MethodPost, "/sandboxes/"+url.PathEscape(id)+"/connect", map[string]any{}, &info); err != nil {
+	var s e2bapi.Sandbox
+	if _, err := c.do(ctx, http.MethodPost, "/sandboxes/"+url.PathEscape(id)+"/connect", e2bapi.ConnectRequest{}, &s); err != nil {
 		return nil, err
 	}
+	info := fromSandbox(s)
 	base := c.HTTP.Transport
 	if base == nil {
 		base = http.DefaultTransport
@@ -249,21 +267,13 @@ func (c *Client) Connect(ctx context.Context, id string) (*Sandbox, error) {
 	}, nil
 }
 
-// AsUser sets the user a request runs as (E2B's Basic auth convention).
+// AsUser sets the user a request to envd runs as (E2B's Basic auth convention).
 func AsUser[T any](req *connect.Request[T], user string) *connect.Request[T] {
-	if user != "" {
-		req.Header().Set("Authorization", "Basic "+base64.StdEncoding.EncodeToString([]byte(user+":")))
-	}
-	return req
+	return command.AsUser(req, user)
 }
 
 // ExecResult is how a command ended.
-type ExecResult struct {
-	ExitCode int
-	Error    string
-	// Lifetime is how long the process ran as envd measured it (0 when envd did not say).
-	Lifetime time.Duration
-}
+type ExecResult = command.Result
 
 // Exec runs cmd (through bash -l -c, as E2B's SDKs do) and streams its output.
 func (s *Sandbox) Exec(ctx context.Context, cmd, user string, envs map[string]string, stdout, stderr io.Writer) (ExecResult, error) {
@@ -274,7 +284,7 @@ func (s *Sandbox) Exec(ctx context.Context, cmd, user string, envs map[string]st
 // closed at stdin's end. The copy stops when the command ends; a read of stdin in progress then
 // is not waited for.
 func (s *Sandbox) ExecInput(ctx context.Context, cmd, user string, envs map[string]string, stdin io.Reader, stdout, stderr io.Writer) (ExecResult, error) {
-	return s.start(ctx, &pb.ProcessConfig{Cmd: "/bin/bash", Args: []string{"-l", "-c", cmd}, Envs: envs}, user, stdin, stdout, stderr)
+	return s.run(ctx, command.Spec{Cmd: "/bin/bash", Args: []string{"-l", "-c", cmd}, Env: envs, User: user}, stdin, stdout, stderr)
 }
 
 // ExecArgv runs argv[0] with the arguments argv[1:] (no shell) and streams its output.
@@ -282,73 +292,21 @@ func (s *Sandbox) ExecArgv(ctx context.Context, argv []string, user string, stdo
 	if len(argv) == 0 {
 		return ExecResult{}, errors.New("no command")
 	}
-	return s.start(ctx, &pb.ProcessConfig{Cmd: argv[0], Args: argv[1:]}, user, nil, stdout, stderr)
+	return s.run(ctx, command.Spec{Cmd: argv[0], Args: argv[1:], User: user}, nil, stdout, stderr)
 }
 
-func (s *Sandbox) start(ctx context.Context, cfg *pb.ProcessConfig, user string, stdin io.Reader, stdout, stderr io.Writer) (ExecResult, error) {
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	req := &pb.StartRequest{Process: cfg}
-	if stdin != nil {
-		on := true
-		req.Stdin = &on
-	}
-	stream, err := s.Process.Start(ctx, AsUser(connect.NewRequest(req), user))
-	if err != nil {
-		return ExecResult{}, err
-	}
-	defer func() { _ = stream.Close() }()
-	for stream.Receive() {
-		switch ev := stream.Msg().GetEvent().GetEvent().(type) {
-		case *pb.ProcessEvent_Start:
-			if stdin != nil {
-				pid := ev.Start.GetPid()
-				go func() { _ = Feed(ctx, s.Process, pid, user, stdin) }()
-			}
-		case *pb.ProcessEvent_Data:
-			switch out := ev.Data.GetOutput().(type) {
-			case *pb.ProcessEvent_DataEvent_Stdout:
-				_, _ = stdout.Write(out.Stdout)
-			case *pb.ProcessEvent_DataEvent_Stderr:
-				_, _ = stderr.Write(out.Stderr)
-			}
-		case *pb.ProcessEvent_End:
-			res := ExecResult{ExitCode: int(ev.End.GetExitCode()), Error: ev.End.GetError()}
-			for stream.Receive() { // the trailer comes with the end of the stream
-			}
-			if us, err := strconv.ParseInt(stream.ResponseTrailer().Get(LifetimeTrailer), 10, 64); err == nil {
-				res.Lifetime = time.Duration(us) * time.Microsecond
-			}
-			return res, nil
-		}
-	}
-	if err := stream.Err(); err != nil {
-		return ExecResult{}, err
-	}
-	return ExecResult{}, errors.New("the command's stream ended before the command did")
+// run runs spec to its end and waits for envd's trailer with it. Output a writer refuses is
+// dropped, and the command runs on: a client's output is the caller's business.
+func (s *Sandbox) run(ctx context.Context, spec command.Spec, stdin io.Reader, stdout, stderr io.Writer) (ExecResult, error) {
+	return command.Run(ctx, s.Process, spec, stdin, lenient{stdout}, lenient{stderr}, command.Options{})
 }
 
-// Feed copies r to the standard input of process pid (as user), then closes it. It stops at
-// ctx's end (the read in progress then finishes first).
-func Feed(ctx context.Context, pc processconnect.ProcessClient, pid uint32, user string, r io.Reader) error {
-	sel := &pb.ProcessSelector{Selector: &pb.ProcessSelector_Pid{Pid: pid}}
-	buf := make([]byte, 64<<10)
-	for {
-		n, err := r.Read(buf)
-		if n > 0 {
-			in := &pb.SendInputRequest{Process: sel, Input: &pb.ProcessInput{Input: &pb.ProcessInput_Stdin{Stdin: buf[:n]}}}
-			if _, serr := pc.SendInput(ctx, AsUser(connect.NewRequest(in), user)); serr != nil {
-				return serr
-			}
-		}
-		if err != nil {
-			_, cerr := pc.CloseStdin(ctx, AsUser(connect.NewRequest(&pb.CloseStdinRequest{Process: sel}), user))
-			if errors.Is(err, io.EOF) {
-				return cerr
-			}
-			return err
-		}
-	}
+// lenient passes writes on and reports each one done.
+type lenient struct{ w io.Writer }
+
+func (l lenient) Write(p []byte) (int, error) {
+	_, _ = l.w.Write(p)
+	return len(p), nil
 }
 
 func (s *Sandbox) filesURL(path, user string) string {
@@ -400,53 +358,54 @@ func (s *Sandbox) Download(ctx context.Context, path, user string, w io.Writer) 
 
 // Pause saves and stops a sandbox (its RAM too when memory).
 func (c *Client) Pause(ctx context.Context, id string, memory bool) error {
-	_, err := c.do(ctx, http.MethodPost, "/sandboxes/"+url.PathEscape(id)+"/pause", map[string]bool{"memory": memory}, nil)
+	_, err := c.do(ctx, http.MethodPost, "/sandboxes/"+url.PathEscape(id)+"/pause", e2bapi.PauseRequest{Memory: &memory}, nil)
 	return err
 }
 
 // Resume starts a paused sandbox again (E2B's connect: a running one is left as it is).
 func (c *Client) Resume(ctx context.Context, id string, timeout time.Duration) error {
-	body := map[string]any{}
+	var body e2bapi.ConnectRequest
 	if timeout > 0 {
-		body["timeout"] = int(timeout / time.Second)
+		n := int(timeout / time.Second)
+		body.Timeout = &n
 	}
 	_, err := c.do(ctx, http.MethodPost, "/sandboxes/"+url.PathEscape(id)+"/connect", body, nil)
 	return err
 }
 
 // Snapshot is a snapshot of a sandbox: a template others can be created from.
-type Snapshot struct {
-	SnapshotID string   `json:"snapshotID"`
-	Names      []string `json:"names"`
-}
+type Snapshot = e2bapi.Snapshot
 
 // Snapshot saves a running sandbox (it keeps running) as a template named name (optional).
 func (c *Client) Snapshot(ctx context.Context, id, name string) (Snapshot, error) {
-	body := map[string]any{}
-	if name != "" {
-		body["name"] = name
-	}
 	var s Snapshot
-	_, err := c.do(ctx, http.MethodPost, "/sandboxes/"+url.PathEscape(id)+"/snapshots", body, &s)
+	_, err := c.do(ctx, http.MethodPost, "/sandboxes/"+url.PathEscape(id)+"/snapshots", e2bapi.SnapshotRequest{Name: name}, &s)
 	return s, err
 }
 
 // ForkResult is one fork: its sandbox, or why it failed.
 type ForkResult struct {
-	Sandbox *Info `json:"sandbox"`
-	Error   *struct {
-		Code    int    `json:"code"`
-		Message string `json:"message"`
-	} `json:"error"`
+	Sandbox *Info
+	Error   *e2bapi.Error
 }
 
 // Fork starts count copies of a running sandbox (each to live timeout; 0: the default).
 func (c *Client) Fork(ctx context.Context, id string, count int, timeout time.Duration) ([]ForkResult, error) {
-	body := map[string]any{"count": count}
+	body := e2bapi.ForkRequest{Count: &count}
 	if timeout > 0 {
-		body["timeout"] = int((timeout + time.Second - 1) / time.Second)
+		body.Timeout = seconds(timeout)
 	}
-	var out []ForkResult
-	_, err := c.do(ctx, http.MethodPost, "/sandboxes/"+url.PathEscape(id)+"/fork", body, &out)
-	return out, err
+	var results []e2bapi.ForkResult
+	if _, err := c.do(ctx, http.MethodPost, "/sandboxes/"+url.PathEscape(id)+"/fork", body, &results); err != nil {
+		return nil, err
+	}
+	out := make([]ForkResult, len(results))
+	for i, r := range results {
+		out[i].Error = r.Error
+		if r.Sandbox != nil {
+			info := fromSandbox(*r.Sandbox)
+			out[i].Sandbox = &info
+		}
+	}
+	return out, nil
 }

@@ -29,6 +29,10 @@ const (
 // AccessTokenHeader carries envd's access token.
 const AccessTokenHeader = "X-Access-Token"
 
+// LifetimeTrailer is the trailer of a process stream (Start, Connect) in which envd reports how
+// long the process ran, in microseconds, from fork to reaping.
+const LifetimeTrailer = "Cell-Process-Lifetime-Us"
+
 // MetadataHeaderPrefix marks /files upload headers that become a file's metadata (user.* xattrs).
 const MetadataHeaderPrefix = "X-Metadata-"
 

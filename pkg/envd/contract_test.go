@@ -32,3 +32,15 @@ func TestSign(t *testing.T) {
 		t.Fatal("the operation or the expiration does not change the signature")
 	}
 }
+
+// The contract is standard library only: both sides can link it without linking each other's
+// dependencies (running a command, which needs connect-go, is package command's).
+func TestContractIsStandardLibraryOnly(t *testing.T) {
+	out, err := exec.Command("go", "list", "-deps", "-f", "{{if not .Standard}}{{.ImportPath}}{{end}}", "github.com/cellhq/cell/pkg/envd").CombinedOutput()
+	if err != nil {
+		t.Fatalf("go list: %v\n%s", err, out)
+	}
+	if deps := strings.Fields(string(out)); len(deps) != 1 || deps[0] != "github.com/cellhq/cell/pkg/envd" {
+		t.Fatalf("pkg/envd links %q", deps)
+	}
+}
