@@ -3,5 +3,7 @@
 // short socket paths), starts QEMU paused, attaches QMP, the serial console (a bounded log) and the
 // guest channel, and waits for envd while watching QEMU's death. It retries transient boot
 // failures with jittered exponential backoff, bounds concurrent VMs, and tears every VM down
-// (TERM, then KILL, sockets closed, directory removed) on every path.
+// (TERM, then KILL, sockets closed, directory removed) on every path. A VM's disk is a qcow2
+// chain of layers that pauses, resumes and snapshots take by hard links, never by copy, and that
+// it flattens in the background when deep (chain.go).
 package vmm
