@@ -7,5 +7,5 @@ import "embed"
 
 // Recipes holds kernel/, rootfs/ and qemu/.
 //
-//go:embed kernel/fragment.config kernel/build.sh rootfs/build.sh qemu/build.sh qemu/devices.mak qemu/acpi-stub.patch qemu/tcg-ss32.patch
+//go:embed kernel/fragment.config kernel/build.sh rootfs/build.sh qemu/build.sh qemu/devices.mak qemu/acpi-stub.patch qemu/tcg-ss32.patch qemu/discard-private.patch
 var Recipes embed.FS

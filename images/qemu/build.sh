@@ -33,7 +33,8 @@ srcdir=$(find "$work"/src -mindepth 1 -maxdepth 1 -type d -name 'qemu-*' | head 
 cd "$srcdir"
 # The patches: acpi-stub.patch, because QEMU 7.2 defines pc_madt_cpu_entry twice when built
 # without its default devices (fixed in 8.0); tcg-ss32.patch, so that TCG translates 64-bit code
-# once whatever SS is (see the patch).
+# once whatever SS is (see the patch); discard-private.patch, so that a guest's discarded memory
+# (free page reporting) never punches holes in a memory snapshot's file that other VMs map.
 for patchfile in "$@"; do
   echo "step: patching ($(basename "$patchfile"))"
   patch -p1 --forward --quiet < "$patchfile"

@@ -33,3 +33,9 @@ func PSSMiB(pid int) float64 { return procField("/proc/"+strconv.Itoa(pid)+"/sma
 
 // MemAvailableMiB is the host's available memory.
 func MemAvailableMiB() float64 { return procField("/proc/meminfo", "MemAvailable") }
+
+// AnonymousMiB is a process's anonymous memory: for QEMU, the guest pages it holds a copy of
+// (written, or copied from a snapshot's file on write), not those still mapped from a file.
+func AnonymousMiB(pid int) float64 {
+	return procField("/proc/"+strconv.Itoa(pid)+"/smaps_rollup", "Anonymous")
+}

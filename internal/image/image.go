@@ -122,7 +122,8 @@ func (b *Builder) Keys() (Keys, error) {
 		[]byte(linuxSourceID()))
 	k.Tree = hashOf([]byte("rootfs-v1"), recipe("rootfs/build.sh"))
 	k.QEMU = hashOf([]byte("qemu-v1"), recipe("qemu/build.sh"), recipe("qemu/devices.mak"),
-		recipe("qemu/acpi-stub.patch"), recipe("qemu/tcg-ss32.patch"), []byte(qemuPackageID()))
+		recipe("qemu/acpi-stub.patch"), recipe("qemu/tcg-ss32.patch"), recipe("qemu/discard-private.patch"),
+		[]byte(qemuPackageID()))
 	envdSum, err := b.envdHash()
 	if err != nil {
 		return k, fmt.Errorf("envd binary: %w (build it with `make build`)", err)
@@ -324,7 +325,7 @@ func (b *Builder) buildQEMU(ctx context.Context, k Keys, dir string) error {
 		return b.runScript(ctx, "qemu", "qemu/build.sh", tmp,
 			filepath.Join(tmp, "recipes/qemu/devices.mak"), filepath.Join(tmp, "qemu-system-x86_64"),
 			filepath.Join(tmp, "src"), filepath.Join(tmp, "recipes/qemu/acpi-stub.patch"),
-			filepath.Join(tmp, "recipes/qemu/tcg-ss32.patch"))
+			filepath.Join(tmp, "recipes/qemu/tcg-ss32.patch"), filepath.Join(tmp, "recipes/qemu/discard-private.patch"))
 	}, func(tmp string) error { return os.RemoveAll(filepath.Join(tmp, "src")) })
 }
 

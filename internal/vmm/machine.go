@@ -226,6 +226,12 @@ func (m Machine) Args() ([]string, error) {
 			"-netdev", "stream,id=net0,server=on,addr.type=unix,addr.path="+m.NetSocket,
 			"-device", "virtio-net-device,netdev=net0,mac="+m.NetMAC)
 	}
+	// The guest reports the memory it frees (free page reporting, a few seconds after), and QEMU
+	// drops its copy: a pause or snapshot then saves what the guest holds, not what it once held
+	// (a page cache it dropped), and an idle clone gives memory back. A page of a clone's RAM
+	// falls back to its snapshot's file, which our QEMU leaves alone (images/qemu/
+	// discard-private.patch). Last, so that the other devices keep their transports.
+	args = append(args, "-device", "virtio-balloon-device,free-page-reporting=on")
 	if m.MemPath != "" {
 		share := "off"
 		if m.MemShared {

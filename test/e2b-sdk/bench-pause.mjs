@@ -71,7 +71,7 @@ try {
     if (fork.length) report('fork', mb, fork)
   }
 
-  // A pause after 300 MB went through the page cache and was dropped, beside a clean one.
+  // A pause 5 s after 300 MB went through the page cache and was dropped, beside a clean one.
   const clean = []; const dropped = []
   for (let i = 0; i < n; i++) {
     for (const drop of [false, true]) {
@@ -83,6 +83,9 @@ try {
       } else {
         await alive(sbx)
       }
+      // The guest reports freed memory a few seconds after it was freed (free page reporting);
+      // both arms wait alike.
+      await new Promise((r) => setTimeout(r, 5000))
       ;(drop ? dropped : clean).push(await time(() => sbx.pause()))
       await sbx.kill()
     }
