@@ -169,6 +169,52 @@ func TestKilledWhileBooting(t *testing.T) {
 	h.want(id, store.StateKilled, "killed by request")
 }
 
+// A sandbox killed while it boots stays killed when its boot then fails: the kill was answered,
+// and the record says so (it used to be overwritten as failed, outside the box's lock: a data
+// race with the kill).
+func TestKilledWhileBootingThatFails(t *testing.T) {
+	for _, concurrent := range []bool{false, true} {
+		t.Run(fmt.Sprintf("concurrent=%v", concurrent), func(t *testing.T) {
+			h := newHarness(t)
+			g := newGate()
+			var id string
+			h.rt.set(func(r *fakeRuntime) {
+				r.boot = func(_ context.Context, opts sandbox.Options) error {
+					id = opts.ID
+					g.wait()
+					return errors.New("qemu: killed")
+				}
+			})
+			done := make(chan error, 1)
+			go func() {
+				_, err := h.m.Create(h.ctx, CreateRequest{Team: h.team, Timeout: time.Hour})
+				done <- err
+			}()
+			g.await(t)
+			killed := make(chan error, 1)
+			go func() { killed <- h.m.Kill(h.team, id) }()
+			if !concurrent {
+				if err := <-killed; err != nil {
+					t.Fatal(err)
+				}
+				killed <- nil
+			}
+			close(g.open)
+			if err := <-done; !errors.Is(err, ErrBootFailed) {
+				t.Fatalf("create: %v, want ErrBootFailed", err)
+			}
+			if err := <-killed; errors.Is(err, ErrNotFound) && concurrent {
+				// The failure came first: the sandbox was gone when the kill looked.
+				h.want(id, store.StateFailed, "qemu: killed")
+				return
+			} else if err != nil {
+				t.Fatal(err)
+			}
+			h.want(id, store.StateKilled, "killed by request")
+		})
+	}
+}
+
 func TestAutoPauseAtTimeout(t *testing.T) {
 	h := newHarness(t)
 	info := h.create(CreateRequest{Timeout: h.short, AutoPause: true, AutoPauseMemory: true})

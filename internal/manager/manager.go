@@ -266,8 +266,16 @@ func (m *Manager) Create(ctx context.Context, req CreateRequest) (Info, error) {
 		m.mu.Lock()
 		delete(m.boxes, rec.ID)
 		m.mu.Unlock()
-		b.rec.State, b.rec.Reason, b.rec.EndAt = store.StateFailed, err.Error(), time.Now()
-		_ = m.cfg.Store.PutSandbox(context.WithoutCancel(ctx), b.rec)
+		b.mu.Lock()
+		ended := b.to(failed) == nil // else killed while it booted, and recorded so
+		if ended {
+			b.rec.Reason, b.rec.EndAt = err.Error(), time.Now()
+		}
+		rec := b.rec
+		b.mu.Unlock()
+		if ended {
+			_ = m.cfg.Store.PutSandbox(context.WithoutCancel(ctx), rec)
+		}
 		return Info{}, fmt.Errorf("%w: %w", ErrBootFailed, err)
 	}
 	b.mu.Lock()
