@@ -133,23 +133,30 @@ func TestBootFails(t *testing.T) {
 	}
 }
 
-func TestKilledWhileBooting(t *testing.T) {
-	h := newHarness(t)
-	g := newGate()
-	var id string
+// createBlocked starts a create whose boot waits at g until the test opens it, and then returns
+// bootErr; it returns once the boot waits, with the sandbox's id and the create's result to come.
+func (h *harness) createBlocked(g gate, bootErr error) (id string, done <-chan error) {
+	h.t.Helper()
 	h.rt.set(func(r *fakeRuntime) {
 		r.boot = func(_ context.Context, opts sandbox.Options) error {
 			id = opts.ID
 			g.wait()
-			return nil
+			return bootErr
 		}
 	})
-	done := make(chan error, 1)
+	res := make(chan error, 1)
 	go func() {
 		_, err := h.m.Create(h.ctx, CreateRequest{Team: h.team, Timeout: time.Hour})
-		done <- err
+		res <- err
 	}()
-	g.await(t)
+	g.await(h.t)
+	return id, res
+}
+
+func TestKilledWhileBooting(t *testing.T) {
+	h := newHarness(t)
+	g := newGate()
+	id, done := h.createBlocked(g, nil)
 	if got, err := h.m.Get(h.team, id); err != nil || got.State != store.StateCreating {
 		t.Fatalf("booting: %+v, %v", got, err)
 	}
@@ -177,20 +184,7 @@ func TestKilledWhileBootingThatFails(t *testing.T) {
 		t.Run(fmt.Sprintf("concurrent=%v", concurrent), func(t *testing.T) {
 			h := newHarness(t)
 			g := newGate()
-			var id string
-			h.rt.set(func(r *fakeRuntime) {
-				r.boot = func(_ context.Context, opts sandbox.Options) error {
-					id = opts.ID
-					g.wait()
-					return errors.New("qemu: killed")
-				}
-			})
-			done := make(chan error, 1)
-			go func() {
-				_, err := h.m.Create(h.ctx, CreateRequest{Team: h.team, Timeout: time.Hour})
-				done <- err
-			}()
-			g.await(t)
+			id, done := h.createBlocked(g, errors.New("qemu: killed"))
 			killed := make(chan error, 1)
 			go func() { killed <- h.m.Kill(h.team, id) }()
 			if !concurrent {
@@ -461,6 +455,20 @@ func TestResume(t *testing.T) {
 		h.rt.set(func(r *fakeRuntime) { r.resume = nil })
 		if _, resumed, err := h.m.Resume(h.ctx, h.team, info.ID, 0, true); err != nil || !resumed {
 			t.Fatalf("second resume: %v, %v", resumed, err)
+		}
+	})
+	t.Run("not recorded", func(t *testing.T) {
+		h, info := paused(t)
+		_ = h.st.Close() // every write fails from now on
+		_, _, err := h.m.Resume(h.ctx, h.team, info.ID, 0, true)
+		if err == nil || errors.Is(err, ErrBootFailed) {
+			t.Fatalf("resume: %v, want the store's error", err)
+		}
+		if got, err := h.m.Get(h.team, info.ID); err != nil || got.State != store.StatePaused || !h.hasPaused(info.ID) {
+			t.Errorf("after a resume that could not be recorded: %+v, %v, saved %v", got, err, h.hasPaused(info.ID))
+		}
+		if vm := h.rt.vm(t, info.ID); !vm.isClosed() {
+			t.Error("the VM of a resume that could not be recorded still runs")
 		}
 	})
 	t.Run("killed while paused", func(t *testing.T) {

@@ -65,16 +65,6 @@ func (s state) record() string {
 	return "" // pausing, resuming, left: what a crash now would leave
 }
 
-// finalState is the final state whose record keeps rec (store.StateKilled, …).
-func finalState(rec string) (state, error) {
-	for _, s := range []state{killed, expired, failed} {
-		if s.record() == rec {
-			return s, nil
-		}
-	}
-	return 0, fmt.Errorf("%q is not a final state of a sandbox of this process", rec)
-}
-
 var errTransition = errors.New("sandbox state transition not allowed")
 
 // to moves b to next if transitions allow it, and its record's state with it. b.mu must be held.
