@@ -732,3 +732,36 @@ func TestRecover(t *testing.T) {
 		}
 	}
 }
+
+// A timer that passed its check just before a pause began ends the sandbox only after the pause
+// (end finds it pausing or paused, which do not expire): an acknowledged pause never expires.
+// The window between the check and the end is too short to hit from outside; the box is put in
+// it by hand.
+func TestTimerDoesNotEndAPause(t *testing.T) {
+	h := newHarness(t)
+	info := h.create(CreateRequest{})
+	b, err := h.m.lookup(h.team, info.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, s := range []state{pausing, paused} {
+		b.mu.Lock()
+		err := b.to(s)
+		b.mu.Unlock()
+		if err != nil {
+			t.Fatal(err)
+		}
+		h.m.end(b, expired, "timeout")
+		if b.mu.Lock(); b.state != s {
+			t.Errorf("a %s sandbox's timer ended it: %s", s, b.state)
+		}
+		b.mu.Unlock()
+		if vm := h.rt.vm(t, info.ID); vm.isClosed() {
+			t.Fatalf("a %s sandbox's timer closed its VM", s)
+		}
+	}
+	h.want(info.ID, store.StateRunning, "")
+	if err := h.m.Kill(h.team, info.ID); err != nil { // its VM was never saved: it goes
+		t.Fatal(err)
+	}
+}

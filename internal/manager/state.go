@@ -33,7 +33,10 @@ func (s state) String() string {
 	return fmt.Sprintf("state(%d)", s)
 }
 
-// transitions are the moves a sandbox's life may make; nothing leaves a final state.
+// transitions are the moves a sandbox's life may make; nothing leaves a final state. Only a
+// running sandbox expires: a timer that fired just as a pause began (or finished) finds the
+// sandbox pausing (or paused) when it ends it, and lets it be: an acknowledged pause never
+// expires.
 var transitions = map[state][]state{
 	creating: {running, killed, failed, left},
 	// paused: only back from a resume that could not be recorded (it stays paused).
