@@ -63,7 +63,7 @@ func benchManager(ctx context.Context, g *globals, f *benchFlags) (benchRig, fun
 		_ = os.RemoveAll(tmp)
 		return benchRig{}, nil, err
 	}
-	mgr, err := manager.New(ctx, manager.Config{Runtime: rt, Templates: rt, Store: st, RunDir: rt.Host.RunDir(),
+	mgr, err := manager.New(ctx, manager.Config{Runtime: manager.SandboxRuntime(rt), Templates: rt, Store: st, RunDir: rt.Host.RunDir(),
 		PausedDir: filepath.Join(tmp, "paused"), TemplateHome: tmp, Log: g.logger()})
 	if err != nil {
 		_ = st.Close()

@@ -124,7 +124,7 @@ every sandbox, or with --leave-running leaves them for the next cell serve to re
 				return err
 			}
 			defer func() { _ = st.Close() }()
-			mgr, err := manager.New(ctx, manager.Config{Runtime: rt, Templates: rt, Store: st, RunDir: rt.Host.RunDir(),
+			mgr, err := manager.New(ctx, manager.Config{Runtime: manager.SandboxRuntime(rt), Templates: rt, Store: st, RunDir: rt.Host.RunDir(),
 				PausedDir: filepath.Join(home, "paused"), TemplateHome: home, DiskMiB: diskMiB, Disk: rt.Host.DiskGuard(), Log: log})
 			if err != nil {
 				return err
