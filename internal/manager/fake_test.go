@@ -143,7 +143,7 @@ func publishPaused(dir, id string) error {
 	if err := os.MkdirAll(staging, 0o700); err != nil {
 		return err
 	}
-	if err := os.WriteFile(filepath.Join(staging, "disk.qcow2"), nil, 0o600); err != nil {
+	if err := os.WriteFile(filepath.Join(staging, "disk.qcow2"), fakeDisk, 0o600); err != nil {
 		return err
 	}
 	ok, err := sandbox.FinishPause(dir, id, sandbox.DefaultMemoryMiB, sandbox.DefaultCPUs)
@@ -389,3 +389,7 @@ func (g gate) await(t *testing.T) {
 		t.Fatal("the runtime was never reached")
 	}
 }
+
+// fakeDisk stands for a VM's disk: a qcow2 header without a backing file (the pause code reads
+// a disk's chain of layers from its header).
+var fakeDisk = append([]byte("QFI\xfb\x00\x00\x00\x03"), make([]byte, 16)...)

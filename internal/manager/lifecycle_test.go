@@ -591,7 +591,7 @@ func TestRecover(t *testing.T) {
 	const pid = 4194305 // above any pid_max: never a live process
 	adopted := put(store.StateRunning, func(r *store.Sandbox) { r.PID, r.StartTicks = pid, 7 })
 	mkdir(h.cfg.RunDir, adopted)
-	if err := os.WriteFile(filepath.Join(h.cfg.RunDir, adopted, "disk.qcow2"), nil, 0o600); err != nil {
+	if err := os.WriteFile(filepath.Join(h.cfg.RunDir, adopted, "disk.qcow2"), fakeDisk, 0o600); err != nil {
 		t.Fatal(err)
 	}
 	saved(adopted) // a resume's generation that was not cleaned up: stale
@@ -611,14 +611,14 @@ func TestRecover(t *testing.T) {
 	// publishing its pause and recording it.
 	unrecorded := put(store.StateRunning, nil)
 	mkdir(h.cfg.RunDir, unrecorded)
-	if err := os.WriteFile(filepath.Join(h.cfg.RunDir, unrecorded, "disk.qcow2"), nil, 0o600); err != nil {
+	if err := os.WriteFile(filepath.Join(h.cfg.RunDir, unrecorded, "disk.qcow2"), fakeDisk, 0o600); err != nil {
 		t.Fatal(err)
 	}
 	saved(unrecorded)
 	interrupted := put(store.StateRunning, nil) // died after the pause took the VM's disk
 	mkdir(h.cfg.RunDir, interrupted)
 	mkdir(h.pausedDir(interrupted), ".staging-x")
-	if err := os.WriteFile(filepath.Join(h.pausedDir(interrupted), ".staging-x", "disk.qcow2"), nil, 0o600); err != nil {
+	if err := os.WriteFile(filepath.Join(h.pausedDir(interrupted), ".staging-x", "disk.qcow2"), fakeDisk, 0o600); err != nil {
 		t.Fatal(err)
 	}
 	booting := put(store.StateCreating, nil)
