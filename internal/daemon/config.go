@@ -1,6 +1,7 @@
 package daemon
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 	"io"
@@ -8,6 +9,7 @@ import (
 	"net/netip"
 	"path/filepath"
 
+	"github.com/cellhq/cell/internal/api"
 	"github.com/cellhq/cell/internal/sandbox"
 	"github.com/cellhq/cell/internal/vmm"
 )
@@ -35,12 +37,12 @@ type Config struct {
 	// gets ("" is "cell serve").
 	Name string
 
-	Accel       vmm.Accel    // --accel: "" (auto), kvm or tcg
-	MaxVMs      int          // --max-vms; 0 is the runtime's default (64)
-	MinFreeDisk *vmm.Reserve // --min-free-disk; nil: VMs are not checked against free space
-	DiskMiB     int          // --disk-size: a sandbox's disk unless its create asks for another
-	DNSHosts    map[string]netip.Addr
-	NetExempt   []netip.Prefix // --net-allow-reserved
+	Accel       vmm.Accel             // --accel: "" (auto), kvm or tcg
+	MaxVMs      int                   // --max-vms; 0 is the runtime's default (64)
+	MinFreeDisk *vmm.Reserve          // --min-free-disk; nil: VMs are not checked against free space
+	DiskMiB     int                   // --disk-size: a sandbox's disk unless its create asks for another
+	DNSHosts    map[string]netip.Addr // --dns-host, --dns-hosts-file
+	NetExempt   []netip.Prefix        // --net-allow-reserved
 
 	// Cold boots every sandbox instead of restoring the base template's memory snapshot (--cold).
 	Cold bool
@@ -110,6 +112,9 @@ func (c Config) withDefaults() Config {
 	if c.Name == "" {
 		c.Name = "cell serve"
 	}
+	// The API leaves proxied requests unbounded when given neither bound; a daemon always has both.
+	c.MaxProxyStreams = cmp.Or(c.MaxProxyStreams, api.DefaultMaxStreams)
+	c.MaxSandboxStreams = cmp.Or(c.MaxSandboxStreams, api.DefaultMaxSandboxStreams)
 	if c.Log == nil {
 		c.Log = slog.New(slog.DiscardHandler)
 	}

@@ -11,6 +11,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/cellhq/cell/internal/api"
 	"github.com/cellhq/cell/internal/datadir"
 	"github.com/cellhq/cell/internal/manager"
 	"github.com/cellhq/cell/internal/sandbox"
@@ -149,5 +150,21 @@ func TestWarnUnreachable(t *testing.T) {
 	warnUnreachable(log, hosts, []netip.Prefix{netip.MustParsePrefix("10.1.0.0/16")})
 	if out := buf.String(); !strings.Contains(out, "name=a.test") || strings.Contains(out, "b.test") || strings.Contains(out, "c.test") {
 		t.Fatalf("log:\n%s", out)
+	}
+}
+
+// TestDefaults: what a zero field means is what cell serve's flags default to, and a field that
+// is set is kept.
+func TestDefaults(t *testing.T) {
+	c := valid(t)
+	c.MaxProxyStreams, c.MaxSandboxStreams = 0, 0
+	d := c.withDefaults()
+	if d.ImageHome != c.Home || d.Name != "cell serve" || d.Log == nil ||
+		d.MaxProxyStreams != api.DefaultMaxStreams || d.MaxSandboxStreams != api.DefaultMaxSandboxStreams {
+		t.Errorf("defaults %+v", d)
+	}
+	c.ImageHome, c.Name, c.MaxProxyStreams, c.MaxSandboxStreams = "/images", "cell bench", 3, 4
+	if d := c.withDefaults(); d.ImageHome != "/images" || d.Name != "cell bench" || d.MaxProxyStreams != 3 || d.MaxSandboxStreams != 4 {
+		t.Errorf("set fields changed: %+v", d)
 	}
 }
