@@ -28,6 +28,7 @@ type RuntimeConfig struct {
 	ImageHome     string // where the image cache lives (default Home)
 	Envd          string // envd binary for the image
 	RunDir        string // where VM directories go; default from Home (see RunDir)
+	AccelCache    string // the accelerator probe's cache file; default Home/accel.json
 	Accel         vmm.Accel
 	MaxVMs        int
 	Attempts      int
@@ -129,7 +130,10 @@ func NewRuntime(ctx context.Context, cfg RuntimeConfig) (*Runtime, vmm.AccelChoi
 	if img.QEMUFallback != "" {
 		cfg.Log.Warn("Cell's QEMU could not be built; Debian's starts ~15 ms slower (`cell image build --force` tries again)", "why", img.QEMUFallback)
 	}
-	choice := vmm.ResolveAccel(ctx, cfg.Accel, qemu, img.Kernel, filepath.Join(cfg.Home, "accel.json"))
+	if cfg.AccelCache == "" {
+		cfg.AccelCache = filepath.Join(cfg.Home, "accel.json")
+	}
+	choice := vmm.ResolveAccel(ctx, cfg.Accel, qemu, img.Kernel, cfg.AccelCache)
 	if cfg.MaxVMs == 0 {
 		cfg.MaxVMs = 64
 	}
