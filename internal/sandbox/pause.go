@@ -101,8 +101,8 @@ func (s *Sandbox) Pause(ctx context.Context, dir string, memory bool) (_ PausedM
 		if err := saveMemory(ctx, s.VM, staging, meta.RAMFile, true); err != nil {
 			return meta, fmt.Errorf("saving the VM: %w", err)
 		}
-	} else if err := s.VM.QMP.Execute(ctx, "stop", nil, nil); err != nil {
-		return meta, fmt.Errorf("stopping the VM: %w", err)
+	} else if err := s.VM.Stop(ctx); err != nil {
+		return meta, err
 	}
 	// Stopping the guest drained and flushed its disk: QEMU writes to it no more. (The state and
 	// memory file were synced by the save.) The disk moves with its layers, no copy.
@@ -153,7 +153,7 @@ func (u *pauseUndo) undo(ctx context.Context, cause error) error {
 		if err := vm.ReturnDisk(u.staging); err != nil {
 			return fmt.Errorf("%w; giving the VM its disk back: %w", cause, err)
 		}
-		syncDir(vm.Dir.Path)
+		syncDir(vm.WorkDir())
 	}
 	_ = os.RemoveAll(u.staging)
 	if u.stopped {

@@ -152,7 +152,7 @@ func (r *Runtime) buildTemplate(ctx context.Context, dir string, meta *templateM
 	}
 	// The VM's overlay is the template's disk layer. QEMU keeps writing to the same inode
 	// until it exits (below, in Close), and the guest is stopped, so it matches the RAM.
-	if err := os.Rename(sb.VM.Dir.File("disk.qcow2"), filepath.Join(dir, "disk.qcow2")); err != nil {
+	if err := os.Rename(sb.VM.File("disk.qcow2"), filepath.Join(dir, "disk.qcow2")); err != nil {
 		return err
 	}
 	meta.KernelArgs = r.kernelArgs(sb.ID)
