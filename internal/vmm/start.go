@@ -110,11 +110,10 @@ func (c *cleanup) run() {
 func (h *Host) startOnce(ctx context.Context, spec Spec, have uint64) (*VM, error) {
 	var undo cleanup
 	vm, err := h.newVM(spec.ID, &undo)
-	if err != nil {
-		undo.run()
-		return nil, err
+	var m Machine
+	if err == nil {
+		m, err = vm.prepare(ctx, spec, &undo)
 	}
-	m, err := vm.prepare(ctx, spec, &undo)
 	var launched time.Time
 	if err == nil {
 		launched, err = vm.launch(m, &undo)
@@ -286,7 +285,6 @@ func (vm *VM) boot(ctx context.Context, spec Spec, m Machine, have uint64, launc
 	if err != nil {
 		return err
 	}
-	tQMP := time.Now()
 	if spec.Restore != nil {
 		if err := vm.incoming(b.ctx, spec.Restore.StatePath, !spec.Restore.Full); err != nil {
 			return b.fail("restoring the snapshot", err)
@@ -307,7 +305,7 @@ func (vm *VM) boot(ctx context.Context, spec Spec, m Machine, have uint64, launc
 	if err := vm.handshake(b, chConn, spec.Init); err != nil {
 		return err
 	}
-	vm.log.Debug("vm booted", "qmp", tQMP.Sub(b.t0), "qemu_ready", tCont.Sub(b.t0), "guest_ready", time.Since(tCont), "pid", vm.PID)
+	vm.log.Debug("vm booted", "qmp", b.tQMP.Sub(b.t0), "qemu_ready", tCont.Sub(b.t0), "guest_ready", time.Since(tCont), "pid", vm.PID)
 	return nil
 }
 
@@ -320,6 +318,7 @@ func (vm *VM) attach(b *bootAttempt, m Machine, undo *cleanup) (net.Conn, error)
 	if err != nil {
 		return nil, b.fail("connecting to QMP", err)
 	}
+	b.tQMP = time.Now()
 	undo.push(vm.closeQMP)
 	conn, err := dialRetry(b.ctx, m.ConsoleSocket, plainConn)
 	if err != nil {
@@ -390,6 +389,7 @@ type bootAttempt struct {
 	timer   *time.Timer
 	timeout time.Duration
 	t0      time.Time // QEMU's launch
+	tQMP    time.Time // QMP answered
 }
 
 func (vm *VM) newBootAttempt(ctx context.Context, launched time.Time) *bootAttempt {
