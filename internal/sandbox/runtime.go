@@ -17,6 +17,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/cellhq/cell/internal/datadir"
 	"github.com/cellhq/cell/internal/image"
 	"github.com/cellhq/cell/internal/netstack"
 	"github.com/cellhq/cell/internal/vmm"
@@ -67,7 +68,7 @@ func FindTool(name, pkg string) (string, error) {
 // private per-user directory under the system's temporary directory, one per data directory
 // (named by a hash of home's path: two data directories never share one).
 func RunDir(home string) (string, error) {
-	d := filepath.Join(home, "run")
+	d := datadir.Layout{Home: home}.Run()
 	if len(d) <= 70 {
 		return d, nil
 	}
@@ -131,7 +132,7 @@ func NewRuntime(ctx context.Context, cfg RuntimeConfig) (*Runtime, vmm.AccelChoi
 		cfg.Log.Warn("Cell's QEMU could not be built; Debian's starts ~15 ms slower (`cell image build --force` tries again)", "why", img.QEMUFallback)
 	}
 	if cfg.AccelCache == "" {
-		cfg.AccelCache = filepath.Join(cfg.Home, "accel.json")
+		cfg.AccelCache = datadir.Layout{Home: cfg.Home}.Accel()
 	}
 	choice := vmm.ResolveAccel(ctx, cfg.Accel, qemu, img.Kernel, cfg.AccelCache)
 	if cfg.MaxVMs == 0 {
