@@ -25,21 +25,21 @@ import (
 // before a VM is asked for.
 type unreachable struct{ t *testing.T }
 
-func (u unreachable) Boot(context.Context, sandbox.Options) (*sandbox.Sandbox, error) {
+func (u unreachable) Boot(context.Context, sandbox.Options) (manager.Instance, error) {
 	u.t.Error("Boot called for a request that should have been refused")
 	return nil, errors.New("unreachable")
 }
 
-func (u unreachable) Adopt(context.Context, string, int, uint64, *netstack.Rules) (*sandbox.Sandbox, error) {
+func (u unreachable) Adopt(context.Context, string, int, uint64, *netstack.Rules) (manager.Instance, error) {
 	return nil, errors.New("unreachable")
 }
 
-func (u unreachable) Snapshot(context.Context, *sandbox.Sandbox, string, string, string, string, bool) (*sandbox.Template, error) {
+func (u unreachable) Snapshot(context.Context, manager.Instance, string, string, string, string, bool) (*sandbox.Template, error) {
 	u.t.Error("Snapshot called for a request that should have been refused")
 	return nil, errors.New("unreachable")
 }
 
-func (u unreachable) Resume(context.Context, string, envd.InitRequest, *netstack.Rules, bool) (*sandbox.Sandbox, error) {
+func (u unreachable) Resume(context.Context, string, envd.InitRequest, *netstack.Rules, bool) (manager.Instance, error) {
 	u.t.Error("Resume called for a request that should have been refused")
 	return nil, errors.New("unreachable")
 }

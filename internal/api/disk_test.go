@@ -91,7 +91,7 @@ func (b *bootRecorder) booted() []int {
 	return slices.Clone(b.disks)
 }
 
-func (b *bootRecorder) Boot(_ context.Context, opts sandbox.Options) (*sandbox.Sandbox, error) {
+func (b *bootRecorder) Boot(_ context.Context, opts sandbox.Options) (manager.Instance, error) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	b.disks = append(b.disks, opts.DiskMiB)

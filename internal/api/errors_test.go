@@ -28,7 +28,7 @@ type failingBoot struct{ unreachable }
 
 const hostPath = "/home/alice/.local/share/cell/run/abc/disk.qcow2"
 
-func (failingBoot) Boot(context.Context, sandbox.Options) (*sandbox.Sandbox, error) {
+func (failingBoot) Boot(context.Context, sandbox.Options) (manager.Instance, error) {
 	return nil, fmt.Errorf("booting sandbox: %w", &vmm.BootError{
 		Err:         fmt.Errorf("%w during boot: exit status 1", vmm.ErrQEMUExited),
 		QEMUStderr:  "qemu-system-x86_64: -drive file=" + hostPath + ",if=none: Could not open '" + hostPath + "': Permission denied",

@@ -116,14 +116,14 @@ func timeoutOutOfRange(body []byte) bool {
 // fuzzRuntime fails every boot (the body was accepted; QEMU is not there), and everything else.
 type fuzzRuntime struct{ failingBoot }
 
-func (fuzzRuntime) Adopt(context.Context, string, int, uint64, *netstack.Rules) (*sandbox.Sandbox, error) {
+func (fuzzRuntime) Adopt(context.Context, string, int, uint64, *netstack.Rules) (manager.Instance, error) {
 	return nil, errors.New("no VMs here")
 }
 
-func (fuzzRuntime) Snapshot(context.Context, *sandbox.Sandbox, string, string, string, string, bool) (*sandbox.Template, error) {
+func (fuzzRuntime) Snapshot(context.Context, manager.Instance, string, string, string, string, bool) (*sandbox.Template, error) {
 	return nil, errors.New("no VMs here")
 }
 
-func (fuzzRuntime) Resume(context.Context, string, envd.InitRequest, *netstack.Rules, bool) (*sandbox.Sandbox, error) {
+func (fuzzRuntime) Resume(context.Context, string, envd.InitRequest, *netstack.Rules, bool) (manager.Instance, error) {
 	return nil, errors.New("no VMs here")
 }

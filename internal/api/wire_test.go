@@ -66,7 +66,7 @@ type createRecorder struct {
 	opts chan sandbox.Options
 }
 
-func (c createRecorder) Boot(_ context.Context, opts sandbox.Options) (*sandbox.Sandbox, error) {
+func (c createRecorder) Boot(_ context.Context, opts sandbox.Options) (manager.Instance, error) {
 	c.opts <- opts
 	return nil, errors.New("no VMs in this test")
 }

@@ -1,8 +1,10 @@
 package cli
 
 import (
+	"context"
 	"fmt"
 	"os"
+	"path/filepath"
 	"text/tabwriter"
 
 	"github.com/spf13/cobra"
@@ -68,4 +70,15 @@ func (g *globals) withStore(f func(cmd *cobra.Command, args []string, st *store.
 		defer func() { _ = st.Close() }()
 		return f(cmd, args, st)
 	}
+}
+
+func (g *globals) openStore(ctx context.Context) (*store.Store, error) {
+	home, err := g.homeDir()
+	if err != nil {
+		return nil, err
+	}
+	if err := os.MkdirAll(home, 0o700); err != nil {
+		return nil, err
+	}
+	return store.Open(ctx, filepath.Join(home, "cell.db"))
 }

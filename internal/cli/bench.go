@@ -53,9 +53,17 @@ func benchCmd(g *globals) *cobra.Command {
 	return cmd
 }
 
-func benchRuntime(ctx context.Context, g *globals, f *benchFlags) (*sandbox.Runtime, error) {
+// check checks the flags every benchmark takes.
+func (f *benchFlags) check() error {
 	if f.n < 1 {
-		return nil, fmt.Errorf("-n %d: must be at least 1", f.n)
+		return fmt.Errorf("-n %d: must be at least 1", f.n)
+	}
+	return nil
+}
+
+func benchRuntime(ctx context.Context, g *globals, f *benchFlags) (*sandbox.Runtime, error) {
+	if err := f.check(); err != nil {
+		return nil, err
 	}
 	accel, err := vmm.ParseAccel(f.accel)
 	if err != nil {

@@ -11,9 +11,10 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/cellhq/cell/internal/bench"
+	"github.com/cellhq/cell/internal/daemon"
 	"github.com/cellhq/cell/internal/manager"
 	"github.com/cellhq/cell/internal/sandbox"
-	"github.com/cellhq/cell/internal/store"
+	"github.com/cellhq/cell/internal/vmm"
 )
 
 // managerBenchCmds measure what `cell serve` does, through its sandbox manager (in process, with
@@ -46,11 +47,23 @@ type benchRig struct {
 	settle func()
 }
 
-// benchManager is a manager over a temporary data directory that restores from the real base
-// template (built if missing).
+// benchManager is a daemon, started as `cell serve` starts one, over a temporary data directory
+// (its store, run directory and paused sandboxes; no listener) that restores from the real base
+// template (built if missing) and uses the real data directory's image cache and accelerator
+// probe. Its VMs die with this process and are tried once (a retried boot would hide in the
+// timings).
 func benchManager(ctx context.Context, g *globals, f *benchFlags) (benchRig, func(), error) {
-	f.restore = true
-	rt, err := benchRuntime(ctx, g, f)
+	if err := f.check(); err != nil {
+		return benchRig{}, nil, err
+	}
+	accel, err := vmm.ParseAccel(f.accel)
+	if err != nil {
+		return benchRig{}, nil, err
+	}
+	if f.memory != sandbox.DefaultMemoryMiB {
+		return benchRig{}, nil, fmt.Errorf("--memory %d: the template has %d MiB", f.memory, sandbox.DefaultMemoryMiB)
+	}
+	cfg, err := g.daemonConfig()
 	if err != nil {
 		return benchRig{}, nil, err
 	}
@@ -58,22 +71,18 @@ func benchManager(ctx context.Context, g *globals, f *benchFlags) (benchRig, fun
 	if err != nil {
 		return benchRig{}, nil, err
 	}
-	st, err := store.Open(ctx, filepath.Join(tmp, "cell.db"))
+	cfg.AccelCache = filepath.Join(cfg.Home, "accel.json")
+	cfg.Home, cfg.RunDir, cfg.Name = tmp, "", "cell bench"
+	cfg.Accel, cfg.DiskMiB, cfg.RequireTemplate, cfg.Attached, cfg.BootAttempts = accel, sandbox.DefaultDiskMiB, true, true, 1
+	d, err := daemon.Start(ctx, cfg)
 	if err != nil {
 		_ = os.RemoveAll(tmp)
 		return benchRig{}, nil, err
 	}
-	mgr, err := manager.New(ctx, manager.Config{Runtime: rt, Templates: rt, Store: st, RunDir: rt.Host.RunDir(),
-		PausedDir: filepath.Join(tmp, "paused"), TemplateHome: tmp, Log: g.logger()})
-	if err != nil {
-		_ = st.Close()
-		_ = os.RemoveAll(tmp)
-		return benchRig{}, nil, err
-	}
-	return benchRig{mgr: mgr, settle: rt.Host.Wait}, func() {
-		mgr.Shutdown(context.Background(), manager.Kill)
-		rt.Host.Wait() // paused VMs finish going away
-		_ = st.Close()
+	return benchRig{mgr: d.Manager(), settle: d.Settle}, func() {
+		if err := d.Shutdown(context.Background(), daemon.Kill); err != nil {
+			cfg.Log.Warn("bench daemon shutdown", "err", err)
+		}
 		_ = os.RemoveAll(tmp)
 	}, nil
 }

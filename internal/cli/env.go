@@ -3,7 +3,6 @@ package cli
 import (
 	"context"
 	"fmt"
-	"io"
 	"log/slog"
 	"net/netip"
 	"os"
@@ -11,6 +10,7 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/cellhq/cell/internal/daemon"
 	"github.com/cellhq/cell/internal/image"
 	"github.com/cellhq/cell/internal/sandbox"
 	"github.com/cellhq/cell/internal/vmm"
@@ -96,34 +96,19 @@ func (g *globals) builder(progress bool) (*image.Builder, error) {
 	return b, nil
 }
 
-// pruneImages removes what earlier recipes built in the image cache (sandbox.PruneImages), when
-// the cache is the data directory's own: one shared with other data directories may hold base
-// disks they depend on. What it removed is logged, and listed on progress when set.
-func (g *globals) pruneImages(ctx context.Context, runDir string, progress io.Writer) {
+// daemonConfig is what the shared flags and the environment set of a daemon's configuration:
+// the data directory, its image cache and run directory, envd, the VM limit and the log.
+func (g *globals) daemonConfig() (daemon.Config, error) {
 	home, err := g.homeDir()
-	if err != nil || imageHome(home) != home {
-		return
-	}
-	b, err := g.builder(false)
 	if err != nil {
-		return
+		return daemon.Config{}, err
 	}
-	if runDir == "" {
-		if runDir, err = sandbox.RunDir(home); err != nil {
-			return
-		}
-	}
-	log := g.logger()
-	removed, err := sandbox.PruneImages(ctx, b, home, runDir, filepath.Join(home, "paused"))
-	for _, p := range removed {
-		log.Info("removed an outdated image artifact", "dir", p)
-		if progress != nil {
-			fmt.Fprintf(progress, "==> removed %s (an earlier recipe's)\n", p)
-		}
-	}
+	envd, err := g.envdPath()
 	if err != nil {
-		log.Warn("removing outdated image artifacts", "err", err)
+		return daemon.Config{}, err
 	}
+	return daemon.Config{Home: home, ImageHome: imageHome(home), RunDir: os.Getenv("CELL_RUN_DIR"), Envd: envd,
+		MaxVMs: g.maxVMs, Log: g.logger(), Progress: os.Stderr}, nil
 }
 
 type runtimeOpts struct {
@@ -131,26 +116,20 @@ type runtimeOpts struct {
 	dieWithParent bool
 	bootTimeout   time.Duration
 	attempts      int
-	detached      bool
-	dnsHosts      map[string]netip.Addr
 	netExempt     []netip.Prefix
-	minFreeDisk   *vmm.Reserve // nil: VMs are not checked against the host's free space
 }
 
-// runtime builds the image if needed, resolves the accelerator and returns a sandbox runtime.
+// runtime builds the image if needed, resolves the accelerator and returns a sandbox runtime for
+// a command that runs VMs of its own (not through a daemon).
 func (g *globals) runtime(ctx context.Context, o runtimeOpts) (*sandbox.Runtime, vmm.AccelChoice, error) {
-	home, err := g.homeDir()
-	if err != nil {
-		return nil, vmm.AccelChoice{}, err
-	}
-	envd, err := g.envdPath()
+	cfg, err := g.daemonConfig()
 	if err != nil {
 		return nil, vmm.AccelChoice{}, err
 	}
 	return sandbox.NewRuntime(ctx, sandbox.RuntimeConfig{
-		Home: home, ImageHome: imageHome(home), Envd: envd, RunDir: os.Getenv("CELL_RUN_DIR"), Accel: o.accel, MaxVMs: g.maxVMs,
-		Attempts: o.attempts, BootTimeout: o.bootTimeout, DieWithParent: o.dieWithParent, Detached: o.detached,
-		Build: true, Progress: os.Stderr, DNSHosts: o.dnsHosts, NetExempt: o.netExempt, MinFreeDisk: o.minFreeDisk, Log: g.logger(),
+		Home: cfg.Home, ImageHome: cfg.ImageHome, Envd: cfg.Envd, RunDir: cfg.RunDir, Accel: o.accel, MaxVMs: cfg.MaxVMs,
+		Attempts: o.attempts, BootTimeout: o.bootTimeout, DieWithParent: o.dieWithParent,
+		Build: true, Progress: cfg.Progress, NetExempt: o.netExempt, Log: cfg.Log,
 	})
 }
 

@@ -6,6 +6,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/cellhq/cell/internal/daemon"
 	"github.com/cellhq/cell/internal/datadir"
 )
 
@@ -34,7 +35,9 @@ func imageCmd(g *globals) *cobra.Command {
 			if lock, err := datadir.Acquire(home, "cell image build"); err != nil {
 				fmt.Fprintf(os.Stderr, "cell: earlier recipes' images are kept: %v\n", err)
 			} else {
-				g.pruneImages(c.Context(), os.Getenv("CELL_RUN_DIR"), os.Stderr)
+				if cfg, err := g.daemonConfig(); err == nil {
+					daemon.PruneImages(c.Context(), cfg, os.Stderr)
+				}
 				_ = lock.Release()
 			}
 			fmt.Fprintf(c.OutOrStdout(), "kernel: %s\ndisk:   %s\n", img.Kernel, img.Disk)

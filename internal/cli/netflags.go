@@ -3,7 +3,6 @@ package cli
 import (
 	"bufio"
 	"fmt"
-	"log/slog"
 	"net/netip"
 	"os"
 	"strings"
@@ -105,18 +104,6 @@ func (f *netFlags) parse() (map[string]netip.Addr, []netip.Prefix, error) {
 		return nil, nil, err
 	}
 	return hosts, exempt, nil
-}
-
-// warnUnreachable logs the --dns-host names whose address sandboxes cannot reach: a name the
-// operator pins to a private address still needs that address in --net-allow-reserved.
-func warnUnreachable(log *slog.Logger, hosts map[string]netip.Addr, exempt []netip.Prefix) {
-	g := &netstack.Guard{Exempt: exempt}
-	for name, a := range hosts {
-		if why, blocked := g.Blocked(a); blocked {
-			log.Warn("sandboxes resolve a --dns-host name to an address they cannot reach (add it to --net-allow-reserved to open it)",
-				"name", name, "addr", a.String(), "reason", why)
-		}
-	}
 }
 
 // egressFlags are a sandbox's egress policy on the command line.

@@ -1,9 +1,6 @@
 package cli
 
 import (
-	"bytes"
-	"log/slog"
-	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
@@ -42,16 +39,5 @@ func TestNetFlags(t *testing.T) {
 		if _, _, err := bad.parse(); err == nil || !strings.Contains(err.Error(), "--") {
 			t.Errorf("%+v: %v, want an error naming the flag", bad, err)
 		}
-	}
-}
-
-// TestWarnUnreachable: a --dns-host name pinned to an address sandboxes cannot reach is logged.
-func TestWarnUnreachable(t *testing.T) {
-	var buf bytes.Buffer
-	log := slog.New(slog.NewTextHandler(&buf, nil))
-	hosts := map[string]netip.Addr{"a.test": netip.MustParseAddr("10.0.0.1"), "b.test": netip.MustParseAddr("10.1.0.1"), "c.test": netip.MustParseAddr("1.1.1.1")}
-	warnUnreachable(log, hosts, []netip.Prefix{netip.MustParsePrefix("10.1.0.0/16")})
-	if out := buf.String(); !strings.Contains(out, "name=a.test") || strings.Contains(out, "b.test") || strings.Contains(out, "c.test") {
-		t.Fatalf("log:\n%s", out)
 	}
 }

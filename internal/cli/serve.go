@@ -4,35 +4,21 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"net/http"
 	"os"
 	"os/signal"
-	"path/filepath"
 	"syscall"
 	"time"
 
 	"github.com/spf13/cobra"
 
 	"github.com/cellhq/cell/internal/api"
-	"github.com/cellhq/cell/internal/auth"
-	"github.com/cellhq/cell/internal/datadir"
-	"github.com/cellhq/cell/internal/manager"
+	"github.com/cellhq/cell/internal/daemon"
 	"github.com/cellhq/cell/internal/sandbox"
-	"github.com/cellhq/cell/internal/store"
 	"github.com/cellhq/cell/internal/vmm"
 )
-
-func (g *globals) openStore(ctx context.Context) (*store.Store, error) {
-	home, err := g.homeDir()
-	if err != nil {
-		return nil, err
-	}
-	if err := os.MkdirAll(home, 0o700); err != nil {
-		return nil, err
-	}
-	return store.Open(ctx, filepath.Join(home, "cell.db"))
-}
 
 func serveCmd(g *globals) *cobra.Command {
 	var listen, domain, accel, metricsListen, metricsTokenFile, metricsToken, minFree string
@@ -68,138 +54,30 @@ every sandbox, or with --leave-running leaves them for the next cell serve to re
 			return nil
 		},
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			// One daemon per data directory, before anything else: a second one would take the
-			// first one's VMs for orphans and destroy them.
-			home, err := g.homeDir()
+			cfg, err := g.daemonConfig()
 			if err != nil {
 				return err
 			}
-			lock, err := datadir.Acquire(home, "cell serve")
-			if err != nil {
+			if cfg.Accel, err = vmm.ParseAccel(accel); err != nil {
 				return err
 			}
-			defer func() { _ = lock.Release() }()
-			ctx, stop := signal.NotifyContext(cmd.Context(), syscall.SIGTERM, syscall.SIGINT)
-			defer stop()
-			log := g.logger()
-			acc, err := vmm.ParseAccel(accel)
-			if err != nil {
+			if cfg.DNSHosts, cfg.NetExempt, err = nf.parse(); err != nil {
 				return err
 			}
-			hosts, exempt, err := nf.parse()
-			if err != nil {
-				return err
-			}
-			warnUnreachable(log, hosts, exempt)
 			reserve, err := vmm.ParseReserve(minFree)
 			if err != nil {
 				return fmt.Errorf("--min-free-disk: %w", err)
 			}
-			if diskMiB < sandbox.DefaultDiskMiB || diskMiB > sandbox.MaxDiskMiB {
-				return fmt.Errorf("--disk-size %d: must be from %d (the image's file system) to %d MiB", diskMiB, sandbox.DefaultDiskMiB, sandbox.MaxDiskMiB)
-			}
-			rt, choice, err := g.runtime(ctx, runtimeOpts{accel: acc, detached: true, dnsHosts: hosts, netExempt: exempt, minFreeDisk: &reserve})
+			cfg.MinFreeDisk, cfg.DiskMiB, cfg.Cold, cfg.Pools = &reserve, diskMiB, cold, pools
+			cfg.Domain, cfg.MaxProxyStreams, cfg.MaxSandboxStreams, cfg.MetricsToken = domain, maxStreams, maxSandboxStreams, metricsToken
+			ctx, stop := signal.NotifyContext(cmd.Context(), syscall.SIGTERM, syscall.SIGINT)
+			defer stop()
+			d, err := daemon.Start(ctx, cfg)
 			if err != nil {
 				return err
 			}
-			// The run directory may be shared (CELL_RUN_DIR): one daemon in it at a time, or one
-			// would take the other's VMs, left running across a restart, for orphans.
-			runLock, err := datadir.Acquire(rt.Host.RunDir(), "cell serve")
-			if err != nil {
-				return err
-			}
-			defer func() { _ = runLock.Release() }()
-			log.Info("accelerator", "accel", choice.Accel, "reason", choice.Reason)
-			if !cold {
-				// Sandboxes are restored from the base template's memory snapshot; without one
-				// they boot cold, which works, only slower.
-				if err := g.useTemplate(ctx, rt, "base"); err != nil {
-					log.Warn("no template snapshot: sandboxes will boot cold", "err", err)
-				} else {
-					log.Info("template snapshot ready", "template", "base", "dir", rt.Template("base").Dir)
-				}
-			}
-			st, err := g.openStore(ctx)
-			if err != nil {
-				return err
-			}
-			defer func() { _ = st.Close() }()
-			mgr, err := manager.New(ctx, manager.Config{Runtime: rt, Templates: rt, Store: st, RunDir: rt.Host.RunDir(),
-				PausedDir: filepath.Join(home, "paused"), TemplateHome: home, DiskMiB: diskMiB, Disk: rt.Host.DiskGuard(), Log: log})
-			if err != nil {
-				return err
-			}
-			// Paused sandboxes' VMs finish going away in the background (vmm.VM.Release): wait
-			// for them on the way out.
-			defer rt.Host.Wait()
-			if snaps, err := rt.LoadSnapshots(home); err == nil {
-				for _, t := range snaps {
-					rt.SetTemplate(t.Name, t)
-				}
-			}
-			if err := mgr.Recover(ctx); err != nil {
-				return err
-			}
-			// After Recover: outdated templates are gone, so are the base disks only they used.
-			g.pruneImages(ctx, rt.Host.RunDir(), nil)
-			for name, n := range pools {
-				if rt.Template(name) == nil {
-					log.Warn("no pool without a template snapshot", "template", name)
-					continue
-				}
-				mgr.StartPool(name, n)
-			}
-			ln, err := net.Listen("tcp", listen)
-			if err != nil {
-				mgr.Shutdown(context.Background(), manager.Leave)
-				return fmt.Errorf("listening on %s: %w", listen, err)
-			}
-			h := api.New(api.Config{Manager: mgr, Keys: auth.Keys{Store: st}, Domain: domain, Log: log,
-				MaxStreams: maxStreams, MaxSandboxStreams: maxSandboxStreams})
-			srv := api.NewServer(h, log)
-			fmt.Fprintf(os.Stderr, "cell: serving on http://%s (accel %s)\n", ln.Addr(), choice.Accel)
-			ln = api.LimitListener(ln, maxConns)
-			errc := make(chan error, 2)
-			go func() { errc <- srv.Serve(ln) }()
-			if metricsListen != "" {
-				mln, err := net.Listen("tcp", metricsListen)
-				if err != nil {
-					_ = srv.Close()
-					mgr.Shutdown(context.Background(), manager.Leave)
-					return fmt.Errorf("--metrics-listen %s: %w", metricsListen, err)
-				}
-				msrv := &http.Server{Handler: api.MetricsHandler(mgr, metricsToken), ReadHeaderTimeout: 10 * time.Second, IdleTimeout: api.IdleTimeout}
-				mln = api.LimitListener(mln, 64)
-				defer func() { _ = msrv.Close() }()
-				go func() {
-					if err := msrv.Serve(mln); !errors.Is(err, http.ErrServerClosed) {
-						errc <- err
-					}
-				}()
-				fmt.Fprintf(os.Stderr, "cell: metrics on http://%s/metrics\n", mln.Addr())
-			}
-			select {
-			case err := <-errc:
-				mgr.Shutdown(context.Background(), manager.Leave)
-				return fmt.Errorf("serving: %w", err)
-			case <-ctx.Done():
-			}
-			fmt.Fprintln(os.Stderr, "cell: shutting down")
-			sctx, cancel := context.WithTimeout(context.Background(), grace)
-			defer cancel()
-			if err := srv.Shutdown(sctx); err != nil && !errors.Is(err, context.DeadlineExceeded) {
-				log.Warn("http shutdown", "err", err)
-			}
-			_ = srv.Close() // streams still open after the grace period
-			mode := manager.Kill
-			switch {
-			case leave:
-				mode = manager.Leave
-			case pauseAll:
-				mode = manager.PauseAll
-			}
-			mgr.Shutdown(sctx, mode)
-			return nil
+			return serveDaemon(ctx, d, cfg.Log, serveOpts{listen: listen, metricsListen: metricsListen, maxConns: maxConns,
+				grace: grace, mode: daemon.ShutdownModeOf(leave, pauseAll)})
 		},
 	}
 	c.Flags().StringVar(&listen, "listen", "127.0.0.1:3000", "address to listen on")
@@ -219,4 +97,61 @@ every sandbox, or with --leave-running leaves them for the next cell serve to re
 	c.Flags().StringVar(&minFree, "min-free-disk", vmm.DefaultMinFreeDisk, "free space kept on the data directory's disk: a size, a percentage of the disk, or the larger of both; creates, resumes and snapshots that could take it are refused (507)")
 	nf.register(c)
 	return c
+}
+
+// serveOpts are how `cell serve` serves a started daemon.
+type serveOpts struct {
+	listen, metricsListen string
+	maxConns              int
+	grace                 time.Duration // how long shutdown waits for in-flight calls
+	mode                  daemon.ShutdownMode
+}
+
+// serveDaemon serves d's API (and its metrics, with metricsListen) until ctx ends or serving
+// fails, then shuts d down: in o.mode once ctx ended, leaving its sandboxes running on a failure.
+func serveDaemon(ctx context.Context, d *daemon.Daemon, log *slog.Logger, o serveOpts) error {
+	fail := func(err error) error {
+		return errors.Join(err, d.Shutdown(context.Background(), daemon.Leave))
+	}
+	ln, err := net.Listen("tcp", o.listen)
+	if err != nil {
+		return fail(fmt.Errorf("listening on %s: %w", o.listen, err))
+	}
+	srv := api.NewServer(d.Handler(), log)
+	fmt.Fprintf(os.Stderr, "cell: serving on http://%s (accel %s)\n", ln.Addr(), d.Accel())
+	ln = api.LimitListener(ln, o.maxConns)
+	errc := make(chan error, 2)
+	go func() { errc <- srv.Serve(ln) }()
+	if o.metricsListen != "" {
+		mln, err := net.Listen("tcp", o.metricsListen)
+		if err != nil {
+			_ = srv.Close()
+			return fail(fmt.Errorf("--metrics-listen %s: %w", o.metricsListen, err))
+		}
+		msrv := &http.Server{Handler: d.MetricsHandler(), ReadHeaderTimeout: 10 * time.Second, IdleTimeout: api.IdleTimeout}
+		mln = api.LimitListener(mln, 64)
+		defer func() { _ = msrv.Close() }()
+		go func() {
+			if err := msrv.Serve(mln); !errors.Is(err, http.ErrServerClosed) {
+				errc <- err
+			}
+		}()
+		fmt.Fprintf(os.Stderr, "cell: metrics on http://%s/metrics\n", mln.Addr())
+	}
+	select {
+	case err := <-errc:
+		return fail(fmt.Errorf("serving: %w", err))
+	case <-ctx.Done():
+	}
+	fmt.Fprintln(os.Stderr, "cell: shutting down")
+	sctx, cancel := context.WithTimeout(context.Background(), o.grace)
+	defer cancel()
+	if err := srv.Shutdown(sctx); err != nil && !errors.Is(err, context.DeadlineExceeded) {
+		log.Warn("http shutdown", "err", err)
+	}
+	_ = srv.Close() // streams still open after the grace period
+	if err := d.Shutdown(sctx, o.mode); err != nil {
+		log.Warn("shutdown", "mode", o.mode, "err", err)
+	}
+	return nil
 }

@@ -21,7 +21,6 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/cellhq/cell/internal/ids"
-	"github.com/cellhq/cell/internal/netstack"
 	"github.com/cellhq/cell/internal/sandbox"
 	"github.com/cellhq/cell/internal/store"
 	"github.com/cellhq/cell/internal/vmm"
@@ -51,23 +50,6 @@ const (
 	MaxEnvVars     = 256
 	RetainEnded    = 7 * 24 * time.Hour
 )
-
-// Runtime is what the manager needs of the sandbox runtime: VMs started, adopted, resumed and
-// snapshotted.
-type Runtime interface {
-	Boot(ctx context.Context, opts sandbox.Options) (*sandbox.Sandbox, error)
-	Adopt(ctx context.Context, id string, pid int, startTicks uint64, rules *netstack.Rules) (*sandbox.Sandbox, error)
-	Resume(ctx context.Context, dir string, init envd.InitRequest, rules *netstack.Rules, memory bool) (*sandbox.Sandbox, error)
-	Snapshot(ctx context.Context, sb *sandbox.Sandbox, home, name, label, team string, fork bool) (*sandbox.Template, error)
-}
-
-// Templates are the snapshots the runtime restores sandboxes from (the runtime's own set).
-type Templates interface {
-	SetTemplate(name string, t *sandbox.Template)
-	Template(name string) *sandbox.Template
-	Templates() []*sandbox.Template
-	DropTemplate(name string)
-}
 
 // Config configures a Manager.
 type Config struct {
@@ -106,16 +88,18 @@ type Manager struct {
 type box struct {
 	op sync.Mutex // serialises pause and resume
 	mu sync.Mutex
-	// pausing is set while the VM is being saved: its exit then is not a death.
-	pausing bool
-	rec     store.Sandbox
-	sb      *sandbox.Sandbox
-	timer   *time.Timer
-	ended   bool
-	left    chan struct{} // closed when this process lets go of the VM without stopping it
+	// state is where the sandbox is in its life (see transitions); only to changes it.
+	state state
+	rec   store.Sandbox
+	sb    Instance
+	timer *time.Timer
+	left  chan struct{} // closed when this process lets go of the VM without stopping it
 }
 
-func newBox(rec store.Sandbox) *box { return &box{rec: rec, left: make(chan struct{})} }
+// newBox holds rec, in s (creating, or what Recover takes back: running or paused).
+func newBox(rec store.Sandbox, s state) *box {
+	return &box{state: s, rec: rec, left: make(chan struct{})}
+}
 
 // New opens a manager over cfg's store. Call Recover before serving.
 func New(ctx context.Context, cfg Config) (*Manager, error) {
@@ -233,7 +217,7 @@ func (m *Manager) Create(ctx context.Context, req CreateRequest) (Info, error) {
 	}
 	id := ids.NewSandboxID()
 	if fromPool != nil {
-		id = fromPool.sb.ID
+		id = fromPool.id
 	}
 	rec := store.Sandbox{
 		ID: id, TeamID: req.Team, TemplateID: req.Template, State: store.StateCreating,
@@ -253,7 +237,7 @@ func (m *Manager) Create(ctx context.Context, req CreateRequest) (Info, error) {
 	if err := m.cfg.Store.PutSandbox(ctx, rec); err != nil {
 		return Info{}, err
 	}
-	b := newBox(rec)
+	b := newBox(rec, creating)
 	m.mu.Lock()
 	m.boxes[rec.ID] = b
 	m.mu.Unlock()
@@ -262,11 +246,11 @@ func (m *Manager) Create(ctx context.Context, req CreateRequest) (Info, error) {
 	// the sandbox is handed out.
 	token := rec.EnvdToken
 	initReq := envd.InitRequest{EnvVars: rec.EnvVars, AccessToken: &token}
-	var sb *sandbox.Sandbox
+	var sb Instance
 	if fromPool != nil {
 		sb = fromPool.sb
-		if sb.Net != nil {
-			sb.Net.SetRules(rules) // nothing ran in it yet
+		if n := sb.Network(); n != nil {
+			n.SetRules(rules) // nothing ran in it yet
 		}
 		// The pool sandbox already has its own name, randomness, clock, token and E2B's
 		// variables: only other settings need a trip into the guest.
@@ -278,26 +262,31 @@ func (m *Manager) Create(ctx context.Context, req CreateRequest) (Info, error) {
 	} else {
 		sb, err = m.cfg.Runtime.Boot(ctx, sandbox.Options{ID: rec.ID, Template: req.Template, CPUs: req.CPUs, MemoryMiB: req.MemoryMiB, DiskMiB: req.DiskMiB, Init: &initReq, Net: rules})
 	}
-	if err == nil {
-		b.rec.PID, b.rec.StartTicks = sb.VM.PID, sb.VM.StartTicks
-	}
 	if err != nil {
 		m.mu.Lock()
 		delete(m.boxes, rec.ID)
 		m.mu.Unlock()
-		b.rec.State, b.rec.Reason, b.rec.EndAt = store.StateFailed, err.Error(), time.Now()
-		_ = m.cfg.Store.PutSandbox(context.WithoutCancel(ctx), b.rec)
+		b.mu.Lock()
+		ended := b.to(failed) == nil // else killed while it booted, and recorded so
+		if ended {
+			b.rec.Reason, b.rec.EndAt = err.Error(), time.Now()
+		}
+		rec := b.rec
+		b.mu.Unlock()
+		if ended {
+			_ = m.cfg.Store.PutSandbox(context.WithoutCancel(ctx), rec)
+		}
 		return Info{}, fmt.Errorf("%w: %w", ErrBootFailed, err)
 	}
 	b.mu.Lock()
-	if b.ended { // killed (or the daemon stopped) while it booted
+	if err := b.to(running); err != nil { // killed (or the daemon stopped) while it booted
 		reason := b.rec.Reason
 		b.mu.Unlock()
 		_ = sb.Close()
 		return Info{}, fmt.Errorf("%w: sandbox %s ended while starting: %s", ErrConflict, rec.ID, reason)
 	}
 	b.sb = sb
-	b.rec.State = store.StateRunning
+	b.rec.PID, b.rec.StartTicks = sb.PID()
 	// The timeout counts from when the sandbox is ready, as the client sees it.
 	b.rec.EndAt = time.Now().Add(req.Timeout)
 	err = m.cfg.Store.PutSandbox(context.WithoutCancel(ctx), b.rec)
@@ -305,7 +294,7 @@ func (m *Manager) Create(ctx context.Context, req CreateRequest) (Info, error) {
 	info := Info{b.rec}
 	b.mu.Unlock()
 	if err != nil {
-		m.end(b, store.StateFailed, "storing the sandbox: "+err.Error())
+		m.end(b, failed, "storing the sandbox: "+err.Error())
 		return Info{}, err
 	}
 	m.watch(b)
@@ -325,7 +314,7 @@ func (m *Manager) arm(b *box) {
 		// not expire (and so lose) its saved state. (The caller of arm holds b.mu until t is
 		// set, so a timer that fires at once waits for it here.)
 		b.mu.Lock()
-		stale := b.timer != t || b.pausing || b.ended || b.rec.State != store.StateRunning
+		stale := b.timer != t || b.state != running
 		b.mu.Unlock()
 		if stale {
 			return
@@ -339,7 +328,7 @@ func (m *Manager) arm(b *box) {
 			m.log.Warn("pausing a timed-out sandbox failed: killing it", "sandbox", rec.ID, "err", err)
 		}
 		m.log.Info("sandbox timed out", "sandbox", rec.ID)
-		m.end(b, store.StateExpired, "timeout")
+		m.end(b, expired, "timeout")
 	})
 	b.timer = t
 }
@@ -356,32 +345,32 @@ func (m *Manager) watch(b *box) {
 			return
 		}
 		select {
-		case <-sb.VM.Exited():
+		case <-sb.Exited():
 			b.mu.Lock()
-			stale := b.pausing || b.sb != sb
+			stale := b.state == pausing || b.sb != sb
 			b.mu.Unlock()
 			if !stale {
-				m.end(b, store.StateKilled, "qemu "+sb.VM.ExitReason())
+				m.end(b, killed, "qemu "+sb.ExitReason())
 			}
 		case <-b.left:
 		}
 	}()
 }
 
-// end moves b to a final state (once) and releases its VM.
-func (m *Manager) end(b *box, state, reason string) {
+// end moves b to the final state final (once: an ended sandbox stays as it ended) and releases
+// its VM.
+func (m *Manager) end(b *box, final state, reason string) {
 	b.mu.Lock()
-	if b.ended {
+	if err := b.to(final); err != nil {
 		b.mu.Unlock()
 		return
 	}
-	b.ended = true
 	if b.timer != nil {
 		b.timer.Stop()
 	}
 	sb := b.sb
-	b.rec.State, b.rec.Reason = state, reason
-	if state != store.StateExpired {
+	b.rec.Reason = reason
+	if final != expired {
 		b.rec.EndAt = time.Now()
 	}
 	rec := b.rec
@@ -403,7 +392,7 @@ func (m *Manager) end(b *box, state, reason string) {
 	if err := m.cfg.Store.PutSandbox(context.Background(), rec); err != nil {
 		m.log.Error("storing sandbox end", "sandbox", rec.ID, "err", err)
 	}
-	m.log.Info("sandbox ended", "sandbox", rec.ID, "state", state, "reason", reason)
+	m.log.Info("sandbox ended", "sandbox", rec.ID, "state", rec.State, "reason", reason)
 }
 
 // lookup returns team's live sandbox id.
@@ -419,7 +408,7 @@ func (m *Manager) lookup(team, id string) (*box, error) {
 	}
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	if (team != "" && b.rec.TeamID != team) || b.ended {
+	if (team != "" && b.rec.TeamID != team) || b.state.gone() {
 		return nil, fmt.Errorf("%w: sandbox %q", ErrNotFound, id)
 	}
 	return b, nil
@@ -442,7 +431,7 @@ func (m *Manager) Kill(team, id string) error {
 	if err != nil {
 		return err
 	}
-	m.end(b, store.StateKilled, "killed by request")
+	m.end(b, killed, "killed by request")
 	return nil
 }
 
@@ -457,13 +446,14 @@ func (m *Manager) SetTimeout(ctx context.Context, team, id string, timeout time.
 		return Info{}, err
 	}
 	b.mu.Lock()
-	if b.rec.State != store.StateRunning {
-		b.mu.Unlock()
-		return Info{}, fmt.Errorf("%w: sandbox %s is %s", ErrConflict, id, b.rec.State)
-	}
-	if b.pausing {
+	switch b.state {
+	case running:
+	case pausing:
 		b.mu.Unlock()
 		return Info{}, fmt.Errorf("%w: sandbox %s is being paused", ErrConflict, id)
+	default:
+		b.mu.Unlock()
+		return Info{}, fmt.Errorf("%w: sandbox %s is %s", ErrConflict, id, b.rec.State)
 	}
 	b.rec.EndAt, b.rec.Timeout = time.Now().Add(timeout), timeout
 	m.arm(b)
@@ -488,7 +478,7 @@ func (m *Manager) List(team string) []Info {
 	var out []Info
 	for _, b := range m.allBoxes() {
 		b.mu.Lock()
-		if b.rec.TeamID == team && !b.ended && b.rec.State != store.StateCreating {
+		if b.rec.TeamID == team && !b.state.gone() && b.rec.State != store.StateCreating {
 			out = append(out, Info{b.rec})
 		}
 		b.mu.Unlock()
@@ -539,7 +529,7 @@ func (m *Manager) ConsoleLog(team, id string) (*vmm.ConsoleLog, error) {
 	if sb == nil {
 		return nil, nil
 	}
-	log, err := sb.VM.OpenConsoleLog()
+	log, err := sb.OpenConsoleLog()
 	if errors.Is(err, os.ErrNotExist) {
 		return nil, nil
 	}
@@ -618,8 +608,7 @@ func (m *Manager) slots() (used, over int) {
 // recoverRunning takes back a creating or running record at startup: its VM adopted (kept), or
 // its interrupted pause completed (paused), or it is recorded lost.
 func (m *Manager) recoverRunning(ctx context.Context, rec store.Sandbox) (kept bool, err error) {
-	b := newBox(rec)
-	var sb *sandbox.Sandbox
+	var sb Instance
 	var aerr error
 	if rec.State == store.StateRunning {
 		done, err := m.recoverPause(ctx, &rec)
@@ -678,6 +667,7 @@ func (m *Manager) recoverRunning(ctx context.Context, rec store.Sandbox) (kept b
 		_ = os.RemoveAll(m.pausedDir(rec.ID))
 	}
 	sb.SetToken(rec.EnvdToken)
+	b := newBox(rec, running)
 	b.sb = sb
 	m.mu.Lock()
 	m.boxes[rec.ID] = b
@@ -814,15 +804,17 @@ func (m *Manager) Shutdown(ctx context.Context, mode ShutdownMode) {
 				m.log.Warn("pausing at shutdown failed: killing", "sandbox", b.rec.ID, "err", err)
 			}
 			if !leave {
-				m.end(b, store.StateKilled, "cell serve shut down")
+				m.end(b, killed, "cell serve shut down")
 				return
 			}
 			b.mu.Lock()
 			if b.timer != nil {
 				b.timer.Stop()
 			}
-			b.ended = true // for this process; the record stays running for the next one
-			sb := b.sb
+			var sb Instance
+			if b.to(left) == nil { // for this process; the record stays running for the next one
+				sb = b.sb
+			}
 			b.mu.Unlock()
 			close(b.left)
 			if sb != nil {
@@ -864,7 +856,7 @@ func (m *Manager) EnvdMetrics(ctx context.Context, id string, hc *http.Client) (
 }
 
 // Sandbox returns team's running sandbox (for Cell's own tools: benchmarks, tests).
-func (m *Manager) Sandbox(team, id string) (*sandbox.Sandbox, error) {
+func (m *Manager) Sandbox(team, id string) (Instance, error) {
 	b, err := m.lookup(team, id)
 	if err != nil {
 		return nil, err

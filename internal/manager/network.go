@@ -65,14 +65,16 @@ func (m *Manager) UpdateNetwork(ctx context.Context, team, id string, u NetworkU
 		return Info{}, err
 	}
 	b.mu.Lock()
-	if b.ended {
+	if b.state.gone() {
 		b.mu.Unlock()
 		return Info{}, fmt.Errorf("%w: sandbox %q", ErrNotFound, id)
 	}
 	b.rec.AllowInternet, b.rec.Network = rec.AllowInternet, rec.Network
 	rec = b.rec
-	if sb != nil && sb == b.sb && sb.Net != nil {
-		sb.Net.SetRules(rules)
+	if sb != nil && sb == b.sb {
+		if n := sb.Network(); n != nil {
+			n.SetRules(rules)
+		}
 	}
 	b.mu.Unlock()
 	if err := m.cfg.Store.PutSandbox(context.WithoutCancel(ctx), rec); err != nil {
@@ -106,8 +108,8 @@ func (m *Manager) Port(id string, port uint16) (PortTarget, error) {
 		Dial: func(ctx context.Context) (net.Conn, error) {
 			// Through the sandbox's network first (a server on 0.0.0.0, as on E2B); a refusal
 			// there may be a server on 127.0.0.1 only, reached through envd instead.
-			if sb.Net != nil {
-				c, err := sb.Net.DialGuest(ctx, port)
+			if n := sb.Network(); n != nil {
+				c, err := n.DialGuest(ctx, port)
 				if err == nil || !strings.Contains(err.Error(), "refused") {
 					return c, err
 				}
@@ -130,10 +132,10 @@ func (m *Manager) NetStats(team, id string) (netstack.Stats, bool, error) {
 	}
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	if b.sb == nil || b.sb.Net == nil {
+	if b.sb == nil || b.sb.Network() == nil {
 		return netstack.Stats{}, false, nil
 	}
-	return b.sb.Net.Stats(), true, nil
+	return b.sb.Network().Stats(), true, nil
 }
 
 // SandboxNet is one running sandbox's network counters.
@@ -147,8 +149,8 @@ func (m *Manager) NetStatsAll() []SandboxNet {
 	var out []SandboxNet
 	for _, b := range m.allBoxes() {
 		b.mu.Lock()
-		if b.sb != nil && b.sb.Net != nil && !b.ended {
-			out = append(out, SandboxNet{ID: b.rec.ID, Team: b.rec.TeamID, Stats: b.sb.Net.Stats()})
+		if b.sb != nil && b.sb.Network() != nil && !b.state.gone() {
+			out = append(out, SandboxNet{ID: b.rec.ID, Team: b.rec.TeamID, Stats: b.sb.Network().Stats()})
 		}
 		b.mu.Unlock()
 	}

@@ -39,19 +39,17 @@ func (m *Manager) pause(ctx context.Context, b *box, memory bool) error {
 	b.op.Lock()
 	defer b.op.Unlock()
 	b.mu.Lock()
-	switch {
-	case b.ended:
-		b.mu.Unlock()
-		return fmt.Errorf("%w: sandbox %q", ErrNotFound, id)
-	case b.rec.State == store.StatePaused:
-		b.mu.Unlock()
-		return fmt.Errorf("%w: sandbox %s is already paused", ErrConflict, id)
-	case b.rec.State != store.StateRunning || b.sb == nil:
-		b.mu.Unlock()
+	if err := b.to(pausing); err != nil {
+		defer b.mu.Unlock()
+		switch {
+		case b.state.gone():
+			return fmt.Errorf("%w: sandbox %q", ErrNotFound, id)
+		case b.state == paused:
+			return fmt.Errorf("%w: sandbox %s is already paused", ErrConflict, id)
+		}
 		return fmt.Errorf("%w: sandbox %s is %s", ErrConflict, id, b.rec.State)
 	}
 	sb := b.sb
-	b.pausing = true
 	if b.timer != nil {
 		b.timer.Stop()
 	}
@@ -69,23 +67,19 @@ func (m *Manager) pause(ctx context.Context, b *box, memory bool) error {
 	if perr != nil {
 		if _, _, err := sandbox.CurrentPaused(m.pausedDir(id)); err != nil {
 			// Nothing was published and the VM could not go on (its QEMU is gone).
-			b.mu.Lock()
-			b.pausing = false
-			b.mu.Unlock()
-			m.end(b, store.StateFailed, "pause failed: "+perr.Error())
+			m.end(b, failed, "pause failed: "+perr.Error())
 			return fmt.Errorf("pausing sandbox %s: %w", id, perr)
 		}
 		m.log.Warn("pause finished with an error after publishing", "sandbox", id, "err", perr)
 	}
 	b.mu.Lock()
-	b.pausing = false
-	if b.ended { // killed while it paused: the saved state goes with it
+	if err := b.to(paused); err != nil { // killed while it paused: the saved state goes with it
 		b.mu.Unlock()
 		_ = os.RemoveAll(m.pausedDir(id))
 		return fmt.Errorf("%w: sandbox %q", ErrNotFound, id)
 	}
 	b.sb = nil
-	b.rec.State, b.rec.PID, b.rec.StartTicks = store.StatePaused, 0, 0
+	b.rec.PID, b.rec.StartTicks = 0, 0
 	if b.timer != nil { // a paused sandbox has no timeout
 		b.timer.Stop()
 		b.timer = nil
@@ -102,24 +96,23 @@ func (m *Manager) pause(ctx context.Context, b *box, memory bool) error {
 // pauseUndone takes b back after a pause of sb failed and was undone: it runs on, with its
 // timeout armed again (or it expires now if that passed meanwhile), and its VM's death is
 // watched again (the watcher let a death during the pause be).
-func (m *Manager) pauseUndone(b *box, sb *sandbox.Sandbox) {
+func (m *Manager) pauseUndone(b *box, sb Instance) {
 	b.mu.Lock()
-	b.pausing = false
-	if b.ended {
+	if err := b.to(running); err != nil { // ended while it paused
 		b.mu.Unlock()
 		return
 	}
 	select {
-	case <-sb.VM.Exited():
+	case <-sb.Exited():
 		// It died after the pause was undone, while its watcher took it for the pause's doing.
 		b.mu.Unlock()
-		m.end(b, store.StateKilled, "qemu "+sb.VM.ExitReason())
+		m.end(b, killed, "qemu "+sb.ExitReason())
 		return
 	default:
 	}
 	if time.Now().After(b.rec.EndAt) {
 		b.mu.Unlock()
-		m.end(b, store.StateExpired, "timeout (its pause failed)")
+		m.end(b, expired, "timeout (its pause failed)")
 		return
 	}
 	m.arm(b)
@@ -145,11 +138,11 @@ func (m *Manager) Resume(ctx context.Context, team, id string, timeout time.Dura
 	b.op.Lock()
 	defer b.op.Unlock()
 	b.mu.Lock()
-	if b.ended {
+	if b.state.gone() {
 		b.mu.Unlock()
 		return Info{}, false, fmt.Errorf("%w: sandbox %q", ErrNotFound, id)
 	}
-	if b.rec.State != store.StatePaused {
+	if err := b.to(resuming); err != nil { // not paused: left as it is
 		info := Info{b.rec}
 		b.mu.Unlock()
 		return info, false, nil
@@ -171,17 +164,20 @@ func (m *Manager) Resume(ctx context.Context, team, id string, timeout time.Dura
 	t0 := time.Now()
 	sb, err := m.cfg.Runtime.Resume(ctx, m.pausedDir(id), init, rules, memory)
 	if err != nil {
+		b.mu.Lock()
+		_ = b.to(paused) // as it was (unless it ended meanwhile)
+		b.mu.Unlock()
 		return Info{}, false, fmt.Errorf("%w: %w", ErrBootFailed, err)
 	}
 	b.mu.Lock()
-	if b.ended { // killed while it resumed
+	was := b.rec
+	if err := b.to(running); err != nil { // killed while it resumed
 		b.mu.Unlock()
 		_ = sb.Close()
 		return Info{}, false, fmt.Errorf("%w: sandbox %q", ErrNotFound, id)
 	}
-	paused := b.rec
 	b.sb = sb
-	b.rec.State, b.rec.PID, b.rec.StartTicks = store.StateRunning, sb.VM.PID, sb.VM.StartTicks
+	b.rec.PID, b.rec.StartTicks = sb.PID()
 	b.rec.EndAt, b.rec.Timeout = time.Now().Add(timeout), timeout
 	rec := b.rec
 	m.arm(b)
@@ -195,8 +191,8 @@ func (m *Manager) Resume(ctx context.Context, team, id string, timeout time.Dura
 			b.timer = nil
 		}
 		b.sb = nil
-		if !b.ended {
-			b.rec = paused
+		if b.to(paused) == nil {
+			b.rec = was
 		}
 		b.mu.Unlock()
 		_ = sb.Close()
@@ -220,7 +216,7 @@ func (m *Manager) recoverPaused(ctx context.Context, rec store.Sandbox) error {
 		return m.cfg.Store.PutSandbox(ctx, rec) // its files, if any, are kept for inspection
 	}
 	sandbox.CleanPaused(dir)
-	b := newBox(rec)
+	b := newBox(rec, paused)
 	m.mu.Lock()
 	m.boxes[rec.ID] = b
 	m.mu.Unlock()

@@ -7,6 +7,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/cellhq/cell/internal/ids"
 	"github.com/cellhq/cell/internal/sandbox"
 	"github.com/cellhq/cell/pkg/envd"
 )
@@ -22,7 +23,8 @@ var poolWarmUp = sandbox.RunSpec{Cmd: "/bin/bash", Args: []string{"-l", "-c", "p
 // pooled is a ready sandbox and the access token envd already enforces: a create that needs no
 // other settings hands both out without a trip into the guest.
 type pooled struct {
-	sb    *sandbox.Sandbox
+	id    string
+	sb    Instance
 	token string
 }
 
@@ -70,8 +72,8 @@ func (m *Manager) fill(ctx context.Context, p *pool) {
 			}
 			continue
 		}
-		token := newToken()
-		sb, err := m.cfg.Runtime.Boot(ctx, sandbox.Options{Template: p.template, DiskMiB: m.diskMiB(p.template), Init: &envd.InitRequest{AccessToken: &token}})
+		id, token := ids.NewSandboxID(), newToken()
+		sb, err := m.cfg.Runtime.Boot(ctx, sandbox.Options{ID: id, Template: p.template, DiskMiB: m.diskMiB(p.template), Init: &envd.InitRequest{AccessToken: &token}})
 		if err == nil {
 			var res sandbox.Result
 			res, err = sb.Run(ctx, poolWarmUp, nil, io.Discard, io.Discard, nil)
@@ -96,7 +98,7 @@ func (m *Manager) fill(ctx context.Context, p *pool) {
 			continue
 		}
 		backoff = time.Second
-		p.ready <- pooled{sb: sb, token: token} // never blocks: only this goroutine adds, and it checked the length
+		p.ready <- pooled{id: id, sb: sb, token: token} // never blocks: only this goroutine adds, and it checked the length
 	}
 }
 
@@ -117,7 +119,7 @@ func (m *Manager) takePooled(template string) *pooled {
 			default:
 			}
 			select {
-			case <-sb.VM.Exited():
+			case <-sb.Exited():
 				_ = sb.Close() // died while waiting: try the next one
 				continue
 			default:

@@ -12,6 +12,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/cellhq/cell/internal/datadir"
 	"github.com/cellhq/cell/internal/netstack"
 	"github.com/cellhq/cell/internal/vmm"
 	"github.com/cellhq/cell/pkg/envd"
@@ -74,21 +75,17 @@ func (s *Sandbox) Pause(ctx context.Context, dir string, memory bool) (_ PausedM
 	if serr != nil {
 		s.log.Warn("pausing without the guest's flush", "sandbox", s.ID, "err", serr)
 	}
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return meta, fmt.Errorf("%w: %w", ErrPauseUndone, err)
-	}
-	staging, err := os.MkdirTemp(dir, ".staging-")
+	st, err := stage(dir)
 	if err != nil {
 		return meta, fmt.Errorf("%w: %w", ErrPauseUndone, err)
 	}
-	u := pauseUndo{s: s, staging: staging}
+	u := pauseUndo{s: s, staging: st.dir}
 	defer func() {
 		if err != nil {
 			err = u.undo(ctx, err)
 		}
 	}()
-	b, _ := json.MarshalIndent(meta, "", "  ")
-	if err := writeSynced(filepath.Join(staging, "meta.pending"), b); err != nil {
+	if err := st.writeMeta("meta.pending", meta); err != nil {
 		return meta, err
 	}
 	// As for a template, the resumed envd should find its port closed. Unlike a template build,
@@ -98,16 +95,16 @@ func (s *Sandbox) Pause(ctx context.Context, dir string, memory bool) (_ PausedM
 	s.VM.SuspendChannel()
 	u.channel, u.stopped = true, true // a save stops the VM first, as a failed one may have
 	if memory {
-		if err := saveMemory(ctx, s.VM, staging, meta.RAMFile, true); err != nil {
+		if err := saveMemory(ctx, s.VM, st.dir, meta.RAMFile, true); err != nil {
 			return meta, fmt.Errorf("saving the VM: %w", err)
 		}
-	} else if err := s.VM.QMP.Execute(ctx, "stop", nil, nil); err != nil {
-		return meta, fmt.Errorf("stopping the VM: %w", err)
+	} else if err := s.VM.Stop(ctx); err != nil {
+		return meta, err
 	}
 	// Stopping the guest drained and flushed its disk: QEMU writes to it no more. (The state and
 	// memory file were synced by the save.) The disk moves with its layers, no copy.
-	disk := filepath.Join(staging, vmm.DiskFile)
-	if err := s.VM.MoveDisk(ctx, staging); err != nil {
+	disk := st.file(vmm.DiskFile)
+	if err := s.VM.MoveDisk(ctx, st.dir); err != nil {
 		return meta, fmt.Errorf("taking the VM's disk: %w", err)
 	}
 	u.disk = disk
@@ -115,14 +112,13 @@ func (s *Sandbox) Pause(ctx context.Context, dir string, memory bool) (_ PausedM
 		return meta, fmt.Errorf("syncing the disk: %w", err)
 	}
 	// meta.json comes last: a directory with it is complete (see CurrentPaused, FinishPause).
-	if err := os.Rename(filepath.Join(staging, "meta.pending"), filepath.Join(staging, "meta.json")); err != nil {
+	if err := st.completeMeta("meta.pending"); err != nil {
 		return meta, err
 	}
-	syncDir(staging)
 	if err := ctx.Err(); err != nil {
 		return meta, fmt.Errorf("publishing: %w", context.Cause(ctx))
 	}
-	if err := publish(s.log, dir, staging); err != nil {
+	if err := publish(s.log, st); err != nil {
 		return meta, err
 	}
 	// Published: QEMU is killed now, and its exit (where the kernel frees its RAM: ~40 ms with
@@ -153,7 +149,7 @@ func (u *pauseUndo) undo(ctx context.Context, cause error) error {
 		if err := vm.ReturnDisk(u.staging); err != nil {
 			return fmt.Errorf("%w; giving the VM its disk back: %w", cause, err)
 		}
-		syncDir(vm.Dir.Path)
+		syncDir(vm.WorkDir())
 	}
 	_ = os.RemoveAll(u.staging)
 	if u.stopped {
@@ -178,15 +174,15 @@ func (u *pauseUndo) undo(ctx context.Context, cause error) error {
 	return fmt.Errorf("%w: %w", ErrPauseUndone, cause)
 }
 
-// publish makes the complete staging directory the newest generation under dir: renamed into
-// place, it is the sandbox (CurrentPaused). The file "current" is then made to name it, for
-// people and for older Cells; failing that is only logged.
-func publish(log *slog.Logger, dir, staging string) error {
+// publish makes the complete staging directory st the newest generation of its paused sandbox:
+// renamed into place, it is the sandbox (CurrentPaused). The file "current" is then made to
+// name it, for people and for older Cells; failing that is only logged.
+func publish(log *slog.Logger, st *staged) error {
+	dir := st.parent
 	gen := nextGeneration(dir)
-	if err := os.Rename(staging, filepath.Join(dir, gen)); err != nil {
+	if err := st.publishAs(filepath.Join(dir, gen)); err != nil {
 		return fmt.Errorf("publishing the paused sandbox: %w", err)
 	}
-	syncDir(dir)
 	if err := nameCurrent(dir, gen); err != nil {
 		log.Warn("naming the current paused generation", "dir", dir, "err", err)
 	}
@@ -253,7 +249,7 @@ func UndoPause(dir, vmDisk string) bool {
 	}
 	for _, de := range des {
 		st := filepath.Join(dir, de.Name())
-		if !de.IsDir() || !strings.HasPrefix(de.Name(), ".staging-") {
+		if !de.IsDir() || !strings.HasPrefix(de.Name(), datadir.Staging) {
 			continue
 		}
 		if _, err := os.Stat(filepath.Join(st, "meta.json")); err == nil {
@@ -282,12 +278,12 @@ func FinishPause(dir string, id string, memoryMiB, cpus int) (bool, error) {
 	}
 	var withDisk string
 	for _, de := range des {
-		if !de.IsDir() || !strings.HasPrefix(de.Name(), ".staging-") {
+		if !de.IsDir() || !strings.HasPrefix(de.Name(), datadir.Staging) {
 			continue
 		}
 		st := filepath.Join(dir, de.Name())
 		if _, ok := complete(st); ok {
-			return true, publish(slog.New(slog.DiscardHandler), dir, st)
+			return true, publish(slog.New(slog.DiscardHandler), &staged{parent: dir, dir: st})
 		}
 		if _, err := os.Stat(filepath.Join(st, vmm.DiskFile)); err == nil {
 			withDisk = st
@@ -318,12 +314,12 @@ func FinishPause(dir string, id string, memoryMiB, cpus int) (bool, error) {
 	if err := vmm.SyncChain(filepath.Join(withDisk, vmm.DiskFile)); err != nil {
 		return false, err
 	}
-	b, _ := json.MarshalIndent(meta, "", "  ")
-	if err := writeSynced(filepath.Join(withDisk, "meta.json"), b); err != nil {
+	st := &staged{parent: dir, dir: withDisk}
+	if err := st.writeMeta("meta.json", meta); err != nil {
 		return false, err
 	}
 	syncDir(withDisk)
-	return true, publish(slog.New(slog.DiscardHandler), dir, withDisk)
+	return true, publish(slog.New(slog.DiscardHandler), st)
 }
 
 // savedMemory says whether a staging generation holds the saved memory its meta describes.

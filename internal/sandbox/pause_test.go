@@ -235,7 +235,7 @@ func TestPublishAfterEveryGeneration(t *testing.T) {
 	diskOnly := PausedMeta{ID: "sb1", MemoryMiB: 512, CPUs: 2}
 	generationWith(t, dir, old, map[string]string{"meta.json": pending(t, diskOnly), "disk.qcow2": "old"})
 	st := stagingWith(t, dir, map[string]string{"meta.json": pending(t, diskOnly), "disk.qcow2": "new"})
-	if err := publish(slog.New(slog.DiscardHandler), dir, st); err != nil {
+	if err := publish(slog.New(slog.DiscardHandler), &staged{parent: dir, dir: st}); err != nil {
 		t.Fatal(err)
 	}
 	g, _, err := CurrentPaused(dir)

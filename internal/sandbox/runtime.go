@@ -17,6 +17,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/cellhq/cell/internal/datadir"
 	"github.com/cellhq/cell/internal/image"
 	"github.com/cellhq/cell/internal/netstack"
 	"github.com/cellhq/cell/internal/vmm"
@@ -28,6 +29,7 @@ type RuntimeConfig struct {
 	ImageHome     string // where the image cache lives (default Home)
 	Envd          string // envd binary for the image
 	RunDir        string // where VM directories go; default from Home (see RunDir)
+	AccelCache    string // the accelerator probe's cache file; default Home/accel.json
 	Accel         vmm.Accel
 	MaxVMs        int
 	Attempts      int
@@ -66,7 +68,7 @@ func FindTool(name, pkg string) (string, error) {
 // private per-user directory under the system's temporary directory, one per data directory
 // (named by a hash of home's path: two data directories never share one).
 func RunDir(home string) (string, error) {
-	d := filepath.Join(home, "run")
+	d := datadir.Layout{Home: home}.Run()
 	if len(d) <= 70 {
 		return d, nil
 	}
@@ -129,7 +131,10 @@ func NewRuntime(ctx context.Context, cfg RuntimeConfig) (*Runtime, vmm.AccelChoi
 	if img.QEMUFallback != "" {
 		cfg.Log.Warn("Cell's QEMU could not be built; Debian's starts ~15 ms slower (`cell image build --force` tries again)", "why", img.QEMUFallback)
 	}
-	choice := vmm.ResolveAccel(ctx, cfg.Accel, qemu, img.Kernel, filepath.Join(cfg.Home, "accel.json"))
+	if cfg.AccelCache == "" {
+		cfg.AccelCache = datadir.Layout{Home: cfg.Home}.Accel()
+	}
+	choice := vmm.ResolveAccel(ctx, cfg.Accel, qemu, img.Kernel, cfg.AccelCache)
 	if cfg.MaxVMs == 0 {
 		cfg.MaxVMs = 64
 	}

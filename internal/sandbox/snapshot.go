@@ -2,12 +2,12 @@ package sandbox
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"os"
 	"path/filepath"
 	"time"
 
+	"github.com/cellhq/cell/internal/datadir"
 	"github.com/cellhq/cell/internal/vmm"
 )
 
@@ -19,11 +19,12 @@ func (r *Runtime) Snapshot(ctx context.Context, s *Sandbox, home, name, label, t
 	if err != nil {
 		return nil, err
 	}
-	parent := filepath.Join(home, "templates", name)
+	layout := datadir.Layout{Home: home}
+	parent := layout.Template(name)
 	if err := os.MkdirAll(parent, 0o700); err != nil {
 		return nil, err
 	}
-	final := filepath.Join(parent, "snap")
+	final := layout.Snapshot(name)
 	if _, err := os.Stat(final); err == nil {
 		return nil, fmt.Errorf("snapshot %s already exists", name)
 	}
@@ -33,20 +34,20 @@ func (r *Runtime) Snapshot(ctx context.Context, s *Sandbox, home, name, label, t
 	if err := r.Host.DiskGuard().Admit(need, "a snapshot's memory"); err != nil {
 		return nil, fmt.Errorf("snapshot of %s: %w", s.ID, err)
 	}
-	staging, err := os.MkdirTemp(parent, ".staging-")
+	st, err := stage(parent)
 	if err != nil {
 		return nil, err
 	}
-	defer func() { _ = os.RemoveAll(staging) }()
+	defer st.discard()
 	t0 := time.Now()
 	s.VM.StartWriteback() // the disk goes to storage while the RAM is saved
 	ramFile := s.VM.NamedRAM
-	err = saveMemory(ctx, s.VM, staging, ramFile, false)
+	err = saveMemory(ctx, s.VM, st.dir, ramFile, false)
 	tSaved := time.Now()
 	if err == nil {
 		// Stopping the VM flushed QEMU's qcow2 caches to the file: it is consistent now, and
 		// becomes a read-only layer that the snapshot and the VM share.
-		err = s.VM.TakeDisk(ctx, staging)
+		err = s.VM.TakeDisk(ctx, st.dir)
 	}
 	// The sandbox goes on whatever happened (a save given up on is cancelled first).
 	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), undoTimeout)
@@ -56,7 +57,7 @@ func (r *Runtime) Snapshot(ctx context.Context, s *Sandbox, home, name, label, t
 		err = fmt.Errorf("continuing the sandbox: %w", cerr)
 	}
 	if err == nil {
-		err = vmm.SyncChain(filepath.Join(staging, vmm.DiskFile))
+		err = vmm.SyncChain(st.file(vmm.DiskFile))
 	}
 	if err != nil {
 		return nil, fmt.Errorf("snapshot of %s: %w", s.ID, err)
@@ -67,14 +68,12 @@ func (r *Runtime) Snapshot(ctx context.Context, s *Sandbox, home, name, label, t
 	if tok := s.token.Load(); tok != nil {
 		meta.Token = *tok
 	}
-	b, _ := json.MarshalIndent(meta, "", "  ")
-	if err := writeSynced(filepath.Join(staging, "meta.json"), b); err != nil {
+	if err := st.writeMeta("meta.json", meta); err != nil {
 		return nil, err
 	}
-	if err := os.Rename(staging, final); err != nil {
+	if err := st.publishAs(final); err != nil {
 		return nil, err
 	}
-	syncDir(parent)
 	r.Log.Debug("snapshot saved", "sandbox", s.ID, "memory", tSaved.Sub(t0), "total", time.Since(t0))
 	return loadTemplate(final, fp)
 }
@@ -96,7 +95,8 @@ func (r *Runtime) LoadSnapshots(home string) ([]*Template, error) {
 	if err != nil {
 		return nil, err
 	}
-	stale, _ := filepath.Glob(filepath.Join(home, "templates", "*", ".staging-*"))
+	layout := datadir.Layout{Home: home}
+	stale, _ := filepath.Glob(filepath.Join(layout.Templates(), "*", datadir.Staging+"*"))
 	for _, d := range stale {
 		if filepath.Base(filepath.Dir(d)) == "base" {
 			continue // the base template's builds have their own lock
@@ -105,7 +105,7 @@ func (r *Runtime) LoadSnapshots(home string) ([]*Template, error) {
 		_ = os.RemoveAll(d)
 		_ = os.Remove(filepath.Dir(d)) // its template directory, if nothing else is in it
 	}
-	dirs, _ := filepath.Glob(filepath.Join(home, "templates", "*", "snap"))
+	dirs, _ := filepath.Glob(layout.Snapshot("*"))
 	var out []*Template
 	for _, d := range dirs {
 		t, err := loadTemplate(d, fp)

@@ -12,6 +12,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/cellhq/cell/internal/datadir"
 	"github.com/cellhq/cell/internal/ids"
 	"github.com/cellhq/cell/internal/vmm"
 	"github.com/cellhq/cell/pkg/envd"
@@ -65,15 +66,16 @@ func (r *Runtime) EnsureTemplate(ctx context.Context, home, name string) (*Templ
 	if err != nil {
 		return nil, fmt.Errorf("template %s: %w", name, err)
 	}
-	parent := filepath.Join(home, "templates", name)
+	layout := datadir.Layout{Home: home}
+	parent := layout.Template(name)
 	if err := os.MkdirAll(parent, 0o700); err != nil {
 		return nil, err
 	}
-	final := filepath.Join(parent, fp[:16])
+	final := layout.TemplateBuild(name, fp)
 	if t, err := loadTemplate(final, fp); err == nil {
 		return t, nil
 	}
-	lock, err := os.OpenFile(filepath.Join(parent, ".lock"), os.O_CREATE|os.O_RDWR, 0o600)
+	lock, err := os.OpenFile(layout.TemplateLock(name), os.O_CREATE|os.O_RDWR, 0o600)
 	if err != nil {
 		return nil, err
 	}
@@ -85,24 +87,22 @@ func (r *Runtime) EnsureTemplate(ctx context.Context, home, name string) (*Templ
 		return t, nil // built while we waited
 	}
 	t0 := time.Now()
-	staging, err := os.MkdirTemp(parent, ".staging-")
+	st, err := stage(parent)
 	if err != nil {
 		return nil, err
 	}
-	defer func() { _ = os.RemoveAll(staging) }()
+	defer st.discard()
 	meta := templateMeta{Name: name, Fingerprint: fp, MemoryMiB: spec.MemoryMiB, CPUs: spec.CPUs, Accel: r.Accel}
-	if err := r.buildTemplate(ctx, staging, &meta); err != nil {
+	if err := r.buildTemplate(ctx, st.dir, &meta); err != nil {
 		return nil, fmt.Errorf("building template %s: %w", name, err)
 	}
 	meta.CreatedAt, meta.BuildMillis = time.Now().UTC(), time.Since(t0).Milliseconds()
-	b, _ := json.MarshalIndent(meta, "", "  ")
-	if err := writeSynced(filepath.Join(staging, "meta.json"), b); err != nil {
+	if err := st.writeMeta("meta.json", meta); err != nil {
 		return nil, err
 	}
-	if err := os.Rename(staging, final); err != nil {
+	if err := st.publishAs(final); err != nil {
 		return nil, fmt.Errorf("publishing template %s: %w", name, err)
 	}
-	syncDir(parent)
 	// Older snapshots of this template (another QEMU, kernel or image) are kept: the disks of
 	// running and paused sandboxes restored from them are overlays on their disk layers.
 	r.Log.Info("template built", "template", name, "took", time.Since(t0))
@@ -152,7 +152,7 @@ func (r *Runtime) buildTemplate(ctx context.Context, dir string, meta *templateM
 	}
 	// The VM's overlay is the template's disk layer. QEMU keeps writing to the same inode
 	// until it exits (below, in Close), and the guest is stopped, so it matches the RAM.
-	if err := os.Rename(sb.VM.Dir.File("disk.qcow2"), filepath.Join(dir, "disk.qcow2")); err != nil {
+	if err := os.Rename(sb.VM.File("disk.qcow2"), filepath.Join(dir, "disk.qcow2")); err != nil {
 		return err
 	}
 	meta.KernelArgs = r.kernelArgs(sb.ID)
@@ -217,36 +217,5 @@ func flock(ctx context.Context, f *os.File) error {
 			return ctx.Err()
 		case <-time.After(50 * time.Millisecond):
 		}
-	}
-}
-
-func writeSynced(path string, b []byte) error {
-	f, err := os.OpenFile(path, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o600)
-	if err != nil {
-		return err
-	}
-	_, err = f.Write(b)
-	if serr := f.Sync(); err == nil {
-		err = serr
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	return err
-}
-
-func syncFile(path string) error {
-	f, err := os.Open(path)
-	if err != nil {
-		return err
-	}
-	defer func() { _ = f.Close() }()
-	return f.Sync()
-}
-
-func syncDir(path string) {
-	if d, err := os.Open(path); err == nil {
-		_ = d.Sync()
-		_ = d.Close()
 	}
 }

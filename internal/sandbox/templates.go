@@ -12,6 +12,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/cellhq/cell/internal/datadir"
 	"github.com/cellhq/cell/internal/image"
 	"github.com/cellhq/cell/internal/vmm"
 )
@@ -29,7 +30,7 @@ type TemplateInfo struct {
 // whose disk (in runDir, or a paused generation in pausedDir) and the snapshots whose disk is an
 // overlay on its disk.
 func ListTemplates(home, runDir, pausedDir string) ([]TemplateInfo, error) {
-	dirs, _ := filepath.Glob(filepath.Join(home, "templates", "*", "*", "meta.json"))
+	dirs, _ := filepath.Glob(filepath.Join(datadir.Layout{Home: home}.Templates(), "*", "*", "meta.json"))
 	users := diskUsers(home, runDir, pausedDir)
 	var out []TemplateInfo
 	for _, m := range dirs {
@@ -124,7 +125,7 @@ func diskUsers(home, runDir, pausedDir string) map[string][]string {
 	for _, g := range gens {
 		add(g, filepath.Base(filepath.Dir(filepath.Dir(g))))
 	}
-	disks, _ := filepath.Glob(filepath.Join(home, "templates", "*", "*", "disk.qcow2"))
+	disks, _ := filepath.Glob(filepath.Join(datadir.Layout{Home: home}.Templates(), "*", "*", "disk.qcow2"))
 	for _, d := range disks {
 		dir := filepath.Dir(d)
 		add(d, "template "+filepath.Base(filepath.Dir(dir))+"/"+filepath.Base(dir))

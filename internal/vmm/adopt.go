@@ -85,7 +85,7 @@ func (h *Host) Adopt(ctx context.Context, id string, pid int, startTicks uint64)
 	if err != nil {
 		return nil, fmt.Errorf("vm %s: %w", id, err)
 	}
-	vm := &VM{ID: id, Dir: dir, PID: pid, StartTicks: startTicks, host: h, log: h.cfg.Log.With("vm", id),
+	vm := &VM{ID: id, dir: dir, PID: pid, StartTicks: startTicks, host: h, log: h.cfg.Log.With("vm", id),
 		stderr: &tail{}, exited: make(chan struct{}), closeDone: make(chan struct{}), detached: true, claim: claim}
 	proc, err := os.FindProcess(pid)
 	if err != nil {
@@ -118,7 +118,7 @@ func (h *Host) Adopt(ctx context.Context, id string, pid int, startTicks uint64)
 	if f, err := os.OpenFile(dir.File(ownRAMFile), os.O_RDWR, 0); err == nil {
 		vm.ramSrc, vm.ownRAM = f, true
 	}
-	vm.QMP, err = dialRetry(ctx, dir.File("qmp.sock"), func(c net.Conn) (*qmp.Client, error) { return qmp.NewClient(ctx, c) })
+	vm.qmp, err = dialRetry(ctx, dir.File("qmp.sock"), func(c net.Conn) (*qmp.Client, error) { return qmp.NewClient(ctx, c) })
 	if err != nil {
 		return nil, fmt.Errorf("vm %s: reconnecting QMP: %w", id, err)
 	}
@@ -128,7 +128,7 @@ func (h *Host) Adopt(ctx context.Context, id string, pid int, startTicks uint64)
 		Running bool   `json:"running"`
 		Status  string `json:"status"`
 	}
-	if err := vm.QMP.Execute(ctx, "query-status", nil, &st); err != nil {
+	if err := vm.qmp.Execute(ctx, "query-status", nil, &st); err != nil {
 		return nil, fmt.Errorf("vm %s: query-status: %w", id, err)
 	}
 	if !st.Running {
@@ -202,35 +202,67 @@ func (vm *VM) Detach() {
 // detach closes this process's connections to the VM (channel, QMP, console) and stops the
 // exit watcher of an adopted one; QEMU itself is left alone.
 func (vm *VM) detach() {
+	vm.closeRAM()
+	vm.closeNet()
+	vm.closeSessions()
+	vm.closeQMP()
+	vm.closeConsole()
+	vm.releaseQEMUOutput()
+	if vm.stopWatch != nil {
+		vm.stopWatch()
+	}
+	vm.dropClaim() // last: the VM is free for another process to manage
+}
+
+// closeRAM closes the memory file a restored VM's RAM maps.
+func (vm *VM) closeRAM() {
 	if f := vm.ramSrc; f != nil {
 		vm.ramSrc = nil
 		_ = f.Close()
 	}
+}
+
+// closeNet closes the host end of the network device, unless it was taken.
+func (vm *VM) closeNet() {
 	if c := vm.TakeNet(); c != nil {
 		_ = c.Close()
 	}
-	vm.closeSessions()
-	if vm.QMP != nil {
-		_ = vm.QMP.Close()
+}
+
+func (vm *VM) closeQMP() {
+	if vm.qmp != nil {
+		_ = vm.qmp.Close()
 	}
+}
+
+// closeConsole closes the console's connection and waits until its log has what was read.
+func (vm *VM) closeConsole() {
 	if vm.conCon != nil {
 		_ = vm.conCon.Close()
 	}
 	if vm.console != nil {
 		<-vm.console.done
 	}
-	if o := vm.qemuOut; o != nil {
-		select {
-		case <-vm.exited:
-			o.finish(time.Second) // QEMU is gone: what it wrote last is still in the pipe
-		default:
-			o.stop() // QEMU goes on: it writes into the pipe for the next daemon
-		}
+}
+
+// releaseQEMUOutput stops draining a detached QEMU's output: to its end if QEMU is gone,
+// at once if it goes on (it writes into the pipe for the next daemon).
+func (vm *VM) releaseQEMUOutput() {
+	o := vm.qemuOut
+	if o == nil {
+		return
 	}
-	if vm.stopWatch != nil {
-		vm.stopWatch()
+	select {
+	case <-vm.exited:
+		o.finish(time.Second) // QEMU is gone: what it wrote last is still in the pipe
+	default:
+		o.stop()
 	}
-	if f := vm.claim; f != nil { // last: the VM is free for another process to manage
+}
+
+// dropClaim lets go of the claim of the VM's directory: another process may manage the VM.
+func (vm *VM) dropClaim() {
+	if f := vm.claim; f != nil {
 		vm.claim = nil
 		_ = f.Close()
 	}
@@ -254,7 +286,7 @@ func (vm *VM) stderrText() string {
 	if !vm.detached {
 		return vm.stderr.String()
 	}
-	f, err := os.Open(vm.Dir.File(qemuLog))
+	f, err := os.Open(vm.dir.File(qemuLog))
 	if err != nil {
 		return ""
 	}

@@ -187,7 +187,7 @@ func SyncChain(top string) error {
 // StartWriteback starts writing the host's dirty pages of the VM's disk back to storage, without
 // waiting: a pause or snapshot that syncs the disk soon after finds less to wait for.
 func (vm *VM) StartWriteback() {
-	f, err := os.Open(vm.Dir.File(DiskFile))
+	f, err := os.Open(vm.dir.File(DiskFile))
 	if err != nil {
 		return
 	}
@@ -239,7 +239,7 @@ type blockNode struct {
 // guide: QEMU reports a node opened without its backing as a JSON description.)
 func (vm *VM) activeNode(ctx context.Context) (string, error) {
 	var blocks []blockNode
-	if err := vm.QMP.Execute(ctx, "query-block", nil, &blocks); err != nil {
+	if err := vm.qmp.Execute(ctx, "query-block", nil, &blocks); err != nil {
 		return "", fmt.Errorf("querying the disk: %w", err)
 	}
 	for _, b := range blocks {
@@ -297,14 +297,14 @@ func (vm *VM) takeDisk(ctx context.Context, dir string) error {
 	if err != nil {
 		return err
 	}
-	name, err := topLayer(vm.Dir.Path)
+	name, err := topLayer(vm.dir.Path)
 	if err != nil {
 		return err
 	}
 	if name == "" {
-		return CopyFile(vm.Dir.File(DiskFile), filepath.Join(dir, DiskFile))
+		return CopyFile(vm.dir.File(DiskFile), filepath.Join(dir, DiskFile))
 	}
-	file := vm.Dir.File(name)
+	file := vm.dir.File(name)
 	if err := LinkLayers(file, dir); err != nil {
 		return err
 	}
@@ -313,19 +313,19 @@ func (vm *VM) takeDisk(ctx context.Context, dir string) error {
 	}
 	// DiskFile names the new top before QEMU writes to it: until the switch below, it is an
 	// empty layer on the old top, so it reads as the disk QEMU has whatever happens in between.
-	top, err := vm.host.newTop(ctx, vm.Dir.Path, file, name)
+	top, err := vm.host.newTop(ctx, vm.dir.Path, file, name)
 	if err != nil {
 		return err
 	}
 	newNode := "n" + strings.TrimSuffix(strings.TrimPrefix(top, "layer-"), ".qcow2")
 	add := map[string]any{"driver": "qcow2", "node-name": newNode, "backing": nil,
-		"file":    map[string]any{"driver": "file", "filename": vm.Dir.File(top)},
+		"file":    map[string]any{"driver": "file", "filename": vm.dir.File(top)},
 		"discard": "unmap", "detect-zeroes": "unmap", "cache": map[string]any{"direct": false, "no-flush": true}}
-	if err := vm.QMP.Execute(ctx, "blockdev-add", add, nil); err != nil {
+	if err := vm.qmp.Execute(ctx, "blockdev-add", add, nil); err != nil {
 		return fmt.Errorf("opening the new disk layer: %w", err)
 	}
-	if err := vm.QMP.Execute(ctx, "blockdev-snapshot", map[string]any{"node": node, "overlay": newNode}, nil); err != nil {
-		_ = vm.QMP.Execute(ctx, "blockdev-del", map[string]any{"node-name": newNode}, nil)
+	if err := vm.qmp.Execute(ctx, "blockdev-snapshot", map[string]any{"node": node, "overlay": newNode}, nil); err != nil {
+		_ = vm.qmp.Execute(ctx, "blockdev-del", map[string]any{"node-name": newNode}, nil)
 		return fmt.Errorf("switching to the new disk layer: %w", err)
 	}
 	return nil
@@ -346,7 +346,7 @@ const flattenJob = "flatten"
 func (vm *VM) cancelDiskJobs(ctx context.Context) error {
 	for cancelled := false; ; {
 		var jobs []blockJob
-		if err := vm.QMP.Execute(ctx, "query-block-jobs", nil, &jobs); err != nil {
+		if err := vm.qmp.Execute(ctx, "query-block-jobs", nil, &jobs); err != nil {
 			return fmt.Errorf("querying disk jobs: %w", err)
 		}
 		if len(jobs) == 0 {
@@ -354,7 +354,7 @@ func (vm *VM) cancelDiskJobs(ctx context.Context) error {
 		}
 		if !cancelled {
 			for _, j := range jobs {
-				_ = vm.QMP.Execute(ctx, "block-job-cancel", map[string]any{"device": j.Device, "force": true}, nil)
+				_ = vm.qmp.Execute(ctx, "block-job-cancel", map[string]any{"device": j.Device, "force": true}, nil)
 			}
 			cancelled = true
 		}
@@ -381,17 +381,17 @@ type namedNode struct {
 func (vm *VM) flattenDeep(ctx context.Context) error {
 	vm.diskMu.Lock()
 	defer vm.diskMu.Unlock()
-	top := vm.Dir.File(DiskFile)
+	top := vm.dir.File(DiskFile)
 	names, err := localLayers(top)
 	if err != nil || len(names) <= maxLocalLayers {
 		return err
 	}
-	bottom, err := BackingFile(vm.Dir.File(names[len(names)-1]))
+	bottom, err := BackingFile(vm.dir.File(names[len(names)-1]))
 	if err != nil {
 		return err
 	}
 	var nodes []namedNode
-	if err := vm.QMP.Execute(ctx, "query-named-block-nodes", map[string]any{"flat": true}, &nodes); err != nil {
+	if err := vm.qmp.Execute(ctx, "query-named-block-nodes", map[string]any{"flat": true}, &nodes); err != nil {
 		return fmt.Errorf("querying disk nodes: %w", err)
 	}
 	base := ""
@@ -410,7 +410,7 @@ func (vm *VM) flattenDeep(ctx context.Context) error {
 	} else {
 		args["base"] = bottom
 	}
-	if err := vm.QMP.Execute(ctx, "block-stream", args, nil); err != nil {
+	if err := vm.qmp.Execute(ctx, "block-stream", args, nil); err != nil {
 		return fmt.Errorf("starting to flatten the disk: %w", err)
 	}
 	vm.log.Debug("flattening the disk", "layers", len(names))
@@ -423,10 +423,10 @@ func (vm *VM) pruneLayers(ctx context.Context) error {
 	vm.diskMu.Lock()
 	defer vm.diskMu.Unlock()
 	var jobs []blockJob
-	if err := vm.QMP.Execute(ctx, "query-block-jobs", nil, &jobs); err != nil || len(jobs) > 0 {
+	if err := vm.qmp.Execute(ctx, "query-block-jobs", nil, &jobs); err != nil || len(jobs) > 0 {
 		return err
 	}
-	top := vm.Dir.File(DiskFile)
+	top := vm.dir.File(DiskFile)
 	names, err := localLayers(top)
 	if err != nil {
 		return err
@@ -439,7 +439,7 @@ func (vm *VM) pruneLayers(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	des, err := os.ReadDir(vm.Dir.Path)
+	des, err := os.ReadDir(vm.dir.Path)
 	if err != nil {
 		return err
 	}
@@ -447,7 +447,7 @@ func (vm *VM) pruneLayers(ctx context.Context) error {
 		if !layerName.MatchString(de.Name()) || keep[de.Name()] {
 			continue
 		}
-		p := vm.Dir.File(de.Name())
+		p := vm.dir.File(de.Name())
 		if st, err := os.Stat(p); err == nil && os.SameFile(st, topInfo) {
 			continue
 		}
@@ -468,10 +468,10 @@ func (vm *VM) MoveDisk(ctx context.Context, dir string) error {
 	if err := vm.cancelDiskJobs(ctx); err != nil {
 		return err
 	}
-	if err := LinkLayers(vm.Dir.File(DiskFile), dir); err != nil {
+	if err := LinkLayers(vm.dir.File(DiskFile), dir); err != nil {
 		return err
 	}
-	if err := os.Rename(vm.Dir.File(DiskFile), filepath.Join(dir, DiskFile)); err != nil {
+	if err := os.Rename(vm.dir.File(DiskFile), filepath.Join(dir, DiskFile)); err != nil {
 		return fmt.Errorf("moving the disk: %w", err)
 	}
 	return nil
@@ -481,7 +481,7 @@ func (vm *VM) MoveDisk(ctx context.Context, dir string) error {
 func (vm *VM) ReturnDisk(dir string) error {
 	vm.diskMu.Lock()
 	defer vm.diskMu.Unlock()
-	return os.Rename(filepath.Join(dir, DiskFile), vm.Dir.File(DiskFile))
+	return os.Rename(filepath.Join(dir, DiskFile), vm.dir.File(DiskFile))
 }
 
 // maintainDisk flattens the VM's disk in the background when its chain is deep (flattenDeep),
@@ -501,13 +501,13 @@ func (vm *VM) maintainDisk() {
 			select {
 			case <-vm.exited:
 				return
-			case <-vm.QMP.Done():
+			case <-vm.qmp.Done():
 				return
 			case <-t.C:
 			}
 			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 			var jobs []blockJob
-			err := vm.QMP.Execute(ctx, "query-block-jobs", nil, &jobs)
+			err := vm.qmp.Execute(ctx, "query-block-jobs", nil, &jobs)
 			if err == nil && len(jobs) == 0 {
 				err = vm.pruneLayers(ctx)
 				cancel()

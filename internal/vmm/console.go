@@ -189,7 +189,7 @@ type ConsoleLog struct {
 
 // OpenConsoleLog opens the VM's console log. The caller closes it.
 func (vm *VM) OpenConsoleLog() (*ConsoleLog, error) {
-	f, err := os.Open(vm.Dir.File("console.log"))
+	f, err := os.Open(vm.dir.File("console.log"))
 	if err != nil {
 		return nil, err
 	}

@@ -69,7 +69,7 @@ func TestConsoleStamps(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	vm := &VM{Dir: WorkDir{Path: dir}, console: c}
+	vm := &VM{dir: WorkDir{Path: dir}, console: c}
 	var times []time.Time
 	for i := range 3 {
 		times = append(times, time.Now())

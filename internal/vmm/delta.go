@@ -125,7 +125,7 @@ func (vm *VM) saveDelta(ctx context.Context, statePath, memPath string, last boo
 		return err
 	}
 	defer m.close()
-	if err := vm.QMP.Execute(ctx, "stop", nil, nil); err != nil {
+	if err := vm.qmp.Execute(ctx, "stop", nil, nil); err != nil {
 		return fmt.Errorf("stopping the guest: %w", err)
 	}
 	// Stopping flushed the disks; the guest's RAM and the devices stay as they are now.
@@ -140,7 +140,7 @@ func (vm *VM) saveDelta(ctx context.Context, statePath, memPath string, last boo
 		if err := vm.ramSrc.Sync(); err != nil {
 			return fmt.Errorf("syncing the memory file: %w", err)
 		}
-		if err := os.Link(vm.Dir.File(ownRAMFile), memPath); err != nil {
+		if err := os.Link(vm.dir.File(ownRAMFile), memPath); err != nil {
 			return fmt.Errorf("naming the memory file: %w", err)
 		}
 		vm.log.Debug("delta save in place", "written", st.written, "zero", st.zero)
@@ -171,7 +171,7 @@ func (vm *VM) saveDevices(ctx context.Context, statePath string) error {
 	raw := statePath + ".devices"
 	defer func() { _ = os.Remove(raw) }()
 	// live=false: QEMU keeps its disks active (the sandbox may go on).
-	if err := vm.QMP.Execute(ctx, "xen-save-devices-state", map[string]any{"filename": raw, "live": false}, nil); err != nil {
+	if err := vm.qmp.Execute(ctx, "xen-save-devices-state", map[string]any{"filename": raw, "live": false}, nil); err != nil {
 		return fmt.Errorf("saving the device state: %w", err)
 	}
 	in, err := os.Open(raw)

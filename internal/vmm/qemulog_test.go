@@ -68,7 +68,7 @@ func TestQEMULogBounded(t *testing.T) {
 	if !bytes.HasPrefix(b, []byte("FIRST\n")) || !bytes.HasSuffix(b, []byte("LAST\n")) || !bytes.Contains(b, []byte(qemuCutMarker)) {
 		t.Fatalf("qemu.log: %q ... %q", b[:20], b[len(b)-20:])
 	}
-	vm := &VM{Dir: dir, detached: true}
+	vm := &VM{dir: dir, detached: true}
 	if s := vm.stderrText(); !strings.HasSuffix(s, "LAST\n") {
 		t.Fatalf("stderrText ends %q", s[max(0, len(s)-20):])
 	}

@@ -113,7 +113,7 @@ func (vm *VM) connect(ctx context.Context, a *attempt) {
 	}()
 	defer func() { a.cancel(); <-watched }()
 	var h *channel.Host
-	conn, err := (&net.Dialer{}).DialContext(ctx, "unix", vm.Dir.File("ch.sock"))
+	conn, err := (&net.Dialer{}).DialContext(ctx, "unix", vm.dir.File("ch.sock"))
 	if err == nil {
 		// Connect owns conn from here, and closes it on failure.
 		h, err = channel.Connect(ctx, conn, vm.log, nil)

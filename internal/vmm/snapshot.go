@@ -22,7 +22,7 @@ func (vm *VM) ignoreShared(ctx context.Context) error { return vm.setIgnoreShare
 // of it must turn it off: the capability travels in the stream).
 func (vm *VM) setIgnoreShared(ctx context.Context, on bool) error {
 	caps := map[string]any{"capabilities": []map[string]any{{"capability": "x-ignore-shared", "state": on}}}
-	if err := vm.QMP.Execute(ctx, "migrate-set-capabilities", caps, nil); err != nil {
+	if err := vm.qmp.Execute(ctx, "migrate-set-capabilities", caps, nil); err != nil {
 		return fmt.Errorf("migrate-set-capabilities: %w", err)
 	}
 	return nil
@@ -47,7 +47,7 @@ func (vm *VM) pollMigration(ctx context.Context, done func(status string) bool) 
 	delay := 500 * time.Microsecond
 	for {
 		var st migrationStatus
-		if err := vm.QMP.Execute(ctx, "query-migrate", nil, &st); err != nil {
+		if err := vm.qmp.Execute(ctx, "query-migrate", nil, &st); err != nil {
 			return st, fmt.Errorf("query-migrate: %w", err)
 		}
 		if done(st.Status) {
@@ -86,7 +86,7 @@ func (vm *VM) cancelMigration(ctx context.Context) error {
 		return err
 	}
 	vm.log.Warn("cancelling a migration left running", "status", st.Status)
-	if err := vm.QMP.Execute(ctx, "migrate_cancel", nil, nil); err != nil {
+	if err := vm.qmp.Execute(ctx, "migrate_cancel", nil, nil); err != nil {
 		return fmt.Errorf("migrate_cancel: %w", err)
 	}
 	_, err = vm.pollMigration(ctx, func(s string) bool { return !migrationActive(s) })
@@ -100,7 +100,7 @@ func (vm *VM) Continue(ctx context.Context) error {
 	if err := vm.cancelMigration(ctx); err != nil {
 		return err
 	}
-	if err := vm.QMP.Execute(ctx, "cont", nil, nil); err != nil {
+	if err := vm.qmp.Execute(ctx, "cont", nil, nil); err != nil {
 		return fmt.Errorf("continuing the VM: %w", err)
 	}
 	return nil
@@ -122,14 +122,14 @@ func (vm *VM) incoming(ctx context.Context, statePath string, ignoreShared bool)
 	// even before it has accepted the host's connection on it (QEMU 7.2 then dereferences a
 	// null channel and dies; seen once in ~1000 restores). The host's switch learns the guest's
 	// address from its first frame anyway.
-	if err := vm.QMP.Execute(ctx, "migrate-set-parameters", map[string]any{"announce-rounds": 0}, nil); err != nil {
+	if err := vm.qmp.Execute(ctx, "migrate-set-parameters", map[string]any{"announce-rounds": 0}, nil); err != nil {
 		return fmt.Errorf("migrate-set-parameters: %w", err)
 	}
 	// QEMU reads the stream from the file itself.
-	if err := vm.QMP.AddFD(ctx, "migin", f); err != nil {
+	if err := vm.qmp.AddFD(ctx, "migin", f); err != nil {
 		return fmt.Errorf("passing the state file: %w", err)
 	}
-	if err := vm.QMP.Execute(ctx, "migrate-incoming", map[string]any{"uri": "fd:migin"}, nil); err != nil {
+	if err := vm.qmp.Execute(ctx, "migrate-incoming", map[string]any{"uri": "fd:migin"}, nil); err != nil {
 		return fmt.Errorf("migrate-incoming: %w", err)
 	}
 	return vm.waitMigration(ctx)
@@ -157,10 +157,10 @@ func (vm *VM) save(ctx context.Context, statePath string, full bool) error {
 	}
 	defer func() { _ = out.Close() }()
 	// QEMU writes the stream into the file itself: no copy through this process.
-	if err := vm.QMP.AddFD(ctx, "migout", out); err != nil {
+	if err := vm.qmp.AddFD(ctx, "migout", out); err != nil {
 		return fmt.Errorf("passing the state file: %w", err)
 	}
-	if err := vm.QMP.Execute(ctx, "migrate", map[string]any{"uri": "fd:migout"}, nil); err != nil {
+	if err := vm.qmp.Execute(ctx, "migrate", map[string]any{"uri": "fd:migout"}, nil); err != nil {
 		return fmt.Errorf("migrate: %w", err)
 	}
 	if err := vm.waitMigration(ctx); err != nil {
@@ -188,7 +188,7 @@ func createState(statePath string) (*os.File, error) {
 // prepareSave stops the guest and sets the migration up: with RAM in the stream (full), or
 // leaving the shared memory file out.
 func (vm *VM) prepareSave(ctx context.Context, full bool) error {
-	if err := vm.QMP.Execute(ctx, "stop", nil, nil); err != nil {
+	if err := vm.qmp.Execute(ctx, "stop", nil, nil); err != nil {
 		return fmt.Errorf("stopping the guest: %w", err)
 	}
 	if !full {
@@ -198,7 +198,7 @@ func (vm *VM) prepareSave(ctx context.Context, full bool) error {
 		return err
 	}
 	// QEMU's default migration bandwidth (128 MiB/s) would make a pause take seconds.
-	if err := vm.QMP.Execute(ctx, "migrate-set-parameters", map[string]any{"max-bandwidth": int64(64) << 30}, nil); err != nil {
+	if err := vm.qmp.Execute(ctx, "migrate-set-parameters", map[string]any{"max-bandwidth": int64(64) << 30}, nil); err != nil {
 		return fmt.Errorf("migrate-set-parameters: %w", err)
 	}
 	return nil
@@ -244,7 +244,7 @@ func (vm *VM) SaveSplit(ctx context.Context, statePath, memPath string, last boo
 	defer func() { _ = pr.Close() }()
 	// A larger pipe: fewer wake-ups per MiB (best effort; the default works too).
 	_, _ = unix.FcntlInt(pw.Fd(), unix.F_SETPIPE_SZ, 1<<20)
-	err = vm.QMP.AddFD(ctx, "migout", pw)
+	err = vm.qmp.AddFD(ctx, "migout", pw)
 	_ = pw.Close() // QEMU has its own copy: the stream ends when QEMU closes it
 	if err != nil {
 		return fmt.Errorf("passing the migration pipe: %w", err)
@@ -260,7 +260,7 @@ func (vm *VM) SaveSplit(ctx context.Context, statePath, memPath string, last boo
 		_ = pr.Close()
 		split <- result{st, err}
 	}()
-	if err := vm.QMP.Execute(ctx, "migrate", map[string]any{"uri": "fd:migout"}, nil); err != nil {
+	if err := vm.qmp.Execute(ctx, "migrate", map[string]any{"uri": "fd:migout"}, nil); err != nil {
 		_ = pr.Close()
 		<-split
 		return fmt.Errorf("migrate: %w", err)

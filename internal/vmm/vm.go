@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"math/rand/v2"
 	"net"
 	"os"
 	"os/exec"
@@ -15,8 +14,6 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/cellhq/cell/internal/channel"
-	"github.com/cellhq/cell/internal/ids"
 	"github.com/cellhq/cell/internal/qmp"
 )
 
@@ -150,9 +147,10 @@ type Snapshot struct {
 
 // VM is a running QEMU. Close releases everything it holds.
 type VM struct {
-	ID  string
-	Dir WorkDir
-	// claim is this process's claim of Dir (see claimDir), held while it manages the VM.
+	ID string
+	// dir is the VM's working directory (see WorkDir); File names what is in it.
+	dir WorkDir
+	// claim is this process's claim of dir (see claimDir), held while it manages the VM.
 	claim *os.File
 	PID   int
 	// StartTicks is QEMU's start time (/proc/PID/stat field 22): with PID it names the process
@@ -175,7 +173,7 @@ type VM struct {
 	stderr  *tail
 	console *console
 	conCon  net.Conn
-	QMP     *qmp.Client
+	qmp     *qmp.Client
 
 	// sess is the channel to envd (see Session); sessWG counts its attempts in flight.
 	sess   sessions
@@ -237,350 +235,6 @@ var ErrQEMUExited = errors.New("qemu exited")
 // errBootTimeout is the cause of a boot attempt that ran out of time.
 var errBootTimeout = errors.New("guest did not become ready in time")
 
-// Start boots a VM and waits until envd answers on the channel. It waits for a free VM slot
-// first. Transient failures are retried; the returned error is a *BootError when QEMU ran.
-func (h *Host) Start(ctx context.Context, spec Spec) (*VM, error) {
-	if err := ids.Validate("vm id", spec.ID); err != nil {
-		return nil, err
-	}
-	disks := map[string]string{"kernel": spec.Kernel, "base disk": spec.BaseDisk}
-	if spec.Disk != "" {
-		disks = map[string]string{"kernel": spec.Kernel, "disk": spec.Disk}
-	}
-	for name, p := range disks {
-		if _, err := os.Stat(p); err != nil {
-			return nil, fmt.Errorf("%s: %w", name, err)
-		}
-	}
-	from := spec.BaseDisk
-	if spec.Disk != "" {
-		from = spec.Disk
-	}
-	have, err := DiskVirtualSize(from)
-	if err != nil {
-		return nil, err
-	}
-	switch {
-	case spec.DiskBytes%MiB != 0:
-		return nil, fmt.Errorf("disk size: %d bytes is not a whole number of MiB", spec.DiskBytes)
-	case spec.DiskBytes != 0 && spec.DiskBytes < have:
-		// The guest's file system fills the disk it starts from: it cannot shrink under it.
-		return nil, fmt.Errorf("disk size: %s is below the %s of the disk it starts from", FormatSize(spec.DiskBytes), FormatSize(have))
-	case spec.DiskBytes == 0:
-		spec.DiskBytes = have
-	}
-	// A VM may come to hold its whole disk on the host: it starts only if that fits (a resume's
-	// copy of its disk is part of it).
-	if err := h.cfg.Disk.Admit(spec.DiskBytes, "a sandbox disk"); err != nil {
-		return nil, err
-	}
-	if err := h.slots.acquire(ctx); err != nil {
-		return nil, fmt.Errorf("waiting for a free VM slot (%d running): %w", h.cfg.MaxVMs, err)
-	}
-	var lastErr error
-	backoff := 50 * time.Millisecond
-	for attempt := 1; attempt <= h.cfg.Attempts; attempt++ {
-		vm, err := h.startOnce(ctx, spec, have)
-		if err == nil {
-			return vm, nil
-		}
-		lastErr = err
-		var be *BootError
-		if !errors.As(err, &be) || !be.Transient || attempt == h.cfg.Attempts || ctx.Err() != nil {
-			break
-		}
-		wait := backoff/2 + rand.N(backoff)
-		h.cfg.Log.Warn("transient boot failure, retrying", "vm", spec.ID, "attempt", attempt, "wait", wait, "err", be.Err)
-		select {
-		case <-time.After(wait):
-		case <-ctx.Done():
-		}
-		backoff *= 2
-	}
-	h.slots.release()
-	return nil, lastErr
-}
-
-// startOnce is one attempt of Start; have is the size of the disk the VM's disk starts from.
-func (h *Host) startOnce(ctx context.Context, spec Spec, have uint64) (_ *VM, retErr error) {
-	dir, err := NewWorkDir(h.cfg.RunDir, spec.ID)
-	if err != nil {
-		return nil, err
-	}
-	vm := &VM{ID: spec.ID, Dir: dir, host: h, log: h.cfg.Log.With("vm", spec.ID),
-		stderr: &tail{}, exited: make(chan struct{}), closeDone: make(chan struct{})}
-	if vm.claim, err = claimDir(dir.Path); err != nil {
-		_ = dir.Remove()
-		return nil, err
-	}
-	defer func() {
-		if retErr != nil && vm.cmd == nil {
-			// QEMU never ran: there is nothing to add to the error.
-			_ = vm.teardown()
-			return
-		}
-		if retErr != nil {
-			be := &BootError{Err: retErr}
-			var inner *BootError
-			if errors.As(retErr, &inner) {
-				be = inner
-			}
-			defer func() { be.QEMUStderr = vm.stderrText() }()
-			_ = vm.teardown()
-			// The console is complete once QEMU is gone.
-			if vm.console != nil {
-				be.ConsoleTail = vm.console.tail.String()
-			}
-			retErr = be
-		}
-	}()
-
-	// The VM writes to a new top layer (see chain.go): on its template's disk, or on the disk it
-	// already has (a paused sandbox's), taken by reference: the original stays as it was, a
-	// consistent snapshot until the VM is safely running.
-	var top string
-	if spec.Disk != "" {
-		top, err = h.takeChain(ctx, spec.Disk, dir.Path)
-	} else {
-		top, err = h.newTop(ctx, dir.Path, spec.BaseDisk, spec.BaseDisk)
-	}
-	if err != nil {
-		return nil, fmt.Errorf("the VM's disk: %w", err)
-	}
-	disk := dir.File(top)
-	vm.MemoryMiB, vm.CPUs, vm.KernelArgs = spec.MemoryMiB, spec.CPUs, spec.KernelArgs
-	// A booted VM's RAM is a named memory backend too (anonymous unless MemPath): a pause or
-	// snapshot can then put it in a file that restores map (SaveSplit).
-	vm.NamedRAM = spec.Restore == nil || spec.Restore.MemPath != "" || spec.Restore.NamedRAM
-	m := Machine{
-		Name: "cell-" + spec.ID, Kernel: spec.Kernel, KernelArgs: spec.KernelArgs, Disk: disk,
-		MemoryMiB: spec.MemoryMiB, CPUs: spec.CPUs, Accel: spec.Accel, TSCkHz: h.cfg.TSCkHz,
-		QMPSocket: dir.File("qmp.sock"), ConsoleSocket: dir.File("console.sock"),
-		ChannelSocket: dir.File("ch.sock"), Sandbox: h.cfg.Sandbox,
-		MemPath: spec.MemPath, MemShared: spec.MemShared,
-	}
-	if h.cfg.NetMAC != "" {
-		m.NetSocket, m.NetMAC = dir.File(netSocket), h.cfg.NetMAC
-	}
-	if spec.Restore != nil {
-		mem := spec.Restore.MemPath
-		if mem != "" {
-			if spec.Restore.OwnMem {
-				// A name of the VM's own (no copy): the file outlives its snapshot's removal,
-				// and goes with the working directory.
-				if err := os.Link(mem, dir.File(ownRAMFile)); err == nil {
-					mem, vm.ownRAM = dir.File(ownRAMFile), true
-				} else {
-					vm.log.Debug("the memory file stays shared", "err", err)
-				}
-			}
-			// Opened before QEMU maps it: the same file.
-			flag := os.O_RDONLY
-			if vm.ownRAM {
-				flag = os.O_RDWR
-			}
-			if vm.ramSrc, err = os.OpenFile(mem, flag, 0); err != nil {
-				return nil, fmt.Errorf("opening the snapshot's memory file: %w", err)
-			}
-		}
-		m.MemPath, m.MemShared, m.Incoming = mem, false, true
-		// The guest's kernel is in the snapshot's memory: QEMU gets a stand-in to load.
-		m.Kernel = dir.File(stubKernelFile)
-		if err := os.WriteFile(m.Kernel, stubKernel(), 0o600); err != nil {
-			return nil, fmt.Errorf("writing the stand-in kernel: %w", err)
-		}
-		m.MemAnon = spec.Restore.Full && spec.Restore.MemPath == "" && spec.Restore.NamedRAM
-	} else {
-		m.MemAnon = spec.MemPath == ""
-	}
-	args, err := m.Args()
-	if err != nil {
-		return nil, err
-	}
-	// QEMU is not bound to ctx: it belongs to the VM, and ctx only bounds the boot.
-	cmd := exec.Command(h.cfg.QEMU, args...)
-	cmd.Dir = dir.Path
-	cmd.Stdout = vm.stderr
-	cmd.Stderr = vm.stderr
-	if h.cfg.Detached {
-		out, err := newQEMUOutput(dir)
-		if err != nil {
-			return nil, err
-		}
-		vm.qemuOut = out
-		defer out.closeChildEnds() // QEMU has its own copies once started
-		out.attach(cmd)
-		vm.detached = true
-	}
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	if h.cfg.DieWithParent && !h.cfg.Detached {
-		cmd.SysProcAttr.Pdeathsig = syscall.SIGKILL
-	}
-	t0 := time.Now()
-	if err := cmd.Start(); err != nil {
-		return nil, fmt.Errorf("starting qemu: %w", err)
-	}
-	vm.cmd = cmd
-	vm.proc = cmd.Process
-	vm.PID = vm.cmd.Process.Pid
-	if vm.qemuOut != nil {
-		if err := vm.qemuOut.started(); err != nil {
-			vm.log.Warn("QEMU's output may block it when no daemon drains it", "err", err)
-		}
-	}
-	vm.StartTicks, _ = ProcessStartTicks(vm.PID)
-	go func() {
-		vm.exitErr = vm.cmd.Wait()
-		close(vm.exited)
-	}()
-
-	bootCtx, cancel := context.WithCancelCause(ctx)
-	defer cancel(nil)
-	timer := time.AfterFunc(h.cfg.BootTimeout, func() { cancel(errBootTimeout) })
-	defer timer.Stop()
-	go func() {
-		select {
-		case <-vm.exited:
-			cancel(fmt.Errorf("%w during boot: %s", ErrQEMUExited, describeExit(vm.exitErr)))
-		case <-bootCtx.Done():
-		}
-	}()
-	fail := func(what string, err error) error {
-		cause := context.Cause(bootCtx)
-		if cause == nil {
-			// A broken connection usually means QEMU is on its way out; let it say how.
-			select {
-			case <-vm.exited:
-				cause = fmt.Errorf("%w during boot: %s", ErrQEMUExited, describeExit(vm.exitErr))
-			case <-time.After(time.Second):
-			}
-		}
-		switch {
-		case errors.Is(cause, ErrQEMUExited) && crashed(vm.exitErr):
-			// QEMU itself crashed (not killed, not a refused configuration): worth another try.
-			return &BootError{Err: cause, Transient: true}
-		case errors.Is(cause, ErrQEMUExited):
-			return cause
-		case errors.Is(cause, errBootTimeout):
-			return &BootError{Err: fmt.Errorf("%s: %w after %v", what, errBootTimeout, h.cfg.BootTimeout), Transient: true}
-		case cause != nil:
-			return fmt.Errorf("%s: %w", what, cause)
-		}
-		return fmt.Errorf("%s: %w", what, err)
-	}
-
-	// QEMU creates its sockets before it serves QMP; once QMP answers, all are there.
-	vm.QMP, err = dialRetry(bootCtx, m.QMPSocket, func(c net.Conn) (*qmp.Client, error) { return qmp.NewClient(bootCtx, c) })
-	if err != nil {
-		return nil, fail("connecting to QMP", err)
-	}
-	tQMP := time.Now()
-	conn, err := dialRetry(bootCtx, m.ConsoleSocket, func(c net.Conn) (net.Conn, error) { return c, nil })
-	if err != nil {
-		return nil, fail("connecting to the console", err)
-	}
-	vm.conCon = conn
-	if vm.console, err = startConsole(conn, dir.File("console.log")); err != nil {
-		return nil, err
-	}
-	chConn, err := dialRetry(bootCtx, m.ChannelSocket, func(c net.Conn) (net.Conn, error) { return c, nil })
-	if err != nil {
-		return nil, fail("connecting to the guest channel", err)
-	}
-	if m.NetSocket != "" {
-		// Connected before the guest runs: frames it sends early wait in the socket.
-		vm.net, err = dialRetry(bootCtx, m.NetSocket, func(c net.Conn) (net.Conn, error) { return c, nil })
-		if err != nil {
-			_ = chConn.Close()
-			return nil, fail("connecting to the network device", err)
-		}
-	}
-	if spec.Restore != nil {
-		if err := vm.incoming(bootCtx, spec.Restore.StatePath, !spec.Restore.Full); err != nil {
-			_ = chConn.Close()
-			return nil, fail("restoring the snapshot", err)
-		}
-	}
-	if spec.DiskBytes > have {
-		// Before the guest runs: a booting kernel finds the disk at its size; a restored one
-		// (which knew the smaller disk) gets virtio's configuration-change interrupt when it
-		// continues, and reads the new size.
-		if err := vm.QMP.Execute(bootCtx, "block_resize", map[string]any{"node-name": "n0", "size": spec.DiskBytes}, nil); err != nil {
-			_ = chConn.Close()
-			return nil, fail("growing the disk", err)
-		}
-	}
-	if err := vm.QMP.Execute(bootCtx, "cont", nil, nil); err != nil {
-		_ = chConn.Close()
-		return nil, fail("starting the guest", err)
-	}
-	tCont := time.Now()
-	vm.sess.cur, err = channel.Connect(bootCtx, chConn, vm.log, spec.Init)
-	if errors.Is(err, channel.ErrInitRefused) {
-		return nil, &BootError{Err: fmt.Errorf("starting envd: %w", err)} // the same init would be refused again
-	}
-	if err != nil {
-		be := &BootError{Err: fail("waiting for envd", err)}
-		var inner *BootError
-		if errors.As(be.Err, &inner) {
-			be = inner
-		} else if errors.Is(err, channel.ErrHandshake) {
-			be.Transient = true
-		}
-		return nil, be
-	}
-	vm.log.Debug("vm booted", "qmp", tQMP.Sub(t0), "qemu_ready", tCont.Sub(t0), "guest_ready", time.Since(tCont), "pid", vm.PID)
-	if spec.Disk != "" {
-		vm.maintainDisk() // each resume adds a layer
-	}
-	return vm, nil
-}
-
-// crashed says whether a process ended by a crash signal (SIGSEGV, SIGBUS, SIGILL, SIGABRT).
-func crashed(err error) bool {
-	var ee *exec.ExitError
-	if !errors.As(err, &ee) {
-		return false
-	}
-	ws, ok := ee.Sys().(syscall.WaitStatus)
-	if !ok || !ws.Signaled() {
-		return false
-	}
-	switch ws.Signal() {
-	case syscall.SIGSEGV, syscall.SIGBUS, syscall.SIGILL, syscall.SIGABRT:
-		return true
-	}
-	return false
-}
-
-// dialRetry dials a unix socket until it accepts or ctx ends: every millisecond for the first
-// 100 ms (QEMU creates its sockets ~25 ms after it starts; doubling delays overshot by up to
-// 15 ms), then backing off to every 20 ms.
-func dialRetry[T any](ctx context.Context, path string, wrap func(net.Conn) (T, error)) (T, error) {
-	var zero T
-	var d net.Dialer
-	delay, start := time.Millisecond, time.Now()
-	for {
-		c, err := d.DialContext(ctx, "unix", path)
-		if err == nil {
-			v, err := wrap(c)
-			if err != nil {
-				_ = c.Close()
-				return zero, err
-			}
-			return v, nil
-		}
-		select {
-		case <-ctx.Done():
-			return zero, err
-		case <-time.After(delay):
-		}
-		if time.Since(start) > 100*time.Millisecond {
-			delay = min(2*delay, 20*time.Millisecond)
-		}
-	}
-}
-
 func describeExit(err error) string {
 	var ee *exec.ExitError
 	if errors.As(err, &ee) {
@@ -614,7 +268,7 @@ func (vm *VM) ConsoleTail() string {
 // envd or QEMU can raise. It is an error under KVM, which translates nothing.
 func (vm *VM) TranslationBlocks(ctx context.Context) (int, error) {
 	var out string
-	if err := vm.QMP.Execute(ctx, "human-monitor-command", map[string]string{"command-line": "info jit"}, &out); err != nil {
+	if err := vm.qmp.Execute(ctx, "human-monitor-command", map[string]string{"command-line": "info jit"}, &out); err != nil {
 		return 0, fmt.Errorf("info jit: %w", err)
 	}
 	return parseTBCount(out)
@@ -659,10 +313,10 @@ func (vm *VM) Release() {
 		if vm.proc != nil {
 			_ = vm.proc.Kill()
 		}
-		if aside, err := vm.Dir.MoveAside(); err != nil {
+		if aside, err := vm.dir.MoveAside(); err != nil {
 			vm.log.Warn("releasing the VM", "err", err)
 		} else {
-			vm.aside = aside // vm.Dir keeps the name others know it by
+			vm.aside = aside // vm.dir keeps the name others know it by
 		}
 		vm.host.releases.Add(1)
 		go func() {
@@ -674,29 +328,49 @@ func (vm *VM) Release() {
 
 // teardown releases everything but the slot.
 func (vm *VM) teardown() error {
-	var errs []error
 	vm.closeSessions()
-	if vm.proc != nil {
-		select {
-		case <-vm.exited:
-		default:
-			_ = vm.proc.Signal(syscall.SIGTERM)
-			select {
-			case <-vm.exited:
-			case <-time.After(vm.host.cfg.StopGrace):
-				vm.log.Warn("qemu ignored SIGTERM, killing it", "pid", vm.PID)
-				_ = vm.proc.Kill()
-				<-vm.exited
-			}
-		}
-	}
+	vm.stopQEMU()
 	vm.detach()
-	dir := vm.Dir
+	dir := vm.dir
 	if vm.aside.Path != "" {
 		dir = vm.aside
 	}
-	if err := dir.Remove(); err != nil {
-		errs = append(errs, err)
+	return dir.Remove()
+}
+
+// stopQEMU ends QEMU: SIGTERM, then SIGKILL after the grace period. It returns once QEMU has
+// exited.
+func (vm *VM) stopQEMU() {
+	if vm.proc == nil {
+		return
 	}
-	return errors.Join(errs...)
+	select {
+	case <-vm.exited:
+	default:
+		_ = vm.proc.Signal(syscall.SIGTERM)
+		select {
+		case <-vm.exited:
+		case <-time.After(vm.host.cfg.StopGrace):
+			vm.log.Warn("qemu ignored SIGTERM, killing it", "pid", vm.PID)
+			_ = vm.proc.Kill()
+			<-vm.exited
+		}
+	}
+}
+
+// File is the path of name in the VM's working directory, for what must be reached by path
+// (the disk a template build keeps, a test's look at the disk).
+func (vm *VM) File(name string) string { return vm.dir.File(name) }
+
+// WorkDir is the path of the VM's working directory (for syncing it after a change of its
+// entries).
+func (vm *VM) WorkDir() string { return vm.dir.Path }
+
+// Stop stops the guest's CPUs (QMP stop): the guest no longer runs, and its disk is drained and
+// flushed. Continue runs it again.
+func (vm *VM) Stop(ctx context.Context) error {
+	if err := vm.qmp.Execute(ctx, "stop", nil, nil); err != nil {
+		return fmt.Errorf("stopping the VM: %w", err)
+	}
+	return nil
 }

@@ -107,3 +107,90 @@ func TestParseTBCount(t *testing.T) {
 		}
 	}
 }
+
+// fakeQEMUHost is a Host whose "QEMU" is a shell script: QEMU that fails in a chosen way once
+// launched, the boundary these tests break on purpose. The disk is a real qcow2.
+func fakeQEMUHost(t *testing.T, script string, attempts int) (*Host, Spec) {
+	t.Helper()
+	dir := t.TempDir()
+	qemu := filepath.Join(dir, "qemu")
+	if err := os.WriteFile(qemu, []byte("#!/bin/sh\n"+script+"\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	base := filepath.Join(dir, "base.qcow2")
+	if out, err := exec.Command("/usr/bin/qemu-img", "create", "-q", "-f", "qcow2", base, "64M").CombinedOutput(); err != nil {
+		t.Fatalf("qemu-img: %v: %s", err, out)
+	}
+	h, err := NewHost(Config{QEMU: qemu, QEMUImg: "/usr/bin/qemu-img", RunDir: filepath.Join(dir, "run"), MaxVMs: 1,
+		TSCkHz: 1000000, Attempts: attempts, BootTimeout: 500 * time.Millisecond, StopGrace: time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return h, Spec{ID: "f1", Kernel: base, BaseDisk: base, MemoryMiB: 128, CPUs: 1, Accel: AccelTCG}
+}
+
+// assertUndone checks that a failed start left nothing: no VM directory, no slot, no claim.
+func assertUndone(t *testing.T, h *Host) {
+	t.Helper()
+	entries, _ := os.ReadDir(h.cfg.RunDir)
+	if len(entries) != 0 {
+		t.Errorf("a failed start left %d entries in the run dir", len(entries))
+	}
+	if used, _ := h.Slots(); used != 0 {
+		t.Error("a failed start kept its VM slot")
+	}
+}
+
+// A QEMU that exits once launched fails the start with a BootError that says so and carries what
+// QEMU printed; a refused configuration is not retried.
+func TestStartQEMUExits(t *testing.T) {
+	h, spec := fakeQEMUHost(t, `echo "qemu: refusing this machine" >&2; exit 1`, 3)
+	_, err := h.Start(context.Background(), spec)
+	var be *BootError
+	if !errors.As(err, &be) || !errors.Is(err, ErrQEMUExited) || be.Transient {
+		t.Fatalf("err = %v, want a permanent BootError wrapping ErrQEMUExited", err)
+	}
+	if !strings.Contains(be.QEMUStderr, "refusing this machine") {
+		t.Errorf("QEMU's stderr is missing from the error: %q", be.QEMUStderr)
+	}
+	assertUndone(t, h)
+}
+
+// A QEMU that crashes is worth another try: each attempt is undone and the next one starts in a
+// new working directory of the same name.
+func TestStartQEMUCrashesIsRetried(t *testing.T) {
+	count := filepath.Join(t.TempDir(), "launches")
+	h, spec := fakeQEMUHost(t, `echo x >>`+count+`; kill -SEGV $$`, 2)
+	_, err := h.Start(context.Background(), spec)
+	var be *BootError
+	if !errors.As(err, &be) || !be.Transient || !errors.Is(err, ErrQEMUExited) {
+		t.Fatalf("err = %v, want a transient BootError", err)
+	}
+	if b, _ := os.ReadFile(count); strings.Count(string(b), "x") != 2 {
+		t.Errorf("QEMU was launched %d times, want 2", strings.Count(string(b), "x"))
+	}
+	assertUndone(t, h)
+}
+
+// A QEMU that never serves QMP runs into the boot timeout, is stopped, and leaves nothing.
+func TestStartBootTimeout(t *testing.T) {
+	pidFile := filepath.Join(t.TempDir(), "pid")
+	h, spec := fakeQEMUHost(t, `echo $$ >`+pidFile+`; exec sleep 30`, 1)
+	start := time.Now()
+	_, err := h.Start(context.Background(), spec)
+	var be *BootError
+	if !errors.As(err, &be) || !be.Transient || !errors.Is(err, errBootTimeout) || !strings.Contains(err.Error(), "connecting to QMP") {
+		t.Fatalf("err = %v, want a transient BootError for the boot timeout while connecting to QMP", err)
+	}
+	if d := time.Since(start); d > 5*time.Second {
+		t.Errorf("the failed start took %v", d)
+	}
+	b, err := os.ReadFile(pidFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat("/proc/" + strings.TrimSpace(string(b))); err == nil {
+		t.Error("QEMU still runs after the failed start")
+	}
+	assertUndone(t, h)
+}

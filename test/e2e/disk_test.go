@@ -65,7 +65,7 @@ func writeFile(t *testing.T, sb *sandbox.Sandbox, path string, limit int64) (str
 func overlayBytes(t *testing.T, sb *sandbox.Sandbox) int64 {
 	t.Helper()
 	var st syscall.Stat_t
-	if err := syscall.Stat(sb.VM.Dir.File("disk.qcow2"), &st); err != nil {
+	if err := syscall.Stat(sb.VM.File("disk.qcow2"), &st); err != nil {
 		t.Fatal(err)
 	}
 	return st.Blocks * 512

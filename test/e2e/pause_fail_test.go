@@ -59,7 +59,7 @@ func TestPauseFailureIsUndone(t *testing.T) {
 			inSave++
 		}
 		t.Logf("deadline %v: undone after %v: %v", d, time.Since(t0), err)
-		if _, err := os.Stat(sb.VM.Dir.File("disk.qcow2")); err != nil {
+		if _, err := os.Stat(sb.VM.File("disk.qcow2")); err != nil {
 			t.Fatalf("deadline %v: the VM has no disk after the undone pause: %v", d, err)
 		}
 		if des, _ := os.ReadDir(dir); len(des) != 0 {
