@@ -21,7 +21,7 @@ func TestFreedMemoryGoesBack(t *testing.T) {
 	d := newDaemon(t)
 	s, c := d.serve(t)
 	ctx := context.Background()
-	mems, _ := filepath.Glob(filepath.Join(d.home, "templates", "base", "*", "mem"))
+	mems, _ := filepath.Glob(filepath.Join(testEnv.home, "templates", "base", "*", "mem"))
 	if len(mems) != 1 {
 		t.Fatalf("template memory files %v", mems)
 	}
