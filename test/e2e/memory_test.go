@@ -5,8 +5,8 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
-	"testing"
 	"syscall"
+	"testing"
 	"time"
 
 	"github.com/cellhq/cell/internal/bench"
