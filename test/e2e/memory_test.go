@@ -5,6 +5,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -21,18 +22,6 @@ func TestFreedMemoryGoesBack(t *testing.T) {
 	d := newDaemon(t)
 	s, c := d.serve(t)
 	ctx := context.Background()
-	mems, _ := filepath.Glob(filepath.Join(testEnv.home, "templates", "base", "*", "mem"))
-	if len(mems) != 1 {
-		t.Fatalf("template memory files %v", mems)
-	}
-	blocks := func() int64 {
-		st, err := os.Stat(mems[0])
-		if err != nil {
-			t.Fatal(err)
-		}
-		return st.Sys().(*syscall.Stat_t).Blocks
-	}
-	before := blocks()
 	info, err := c.Create(ctx, client.CreateOptions{Timeout: 10 * time.Minute})
 	if err != nil {
 		t.Fatal(err)
@@ -44,6 +33,24 @@ func TestFreedMemoryGoesBack(t *testing.T) {
 		t.Fatalf("QEMU processes %v", pids)
 	}
 	pid, _ := strconv.Atoi(pids[0])
+	// The template's memory file, as this clone's QEMU maps it (mem-path=…).
+	cmdline, err := os.ReadFile("/proc/" + pids[0] + "/cmdline")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, mem, ok := strings.Cut(string(cmdline), "mem-path=")
+	mem, _, _ = strings.Cut(mem, ",")
+	if !ok || !strings.HasSuffix(mem, "/mem") {
+		t.Fatalf("the clone's QEMU maps no template memory file: %q", cmdline)
+	}
+	blocks := func() int64 {
+		st, err := os.Stat(mem)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return st.Sys().(*syscall.Stat_t).Blocks
+	}
+	before := blocks()
 	anon := func() float64 { return bench.AnonymousMiB(pid) }
 	execOut(t, c, id, "head -c 200M /dev/urandom > ~/big && sync")
 	full := anon()
