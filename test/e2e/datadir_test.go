@@ -12,8 +12,6 @@ import (
 	"strings"
 	"testing"
 	"time"
-
-	"github.com/cellhq/cell/pkg/client"
 )
 
 // TestOneDaemonPerDataDirectory: a second `cell serve` on a data directory in use stops with a
@@ -24,11 +22,7 @@ func TestOneDaemonPerDataDirectory(t *testing.T) {
 	d := newDaemon(t)
 	first, c := d.serve(t)
 	ctx := context.Background()
-	info, err := c.Create(ctx, client.CreateOptions{Timeout: 10 * time.Minute})
-	if err != nil {
-		t.Fatal(err)
-	}
-	id := info.SandboxID
+	id := createSandbox(t, c, 10*time.Minute)
 	execOut(t, c, id, "echo before > ~/mark")
 
 	second := exec.Command(testEnv.cell, "serve", "--listen", "127.0.0.1:0")
@@ -103,11 +97,7 @@ func TestHugeTimeoutsRefused(t *testing.T) {
 	if code, body := post("/sandboxes", fmt.Sprintf(`{"templateID": "base", "timeout": %d}`, huge)); code != 400 || !strings.Contains(body, "timeout") {
 		t.Fatalf("create: %d %s", code, body)
 	}
-	info, err := c.Create(ctx, client.CreateOptions{Timeout: 10 * time.Minute})
-	if err != nil {
-		t.Fatal(err)
-	}
-	id := info.SandboxID
+	id := createSandbox(t, c, 10*time.Minute)
 	if code, body := post("/sandboxes/"+id+"/timeout", fmt.Sprintf(`{"timeout": %d}`, huge)); code != 400 {
 		t.Fatalf("timeout: %d %s", code, body)
 	}

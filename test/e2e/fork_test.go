@@ -38,11 +38,7 @@ func TestForkAndSnapshotCLI(t *testing.T) {
 		}
 		return strings.TrimSpace(string(out))
 	}
-	info, err := c.Create(ctx, client.CreateOptions{Timeout: 10 * time.Minute})
-	if err != nil {
-		t.Fatal(err)
-	}
-	src := info.SandboxID
+	src := createSandbox(t, c, 10*time.Minute)
 	t.Cleanup(func() { _ = c.Kill(ctx, src) })
 	execOut(t, c, src, `echo source > /tmp/origin; (nohup python3 -c "
 import time
@@ -114,11 +110,7 @@ func TestForksShareRAM(t *testing.T) {
 	d := newDaemon(t)
 	_, c := d.serve(t)
 	ctx := context.Background()
-	info, err := c.Create(ctx, client.CreateOptions{Timeout: 10 * time.Minute})
-	if err != nil {
-		t.Fatal(err)
-	}
-	src := info.SandboxID
+	src := createSandbox(t, c, 10*time.Minute)
 	t.Cleanup(func() { _ = c.Kill(ctx, src) })
 	sum := execOut(t, c, src, `python3 -c "
 import os
@@ -163,11 +155,7 @@ func TestSnapshotsTakeTheDiskByReference(t *testing.T) {
 	d := newDaemon(t)
 	s, c := d.serve(t)
 	ctx := context.Background()
-	info, err := c.Create(ctx, client.CreateOptions{Timeout: 20 * time.Minute})
-	if err != nil {
-		t.Fatal(err)
-	}
-	src := info.SandboxID
+	src := createSandbox(t, c, 20*time.Minute)
 	const rounds = 7
 	var snaps []string
 	for i := range rounds {

@@ -22,11 +22,7 @@ func TestFreedMemoryGoesBack(t *testing.T) {
 	d := newDaemon(t)
 	s, c := d.serve(t)
 	ctx := context.Background()
-	info, err := c.Create(ctx, client.CreateOptions{Timeout: 10 * time.Minute})
-	if err != nil {
-		t.Fatal(err)
-	}
-	id := info.SandboxID
+	id := createSandbox(t, c, 10*time.Minute)
 	t.Cleanup(func() { _ = c.Kill(ctx, id) })
 	pids := qemuProcesses(t, filepath.Join(d.home, "run", id))
 	if len(pids) != 1 {

@@ -14,7 +14,6 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/cellhq/cell/internal/sandbox"
-	"github.com/cellhq/cell/pkg/client"
 	"github.com/cellhq/cell/pkg/envd"
 )
 
@@ -156,11 +155,7 @@ func TestServePauseFailureKeepsSandbox(t *testing.T) {
 	d := newDaemon(t)
 	s, c := d.serve(t)
 	ctx := context.Background()
-	info, err := c.Create(ctx, client.CreateOptions{Timeout: 10 * time.Minute})
-	if err != nil {
-		t.Fatal(err)
-	}
-	id := info.SandboxID
+	id := createSandbox(t, c, 10*time.Minute)
 	execOut(t, c, id, "echo m > /tmp/mem; echo d > /home/user/disk; sync")
 	pid := s.cmd.Process.Pid
 	var old unix.Rlimit
@@ -168,7 +163,7 @@ func TestServePauseFailureKeepsSandbox(t *testing.T) {
 	if err := unix.Prlimit(pid, unix.RLIMIT_FSIZE, &limit, &old); err != nil {
 		t.Fatal(err)
 	}
-	err = c.Pause(ctx, id, true)
+	err := c.Pause(ctx, id, true)
 	if err == nil || !strings.Contains(err.Error(), "500") || !strings.Contains(err.Error(), "runs on") {
 		t.Fatalf("pause with no room for the memory file: %v\n%s", err, s.logs)
 	}
@@ -206,11 +201,7 @@ func TestTimeoutDuringAPauseKeepsIt(t *testing.T) {
 	d := newDaemon(t)
 	s, c := d.serve(t)
 	ctx := context.Background()
-	info, err := c.Create(ctx, client.CreateOptions{Timeout: 10 * time.Minute})
-	if err != nil {
-		t.Fatal(err)
-	}
-	id := info.SandboxID
+	id := createSandbox(t, c, 10*time.Minute)
 	execOut(t, c, id, "echo m > /tmp/mem; sync")
 	_ = s.cmd.Process.Kill()
 	_ = s.cmd.Wait()

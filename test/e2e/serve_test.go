@@ -120,6 +120,16 @@ func apiKey(t testing.TB, home string) string {
 	return key
 }
 
+// createSandbox creates a sandbox from base living timeout through c, and returns its id.
+func createSandbox(t *testing.T, c *client.Client, timeout time.Duration) string {
+	t.Helper()
+	info, err := c.Create(context.Background(), client.CreateOptions{Timeout: timeout})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return info.SandboxID
+}
+
 func execOut(t *testing.T, c *client.Client, id, cmd string) string {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
@@ -568,11 +578,7 @@ func TestPauseResume(t *testing.T) {
 	d := newDaemon(t)
 	s, c := d.serve(t)
 	ctx := context.Background()
-	info, err := c.Create(ctx, client.CreateOptions{Timeout: 30 * time.Minute})
-	if err != nil {
-		t.Fatal(err)
-	}
-	id := info.SandboxID
+	id := createSandbox(t, c, 30*time.Minute)
 	// The counter lives only in the process's memory; it writes it out when asked (SIGUSR1).
 	execOut(t, c, id, `cat > /tmp/counter.py <<'PY'
 import signal, time
