@@ -20,6 +20,7 @@ import (
 
 	"golang.org/x/sync/errgroup"
 
+	"github.com/cellhq/cell/internal/datadir"
 	"github.com/cellhq/cell/internal/ids"
 	"github.com/cellhq/cell/internal/sandbox"
 	"github.com/cellhq/cell/internal/store"
@@ -685,7 +686,7 @@ func (m *Manager) recoverRunning(ctx context.Context, rec store.Sandbox) (kept b
 func (m *Manager) pruneTemplates() {
 	cur := m.cfg.Templates.Template("base")
 	if cur == nil || m.cfg.TemplateHome == "" || m.cfg.RunDir == "" || m.cfg.PausedDir == "" ||
-		!strings.HasPrefix(cur.Dir, filepath.Join(m.cfg.TemplateHome, "templates")+string(filepath.Separator)) {
+		!strings.HasPrefix(cur.Dir, datadir.Layout{Home: m.cfg.TemplateHome}.Templates()+string(filepath.Separator)) {
 		return // the base template lives elsewhere: so may what depends on the ones here
 	}
 	gone, err := sandbox.PruneTemplates(m.cfg.TemplateHome, "base", cur.Dir, m.cfg.RunDir, m.cfg.PausedDir)
