@@ -704,27 +704,7 @@ func (m *Manager) cleanOrphans(keep map[string]bool) {
 	if m.cfg.RunDir == "" {
 		return
 	}
-	for _, o := range findQEMUs(m.cfg.RunDir) {
-		// A VM another live process manages (a `cell run`, a daemon sharing the run directory)
-		// is not an orphan.
-		if !keep[o.id] && !vmm.Claimed(filepath.Join(m.cfg.RunDir, o.id)) {
-			m.log.Warn("killing orphan qemu", "sandbox", o.id, "pid", o.pid)
-			if p, err := os.FindProcess(o.pid); err == nil {
-				_ = p.Kill()
-			}
-		}
-	}
-	des, err := os.ReadDir(m.cfg.RunDir)
-	if err != nil {
-		return
-	}
-	for _, de := range des {
-		orphan := !keep[de.Name()] && ids.Validate("sandboxID", de.Name()) == nil
-		if de.IsDir() && (orphan || vmm.IsGoneDir(de.Name())) && !vmm.Claimed(filepath.Join(m.cfg.RunDir, de.Name())) {
-			m.log.Warn("removing orphan VM directory", "dir", de.Name())
-			_ = os.RemoveAll(filepath.Join(m.cfg.RunDir, de.Name()))
-		}
-	}
+	vmm.ReapOrphans(m.cfg.RunDir, func(id string) bool { return keep[id] }, m.log)
 }
 
 // cleanPausedOrphans removes saved states of sandboxes that ended (killed or expired) or that the

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
 	"path/filepath"
 	"runtime"
 	"sort"
@@ -188,4 +189,18 @@ func (m *Manager) collectFork(template string) {
 	m.cfg.Templates.DropTemplate(template)
 	_ = removeIfEmpty(filepath.Dir(t.Dir))
 	m.log.Info("fork snapshot removed", "template", template)
+}
+
+// removeIfEmpty removes dir if nothing (but a lock file) is left in it.
+func removeIfEmpty(dir string) error {
+	des, err := os.ReadDir(dir)
+	if err != nil {
+		return err
+	}
+	for _, de := range des {
+		if de.Name() != ".lock" {
+			return nil
+		}
+	}
+	return os.RemoveAll(dir)
 }
