@@ -83,7 +83,7 @@ func Start(ctx context.Context, cfg Config) (_ *Daemon, err error) {
 		return nil, err
 	}
 	d.mgr, err = manager.New(ctx, manager.Config{Runtime: manager.SandboxRuntime(d.rt), Templates: d.rt, Store: d.st, RunDir: d.rt.Host.RunDir(),
-		PausedDir: datadir.Layout{Home: cfg.Home}.Paused(), TemplateHome: cfg.Home, DiskMiB: cfg.DiskMiB, Disk: d.rt.Host.DiskGuard(), Log: d.log})
+		Home: cfg.Home, DiskMiB: cfg.DiskMiB, Disk: d.rt.Host.DiskGuard(), Log: d.log})
 	if err != nil {
 		return nil, err
 	}
