@@ -62,7 +62,7 @@ func deps(t testing.TB, rt manager.Runtime, mutate func(*manager.Config)) (*mana
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = st.Close() })
-	cfg := manager.Config{Runtime: rt, Templates: &sandbox.TemplateSet{}, Store: st, PausedDir: t.TempDir(), TemplateHome: t.TempDir()}
+	cfg := manager.Config{Runtime: rt, Templates: &sandbox.TemplateSet{}, Store: st, Home: t.TempDir()}
 	if mutate != nil {
 		mutate(&cfg)
 	}

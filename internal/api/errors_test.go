@@ -135,7 +135,7 @@ func TestDeleteTemplateInUseHidesDir(t *testing.T) {
 		t.Fatal(err)
 	}
 	ctx := context.Background()
-	home, run, paused := t.TempDir(), t.TempDir(), t.TempDir()
+	home, run := t.TempDir(), t.TempDir()
 	st, err := store.Open(ctx, filepath.Join(home, "cell.db"))
 	if err != nil {
 		t.Fatal(err)
@@ -171,7 +171,7 @@ func TestDeleteTemplateInUseHidesDir(t *testing.T) {
 	}
 	templates := &sandbox.TemplateSet{}
 	templates.SetTemplate("snap1", &sandbox.Template{Name: "snap1", Dir: tdir, Disk: tdisk, Full: true, Team: team})
-	mgr, err := manager.New(ctx, manager.Config{Runtime: unreachable{t}, Templates: templates, Store: st, RunDir: run, PausedDir: paused, TemplateHome: home})
+	mgr, err := manager.New(ctx, manager.Config{Runtime: unreachable{t}, Templates: templates, Store: st, RunDir: run, Home: home})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -4,12 +4,12 @@ import (
 	"context"
 	"fmt"
 	"os"
-	"path/filepath"
 	"text/tabwriter"
 
 	"github.com/spf13/cobra"
 
 	"github.com/cellhq/cell/internal/auth"
+	"github.com/cellhq/cell/internal/datadir"
 	"github.com/cellhq/cell/internal/store"
 )
 
@@ -80,5 +80,5 @@ func (g *globals) openStore(ctx context.Context) (*store.Store, error) {
 	if err := os.MkdirAll(home, 0o700); err != nil {
 		return nil, err
 	}
-	return store.Open(ctx, filepath.Join(home, "cell.db"))
+	return store.Open(ctx, datadir.Layout{Home: home}.DB())
 }

@@ -5,13 +5,13 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"path/filepath"
 	"time"
 
 	"github.com/spf13/cobra"
 
 	"github.com/cellhq/cell/internal/bench"
 	"github.com/cellhq/cell/internal/daemon"
+	"github.com/cellhq/cell/internal/datadir"
 	"github.com/cellhq/cell/internal/manager"
 	"github.com/cellhq/cell/internal/sandbox"
 	"github.com/cellhq/cell/internal/vmm"
@@ -71,7 +71,7 @@ func benchManager(ctx context.Context, g *globals, f *benchFlags) (benchRig, fun
 	if err != nil {
 		return benchRig{}, nil, err
 	}
-	cfg.AccelCache = filepath.Join(cfg.Home, "accel.json")
+	cfg.AccelCache = datadir.Layout{Home: cfg.Home}.Accel()
 	cfg.Home, cfg.RunDir, cfg.Name = tmp, "", "cell bench"
 	cfg.Accel, cfg.DiskMiB, cfg.RequireTemplate, cfg.Attached, cfg.BootAttempts = accel, sandbox.DefaultDiskMiB, true, true, 1
 	d, err := daemon.Start(ctx, cfg)

@@ -3,11 +3,11 @@ package cli
 import (
 	"fmt"
 	"os/exec"
-	"path/filepath"
 	"strings"
 
 	"github.com/spf13/cobra"
 
+	"github.com/cellhq/cell/internal/datadir"
 	"github.com/cellhq/cell/internal/sandbox"
 	"github.com/cellhq/cell/internal/vmm"
 )
@@ -55,7 +55,7 @@ func doctorCmd(g *globals) *cobra.Command {
 				if err != nil {
 					return err
 				}
-				choice := vmm.ResolveAccel(c.Context(), a, qemu, img.Kernel, filepath.Join(home, "accel.json"))
+				choice := vmm.ResolveAccel(c.Context(), a, qemu, img.Kernel, datadir.Layout{Home: home}.Accel())
 				fmt.Fprintf(out, "accelerator:    %s (%s)\n", choice.Accel, choice.Reason)
 			}
 			if !ok {

@@ -33,7 +33,7 @@ func templateCmd(g *globals) *cobra.Command {
 		if ih := imageHome(home); ih != home {
 			homes = append(homes, ih)
 		}
-		return homes, run, filepath.Join(home, "paused"), nil
+		return homes, run, datadir.Layout{Home: home}.Paused(), nil
 	}
 	ls := &cobra.Command{
 		Use: "ls", Short: "List template snapshots and the sandboxes that depend on each", Args: cobra.NoArgs,
@@ -84,7 +84,7 @@ func templateCmd(g *globals) *cobra.Command {
 				}
 				err := fmt.Errorf("template %s: not found", a)
 				for _, h := range homes {
-					dir := filepath.Join(h, "templates", name, snap)
+					dir := filepath.Join(datadir.Layout{Home: h}.Template(name), snap)
 					if _, serr := os.Stat(dir); serr == nil {
 						err = sandbox.RemoveTemplate(dir, run, paused)
 						break

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
-	"path/filepath"
 	"sync"
 
 	"github.com/cellhq/cell/internal/api"
@@ -80,11 +79,11 @@ func Start(ctx context.Context, cfg Config) (_ *Daemon, err error) {
 			return nil, err
 		}
 	}
-	if d.st, err = store.Open(ctx, filepath.Join(cfg.Home, "cell.db")); err != nil {
+	if d.st, err = store.Open(ctx, datadir.Layout{Home: cfg.Home}.DB()); err != nil {
 		return nil, err
 	}
 	d.mgr, err = manager.New(ctx, manager.Config{Runtime: manager.SandboxRuntime(d.rt), Templates: d.rt, Store: d.st, RunDir: d.rt.Host.RunDir(),
-		PausedDir: filepath.Join(cfg.Home, "paused"), TemplateHome: cfg.Home, DiskMiB: cfg.DiskMiB, Disk: d.rt.Host.DiskGuard(), Log: d.log})
+		Home: cfg.Home, DiskMiB: cfg.DiskMiB, Disk: d.rt.Host.DiskGuard(), Log: d.log})
 	if err != nil {
 		return nil, err
 	}

@@ -6,8 +6,8 @@ import (
 	"io"
 	"log/slog"
 	"net/netip"
-	"path/filepath"
 
+	"github.com/cellhq/cell/internal/datadir"
 	"github.com/cellhq/cell/internal/image"
 	"github.com/cellhq/cell/internal/netstack"
 	"github.com/cellhq/cell/internal/sandbox"
@@ -31,7 +31,7 @@ func PruneImages(ctx context.Context, cfg Config, progress io.Writer) {
 		}
 	}
 	b := &image.Builder{Home: cfg.ImageHome, Envd: cfg.Envd, Log: cfg.Log}
-	removed, err := sandbox.PruneImages(ctx, b, cfg.Home, runDir, filepath.Join(cfg.Home, "paused"))
+	removed, err := sandbox.PruneImages(ctx, b, cfg.Home, runDir, datadir.Layout{Home: cfg.Home}.Paused())
 	for _, p := range removed {
 		cfg.Log.Info("removed an outdated image artifact", "dir", p)
 		if progress != nil {

@@ -21,6 +21,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/cellhq/cell/images"
+	"github.com/cellhq/cell/internal/datadir"
 )
 
 // DiskSizeBytes is the size of the base ext4 file system (sparse).
@@ -51,7 +52,7 @@ type Builder struct {
 }
 
 func (b *Builder) dir(parts ...string) string {
-	return filepath.Join(append([]string{b.Home, "images"}, parts...)...)
+	return filepath.Join(append([]string{datadir.Layout{Home: b.Home}.Images()}, parts...)...)
 }
 
 func (b *Builder) progress(format string, args ...any) {

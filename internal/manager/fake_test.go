@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cellhq/cell/internal/datadir"
 	"github.com/cellhq/cell/internal/netstack"
 	"github.com/cellhq/cell/internal/sandbox"
 	"github.com/cellhq/cell/internal/store"
@@ -287,8 +288,7 @@ func newHarness(t *testing.T) *harness {
 	}
 	t.Cleanup(func() { _ = st.Close() })
 	h := &harness{t: t, rt: &fakeRuntime{}, st: st, ctx: ctx, team: "team-a", short: 50 * time.Millisecond}
-	h.cfg = Config{Runtime: h.rt, Templates: &sandbox.TemplateSet{}, Store: st, RunDir: t.TempDir(), PausedDir: t.TempDir(),
-		TemplateHome: t.TempDir()}
+	h.cfg = Config{Runtime: h.rt, Templates: &sandbox.TemplateSet{}, Store: st, RunDir: t.TempDir(), Home: t.TempDir()}
 	h.m = h.open()
 	return h
 }
@@ -361,7 +361,9 @@ func (h *harness) want(id, state, reason string) {
 	}
 }
 
-func (h *harness) pausedDir(id string) string { return filepath.Join(h.cfg.PausedDir, id) }
+func (h *harness) pausedDir(id string) string {
+	return datadir.Layout{Home: h.cfg.Home}.PausedSandbox(id)
+}
 
 // hasPaused reports whether sandbox id has a saved generation.
 func (h *harness) hasPaused(id string) bool {

@@ -57,10 +57,10 @@ type Config struct {
 	Templates Templates
 	Store     *store.Store
 	RunDir    string // VM working directories (for orphan cleanup)
-	// PausedDir holds paused sandboxes, one directory each (see sandbox.Sandbox.Pause).
-	PausedDir string
-	// TemplateHome is the data directory whose templates/ holds snapshots of sandboxes.
-	TemplateHome string
+	// Home is the data directory (datadir.Layout): its paused/ holds paused sandboxes, one
+	// directory each (see sandbox.Sandbox.Pause), its templates/ snapshots of sandboxes. Without
+	// it sandboxes are neither paused nor snapshotted.
+	Home string
 	// DiskMiB is the disk size of a sandbox whose create does not give one (0:
 	// sandbox.DefaultDiskMiB); never below its template's.
 	DiskMiB int
@@ -319,7 +319,7 @@ func (m *Manager) arm(b *box) {
 		if stale {
 			return
 		}
-		if rec.AutoPause && m.cfg.PausedDir != "" {
+		if rec.AutoPause && m.cfg.Home != "" {
 			m.log.Info("sandbox timed out: pausing it", "sandbox", rec.ID)
 			err := m.Pause(context.Background(), rec.TeamID, rec.ID, rec.AutoPauseMemory)
 			if err == nil || errors.Is(err, ErrNotFound) || errors.Is(err, ErrConflict) {
@@ -385,8 +385,8 @@ func (m *Manager) end(b *box, final state, reason string) {
 			m.log.Warn("releasing sandbox", "sandbox", rec.ID, "err", err)
 		}
 	}
-	if m.cfg.PausedDir != "" {
-		_ = os.RemoveAll(filepath.Join(m.cfg.PausedDir, rec.ID)) // a paused one's saved state
+	if m.cfg.Home != "" {
+		_ = os.RemoveAll(m.pausedDir(rec.ID)) // a paused one's saved state
 	}
 	m.collectFork(rec.TemplateID)
 	if err := m.cfg.Store.PutSandbox(context.Background(), rec); err != nil {
@@ -663,7 +663,7 @@ func (m *Manager) recoverRunning(ctx context.Context, rec store.Sandbox) (kept b
 		return false, m.cfg.Store.PutSandbox(ctx, rec)
 	}
 	// The VM is the truth: a generation left by a resume that was not cleaned up is stale.
-	if m.cfg.PausedDir != "" {
+	if m.cfg.Home != "" {
 		_ = os.RemoveAll(m.pausedDir(rec.ID))
 	}
 	sb.SetToken(rec.EnvdToken)
@@ -684,11 +684,11 @@ func (m *Manager) recoverRunning(ctx context.Context, rec store.Sandbox) (kept b
 // sandbox or snapshot depends on any more (the orphans are gone by now).
 func (m *Manager) pruneTemplates() {
 	cur := m.cfg.Templates.Template("base")
-	if cur == nil || m.cfg.TemplateHome == "" || m.cfg.RunDir == "" || m.cfg.PausedDir == "" ||
-		!strings.HasPrefix(cur.Dir, filepath.Join(m.cfg.TemplateHome, "templates")+string(filepath.Separator)) {
+	if cur == nil || m.cfg.Home == "" || m.cfg.RunDir == "" ||
+		!strings.HasPrefix(cur.Dir, m.layout().Templates()+string(filepath.Separator)) {
 		return // the base template lives elsewhere: so may what depends on the ones here
 	}
-	gone, err := sandbox.PruneTemplates(m.cfg.TemplateHome, "base", cur.Dir, m.cfg.RunDir, m.cfg.PausedDir)
+	gone, err := sandbox.PruneTemplates(m.cfg.Home, "base", cur.Dir, m.cfg.RunDir, m.layout().Paused())
 	for _, t := range gone {
 		m.log.Info("removed an outdated template", "dir", t.Dir, "bytes", t.Bytes, "created", t.CreatedAt)
 	}
@@ -703,36 +703,16 @@ func (m *Manager) cleanOrphans(keep map[string]bool) {
 	if m.cfg.RunDir == "" {
 		return
 	}
-	for _, o := range findQEMUs(m.cfg.RunDir) {
-		// A VM another live process manages (a `cell run`, a daemon sharing the run directory)
-		// is not an orphan.
-		if !keep[o.id] && !vmm.Claimed(filepath.Join(m.cfg.RunDir, o.id)) {
-			m.log.Warn("killing orphan qemu", "sandbox", o.id, "pid", o.pid)
-			if p, err := os.FindProcess(o.pid); err == nil {
-				_ = p.Kill()
-			}
-		}
-	}
-	des, err := os.ReadDir(m.cfg.RunDir)
-	if err != nil {
-		return
-	}
-	for _, de := range des {
-		orphan := !keep[de.Name()] && ids.Validate("sandboxID", de.Name()) == nil
-		if de.IsDir() && (orphan || vmm.IsGoneDir(de.Name())) && !vmm.Claimed(filepath.Join(m.cfg.RunDir, de.Name())) {
-			m.log.Warn("removing orphan VM directory", "dir", de.Name())
-			_ = os.RemoveAll(filepath.Join(m.cfg.RunDir, de.Name()))
-		}
-	}
+	vmm.ReapOrphans(m.cfg.RunDir, func(id string) bool { return keep[id] }, m.log)
 }
 
 // cleanPausedOrphans removes saved states of sandboxes that ended (killed or expired) or that the
 // store does not know; never those of paused (or lost, kept for inspection) sandboxes.
 func (m *Manager) cleanPausedOrphans(ctx context.Context) {
-	if m.cfg.PausedDir == "" {
+	if m.cfg.Home == "" {
 		return
 	}
-	des, err := os.ReadDir(m.cfg.PausedDir)
+	des, err := os.ReadDir(m.layout().Paused())
 	if err != nil {
 		return
 	}
@@ -750,7 +730,7 @@ func (m *Manager) cleanPausedOrphans(ctx context.Context) {
 			continue
 		}
 		m.log.Warn("removing saved state of an ended sandbox", "sandbox", de.Name())
-		_ = os.RemoveAll(filepath.Join(m.cfg.PausedDir, de.Name()))
+		_ = os.RemoveAll(m.pausedDir(de.Name()))
 	}
 }
 

@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"time"
 
+	"github.com/cellhq/cell/internal/datadir"
 	"github.com/cellhq/cell/internal/vmm"
 	"github.com/cellhq/cell/pkg/envd"
 
@@ -15,11 +16,14 @@ import (
 	"github.com/cellhq/cell/internal/store"
 )
 
-func (m *Manager) pausedDir(id string) string { return filepath.Join(m.cfg.PausedDir, id) }
+// layout names the paths of the data directory Home.
+func (m *Manager) layout() datadir.Layout { return datadir.Layout{Home: m.cfg.Home} }
+
+func (m *Manager) pausedDir(id string) string { return m.layout().PausedSandbox(id) }
 
 // Pause saves team's running sandbox (its RAM too when memory) and stops its VM.
 func (m *Manager) Pause(ctx context.Context, team, id string, memory bool) error {
-	if m.cfg.PausedDir == "" {
+	if m.cfg.Home == "" {
 		return fmt.Errorf("%w: pausing is not configured", ErrInvalid)
 	}
 	if err := m.begin(); err != nil {
@@ -226,7 +230,7 @@ func (m *Manager) recoverPaused(ctx context.Context, rec store.Sandbox) error {
 // pausedCopy reports whether a saved generation exists for id (a daemon that died between
 // publishing a pause and recording it leaves one).
 func (m *Manager) pausedCopy(id string) bool {
-	if m.cfg.PausedDir == "" {
+	if m.cfg.Home == "" {
 		return false
 	}
 	_, _, err := sandbox.CurrentPaused(m.pausedDir(id))
@@ -234,29 +238,20 @@ func (m *Manager) pausedCopy(id string) bool {
 }
 
 // recoverPause settles a running record whose pause a crash interrupted after the pause took
-// the VM's disk. If the VM is still ours and the pause had not finished saving, the VM gets its
-// disk back (and is adopted, running, by the caller). Otherwise the pause is completed from what
-// was saved and the sandbox is recorded paused (done). A VM that still has its disk is left to
-// the caller.
+// the VM's disk (sandbox.RecoverPause decides from the files). A pause undone leaves the VM
+// running, to be adopted by the caller; a finished one records the sandbox paused (done). A VM
+// that still has its disk, or whose pause could not be finished, is left to the caller.
 func (m *Manager) recoverPause(ctx context.Context, rec *store.Sandbox) (done bool, err error) {
-	if m.cfg.RunDir == "" || m.cfg.PausedDir == "" {
-		return false, nil
-	}
-	disk := filepath.Join(m.cfg.RunDir, rec.ID, "disk.qcow2")
-	if _, err := os.Stat(disk); err == nil || !errors.Is(err, os.ErrNotExist) {
-		return false, nil
-	}
-	dir := m.pausedDir(rec.ID)
-	if _, err := os.Stat(dir); err != nil {
+	if m.cfg.RunDir == "" || m.cfg.Home == "" {
 		return false, nil
 	}
 	alive := vmm.IsOurs(rec.PID, rec.StartTicks, rec.ID)
-	if alive && sandbox.UndoPause(dir, disk) {
+	what, err := sandbox.RecoverPause(m.pausedDir(rec.ID), filepath.Join(m.cfg.RunDir, rec.ID, vmm.DiskFile), alive, rec.ID, rec.MemoryMiB, rec.CPUs)
+	switch {
+	case what == sandbox.PauseUndone:
 		m.log.Warn("interrupted pause undone: the sandbox runs on", "sandbox", rec.ID)
 		return false, nil
-	}
-	ok, err := sandbox.FinishPause(dir, rec.ID, rec.MemoryMiB, rec.CPUs)
-	if err != nil || !ok {
+	case what != sandbox.PauseFinished:
 		return false, err // adoption fails without a disk: the caller reports it lost
 	}
 	if alive {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
 	"path/filepath"
 	"runtime"
 	"sort"
@@ -32,7 +33,7 @@ func (m *Manager) Snapshot(ctx context.Context, team, id, name string) (Snapshot
 }
 
 func (m *Manager) snapshot(ctx context.Context, team, id, name string, fork bool) (SnapshotInfo, error) {
-	if m.cfg.TemplateHome == "" {
+	if m.cfg.Home == "" {
 		return SnapshotInfo{}, fmt.Errorf("%w: snapshots are not configured", ErrInvalid)
 	}
 	if name != "" {
@@ -57,7 +58,7 @@ func (m *Manager) snapshot(ctx context.Context, team, id, name string, fork bool
 		return SnapshotInfo{}, fmt.Errorf("%w: sandbox %s is %s", ErrConflict, id, state)
 	}
 	snapID := ids.New(20)
-	t, err := m.cfg.Runtime.Snapshot(ctx, sb, m.cfg.TemplateHome, snapID, name, team, fork)
+	t, err := m.cfg.Runtime.Snapshot(ctx, sb, m.cfg.Home, snapID, name, team, fork)
 	if err != nil {
 		return SnapshotInfo{}, err
 	}
@@ -105,7 +106,7 @@ func (m *Manager) DeleteTemplate(team, id string) error {
 	if t == nil || !t.Full || t.Team != team {
 		return fmt.Errorf("%w: template %q", ErrNotFound, id)
 	}
-	if err := sandbox.RemoveTemplate(t.Dir, m.cfg.RunDir, m.cfg.PausedDir); err != nil {
+	if err := sandbox.RemoveTemplate(t.Dir, m.cfg.RunDir, m.layout().Paused()); err != nil {
 		if errors.Is(err, sandbox.ErrTemplateInUse) {
 			// The message goes to the client: without the template's directory on the host.
 			return fmt.Errorf("%w: template %q: %s", ErrConflict, id, strings.TrimPrefix(err.Error(), "template "+t.Dir+": "))
@@ -182,10 +183,24 @@ func (m *Manager) collectFork(template string) {
 	if t == nil || !t.Fork || busy {
 		return
 	}
-	if err := sandbox.RemoveTemplate(t.Dir, m.cfg.RunDir, m.cfg.PausedDir); err != nil {
+	if err := sandbox.RemoveTemplate(t.Dir, m.cfg.RunDir, m.layout().Paused()); err != nil {
 		return // still in use (or gone): the next end tries again
 	}
 	m.cfg.Templates.DropTemplate(template)
 	_ = removeIfEmpty(filepath.Dir(t.Dir))
 	m.log.Info("fork snapshot removed", "template", template)
+}
+
+// removeIfEmpty removes dir if nothing (but a lock file) is left in it.
+func removeIfEmpty(dir string) error {
+	des, err := os.ReadDir(dir)
+	if err != nil {
+		return err
+	}
+	for _, de := range des {
+		if de.Name() != ".lock" {
+			return nil
+		}
+	}
+	return os.RemoveAll(dir)
 }

@@ -16,7 +16,7 @@ const (
 	creating state = iota // its VM boots (or a pooled one is handed its settings)
 	running               // its VM runs; its timeout is armed
 	pausing               // its VM is being saved: its exit is not a death, its timer is stopped
-	paused                // saved under PausedDir; no VM, no timeout
+	paused                // saved under the data directory's paused/; no VM, no timeout
 	resuming              // a VM is being started from its saved state
 	killed                // final: killed by request, by its VM's death or at shutdown
 	expired               // final: its timeout passed

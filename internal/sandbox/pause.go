@@ -322,6 +322,47 @@ func FinishPause(dir string, id string, memoryMiB, cpus int) (bool, error) {
 	return true, publish(slog.New(slog.DiscardHandler), st)
 }
 
+// PauseRecovery is what RecoverPause found of a pause a crash interrupted, and did with it.
+type PauseRecovery int
+
+const (
+	// NoPauseTook: the VM still has its disk (or there is no paused directory): no pause took it,
+	// nothing was done.
+	NoPauseTook PauseRecovery = iota
+	// PauseUndone: the VM, still ours, got its disk back and runs on.
+	PauseUndone
+	// PauseFinished: the paused directory holds a complete generation; the VM, if alive, must
+	// stop and its directory go.
+	PauseFinished
+	// PauseUnrecoverable: the VM's disk is gone and no complete generation could be made of what
+	// was saved.
+	PauseUnrecoverable
+)
+
+// RecoverPause settles, from the files, a pause a crash interrupted after it took the VM's disk
+// (vmDisk) into the paused directory dir: a VM still ours (alive) whose pause had not finished
+// saving gets its disk back (UndoPause); otherwise the pause is completed from what was saved
+// (FinishPause; id, memoryMiB and cpus describe the sandbox when no meta was saved).
+func RecoverPause(dir, vmDisk string, alive bool, id string, memoryMiB, cpus int) (PauseRecovery, error) {
+	if _, err := os.Stat(vmDisk); err == nil || !errors.Is(err, os.ErrNotExist) {
+		return NoPauseTook, nil
+	}
+	if _, err := os.Stat(dir); err != nil {
+		return NoPauseTook, nil
+	}
+	if alive && UndoPause(dir, vmDisk) {
+		return PauseUndone, nil
+	}
+	ok, err := FinishPause(dir, id, memoryMiB, cpus)
+	if err != nil {
+		return PauseUnrecoverable, fmt.Errorf("completing the interrupted pause of %s: %w", id, err)
+	}
+	if !ok {
+		return PauseUnrecoverable, nil
+	}
+	return PauseFinished, nil
+}
+
 // savedMemory says whether a staging generation holds the saved memory its meta describes.
 func savedMemory(dir string, meta PausedMeta) bool {
 	files := []string{"state"}

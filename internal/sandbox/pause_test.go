@@ -103,6 +103,54 @@ func TestUndoPause(t *testing.T) {
 	}
 }
 
+// RecoverPause's outcome for each state a crash can leave a pause in, and what it leaves on disk:
+// the VM's disk (back, or still there) or a complete generation.
+func TestRecoverPause(t *testing.T) {
+	meta := PausedMeta{ID: "sb1", Memory: true, NamedRAM: true, MemoryMiB: 512, CPUs: 2}
+	for _, c := range []struct {
+		name           string
+		vmHasDisk      bool
+		noPausedDir    bool
+		alive          bool
+		staging        map[string]string
+		want           PauseRecovery
+		diskBack, done bool
+	}{
+		{name: "the VM still has its disk", vmHasDisk: true, alive: true, staging: map[string]string{"meta.pending": pending(t, meta), "state": "partial"}, want: NoPauseTook, diskBack: true},
+		{name: "no paused directory", noPausedDir: true, alive: true, want: NoPauseTook},
+		{name: "taken from a live VM before the end", alive: true, staging: map[string]string{"meta.pending": pending(t, meta), "state": "s", "disk.qcow2": "d"}, want: PauseUndone, diskBack: true},
+		{name: "taken from a VM that died", staging: map[string]string{"meta.pending": pending(t, meta), "state": "s", "disk.qcow2": "d"}, want: PauseFinished, done: true},
+		{name: "complete, the VM alive", alive: true, staging: map[string]string{"meta.json": pending(t, meta), "state": "s", "disk.qcow2": "d"}, want: PauseFinished, done: true},
+		{name: "the disk nowhere", staging: map[string]string{"meta.pending": pending(t, meta), "state": "partial"}, want: PauseUnrecoverable},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			dir, vm := filepath.Join(t.TempDir(), "sb1"), t.TempDir()
+			disk := filepath.Join(vm, vmm.DiskFile)
+			if c.vmHasDisk {
+				if err := os.WriteFile(disk, fileContent(vmm.DiskFile, "vm"), 0o600); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if !c.noPausedDir {
+				if err := os.Mkdir(dir, 0o700); err != nil {
+					t.Fatal(err)
+				}
+				stagingWith(t, dir, c.staging)
+			}
+			got, err := RecoverPause(dir, disk, c.alive, "sb1", 512, 2)
+			if err != nil || got != c.want {
+				t.Fatalf("RecoverPause = %v, %v; want %v", got, err, c.want)
+			}
+			if _, err := os.Stat(disk); (err == nil) != c.diskBack {
+				t.Errorf("the VM has a disk: %v, want %v", err == nil, c.diskBack)
+			}
+			if _, _, err := CurrentPaused(dir); (err == nil) != c.done {
+				t.Errorf("a complete generation: %v (%v), want %v", err == nil, err, c.done)
+			}
+		})
+	}
+}
+
 // fileContent is what a test writes to file name to stand for content: a disk is a qcow2 file
 // (a header without a backing file, then content).
 func fileContent(name, content string) []byte {

@@ -1,11 +1,41 @@
-package manager
+package vmm
 
 import (
 	"bytes"
+	"log/slog"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
+
+	"github.com/cellhq/cell/internal/ids"
 )
+
+// ReapOrphans kills the QEMU processes running a VM of runDir and removes the VM directories
+// there (and the ones moved aside) that no live VM owns. live says which ids are the caller's own
+// VMs; a VM another live process claims (a `cell run`, a daemon sharing the run directory) is no
+// orphan either. Entries of runDir that are not VM directories are left alone.
+func ReapOrphans(runDir string, live func(id string) bool, log *slog.Logger) {
+	for _, o := range findQEMUs(runDir) {
+		if !live(o.id) && !Claimed(filepath.Join(runDir, o.id)) {
+			log.Warn("killing orphan qemu", "sandbox", o.id, "pid", o.pid)
+			if p, err := os.FindProcess(o.pid); err == nil {
+				_ = p.Kill()
+			}
+		}
+	}
+	des, err := os.ReadDir(runDir)
+	if err != nil {
+		return
+	}
+	for _, de := range des {
+		orphan := !live(de.Name()) && ids.Validate("sandboxID", de.Name()) == nil
+		if de.IsDir() && (orphan || IsGoneDir(de.Name())) && !Claimed(filepath.Join(runDir, de.Name())) {
+			log.Warn("removing orphan VM directory", "dir", de.Name())
+			_ = os.RemoveAll(filepath.Join(runDir, de.Name()))
+		}
+	}
+}
 
 type qemuProc struct {
 	pid int
@@ -59,18 +89,4 @@ func namesDir(args []string, dir string) bool {
 		}
 	}
 	return false
-}
-
-// removeIfEmpty removes dir if nothing (but a lock file) is left in it.
-func removeIfEmpty(dir string) error {
-	des, err := os.ReadDir(dir)
-	if err != nil {
-		return err
-	}
-	for _, de := range des {
-		if de.Name() != ".lock" {
-			return nil
-		}
-	}
-	return os.RemoveAll(dir)
 }
