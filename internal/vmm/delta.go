@@ -115,9 +115,11 @@ func findMapping(pid int, src *os.File, size int64) (*ramMapping, error) {
 
 // saveDelta is SaveSplit for a VM whose RAM maps vm.ramSrc copy-on-write (see above). It
 // returns errNoDelta, having changed nothing, when that is not possible. When the file is the
-// VM's own and last (the VM will not run again), the written pages go into it in place and
-// memPath becomes another name of it: nothing else is copied. (QEMU holds private copies of
-// exactly those pages, so what it maps does not change if the VM goes on after all.)
+// VM's own and has no other name, the written pages go into it in place and memPath becomes
+// another name of it: nothing else is copied. That holds whether or not the VM runs again
+// (last: a pause; else a snapshot): QEMU holds private copies of exactly those pages, so what it
+// maps does not change. Once the file has another name (a snapshot's, a generation's), it is
+// never written again: later saves make a new file from it.
 func (vm *VM) saveDelta(ctx context.Context, statePath, memPath string, last bool) error {
 	size := int64(vm.MemoryMiB) << 20
 	m, err := findMapping(vm.PID, vm.ramSrc, size)
@@ -132,7 +134,7 @@ func (vm *VM) saveDelta(ctx context.Context, statePath, memPath string, last boo
 	if err := vm.saveDevices(ctx, statePath); err != nil {
 		return err
 	}
-	if last && vm.ownRAM {
+	if vm.ownRAM && soleName(vm.ramSrc) {
 		st, err := copyRAM(ctx, m, nil, &writeback{f: vm.ramSrc}, size)
 		if err != nil {
 			return fmt.Errorf("saving RAM in place: %w", err)
@@ -143,7 +145,7 @@ func (vm *VM) saveDelta(ctx context.Context, statePath, memPath string, last boo
 		if err := os.Link(vm.dir.File(ownRAMFile), memPath); err != nil {
 			return fmt.Errorf("naming the memory file: %w", err)
 		}
-		vm.log.Debug("delta save in place", "written", st.written, "zero", st.zero)
+		vm.log.Debug("delta save in place", "written", st.written, "zero", st.zero, "last", last)
 		return nil
 	}
 	out, err := os.OpenFile(memPath, os.O_CREATE|os.O_EXCL|os.O_RDWR, 0o600)
@@ -383,4 +385,10 @@ func (x *extents) copy(src *os.File, out *writeback, off, end int64) (int64, err
 		pages += (b - a) / migstream.PageSize
 	}
 	return pages, nil
+}
+
+// soleName says whether open file f has one name only (no generation or snapshot shares it).
+func soleName(f *os.File) bool {
+	var st unix.Stat_t
+	return unix.Fstat(int(f.Fd()), &st) == nil && st.Nlink == 1
 }

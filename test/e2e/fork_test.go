@@ -236,3 +236,56 @@ func TestSnapshotsTakeTheDiskByReference(t *testing.T) {
 		_ = c.Kill(ctx, child.SandboxID)
 	}
 }
+
+// TestSnapshotOfAResumedSandboxKeepsItsMemory: a resumed sandbox's RAM is its own memory file;
+// a snapshot writes the changed pages into it in place and shares it, and from then on the
+// file is never written again: the sandbox's next pause and a second snapshot make new files.
+// Each snapshot starts with the RAM it was taken with (files in /dev/shm, which lives in RAM).
+func TestSnapshotOfAResumedSandboxKeepsItsMemory(t *testing.T) {
+	d := newDaemon(t)
+	s, c := d.serve(t, "--log-level", "debug")
+	ctx := context.Background()
+	id := createSandbox(t, c, 10*time.Minute)
+	t.Cleanup(func() { _ = c.Kill(ctx, id) })
+	execOut(t, c, id, "echo 0 > /dev/shm/mark")
+	if err := c.Pause(ctx, id, true); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Resume(ctx, id, 10*time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	var snaps []string
+	for i := 1; i <= 2; i++ {
+		execOut(t, c, id, fmt.Sprintf("echo %d > /dev/shm/mark && head -c 32M /dev/urandom > /dev/shm/fill-%d", i, i))
+		sn, err := c.Snapshot(ctx, id, "")
+		if err != nil {
+			t.Fatalf("snapshot %d: %v\n%s", i, err, s.logs)
+		}
+		snaps = append(snaps, sn.SnapshotID)
+	}
+	execOut(t, c, id, "echo 3 > /dev/shm/mark")
+	if err := c.Pause(ctx, id, true); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Resume(ctx, id, 10*time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	if got := strings.TrimSpace(execOut(t, c, id, "cat /dev/shm/mark; ls /dev/shm | wc -l")); got != "3\n3" {
+		t.Fatalf("the sandbox after its pause: %q, want mark 3 and three files", got)
+	}
+	for i, sn := range snaps {
+		info, err := c.Create(ctx, client.CreateOptions{Template: sn, Timeout: 5 * time.Minute})
+		if err != nil {
+			t.Fatalf("create from snapshot %d: %v", i+1, err)
+		}
+		want := fmt.Sprintf("%d\n%d", i+1, i+2)
+		if got := strings.TrimSpace(execOut(t, c, info.SandboxID, "cat /dev/shm/mark; ls /dev/shm | wc -l")); got != want {
+			t.Fatalf("snapshot %d starts with %q, want mark and file count %q", i+1, got, want)
+		}
+		_ = c.Kill(ctx, info.SandboxID)
+	}
+	// The first snapshot wrote into the sandbox's own file; the second found it shared.
+	if n := strings.Count(s.logs.String(), `msg="delta save in place"`); n != 1 || !strings.Contains(s.logs.String(), "last=false") {
+		t.Fatalf("%d saves in place (want the first snapshot's only):\n%s", n, s.logs)
+	}
+}
