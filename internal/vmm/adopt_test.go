@@ -190,9 +190,7 @@ func TestAdoptDecision(t *testing.T) {
 		t.Fatal(err)
 	}
 	base := filepath.Join(t.TempDir(), "base.qcow2") // Start reads its size before it waits
-	if out, err := exec.Command(h.cfg.QEMUImg, "create", "-q", "-f", "qcow2", base, "64M").CombinedOutput(); err != nil {
-		t.Fatalf("%v %s", err, out)
-	}
+	qemuImgCreate(t, h.cfg.QEMUImg, base, "64M")
 	start := func() error {
 		ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
 		defer cancel()

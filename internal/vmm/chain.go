@@ -51,8 +51,8 @@ func newLayerName() string {
 	return "layer-" + hex.EncodeToString(b[:]) + ".qcow2"
 }
 
-// BackingFile reads the backing file name from a qcow2 header ("" for none).
-func BackingFile(path string) (string, error) {
+// backingFile reads the backing file name from a qcow2 header ("" for none).
+func backingFile(path string) (string, error) {
 	f, err := os.Open(path)
 	if err != nil {
 		return "", err
@@ -79,62 +79,71 @@ func BackingFile(path string) (string, error) {
 	return string(name), nil
 }
 
-// Chain returns the files of the qcow2 chain whose top is top, top first: each backing name
-// resolved against the directory of the file that names it. A missing layer is an error
-// wrapping os.ErrNotExist.
-func Chain(top string) ([]string, error) {
-	chain := []string{top}
-	for cur := top; ; {
-		b, err := BackingFile(cur)
-		if err != nil {
-			return chain, err
+// walkChain follows the qcow2 chain below top: visit gets each backing file as the header above
+// it names it (ref) and its path (a relative name resolved against the directory of the file
+// that names it), and says whether to go on. A chain of more than maxChain layers below top is
+// an error (headers that loop), not a hang.
+func walkChain(top string, visit func(ref, path string) (bool, error)) error {
+	for cur, n := top, 0; ; n++ {
+		ref, err := backingFile(cur)
+		if err != nil || ref == "" {
+			return err
 		}
-		if b == "" {
-			return chain, nil
+		if n == maxChain {
+			return fmt.Errorf("%s: a chain of more than %d layers", top, maxChain)
 		}
-		if !filepath.IsAbs(b) {
-			b = filepath.Join(filepath.Dir(cur), b)
+		path := ref
+		if !filepath.IsAbs(ref) {
+			path = filepath.Join(filepath.Dir(cur), ref)
 		}
-		if len(chain) == maxChain {
-			return chain, fmt.Errorf("%s: a chain of more than %d layers", top, maxChain)
+		if more, err := visit(ref, path); err != nil || !more {
+			return err
 		}
-		if _, err := os.Stat(b); err != nil {
-			return chain, fmt.Errorf("%s: layer %s: %w", top, b, err)
-		}
-		chain = append(chain, b)
-		cur = b
+		cur = path
 	}
 }
 
-// localLayers returns the layers below top that are in top's directory (their names), top's
-// backing first, up to the first layer elsewhere.
-func localLayers(top string) ([]string, error) {
-	dir := filepath.Dir(top)
-	var names []string
-	for cur := top; ; {
-		b, err := BackingFile(cur)
-		if err != nil {
-			return nil, err
+// Chain returns the files of the qcow2 chain whose top is top, top first (as far as it resolves,
+// also with an error). A missing layer is an error wrapping os.ErrNotExist.
+func Chain(top string) ([]string, error) {
+	chain := []string{top}
+	err := walkChain(top, func(_, path string) (bool, error) {
+		if _, err := os.Stat(path); err != nil {
+			return false, fmt.Errorf("%s: layer %s: %w", top, path, err)
 		}
-		if b == "" || filepath.IsAbs(b) {
-			return names, nil
+		chain = append(chain, path)
+		return true, nil
+	})
+	return chain, err
+}
+
+// localLayers returns the names of the layers below top that are in top's directory, top's
+// backing first, and how the lowest of them names the layer below it, which is elsewhere
+// (absolute; "" when the chain ends in the directory). A relative name that is not a layer's is
+// refused.
+func localLayers(top string) (names []string, below string, err error) {
+	err = walkChain(top, func(ref, _ string) (bool, error) {
+		if filepath.IsAbs(ref) {
+			below = ref
+			return false, nil
 		}
-		if !layerName.MatchString(b) {
-			return nil, fmt.Errorf("%s: unexpected backing file name %q", cur, b)
+		if !layerName.MatchString(ref) {
+			return false, fmt.Errorf("%s: unexpected backing file name %q", top, ref)
 		}
-		if len(names) == maxChain {
-			return nil, fmt.Errorf("%s: a chain of more than %d layers", top, maxChain)
-		}
-		names = append(names, b)
-		cur = filepath.Join(dir, b)
+		names = append(names, ref)
+		return true, nil
+	})
+	if err != nil {
+		return nil, "", err
 	}
+	return names, below, nil
 }
 
 // LinkLayers links the layers below top that are in top's directory into dir under their names
 // (a name already there must be the same file). With top itself, a disk can then be moved or
 // linked into dir and keep its chain.
 func LinkLayers(top, dir string) error {
-	names, err := localLayers(top)
+	names, _, err := localLayers(top)
 	if err != nil {
 		return err
 	}
@@ -160,17 +169,18 @@ func linkSame(old, new string) error {
 	return err
 }
 
-// SyncChain syncs every layer of the chain topped by top that is in its directory (each layer
-// below the top once; a layer that was synced before costs a system call).
+// SyncChain syncs top and the layers below it in its directory (a layer synced before costs a
+// system call).
 func SyncChain(top string) error {
-	names, err := localLayers(top)
+	names, _, err := localLayers(top)
 	if err != nil {
 		return err
 	}
-	for _, p := range append([]string{top}, names...) {
-		if !filepath.IsAbs(p) {
-			p = filepath.Join(filepath.Dir(top), p)
-		}
+	paths := []string{top}
+	for _, n := range names {
+		paths = append(paths, filepath.Join(filepath.Dir(top), n))
+	}
+	for _, p := range paths {
 		f, err := os.Open(p)
 		if err != nil {
 			return err
@@ -382,13 +392,12 @@ func (vm *VM) flattenDeep(ctx context.Context) error {
 	vm.diskMu.Lock()
 	defer vm.diskMu.Unlock()
 	top := vm.dir.File(DiskFile)
-	names, err := localLayers(top)
+	names, bottom, err := localLayers(top)
 	if err != nil || len(names) <= maxLocalLayers {
 		return err
 	}
-	bottom, err := BackingFile(vm.dir.File(names[len(names)-1]))
-	if err != nil {
-		return err
+	if bottom == "" {
+		return errors.New("the disk's chain has no layer outside the VM's directory to flatten down to")
 	}
 	var nodes []namedNode
 	if err := vm.qmp.Execute(ctx, "query-named-block-nodes", map[string]any{"flat": true}, &nodes); err != nil {
@@ -427,7 +436,7 @@ func (vm *VM) pruneLayers(ctx context.Context) error {
 		return err
 	}
 	top := vm.dir.File(DiskFile)
-	names, err := localLayers(top)
+	names, _, err := localLayers(top)
 	if err != nil {
 		return err
 	}

@@ -24,15 +24,30 @@ func qemuIO(t *testing.T, disk, op string, off int, pattern byte) bool {
 	return err == nil && !strings.Contains(string(out), "Pattern verification failed")
 }
 
+// needQEMUImg returns qemu-img's path, or fails the test saying how to get it.
+func needQEMUImg(t *testing.T) string {
+	t.Helper()
+	p, err := exec.LookPath("qemu-img")
+	if err != nil {
+		t.Fatal("qemu-img is required (apt-get install qemu-utils)")
+	}
+	return p
+}
+
+// qemuImgCreate makes a qcow2 file: qemu-img create -f qcow2 args.
+func qemuImgCreate(t *testing.T, qemuImg string, args ...string) {
+	t.Helper()
+	if out, err := exec.Command(qemuImg, append([]string{"create", "-q", "-f", "qcow2"}, args...)...).CombinedOutput(); err != nil {
+		t.Fatalf("qemu-img create %v: %v %s", args, err, out)
+	}
+}
+
 func chainHost(t *testing.T) *Host {
 	t.Helper()
-	for _, tool := range []string{"qemu-img", "qemu-io"} {
-		if _, err := exec.LookPath(tool); err != nil {
-			t.Fatalf("%s is required (apt-get install qemu-utils)", tool)
-		}
+	if _, err := exec.LookPath("qemu-io"); err != nil {
+		t.Fatal("qemu-io is required (apt-get install qemu-utils)")
 	}
-	qemuImg, _ := exec.LookPath("qemu-img")
-	return &Host{cfg: Config{QEMUImg: qemuImg}}
+	return &Host{cfg: Config{QEMUImg: needQEMUImg(t)}}
 }
 
 // TestDiskTakenByReference walks a disk through what a sandbox does to it: created on a
@@ -44,9 +59,7 @@ func TestDiskTakenByReference(t *testing.T) {
 	ctx := context.Background()
 	root := t.TempDir()
 	base := filepath.Join(root, "base.qcow2")
-	if out, err := exec.Command(h.cfg.QEMUImg, "create", "-q", "-f", "qcow2", base, "16M").CombinedOutput(); err != nil {
-		t.Fatalf("%v %s", err, out)
-	}
+	qemuImgCreate(t, h.cfg.QEMUImg, base, "16M")
 	mkdir := func(name string) string {
 		d := filepath.Join(root, name)
 		if err := os.Mkdir(d, 0o700); err != nil {
@@ -81,11 +94,11 @@ func TestDiskTakenByReference(t *testing.T) {
 			t.Fatal(err)
 		}
 		d := filepath.Join(vm, DiskFile)
-		below, err := localLayers(d)
-		if err != nil || len(below) != i-1 {
-			t.Fatalf("resume %d: local layers %v, %v", i, below, err)
+		local, bottom, err := localLayers(d)
+		if err != nil || len(local) != i-1 || bottom != base {
+			t.Fatalf("resume %d: local layers %v on %q, %v", i, local, bottom, err)
 		}
-		if !os.SameFile(stat(t, filepath.Join(vm, below[0])), stat(t, filepath.Join(g, DiskFile))) {
+		if !os.SameFile(stat(t, filepath.Join(vm, local[0])), stat(t, filepath.Join(g, DiskFile))) {
 			t.Fatalf("resume %d: the generation's disk was copied, not taken by reference", i)
 		}
 		if !qemuIO(t, d, "read", 0, want) {
@@ -132,7 +145,7 @@ func TestDiskTakenByReference(t *testing.T) {
 		t.Fatalf("qemu-img check: %v %s", err, out)
 	}
 	// A missing layer makes the chain incomplete (a generation that would not boot).
-	names, err := localLayers(last)
+	names, _, err := localLayers(last)
 	if err != nil || len(names) != 2 {
 		t.Fatalf("local layers %v, %v", names, err)
 	}
@@ -151,12 +164,8 @@ func TestChainRefusesLoopsAndOddNames(t *testing.T) {
 	dir := t.TempDir()
 	a := filepath.Join(dir, "layer-0000000000000001.qcow2")
 	b := filepath.Join(dir, "layer-0000000000000002.qcow2")
-	if out, err := exec.Command(h.cfg.QEMUImg, "create", "-q", "-f", "qcow2", a, "1M").CombinedOutput(); err != nil {
-		t.Fatalf("%v %s", err, out)
-	}
-	if out, err := exec.Command(h.cfg.QEMUImg, "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", filepath.Base(a), b).CombinedOutput(); err != nil {
-		t.Fatalf("%v %s", err, out)
-	}
+	qemuImgCreate(t, h.cfg.QEMUImg, a, "1M")
+	qemuImgCreate(t, h.cfg.QEMUImg, "-F", "qcow2", "-b", filepath.Base(a), b)
 	// a now names b: a loop.
 	if out, err := exec.Command(h.cfg.QEMUImg, "rebase", "-u", "-F", "qcow2", "-b", filepath.Base(b), a).CombinedOutput(); err != nil {
 		t.Fatalf("%v %s", err, out)
@@ -164,13 +173,11 @@ func TestChainRefusesLoopsAndOddNames(t *testing.T) {
 	if _, err := Chain(b); err == nil || !strings.Contains(err.Error(), "more than") {
 		t.Fatalf("a looping chain: %v", err)
 	}
-	if _, err := localLayers(b); err == nil {
+	if _, _, err := localLayers(b); err == nil {
 		t.Fatal("a looping chain's local layers")
 	}
 	odd := filepath.Join(dir, "odd.qcow2")
-	if out, err := exec.Command(h.cfg.QEMUImg, "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", "../etc/passwd", "-u", odd, "1M").CombinedOutput(); err != nil {
-		t.Fatalf("%v %s", err, out)
-	}
+	qemuImgCreate(t, h.cfg.QEMUImg, "-F", "qcow2", "-b", "../etc/passwd", "-u", odd, "1M")
 	if err := LinkLayers(odd, t.TempDir()); err == nil || !strings.Contains(err.Error(), "unexpected backing file name") {
 		t.Fatalf("a backing name outside the directory: %v", err)
 	}

@@ -108,10 +108,7 @@ func FuzzParseReserve(f *testing.F) {
 }
 
 func TestDiskVirtualSize(t *testing.T) {
-	qemuImg, err := exec.LookPath("qemu-img")
-	if err != nil {
-		t.Fatal("qemu-img is required (apt-get install qemu-utils)")
-	}
+	qemuImg := needQEMUImg(t)
 	dir := t.TempDir()
 	base, ov := filepath.Join(dir, "base.qcow2"), filepath.Join(dir, "ov.qcow2")
 	for _, args := range [][]string{{"create", "-q", "-f", "qcow2", base, "96M"}, {"create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", base, ov}} {
@@ -138,15 +135,10 @@ func TestDiskVirtualSize(t *testing.T) {
 // starts from (the guest's file system fills that one). The free space is the boundary broken on
 // purpose.
 func TestStartAdmitsDisks(t *testing.T) {
-	qemuImg, err := exec.LookPath("qemu-img")
-	if err != nil {
-		t.Fatal("qemu-img is required (apt-get install qemu-utils)")
-	}
+	qemuImg := needQEMUImg(t)
 	dir := t.TempDir()
 	base := filepath.Join(dir, "base.qcow2")
-	if out, err := exec.Command(qemuImg, "create", "-q", "-f", "qcow2", base, "64M").CombinedOutput(); err != nil {
-		t.Fatalf("%v %s", err, out)
-	}
+	qemuImgCreate(t, qemuImg, base, "64M")
 	kernel := filepath.Join(dir, "vmlinux")
 	if err := os.WriteFile(kernel, []byte("x"), 0o644); err != nil {
 		t.Fatal(err)

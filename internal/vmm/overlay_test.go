@@ -12,15 +12,10 @@ import (
 )
 
 func TestOverlaysAreReusedPerBackingDisk(t *testing.T) {
-	qemuImg, err := exec.LookPath("qemu-img")
-	if err != nil {
-		t.Fatal("qemu-img is required (apt-get install qemu-utils)")
-	}
+	qemuImg := needQEMUImg(t)
 	dir := t.TempDir()
 	base := filepath.Join(dir, "base.qcow2")
-	if out, err := exec.Command(qemuImg, "create", "-q", "-f", "qcow2", base, "64M").CombinedOutput(); err != nil {
-		t.Fatalf("%v %s", err, out)
-	}
+	qemuImgCreate(t, qemuImg, base, "64M")
 	var o overlays
 	ctx := context.Background()
 	a, b := filepath.Join(dir, "a.qcow2"), filepath.Join(dir, "b.qcow2")
@@ -56,16 +51,11 @@ func TestOverlaysAreReusedPerBackingDisk(t *testing.T) {
 // one on a layer of the same size is the same bytes with the name written over, and qemu-img
 // finds it sound and backed by its own layer.
 func TestOverlaysOnLayers(t *testing.T) {
-	qemuImg, err := exec.LookPath("qemu-img")
-	if err != nil {
-		t.Fatal("qemu-img is required (apt-get install qemu-utils)")
-	}
+	qemuImg := needQEMUImg(t)
 	dir := t.TempDir()
 	la, lb := newLayerName(), newLayerName()
 	for _, l := range []string{la, lb} {
-		if out, err := exec.Command(qemuImg, "create", "-q", "-f", "qcow2", filepath.Join(dir, l), "64M").CombinedOutput(); err != nil {
-			t.Fatalf("%v %s", err, out)
-		}
+		qemuImgCreate(t, qemuImg, filepath.Join(dir, l), "64M")
 	}
 	var o overlays
 	ctx := context.Background()

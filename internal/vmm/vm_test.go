@@ -118,10 +118,9 @@ func fakeQEMUHost(t *testing.T, script string, attempts int) (*Host, Spec) {
 		t.Fatal(err)
 	}
 	base := filepath.Join(dir, "base.qcow2")
-	if out, err := exec.Command("/usr/bin/qemu-img", "create", "-q", "-f", "qcow2", base, "64M").CombinedOutput(); err != nil {
-		t.Fatalf("qemu-img: %v: %s", err, out)
-	}
-	h, err := NewHost(Config{QEMU: qemu, QEMUImg: "/usr/bin/qemu-img", RunDir: filepath.Join(dir, "run"), MaxVMs: 1,
+	qemuImg := needQEMUImg(t)
+	qemuImgCreate(t, qemuImg, base, "64M")
+	h, err := NewHost(Config{QEMU: qemu, QEMUImg: qemuImg, RunDir: filepath.Join(dir, "run"), MaxVMs: 1,
 		TSCkHz: 1000000, Attempts: attempts, BootTimeout: 500 * time.Millisecond, StopGrace: time.Second})
 	if err != nil {
 		t.Fatal(err)
