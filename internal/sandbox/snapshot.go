@@ -12,8 +12,9 @@ import (
 )
 
 // Snapshot saves the running sandbox s as template name (a snapshot labelled label, owned by team) under
-// home/templates/name/snap: its device state and RAM, and a frozen copy of its disk, which is an
-// overlay on its own template's disk layer. s is stopped only while it is saved, then continues.
+// home/templates/name/snap: its device state and RAM, and its disk as it is, by reference (its
+// layers linked; s goes on writing to a new top layer, see vmm.VM.TakeDisk). s is stopped only
+// while it is saved, then continues.
 func (r *Runtime) Snapshot(ctx context.Context, s *Sandbox, home, name, label, team string, fork bool) (*Template, error) {
 	fp, err := r.Host.Fingerprint(r.baseSpec())
 	if err != nil {
