@@ -8,14 +8,24 @@ FUZZTIME="${FUZZTIME:-10s}"
 GO="${GO:-go}"
 failed=0
 count=0
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
 for pkg in $($GO list ./... | grep -v /test/); do
 	dir=$($GO list -f '{{.Dir}}' "$pkg")
 	grep -qs '^func Fuzz' "$dir"/*_test.go || continue
 	for target in $($GO test -list '^Fuzz' "$pkg" | grep '^Fuzz' || true); do
 		count=$((count + 1))
 		echo "==> $pkg $target ($FUZZTIME)"
-		if ! $GO test -run '^$' -fuzz "^${target}\$" -fuzztime "$FUZZTIME" -fuzzminimizetime 5s -parallel 2 "$pkg" 2>&1 | tail -n 3; then
+		# The whole output of a failing target is printed (the failing input's file and the
+		# test's message), the last lines of a passing one.
+		if $GO test -run '^$' -fuzz "^${target}\$" -fuzztime "$FUZZTIME" -fuzzminimizetime 5s -parallel 2 "$pkg" >"$log" 2>&1; then
+			tail -n 3 "$log"
+		else
 			failed=$((failed + 1))
+			tail -n 80 "$log"
+			for f in $(grep -o 'testdata/fuzz/[^ ]*' "$log" | sort -u); do
+				[ -f "$dir/$f" ] && { echo "--- $f"; head -c 4096 "$dir/$f"; echo; }
+			done
 		fi
 	done
 done
