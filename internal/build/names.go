@@ -39,18 +39,18 @@ func ParseName(s string) (Name, error) {
 	if i := strings.IndexByte(rest, '/'); i >= 0 {
 		n.Namespace, rest = rest[:i], rest[i+1:]
 		if !nameChars(n.Namespace, false) {
-			return Name{}, fmt.Errorf("name %q: the namespace must be of a-z, 0-9, - and _", s)
+			return Name{}, fmt.Errorf("name %q: the namespace must be of a-z, 0-9, '-' and '_'", s)
 		}
 	}
 	n.Alias, n.Tag = rest, DefaultTag
 	if i := strings.IndexByte(rest, ':'); i >= 0 {
 		n.Alias, n.Tag = rest[:i], rest[i+1:]
 		if !nameChars(n.Tag, true) {
-			return Name{}, fmt.Errorf("name %q: the tag must be of a-z, 0-9, -, _ and .", s)
+			return Name{}, fmt.Errorf("name %q: the tag must be of a-z, 0-9, '-', '_' and '.'", s)
 		}
 	}
 	if !nameChars(n.Alias, false) {
-		return Name{}, fmt.Errorf("name %q: the alias must be of a-z, 0-9, - and _", s)
+		return Name{}, fmt.Errorf("name %q: the alias must be of a-z, 0-9, '-' and '_'", s)
 	}
 	return n, nil
 }
@@ -58,7 +58,7 @@ func ParseName(s string) (Name, error) {
 // ValidTag checks a tag alone.
 func ValidTag(t string) error {
 	if len(t) > MaxNameLen || !nameChars(strings.ToLower(t), true) {
-		return fmt.Errorf("tag %q: must be 1 to %d of a-z, 0-9, -, _ and .", t, MaxNameLen)
+		return fmt.Errorf("tag %q: must be 1 to %d of a-z, 0-9, '-', '_' and '.'", t, MaxNameLen)
 	}
 	return nil
 }

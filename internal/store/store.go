@@ -52,6 +52,36 @@ CREATE TABLE IF NOT EXISTS sandboxes (
 	reason TEXT NOT NULL DEFAULT ''
 );
 CREATE INDEX IF NOT EXISTS sandboxes_team ON sandboxes(team_id, seq);
+CREATE TABLE IF NOT EXISTS templates (
+	id TEXT PRIMARY KEY,
+	team_id TEXT NOT NULL,
+	name TEXT NOT NULL,
+	cpus INTEGER NOT NULL,
+	memory_mib INTEGER NOT NULL,
+	created_at INTEGER NOT NULL,
+	updated_at INTEGER NOT NULL,
+	UNIQUE(team_id, name)
+);
+CREATE TABLE IF NOT EXISTS template_builds (
+	id TEXT PRIMARY KEY,
+	template_id TEXT NOT NULL REFERENCES templates(id) ON DELETE CASCADE,
+	status TEXT NOT NULL,
+	reason TEXT NOT NULL DEFAULT '',
+	reason_step TEXT NOT NULL DEFAULT '',
+	snapshot TEXT NOT NULL DEFAULT '',
+	cpus INTEGER NOT NULL,
+	memory_mib INTEGER NOT NULL,
+	created_at INTEGER NOT NULL,
+	finished_at INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS template_builds_template ON template_builds(template_id, created_at);
+CREATE TABLE IF NOT EXISTS template_tags (
+	template_id TEXT NOT NULL REFERENCES templates(id) ON DELETE CASCADE,
+	tag TEXT NOT NULL,
+	build_id TEXT NOT NULL,
+	created_at INTEGER NOT NULL,
+	PRIMARY KEY(template_id, tag)
+);
 `
 
 // migrations add columns to databases made by earlier versions; "duplicate column" means done.
