@@ -24,7 +24,9 @@ const MaxBody = 1 << 20
 // Config configures the API.
 type Config struct {
 	Manager *manager.Manager
-	Keys    auth.Keys
+	// Templates serves template builds (nil: their routes answer 501).
+	Templates Templates
+	Keys      auth.Keys
 	// Domain is the sandbox domain reported to clients and matched in {port}-{id}.{domain} hosts.
 	Domain string
 	Log    *slog.Logger
@@ -77,12 +79,11 @@ func New(cfg Config) *API {
 	a.route("POST /sandboxes/{id}/fork", a.fork)
 	a.route("PUT /sandboxes/{id}/network", a.updateNetwork)
 	a.route("GET /templates/aliases/{alias}", a.templateAlias)
+	a.routeTemplates()
 	// E2B routes Cell does not serve yet (the ones E2B's SDKs call, and two listings): a clear 501,
 	// not a 404 the SDK would read as "no such thing".
 	for _, p := range []string{
-		"POST /v3/templates", "POST /v2/templates/{tid}/builds/{bid}", "GET /templates/{tid}/builds/{bid}/status",
-		"GET /templates/{tid}/files/{hash}", "GET /templates", "POST /templates/tags",
-		"DELETE /templates/tags", "GET /sandboxes/metrics",
+		"GET /sandboxes/metrics",
 		"GET /secrets", "POST /secrets", "GET /secrets/{secretID}", "POST /secrets/{secretID}", "DELETE /secrets/{secretID}",
 		"GET /volumes", "POST /volumes", "GET /volumes/{volumeID}", "DELETE /volumes/{volumeID}",
 		"GET /volumecontent/{volumeID}/dir", "POST /volumecontent/{volumeID}/dir", "GET /volumecontent/{volumeID}/file",
@@ -92,12 +93,12 @@ func New(cfg Config) *API {
 		a.route(p, func(w http.ResponseWriter, r *http.Request, _ string) { notImplemented(w, r.Pattern) })
 	}
 	// GET /templates/{tid}/tags, which as a pattern would clash with the alias lookup's.
-	a.route("GET /templates/{tid}/{sub}", func(w http.ResponseWriter, r *http.Request, _ string) {
+	a.route("GET /templates/{tid}/{sub}", func(w http.ResponseWriter, r *http.Request, team string) {
 		if r.PathValue("sub") != "tags" {
 			writeError(w, http.StatusNotFound, fmt.Sprintf("no route for %s %s", r.Method, r.URL.Path))
 			return
 		}
-		notImplemented(w, "GET /templates/{tid}/tags")
+		a.templateTags(w, r, team)
 	})
 	a.mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusNotFound, fmt.Sprintf("no route for %s %s", r.Method, r.URL.Path))

@@ -84,7 +84,12 @@ func (a *API) create(w http.ResponseWriter, r *http.Request, team string) {
 		writeError(w, http.StatusBadRequest, "templateID: required")
 		return
 	}
-	cr := manager.CreateRequest{Team: team, Template: req.TemplateID, Metadata: req.Metadata, EnvVars: req.EnvVars,
+	tpl, err := a.resolveTemplate(r.Context(), team, req.TemplateID)
+	if err != nil {
+		templateFail(w, err)
+		return
+	}
+	cr := manager.CreateRequest{Team: team, Template: tpl, Metadata: req.Metadata, EnvVars: req.EnvVars,
 		Secure: req.Secure == nil || *req.Secure, AllowInternet: req.AllowInternetAccess == nil || *req.AllowInternetAccess,
 		AutoPause: req.AutoPause != nil && *req.AutoPause, AutoPauseMemory: req.AutoPauseMemory == nil || *req.AutoPauseMemory}
 	if n := req.Network; n != nil {

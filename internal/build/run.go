@@ -1,6 +1,7 @@
 package build
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"crypto/sha256"
@@ -31,8 +32,10 @@ type Machines interface {
 	// Start starts a VM from the snapshot named from (a template's or a layer's), with internet
 	// access.
 	Start(ctx context.Context, from string, cpus, memoryMiB int) (VM, error)
-	// Save keeps vm's state as the layer named name, with meta beside it; vm goes on running.
-	Save(ctx context.Context, vm VM, name string, meta []byte) error
+	// Save keeps vm's state as team's layer named name, with meta beside it, and returns the
+	// name it was saved under: another one when a layer of that name exists (a forced step
+	// makes a new layer and leaves the cached one alone). vm goes on running.
+	Save(ctx context.Context, vm VM, name, team string, meta []byte) (string, error)
 	// Layer returns the meta of the layer named name; false when there is no whole layer of
 	// that name.
 	Layer(name string) ([]byte, bool)
@@ -75,6 +78,8 @@ type Files func(hash string) (io.ReadCloser, error)
 
 // Job is one build.
 type Job struct {
+	// Team owns the build and its layers.
+	Team string
 	Spec Spec
 	// Base is the snapshot the build starts from, BaseState what its sandboxes run as, BaseKey
 	// the key of that first layer (see BaseKey).
@@ -163,7 +168,7 @@ func Run(ctx context.Context, m Machines, job Job) (res Result, err error) {
 		if err := b.step(ctx, n, st); err != nil {
 			return Result{}, &StepError{Step: n, Err: err}
 		}
-		if err := b.save(ctx, n, name); err != nil {
+		if _, err := b.save(ctx, n, name); err != nil {
 			return Result{}, err
 		}
 		b.log(LevelInfo, n, "done in %s", time.Since(t0).Round(time.Millisecond))
@@ -189,12 +194,13 @@ func Run(ctx context.Context, m Machines, job Job) (res Result, err error) {
 	if err := b.finalize(ctx); err != nil {
 		return Result{}, &StepError{Step: "finalize", Err: err}
 	}
-	if err := b.save(ctx, "finalize", fname); err != nil {
+	saved, err := b.save(ctx, "finalize", fname)
+	if err != nil {
 		return Result{}, err
 	}
 	b.log(LevelInfo, "finalize", "template saved in %s", time.Since(t0).Round(time.Millisecond))
 	res.Built++
-	return Result{Snapshot: fname, State: b.state, Cached: res.Cached, Built: res.Built}, nil
+	return Result{Snapshot: saved, State: b.state, Cached: res.Cached, Built: res.Built}, nil
 }
 
 func finalKey(key, start, ready string) string {
@@ -229,15 +235,18 @@ func (b *run) ensureVM(ctx context.Context, step string) error {
 	return nil
 }
 
-func (b *run) save(ctx context.Context, step, name string) error {
+// save keeps the VM's state as the layer name; the next VM of this build would start from it.
+func (b *run) save(ctx context.Context, step, name string) (string, error) {
 	meta, err := json.Marshal(layerMeta{State: b.state})
 	if err != nil {
-		return err
+		return "", err
 	}
-	if err := b.m.Save(ctx, b.vm, name, meta); err != nil {
-		return &StepError{Step: step, Err: fmt.Errorf("saving the layer: %w", err)}
+	saved, err := b.m.Save(ctx, b.vm, name, b.job.Team, meta)
+	if err != nil {
+		return "", &StepError{Step: step, Err: fmt.Errorf("saving the layer: %w", err)}
 	}
-	return nil
+	b.from = saved
+	return saved, nil
 }
 
 // describe is a step as the log shows it.
@@ -546,23 +555,33 @@ func (b *run) copyStep(ctx context.Context, n string, st Step) error {
 	if len(st.Args) > 3 {
 		mode = st.Args[3]
 	}
-	return b.sh(ctx, n, "root", copyScript, rc, src, dest, owner, mode)
+	// E2B's SDKs gzip the tar unless told not to: tar is told which it got.
+	br := bufio.NewReader(rc)
+	gz := ""
+	if head, _ := br.Peek(2); len(head) == 2 && head[0] == 0x1f && head[1] == 0x8b {
+		gz = "-z"
+	}
+	return b.sh(ctx, n, "root", copyScript, br, src, dest, owner, mode, gz)
 }
 
-// copyScript unpacks the upload (a gzipped tar on stdin) and copies $1 from it to $2 with
-// Docker's COPY rules: a directory's contents are merged into the destination, a file goes to
-// the destination (into it when it ends with / or is a directory); what it copies is owned by
-// $3 and, when $4 is set, has mode $4.
+// copyScript unpacks the upload (a tar on stdin, gzipped when $5 is -z: its paths are relative
+// to the client's context directory) and copies $1 (a path or a glob in that context) to $2
+// with Docker's COPY rules: a directory's contents are merged into the destination, a file goes
+// to the destination (into it when it ends with / or is a directory); what it copies is owned
+// by $3 and, when $4 is set, has mode $4.
 const copyScript = `set -e
 t=$(mktemp -d)
-trap 'rm -rf -- "$t"' EXIT
-tar -xzf - -C "$t" --no-same-owner
+trap 'rm -rf -- "$t" "$t.list"' EXIT
+tar -x ${5:+"$5"} -f - -C "$t" --no-same-owner
 src=$1 dest=$2 owner=$3 mode=$4
 group=$(id -gn -- "$owner")
 cd "$t"
 shopt -s nullglob dotglob
 matches=( $src )
 if [ ${#matches[@]} -eq 0 ]; then echo "COPY: $src: no such file in the upload" >&2; exit 1; fi
+# Directories COPY makes are the owner's too, as the files in them.
+p=${dest%/}; first=
+while [ -n "$p" ] && [ ! -e "$p" ]; do first=$p; p=$(dirname -- "$p"); done
 if [ ${#matches[@]} -gt 1 ] || [[ "$dest" == */ ]]; then mkdir -p -- "$dest"; fi
 for m in "${matches[@]}"; do
 	if [ -d "$m" ] && [ ! -L "$m" ]; then
@@ -582,4 +601,9 @@ for m in "${matches[@]}"; do
 		chown -h -- "$owner:$group" "$target"
 		if [ -n "$mode" ] && [ ! -L "$target" ]; then chmod -- "$mode" "$target"; fi
 	fi
-done`
+done
+if [ -n "$first" ] && [ -d "$first" ]; then
+	d=${dest%/}
+	[ -d "$d" ] || d=$(dirname -- "$d")
+	while :; do chown -- "$owner:$group" "$d"; [ "$d" = "$first" ] || [ "$d" = / ] && break; d=$(dirname -- "$d"); done
+fi`

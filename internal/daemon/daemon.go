@@ -14,6 +14,7 @@ import (
 	"github.com/cellhq/cell/internal/manager"
 	"github.com/cellhq/cell/internal/sandbox"
 	"github.com/cellhq/cell/internal/store"
+	"github.com/cellhq/cell/internal/templates"
 	"github.com/cellhq/cell/internal/vmm"
 )
 
@@ -30,6 +31,7 @@ type Daemon struct {
 	runLock *datadir.Lock
 	st      *store.Store
 	mgr     *manager.Manager
+	tpl     *templates.Service
 	handler http.Handler
 
 	shutdown sync.Once
@@ -104,7 +106,10 @@ func Start(ctx context.Context, cfg Config) (_ *Daemon, err error) {
 		}
 		d.mgr.StartPool(name, n)
 	}
-	d.handler = api.New(api.Config{Manager: d.mgr, Keys: auth.Keys{Store: d.st}, Domain: cfg.Domain, Log: d.log,
+	if d.tpl, err = d.startTemplates(ctx); err != nil {
+		return nil, err
+	}
+	d.handler = api.New(api.Config{Manager: d.mgr, Templates: d.tpl, Keys: auth.Keys{Store: d.st}, Domain: cfg.Domain, Log: d.log,
 		MaxStreams: cfg.MaxProxyStreams, MaxSandboxStreams: cfg.MaxSandboxStreams})
 	return d, nil
 }
@@ -160,6 +165,9 @@ func (d *Daemon) Shutdown(ctx context.Context, mode ShutdownMode) error {
 // release stops the manager's sandboxes as mode says and gives back what Start took, in the
 // reverse order; it does what applies to a daemon that came up only partly.
 func (d *Daemon) release(ctx context.Context, mode manager.ShutdownMode) error {
+	if d.tpl != nil {
+		d.tpl.Close() // builds under way stop, their VMs too; Recover marks them failed
+	}
 	if d.mgr != nil {
 		d.mgr.Shutdown(ctx, mode)
 	}

@@ -17,14 +17,18 @@ import "path/filepath"
 //	│       ├── g<N>/               a saved generation: meta.json (last), state, mem, disk.qcow2
 //	│       ├── .staging-<random>/  a pause being written
 //	│       └── current             names the newest generation, for people
-//	└── templates/
-//	    ├── base/
-//	    │   ├── .lock               serializes builds
-//	    │   ├── <fingerprint>/      the base template for one QEMU, kernel, image and machine
-//	    │   └── .staging-<random>/  a build being written
-//	    └── <name>/
-//	        ├── snap/               a snapshot of a running sandbox
-//	        └── .staging-<random>/  a snapshot being written
+//	├── templates/
+//	│   ├── base/
+//	│   │   ├── .lock               serializes builds
+//	│   │   ├── <fingerprint>/      the base template for one QEMU, kernel, image and machine
+//	│   │   └── .staging-<random>/  a build being written
+//	│   └── <name>/
+//	│       ├── snap/               a snapshot of a running sandbox, or a template build's layer
+//	│       └── .staging-<random>/  a snapshot being written
+//	└── builds/                     template builds (package templates)
+//	    ├── upload.key              signs upload URLs
+//	    ├── uploads/<team>/<hash>   the files of COPY steps, as uploaded (a tar, gzipped or not)
+//	    └── logs/<build>.jsonl      a finished build's log
 //
 // Every saved VM directory (a generation, a template, a snapshot) holds meta.json, its device
 // state and RAM (state, mem) and its disk (disk.qcow2 and the layers below it); it is written in
@@ -73,3 +77,6 @@ func (l Layout) TemplateLock(name string) string { return filepath.Join(l.Templa
 
 // Snapshot is the saved VM of snapshot name.
 func (l Layout) Snapshot(name string) string { return filepath.Join(l.Template(name), "snap") }
+
+// Builds holds what template builds keep besides their layers: uploads and logs.
+func (l Layout) Builds() string { return filepath.Join(l.Home, "builds") }

@@ -179,8 +179,17 @@ func (m *Manager) Create(ctx context.Context, req CreateRequest) (Info, error) {
 		return Info{}, fmt.Errorf("%w: %w", ErrInvalid, err)
 	}
 	if req.Template != "base" {
-		if t := m.cfg.Templates.Template(req.Template); t == nil || t.Team != req.Team {
+		t := m.cfg.Templates.Template(req.Template)
+		if t == nil || t.Team != req.Team {
 			return Info{}, fmt.Errorf("%w: template %q", ErrNotFound, req.Template)
+		}
+		// A snapshot restores into a machine of its own size (a built template's may differ
+		// from the default).
+		if req.CPUs == 0 {
+			req.CPUs = t.CPUs
+		}
+		if req.MemoryMiB == 0 {
+			req.MemoryMiB = t.MemoryMiB
 		}
 	}
 	if req.Timeout == 0 {

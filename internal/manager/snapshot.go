@@ -70,7 +70,7 @@ func (m *Manager) snapshot(ctx context.Context, team, id, name string, fork bool
 func (m *Manager) Snapshots(team, source string) []SnapshotInfo {
 	var out []SnapshotInfo
 	for _, t := range m.cfg.Templates.Templates() {
-		if !t.Full || t.Fork || t.Team != team || (source != "" && t.Source != source) {
+		if !t.Full || t.Fork || t.Layer != nil || t.Team != team || (source != "" && t.Source != source) {
 			continue
 		}
 		out = append(out, SnapshotInfo{ID: t.Name, Name: t.Label, Source: t.Source})
@@ -88,7 +88,7 @@ func (m *Manager) TemplateAlias(team, alias string) (id string, public bool, err
 	if alias == "base" {
 		return "base", true, nil
 	}
-	if t := m.cfg.Templates.Template(alias); t != nil && t.Full && !t.Fork && t.Team == team {
+	if t := m.cfg.Templates.Template(alias); t != nil && t.Full && !t.Fork && t.Layer == nil && t.Team == team {
 		return t.Name, false, nil
 	}
 	return "", false, fmt.Errorf("%w: template %q", ErrNotFound, alias)
@@ -103,7 +103,7 @@ func (m *Manager) DeleteTemplate(team, id string) error {
 		return fmt.Errorf("%w: the base template cannot be deleted", ErrConflict)
 	}
 	t := m.cfg.Templates.Template(id)
-	if t == nil || !t.Full || t.Team != team {
+	if t == nil || !t.Full || t.Layer != nil || t.Team != team {
 		return fmt.Errorf("%w: template %q", ErrNotFound, id)
 	}
 	if err := sandbox.RemoveTemplate(t.Dir, m.cfg.RunDir, m.layout().Paused()); err != nil {

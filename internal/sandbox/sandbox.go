@@ -112,7 +112,10 @@ type Template struct {
 	Team, Source string
 	Fork         bool   // taken for a fork: removed once no fork depends on it
 	Label        string // the name a snapshot was given
-	token        string // envd's access token inside the snapshot
+	// Layer is set on a template build's layers: what the build keeps beside the layer (see
+	// Runtime.SaveLayer). Layers are not a team's snapshots.
+	Layer []byte
+	token string // envd's access token inside the snapshot
 }
 
 // Options describe one sandbox.

@@ -2,6 +2,7 @@ package sandbox
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -16,6 +17,21 @@ import (
 // layers linked; s goes on writing to a new top layer, see vmm.VM.TakeDisk). s is stopped only
 // while it is saved, then continues.
 func (r *Runtime) Snapshot(ctx context.Context, s *Sandbox, home, name, label, team string, fork bool) (*Template, error) {
+	return r.snapshot(ctx, s, home, name, templateMeta{Label: label, Team: team, Fork: fork})
+}
+
+// SaveLayer saves the running sandbox s as a template build's layer named name, owned by team,
+// with layer (the build's record of it) in its meta.json: a layer is published whole, with its
+// record, or not at all. s goes on running, as after Snapshot.
+func (r *Runtime) SaveLayer(ctx context.Context, s *Sandbox, home, name, team string, layer []byte) (*Template, error) {
+	if len(layer) == 0 || !json.Valid(layer) {
+		return nil, fmt.Errorf("layer %s: its record must be JSON", name)
+	}
+	return r.snapshot(ctx, s, home, name, templateMeta{Team: team, Layer: layer})
+}
+
+// snapshot saves s as name with the meta's label, team, fork and layer.
+func (r *Runtime) snapshot(ctx context.Context, s *Sandbox, home, name string, own templateMeta) (*Template, error) {
 	fp, err := r.Host.Fingerprint(r.baseSpec())
 	if err != nil {
 		return nil, err
@@ -65,7 +81,7 @@ func (r *Runtime) Snapshot(ctx context.Context, s *Sandbox, home, name, label, t
 	}
 	meta := templateMeta{Name: name, Fingerprint: fp, MemoryMiB: s.VM.MemoryMiB, CPUs: s.VM.CPUs, KernelArgs: s.VM.KernelArgs,
 		Accel: r.Accel, CreatedAt: time.Now().UTC(), BuildMillis: time.Since(t0).Milliseconds(),
-		Full: true, RAMFile: ramFile, NamedRAM: s.VM.NamedRAM, Team: team, Source: s.ID, Fork: fork, Label: label}
+		Full: true, RAMFile: ramFile, NamedRAM: s.VM.NamedRAM, Team: own.Team, Source: s.ID, Fork: own.Fork, Label: own.Label, Layer: own.Layer}
 	if tok := s.token.Load(); tok != nil {
 		meta.Token = *tok
 	}

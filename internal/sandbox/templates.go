@@ -102,6 +102,11 @@ func PruneTemplates(home, name, keep, runDir, pausedDir string) ([]TemplateInfo,
 	return removed, errors.Join(errs...)
 }
 
+// DiskUsers lists what has a disk whose chain goes through disk (see diskUsers).
+func DiskUsers(home, runDir, pausedDir, disk string) []string {
+	return diskUsers(home, runDir, pausedDir)[filepath.Clean(disk)]
+}
+
 // diskUsers maps a disk file to what has a disk whose chain goes through it (below its own top):
 // running sandboxes (by id), paused ones (by id) and template snapshots ("template
 // <name>/<dir>"). Keys are clean absolute paths.

@@ -98,9 +98,9 @@ func (s *Service) Start(ctx context.Context, team, tid, bid string, spec build.S
 	a.started = true
 	s.queued++
 	s.mu.Unlock()
-	job := build.Job{Spec: spec, Base: base, BaseState: baseState, CPUs: b.CPUs, MemoryMiB: b.MemoryMiB,
+	job := build.Job{Team: team, Spec: spec, Base: base, BaseState: baseState, CPUs: b.CPUs, MemoryMiB: b.MemoryMiB,
 		BaseKey: build.BaseKey(team, baseIdent, b.CPUs, b.MemoryMiB), Log: a.add,
-		Files: func(hash string) (io.ReadCloser, error) { return os.Open(s.uploadPath(team, hash)) }}
+		Files: func(hash string) (io.ReadCloser, error) { return s.openUpload(team, hash) }}
 	s.wg.Add(1)
 	go func() {
 		defer s.wg.Done()

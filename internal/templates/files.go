@@ -48,6 +48,11 @@ func (s *Service) uploadPath(team, hash string) string {
 	return filepath.Join(uploadsDir(s.cfg.Dir), team, hash)
 }
 
+// openUpload opens team's uploaded files with hash.
+func (s *Service) openUpload(team, hash string) (io.ReadCloser, error) {
+	return os.Open(s.uploadPath(team, hash))
+}
+
 func (s *Service) sign(team, tid, hash string, expires int64) string {
 	m := hmac.New(sha256.New, s.cfg.Key)
 	fmt.Fprintf(m, "upload\x00%s\x00%s\x00%s\x00%d", team, tid, hash, expires)

@@ -155,7 +155,9 @@ type CreateRequest struct {
 // Created is a template with a new build waiting for its steps.
 type Created struct {
 	TemplateID, BuildID string
-	Names, Tags         []string
+	// Base is the template's name without a tag; Names are it with each tag.
+	Base        string
+	Names, Tags []string
 }
 
 // Create makes (or finds, by name) team's template and a new build of it, waiting for its
@@ -209,5 +211,5 @@ func (s *Service) Create(ctx context.Context, req CreateRequest) (Created, error
 	for i, tag := range tags {
 		names[i] = n.Base() + ":" + tag
 	}
-	return Created{TemplateID: t.ID, BuildID: b.ID, Names: names, Tags: tags}, nil
+	return Created{TemplateID: t.ID, BuildID: b.ID, Base: n.Base(), Names: names, Tags: tags}, nil
 }

@@ -1,6 +1,9 @@
 package e2bapi
 
-import "time"
+import (
+	"encoding/json"
+	"time"
+)
 
 // TemplateCreate is the body of POST /v3/templates.
 type TemplateCreate struct {
@@ -11,6 +14,9 @@ type TemplateCreate struct {
 	MemoryMB  int      `json:"memoryMB,omitempty"`
 	TeamID    string   `json:"teamID,omitempty"`
 	SkipCache bool     `json:"skipCache,omitempty"`
+	// MinFreeDiskMB asks for that much free disk in the build (Cell's builds have their
+	// template's disk, which they can grow only in a sandbox).
+	MinFreeDiskMB int `json:"minFreeDiskMb,omitempty"`
 }
 
 // TemplateCreated answers POST /v3/templates (202).
@@ -115,4 +121,27 @@ type TemplateTag struct {
 	Tag       string    `json:"tag"`
 	BuildID   string    `json:"buildID"`
 	CreatedAt time.Time `json:"createdAt"`
+}
+
+// BuildStep is one step of POST /v2/templates/{id}/builds/{buildID}.
+type BuildStep struct {
+	Type      string   `json:"type"`
+	Args      []string `json:"args"`
+	FilesHash string   `json:"filesHash,omitempty"`
+	Force     bool     `json:"force,omitempty"`
+	// The SDK's own COPY options, sent along; they change nothing on the server.
+	ForceUpload     json.RawMessage `json:"forceUpload,omitempty"`
+	ResolveSymlinks json.RawMessage `json:"resolveSymlinks,omitempty"`
+	Gzip            json.RawMessage `json:"gzip,omitempty"`
+}
+
+// BuildStart is the body of POST /v2/templates/{id}/builds/{buildID}.
+type BuildStart struct {
+	FromImage         string          `json:"fromImage,omitempty"`
+	FromTemplate      string          `json:"fromTemplate,omitempty"`
+	FromImageRegistry json.RawMessage `json:"fromImageRegistry,omitempty"`
+	Force             bool            `json:"force,omitempty"`
+	Steps             []BuildStep     `json:"steps"`
+	StartCmd          string          `json:"startCmd,omitempty"`
+	ReadyCmd          string          `json:"readyCmd,omitempty"`
 }

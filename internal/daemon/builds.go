@@ -1,0 +1,122 @@
+package daemon
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"github.com/cellhq/cell/internal/build"
+	"github.com/cellhq/cell/internal/datadir"
+	"github.com/cellhq/cell/internal/ids"
+	"github.com/cellhq/cell/internal/sandbox"
+	"github.com/cellhq/cell/internal/templates"
+	"github.com/cellhq/cell/internal/vmm"
+	"github.com/cellhq/cell/pkg/envd"
+)
+
+// machines runs template builds on the sandbox runtime: build VMs are sandboxes of no team,
+// restored from the base template or a layer, and layers are snapshots (see
+// sandbox.Runtime.SaveLayer) that the runtime restores like any other.
+type machines struct {
+	rt   *sandbox.Runtime
+	home string
+}
+
+var _ build.Machines = machines{}
+
+func (m machines) Start(ctx context.Context, from string, cpus, memoryMiB int) (build.VM, error) {
+	// A build reaches the internet (package registries); never the host's private networks.
+	sb, err := m.rt.Boot(ctx, sandbox.Options{Template: from, CPUs: cpus, MemoryMiB: memoryMiB, Init: &envd.InitRequest{}})
+	if err != nil {
+		return nil, err
+	}
+	return sb, nil
+}
+
+func (m machines) Save(ctx context.Context, vm build.VM, name, team string, meta []byte) (string, error) {
+	sb, ok := vm.(*sandbox.Sandbox)
+	if !ok {
+		return "", fmt.Errorf("saving layer %s: not a sandbox of this runtime", name)
+	}
+	if m.rt.Template(name) != nil {
+		// A forced step remade a cached layer: the new one gets a name of its own.
+		name = name + "-" + ids.New(8)
+	}
+	t, err := m.rt.SaveLayer(ctx, sb, m.home, name, team, meta)
+	if err != nil {
+		return "", err
+	}
+	m.rt.SetTemplate(name, t)
+	return name, nil
+}
+
+func (m machines) Layer(name string) ([]byte, bool) {
+	t := m.rt.Template(name)
+	if t == nil || t.Layer == nil {
+		return nil, false
+	}
+	return t.Layer, true
+}
+
+// snapshots tells the template service about the runtime's snapshots.
+type snapshots struct {
+	rt     *sandbox.Runtime
+	home   string
+	runDir string
+}
+
+func (s snapshots) Base() (name, ident string, err error) {
+	t := s.rt.Template("base")
+	if t == nil {
+		return "", "", fmt.Errorf("no base template snapshot: templates cannot be built without one")
+	}
+	return "base", t.Dir, nil
+}
+
+// InUse lists the sandboxes, running or paused, whose disk goes through the snapshot's: other
+// layers and templates built on it do not count (they are the build cache's).
+func (s snapshots) InUse(name string) []string {
+	t := s.rt.Template(name)
+	if t == nil {
+		return nil
+	}
+	var out []string
+	for _, u := range sandbox.DiskUsers(s.home, s.runDir, datadir.Layout{Home: s.home}.Paused(), filepath.Join(t.Dir, vmm.DiskFile)) {
+		if !strings.HasPrefix(u, "template ") {
+			out = append(out, u)
+		}
+	}
+	return out
+}
+
+func (s snapshots) DiskMiB(name string) int {
+	if t := s.rt.Template(name); t != nil {
+		return int(t.DiskBytes / vmm.MiB)
+	}
+	return 0
+}
+
+// startTemplates starts the template service over the daemon's store and runtime, and marks
+// the builds an earlier daemon left unfinished as failed.
+func (d *Daemon) startTemplates(ctx context.Context) (*templates.Service, error) {
+	layout := datadir.Layout{Home: d.cfg.Home}
+	if err := os.MkdirAll(layout.Builds(), 0o700); err != nil {
+		return nil, err
+	}
+	key, err := templates.UploadKey(filepath.Join(layout.Builds(), "upload.key"))
+	if err != nil {
+		return nil, fmt.Errorf("the upload key: %w", err)
+	}
+	svc, err := templates.New(templates.Config{Store: d.st, Machines: machines{rt: d.rt, home: d.cfg.Home},
+		Snapshots: snapshots{rt: d.rt, home: d.cfg.Home, runDir: d.rt.Host.RunDir()}, Dir: layout.Builds(), Key: key, Log: d.log})
+	if err != nil {
+		return nil, err
+	}
+	if err := svc.Recover(ctx); err != nil {
+		svc.Close()
+		return nil, err
+	}
+	return svc, nil
+}
