@@ -78,7 +78,7 @@ func PackCopy(ctx context.Context, contextDir, src, dest string, w io.Writer) (s
 	if err != nil {
 		return "", err
 	}
-	p := &packer{ctx: ctx, root: root, ign: ign, seen: map[string]bool{}}
+	p := &packer{ctx: ctx, root: root, ign: ign, seen: map[string]bool{}, left: MaxCopyBytes}
 	if err := p.collect(src); err != nil {
 		return "", fmt.Errorf("copy %s: %w", src, err)
 	}
@@ -98,17 +98,12 @@ func PackCopy(ctx context.Context, contextDir, src, dest string, w io.Writer) (s
 		zw = gzip.NewWriter(w)
 		tw = tar.NewWriter(zw)
 	}
-	var total int64
 	for _, rel := range p.paths {
 		if err := ctx.Err(); err != nil {
 			return "", fmt.Errorf("copy %s: %w", src, err)
 		}
-		n, err := p.entry(rel, h, field, tw)
-		if err != nil {
+		if err := p.entry(rel, h, field, tw); err != nil {
 			return "", fmt.Errorf("copy %s: %s: %w", src, rel, err)
-		}
-		if total += n; total > MaxCopyBytes {
-			return "", fmt.Errorf("copy %s: over %d bytes", src, int64(MaxCopyBytes))
 		}
 	}
 	if tw != nil {
@@ -167,6 +162,9 @@ type packer struct {
 	ign   *patternmatcher.PatternMatcher
 	paths []string // relative, "" for the context itself
 	seen  map[string]bool
+	// left is what remains of MaxCopyBytes: a file is refused before it is read if it would
+	// go over, so a huge (or sparse) file costs nothing.
+	left int64
 }
 
 func (p *packer) add(rel string) error {
@@ -353,11 +351,11 @@ func (p *packer) readDir(dir string) ([]fs.DirEntry, error) {
 	return ents, nil
 }
 
-// entry hashes rel's entry and writes it to tw (if not nil); it returns the bytes of content.
-func (p *packer) entry(rel string, h hash.Hash, field func(string), tw *tar.Writer) (int64, error) {
+// entry hashes rel's entry and writes it to tw (if not nil).
+func (p *packer) entry(rel string, h hash.Hash, field func(string), tw *tar.Writer) error {
 	fi, err := p.lstat(rel)
 	if err != nil {
-		return 0, err
+		return err
 	}
 	hdr := &tar.Header{Name: rel, ModTime: time.Unix(0, 0), Format: tar.FormatPAX}
 	perm := int64(fi.Mode().Perm())
@@ -375,7 +373,7 @@ func (p *packer) entry(rel string, h hash.Hash, field func(string), tw *tar.Writ
 	case fi.Mode()&fs.ModeSymlink != 0:
 		target, err := p.root.Readlink(rel)
 		if err != nil {
-			return 0, fmt.Errorf("readlink: %w", err)
+			return fmt.Errorf("readlink: %w", err)
 		}
 		hdr.Typeflag, hdr.Linkname = tar.TypeSymlink, target
 	case fi.IsDir():
@@ -390,18 +388,22 @@ func (p *packer) entry(rel string, h hash.Hash, field func(string), tw *tar.Writ
 		// that did; the open file's own stat is what gets packed.
 		file, err = p.root.OpenFile(rel, os.O_RDONLY|syscall.O_NOFOLLOW|syscall.O_NONBLOCK, 0)
 		if err != nil {
-			return 0, fmt.Errorf("open: %w", err)
+			return fmt.Errorf("open: %w", err)
 		}
 		defer file.Close()
 		if fi, err = file.Stat(); err != nil {
-			return 0, fmt.Errorf("stat: %w", err)
+			return fmt.Errorf("stat: %w", err)
 		}
 		if !fi.Mode().IsRegular() {
-			return 0, fmt.Errorf("changed while packing")
+			return fmt.Errorf("changed while packing")
 		}
+		if fi.Size() > p.left {
+			return fmt.Errorf("the files are over %d bytes", int64(MaxCopyBytes))
+		}
+		p.left -= fi.Size()
 		hdr.Typeflag, hdr.Size = tar.TypeReg, fi.Size()
 	default:
-		return 0, nil // sockets, fifos, devices: left out, as the SDK does
+		return nil // sockets, fifos, devices: left out, as the SDK does
 	}
 	hdr.Mode = perm
 	field(rel)
@@ -411,11 +413,11 @@ func (p *packer) entry(rel string, h hash.Hash, field func(string), tw *tar.Writ
 	field(strconv.FormatInt(hdr.Size, 10))
 	if tw != nil {
 		if err := tw.WriteHeader(hdr); err != nil {
-			return 0, fmt.Errorf("tar: %w", err)
+			return fmt.Errorf("tar: %w", err)
 		}
 	}
 	if file == nil {
-		return 0, nil
+		return nil
 	}
 	var dst io.Writer = h
 	if tw != nil {
@@ -423,12 +425,12 @@ func (p *packer) entry(rel string, h hash.Hash, field func(string), tw *tar.Writ
 	}
 	n, err := io.Copy(dst, io.LimitReader(file, hdr.Size))
 	if err != nil {
-		return n, fmt.Errorf("read: %w", err)
+		return fmt.Errorf("read: %w", err)
 	}
 	if n != hdr.Size {
-		return n, fmt.Errorf("changed while packing (%d of %d bytes)", n, hdr.Size)
+		return fmt.Errorf("changed while packing (%d of %d bytes)", n, hdr.Size)
 	}
-	return n, nil
+	return nil
 }
 
 func orDot(rel string) string {

@@ -347,3 +347,43 @@ func TestHashCopies(t *testing.T) {
 		t.Errorf("hashes %s %s, want the second %s", h0, h1, want)
 	}
 }
+
+func TestPackCopyBounds(t *testing.T) {
+	dir := t.TempDir()
+	writeTree(t, dir, []tfile{{path: "small", body: "s"}})
+	// A sparse file just over the bound: refused before a byte of it is read.
+	f, err := os.Create(filepath.Join(dir, "huge"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Truncate(MaxCopyBytes + 1); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	start := time.Now()
+	_, err = PackCopy(context.Background(), dir, ".", "/d/", io.Discard)
+	if err == nil || !strings.Contains(err.Error(), "over") {
+		t.Fatalf("a context over %d bytes: %v", int64(MaxCopyBytes), err)
+	}
+	if d := time.Since(start); d > 10*time.Second {
+		t.Errorf("refusing took %v: the file was read", d)
+	}
+}
+
+func TestPackCopyLongNames(t *testing.T) {
+	dir := t.TempDir()
+	long := strings.Repeat("d", 120) + "/" + strings.Repeat("é", 80) + ".txt"
+	writeTree(t, dir, []tfile{{path: long, body: "x"}})
+	if err := os.Chmod(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	_, ents := pack(t, dir, ".", "/d/")
+	want := []entry{
+		{"./", tar.TypeDir, 0o755, "", ""},
+		{strings.Repeat("d", 120) + "/", tar.TypeDir, 0o755, "", ""},
+		{long, tar.TypeReg, 0o644, "", "x"},
+	}
+	if !reflect.DeepEqual(ents, want) {
+		t.Errorf("entries %+v, want %+v", ents, want)
+	}
+}
