@@ -497,6 +497,9 @@ func (p *dfParser) envInstr(l line, rest string) error {
 	if !strings.Contains(words[0], "=") {
 		// The legacy form, ENV name value with spaces: the value is the rest of the line.
 		_, v, _ := strings.Cut(rest, words[0])
+		if strings.TrimSpace(v) == "" {
+			return fmt.Errorf("ENV %s: want a value (ENV name value, or ENV name=value)", words[0])
+		}
 		val, err := p.expand(l, strings.TrimSpace(v))
 		if err != nil {
 			return fmt.Errorf("ENV %s: %w", words[0], err)
@@ -703,8 +706,10 @@ func shellJoin(argv []string) string {
 	return strings.Join(q, " ")
 }
 
+// shellQuote leaves a word of only safe characters as it is (no =, so that a first word is
+// never read as an assignment) and single-quotes anything else.
 func shellQuote(s string) string {
-	if s != "" && strings.Trim(s, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_@%+=:,./-") == "" {
+	if s != "" && strings.Trim(s, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_@%+:,./-") == "" {
 		return s
 	}
 	return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
