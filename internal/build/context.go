@@ -2,26 +2,34 @@ package build
 
 // A COPY step's upload, as E2B's JS SDK makes it (spoolTarArchive and getAllFilesInPath in
 // its template code, node-tar underneath), which PackCopy reproduces so that the builder
-// unpacks an upload from the CLI and one from the SDK the same way:
+// unpacks an upload from the CLI and one from the SDK the same way (checked by running the
+// SDK's own glob and tar over a sample tree):
 //
 //   - a gzip'd tar (gzip is the SDK's default);
 //   - entry names are relative to the build context (tar's cwd is the context), with /
 //     separators; the context itself, when src is ".", is "./"; a directory's name ends in /;
 //   - the entries are what src matches (a path or a glob; dot files included) and, for each
 //     matched directory, that directory itself and everything under it, each listed on its
-//     own (no recursion by tar), sorted by path, minus what the ignore patterns exclude;
+//     own (no recursion by tar), sorted by path as strings (a directory without its /, so
+//     app/lib before app/lib-extra), minus what the ignore patterns exclude;
 //   - a symlink is stored as a symlink with its target as read, never followed (the SDK
 //     follows only when asked to resolve symlinks, which Cell's CLI never does); symlinked
 //     directories are not descended into;
 //   - modes are the permission bits (& 07777); a directory gets x wherever it has r;
 //   - other file types (sockets, fifos, devices) are left out.
 //
-// Where PackCopy differs, deliberately: uid, gid and mtime are 0 and there are no user/group
-// names (node-tar writes the packer's); a second path to a hard-linked file is stored as a
-// regular file (node-tar writes a hard link entry); .dockerignore follows Docker's rules
-// (a pattern excludes a directory's contents too), where the SDK hands the patterns to glob.
-// The files hash is Cell's own (below), not the SDK's, which hashes directory sizes and so
-// differs between file systems; the hash is only ever compared with another of Cell's.
+// Where PackCopy differs, deliberately:
+//   - uid, gid and mtime are 0 and there are no user/group names (node-tar writes the
+//     packer's);
+//   - a second path to a hard-linked file is stored as a regular file (node-tar writes a hard
+//     link entry);
+//   - under a matched directory, the SDK's glob also lists the entries one level inside a
+//     symlinked directory (app/link and app/link/f, which an unpacker writes through the
+//     link); PackCopy stores only the link;
+//   - .dockerignore follows Docker's rules (a pattern excludes a directory's contents too),
+//     where the SDK hands the patterns to glob as they are;
+//   - the files hash is Cell's own (PackCopy's comment), not the SDK's, which hashes directory
+//     sizes and so differs between file systems; a hash is only compared with Cell's own.
 
 import (
 	"archive/tar"
