@@ -370,7 +370,7 @@ func (p *dfParser) argInstr(l line, rest string) error {
 
 func (p *dfParser) runInstr(l line, rest string) error {
 	if strings.HasPrefix(rest, "--") {
-		flag, _, _ := strings.Cut(rest, " ")
+		flag := strings.Fields(rest)[0]
 		return fmt.Errorf("RUN %s: RUN flags are not supported", flag)
 	}
 	if err := noHeredoc(rest); err != nil {
@@ -404,9 +404,11 @@ func (p *dfParser) runInstr(l line, rest string) error {
 func (p *dfParser) copyInstr(l line, kw, rest string) error {
 	var user, mode string
 	for strings.HasPrefix(rest, "--") {
-		var flag string
-		flag, rest, _ = strings.Cut(rest, " ")
-		rest = strings.TrimSpace(rest)
+		flag := rest
+		rest = ""
+		if i := strings.IndexAny(flag, " \t"); i >= 0 {
+			flag, rest = flag[:i], strings.TrimSpace(flag[i+1:])
+		}
 		name, val, _ := strings.Cut(flag[2:], "=")
 		val, err := expandWord(val, l.escape, p.lookup())
 		if err != nil {
