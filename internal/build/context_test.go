@@ -101,23 +101,27 @@ func pack(t *testing.T, dir, src, dest string) (string, []entry) {
 	return h, ents
 }
 
-var sample = []tfile{
-	{path: "app/main.py", body: "print(1)\n"},
-	{path: "app/run.sh", body: "#!/bin/sh\n", mode: 0o755},
-	{path: "app/.env", body: "A=1\n"},
-	{path: "app/lib/util.py", body: "x = 1\n"},
-	{path: "app/lib-extra/x", body: "x"},
-	{path: "app/current", link: "lib"},
-	{path: "app/out", link: "../../etc"},
-	{path: "app/empty", dir: true, mode: 0o700},
-	{path: "README.md", body: "# hi\n"},
-	{path: "notes.txt", body: "n"},
-	{path: "docs/a.txt", body: "a"},
+// sampleTree is a context with files, dot files, modes, an empty directory, and symlinks in
+// it and out of it.
+func sampleTree() []tfile {
+	return []tfile{
+		{path: "app/main.py", body: "print(1)\n"},
+		{path: "app/run.sh", body: "#!/bin/sh\n", mode: 0o755},
+		{path: "app/.env", body: "A=1\n"},
+		{path: "app/lib/util.py", body: "x = 1\n"},
+		{path: "app/lib-extra/x", body: "x"},
+		{path: "app/current", link: "lib"},
+		{path: "app/out", link: "../../etc"},
+		{path: "app/empty", dir: true, mode: 0o700},
+		{path: "README.md", body: "# hi\n"},
+		{path: "notes.txt", body: "n"},
+		{path: "docs/a.txt", body: "a"},
+	}
 }
 
 func TestPackCopyLayout(t *testing.T) {
 	dir := t.TempDir()
-	writeTree(t, dir, sample)
+	writeTree(t, dir, sampleTree())
 	_, ents := pack(t, dir, "app/", "/app")
 	want := []entry{
 		{"app/", tar.TypeDir, 0o755, "", ""},
@@ -140,7 +144,7 @@ func TestPackCopyLayout(t *testing.T) {
 
 func TestPackCopyMatches(t *testing.T) {
 	dir := t.TempDir()
-	writeTree(t, dir, sample)
+	writeTree(t, dir, sampleTree())
 	names := func(ents []entry) []string {
 		var n []string
 		for _, e := range ents {
@@ -180,7 +184,7 @@ func TestPackCopyMatches(t *testing.T) {
 
 func TestPackCopyDockerignore(t *testing.T) {
 	dir := t.TempDir()
-	writeTree(t, dir, append(sample,
+	writeTree(t, dir, append(sampleTree(),
 		tfile{path: ".dockerignore", body: "# build outputs\n**/*.py\napp/lib-extra\n!app/lib-extra/x\napp/.env\n"},
 	))
 	_, ents := pack(t, dir, "app", "/app")
@@ -196,9 +200,9 @@ func TestPackCopyDockerignore(t *testing.T) {
 
 func TestPackCopyHash(t *testing.T) {
 	a, b := t.TempDir(), t.TempDir()
-	writeTree(t, a, sample)
+	writeTree(t, a, sampleTree())
 	// The same tree written in the other order, with other mtimes.
-	rev := append([]tfile{}, sample...)
+	rev := append([]tfile{}, sampleTree()...)
 	for i, j := 0, len(rev)-1; i < j; i, j = i+1, j-1 {
 		rev[i], rev[j] = rev[j], rev[i]
 	}
@@ -216,7 +220,7 @@ func TestPackCopyHash(t *testing.T) {
 	change := func(what string, f func(dir string) error) {
 		t.Helper()
 		d := t.TempDir()
-		writeTree(t, d, sample)
+		writeTree(t, d, sampleTree())
 		if err := f(d); err != nil {
 			t.Fatal(err)
 		}
@@ -315,7 +319,7 @@ func TestPackCopyRefusesEscapes(t *testing.T) {
 
 func TestPackCopyCancelled(t *testing.T) {
 	dir := t.TempDir()
-	writeTree(t, dir, sample)
+	writeTree(t, dir, sampleTree())
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
 	if _, err := PackCopy(ctx, dir, "app", "/app", io.Discard); !errors.Is(err, context.Canceled) {
@@ -325,7 +329,7 @@ func TestPackCopyCancelled(t *testing.T) {
 
 func TestHashCopies(t *testing.T) {
 	dir := t.TempDir()
-	writeTree(t, dir, sample)
+	writeTree(t, dir, sampleTree())
 	df, err := ParseDockerfile([]byte("FROM base\nCOPY app/ README.md /srv/\nRUN true\nCOPY missing /x\n"), nil)
 	if err != nil {
 		t.Fatal(err)

@@ -6,19 +6,19 @@ import (
 	"testing"
 )
 
-// The steps every translation starts with, as E2B's fromDockerfile does.
-var dfPre = []Step{{Type: StepUser, Args: []string{"root"}}, {Type: StepWorkdir, Args: []string{"/"}}}
-
 func run(cmd string) Step { return Step{Type: StepRun, Args: []string{cmd}} }
 func cp(src, dest, user, mode string) Step {
 	return Step{Type: StepCopy, Args: []string{src, dest, user, mode}}
 }
-func env(kv ...string) Step      { return Step{Type: StepEnv, Args: kv} }
-func workdir(p string) Step      { return Step{Type: StepWorkdir, Args: []string{p}} }
-func user(u string) Step         { return Step{Type: StepUser, Args: []string{u}} }
-func steps(s ...Step) []Step     { return append(append([]Step{}, dfPre...), s...) }
-func tail(s ...Step) []Step      { return append(s, user("user"), workdir("/home/user")) }
-func fullSteps(s ...Step) []Step { return steps(tail(s...)...) }
+func env(kv ...string) Step { return Step{Type: StepEnv, Args: kv} }
+func workdir(p string) Step { return Step{Type: StepWorkdir, Args: []string{p}} }
+func user(u string) Step    { return Step{Type: StepUser, Args: []string{u}} }
+
+// steps are s after the two every translation starts with, as E2B's fromDockerfile does.
+func steps(s ...Step) []Step { return append([]Step{user("root"), workdir("/")}, s...) }
+
+// fullSteps are s between those two and the two a file setting no USER or WORKDIR ends with.
+func fullSteps(s ...Step) []Step { return steps(append(s, user("user"), workdir("/home/user"))...) }
 
 func TestParseDockerfile(t *testing.T) {
 	tests := []struct {
