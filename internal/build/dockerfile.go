@@ -215,13 +215,13 @@ type dfParser struct {
 	from         bool
 	userSet      bool
 	workdirSet   bool
-	entrypoint   *command
-	cmd          *command
+	entrypoint   *startCommand
+	cmd          *startCommand
 	cmdLine      int
 }
 
-// command is a CMD or ENTRYPOINT: exec form (argv) or shell form (shell).
-type command struct {
+// startCommand is a CMD or ENTRYPOINT: exec form (argv) or shell form (shell).
+type startCommand struct {
 	exec  bool
 	argv  []string
 	shell string
@@ -640,14 +640,14 @@ func (p *dfParser) expand(l line, s string) (string, error) {
 
 // parseCommand reads the exec form (a JSON array of strings) or, failing that, the shell
 // form, as Docker does.
-func parseCommand(rest string) (*command, error) {
+func parseCommand(rest string) (*startCommand, error) {
 	if list, ok := jsonList(rest); ok {
-		return &command{exec: true, argv: list}, nil
+		return &startCommand{exec: true, argv: list}, nil
 	}
 	if rest == "" {
 		return nil, fmt.Errorf("want a command")
 	}
-	return &command{shell: rest}, nil
+	return &startCommand{shell: rest}, nil
 }
 
 func jsonList(s string) ([]string, bool) {

@@ -6,7 +6,7 @@ import (
 	"testing"
 )
 
-func run(cmd string) Step { return Step{Type: StepRun, Args: []string{cmd}} }
+func runStep(cmd string) Step { return Step{Type: StepRun, Args: []string{cmd}} }
 func cp(src, dest, user, mode string) Step {
 	return Step{Type: StepCopy, Args: []string{src, dest, user, mode}}
 }
@@ -35,17 +35,17 @@ func TestParseDockerfile(t *testing.T) {
 		{name: "base alone", src: "from base", steps: fullSteps()},
 		{name: "image", src: "FROM python:3.12 AS build\n", from: "python:3.12", steps: fullSteps()},
 		{name: "run shell", src: "FROM base\nRUN apt-get update && apt-get install -y cowsay\n",
-			steps: fullSteps(run("apt-get update && apt-get install -y cowsay"))},
+			steps: fullSteps(runStep("apt-get update && apt-get install -y cowsay"))},
 		{name: "run exec", src: `FROM base
 RUN ["echo", "a b", "it's", "$HOME"]`,
-			steps: fullSteps(run(`echo 'a b' 'it'\''s' '$HOME'`))},
+			steps: fullSteps(runStep(`echo 'a b' 'it'\''s' '$HOME'`))},
 		{name: "lower-case and comments", src: "# a comment\n\nfrom base\n  # indented comment\nrun true\n",
-			steps: fullSteps(run("true"))},
+			steps: fullSteps(runStep("true"))},
 		{name: "continuation", src: "FROM base\nRUN apt-get update \\\n    # inside\n\n    && apt-get install -y \\\n    curl\n",
-			steps: fullSteps(run("apt-get update     && apt-get install -y     curl"))},
+			steps: fullSteps(runStep("apt-get update     && apt-get install -y     curl"))},
 		{name: "escape directive", src: "# escape=`\nFROM base\nRUN echo a `\n  b\nCOPY c:\\src\\ d/\n",
-			steps: fullSteps(run("echo a   b"), cp("c:\\src\\", "d/", "", ""))},
-		{name: "crlf", src: "FROM base\r\nRUN a \\\r\n b\r\n", steps: fullSteps(run("a  b"))},
+			steps: fullSteps(runStep("echo a   b"), cp("c:\\src\\", "d/", "", ""))},
+		{name: "crlf", src: "FROM base\r\nRUN a \\\r\n b\r\n", steps: fullSteps(runStep("a  b"))},
 		{name: "copy", src: "FROM base\nCOPY app/ /app\n", steps: fullSteps(cp("app/", "/app", "", ""))},
 		{name: "copy flags", src: "FROM base\nCOPY --chown=user:users --chmod=755 run.sh /usr/local/bin/\n",
 			steps: fullSteps(cp("run.sh", "/usr/local/bin/", "user", "0755"))},
@@ -65,7 +65,7 @@ RUN ["echo", "a b", "it's", "$HOME"]`,
 		{name: "env keeps guest references", src: "FROM base\nENV PATH=/opt/bin:$PATH HOME2=${HOME}/x\n",
 			steps: fullSteps(env("PATH", "/opt/bin:$PATH", "HOME2", "${HOME}/x"))},
 		{name: "workdir and user", src: "FROM base\nWORKDIR /app\nUSER app:staff\nRUN make\n",
-			steps: steps(workdir("/app"), user("app"), run("make"))},
+			steps: steps(workdir("/app"), user("app"), runStep("make"))},
 		{name: "only user set", src: "FROM base\nUSER root\n",
 			steps: steps(user("root"), workdir("/home/user"))},
 		{name: "only workdir set", src: "FROM base\nWORKDIR /srv\n",
@@ -93,7 +93,7 @@ RUN ["echo", "a b", "it's", "$HOME"]`,
 			"COPY src ${DIR}/\nENV X=\"$V\" Y=${UNSET:-d} Z=${DIR:+set}\nRUN echo $V\n",
 			from: "python:3.12-slim",
 			steps: steps(workdir("/opt/app"), cp("src", "/opt/app/", "", ""), env("X", "3.12", "Y", "${UNSET:-d}", "Z", "set"),
-				run("export V=3.12 DIR=/opt/app; echo $V"), user("user"))},
+				runStep("export V=3.12 DIR=/opt/app; echo $V"), user("user"))},
 		{name: "build args override", src: "ARG BASE=base\nFROM ${BASE}\nARG VER=1\nARG NAME\nENV V=$VER N=${NAME:-anon} M=${NAME-x}\n",
 			args: map[string]string{"BASE": "alpine:3", "VER": "2", "EXTRA": "x"}, from: "alpine:3",
 			steps:    fullSteps(env("V", "2", "N", "anon", "M", "x")),
@@ -101,9 +101,9 @@ RUN ["echo", "a b", "it's", "$HOME"]`,
 		{name: "arg in scope only after from", src: "ARG G=1\nFROM base\nENV A=$G\n",
 			steps: fullSteps(env("A", "$G"))},
 		{name: "env shadows arg", src: "FROM base\nARG A=1\nENV B=$A A=2\nENV C=$A\nRUN echo $A\n",
-			steps: fullSteps(env("B", "1", "A", "2"), env("C", "$A"), run("echo $A"))},
+			steps: fullSteps(env("B", "1", "A", "2"), env("C", "$A"), runStep("echo $A"))},
 		{name: "arg with quotes and spaces", src: "FROM base\nARG MSG=\"hello world\"\nRUN echo \"$MSG\"\n",
-			steps: fullSteps(run("export MSG='hello world'; echo \"$MSG\""))},
+			steps: fullSteps(runStep("export MSG='hello world'; echo \"$MSG\""))},
 		{name: "arg modifiers and quotes", src: "FROM base\nARG E=\nARG S=v\nARG U\n" +
 			"ENV A=${E:-d} B=${E-d} C=${S:+y} D=${E+y} F=\"q\\\"q\" G='no $S' H=${U-unset}${U:+x}\n",
 			steps: fullSteps(env("A", "d", "B", "", "C", "y", "D", "y", "F", `q"q`, "G", "no $S", "H", "unset"))},
@@ -193,12 +193,12 @@ CMD python3 -m http.server 8000
 	}
 	want := Spec{Steps: steps(
 		user("root"),
-		run("apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y cowsay"),
-		run("npm install -g left-pad"),
+		runStep("apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y cowsay"),
+		runStep("npm install -g left-pad"),
 		cp("app/", "/app", "", ""),
 		workdir("/app"),
 		env("MODE", "prod"),
-		run("make build"),
+		runStep("make build"),
 		user("user"),
 	), StartCmd: "python3 -m http.server 8000"}
 	if !reflect.DeepEqual(df.Spec, want) {
