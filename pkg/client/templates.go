@@ -84,7 +84,9 @@ type BuildError struct {
 	Step, Message string
 }
 
-func (e *BuildError) Error() string { return fmt.Sprintf("the build failed at step %s: %s", e.Step, e.Message) }
+func (e *BuildError) Error() string {
+	return fmt.Sprintf("the build failed at step %s: %s", e.Step, e.Message)
+}
 
 // WaitBuild follows a build to its end, giving each log line to onLog as it comes; a failed
 // build is a *BuildError.
