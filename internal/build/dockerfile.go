@@ -34,9 +34,18 @@ type CopySource struct {
 	Src, Dest string
 }
 
-// isBaseImage says whether an image name is Cell's own base: E2B's default image or Cell's.
+// isBaseImage says whether an image name (without its tag) is Cell's own base: E2B's default
+// image or Cell's.
 func isBaseImage(name string) bool {
+	name = strings.TrimPrefix(name, "docker.io/")
 	return name == "e2bdev/base" || name == "base" || name == "cell/base"
+}
+
+// IsBaseImage says whether an image reference is Cell's own base image (E2B's default,
+// e2bdev/base, untagged or :latest).
+func IsBaseImage(ref string) bool {
+	name, tag, _ := strings.Cut(ref, ":")
+	return isBaseImage(name) && (tag == "" || tag == "latest")
 }
 
 // ignoredWhy says why an instruction Docker has is of no use to a template ("" if it is not

@@ -11,8 +11,11 @@ import (
 	"time"
 
 	"github.com/cellhq/cell/internal/daemon"
+	"github.com/cellhq/cell/internal/datadir"
 	"github.com/cellhq/cell/internal/image"
 	"github.com/cellhq/cell/internal/sandbox"
+	"github.com/cellhq/cell/internal/store"
+	"github.com/cellhq/cell/internal/templates"
 	"github.com/cellhq/cell/internal/vmm"
 )
 
@@ -146,4 +149,33 @@ func (g *globals) useTemplate(ctx context.Context, rt *sandbox.Runtime, name str
 	}
 	rt.SetTemplate(name, t)
 	return nil
+}
+
+// builtTemplate finds the template name ([namespace/]alias[:tag]) that `cell template build`
+// made in this data directory (LocalTeam's) and readies its snapshot in rt.
+func (g *globals) builtTemplate(ctx context.Context, rt *sandbox.Runtime, name string) (*sandbox.Template, error) {
+	home, err := g.homeDir()
+	if err != nil {
+		return nil, err
+	}
+	st, err := store.Open(ctx, datadir.Layout{Home: home}.DB())
+	if err != nil {
+		return nil, err
+	}
+	defer func() { _ = st.Close() }()
+	snap, err := templates.Resolve(ctx, st, LocalTeam, name)
+	if err != nil {
+		return nil, fmt.Errorf("template %s: %w (`cell template build` makes one; templates built through cell serve are its teams': `cell sandbox create --template`)", name, err)
+	}
+	snaps, err := rt.LoadSnapshots(home)
+	if err != nil {
+		return nil, err
+	}
+	for _, t := range snaps {
+		if t.Name == snap {
+			rt.SetTemplate(t.Name, t)
+			return t, nil
+		}
+	}
+	return nil, fmt.Errorf("template %s: its snapshot %s is gone or was made on another machine", name, snap)
 }

@@ -131,7 +131,14 @@ func runOnce(ctx context.Context, g *globals, f *runFlags, args []string) (int, 
 	if err != nil {
 		return exitCellError, err
 	}
-	if !f.cold && len(f.kernelArgs) == 0 && f.memory == sandbox.DefaultMemoryMiB && f.cpus == sandbox.DefaultCPUs {
+	if f.template != "base" {
+		// A template `cell template build` made here: its build's snapshot, at its size.
+		t, err := g.builtTemplate(ctx, rt, f.template)
+		if err != nil {
+			return exitCellError, err
+		}
+		f.template, f.memory, f.cpus = t.Name, t.MemoryMiB, t.CPUs
+	} else if !f.cold && len(f.kernelArgs) == 0 && f.memory == sandbox.DefaultMemoryMiB && f.cpus == sandbox.DefaultCPUs {
 		if err := g.useTemplate(ctx, rt, f.template); err != nil {
 			fmt.Fprintln(os.Stderr, "cell: no template snapshot, booting cold:", printable(err.Error()))
 		}

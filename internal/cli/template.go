@@ -16,7 +16,7 @@ import (
 )
 
 func templateCmd(g *globals) *cobra.Command {
-	c := &cobra.Command{Use: "template", Short: "List and remove template memory snapshots"}
+	c := &cobra.Command{Use: "template", Short: "Build templates; list and remove template memory snapshots"}
 	// Base templates live with the image cache, snapshots of sandboxes with the data.
 	dirs := func() (homes []string, run, paused string, err error) {
 		home, err := g.homeDir()
@@ -97,7 +97,7 @@ func templateCmd(g *globals) *cobra.Command {
 			return nil
 		},
 	}
-	c.AddCommand(ls, rm)
+	c.AddCommand(ls, rm, templateBuildCmd(g))
 	return c
 }
 

@@ -120,3 +120,7 @@ func (d *Daemon) startTemplates(ctx context.Context) (*templates.Service, error)
 	}
 	return svc, nil
 }
+
+// Templates is the daemon's template service, for callers that build in process (`cell
+// template build` without a cell serve).
+func (d *Daemon) Templates() *templates.Service { return d.tpl }

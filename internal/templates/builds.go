@@ -116,7 +116,7 @@ func (s *Service) base(ctx context.Context, team string, spec build.Spec) (snaps
 	switch {
 	case spec.FromTemplate != "" && spec.FromImage != "":
 		return "", build.State{}, "", fmt.Errorf("%w: fromImage and fromTemplate: give one", manager.ErrInvalid)
-	case spec.FromImage != "" && !isBaseImage(spec.FromImage):
+	case spec.FromImage != "" && !build.IsBaseImage(spec.FromImage):
 		return "", build.State{}, "", fmt.Errorf("%w: fromImage %q: Cell builds from its own base image (e2bdev/base) or a template (fromTemplate) only; pulling OCI images is not supported yet",
 			manager.ErrInvalid, spec.FromImage)
 	case from == "" || from == "base":
@@ -138,14 +138,6 @@ func (s *Service) base(ctx context.Context, team string, spec build.Spec) (snaps
 		return "", build.State{}, "", fmt.Errorf("template %q: %w", from, err)
 	}
 	return snap, lm.State, snap, nil
-}
-
-func isBaseImage(ref string) bool {
-	switch ref {
-	case "e2bdev/base", "e2bdev/base:latest", "docker.io/e2bdev/base", "docker.io/e2bdev/base:latest":
-		return true
-	}
-	return false
 }
 
 func (s *Service) run(t store.Template, b store.Build, a *active, job build.Job) {

@@ -95,6 +95,15 @@ func (s *Service) Upload(ctx context.Context, tid, hash string, q url.Values, bo
 	if time.Now().Unix() > exp {
 		return fmt.Errorf("%w: it expired", ErrUploadAuth)
 	}
+	return s.PutFiles(ctx, team, hash, body, length)
+}
+
+// PutFiles stores team's files with hash (a COPY step's tar of length bytes): published whole
+// or not at all.
+func (s *Service) PutFiles(_ context.Context, team, hash string, body io.Reader, length int64) error {
+	if !validHash(hash) {
+		return fmt.Errorf("%w: hash: want 64 lower-case hex digits", manager.ErrInvalid)
+	}
 	if length < 0 {
 		return fmt.Errorf("%w: Content-Length: required", manager.ErrInvalid)
 	}

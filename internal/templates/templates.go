@@ -15,7 +15,11 @@ import (
 
 // lookup finds team's template by id or by name (a tag, if any, is returned apart).
 func (s *Service) lookup(ctx context.Context, team, idOrName string) (store.Template, string, error) {
-	if t, err := s.cfg.Store.TemplateByID(ctx, team, idOrName); err == nil {
+	return lookup(ctx, s.cfg.Store, team, idOrName)
+}
+
+func lookup(ctx context.Context, st Store, team, idOrName string) (store.Template, string, error) {
+	if t, err := st.TemplateByID(ctx, team, idOrName); err == nil {
 		return t, build.DefaultTag, nil
 	} else if !errors.Is(err, store.ErrNotFound) {
 		return store.Template{}, "", err
@@ -24,7 +28,7 @@ func (s *Service) lookup(ctx context.Context, team, idOrName string) (store.Temp
 	if err != nil {
 		return store.Template{}, "", fmt.Errorf("%w: template %q", manager.ErrNotFound, idOrName)
 	}
-	t, err := s.cfg.Store.TemplateByName(ctx, team, n.Base())
+	t, err := st.TemplateByName(ctx, team, n.Base())
 	if err != nil {
 		return store.Template{}, "", notFound(err, "template %q", idOrName)
 	}
@@ -34,11 +38,21 @@ func (s *Service) lookup(ctx context.Context, team, idOrName string) (store.Temp
 // Resolve finds the snapshot sandboxes of team's template idOrName ([namespace/]alias[:tag]
 // or a template id) start from: the build its tag points at. ErrNotFound wraps every miss.
 func (s *Service) Resolve(ctx context.Context, team, idOrName string) (snapshot, templateID string, err error) {
-	t, tag, err := s.lookup(ctx, team, idOrName)
+	return resolve(ctx, s.cfg.Store, team, idOrName)
+}
+
+// Resolve is Service.Resolve over st, for a process that runs no service (`cell run`).
+func Resolve(ctx context.Context, st Store, team, idOrName string) (snapshot string, err error) {
+	snapshot, _, err = resolve(ctx, st, team, idOrName)
+	return snapshot, err
+}
+
+func resolve(ctx context.Context, st Store, team, idOrName string) (snapshot, templateID string, err error) {
+	t, tag, err := lookup(ctx, st, team, idOrName)
 	if err != nil {
 		return "", "", err
 	}
-	b, err := s.tagged(ctx, t, tag)
+	b, err := tagged(ctx, st, t, tag)
 	if err != nil {
 		return "", "", err
 	}
@@ -46,8 +60,8 @@ func (s *Service) Resolve(ctx context.Context, team, idOrName string) (snapshot,
 }
 
 // tagged is the ready build tag points at.
-func (s *Service) tagged(ctx context.Context, t store.Template, tag string) (store.Build, error) {
-	tags, err := s.cfg.Store.Tags(ctx, t.ID)
+func tagged(ctx context.Context, st Store, t store.Template, tag string) (store.Build, error) {
+	tags, err := st.Tags(ctx, t.ID)
 	if err != nil {
 		return store.Build{}, err
 	}
@@ -55,7 +69,7 @@ func (s *Service) tagged(ctx context.Context, t store.Template, tag string) (sto
 		if tg.Tag != tag {
 			continue
 		}
-		b, err := s.cfg.Store.BuildByID(ctx, t.ID, tg.BuildID)
+		b, err := st.BuildByID(ctx, t.ID, tg.BuildID)
 		if err != nil {
 			return store.Build{}, notFound(err, "template %s:%s: its build", t.Name, tag)
 		}
@@ -177,7 +191,7 @@ func (s *Service) AssignTags(ctx context.Context, team, target string, tags []st
 	if err != nil {
 		return "", err
 	}
-	b, err := s.tagged(ctx, t, tag)
+	b, err := tagged(ctx, s.cfg.Store, t, tag)
 	if err != nil {
 		return "", err
 	}

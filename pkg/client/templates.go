@@ -36,9 +36,10 @@ func (c *Client) CreateTemplate(ctx context.Context, name string, o TemplateOpti
 	return out, err
 }
 
-// UploadFiles uploads the files of a COPY step (a tar, gzipped or not, of size bytes) under
-// their hash, unless the server has them: it says whether it had.
-func (c *Client) UploadFiles(ctx context.Context, templateID, hash string, tar io.Reader, size int64) (present bool, err error) {
+// UploadFiles uploads the files of a COPY step under their hash unless the server has them
+// already (it says whether it had): open gives the tar (gzipped or not) and its size, and is
+// called only when the files are missing.
+func (c *Client) UploadFiles(ctx context.Context, templateID, hash string, open func() (io.ReadCloser, int64, error)) (present bool, err error) {
 	var f e2bapi.TemplateFiles
 	if _, err := c.do(ctx, "GET", "/templates/"+url.PathEscape(templateID)+"/files/"+url.PathEscape(hash), nil, &f); err != nil {
 		return false, err
@@ -46,6 +47,11 @@ func (c *Client) UploadFiles(ctx context.Context, templateID, hash string, tar i
 	if f.Present || f.URL == "" {
 		return true, nil
 	}
+	tar, size, err := open()
+	if err != nil {
+		return false, err
+	}
+	defer func() { _ = tar.Close() }()
 	req, err := http.NewRequestWithContext(ctx, "PUT", f.URL, tar)
 	if err != nil {
 		return false, err
