@@ -23,6 +23,9 @@ func (h *Host) Start(ctx context.Context, spec Spec) (*VM, error) {
 	if err != nil {
 		return nil, err
 	}
+	if err := h.waitReleased(ctx, spec.ID); err != nil {
+		return nil, err
+	}
 	if err := h.slots.acquire(ctx); err != nil {
 		return nil, fmt.Errorf("waiting for a free VM slot (%d running): %w", h.cfg.MaxVMs, err)
 	}
@@ -124,8 +127,20 @@ func (h *Host) startOnce(ctx context.Context, spec Spec, have uint64) (*VM, erro
 		return nil, err
 	}
 	if err := vm.boot(ctx, spec, m, have, launched, &undo); err != nil {
+		// A detached QEMU's output is a file in the directory the cleanup removes: read
+		// first when QEMU has already exited (what it said is complete then).
+		var said string
+		select {
+		case <-vm.exited:
+			said = vm.stderrText()
+		default:
+		}
 		undo.run()
-		return nil, vm.bootError(err)
+		be := vm.bootError(err)
+		if be.QEMUStderr == "" {
+			be.QEMUStderr = said
+		}
+		return nil, be
 	}
 	if spec.Disk != "" {
 		vm.maintainDisk() // each resume adds a layer

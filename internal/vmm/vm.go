@@ -56,6 +56,57 @@ type Host struct {
 	slots    *slots
 	overlays overlays
 	releases sync.WaitGroup // VMs whose Release is still finishing
+	// exiting holds, by VM id, the exits of released QEMUs not yet gone: a VM of the same id
+	// (the sandbox resumed) starts once they are, since until its process ends a killed QEMU
+	// still holds its image locks on the disk layers the new one opens (hard links of the same
+	// files), and the kernel frees its RAM before its files.
+	mu      sync.Mutex
+	exiting map[string][]<-chan struct{}
+}
+
+// exitsOf returns the exits of id's released QEMUs that are still running.
+func (h *Host) exitsOf(id string) []<-chan struct{} {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return append([]<-chan struct{}(nil), h.exiting[id]...)
+}
+
+// waitReleased waits until no released QEMU of VM id is running.
+func (h *Host) waitReleased(ctx context.Context, id string) error {
+	for _, ch := range h.exitsOf(id) {
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return fmt.Errorf("waiting for the previous VM of %s to exit: %w", id, ctx.Err())
+		}
+	}
+	return nil
+}
+
+func (h *Host) trackExit(id string, exited <-chan struct{}) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.exiting == nil {
+		h.exiting = map[string][]<-chan struct{}{}
+	}
+	h.exiting[id] = append(h.exiting[id], exited)
+}
+
+func (h *Host) untrackExit(id string, exited <-chan struct{}) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	list := h.exiting[id]
+	for i, ch := range list {
+		if ch == exited {
+			list = append(list[:i], list[i+1:]...)
+			break
+		}
+	}
+	if len(list) == 0 {
+		delete(h.exiting, id)
+	} else {
+		h.exiting[id] = list
+	}
 }
 
 // Wait waits until every released VM (VM.Release) is gone: its QEMU exited, its directory
@@ -319,9 +370,15 @@ func (vm *VM) Release() {
 			vm.aside = aside // vm.dir keeps the name others know it by
 		}
 		vm.host.releases.Add(1)
+		if vm.proc != nil {
+			vm.host.trackExit(vm.ID, vm.exited)
+		}
 		go func() {
 			defer vm.host.releases.Done()
 			vm.finish()
+			if vm.proc != nil {
+				vm.host.untrackExit(vm.ID, vm.exited)
+			}
 		}()
 	})
 }
