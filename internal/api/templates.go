@@ -10,6 +10,7 @@ import (
 	"strconv"
 
 	"github.com/cellhq/cell/internal/build"
+	"github.com/cellhq/cell/internal/ids"
 	"github.com/cellhq/cell/internal/manager"
 	"github.com/cellhq/cell/internal/templates"
 	"github.com/cellhq/cell/pkg/e2bapi"
@@ -288,7 +289,7 @@ func (a *API) resolveTemplate(ctx context.Context, team, id string) (string, err
 		return id, nil
 	}
 	snap, _, err := a.cfg.Templates.Resolve(ctx, team, id)
-	if errors.Is(err, manager.ErrNotFound) {
+	if errors.Is(err, manager.ErrNotFound) && ids.Validate("templateID", id) == nil {
 		return id, nil // a snapshot's id, or not found by the manager either
 	}
 	return snap, err

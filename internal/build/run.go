@@ -342,11 +342,11 @@ func (b *run) sh(ctx context.Context, step, user, script string, stdin io.Reader
 	return nil
 }
 
-// capture runs script as root and returns its standard output (bounded).
-func (b *run) capture(ctx context.Context, script string, args ...string) (string, error) {
+// capture runs script as user and returns its standard output (bounded).
+func (b *run) capture(ctx context.Context, user, script string, args ...string) (string, error) {
 	var out, errb boundedBuffer
 	spec := command.Spec{Cmd: "/bin/bash", Args: append([]string{"-c", script, "bash"}, args...),
-		Env: b.state.Env, Cwd: b.state.Workdir, User: "root"}
+		Env: b.state.Env, Cwd: b.state.Workdir, User: user}
 	res, err := b.vm.Run(ctx, spec, nil, &out, &errb, nil)
 	if err != nil {
 		return "", err
@@ -381,8 +381,9 @@ func (b *run) step(ctx context.Context, n string, st Step) error {
 			env = map[string]string{}
 		}
 		for i := 0; i < len(st.Args); i += 2 {
-			// Expanded in the guest, with the environment so far ($PATH is the guest's).
-			v, err := b.capture(ctx, expandScript, guestQuote(st.Args[i+1]))
+			// Expanded in the guest as the current user, with the environment so far
+			// ($PATH and $HOME are the guest's).
+			v, err := b.capture(ctx, b.state.User, expandScript, guestQuote(st.Args[i+1]))
 			if err != nil {
 				return fmt.Errorf("expanding %s: %w", st.Args[i], err)
 			}
@@ -460,7 +461,7 @@ func (b *run) finalize(ctx context.Context) error {
 	var pid string
 	if start != "" {
 		b.log(LevelInfo, "finalize", "starting: %s", start)
-		out, err := b.capture(ctx, startScript, b.state.User, start)
+		out, err := b.capture(ctx, "root", startScript, b.state.User, start)
 		if err != nil {
 			return fmt.Errorf("starting the start command: %w", err)
 		}
@@ -476,7 +477,7 @@ func (b *run) finalize(ctx context.Context) error {
 	if err := b.vm.Init(ctx, envd.InitRequest{DefaultUser: &user, DefaultWorkdir: &wd, EnvVars: b.state.Env}); err != nil {
 		return fmt.Errorf("setting the template's user and directory: %w", err)
 	}
-	if _, err := b.capture(ctx, "sync"); err != nil {
+	if _, err := b.capture(ctx, "root", "sync"); err != nil {
 		return fmt.Errorf("sync: %w", err)
 	}
 	return nil
@@ -499,8 +500,8 @@ func (b *run) waitReady(ctx context.Context, ready, pid string) error {
 	deadline := time.Now().Add(timeout)
 	for attempt := 0; ; attempt++ {
 		if pid != "" {
-			if _, err := b.capture(ctx, `kill -0 "$1"`, pid); err != nil {
-				log, _ := b.capture(ctx, `tail -n 20 /var/log/cell-start.log`)
+			if _, err := b.capture(ctx, "root", `kill -0 "$1"`, pid); err != nil {
+				log, _ := b.capture(ctx, "root", `tail -n 20 /var/log/cell-start.log`)
 				return fmt.Errorf("the start command exited before it was ready:\n%s", strings.TrimSpace(log))
 			}
 		}

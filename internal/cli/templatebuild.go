@@ -15,6 +15,7 @@ import (
 	"github.com/cellhq/cell/internal/build"
 	"github.com/cellhq/cell/internal/daemon"
 	"github.com/cellhq/cell/internal/datadir"
+	"github.com/cellhq/cell/internal/sandbox"
 	"github.com/cellhq/cell/internal/templates"
 	"github.com/cellhq/cell/pkg/client"
 	"github.com/cellhq/cell/pkg/e2bapi"
@@ -209,7 +210,7 @@ func runTemplateBuild(ctx context.Context, g *globals, r *remote, remoteSet bool
 		if cfg.NetExempt, err = parseExempt(f.exempt); err != nil {
 			return err
 		}
-		cfg.Name, cfg.Attached = "cell template build", true
+		cfg.Name, cfg.Attached, cfg.DiskMiB = "cell template build", true, sandbox.DefaultDiskMiB
 		d, err := daemon.Start(ctx, cfg)
 		if err != nil {
 			if errors.Is(err, datadir.ErrInUse) {
