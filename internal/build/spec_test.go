@@ -148,3 +148,29 @@ func TestLogWriterKeepsTheTail(t *testing.T) {
 		}
 	}
 }
+
+func TestPackagesSpec(t *testing.T) {
+	a, err := PackagesSpec([]string{"cowsay", "curl", "cowsay"}, []string{"requests>=2", "numpy"}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := PackagesSpec([]string{"curl", "cowsay"}, []string{"numpy", "requests>=2"}, nil)
+	if len(a.Steps) != 2 || LayerKey("", a.Steps[0]) != LayerKey("", b.Steps[0]) || LayerKey("", a.Steps[1]) != LayerKey("", b.Steps[1]) {
+		t.Fatalf("the order of the packages changes the layers: %+v", a.Steps)
+	}
+	if !strings.Contains(a.Steps[0].Args[0], "'cowsay' 'curl' 'python3-pip'") || a.Steps[0].Args[1] != "root" ||
+		a.Steps[1].Args[0] != "pip install --break-system-packages 'numpy' 'requests>=2'" {
+		t.Fatalf("%+v", a.Steps)
+	}
+	if err := a.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	for _, bad := range []string{"", "-o", "a b", "x;rm", "x'y", "$(id)", "a`b`"} {
+		if _, err := PackagesSpec([]string{bad}, nil, nil); err == nil {
+			t.Errorf("%q accepted", bad)
+		}
+	}
+	if s, _ := PackagesSpec(nil, nil, []string{"@scope/pkg@1.2.3"}); len(s.Steps) != 2 || !strings.Contains(s.Steps[0].Args[0], "'npm'") {
+		t.Fatalf("npm: %+v", s.Steps)
+	}
+}

@@ -8,8 +8,10 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"time"
 
+	"github.com/cellhq/cell/internal/build"
 	"github.com/cellhq/cell/internal/daemon"
 	"github.com/cellhq/cell/internal/datadir"
 	"github.com/cellhq/cell/internal/image"
@@ -178,4 +180,45 @@ func (g *globals) builtTemplate(ctx context.Context, rt *sandbox.Runtime, name s
 		}
 	}
 	return nil, fmt.Errorf("template %s: its snapshot %s is gone or was made on another machine", name, snap)
+}
+
+// packagesTemplate builds (or finds in the layer cache) the template of the base image with
+// f's packages, as LocalTeam's layers, and readies its snapshot in rt. Its build's output goes
+// to stderr, a cached one says nothing.
+func (g *globals) packagesTemplate(ctx context.Context, rt *sandbox.Runtime, f *runFlags) (*sandbox.Template, error) {
+	spec, err := build.PackagesSpec(f.apt, f.pip, f.npm)
+	if err != nil {
+		return nil, err
+	}
+	home, err := g.homeDir()
+	if err != nil {
+		return nil, err
+	}
+	if err := g.useTemplate(ctx, rt, "base"); err != nil {
+		return nil, fmt.Errorf("the base template: %w", err)
+	}
+	snaps, err := rt.LoadSnapshots(home)
+	if err != nil {
+		return nil, err
+	}
+	for _, t := range snaps {
+		rt.SetTemplate(t.Name, t)
+	}
+	base := rt.Template("base")
+	job := build.Job{Team: LocalTeam, Spec: spec, Base: "base", BaseState: build.BaseState(), CPUs: base.CPUs, MemoryMiB: base.MemoryMiB,
+		BaseKey: build.BaseKey(LocalTeam, base.Dir, base.CPUs, base.MemoryMiB),
+		Log: func(level, step, msg string) {
+			if level != build.LevelDebug && !strings.HasPrefix(msg, "CACHED") {
+				fmt.Fprintf(os.Stderr, "#%s %s\n", step, printable(msg))
+			}
+		}}
+	res, err := build.Run(ctx, sandbox.BuildMachines{Runtime: rt, Home: home}, job)
+	if err != nil {
+		return nil, fmt.Errorf("installing the packages: %w", err)
+	}
+	t := rt.Template(res.Snapshot)
+	if t == nil {
+		return nil, fmt.Errorf("the packages' template %s is gone", res.Snapshot)
+	}
+	return t, nil
 }

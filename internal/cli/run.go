@@ -45,6 +45,8 @@ type runFlags struct {
 	tty        bool
 	egress     egressFlags
 	exempt     []string
+	// Packages: the sandbox starts from a template with them (built once, cached).
+	apt, pip, npm []string
 }
 
 func parseEnv(kvs []string) (map[string]string, error) {
@@ -92,6 +94,9 @@ func runCmd(g *globals) *cobra.Command {
 	fl.StringVar(&f.accel, "accel", "auto", "accelerator: auto, kvm or tcg")
 	fl.StringArrayVar(&f.kernelArgs, "kernel-arg", nil, "extra guest kernel argument (debugging)")
 	fl.BoolVar(&f.cold, "cold", false, "boot the sandbox instead of restoring the template's memory snapshot")
+	fl.StringSliceVar(&f.apt, "apt", nil, "Debian packages the sandbox has (a template built once per set of packages, then cached)")
+	fl.StringSliceVar(&f.pip, "pip", nil, "Python packages the sandbox has (as --apt)")
+	fl.StringSliceVar(&f.npm, "npm", nil, "npm packages installed globally in the sandbox (as --apt)")
 	fl.BoolVarP(&f.tty, "tty", "t", false, "run CMD in a pseudo-terminal (as docker run -t): its output is the terminal's, and a local terminal is put in raw mode")
 	fl.DurationVar(&f.bootTO, "boot-timeout", 30*time.Second, "give up if the guest is not ready after this long")
 	_ = fl.MarkHidden("kernel-arg")
@@ -131,7 +136,16 @@ func runOnce(ctx context.Context, g *globals, f *runFlags, args []string) (int, 
 	if err != nil {
 		return exitCellError, err
 	}
-	if f.template != "base" {
+	if len(f.apt)+len(f.pip)+len(f.npm) > 0 {
+		if f.template != "base" {
+			return exitCellError, fmt.Errorf("--apt, --pip and --npm build on the base template, not on --template %s", f.template)
+		}
+		t, err := g.packagesTemplate(ctx, rt, f)
+		if err != nil {
+			return exitCellError, err
+		}
+		f.template = t.Name
+	} else if f.template != "base" {
 		// A template `cell template build` made here: its build's snapshot, at its size.
 		t, err := g.builtTemplate(ctx, rt, f.template)
 		if err != nil {

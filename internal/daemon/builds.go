@@ -7,58 +7,11 @@ import (
 	"path/filepath"
 	"strings"
 
-	"github.com/cellhq/cell/internal/build"
 	"github.com/cellhq/cell/internal/datadir"
-	"github.com/cellhq/cell/internal/ids"
 	"github.com/cellhq/cell/internal/sandbox"
 	"github.com/cellhq/cell/internal/templates"
 	"github.com/cellhq/cell/internal/vmm"
-	"github.com/cellhq/cell/pkg/envd"
 )
-
-// machines runs template builds on the sandbox runtime: build VMs are sandboxes of no team,
-// restored from the base template or a layer, and layers are snapshots (see
-// sandbox.Runtime.SaveLayer) that the runtime restores like any other.
-type machines struct {
-	rt   *sandbox.Runtime
-	home string
-}
-
-var _ build.Machines = machines{}
-
-func (m machines) Start(ctx context.Context, from string, cpus, memoryMiB int) (build.VM, error) {
-	// A build reaches the internet (package registries); never the host's private networks.
-	sb, err := m.rt.Boot(ctx, sandbox.Options{Template: from, CPUs: cpus, MemoryMiB: memoryMiB, Init: &envd.InitRequest{}})
-	if err != nil {
-		return nil, err
-	}
-	return sb, nil
-}
-
-func (m machines) Save(ctx context.Context, vm build.VM, name, team string, meta []byte) (string, error) {
-	sb, ok := vm.(*sandbox.Sandbox)
-	if !ok {
-		return "", fmt.Errorf("saving layer %s: not a sandbox of this runtime", name)
-	}
-	if m.rt.Template(name) != nil {
-		// A forced step remade a cached layer: the new one gets a name of its own.
-		name = name + "-" + ids.New(8)
-	}
-	t, err := m.rt.SaveLayer(ctx, sb, m.home, name, team, meta)
-	if err != nil {
-		return "", err
-	}
-	m.rt.SetTemplate(name, t)
-	return name, nil
-}
-
-func (m machines) Layer(name string) ([]byte, bool) {
-	t := m.rt.Template(name)
-	if t == nil || t.Layer == nil {
-		return nil, false
-	}
-	return t.Layer, true
-}
 
 // snapshots tells the template service about the runtime's snapshots.
 type snapshots struct {
@@ -109,7 +62,7 @@ func (d *Daemon) startTemplates(ctx context.Context) (*templates.Service, error)
 	if err != nil {
 		return nil, fmt.Errorf("the upload key: %w", err)
 	}
-	svc, err := templates.New(templates.Config{Store: d.st, Machines: machines{rt: d.rt, home: d.cfg.Home},
+	svc, err := templates.New(templates.Config{Store: d.st, Machines: sandbox.BuildMachines{Runtime: d.rt, Home: d.cfg.Home},
 		Snapshots: snapshots{rt: d.rt, home: d.cfg.Home, runDir: d.rt.Host.RunDir()}, Dir: layout.Builds(), Key: key, Log: d.log})
 	if err != nil {
 		return nil, err

@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"context"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -10,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cellhq/cell/internal/netstack"
 	"github.com/cellhq/cell/pkg/client"
 )
 
@@ -212,4 +214,35 @@ func logText(entries []client.BuildLog) string {
 		b.WriteByte('\n')
 	}
 	return b.String()
+}
+
+// TestRunWithPackages: `cell run --apt` installs the packages in a template built once (from
+// Debian's mirror, which this machine reaches through a reserved address: opened as an
+// operator would), and the next run with the same packages, in any order, starts from the cache.
+func TestRunWithPackages(t *testing.T) {
+	addrs, err := net.DefaultResolver.LookupNetIP(context.Background(), "ip4", "deb.debian.org")
+	if err != nil {
+		t.Fatalf("resolving Debian's mirror on the host (this test needs it): %v", err)
+	}
+	var open []string
+	for _, a := range addrs {
+		if _, blocked := (&netstack.Guard{}).Blocked(a); blocked {
+			open = append(open, "--net-allow-reserved", a.String()+"/32")
+		}
+	}
+	home := t.TempDir()
+	args := append(append([]string{"run", "--apt", "cowsay,sl"}, open...), "--", "bash", "-c", "/usr/games/cowsay moo | grep -c moo; test -x /usr/games/sl && echo sl")
+	first := cellIn(t, home, args...)
+	if first.code != 0 || first.stdout != "1\nsl\n" || !strings.Contains(first.stderr, "apt-get install") {
+		t.Fatalf("first run: %d %q\n%s", first.code, first.stdout, first.stderr)
+	}
+	args[2] = "sl,cowsay"
+	second := cellIn(t, home, args...)
+	if second.code != 0 || second.stdout != "1\nsl\n" || strings.Contains(second.stderr, "apt-get") {
+		t.Fatalf("second run (cached): %d %q\n%s", second.code, second.stdout, second.stderr)
+	}
+	t.Logf("first run %v (the build), second %v", first.took.Round(time.Millisecond), second.took.Round(time.Millisecond))
+	if bad := cellIn(t, home, "run", "--apt", "x;reboot", "--", "true"); bad.code == 0 || !strings.Contains(bad.stderr, "--apt") {
+		t.Fatalf("a bad package name: %d %s", bad.code, bad.stderr)
+	}
 }
