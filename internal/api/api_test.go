@@ -247,7 +247,10 @@ func TestOpenAPIServedAndComplete(t *testing.T) {
 		"POST /sandboxes/{sandboxID}/connect", "GET /sandboxes/{sandboxID}/metrics", "GET /sandboxes/{sandboxID}/logs",
 		"POST /sandboxes/{sandboxID}/pause", "POST /sandboxes/{sandboxID}/resume", "POST /sandboxes/{sandboxID}/snapshots",
 		"GET /snapshots", "DELETE /templates/{templateID}", "POST /sandboxes/{sandboxID}/fork", "GET /health",
-		"GET /templates/aliases/{alias}",
+		"GET /templates/aliases/{alias}", "GET /templates/{templateID}", "POST /v3/templates", "GET /templates/{templateID}/files/{hash}",
+		"PUT /templates/{templateID}/files/{hash}", "POST /v2/templates/{templateID}/builds/{buildID}",
+		"GET /templates/{templateID}/builds/{buildID}/status", "GET /templates/{templateID}/builds/{buildID}/logs", "GET /templates",
+		"GET /v2/templates", "POST /templates/tags", "DELETE /templates/tags", "GET /templates/{templateID}/tags",
 	} {
 		method, path, _ := strings.Cut(r, " ")
 		if _, ok := doc.Paths[path][strings.ToLower(method)]; !ok {
