@@ -120,6 +120,9 @@ func (s *Service) PutFiles(_ context.Context, team, hash string, body io.Reader,
 	}
 	defer func() { _ = os.Remove(tmp.Name()) }()
 	n, err := io.Copy(tmp, io.LimitReader(body, length+1))
+	if err == nil && n == length {
+		err = tmp.Sync()
+	}
 	if cerr := tmp.Close(); err == nil {
 		err = cerr
 	}
@@ -129,19 +132,7 @@ func (s *Service) PutFiles(_ context.Context, team, hash string, body io.Reader,
 	if n != length {
 		return fmt.Errorf("%w: the body has %d bytes, Content-Length says %d", manager.ErrInvalid, min(n, length+1), length)
 	}
-	if err := syncPath(tmp.Name()); err != nil {
-		return err
-	}
 	return os.Rename(tmp.Name(), s.uploadPath(team, hash))
-}
-
-func syncPath(p string) error {
-	f, err := os.Open(p)
-	if err != nil {
-		return err
-	}
-	defer func() { _ = f.Close() }()
-	return f.Sync()
 }
 
 func validHash(h string) bool {

@@ -4,18 +4,12 @@
 // dropped. One JSON line per measurement: {name, written_mb, n, median_ms, min_ms, max_ms}.
 // Run: npm run bench-pause (WRITES=0,500,2000 N=3 to choose).
 import { Sandbox } from 'e2b'
-import { startServer } from './harness.mjs'
+import { startServer, time } from './harness.mjs'
 
 function report(name, writtenMB, ms, extra = {}) {
   const s = [...ms].sort((a, b) => a - b)
   const r = (x) => Math.round(x * 10) / 10
   console.log(JSON.stringify({ name, written_mb: writtenMB, n: s.length, median_ms: r(s[Math.floor((s.length - 1) / 2)]), min_ms: r(s[0]), max_ms: r(s[s.length - 1]), ...extra }))
-}
-
-async function time(fn) {
-  const t0 = performance.now()
-  await fn()
-  return performance.now() - t0
 }
 
 // Non-zero data (QEMU stores zeroes as holes), written through the guest's page cache and synced.

@@ -3,35 +3,14 @@
 // of fromBaseImage().aptInstall(['cowsay']) with its time per step; disk per layer. One JSON
 // line per measurement. Run: npm run bench-template (N creates of each, default 20).
 import { execFileSync } from 'node:child_process'
-import dns from 'node:dns/promises'
 import { mkdtempSync, mkdirSync, writeFileSync, readdirSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { Sandbox, Template, waitForPort } from 'e2b'
-import { startServer } from './harness.mjs'
+import { startServer, report, time, reservedOpenings } from './harness.mjs'
 
-function report(name, ms, extra = {}) {
-  const s = [...ms].sort((a, b) => a - b)
-  const q = (p) => s[Math.min(s.length - 1, Math.floor(p * s.length))]
-  const r = (x) => Math.round(x * 100) / 100
-  console.log(JSON.stringify({ name, n: s.length, median_ms: r(q(0.5)), p90_ms: r(q(0.9)), min_ms: r(s[0]), max_ms: r(s[s.length - 1]), ...extra }))
-}
 
-async function time(fn) {
-  const t0 = performance.now()
-  await fn()
-  return performance.now() - t0
-}
 
-async function reservedOpenings(host) {
-  const args = []
-  for (const { address } of await dns.lookup(host, { all: true, family: 4 })) {
-    if (/^(10\.|127\.|169\.254\.|172\.(1[6-9]|2\d|3[01])\.|192\.168\.|192\.0\.2\.|198\.51\.100\.|203\.0\.113\.|100\.(6[4-9]|[7-9]\d|1[01]\d|12[0-7])\.)/.test(address)) {
-      args.push('--net-allow-reserved', `${address}/32`)
-    }
-  }
-  return args
-}
 
 
 const n = Number(process.env.N || 20)

@@ -2,20 +2,9 @@
 // {name, n, median_ms, p90_ms, min_ms, max_ms}. Run: npm run bench (or make bench-sdk).
 import { randomBytes } from 'node:crypto'
 import { Sandbox } from 'e2b'
-import { startServer } from './harness.mjs'
+import { startServer, report, time } from './harness.mjs'
 
-function report(name, ms, extra = {}) {
-  const s = [...ms].sort((a, b) => a - b)
-  const q = (p) => s[Math.min(s.length - 1, Math.floor(p * s.length))]
-  const r = (x) => Math.round(x * 100) / 100
-  console.log(JSON.stringify({ name, n: s.length, median_ms: r(q(0.5)), p90_ms: r(q(0.9)), min_ms: r(s[0]), max_ms: r(s[s.length - 1]), ...extra }))
-}
 
-async function time(fn) {
-  const t0 = performance.now()
-  await fn()
-  return performance.now() - t0
-}
 
 const n = Number(process.env.N || 30)
 const srv = await startServer()

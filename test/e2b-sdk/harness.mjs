@@ -5,6 +5,7 @@ import { mkdtempSync, rmSync, readdirSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join, resolve } from 'node:path'
 import net from 'node:net'
+import dns from 'node:dns/promises'
 
 const root = resolve(import.meta.dirname, '../..')
 export const cellBin = process.env.CELL_BIN || join(root, 'bin/cell')
@@ -58,4 +59,32 @@ export async function startServer(extraArgs = []) {
       return { code, left }
     },
   }
+}
+
+// reservedOpenings are the --net-allow-reserved flags that let sandboxes reach host (by name)
+// when it resolves to a reserved address, as this machine's egress proxy does: an operator
+// here would open it the same way.
+export async function reservedOpenings(host) {
+  const args = []
+  for (const { address } of await dns.lookup(host, { all: true, family: 4 })) {
+    if (/^(10\.|127\.|169\.254\.|172\.(1[6-9]|2\d|3[01])\.|192\.168\.|192\.0\.2\.|198\.51\.100\.|203\.0\.113\.|100\.(6[4-9]|[7-9]\d|1[01]\d|12[0-7])\.)/.test(address)) {
+      args.push('--net-allow-reserved', `${address}/32`)
+    }
+  }
+  return args
+}
+
+// report prints one benchmark's JSON line: {name, n, median_ms, p90_ms, min_ms, max_ms, …}.
+export function report(name, ms, extra = {}) {
+  const s = [...ms].sort((a, b) => a - b)
+  const q = (p) => s[Math.min(s.length - 1, Math.floor(p * s.length))]
+  const r = (x) => Math.round(x * 100) / 100
+  console.log(JSON.stringify({ name, n: s.length, median_ms: r(q(0.5)), p90_ms: r(q(0.9)), min_ms: r(s[0]), max_ms: r(s[s.length - 1]), ...extra }))
+}
+
+// time is how long fn takes, in ms.
+export async function time(fn) {
+  const t0 = performance.now()
+  await fn()
+  return performance.now() - t0
 }
