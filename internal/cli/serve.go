@@ -21,6 +21,7 @@ import (
 )
 
 func serveCmd(g *globals) *cobra.Command {
+	var cacheSize string
 	var listen, domain, accel, metricsListen, metricsTokenFile, metricsToken, minFree string
 	var maxConns, maxStreams, maxSandboxStreams, diskMiB int
 	var nf netFlags
@@ -68,7 +69,11 @@ every sandbox, or with --leave-running leaves them for the next cell serve to re
 			if err != nil {
 				return fmt.Errorf("--min-free-disk: %w", err)
 			}
-			cfg.MinFreeDisk, cfg.DiskMiB, cfg.Cold, cfg.Pools = &reserve, diskMiB, cold, pools
+			cache, err := vmm.ParseSize(cacheSize)
+			if err != nil {
+				return fmt.Errorf("--template-cache-size: %w", err)
+			}
+			cfg.MinFreeDisk, cfg.DiskMiB, cfg.Cold, cfg.Pools, cfg.TemplateCacheBytes = &reserve, diskMiB, cold, pools, int64(cache)
 			cfg.Domain, cfg.MaxProxyStreams, cfg.MaxSandboxStreams, cfg.MetricsToken = domain, maxStreams, maxSandboxStreams, metricsToken
 			ctx, stop := signal.NotifyContext(cmd.Context(), syscall.SIGTERM, syscall.SIGINT)
 			defer stop()
@@ -95,6 +100,7 @@ every sandbox, or with --leave-running leaves them for the next cell serve to re
 	c.Flags().IntVar(&maxSandboxStreams, "max-sandbox-streams", api.DefaultMaxSandboxStreams, "at most this many proxied requests in flight per sandbox, to its envd and to its ports each (more get 429)")
 	c.Flags().IntVar(&diskMiB, "disk-size", sandbox.DefaultDiskMiB, "each sandbox's disk in MiB unless its create asks for another: the most it can write on this host (above the image's 2048, each create grows the guest's file system)")
 	c.Flags().StringVar(&minFree, "min-free-disk", vmm.DefaultMinFreeDisk, "free space kept on the data directory's disk: a size, a percentage of the disk, or the larger of both; creates, resumes and snapshots that could take it are refused (507)")
+	c.Flags().StringVar(&cacheSize, "template-cache-size", "16GiB", "template build layers kept at most (0: no bound): past it, after each build, the least recently used ones that no template's tag points at and nothing runs on are removed")
 	nf.register(c)
 	return c
 }

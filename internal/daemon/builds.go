@@ -44,6 +44,18 @@ func (s snapshots) InUse(name string) []string {
 	return out
 }
 
+func (s snapshots) Layers() []templates.Layer {
+	var out []templates.Layer
+	for _, l := range (sandbox.BuildMachines{Runtime: s.rt, Home: s.home}).Layers() {
+		out = append(out, templates.Layer{Name: l.Name, Bytes: l.Bytes, Used: l.Used})
+	}
+	return out
+}
+
+func (s snapshots) RemoveLayer(name string) error {
+	return sandbox.BuildMachines{Runtime: s.rt, Home: s.home}.RemoveLayer(name, s.runDir, datadir.Layout{Home: s.home}.Paused())
+}
+
 func (s snapshots) DiskMiB(name string) int {
 	if t := s.rt.Template(name); t != nil {
 		return int(t.DiskBytes / vmm.MiB)
@@ -63,7 +75,8 @@ func (d *Daemon) startTemplates(ctx context.Context) (*templates.Service, error)
 		return nil, fmt.Errorf("the upload key: %w", err)
 	}
 	svc, err := templates.New(templates.Config{Store: d.st, Machines: sandbox.BuildMachines{Runtime: d.rt, Home: d.cfg.Home},
-		Snapshots: snapshots{rt: d.rt, home: d.cfg.Home, runDir: d.rt.Host.RunDir()}, Dir: layout.Builds(), Key: key, Log: d.log})
+		Snapshots: snapshots{rt: d.rt, home: d.cfg.Home, runDir: d.rt.Host.RunDir()}, Dir: layout.Builds(), Key: key, Log: d.log,
+		CacheBytes: d.cfg.TemplateCacheBytes})
 	if err != nil {
 		return nil, err
 	}

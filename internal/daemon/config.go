@@ -37,12 +37,15 @@ type Config struct {
 	// gets ("" is "cell serve").
 	Name string
 
-	Accel       vmm.Accel             // --accel: "" (auto), kvm or tcg
-	MaxVMs      int                   // --max-vms; 0 is the runtime's default (64)
-	MinFreeDisk *vmm.Reserve          // --min-free-disk; nil: VMs are not checked against free space
-	DiskMiB     int                   // --disk-size: a sandbox's disk unless its create asks for another
-	DNSHosts    map[string]netip.Addr // --dns-host, --dns-hosts-file
-	NetExempt   []netip.Prefix        // --net-allow-reserved
+	Accel       vmm.Accel    // --accel: "" (auto), kvm or tcg
+	MaxVMs      int          // --max-vms; 0 is the runtime's default (64)
+	MinFreeDisk *vmm.Reserve // --min-free-disk; nil: VMs are not checked against free space
+	DiskMiB     int          // --disk-size: a sandbox's disk unless its create asks for another
+	// TemplateCacheBytes bounds the template build layers kept (--template-cache-size; 0: no
+	// bound).
+	TemplateCacheBytes int64
+	DNSHosts           map[string]netip.Addr // --dns-host, --dns-hosts-file
+	NetExempt          []netip.Prefix        // --net-allow-reserved
 
 	// Cold boots every sandbox instead of restoring the base template's memory snapshot (--cold).
 	Cold bool

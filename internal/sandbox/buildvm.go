@@ -3,6 +3,10 @@ package sandbox
 import (
 	"context"
 	"fmt"
+	"os"
+	"path/filepath"
+	"syscall"
+	"time"
 
 	"github.com/cellhq/cell/internal/build"
 	"github.com/cellhq/cell/internal/ids"
@@ -21,6 +25,7 @@ var _ build.Machines = BuildMachines{}
 
 func (m BuildMachines) Start(ctx context.Context, from string, cpus, memoryMiB int) (build.VM, error) {
 	// A build reaches the internet (package registries); never the host's private networks.
+	m.touch(from)
 	sb, err := m.Runtime.Boot(ctx, Options{Template: from, CPUs: cpus, MemoryMiB: memoryMiB, Init: &envd.InitRequest{}})
 	if err != nil {
 		return nil, err
@@ -50,5 +55,81 @@ func (m BuildMachines) Layer(name string) ([]byte, bool) {
 	if t == nil || t.Layer == nil {
 		return nil, false
 	}
+	m.touch(name)
 	return t.Layer, true
+}
+
+// LayerInfo is one build layer on disk.
+type LayerInfo struct {
+	Name string
+	// Bytes is what removing it gives back: its files not shared with another layer's
+	// directory (by hard link) are counted.
+	Bytes int64
+	// Used is when a build last started from it or found it cached.
+	Used time.Time
+}
+
+// Layers lists the build layers the runtime knows.
+func (m BuildMachines) Layers() []LayerInfo {
+	var out []LayerInfo
+	for _, t := range m.Runtime.Templates() {
+		if t.Layer == nil {
+			continue
+		}
+		li := LayerInfo{Name: t.Name, Bytes: ownBytes(t.Dir)}
+		if st, err := os.Stat(t.Dir); err == nil {
+			li.Used = st.ModTime()
+		}
+		out = append(out, li)
+	}
+	return out
+}
+
+// ownBytes is the disk the files of dir take that no other directory links: what removing dir
+// gives back (a file is linked once per name it has in dir, e.g. a top layer is also
+// disk.qcow2).
+func ownBytes(dir string) int64 {
+	des, _ := os.ReadDir(dir)
+	names := map[uint64]uint64{}
+	stats := map[uint64]*syscall.Stat_t{}
+	for _, de := range des {
+		info, err := de.Info()
+		if err != nil || !info.Mode().IsRegular() {
+			continue
+		}
+		if st, ok := info.Sys().(*syscall.Stat_t); ok {
+			names[st.Ino]++
+			stats[st.Ino] = st
+		}
+	}
+	var n int64
+	for ino, st := range stats {
+		if uint64(st.Nlink) == names[ino] {
+			n += st.Blocks * 512
+		}
+	}
+	return n
+}
+
+// touch records that a layer was used (its directory's time), for the cache's eviction.
+func (m BuildMachines) touch(name string) {
+	if t := m.Runtime.Template(name); t != nil && t.Layer != nil {
+		now := time.Now()
+		_ = os.Chtimes(t.Dir, now, now)
+	}
+}
+
+// RemoveLayer removes the layer name unless a sandbox, running or paused, or another layer
+// or snapshot has a disk on it (sandbox.ErrTemplateInUse).
+func (m BuildMachines) RemoveLayer(name, runDir, pausedDir string) error {
+	t := m.Runtime.Template(name)
+	if t == nil || t.Layer == nil {
+		return fmt.Errorf("layer %s: not found", name)
+	}
+	if err := RemoveTemplate(t.Dir, runDir, pausedDir); err != nil {
+		return err
+	}
+	m.Runtime.DropTemplate(name)
+	_ = os.Remove(filepath.Dir(t.Dir))
+	return nil
 }

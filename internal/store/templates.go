@@ -196,3 +196,22 @@ func (s *Store) Tags(ctx context.Context, tid string) ([]Tag, error) {
 	}
 	return out, rows.Err()
 }
+
+// TaggedSnapshots is the set of snapshots some tag's build made (every team's): the ones
+// templates start sandboxes from.
+func (s *Store) TaggedSnapshots(ctx context.Context) (map[string]bool, error) {
+	rows, err := s.db.QueryContext(ctx, `SELECT b.snapshot FROM template_tags t JOIN template_builds b ON b.id = t.build_id WHERE b.snapshot != ''`)
+	if err != nil {
+		return nil, err
+	}
+	defer func() { _ = rows.Close() }()
+	out := map[string]bool{}
+	for rows.Next() {
+		var snap string
+		if err := rows.Scan(&snap); err != nil {
+			return nil, err
+		}
+		out[snap] = true
+	}
+	return out, rows.Err()
+}

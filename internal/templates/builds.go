@@ -202,6 +202,7 @@ func (s *Service) finish(t store.Template, b store.Build, a *active, res build.R
 	s.queued--
 	delete(s.active, b.ID)
 	s.mu.Unlock()
+	s.evict(ctx, s.cacheBudget())
 }
 
 func (s *Service) logPath(bid string) string { return filepath.Join(logsDir(s.cfg.Dir), bid+".jsonl") }

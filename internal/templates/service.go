@@ -28,6 +28,7 @@ type Store interface {
 	BuildByID(ctx context.Context, tid, id string) (store.Build, error)
 	Builds(ctx context.Context, tid string) ([]store.Build, error)
 	SetTag(ctx context.Context, tid, tag, build string, at time.Time) error
+	TaggedSnapshots(ctx context.Context) (map[string]bool, error)
 	DeleteTag(ctx context.Context, tid, tag string) error
 	Tags(ctx context.Context, tid string) ([]store.Tag, error)
 }
@@ -41,6 +42,10 @@ type Snapshots interface {
 	InUse(name string) []string
 	// DiskMiB is the size of snapshot name's disk.
 	DiskMiB(name string) int
+	// Layers lists the build layers; RemoveLayer removes one unless something has its disk
+	// on it.
+	Layers() []Layer
+	RemoveLayer(name string) error
 }
 
 // Config configures a Service.
@@ -59,6 +64,9 @@ type Config struct {
 	Timeout time.Duration
 	// MaxUpload bounds one upload of COPY files.
 	MaxUpload int64
+	// CacheBytes bounds the build layers kept (0: no bound): past it, the least recently used
+	// ones no template's tag points at are removed after each build.
+	CacheBytes int64
 }
 
 // Defaults.
@@ -111,7 +119,9 @@ func New(cfg Config) (*Service, error) {
 		}
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	return &Service{cfg: cfg, active: map[string]*active{}, queue: make(chan struct{}, cfg.MaxBuilds), ctx: ctx, cancel: cancel}, nil
+	s := &Service{cfg: cfg, active: map[string]*active{}, queue: make(chan struct{}, cfg.MaxBuilds), ctx: ctx, cancel: cancel}
+	s.cfg.Machines = evictingMachines{Machines: cfg.Machines, s: s}
+	return s, nil
 }
 
 // Close cancels the builds under way and waits for them.
@@ -140,6 +150,7 @@ func (s *Service) Recover(ctx context.Context) error {
 		}
 		s.cfg.Log.Warn("build interrupted by a restart", "build", b.ID, "template", b.TemplateID)
 	}
+	s.evict(ctx, s.cacheBudget())
 	return nil
 }
 

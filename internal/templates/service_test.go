@@ -6,6 +6,7 @@ import (
 	"io"
 	"net/url"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -37,6 +38,8 @@ type noSnapshots struct{}
 func (noSnapshots) Base() (string, string, error) { return "base", "/images/templates/base/fp", nil }
 func (noSnapshots) InUse(string) []string         { return nil }
 func (noSnapshots) DiskMiB(string) int            { return 0 }
+func (noSnapshots) Layers() []Layer               { return nil }
+func (noSnapshots) RemoveLayer(string) error      { return errors.New("no layers") }
 
 func newService(t *testing.T, m build.Machines, maxQueue int) (*Service, *store.Store) {
 	t.Helper()
@@ -168,4 +171,63 @@ func must[T any](v T, err error) T {
 		panic(err)
 	}
 	return v
+}
+
+// fakeLayers is a layer cache: a layer whose name is in usedBy[x] cannot go before x has.
+type fakeLayers struct {
+	noSnapshots
+	layers  []Layer
+	usedBy  map[string]string
+	removed []string
+}
+
+func (f *fakeLayers) Layers() []Layer { return append([]Layer(nil), f.layers...) }
+func (f *fakeLayers) RemoveLayer(name string) error {
+	for child, parent := range f.usedBy {
+		if parent == name && !slices.Contains(f.removed, child) {
+			return errors.New("in use")
+		}
+	}
+	f.removed = append(f.removed, name)
+	return nil
+}
+
+func TestEvictionIsLRUAndSparesWhatIsUsed(t *testing.T) {
+	now := time.Now()
+	f := &fakeLayers{layers: []Layer{
+		{Name: "old-parent", Bytes: 100, Used: now.Add(-5 * time.Hour)},
+		{Name: "old-child", Bytes: 100, Used: now.Add(-4 * time.Hour)},
+		{Name: "tagged", Bytes: 100, Used: now.Add(-6 * time.Hour)},
+		{Name: "recent", Bytes: 100, Used: now.Add(-time.Minute)},
+		{Name: "middle", Bytes: 100, Used: now.Add(-time.Hour)},
+	}, usedBy: map[string]string{"old-child": "old-parent"}}
+	s, st := newService(t, stuckMachines{}, 1)
+	s.cfg.Snapshots = f
+	ctx := context.Background()
+	// A template whose tag points at "tagged".
+	c, err := s.Create(ctx, CreateRequest{Team: "team-a", Name: "app"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := st.BuildByID(ctx, c.TemplateID, c.BuildID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b.Status, b.Snapshot = store.BuildReady, "tagged"
+	if err := st.PutBuild(ctx, b); err != nil {
+		t.Fatal(err)
+	}
+	if err := st.SetTag(ctx, c.TemplateID, "default", b.ID, now); err != nil {
+		t.Fatal(err)
+	}
+	s.evict(ctx, 250)
+	// 500 bytes, 250 allowed: the oldest that can go, the child before its parent.
+	if want := []string{"old-child", "old-parent", "middle"}; !slices.Equal(f.removed, want) {
+		t.Fatalf("removed %v, want %v", f.removed, want)
+	}
+	f.removed = nil
+	s.evict(ctx, -1)
+	if len(f.removed) != 0 {
+		t.Fatal("evicted with no budget set")
+	}
 }

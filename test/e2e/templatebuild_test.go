@@ -246,3 +246,48 @@ func TestRunWithPackages(t *testing.T) {
 		t.Fatalf("a bad package name: %d %s", bad.code, bad.stderr)
 	}
 }
+
+// TestTemplateCacheEviction: past --template-cache-size, a build's end removes the least
+// recently used layers no tag points at (a deleted template's), never those a template stands
+// on.
+func TestTemplateCacheEviction(t *testing.T) {
+	d := newDaemon(t)
+	_, c := d.serve(t, "--template-cache-size", "1")
+	ctx := context.Background()
+	buildOne := func(name, cmd string) {
+		t.Helper()
+		tc, err := c.CreateTemplate(ctx, name, client.TemplateOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := c.StartBuild(ctx, tc.TemplateID, tc.BuildID, client.BuildSpec{Steps: []client.BuildStep{{Type: "RUN", Args: []string{cmd}}}}); err != nil {
+			t.Fatal(err)
+		}
+		if err := c.WaitBuild(ctx, tc.TemplateID, tc.BuildID, nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	layers := func() []string {
+		m, _ := filepath.Glob(filepath.Join(d.home, "templates", "layer-*"))
+		return m
+	}
+	buildOne("first", "echo 1 > /tmp/f")
+	if n := len(layers()); n != 2 {
+		t.Fatalf("%d layers after a one-step build, want 2 (the step and finalize): all in use", n)
+	}
+	if err := c.DeleteTemplate(ctx, "first"); err != nil {
+		t.Fatal(err)
+	}
+	buildOne("second", "echo 2 > /tmp/s")
+	if n := len(layers()); n != 2 {
+		t.Fatalf("%d layers, want the second template's 2 (the first's evicted): %v", n, layers())
+	}
+	info, err := c.Create(ctx, client.CreateOptions{Template: "second", Timeout: time.Minute})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = c.Kill(ctx, info.SandboxID) }()
+	if out := execOut(t, c, info.SandboxID, "cat /tmp/s"); out != "2\n" {
+		t.Fatalf("%q", out)
+	}
+}
