@@ -35,9 +35,13 @@ func templateCmd(g *globals) *cobra.Command {
 		}
 		return homes, run, datadir.Layout{Home: home}.Paused(), nil
 	}
+	lsRemote, rmRemote := &remote{}, &remote{}
 	ls := &cobra.Command{
 		Use: "ls", Short: "List template snapshots and the sandboxes that depend on each", Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if remoteSet(cmd) {
+				return listRemoteTemplates(cmd, lsRemote)
+			}
 			homes, run, paused, err := dirs()
 			if err != nil {
 				return err
@@ -62,6 +66,18 @@ func templateCmd(g *globals) *cobra.Command {
 	rm := &cobra.Command{
 		Use: "rm TEMPLATE/SNAPSHOT…", Short: "Remove template snapshots no sandbox depends on (see ls)", Args: cobra.MinimumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if remoteSet(cmd) {
+				cl, err := rmRemote.client()
+				if err != nil {
+					return err
+				}
+				for _, a := range args {
+					if err := cl.DeleteTemplate(cmd.Context(), a); err != nil {
+						return fmt.Errorf("%s: %w", printable(a), err)
+					}
+				}
+				return nil
+			}
 			homes, run, paused, err := dirs()
 			if err != nil {
 				return err
@@ -97,7 +113,12 @@ func templateCmd(g *globals) *cobra.Command {
 			return nil
 		},
 	}
-	c.AddCommand(ls, rm, templateBuildCmd(g))
+	lsRemote.flags(ls)
+	rmRemote.flags(rm)
+	ls.Long = "Without --api: the template snapshots in the data directory (base, snapshots, build layers).\n" +
+		"With --api (or $CELL_API_URL/$E2B_API_URL): the key's team's built templates on that cell serve."
+	rm.Use = "rm TEMPLATE/SNAPSHOT… | --api URL NAME…"
+	c.AddCommand(ls, rm, templateBuildCmd(g), templateTagCmd(g))
 	return c
 }
 
@@ -107,4 +128,23 @@ func cutTemplate(s string) (name, snap string, ok bool) {
 		return "", "", false
 	}
 	return name, snap, true
+}
+
+// listRemoteTemplates prints the key's team's built templates on a cell serve.
+func listRemoteTemplates(cmd *cobra.Command, r *remote) error {
+	cl, err := r.client()
+	if err != nil {
+		return err
+	}
+	list, err := cl.Templates(cmd.Context())
+	if err != nil {
+		return err
+	}
+	tw := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "NAME	TEMPLATE ID	LAST BUILD	BUILDS	CPUS	MEMORY	UPDATED")
+	for _, t := range list {
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%d\t%d MiB\t%s\n", printable(strings.Join(t.Names, ",")), printable(t.TemplateID), printable(t.BuildStatus),
+			t.BuildCount, t.CPUCount, t.MemoryMB, t.UpdatedAt.Local().Format(time.DateTime))
+	}
+	return tw.Flush()
 }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
@@ -140,8 +141,7 @@ func templateBuildCmd(g *globals) *cobra.Command {
 			if len(args) == 1 {
 				dir = args[0]
 			}
-			remoteSet := cmd.Flags().Changed("api") || os.Getenv("CELL_API_URL") != "" || os.Getenv("E2B_API_URL") != ""
-			return runTemplateBuild(cmd.Context(), g, r, remoteSet, f, dir)
+			return runTemplateBuild(cmd.Context(), g, r, remoteSet(cmd), f, dir)
 		},
 	}
 	r.flags(c)
@@ -203,19 +203,12 @@ func runTemplateBuild(ctx context.Context, g *globals, r *remote, remoteSet bool
 		}
 		b = remoteBuilder{cl}
 	} else {
-		cfg, err := g.daemonConfig()
+		exempt, err := parseExempt(f.exempt)
 		if err != nil {
 			return err
 		}
-		if cfg.NetExempt, err = parseExempt(f.exempt); err != nil {
-			return err
-		}
-		cfg.Name, cfg.Attached, cfg.DiskMiB = "cell template build", true, sandbox.DefaultDiskMiB
-		d, err := daemon.Start(ctx, cfg)
+		d, err := g.localDaemon(ctx, "cell template build", exempt)
 		if err != nil {
-			if errors.Is(err, datadir.ErrInUse) {
-				return fmt.Errorf("%w: build on it with --api (or $CELL_API_URL)", err)
-			}
 			return err
 		}
 		defer func() { _ = d.Shutdown(context.Background(), daemon.Kill) }()
@@ -278,4 +271,51 @@ func packToTemp(ctx context.Context, dir, src, dest, hash string) (io.ReadCloser
 		return nil, 0, err
 	}
 	return tmp, size, nil
+}
+
+// localDaemon starts a daemon over the data directory in this process, for template commands
+// with no cell serve (which would hold the directory: then the error says to use --api).
+func (g *globals) localDaemon(ctx context.Context, name string, exempt []netip.Prefix) (*daemon.Daemon, error) {
+	cfg, err := g.daemonConfig()
+	if err != nil {
+		return nil, err
+	}
+	cfg.Name, cfg.Attached, cfg.DiskMiB, cfg.NetExempt = name, true, sandbox.DefaultDiskMiB, exempt
+	d, err := daemon.Start(ctx, cfg)
+	if errors.Is(err, datadir.ErrInUse) {
+		return nil, fmt.Errorf("%w: use it with --api (or $CELL_API_URL)", err)
+	}
+	return d, err
+}
+
+// remoteSet says whether the command was pointed at a cell serve.
+func remoteSet(cmd *cobra.Command) bool {
+	return cmd.Flags().Changed("api") || os.Getenv("CELL_API_URL") != "" || os.Getenv("E2B_API_URL") != ""
+}
+
+// templateTagCmd points tags at a build, on a cell serve or here.
+func templateTagCmd(g *globals) *cobra.Command {
+	r := &remote{}
+	c := &cobra.Command{
+		Use: "tag NAME[:TAG] NEWTAG…", Short: "Point tags at the build NAME[:TAG] names (the default tag when none)", Args: cobra.MinimumNArgs(2),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			ctx := cmd.Context()
+			if remoteSet(cmd) {
+				cl, err := r.client()
+				if err != nil {
+					return err
+				}
+				return cl.TagTemplate(ctx, args[0], args[1:])
+			}
+			d, err := g.localDaemon(ctx, "cell template tag", nil)
+			if err != nil {
+				return err
+			}
+			defer func() { _ = d.Shutdown(context.Background(), daemon.Kill) }()
+			_, err = d.Templates().AssignTags(ctx, LocalTeam, args[0], args[1:])
+			return err
+		},
+	}
+	r.flags(c)
+	return c
 }

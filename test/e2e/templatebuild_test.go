@@ -133,6 +133,21 @@ func TestTemplateBuildThroughServe(t *testing.T) {
 	if out := execOut(t, c, info.SandboxID, "cat /tmp/built"); out != "built\n" {
 		t.Fatalf("%q", out)
 	}
+	api := []string{"--api", srv.url, "--api-key", d.key}
+	if ls := cellIn(t, d.home, append([]string{"template", "ls"}, api...)...); ls.code != 0 || !strings.Contains(ls.stdout, "srv-app") || !strings.Contains(ls.stdout, "ready") {
+		t.Fatalf("ls: %d\n%s%s", ls.code, ls.stdout, ls.stderr)
+	}
+	if tag := cellIn(t, d.home, append([]string{"template", "tag", "srv-app", "stable"}, api...)...); tag.code != 0 {
+		t.Fatalf("tag: %d %s", tag.code, tag.stderr)
+	}
+	stable, err := c.Create(context.Background(), client.CreateOptions{Template: "srv-app:stable", Timeout: time.Minute})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = c.Kill(context.Background(), stable.SandboxID)
+	if rm := cellIn(t, d.home, append([]string{"template", "rm", "srv-app"}, api...)...); rm.code == 0 || !strings.Contains(rm.stderr, "used by") {
+		t.Fatalf("rm of a template a sandbox runs from: %d %s", rm.code, rm.stderr)
+	}
 	bad := writeContext(t, "FROM base\nRUN true\nRUN echo nope >&2; exit 7\n", map[string]string{})
 	res = cellIn(t, d.home, "template", "build", "--api", srv.url, "--api-key", d.key, "--name", "bad", bad)
 	if res.code == 0 || !strings.Contains(res.stderr, "step 4") || !strings.Contains(res.stderr, "exited with code 7") || !strings.Contains(res.stderr, "nope") {
