@@ -76,7 +76,7 @@ func (d *Daemon) startTemplates(ctx context.Context) (*templates.Service, error)
 	}
 	svc, err := templates.New(templates.Config{Store: d.st, Machines: sandbox.BuildMachines{Runtime: d.rt, Home: d.cfg.Home},
 		Snapshots: snapshots{rt: d.rt, home: d.cfg.Home, runDir: d.rt.Host.RunDir()}, Dir: layout.Builds(), Key: key, Log: d.log,
-		CacheBytes: d.cfg.TemplateCacheBytes})
+		CacheBytes: d.cfg.TemplateCacheBytes, Disk: d.rt.Host.DiskGuard()})
 	if err != nil {
 		return nil, err
 	}

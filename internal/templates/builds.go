@@ -23,11 +23,13 @@ const maxLogEntries = 100_000
 
 // active is a build this process knows: its tags, its log, and how to stop it.
 type active struct {
-	mu      sync.Mutex
-	tags    []string
-	started bool
-	logs    []e2bapi.BuildLogEntry
-	cut     bool
+	mu       sync.Mutex
+	tags     []string
+	created  time.Time
+	template string
+	started  bool
+	logs     []e2bapi.BuildLogEntry
+	cut      bool
 }
 
 func (a *active) add(level, step, msg string) {

@@ -110,6 +110,11 @@ func (s *Service) PutFiles(_ context.Context, team, hash string, body io.Reader,
 	if length > s.cfg.MaxUpload {
 		return fmt.Errorf("%w: %d bytes, at most %d", ErrTooLarge, length, s.cfg.MaxUpload)
 	}
+	if s.cfg.Disk != nil {
+		if err := s.cfg.Disk.Admit(uint64(length), "an upload of template files"); err != nil {
+			return err
+		}
+	}
 	dir := filepath.Join(uploadsDir(s.cfg.Dir), team)
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return err

@@ -67,7 +67,15 @@ type Config struct {
 	// CacheBytes bounds the build layers kept (0: no bound): past it, the least recently used
 	// ones no template's tag points at are removed after each build.
 	CacheBytes int64
+	// Disk refuses an upload the host's disk cannot take (nil: no check).
+	Disk interface {
+		Admit(size uint64, what string) error
+	}
 }
+
+// waitingTTL is how long a build may wait for its steps (POST …/builds/{id}) before it is
+// given up: a client that never starts it leaves nothing behind for longer.
+const waitingTTL = time.Hour
 
 // Defaults.
 const (
@@ -216,11 +224,40 @@ func (s *Service) Create(ctx context.Context, req CreateRequest) (Created, error
 		return Created{}, err
 	}
 	s.mu.Lock()
-	s.active[b.ID] = &active{tags: tags}
+	s.active[b.ID] = &active{tags: tags, created: now, template: t.ID}
+	stale := s.staleWaiting(now)
 	s.mu.Unlock()
+	s.giveUp(ctx, stale)
 	names := make([]string, len(tags))
 	for i, tag := range tags {
 		names[i] = n.Base() + ":" + tag
 	}
 	return Created{TemplateID: t.ID, BuildID: b.ID, Base: n.Base(), Names: names, Tags: tags}, nil
+}
+
+// staleWaiting removes the builds that waited for their steps longer than waitingTTL from the
+// active ones and returns their ids (build id → template id). s.mu must be held.
+func (s *Service) staleWaiting(now time.Time) map[string]string {
+	stale := map[string]string{}
+	for id, a := range s.active {
+		if !a.started && now.Sub(a.created) > waitingTTL {
+			stale[id] = a.template
+			delete(s.active, id)
+		}
+	}
+	return stale
+}
+
+// giveUp records as failed a build that never got its steps.
+func (s *Service) giveUp(ctx context.Context, ids map[string]string) {
+	for bid, tid := range ids {
+		b, err := s.cfg.Store.BuildByID(ctx, tid, bid)
+		if err != nil || b.Status != store.BuildWaiting {
+			continue
+		}
+		b.Status, b.Reason, b.ReasonStep, b.FinishedAt = store.BuildError, fmt.Sprintf("its steps did not come within %s", waitingTTL), "base", time.Now()
+		if err := s.cfg.Store.PutBuild(ctx, b); err != nil {
+			s.cfg.Log.Warn("giving up a build", "build", bid, "err", err)
+		}
+	}
 }

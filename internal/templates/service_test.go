@@ -231,3 +231,25 @@ func TestEvictionIsLRUAndSparesWhatIsUsed(t *testing.T) {
 		t.Fatal("evicted with no budget set")
 	}
 }
+
+func TestBuildsNeverStartedAreGivenUp(t *testing.T) {
+	s, _ := newService(t, stuckMachines{}, 1)
+	ctx := context.Background()
+	old, err := s.Create(ctx, CreateRequest{Team: "team-a", Name: "app"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.mu.Lock()
+	s.active[old.BuildID].created = time.Now().Add(-2 * waitingTTL)
+	s.mu.Unlock()
+	if _, err := s.Create(ctx, CreateRequest{Team: "team-a", Name: "other"}); err != nil {
+		t.Fatal(err)
+	}
+	st, err := s.Status(ctx, "team-a", old.TemplateID, old.BuildID, 0)
+	if err != nil || st.Status != store.BuildError || !strings.Contains(st.Reason.Message, "did not come") {
+		t.Fatalf("%+v %v", st, err)
+	}
+	if err := s.Start(ctx, "team-a", old.TemplateID, old.BuildID, build.Spec{}); !errors.Is(err, manager.ErrConflict) {
+		t.Fatalf("starting a build given up: %v", err)
+	}
+}
