@@ -54,7 +54,18 @@ func splitWords(s string, escape rune) ([]string, error) {
 // double quotes only before ", $ and itself). A variable that is not a build argument is
 // written back as it was, for the guest to expand. The result is bounded by MaxArgLen.
 func expandWord(s string, escape rune, look lookupFunc) (string, error) {
-	x := &expander{rs: []rune(s), escape: escape, look: look}
+	return expand(s, escape, look, false)
+}
+
+// expandEnvValue is expandWord for an ENV value, which the builder expands again in the guest
+// (see guestQuote): what is literal here (quoted, escaped, a build argument's value) has its
+// $ and \ escaped with a \, so that only the references left for the guest expand there.
+func expandEnvValue(s string, escape rune, look lookupFunc) (string, error) {
+	return expand(s, escape, look, true)
+}
+
+func expand(s string, escape rune, look lookupFunc, guest bool) (string, error) {
+	x := &expander{rs: []rune(s), escape: escape, look: look, guest: guest}
 	out, err := x.word(false)
 	if err != nil {
 		return "", err
@@ -70,6 +81,15 @@ type expander struct {
 	i      int
 	escape rune
 	look   lookupFunc
+	guest  bool // escape what is literal for the guest's expansion
+}
+
+// lit is literal text as the result carries it.
+func (x *expander) lit(s string) string {
+	if !x.guest || !strings.ContainsAny(s, `$\`) {
+		return s
+	}
+	return strings.NewReplacer(`\`, `\\`, `$`, `\$`).Replace(s)
 }
 
 // word reads up to the end, or up to an unmatched } when inBrace (a ${X:-word}'s word).
@@ -93,7 +113,7 @@ func (x *expander) word(inBrace bool) (string, error) {
 				c = x.rs[x.i]
 			}
 			x.i++
-			if err := grow(string(c)); err != nil {
+			if err := grow(x.lit(string(c))); err != nil {
 				return "", err
 			}
 		case c == '\'':
@@ -101,7 +121,7 @@ func (x *expander) word(inBrace bool) (string, error) {
 			if end < 0 {
 				return "", fmt.Errorf("no closing '")
 			}
-			if err := grow(string(x.rs[x.i+1 : end])); err != nil {
+			if err := grow(x.lit(string(x.rs[x.i+1 : end]))); err != nil {
 				return "", err
 			}
 			x.i = end + 1
@@ -133,7 +153,7 @@ func (x *expander) word(inBrace bool) (string, error) {
 					}
 				}
 				x.i++
-				if err := grow(string(c)); err != nil {
+				if err := grow(x.lit(string(c))); err != nil {
 					return "", err
 				}
 			}
@@ -147,7 +167,7 @@ func (x *expander) word(inBrace bool) (string, error) {
 			}
 		default:
 			x.i++
-			if err := grow(string(c)); err != nil {
+			if err := grow(x.lit(string(c))); err != nil {
 				return "", err
 			}
 		}
@@ -177,7 +197,7 @@ func (x *expander) variable() (string, error) {
 		case !set:
 			return "", nil
 		}
-		return v, nil
+		return x.lit(v), nil
 	}
 	x.i++
 	name := x.name()
@@ -196,7 +216,7 @@ func (x *expander) variable() (string, error) {
 		case !set:
 			return "", nil
 		}
-		return v, nil
+		return x.lit(v), nil
 	}
 	op := string(x.rs[x.i])
 	if op == ":" && x.i+1 < len(x.rs) {
@@ -222,7 +242,7 @@ func (x *expander) variable() (string, error) {
 	switch strings.TrimPrefix(op, ":") {
 	case "-":
 		if present {
-			return v, nil
+			return x.lit(v), nil
 		}
 		return word, nil
 	case "+":
@@ -232,7 +252,7 @@ func (x *expander) variable() (string, error) {
 		return "", nil
 	default: // ?
 		if present {
-			return v, nil
+			return x.lit(v), nil
 		}
 		if word == "" {
 			word = "not set"

@@ -511,7 +511,7 @@ func (p *dfParser) envInstr(l line, rest string) error {
 		if strings.TrimSpace(v) == "" {
 			return fmt.Errorf("ENV %s: want a value (ENV name value, or ENV name=value)", words[0])
 		}
-		val, err := p.expand(l, strings.TrimSpace(v))
+		val, err := expandEnvValue(strings.TrimSpace(v), l.escape, p.lookup())
 		if err != nil {
 			return fmt.Errorf("ENV %s: %w", words[0], err)
 		}
@@ -522,7 +522,7 @@ func (p *dfParser) envInstr(l line, rest string) error {
 			if !ok {
 				return fmt.Errorf("ENV: %q is not name=value", w)
 			}
-			val, err := expandWord(v, l.escape, p.lookup())
+			val, err := expandEnvValue(v, l.escape, p.lookup())
 			if err != nil {
 				return fmt.Errorf("ENV %s: %w", k, err)
 			}

@@ -418,13 +418,18 @@ func (b *run) step(ctx context.Context, n string, st Step) error {
 // ${X:-d}) expand; guestQuote has escaped everything else that would (commands, quotes).
 const expandScript = `eval "printf '%s' \"$1\""`
 
-// guestQuote escapes s for expandScript: backslashes, double quotes, backquotes and $( stay
-// literal; only variable references expand.
+// guestQuote escapes s for expandScript: double quotes, backquotes, $( and lone backslashes
+// stay literal; only variable references expand, and \$ and \\ are a literal $ and \ (an
+// ENV value's escapes, as in Docker).
 func guestQuote(s string) string {
 	var b strings.Builder
 	for i := 0; i < len(s); i++ {
 		c := s[i]
 		switch {
+		case c == '\\' && i+1 < len(s) && (s[i+1] == '$' || s[i+1] == '\\'):
+			b.WriteByte(c)
+			b.WriteByte(s[i+1])
+			i++
 		case c == '\\' || c == '"' || c == '`':
 			b.WriteByte('\\')
 			b.WriteByte(c)

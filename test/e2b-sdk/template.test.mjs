@@ -145,6 +145,25 @@ test('fromTemplate builds on a team template; tags; delete refused while used', 
   await assert.rejects(Sandbox.create('child'), /404|not found/i)
 })
 
+test('fromDockerfile: the SDK translates a Dockerfile into steps that Cell builds', async () => {
+  const df = [
+    'FROM e2bdev/base',
+    'ENV GREETING=hello',
+    'COPY app /opt/app',
+    'WORKDIR /opt/app',
+    'RUN echo "$GREETING from $(whoami)" > out.txt',
+  ].join('\n')
+  await Template.build(Template({ fileContextPath: ctxDir }).fromDockerfile(df), 'from-df')
+  const sbx = await Sandbox.create('from-df')
+  try {
+    const r = await sbx.commands.run('cat out.txt index.html; pwd; whoami')
+    // The SDK starts a Dockerfile as root in / and ends it as user: the RUN was root's.
+    assert.equal(r.stdout, 'hello from root\nhello from the template\n/opt/app\nuser\n')
+  } finally {
+    await sbx.kill()
+  }
+})
+
 test('a failing RUN names its step and shows its output', async () => {
   const t = Template().fromBaseImage().runCmd('echo fine').runCmd('echo about to fail; echo oops >&2; exit 3')
   await assert.rejects(Template.build(t, 'broken'), (err) => {

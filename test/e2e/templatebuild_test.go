@@ -58,7 +58,7 @@ ARG GREETING=hello
 COPY app/ /srv/app/
 WORKDIR /srv/app
 ENV MODE=prod \
-    ROOT=$GREETING-root
+    ROOT=$GREETING-root LIT='$HOME'
 RUN echo "$GREETING from $(whoami)" > greeting.txt && \
     cat data/x.txt >> greeting.txt
 EXPOSE 8000
@@ -77,11 +77,11 @@ func TestTemplateBuildDockerfile(t *testing.T) {
 		t.Errorf("no warning about EXPOSE:\n%s", res.stderr)
 	}
 	first := res.took
-	run := cellIn(t, home, "run", "--template", "df-app:v1", "--", "bash", "-c", `cat greeting.txt; pwd; echo "$MODE|$ROOT"; whoami; ls -A; stat -c %U greeting.txt`)
+	run := cellIn(t, home, "run", "--template", "df-app:v1", "--", "bash", "-c", `cat greeting.txt; pwd; echo "$MODE|$ROOT|$LIT"; whoami; ls -A; stat -c %U greeting.txt`)
 	if run.code != 0 {
 		t.Fatalf("run: %d\n%s%s", run.code, run.stdout, run.stderr)
 	}
-	want := "howdy from root\ndata file\n/srv/app\nprod|howdy-root\nuser\n.hidden\ndata\ngreeting.txt\nroot\n"
+	want := "howdy from root\ndata file\n/srv/app\nprod|howdy-root|$HOME\nuser\n.hidden\ndata\ngreeting.txt\nroot\n"
 	if run.stdout != want {
 		t.Fatalf("in the template:\n%s\nwant:\n%s", run.stdout, want)
 	}
