@@ -118,7 +118,7 @@ func TestGuestQuote(t *testing.T) {
 		"`id`":           "\\`id\\`",
 		`cost $5 $`:      `cost $5 \$`,
 		`$$`:             `\$\$`,
-		`lit \$x \\ \n`: `lit \$x \\ \\n`,
+		`lit \$x \\ \n`:  `lit \$x \\ \\n`,
 	} {
 		if got := guestQuote(in); got != want {
 			t.Errorf("guestQuote(%q) = %q, want %q", in, got, want)
