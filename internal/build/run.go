@@ -41,6 +41,12 @@ type Machines interface {
 	Layer(name string) ([]byte, bool)
 }
 
+// Locker is a Machines whose layers other processes may build too: Lock holds layer name's
+// lock across processes until the returned func is called.
+type Locker interface {
+	Lock(ctx context.Context, name string) (unlock func(), err error)
+}
+
 // LayerPrefix starts every layer's snapshot name: names a user cannot give (see IsLayer).
 const LayerPrefix = "layer-"
 
@@ -138,6 +144,9 @@ func Run(ctx context.Context, m Machines, job Job) (res Result, err error) {
 		if b.vm != nil {
 			_ = b.vm.Close()
 		}
+		for _, unlock := range b.unlocks {
+			unlock()
+		}
 	}()
 	key := job.BaseKey
 	forced := job.Spec.Force
@@ -155,6 +164,16 @@ func Run(ctx context.Context, m Machines, job Job) (res Result, err error) {
 					res.Cached++
 					continue
 				}
+			}
+		}
+		if !forced {
+			// Another process may be building this very layer: wait for it, then take its.
+			if hit, err := b.lockedHit(ctx, name); err != nil {
+				return Result{}, &StepError{Step: n, Err: err}
+			} else if hit {
+				b.log(LevelInfo, n, "CACHED %s (built by another process)", describe(st))
+				res.Cached++
+				continue
 			}
 		}
 		// Once a step runs, every step after it runs too: their layers were made on another
@@ -203,6 +222,30 @@ func Run(ctx context.Context, m Machines, job Job) (res Result, err error) {
 	return Result{Snapshot: saved, State: b.state, Cached: res.Cached, Built: res.Built}, nil
 }
 
+// lockedHit takes layer name's cross-process lock (when m has one), keeping it until the build
+// ends, and says whether the layer was made meanwhile (its state is then the build's).
+func (b *run) lockedHit(ctx context.Context, name string) (bool, error) {
+	l, ok := b.m.(Locker)
+	if !ok {
+		return false, nil
+	}
+	unlock, err := l.Lock(ctx, name)
+	if err != nil {
+		return false, err
+	}
+	b.unlocks = append(b.unlocks, unlock)
+	meta, ok := b.m.Layer(name)
+	if !ok {
+		return false, nil
+	}
+	var lm layerMeta
+	if json.Unmarshal(meta, &lm) != nil {
+		return false, nil
+	}
+	b.state, b.from = lm.State, name
+	return true, nil
+}
+
 func finalKey(key, start, ready string) string {
 	h := sha256.New()
 	fmt.Fprintf(h, "finalize\x00%s\x00%d:%s\x00%d:%s", key, len(start), start, len(ready), ready)
@@ -215,6 +258,8 @@ type run struct {
 	vm    VM
 	state State
 	from  string
+	// unlocks release the layer locks the build holds (see lockedHit).
+	unlocks []func()
 }
 
 func (b *run) log(level, step, format string, args ...any) {

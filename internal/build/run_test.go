@@ -5,6 +5,7 @@ import (
 	"errors"
 	"io"
 	"os"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -160,5 +161,32 @@ func TestRunFailsAtItsStep(t *testing.T) {
 	}
 	if !strings.Contains(strings.Join(m.ran, "\n"), DefaultReadyCmd) {
 		t.Fatalf("ran %q, not the default ready command", m.ran)
+	}
+}
+
+// lockingMachines is a Machines another process builds beside: while this one waits for a
+// layer's lock, the other publishes that layer.
+type lockingMachines struct {
+	*fakeMachines
+	locked []string
+}
+
+func (m *lockingMachines) Lock(_ context.Context, name string) (func(), error) {
+	m.locked = append(m.locked, name)
+	m.layers[name] = []byte(`{"state":{"user":"other","workdir":"/o"}}`)
+	return func() {}, nil
+}
+
+func TestRunTakesALayerAnotherProcessBuilt(t *testing.T) {
+	m := &lockingMachines{fakeMachines: &fakeMachines{layers: map[string][]byte{}}}
+	res, err := Run(context.Background(), m, job(Step{Type: StepRun, Args: []string{"make"}}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(m.locked) != 1 || res.Cached != 1 || slices.Contains(m.ran, "make") {
+		t.Fatalf("locked %v, %+v, ran %v: the step was built again", m.locked, res, m.ran)
+	}
+	if res.State.User != "other" || res.Built != 1 {
+		t.Fatalf("the finalize did not start from the other process's layer: %+v", res)
 	}
 }

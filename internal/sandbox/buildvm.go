@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/cellhq/cell/internal/build"
+	"github.com/cellhq/cell/internal/datadir"
 	"github.com/cellhq/cell/internal/ids"
 	"github.com/cellhq/cell/pkg/envd"
 )
@@ -52,11 +53,54 @@ func (m BuildMachines) Save(ctx context.Context, vm build.VM, name, team string,
 
 func (m BuildMachines) Layer(name string) ([]byte, bool) {
 	t := m.Runtime.Template(name)
+	if t == nil {
+		// Another process (a `cell run --apt` beside this one) may have made it since.
+		t = m.load(name)
+	}
 	if t == nil || t.Layer == nil {
 		return nil, false
 	}
 	m.touch(name)
 	return t.Layer, true
+}
+
+// load reads the layer name from the data directory, if it is whole and made for this
+// machine, and makes the runtime restore from it.
+func (m BuildMachines) load(name string) *Template {
+	if ids.Validate("template", name) != nil {
+		return nil
+	}
+	fp, err := m.Runtime.Host.Fingerprint(m.Runtime.baseSpec())
+	if err != nil {
+		return nil
+	}
+	t, err := loadTemplate(datadir.Layout{Home: m.Home}.Snapshot(name), fp)
+	if err != nil || t.Layer == nil {
+		return nil
+	}
+	m.Runtime.SetTemplate(name, t)
+	return t
+}
+
+// Lock takes the cross-process lock of the layer name (a file beside the layers): two
+// processes that would build the same layer build it once, the second finding it made.
+func (m BuildMachines) Lock(ctx context.Context, name string) (func(), error) {
+	if err := ids.Validate("template", name); err != nil {
+		return nil, err
+	}
+	dir := datadir.Layout{Home: m.Home}.Templates()
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, err
+	}
+	f, err := os.OpenFile(filepath.Join(dir, "."+name+".lock"), os.O_CREATE|os.O_RDWR, 0o600)
+	if err != nil {
+		return nil, err
+	}
+	if err := flock(ctx, f); err != nil {
+		_ = f.Close()
+		return nil, fmt.Errorf("waiting for another build of layer %s: %w", name, err)
+	}
+	return func() { _ = f.Close() }, nil
 }
 
 // LayerInfo is one build layer on disk.
