@@ -247,9 +247,20 @@ func TestRunWithPackages(t *testing.T) {
 	}
 	home := t.TempDir()
 	args := append(append([]string{"run", "--apt", "cowsay,sl"}, open...), "--", "bash", "-c", "/usr/games/cowsay moo | grep -c moo; test -x /usr/games/sl && echo sl")
+	// Two at once, the packages in either order: one builds, the other waits for its layer.
+	other := append([]string(nil), args...)
+	other[2] = "sl,cowsay"
+	results := make(chan cliResult, 1)
+	go func() { results <- cellIn(t, home, other...) }()
 	first := cellIn(t, home, args...)
-	if first.code != 0 || first.stdout != "1\nsl\n" || !strings.Contains(first.stderr, "apt-get install") {
-		t.Fatalf("first run: %d %q\n%s", first.code, first.stdout, first.stderr)
+	concurrent := <-results
+	for _, r := range []cliResult{first, concurrent} {
+		if r.code != 0 || r.stdout != "1\nsl\n" {
+			t.Fatalf("a first run: %d %q\n%s", r.code, r.stdout, r.stderr)
+		}
+	}
+	if built := strings.Count(first.stderr+concurrent.stderr, "apt-get install"); built != 1 {
+		t.Fatalf("the layer was built %d times by two processes:\n%s\n---\n%s", built, first.stderr, concurrent.stderr)
 	}
 	args[2] = "sl,cowsay"
 	second := cellIn(t, home, args...)
