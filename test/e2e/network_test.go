@@ -424,19 +424,7 @@ func TestNetworkNpmInstall(t *testing.T) {
 	if resp.StatusCode != 200 {
 		t.Fatalf("the host itself cannot use the npm registry (HTTP %d): this test needs it", resp.StatusCode)
 	}
-	// This machine may reach the registry through an address of a reserved range (its egress
-	// proxy): sandboxes reach it only if the operator opens it, as one would here.
-	var open []string
-	addrs, err := net.DefaultResolver.LookupNetIP(context.Background(), "ip4", "registry.npmjs.org")
-	if err != nil {
-		t.Fatalf("resolving the registry on the host: %v", err)
-	}
-	for _, a := range addrs {
-		if _, blocked := (&netstack.Guard{}).Blocked(a); blocked {
-			open = append(open, "--net-allow-reserved", a.String()+"/32")
-		}
-	}
-	_, c := netServe(t, open...)
+	_, c := netServe(t, reservedOpenings(t, "registry.npmjs.org")...)
 	s := newSbx(t, c, client.CreateOptions{Timeout: 10 * time.Minute})
 	// The guest trusts what the host trusts (this machine's egress may re-sign TLS).
 	bundle, err := os.ReadFile("/etc/ssl/certs/ca-certificates.crt")
@@ -744,4 +732,22 @@ func TestNetworkIPv6Loopback(t *testing.T) {
 	if out := s.ok("curl -sS -m 5 'http://[::1]:8004/x'"); out != "over-v6\n" {
 		t.Fatalf("curl [::1] in the guest: %q", out)
 	}
+}
+
+// reservedOpenings are the --net-allow-reserved flags that let sandboxes reach host: this
+// machine may reach it through an address of a reserved range (its egress proxy), which
+// sandboxes reach only if the operator opens it, as one would here.
+func reservedOpenings(t *testing.T, host string) []string {
+	t.Helper()
+	addrs, err := net.DefaultResolver.LookupNetIP(context.Background(), "ip4", host)
+	if err != nil {
+		t.Fatalf("resolving %s on the host (this test needs it): %v", host, err)
+	}
+	var open []string
+	for _, a := range addrs {
+		if _, blocked := (&netstack.Guard{}).Blocked(a); blocked {
+			open = append(open, "--net-allow-reserved", a.String()+"/32")
+		}
+	}
+	return open
 }

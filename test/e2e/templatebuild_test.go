@@ -2,7 +2,6 @@ package e2e
 
 import (
 	"context"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -11,7 +10,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/cellhq/cell/internal/netstack"
 	"github.com/cellhq/cell/pkg/client"
 )
 
@@ -235,16 +233,7 @@ func logText(entries []client.BuildLog) string {
 // Debian's mirror, which this machine reaches through a reserved address: opened as an
 // operator would), and the next run with the same packages, in any order, starts from the cache.
 func TestRunWithPackages(t *testing.T) {
-	addrs, err := net.DefaultResolver.LookupNetIP(context.Background(), "ip4", "deb.debian.org")
-	if err != nil {
-		t.Fatalf("resolving Debian's mirror on the host (this test needs it): %v", err)
-	}
-	var open []string
-	for _, a := range addrs {
-		if _, blocked := (&netstack.Guard{}).Blocked(a); blocked {
-			open = append(open, "--net-allow-reserved", a.String()+"/32")
-		}
-	}
+	open := reservedOpenings(t, "deb.debian.org")
 	home := t.TempDir()
 	args := append(append([]string{"run", "--apt", "cowsay,sl"}, open...), "--", "bash", "-c", "/usr/games/cowsay moo | grep -c moo; test -x /usr/games/sl && echo sl")
 	// Two at once, the packages in either order: one builds, the other waits for its layer.
