@@ -84,12 +84,12 @@ func (a *API) create(w http.ResponseWriter, r *http.Request, team string) {
 		writeError(w, http.StatusBadRequest, "templateID: required")
 		return
 	}
-	tpl, err := a.resolveTemplate(r.Context(), team, req.TemplateID)
+	tpl, tid, err := a.resolveTemplate(r.Context(), team, req.TemplateID)
 	if err != nil {
 		templateFail(w, err)
 		return
 	}
-	cr := manager.CreateRequest{Team: team, Template: tpl, Metadata: req.Metadata, EnvVars: req.EnvVars,
+	cr := manager.CreateRequest{Team: team, Template: tpl, TemplateID: tid, Metadata: req.Metadata, EnvVars: req.EnvVars,
 		Secure: req.Secure == nil || *req.Secure, AllowInternet: req.AllowInternetAccess == nil || *req.AllowInternetAccess,
 		AutoPause: req.AutoPause != nil && *req.AutoPause, AutoPauseMemory: req.AutoPauseMemory == nil || *req.AutoPauseMemory}
 	if n := req.Network; n != nil {

@@ -283,14 +283,15 @@ func (a *API) deleteTemplate(w http.ResponseWriter, r *http.Request, team string
 }
 
 // resolveTemplate turns a create's templateID (a built template's id or name[:tag], a
-// snapshot's id, or base) into the snapshot its sandbox starts from.
-func (a *API) resolveTemplate(ctx context.Context, team, id string) (string, error) {
+// snapshot's id, or base) into the snapshot its sandbox starts from and, for a built template,
+// the template's id.
+func (a *API) resolveTemplate(ctx context.Context, team, id string) (snapshot, templateID string, err error) {
 	if a.cfg.Templates == nil || id == "base" {
-		return id, nil
+		return id, "", nil
 	}
-	snap, _, err := a.cfg.Templates.Resolve(ctx, team, id)
+	snap, tid, err := a.cfg.Templates.Resolve(ctx, team, id)
 	if errors.Is(err, manager.ErrNotFound) && ids.Validate("templateID", id) == nil {
-		return id, nil // a snapshot's id, or not found by the manager either
+		return id, "", nil // a snapshot's id, or not found by the manager either
 	}
-	return snap, err
+	return snap, tid, err
 }

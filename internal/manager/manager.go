@@ -1,6 +1,7 @@
 package manager
 
 import (
+	"cmp"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -118,14 +119,17 @@ func New(ctx context.Context, cfg Config) (*Manager, error) {
 
 // CreateRequest is a new sandbox.
 type CreateRequest struct {
-	Team          string
-	Template      string
-	Timeout       time.Duration
-	Metadata      map[string]string
-	EnvVars       map[string]string
-	Secure        bool
-	AllowInternet bool
-	Network       store.Network
+	Team string
+	// Template is the snapshot the sandbox starts from; TemplateID what it reports as its
+	// template (E2B's templateID, E2B_TEMPLATE_ID): a built template's id, whose build made
+	// the snapshot ("": Template).
+	Template, TemplateID string
+	Timeout              time.Duration
+	Metadata             map[string]string
+	EnvVars              map[string]string
+	Secure               bool
+	AllowInternet        bool
+	Network              store.Network
 	// AutoPause pauses instead of killing at the timeout (with RAM when AutoPauseMemory).
 	AutoPause, AutoPauseMemory bool
 	CPUs                       int
@@ -229,7 +233,7 @@ func (m *Manager) Create(ctx context.Context, req CreateRequest) (Info, error) {
 		id = fromPool.id
 	}
 	rec := store.Sandbox{
-		ID: id, TeamID: req.Team, TemplateID: req.Template, State: store.StateCreating,
+		ID: id, TeamID: req.Team, TemplateID: cmp.Or(req.TemplateID, req.Template), State: store.StateCreating,
 		Metadata: maps.Clone(req.Metadata), EnvVars: maps.Clone(req.EnvVars), CPUs: req.CPUs, MemoryMiB: req.MemoryMiB, DiskMiB: req.DiskMiB,
 		AllowInternet: req.AllowInternet, StartedAt: now, EndAt: now.Add(req.Timeout), Seq: seq, Timeout: req.Timeout,
 		AutoPause: req.AutoPause, AutoPauseMemory: req.AutoPauseMemory, Network: req.Network,
@@ -255,6 +259,9 @@ func (m *Manager) Create(ctx context.Context, req CreateRequest) (Info, error) {
 	// the sandbox is handed out.
 	token := rec.EnvdToken
 	initReq := envd.InitRequest{EnvVars: rec.EnvVars, AccessToken: &token}
+	if req.TemplateID != "" {
+		initReq.TemplateID = &rec.TemplateID
+	}
 	var sb Instance
 	if fromPool != nil {
 		sb = fromPool.sb

@@ -80,6 +80,9 @@ test('Template.build: packages, files, env, workdir, user, and a server already 
     assert.equal(lines[6], 'user', 'COPY gives the files to the current user')
     assert.match(r.stdout, /\|\|/, 'cowsay is installed')
     // The start command runs in the sandbox from its first moment: no wait here.
+    const gi = await sbx.getInfo()
+    assert.equal(gi.templateId, info.templateId, 'a sandbox reports its template\'s id')
+    assert.equal((await sbx.commands.run('echo $E2B_TEMPLATE_ID')).stdout.trim(), info.templateId)
     const res = await get(`http://${sbx.getHost(8000)}:${port}/index.html`)
     assert.equal(res.status, 200)
     assert.equal(res.body, 'hello from the template\n')
