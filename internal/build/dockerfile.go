@@ -92,6 +92,15 @@ func ParseDockerfile(src []byte, buildArgs map[string]string) (*Dockerfile, erro
 	if len(src) > MaxDockerfileBytes {
 		return nil, fmt.Errorf("dockerfile: %d bytes, at most %d", len(src), MaxDockerfileBytes)
 	}
+	for k, v := range buildArgs {
+		// A step's arguments cannot hold a NUL (see Spec.Validate): refused here, by name.
+		if strings.IndexByte(k, 0) >= 0 || strings.IndexByte(v, 0) >= 0 {
+			return nil, fmt.Errorf("build argument %q: a NUL byte", strings.ReplaceAll(k, "\x00", `\0`))
+		}
+		if len(v) > MaxArgLen {
+			return nil, fmt.Errorf("build argument %q: over %d bytes", k, MaxArgLen)
+		}
+	}
 	lines, err := logicalLines(src)
 	if err != nil {
 		return nil, err
