@@ -129,7 +129,7 @@ func (a *API) startBuild(w http.ResponseWriter, r *http.Request, team string) {
 	if !decode(w, r, &req, false) {
 		return
 	}
-	spec := build.Spec{FromImage: req.FromImage, FromTemplate: req.FromTemplate, Force: req.Force, StartCmd: req.StartCmd, ReadyCmd: req.ReadyCmd}
+	spec := build.Spec{FromImage: req.FromImage, Registry: req.FromImageRegistry, FromTemplate: req.FromTemplate, Force: req.Force, StartCmd: req.StartCmd, ReadyCmd: req.ReadyCmd}
 	for _, st := range req.Steps {
 		spec.Steps = append(spec.Steps, build.Step{Type: st.Type, Args: st.Args, FilesHash: st.FilesHash, Force: st.Force})
 	}

@@ -3,6 +3,7 @@ package build
 import (
 	"crypto/sha256"
 	"encoding/hex"
+	"encoding/json"
 	"fmt"
 	"strings"
 )
@@ -34,6 +35,9 @@ type Spec struct {
 	FromTemplate string `json:"fromTemplate,omitempty"`
 	// FromImage is an OCI image reference; "e2bdev/base" (E2B's default) is Cell's base image.
 	FromImage string `json:"fromImage,omitempty"`
+	// Registry is how to log in to FromImage's registry (E2B's fromImageRegistry). Never
+	// kept: it holds a password.
+	Registry json.RawMessage `json:"-"`
 	// Force rebuilds every step.
 	Force    bool   `json:"force,omitempty"`
 	Steps    []Step `json:"steps"`

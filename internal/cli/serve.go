@@ -22,6 +22,7 @@ import (
 
 func serveCmd(g *globals) *cobra.Command {
 	var cacheSize string
+	var mirrors []string
 	var listen, domain, accel, metricsListen, metricsTokenFile, metricsToken, minFree string
 	var maxConns, maxStreams, maxSandboxStreams, diskMiB int
 	var nf netFlags
@@ -74,6 +75,7 @@ every sandbox, or with --leave-running leaves them for the next cell serve to re
 				return fmt.Errorf("--template-cache-size: %w", err)
 			}
 			cfg.MinFreeDisk, cfg.DiskMiB, cfg.Cold, cfg.Pools, cfg.TemplateCacheBytes = &reserve, diskMiB, cold, pools, int64(cache)
+			cfg.RegistryMirrors = mirrors
 			cfg.Domain, cfg.MaxProxyStreams, cfg.MaxSandboxStreams, cfg.MetricsToken = domain, maxStreams, maxSandboxStreams, metricsToken
 			ctx, stop := signal.NotifyContext(cmd.Context(), syscall.SIGTERM, syscall.SIGINT)
 			defer stop()
@@ -101,6 +103,7 @@ every sandbox, or with --leave-running leaves them for the next cell serve to re
 	c.Flags().IntVar(&diskMiB, "disk-size", sandbox.DefaultDiskMiB, "each sandbox's disk in MiB unless its create asks for another: the most it can write on this host (above the image's 2048, each create grows the guest's file system)")
 	c.Flags().StringVar(&minFree, "min-free-disk", vmm.DefaultMinFreeDisk, "free space kept on the data directory's disk: a size, a percentage of the disk, or the larger of both; creates, resumes and snapshots that could take it are refused (507)")
 	c.Flags().StringVar(&cacheSize, "template-cache-size", "16GiB", "template build layers kept at most (0: no bound): past it, after each build, the least recently used ones that no template's tag points at and nothing runs on are removed")
+	c.Flags().StringArrayVar(&mirrors, "registry-mirror", nil, "pull a registry's images for template builds from a mirror, e.g. docker.io=http://127.0.0.1:5000 (repeat for more registries; the mirror is trusted, even on a private address)")
 	nf.register(c)
 	return c
 }

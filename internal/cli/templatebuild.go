@@ -122,6 +122,7 @@ type buildFlags struct {
 	noCache   bool
 	buildArgs []string
 	exempt    []string
+	mirrors   []string
 }
 
 func templateBuildCmd(g *globals) *cobra.Command {
@@ -150,6 +151,7 @@ func templateBuildCmd(g *globals) *cobra.Command {
 	c.Flags().StringArrayVar(&f.tags, "tag", nil, "another tag for the build (repeatable)")
 	c.Flags().BoolVar(&f.noCache, "no-cache", false, "build every step, cached or not")
 	c.Flags().StringArrayVar(&f.buildArgs, "build-arg", nil, "KEY=VALUE for an ARG (repeatable)")
+	c.Flags().StringArrayVar(&f.mirrors, "registry-mirror", nil, "without a cell serve: pull a registry's images from a mirror, e.g. docker.io=http://127.0.0.1:5000 (repeatable)")
 	registerExempt(c, &f.exempt)
 	return c
 }
@@ -207,7 +209,7 @@ func runTemplateBuild(ctx context.Context, g *globals, r *remote, remoteSet bool
 		if err != nil {
 			return err
 		}
-		d, err := g.localDaemon(ctx, "cell template build", exempt)
+		d, err := g.localDaemon(ctx, "cell template build", exempt, f.mirrors)
 		if err != nil {
 			return err
 		}
@@ -275,12 +277,12 @@ func packToTemp(ctx context.Context, dir, src, dest, hash string) (io.ReadCloser
 
 // localDaemon starts a daemon over the data directory in this process, for template commands
 // with no cell serve (which would hold the directory: then the error says to use --api).
-func (g *globals) localDaemon(ctx context.Context, name string, exempt []netip.Prefix) (*daemon.Daemon, error) {
+func (g *globals) localDaemon(ctx context.Context, name string, exempt []netip.Prefix, mirrors []string) (*daemon.Daemon, error) {
 	cfg, err := g.daemonConfig()
 	if err != nil {
 		return nil, err
 	}
-	cfg.Name, cfg.Attached, cfg.DiskMiB, cfg.NetExempt = name, true, sandbox.DefaultDiskMiB, exempt
+	cfg.Name, cfg.Attached, cfg.DiskMiB, cfg.NetExempt, cfg.RegistryMirrors = name, true, sandbox.DefaultDiskMiB, exempt, mirrors
 	d, err := daemon.Start(ctx, cfg)
 	if errors.Is(err, datadir.ErrInUse) {
 		return nil, fmt.Errorf("%w: use it with --api (or $CELL_API_URL)", err)
@@ -307,7 +309,7 @@ func templateTagCmd(g *globals) *cobra.Command {
 				}
 				return cl.TagTemplate(ctx, args[0], args[1:])
 			}
-			d, err := g.localDaemon(ctx, "cell template tag", nil)
+			d, err := g.localDaemon(ctx, "cell template tag", nil, nil)
 			if err != nil {
 				return err
 			}

@@ -8,6 +8,8 @@ import (
 	"strings"
 
 	"github.com/cellhq/cell/internal/datadir"
+	"github.com/cellhq/cell/internal/netstack"
+	"github.com/cellhq/cell/internal/ociimage"
 	"github.com/cellhq/cell/internal/sandbox"
 	"github.com/cellhq/cell/internal/templates"
 	"github.com/cellhq/cell/internal/vmm"
@@ -74,7 +76,15 @@ func (d *Daemon) startTemplates(ctx context.Context) (*templates.Service, error)
 	if err != nil {
 		return nil, fmt.Errorf("the upload key: %w", err)
 	}
-	svc, err := templates.New(templates.Config{Store: d.st, Machines: sandbox.BuildMachines{Runtime: d.rt, Home: d.cfg.Home},
+	// A build's registry is a user's choice: the host never reaches its private networks for
+	// one, except where the operator exempts them (--net-allow-reserved) or names a mirror.
+	puller, err := ociimage.NewPuller(d.cfg.RegistryMirrors, &netstack.Guard{Exempt: d.cfg.NetExempt})
+	if err != nil {
+		return nil, err
+	}
+	machines := sandbox.BuildMachines{Runtime: d.rt, Home: d.cfg.Home}
+	svc, err := templates.New(templates.Config{Store: d.st, Machines: machines,
+		Images:    &templates.Images{Puller: puller, Machines: machines, Envd: d.cfg.Envd},
 		Snapshots: snapshots{rt: d.rt, home: d.cfg.Home, runDir: d.rt.Host.RunDir()}, Dir: layout.Builds(), Key: key, Log: d.log,
 		CacheBytes: d.cfg.TemplateCacheBytes, Disk: d.rt.Host.DiskGuard()})
 	if err != nil {

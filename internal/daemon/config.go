@@ -46,6 +46,9 @@ type Config struct {
 	TemplateCacheBytes int64
 	DNSHosts           map[string]netip.Addr // --dns-host, --dns-hosts-file
 	NetExempt          []netip.Prefix        // --net-allow-reserved
+	// RegistryMirrors are where template builds pull images of a registry from
+	// (--registry-mirror docker.io=http://127.0.0.1:5000).
+	RegistryMirrors []string
 
 	// Cold boots every sandbox instead of restoring the base template's memory snapshot (--cold).
 	Cold bool

@@ -24,6 +24,7 @@ import "path/filepath"
 //	│   │   └── .staging-<random>/  a build being written
 //	│   └── <name>/
 //	│       ├── snap/               a snapshot of a running sandbox, or a template build's layer
+//	│       ├── image.qcow2         an OCI image's root file system, below the layer that booted it
 //	│       └── .staging-<random>/  a snapshot being written
 //	└── builds/                     template builds (package templates)
 //	    ├── upload.key              signs upload URLs
@@ -77,6 +78,10 @@ func (l Layout) TemplateLock(name string) string { return filepath.Join(l.Templa
 
 // Snapshot is the saved VM of snapshot name.
 func (l Layout) Snapshot(name string) string { return filepath.Join(l.Template(name), "snap") }
+
+// ImageDisk is the root file system an OCI image was unpacked into (qcow2), beside the build
+// layer name that boots it.
+func (l Layout) ImageDisk(name string) string { return filepath.Join(l.Template(name), "image.qcow2") }
 
 // Builds holds what template builds keep besides their layers: uploads and logs.
 func (l Layout) Builds() string { return filepath.Join(l.Home, "builds") }

@@ -446,29 +446,7 @@ func (b *Builder) makeDisk(ctx context.Context, tree, out string) error {
 	if err := os.Rename(dst+".new", dst); err != nil {
 		return err
 	}
-	raw := out + ".raw"
-	defer func() { _ = os.Remove(raw) }()
-	f, err := os.Create(raw)
-	if err != nil {
-		return err
-	}
-	err = f.Truncate(DiskSizeBytes)
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err != nil {
-		return err
-	}
-	steps := [][]string{
-		{"mkfs.ext4", "-q", "-F", "-L", "cellroot", "-E", "root_owner=0:0", "-d", tree, raw},
-		{"qemu-img", "convert", "-q", "-O", "qcow2", raw, out},
-	}
-	for _, s := range steps {
-		if out, err := exec.CommandContext(ctx, s[0], s[1:]...).CombinedOutput(); err != nil {
-			return fmt.Errorf("%s: %w: %s", s[0], err, strings.TrimSpace(string(out)))
-		}
-	}
-	return nil
+	return MakeDisk(ctx, tree, out, DiskSizeBytes)
 }
 
 // lock takes an exclusive flock on path, waiting (and honouring ctx) while another build holds it.

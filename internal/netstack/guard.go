@@ -97,7 +97,13 @@ const (
 
 // Blocked says whether a is reserved, and why. The sandbox network carries IPv4 only: an IPv6
 // destination outside the reserved ranges is blocked too, unless exempted.
-func (g *Guard) Blocked(a netip.Addr) (string, bool) {
+func (g *Guard) Blocked(a netip.Addr) (string, bool) { return g.check(a, true) }
+
+// Reserved is Blocked for the host's own connections made on a user's behalf (a registry a
+// template build names): the same ranges, but public IPv6 addresses pass.
+func (g *Guard) Reserved(a netip.Addr) (string, bool) { return g.check(a, false) }
+
+func (g *Guard) check(a netip.Addr, v4only bool) (string, bool) {
 	a = a.Unmap().WithZone("")
 	if !a.IsValid() {
 		return "not an IP address", true
@@ -120,7 +126,7 @@ func (g *Guard) Blocked(a netip.Addr) (string, bool) {
 	if host {
 		return "an address of the host itself", true
 	}
-	if !a.Is4() {
+	if v4only && !a.Is4() {
 		return "IPv6 (the sandbox network carries IPv4 only)", true
 	}
 	return "", false

@@ -34,6 +34,22 @@ func (m BuildMachines) Start(ctx context.Context, from string, cpus, memoryMiB i
 	return sb, nil
 }
 
+// Boot cold-boots a build VM on disk, a root file system made from an OCI image (see
+// image.Provision), instead of Cell's base image. It is saved as a layer like any other.
+func (m BuildMachines) Boot(ctx context.Context, disk string, cpus, memoryMiB int) (build.VM, error) {
+	sb, err := m.Runtime.Boot(ctx, Options{Cold: true, baseDisk: disk, CPUs: cpus, MemoryMiB: memoryMiB, Init: &envd.InitRequest{}})
+	if err != nil {
+		return nil, err
+	}
+	return sb, nil
+}
+
+// ImageDisk is where the root file system that layer name boots from goes (see Boot): beside
+// the layer, and removed with it.
+func (m BuildMachines) ImageDisk(name string) string {
+	return datadir.Layout{Home: m.Home}.ImageDisk(name)
+}
+
 func (m BuildMachines) Save(ctx context.Context, vm build.VM, name, team string, meta []byte) (string, error) {
 	sb, ok := vm.(*Sandbox)
 	if !ok {
@@ -174,6 +190,10 @@ func (m BuildMachines) RemoveLayer(name, runDir, pausedDir string) error {
 		return err
 	}
 	m.Runtime.DropTemplate(name)
+	// Nothing has a disk on the layer's any more, so nothing has one on the image below it.
+	if err := os.Remove(m.ImageDisk(name)); err != nil && !os.IsNotExist(err) {
+		return fmt.Errorf("layer %s: its image disk: %w", name, err)
+	}
 	_ = os.Remove(filepath.Dir(t.Dir))
 	return nil
 }

@@ -137,6 +137,9 @@ type Options struct {
 	Net *netstack.Rules
 
 	memPath string // RAM in this shared file (a template being built)
+	// baseDisk, set on a cold boot, replaces Cell's base image with another root file system
+	// (an OCI image's, see BuildMachines.Boot).
+	baseDisk string
 }
 
 // Sandbox is a running VM with envd ready. Close releases it.
@@ -182,6 +185,12 @@ func (r *Runtime) Boot(ctx context.Context, opts Options) (*Sandbox, error) {
 	}
 	what := "booting sandbox"
 	t := r.Template(opts.Template)
+	if opts.baseDisk != "" {
+		if !opts.Cold {
+			return nil, fmt.Errorf("booting sandbox: another base disk needs a cold boot")
+		}
+		spec.BaseDisk, what = opts.baseDisk, "booting sandbox from the disk "+opts.baseDisk
+	}
 	if t != nil && !opts.Cold && len(opts.KernelArgs) == 0 &&
 		opts.MemoryMiB == t.MemoryMiB && opts.CPUs == t.CPUs && opts.memPath == "" {
 		snap := t.Snapshot
@@ -191,8 +200,15 @@ func (r *Runtime) Boot(ctx context.Context, opts Options) (*Sandbox, error) {
 		return nil, fmt.Errorf("template %q: not found or made for another machine size", opts.Template)
 	}
 	from := uint64(image.DiskSizeBytes)
-	if spec.Restore != nil {
+	switch {
+	case spec.Restore != nil:
 		from = t.DiskBytes
+	case opts.baseDisk != "":
+		size, err := vmm.DiskVirtualSize(opts.baseDisk)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", what, err)
+		}
+		from = size
 	}
 	if opts.DiskMiB != 0 {
 		if opts.DiskMiB < 0 || opts.DiskMiB > MaxDiskMiB || uint64(opts.DiskMiB)*vmm.MiB < from {

@@ -73,9 +73,18 @@ func (s *Service) Start(ctx context.Context, team, tid, bid string, spec build.S
 	if err != nil {
 		return notFound(err, "build %q of template %q", bid, tid)
 	}
-	base, baseState, baseIdent, err := s.base(ctx, team, spec)
+	im, err := s.checkImage(spec)
 	if err != nil {
 		return err
+	}
+	var (
+		base, baseIdent string
+		baseState       build.State
+	)
+	if im == nil {
+		if base, baseState, baseIdent, err = s.base(ctx, team, spec); err != nil {
+			return err
+		}
 	}
 	for _, st := range spec.Steps {
 		if st.Type == build.StepCopy {
@@ -106,7 +115,7 @@ func (s *Service) Start(ctx context.Context, team, tid, bid string, spec build.S
 	s.wg.Add(1)
 	go func() {
 		defer s.wg.Done()
-		s.run(t, b, a, job)
+		s.run(t, b, a, job, im)
 	}()
 	return nil
 }
@@ -118,9 +127,6 @@ func (s *Service) base(ctx context.Context, team string, spec build.Spec) (snaps
 	switch {
 	case spec.FromTemplate != "" && spec.FromImage != "":
 		return "", build.State{}, "", fmt.Errorf("%w: fromImage and fromTemplate: give one", manager.ErrInvalid)
-	case spec.FromImage != "" && !build.IsBaseImage(spec.FromImage):
-		return "", build.State{}, "", fmt.Errorf("%w: fromImage %q: Cell builds from its own base image (e2bdev/base) or a template (fromTemplate) only; pulling OCI images is not supported yet",
-			manager.ErrInvalid, spec.FromImage)
 	case from == "" || from == "base":
 		name, ident, err := s.cfg.Snapshots.Base()
 		return name, build.BaseState(), ident, err
@@ -142,7 +148,7 @@ func (s *Service) base(ctx context.Context, team string, spec build.Spec) (snaps
 	return snap, lm.State, snap, nil
 }
 
-func (s *Service) run(t store.Template, b store.Build, a *active, job build.Job) {
+func (s *Service) run(t store.Template, b store.Build, a *active, job build.Job, im *imageRef) {
 	ctx, cancel := context.WithTimeout(s.ctx, s.cfg.Timeout)
 	defer cancel()
 	// Waiting for a turn.
@@ -159,6 +165,14 @@ func (s *Service) run(t store.Template, b store.Build, a *active, job build.Job)
 		return
 	}
 	t0 := time.Now()
+	if im != nil {
+		base, st, key, err := s.imageBase(ctx, job.Team, *im, job.CPUs, job.MemoryMiB, a.add)
+		if err != nil {
+			s.finish(t, b, a, build.Result{}, &build.StepError{Step: "base", Err: err})
+			return
+		}
+		job.Base, job.BaseState, job.BaseKey = base, st, key
+	}
 	a.add(build.LevelInfo, "base", fmt.Sprintf("building from %s", job.Base))
 	res, err := build.Run(ctx, s.cfg.Machines, job)
 	if err == nil {

@@ -92,3 +92,12 @@ func (m evictingMachines) Save(ctx context.Context, vm build.VM, name, team stri
 	}
 	return saved, err
 }
+
+// Lock is the wrapped Machines' cross-process layer lock, when it has one (without this, the
+// wrapper would hide it from build.Run).
+func (m evictingMachines) Lock(ctx context.Context, name string) (func(), error) {
+	if l, ok := m.Machines.(build.Locker); ok {
+		return l.Lock(ctx, name)
+	}
+	return func() {}, nil
+}

@@ -67,6 +67,9 @@ type Config struct {
 	// CacheBytes bounds the build layers kept (0: no bound): past it, the least recently used
 	// ones no template's tag points at are removed after each build.
 	CacheBytes int64
+	// Images pulls the OCI images builds start from (nil: only Cell's base image and the
+	// team's templates).
+	Images *Images
 	// Disk refuses an upload the host's disk cannot take (nil: no check).
 	Disk interface {
 		Admit(size uint64, what string) error
@@ -136,6 +139,9 @@ func New(cfg Config) (*Service, error) {
 func (s *Service) Close() {
 	s.cancel()
 	s.wg.Wait()
+	if s.cfg.Images != nil {
+		s.cfg.Images.Puller.Close()
+	}
 }
 
 func uploadsDir(dir string) string { return filepath.Join(dir, "uploads") }

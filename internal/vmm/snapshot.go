@@ -11,8 +11,9 @@ import (
 	"strings"
 	"time"
 
-	"github.com/cellhq/cell/internal/migstream"
 	"golang.org/x/sys/unix"
+
+	"github.com/cellhq/cell/internal/migstream"
 )
 
 // ignoreShared makes migration leave file-backed shared RAM out of the stream.
