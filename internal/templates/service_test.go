@@ -14,6 +14,8 @@ import (
 
 	"github.com/cellhq/cell/internal/build"
 	"github.com/cellhq/cell/internal/manager"
+	"github.com/cellhq/cell/internal/netstack"
+	"github.com/cellhq/cell/internal/ociimage"
 	"github.com/cellhq/cell/internal/store"
 )
 
@@ -251,5 +253,64 @@ func TestBuildsNeverStartedAreGivenUp(t *testing.T) {
 	}
 	if err := s.Start(ctx, "team-a", old.TemplateID, old.BuildID, build.Spec{}); !errors.Is(err, manager.ErrConflict) {
 		t.Fatalf("starting a build given up: %v", err)
+	}
+}
+
+// lockingMachines counts the cross-process locks taken.
+type lockingMachines struct {
+	stuckMachines
+	locks *int
+}
+
+func (m lockingMachines) Lock(context.Context, string) (func(), error) {
+	*m.locks++
+	return func() {}, nil
+}
+
+// TestEvictingMachinesKeepTheLayerLock: the service's wrapper around the machines (eviction on
+// a full disk) still offers build.Run their cross-process layer lock.
+func TestEvictingMachinesKeepTheLayerLock(t *testing.T) {
+	n := 0
+	s, _ := newService(t, lockingMachines{locks: &n}, 1)
+	l, ok := s.cfg.Machines.(build.Locker)
+	if !ok {
+		t.Fatal("the service's machines hide the layer lock")
+	}
+	unlock, err := l.Lock(context.Background(), "layer-x")
+	if err != nil || n != 1 {
+		t.Fatalf("lock: %v, %d locks taken", err, n)
+	}
+	unlock()
+}
+
+// TestImageChecksAtStart: a build from an OCI image is refused at once (400) for a bad
+// reference, credentials Cell does not take, or a server that pulls no images.
+func TestImageChecksAtStart(t *testing.T) {
+	s, _ := newService(t, stuckMachines{}, 1)
+	if _, err := s.checkImage(build.Spec{FromImage: "python:3.12"}); !errors.Is(err, manager.ErrInvalid) || !strings.Contains(err.Error(), "does not pull") {
+		t.Errorf("no puller: %v", err)
+	}
+	for _, ref := range []string{"e2bdev/base", "e2bdev/base:latest", ""} {
+		if im, err := s.checkImage(build.Spec{FromImage: ref}); im != nil || err != nil {
+			t.Errorf("%q: %v %v, want Cell's base image", ref, im, err)
+		}
+	}
+	p, err := ociimage.NewPuller(nil, &netstack.Guard{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.cfg.Images = &Images{Puller: p}
+	for _, spec := range []build.Spec{
+		{FromImage: "Bad Ref!"},
+		{FromImage: "python:3.12", Registry: []byte(`{"type":"aws"}`)},
+		{FromImage: "python:3.12", Registry: []byte(`{"type":"registry","username":"u"}`)},
+	} {
+		if _, err := s.checkImage(spec); !errors.Is(err, manager.ErrInvalid) {
+			t.Errorf("%+v: %v", spec, err)
+		}
+	}
+	im, err := s.checkImage(build.Spec{FromImage: "python:3.12", Registry: []byte(`{"type":"registry","username":"u","password":"p"}`)})
+	if err != nil || im == nil || im.creds == nil || im.ref != "python:3.12" {
+		t.Errorf("a good one: %+v %v", im, err)
 	}
 }
