@@ -7,7 +7,7 @@
 set -euo pipefail
 out=$1
 suite=bookworm
-packages=bash,coreutils,python3,nodejs,git,curl,ca-certificates,procps,sudo,iproute2,less,xz-utils,libnss-myhostname
+packages=bash,coreutils,python3,nodejs,npm,git,curl,ca-certificates,procps,sudo,iproute2,less,xz-utils,libnss-myhostname
 rm -rf "$out"
 mkdir -p "$out"
 echo "step: debootstrap $suite (minbase + $packages)"

@@ -89,30 +89,9 @@ func (b localBuilder) start(ctx context.Context, tid, bid string, spec build.Spe
 }
 
 func (b localBuilder) wait(ctx context.Context, tid, bid string, onLog func(e2bapi.BuildLogEntry)) error {
-	offset := 0
-	for {
-		st, err := b.s.Status(ctx, LocalTeam, tid, bid, offset)
-		if err != nil {
-			return err
-		}
-		offset += len(st.LogEntries)
-		for _, e := range st.LogEntries {
-			onLog(e)
-		}
-		if (st.Status == "ready" || st.Status == "error") && len(st.LogEntries) == 0 {
-			if st.Status == "error" {
-				return &client.BuildError{Step: st.Reason.Step, Message: st.Reason.Message}
-			}
-			return nil
-		}
-		if len(st.LogEntries) == 0 {
-			select {
-			case <-ctx.Done():
-				return ctx.Err()
-			case <-time.After(100 * time.Millisecond):
-			}
-		}
-	}
+	return client.FollowBuild(ctx, func(ctx context.Context, offset int) (e2bapi.BuildStatus, error) {
+		return b.s.Status(ctx, LocalTeam, tid, bid, offset)
+	}, onLog)
 }
 
 type buildFlags struct {

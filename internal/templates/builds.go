@@ -264,8 +264,8 @@ func (s *Service) loadLog(bid string) []e2bapi.BuildLogEntry {
 	}
 }
 
-// MaxLogPage is the most log entries one status or logs call returns.
-const MaxLogPage = 100
+// MaxLogPage is the most log entries one status or logs call returns (E2B's).
+const MaxLogPage = e2bapi.MaxLogEntriesPerCall
 
 // Status is a build's state and its log from offset on (at most MaxLogPage entries).
 func (s *Service) Status(ctx context.Context, team, tid, bid string, offset int) (e2bapi.BuildStatus, error) {

@@ -97,9 +97,18 @@ func (e *BuildError) Error() string {
 // WaitBuild follows a build to its end, giving each log line to onLog as it comes; a failed
 // build is a *BuildError.
 func (c *Client) WaitBuild(ctx context.Context, templateID, buildID string, onLog func(BuildLog)) error {
+	return FollowBuild(ctx, func(ctx context.Context, offset int) (e2bapi.BuildStatus, error) {
+		return c.BuildStatus(ctx, templateID, buildID, offset)
+	}, onLog)
+}
+
+// FollowBuild polls a build's status (status returns it with the log from offset on) until the
+// build ends and its whole log was given to onLog; a failed build is a *BuildError. It polls
+// again at once while a full page of log lines came or the build has ended, else every 200 ms.
+func FollowBuild(ctx context.Context, status func(ctx context.Context, offset int) (e2bapi.BuildStatus, error), onLog func(BuildLog)) error {
 	offset := 0
 	for {
-		st, err := c.BuildStatus(ctx, templateID, buildID, offset)
+		st, err := status(ctx, offset)
 		if err != nil {
 			return err
 		}
@@ -109,19 +118,19 @@ func (c *Client) WaitBuild(ctx context.Context, templateID, buildID string, onLo
 				onLog(e)
 			}
 		}
+		done := st.Status == "ready" || st.Status == "error"
+		if len(st.LogEntries) > 0 && (done || len(st.LogEntries) >= e2bapi.MaxLogEntriesPerCall) {
+			continue // the rest of the log first
+		}
 		switch st.Status {
-		case "ready", "error":
-			if len(st.LogEntries) > 0 {
-				continue // the rest of the log first
-			}
-			if st.Status == "error" {
-				be := &BuildError{Message: "unknown error"}
-				if st.Reason != nil {
-					be.Step, be.Message = st.Reason.Step, st.Reason.Message
-				}
-				return be
-			}
+		case "ready":
 			return nil
+		case "error":
+			be := &BuildError{Message: "unknown error"}
+			if st.Reason != nil {
+				be.Step, be.Message = st.Reason.Step, st.Reason.Message
+			}
+			return be
 		}
 		select {
 		case <-ctx.Done():

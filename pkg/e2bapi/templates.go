@@ -123,6 +123,9 @@ type TemplateTag struct {
 	CreatedAt time.Time `json:"createdAt"`
 }
 
+// MaxLogEntriesPerCall is the most log entries one build status or logs call returns.
+const MaxLogEntriesPerCall = 100
+
 // BuildStep is one step of POST /v2/templates/{id}/builds/{buildID}.
 type BuildStep struct {
 	Type      string   `json:"type"`

@@ -1,10 +1,10 @@
-// E2B's JS SDK, unchanged, builds templates against cell serve: Template.build with apt
+// E2B's JS SDK, unchanged, builds templates against cell serve: Template.build with apt and npm
 // packages, COPY of a local directory, ENV, WORKDIR, RUN, USER and a start command that is
 // running in every sandbox of the template; rebuilds from the layer cache; the errors.
 import { test, before, after } from 'node:test'
 import assert from 'node:assert/strict'
 import http from 'node:http'
-import { mkdtempSync, mkdirSync, writeFileSync, rmSync } from 'node:fs'
+import { mkdtempSync, mkdirSync, writeFileSync, rmSync, copyFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { Sandbox, Template, waitForPort } from 'e2b'
@@ -17,12 +17,15 @@ let ctxDir
 
 
 before(async () => {
-  srv = await startServer(['--domain', domain, ...(await reservedOpenings('deb.debian.org'))])
+  srv = await startServer(['--domain', domain, ...(await reservedOpenings('deb.debian.org')), ...(await reservedOpenings('registry.npmjs.org'))])
   port = new URL(srv.url).port
   ctxDir = mkdtempSync(join(tmpdir(), 'cell-tpl-ctx-'))
   mkdirSync(join(ctxDir, 'app', 'sub'), { recursive: true })
   writeFileSync(join(ctxDir, 'app', 'index.html'), 'hello from the template\n')
   writeFileSync(join(ctxDir, 'app', 'sub', 'data.txt'), 'nested\n')
+  // The CAs this host trusts (where an egress proxy re-signs TLS, as on Cell's own machines, its
+  // CA is among them): npm in the guest needs them to reach its registry.
+  copyFileSync(process.env.NODE_EXTRA_CA_CERTS || '/etc/ssl/certs/ca-certificates.crt', join(ctxDir, 'host-cas.pem'))
 })
 
 after(async () => {
@@ -50,6 +53,9 @@ function app(marker) {
   return Template({ fileContextPath: ctxDir })
     .fromBaseImage()
     .aptInstall(['cowsay'])
+    .copy('host-cas.pem', '/opt/cas/host-cas.pem')
+    .setEnvs({ NODE_EXTRA_CA_CERTS: '/opt/cas/host-cas.pem' })
+    .npmInstall(['left-pad'], { g: true })
     .copy('app', '/app')
     .setWorkdir('/app')
     .setEnvs({ MODE: 'prod', GREETING: 'hi from $MODE', HOME_BIN: '$HOME/bin' })
@@ -65,11 +71,12 @@ test('Template.build: packages, files, env, workdir, user, and a server already 
   const took = Date.now() - t0
   assert.ok(info.templateId, 'a template id')
   assert.ok(logs.some((e) => /RUN apt-get/.test(e.message)), 'the apt step is in the log')
+  assert.ok(logs.some((e) => /RUN npm install -g left-pad/.test(e.message)), 'the npm step is in the log')
   console.log(`first build: ${took} ms, ${logs.length} log entries`)
 
   const sbx = await Sandbox.create('my-app:v1')
   try {
-    const r = await sbx.commands.run('cat /app/index.html /app/sub/data.txt /app/built.txt; echo "$MODE|$GREETING|$HOME_BIN"; pwd; whoami; stat -c %U /app/index.html; /usr/games/cowsay moo | tail -1')
+    const r = await sbx.commands.run('cat /app/index.html /app/sub/data.txt /app/built.txt; echo "$MODE|$GREETING|$HOME_BIN"; pwd; whoami; stat -c %U /app/index.html; node -e "console.log(require(\'/usr/local/lib/node_modules/left-pad\')(7, 3, 0))"; /usr/games/cowsay moo | tail -1')
     const lines = r.stdout.trim().split('\n')
     assert.equal(lines[0], 'hello from the template')
     assert.equal(lines[1], 'nested')
@@ -78,6 +85,7 @@ test('Template.build: packages, files, env, workdir, user, and a server already 
     assert.equal(lines[4], '/app', 'sandboxes start in the last WORKDIR')
     assert.equal(lines[5], 'user')
     assert.equal(lines[6], 'user', 'COPY gives the files to the current user')
+    assert.equal(lines[7], '007', 'left-pad is installed globally by npm')
     assert.match(r.stdout, /\|\|/, 'cowsay is installed')
     // The start command runs in the sandbox from its first moment: no wait here.
     const gi = await sbx.getInfo()
@@ -99,12 +107,12 @@ test('a rebuild is all cache hits; changing one step rebuilds it and those after
   await Template.build(app('first'), 'my-app:v1', { onBuildLogs: (e) => cachedLogs.push(e.message) })
   const cachedMs = Date.now() - t0
   const cached = cachedLogs.filter((m) => m.startsWith('CACHED'))
-  assert.equal(cached.length, 7, `6 steps and finalize cached:\n${cachedLogs.join('\n')}`)
+  assert.equal(cached.length, 10, `9 steps and finalize cached:\n${cachedLogs.join('\n')}`)
   console.log(`cached rebuild: ${cachedMs} ms`)
 
   const changed = []
   await Template.build(app('second'), 'my-app:v2', { onBuildLogs: (e) => changed.push(e.message) })
-  assert.equal(changed.filter((m) => m.startsWith('CACHED')).length, 4, `apt, copy, workdir and env cached:\n${changed.join('\n')}`)
+  assert.equal(changed.filter((m) => m.startsWith('CACHED')).length, 7, `apt, the CAs, their env, npm, copy, workdir and env cached:\n${changed.join('\n')}`)
   const sbx = await Sandbox.create('my-app:v2')
   try {
     assert.equal((await sbx.commands.run('cat /app/built.txt')).stdout, 'second\n')
