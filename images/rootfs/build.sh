@@ -7,7 +7,7 @@
 set -euo pipefail
 out=$1
 suite=bookworm
-packages=bash,coreutils,python3,nodejs,npm,git,curl,ca-certificates,procps,sudo,iproute2,less,xz-utils,libnss-myhostname
+packages=bash,coreutils,python3,nodejs,git,curl,ca-certificates,procps,sudo,iproute2,less,xz-utils,libnss-myhostname
 rm -rf "$out"
 mkdir -p "$out"
 echo "step: debootstrap $suite (minbase + $packages)"
@@ -15,6 +15,15 @@ debootstrap --variant=minbase --include="$packages" "$suite" "$out" ${CELL_DEBIA
   echo "debootstrap failed; last lines of $out.debootstrap.log:" >&2
   tail -n 20 "$out.debootstrap.log" >&2
   exit 5
+}
+# npm (E2B's npmInstall) goes in through apt: debootstrap's resolver cannot satisfy its
+# dependencies (alternatives among the node-* packages).
+echo "step: apt-get install npm"
+{ chroot "$out" /usr/bin/apt-get update && \
+  DEBIAN_FRONTEND=noninteractive chroot "$out" /usr/bin/apt-get install -y --no-install-recommends npm; } >"$out.npm.log" 2>&1 || {
+  echo "installing npm failed; last lines of $out.npm.log:" >&2
+  tail -n 20 "$out.npm.log" >&2
+  exit 6
 }
 echo "step: configuring users and system files"
 chroot "$out" /usr/sbin/groupadd --gid 1000 user

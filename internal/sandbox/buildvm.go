@@ -55,8 +55,9 @@ func (m BuildMachines) Save(ctx context.Context, vm build.VM, name, team string,
 	if !ok {
 		return "", fmt.Errorf("saving layer %s: not a sandbox of this runtime", name)
 	}
-	if m.Runtime.Template(name) != nil {
-		// A forced step remade a cached layer: the new one gets a name of its own.
+	if _, err := os.Stat(datadir.Layout{Home: m.Home}.Snapshot(name)); m.Runtime.Template(name) != nil || err == nil {
+		// A forced step remade a cached layer (or the cached one failed its digests): the new
+		// one gets a name of its own.
 		name = name + "-" + ids.New(8)
 	}
 	t, err := m.Runtime.SaveLayer(ctx, sb, m.Home, name, team, meta)
@@ -92,6 +93,12 @@ func (m BuildMachines) load(name string) *Template {
 	}
 	t, err := loadTemplate(datadir.Layout{Home: m.Home}.Snapshot(name), fp)
 	if err != nil || t.Layer == nil {
+		return nil
+	}
+	// Another process wrote it: its files must be what that process recorded. A layer that
+	// is not is left where it is (disks may stand on it) and built again under another name.
+	if err := t.Verify(context.Background()); err != nil {
+		m.Runtime.Log.Warn("a build layer does not match its digests; it is not used", "layer", name, "err", err)
 		return nil
 	}
 	m.Runtime.SetTemplate(name, t)

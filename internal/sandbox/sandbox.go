@@ -115,7 +115,8 @@ type Template struct {
 	// Layer is set on a template build's layers: what the build keeps beside the layer (see
 	// Runtime.SaveLayer). Layers are not a team's snapshots.
 	Layer []byte
-	token string // envd's access token inside the snapshot
+	token string            // envd's access token inside the snapshot
+	sums  map[string]string // a layer's files' digests, by file name
 }
 
 // Options describe one sandbox.

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/cellhq/cell/internal/datadir"
+	"github.com/cellhq/cell/internal/filesum"
 	"github.com/cellhq/cell/internal/vmm"
 )
 
@@ -95,6 +96,13 @@ func (r *Runtime) snapshot(ctx context.Context, s *Sandbox, home, name string, o
 	if tok := s.token.Load(); tok != nil {
 		meta.Token = *tok
 	}
+	if own.Layer != nil {
+		// A layer may be adopted by another process (or, later, another host): what it holds
+		// is recorded now, once, and checked there.
+		if meta.Sums, err = sumFiles(ctx, st.dir, ramFile); err != nil {
+			return nil, fmt.Errorf("snapshot of %s: %w", s.ID, err)
+		}
+	}
 	if err := st.writeMeta("meta.json", meta); err != nil {
 		return nil, err
 	}
@@ -143,4 +151,40 @@ func (r *Runtime) LoadSnapshots(home string) ([]*Template, error) {
 		out = append(out, t)
 	}
 	return out, nil
+}
+
+// layerFiles are the files of a saved VM directory that are its own: the device state, the RAM
+// (when in a file) and the top of its disk chain (the layers below are other directories').
+func layerFiles(ramFile bool) []string {
+	if ramFile {
+		return []string{"state", "mem", vmm.DiskFile}
+	}
+	return []string{"state", vmm.DiskFile}
+}
+
+// sumFiles takes the digests of dir's own files.
+func sumFiles(ctx context.Context, dir string, ramFile bool) (map[string]string, error) {
+	sums := map[string]string{}
+	for _, f := range layerFiles(ramFile) {
+		sum, err := filesum.File(ctx, filepath.Join(dir, f))
+		if err != nil {
+			return nil, fmt.Errorf("digest of %s: %w", f, err)
+		}
+		sums[f] = sum
+	}
+	return sums, nil
+}
+
+// Verify checks the files of a layer against the digests recorded when it was published: an
+// error when one differs, or when the layer has none.
+func (t *Template) Verify(ctx context.Context) error {
+	if len(t.sums) == 0 {
+		return fmt.Errorf("%s: no digests recorded", t.Dir)
+	}
+	for f, want := range t.sums {
+		if err := filesum.Verify(ctx, filepath.Join(t.Dir, filepath.Base(f)), want); err != nil {
+			return err
+		}
+	}
+	return nil
 }

@@ -45,6 +45,9 @@ type templateMeta struct {
 	Label string `json:"label,omitempty"`
 	// Layer is a template build's own record of a layer (see Runtime.SaveLayer).
 	Layer json.RawMessage `json:"layer,omitempty"`
+	// Sums are the digests (package filesum) of a layer's own files, taken when it was
+	// published: checked when another process adopts it (BuildMachines).
+	Sums map[string]string `json:"sums,omitempty"`
 }
 
 // warmUp runs once in a template before it is saved, so that what most commands load (bash,
@@ -197,7 +200,7 @@ func loadTemplate(dir, fp string) (*Template, error) {
 	t := &Template{
 		Name: m.Name, Dir: dir, Disk: filepath.Join(dir, "disk.qcow2"), DiskBytes: size, MemoryMiB: m.MemoryMiB, CPUs: m.CPUs, KernelArgs: m.KernelArgs,
 		Snapshot: vmm.Snapshot{MemPath: filepath.Join(dir, "mem"), StatePath: filepath.Join(dir, "state"), Full: m.Full, NamedRAM: m.NamedRAM},
-		Full:     m.Full, Team: m.Team, Source: m.Source, token: m.Token, Fork: m.Fork, Label: m.Label, Layer: m.Layer,
+		Full:     m.Full, Team: m.Team, Source: m.Source, token: m.Token, Fork: m.Fork, Label: m.Label, Layer: m.Layer, sums: m.Sums,
 	}
 	if m.Full && !m.RAMFile {
 		t.Snapshot.MemPath = "" // RAM comes from the stream
