@@ -84,7 +84,8 @@ func (a *API) createTemplate(w http.ResponseWriter, r *http.Request, team string
 		writeError(w, http.StatusBadRequest, "name: required")
 		return
 	}
-	c, err := a.cfg.Templates.Create(r.Context(), templates.CreateRequest{Team: team, Name: name, Tags: req.Tags, CPUs: req.CPUCount, MemoryMiB: req.MemoryMB})
+	c, err := a.cfg.Templates.Create(r.Context(), templates.CreateRequest{Team: team, Name: name, Tags: req.Tags, CPUs: req.CPUCount, MemoryMiB: req.MemoryMB,
+		MinFreeDiskMiB: req.MinFreeDiskMB})
 	if err != nil {
 		templateFail(w, err)
 		return

@@ -96,6 +96,9 @@ type Job struct {
 	MemoryMiB int
 	Files     Files
 	Log       Logger
+	// MinFreeDiskMiB is the free disk the template gets after the steps (E2B's
+	// minFreeDiskMb; 0: as it is).
+	MinFreeDiskMiB int
 	// ReadyTimeout bounds the wait for the ready command (0: DefaultReadyTimeout).
 	ReadyTimeout time.Duration
 }
@@ -193,8 +196,11 @@ func Run(ctx context.Context, m Machines, job Job) (res Result, err error) {
 		b.log(LevelInfo, n, "done in %s", time.Since(t0).Round(time.Millisecond))
 		res.Built++
 	}
-	// Finalize: its key also covers the start and ready commands.
+	// Finalize: its key also covers the start and ready commands and the free disk asked for.
 	fkey := finalKey(key, job.Spec.StartCmd, job.Spec.ReadyCmd)
+	if job.MinFreeDiskMiB > 0 {
+		fkey = freeKey(fkey, job.MinFreeDiskMiB)
+	}
 	fname := LayerName(fkey)
 	if !forced {
 		if meta, ok := m.Layer(fname); ok {
@@ -209,6 +215,9 @@ func Run(ctx context.Context, m Machines, job Job) (res Result, err error) {
 	t0 := time.Now()
 	if err := b.ensureVM(ctx, "finalize"); err != nil {
 		return Result{}, err
+	}
+	if err := b.freeDisk(ctx); err != nil {
+		return Result{}, &StepError{Step: "finalize", Err: err}
 	}
 	if err := b.finalize(ctx); err != nil {
 		return Result{}, &StepError{Step: "finalize", Err: err}
@@ -244,6 +253,41 @@ func (b *run) lockedHit(ctx context.Context, name string) (bool, error) {
 	}
 	b.state, b.from = lm.State, name
 	return true, nil
+}
+
+// DiskGrower is a VM whose disk can grow while it runs.
+type DiskGrower interface {
+	// EnsureFree grows the VM's disk and its root file system, if need be, so that at least
+	// mib MiB are free in it; it returns the free MiB before and after.
+	EnsureFree(ctx context.Context, mib int) (before, after int, err error)
+}
+
+// freeDisk gives the template the free disk its build asked for (E2B's minFreeDiskMb), after
+// the steps: the file system grows, never shrinks.
+func (b *run) freeDisk(ctx context.Context) error {
+	want := b.job.MinFreeDiskMiB
+	if want <= 0 {
+		return nil
+	}
+	g, ok := b.vm.(DiskGrower)
+	if !ok {
+		b.log(LevelWarn, "finalize", "minFreeDiskMb: these machines cannot grow a disk; the template keeps its own")
+		return nil
+	}
+	before, after, err := g.EnsureFree(ctx, want)
+	if err != nil {
+		return fmt.Errorf("minFreeDiskMb %d: %w", want, err)
+	}
+	if after > before {
+		b.log(LevelInfo, "finalize", "the disk grew for %d MiB free (it had %d MiB free, now %d MiB)", want, before, after)
+	}
+	return nil
+}
+
+func freeKey(key string, mib int) string {
+	h := sha256.New()
+	fmt.Fprintf(h, "free\x00%s\x00%d", key, mib)
+	return hex.EncodeToString(h.Sum(nil))
 }
 
 func finalKey(key, start, ready string) string {

@@ -2,6 +2,7 @@ package build
 
 import (
 	"context"
+	"fmt"
 	"errors"
 	"io"
 	"os"
@@ -188,5 +189,69 @@ func TestRunTakesALayerAnotherProcessBuilt(t *testing.T) {
 	}
 	if res.State.User != "other" || res.Built != 1 {
 		t.Fatalf("the finalize did not start from the other process's layer: %+v", res)
+	}
+}
+
+// growingVM is a fakeVM whose disk grows: it records the free disk asked for.
+type growingVM struct {
+	fakeVM
+	asked *[]int
+}
+
+func (v growingVM) EnsureFree(_ context.Context, mib int) (int, int, error) {
+	*v.asked = append(*v.asked, mib)
+	return 100, mib, nil
+}
+
+type growingMachines struct {
+	*fakeMachines
+	asked []int
+}
+
+func (m *growingMachines) Start(ctx context.Context, from string, cpus, mem int) (VM, error) {
+	vm, err := m.fakeMachines.Start(ctx, from, cpus, mem)
+	if err != nil {
+		return nil, err
+	}
+	return growingVM{vm.(fakeVM), &m.asked}, nil
+}
+
+// TestMinFreeDisk: the free disk asked for is given in finalize, after the steps; it is part of
+// the finalize layer's key (the steps' layers stay shared), and machines that cannot grow a
+// disk build the template as it is, with a warning.
+func TestMinFreeDisk(t *testing.T) {
+	m := &growingMachines{fakeMachines: &fakeMachines{layers: map[string][]byte{}}}
+	ctx := context.Background()
+	j := job(Step{Type: StepRun, Args: []string{"make"}})
+	plain, err := Run(ctx, m, j)
+	if err != nil || len(m.asked) != 0 {
+		t.Fatalf("%v, asked %v", err, m.asked)
+	}
+	j.MinFreeDiskMiB = 3000
+	var logs []string
+	j.Log = func(_, _, msg string) { logs = append(logs, msg) }
+	roomy, err := Run(ctx, m, j)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fmt.Sprint(m.asked) != "[3000]" || roomy.Snapshot == plain.Snapshot || roomy.Cached != 1 || roomy.Built != 1 {
+		t.Fatalf("asked %v; %+v vs %+v", m.asked, roomy, plain)
+	}
+	if !strings.Contains(strings.Join(logs, "\n"), "the disk grew for 3000 MiB free") {
+		t.Errorf("log:\n%s", strings.Join(logs, "\n"))
+	}
+	// The same again is all cached.
+	again, err := Run(ctx, m, j)
+	if err != nil || again.Snapshot != roomy.Snapshot || again.Built != 0 || len(m.asked) != 1 {
+		t.Fatalf("%v %+v asked %v", err, again, m.asked)
+	}
+	// Machines whose VMs cannot grow a disk: a warning, and the template.
+	logs = nil
+	j.MinFreeDiskMiB, j.Spec.Force = 4000, true
+	if _, err := Run(ctx, m.fakeMachines, j); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(strings.Join(logs, "\n"), "cannot grow a disk") {
+		t.Errorf("log:\n%s", strings.Join(logs, "\n"))
 	}
 }

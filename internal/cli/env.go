@@ -113,7 +113,7 @@ func (g *globals) daemonConfig() (daemon.Config, error) {
 		return daemon.Config{}, err
 	}
 	return daemon.Config{Home: home, ImageHome: imageHome(home), RunDir: os.Getenv("CELL_RUN_DIR"), Envd: envd,
-		MaxVMs: g.maxVMs, Log: g.logger(), Progress: os.Stderr}, nil
+		OverlayOptions: os.Getenv("CELL_QCOW2_OPTIONS"), MaxVMs: g.maxVMs, Log: g.logger(), Progress: os.Stderr}, nil
 }
 
 type runtimeOpts struct {
@@ -134,7 +134,7 @@ func (g *globals) runtime(ctx context.Context, o runtimeOpts) (*sandbox.Runtime,
 	return sandbox.NewRuntime(ctx, sandbox.RuntimeConfig{
 		Home: cfg.Home, ImageHome: cfg.ImageHome, Envd: cfg.Envd, RunDir: cfg.RunDir, Accel: o.accel, MaxVMs: cfg.MaxVMs,
 		Attempts: o.attempts, BootTimeout: o.bootTimeout, DieWithParent: o.dieWithParent,
-		Build: true, Progress: cfg.Progress, NetExempt: o.netExempt, Log: cfg.Log,
+		Build: true, Progress: cfg.Progress, NetExempt: o.netExempt, OverlayOptions: cfg.OverlayOptions, Log: cfg.Log,
 	})
 }
 

@@ -33,6 +33,9 @@ type Config struct {
 	AccelCache string
 	// Envd is the envd binary installed in the guest image (--envd).
 	Envd string
+	// OverlayOptions are qemu-img's -o options for every new qcow2 overlay
+	// ($CELL_QCOW2_OPTIONS; "" is qemu-img's defaults).
+	OverlayOptions string
 	// Name is what the data directory's lock says holds it, for the message a second daemon
 	// gets ("" is "cell serve").
 	Name string

@@ -64,7 +64,7 @@ func Start(ctx context.Context, cfg Config) (_ *Daemon, err error) {
 	d.rt, choice, err = sandbox.NewRuntime(ctx, sandbox.RuntimeConfig{
 		Home: cfg.Home, ImageHome: cfg.ImageHome, Envd: cfg.Envd, RunDir: cfg.RunDir, AccelCache: cfg.AccelCache, Accel: cfg.Accel, MaxVMs: cfg.MaxVMs,
 		Attempts: cfg.BootAttempts, DieWithParent: cfg.Attached, Detached: !cfg.Attached,
-		Build: true, Progress: cfg.Progress, DNSHosts: cfg.DNSHosts, NetExempt: cfg.NetExempt, MinFreeDisk: cfg.MinFreeDisk, Log: d.log,
+		Build: true, Progress: cfg.Progress, DNSHosts: cfg.DNSHosts, NetExempt: cfg.NetExempt, MinFreeDisk: cfg.MinFreeDisk, OverlayOptions: cfg.OverlayOptions, Log: d.log,
 	})
 	if err != nil {
 		return nil, err

@@ -3,7 +3,11 @@ package sandbox
 import (
 	"context"
 	"fmt"
+	"io"
+	"strconv"
 	"strings"
+
+	"github.com/cellhq/cell/internal/vmm"
 )
 
 // growScript grows the root file system to its disk, online (resize2fs calls ext4's resize
@@ -42,3 +46,66 @@ func (c *capped) Write(p []byte) (int, error) {
 }
 
 func (c *capped) String() string { return string(c.b) }
+
+// EnsureFree grows the sandbox's disk and root file system, if need be, so that at least mib
+// MiB are free in it for its users (root's reserved blocks not counted), and returns the free
+// MiB before and after. The guest reports its free space; it is not trusted beyond that: a
+// guest that lies gets at most the mib MiB asked for added to its disk.
+func (s *Sandbox) EnsureFree(ctx context.Context, mib int) (before, after int, err error) {
+	if before, err = s.freeMiB(ctx); err != nil {
+		return 0, 0, err
+	}
+	if before >= mib {
+		return before, before, nil
+	}
+	have, err := vmm.DiskVirtualSize(s.VM.File(vmm.DiskFile))
+	if err != nil {
+		return before, before, err
+	}
+	// ext4 keeps 5% of the new space for root and some for its own metadata.
+	need := uint64(mib-before) * vmm.MiB
+	size := have + need*100/94 + 16*vmm.MiB
+	size = (size + vmm.MiB - 1) / vmm.MiB * vmm.MiB
+	if size > MaxDiskMiB*vmm.MiB {
+		return before, before, fmt.Errorf("%d MiB free would need a disk over %d MiB", mib, MaxDiskMiB)
+	}
+	if err := s.VM.GrowDisk(ctx, size); err != nil {
+		return before, before, err
+	}
+	if err := s.growFS(ctx, size); err != nil {
+		return before, before, err
+	}
+	after, err = s.freeMiB(ctx)
+	return before, after, err
+}
+
+// freeMiB is the guest's free space on its root file system for users, as it reports it.
+func (s *Sandbox) freeMiB(ctx context.Context) (int, error) {
+	var out capped
+	res, err := s.Run(ctx, RunSpec{Cmd: "/usr/bin/stat", Args: []string{"-f", "-c", "%a %S", "/"}, User: "root"}, nil, &out, io.Discard, nil)
+	if err == nil && res.ExitCode != 0 {
+		err = fmt.Errorf("exit code %d", res.ExitCode)
+	}
+	if err != nil {
+		return 0, fmt.Errorf("reading the guest's free disk: %w", err)
+	}
+	return parseFree(out.String())
+}
+
+// parseFree reads stat's "available-blocks block-size" in MiB.
+func parseFree(s string) (int, error) {
+	f := strings.Fields(s)
+	if len(f) != 2 {
+		return 0, fmt.Errorf("the guest's free disk: %q", s)
+	}
+	blocks, err1 := strconv.ParseUint(f[0], 10, 64)
+	bsize, err2 := strconv.ParseUint(f[1], 10, 64)
+	if err1 != nil || err2 != nil || bsize < 512 || bsize > 1<<20 || bsize&(bsize-1) != 0 {
+		return 0, fmt.Errorf("the guest's free disk: %q", s)
+	}
+	mib := blocks / (vmm.MiB / bsize)
+	if mib > MaxDiskMiB {
+		mib = MaxDiskMiB
+	}
+	return int(mib), nil
+}

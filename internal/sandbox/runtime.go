@@ -25,16 +25,18 @@ import (
 
 // RuntimeConfig is what NewRuntime needs.
 type RuntimeConfig struct {
-	Home          string // data directory: image cache, accel probe cache, run dir
-	ImageHome     string // where the image cache lives (default Home)
-	Envd          string // envd binary for the image
-	RunDir        string // where VM directories go; default from Home (see RunDir)
-	AccelCache    string // the accelerator probe's cache file; default Home/accel.json
-	Accel         vmm.Accel
-	MaxVMs        int
-	Attempts      int
-	BootTimeout   time.Duration
-	DieWithParent bool
+	Home      string // data directory: image cache, accel probe cache, run dir
+	ImageHome string // where the image cache lives (default Home)
+	Envd      string // envd binary for the image
+	// OverlayOptions are qemu-img's -o options for new qcow2 overlays (vmm.Config).
+	OverlayOptions string
+	RunDir         string // where VM directories go; default from Home (see RunDir)
+	AccelCache     string // the accelerator probe's cache file; default Home/accel.json
+	Accel          vmm.Accel
+	MaxVMs         int
+	Attempts       int
+	BootTimeout    time.Duration
+	DieWithParent  bool
 	// Detached VMs outlive this process (for `cell serve`, which re-adopts them on restart).
 	Detached bool
 	// Build builds the image when it is missing (with progress to Progress); otherwise a missing
@@ -150,7 +152,7 @@ func NewRuntime(ctx context.Context, cfg RuntimeConfig) (*Runtime, vmm.AccelChoi
 		cfg.Log.Warn("no upstream DNS for sandboxes", "resolv_conf", cfg.ResolvConf, "err", err)
 	}
 	vcfg := vmm.Config{
-		QEMU: qemu, QEMUImg: qemuImg, RunDir: rd, MaxVMs: cfg.MaxVMs, Attempts: cfg.Attempts,
+		QEMU: qemu, QEMUImg: qemuImg, OverlayOptions: cfg.OverlayOptions, RunDir: rd, MaxVMs: cfg.MaxVMs, Attempts: cfg.Attempts,
 		BootTimeout: cfg.BootTimeout, DieWithParent: cfg.DieWithParent, Detached: cfg.Detached, Sandbox: true, Log: cfg.Log,
 	}
 	if cfg.MinFreeDisk != nil {

@@ -50,3 +50,21 @@ func TestLayerDigests(t *testing.T) {
 		t.Error("a layer without digests passed")
 	}
 }
+
+// TestParseFree: the guest's report of its free disk is read strictly.
+func TestParseFree(t *testing.T) {
+	for in, want := range map[string]int{
+		"262144 4096\n":            1024,
+		"0 4096":                   0,
+		"18446744073709551615 512": MaxDiskMiB,
+	} {
+		if got, err := parseFree(in); err != nil || got != want {
+			t.Errorf("%q: %d %v, want %d", in, got, err, want)
+		}
+	}
+	for _, bad := range []string{"", "1", "1 2 3", "-1 4096", "10 4095", "10 0", "10 2097152", "x 4096"} {
+		if _, err := parseFree(bad); err == nil {
+			t.Errorf("%q accepted", bad)
+		}
+	}
+}

@@ -30,6 +30,8 @@ type active struct {
 	started  bool
 	logs     []e2bapi.BuildLogEntry
 	cut      bool
+	// minFreeMiB is the build's minFreeDiskMb, asked for when it was created.
+	minFreeMiB int
 }
 
 func (a *active) add(level, step, msg string) {
@@ -109,7 +111,7 @@ func (s *Service) Start(ctx context.Context, team, tid, bid string, spec build.S
 	a.started = true
 	s.queued++
 	s.mu.Unlock()
-	job := build.Job{Team: team, Spec: spec, Base: base, BaseState: baseState, CPUs: b.CPUs, MemoryMiB: b.MemoryMiB,
+	job := build.Job{Team: team, Spec: spec, Base: base, BaseState: baseState, CPUs: b.CPUs, MemoryMiB: b.MemoryMiB, MinFreeDiskMiB: a.minFreeMiB,
 		BaseKey: build.BaseKey(team, baseIdent, b.CPUs, b.MemoryMiB), Log: a.add,
 		Files: func(hash string) (io.ReadCloser, error) { return s.openUpload(team, hash) }}
 	s.wg.Add(1)

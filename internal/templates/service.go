@@ -90,6 +90,8 @@ const (
 	DefaultMemoryMiB = 512
 	MaxCPUs          = 8
 	MaxMemoryMiB     = 16384
+	// MaxMinFreeDiskMiB bounds minFreeDiskMb (a sandbox's disk is at most 256 GiB).
+	MaxMinFreeDiskMiB = 256 << 10
 )
 
 // ErrBusy is returned when the build queue is full.
@@ -175,6 +177,8 @@ type CreateRequest struct {
 	Tags      []string
 	CPUs      int
 	MemoryMiB int
+	// MinFreeDiskMiB is the free disk the template gets after its steps (E2B's minFreeDiskMb).
+	MinFreeDiskMiB int
 }
 
 // Created is a template with a new build waiting for its steps.
@@ -213,6 +217,9 @@ func (s *Service) Create(ctx context.Context, req CreateRequest) (Created, error
 	if req.MemoryMiB < 128 || req.MemoryMiB > MaxMemoryMiB {
 		return Created{}, fmt.Errorf("%w: memoryMB: must be 128 to %d", manager.ErrInvalid, MaxMemoryMiB)
 	}
+	if req.MinFreeDiskMiB < 0 || req.MinFreeDiskMiB > MaxMinFreeDiskMiB {
+		return Created{}, fmt.Errorf("%w: minFreeDiskMb: must be 0 to %d", manager.ErrInvalid, MaxMinFreeDiskMiB)
+	}
 	now := time.Now()
 	t, err := s.cfg.Store.TemplateByName(ctx, req.Team, n.Base())
 	switch {
@@ -230,7 +237,7 @@ func (s *Service) Create(ctx context.Context, req CreateRequest) (Created, error
 		return Created{}, err
 	}
 	s.mu.Lock()
-	s.active[b.ID] = &active{tags: tags, created: now, template: t.ID}
+	s.active[b.ID] = &active{tags: tags, created: now, template: t.ID, minFreeMiB: req.MinFreeDiskMiB}
 	stale := s.staleWaiting(now)
 	s.mu.Unlock()
 	s.giveUp(ctx, stale)

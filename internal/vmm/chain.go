@@ -223,7 +223,7 @@ func (h *Host) takeChain(ctx context.Context, top, dir string) (string, error) {
 // relative when it is in dir), and names it DiskFile too. It returns the layer's name.
 func (h *Host) newTop(ctx context.Context, dir, path, ref string) (string, error) {
 	name := newLayerName()
-	if err := h.overlays.create(ctx, h.cfg.QEMUImg, path, ref, filepath.Join(dir, name)); err != nil {
+	if err := h.overlays.create(ctx, h.cfg.QEMUImg, h.cfg.OverlayOptions, path, ref, filepath.Join(dir, name)); err != nil {
 		return "", err
 	}
 	tmp := filepath.Join(dir, ".disk.tmp")

@@ -1,6 +1,7 @@
 package vmm
 
 import (
+	"context"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -210,4 +211,31 @@ func DiskVirtualSize(path string) (uint64, error) {
 		return 0, fmt.Errorf("%s: not a qcow2 file", path)
 	}
 	return binary.BigEndian.Uint64(h[24:32]), nil
+}
+
+// GrowDisk grows the running VM's disk to size bytes (a whole number of MiB) when it is smaller
+// and the host's disk can take the growth (ErrInsufficientStorage when not). The guest learns the
+// new size from virtio's configuration-change interrupt; its file system is the caller's.
+func (vm *VM) GrowDisk(ctx context.Context, size uint64) error {
+	if size%MiB != 0 {
+		return fmt.Errorf("disk size: %d bytes is not a whole number of MiB", size)
+	}
+	have, err := DiskVirtualSize(vm.File(DiskFile))
+	if err != nil {
+		return err
+	}
+	if size <= have {
+		return nil
+	}
+	if err := vm.host.cfg.Disk.Admit(size-have, "a larger disk"); err != nil {
+		return err
+	}
+	node, err := vm.activeNode(ctx)
+	if err != nil {
+		return err
+	}
+	if err := vm.qmp.Execute(ctx, "block_resize", map[string]any{"node-name": node, "size": size}, nil); err != nil {
+		return fmt.Errorf("growing the disk to %s: %w", FormatSize(size), err)
+	}
+	return nil
 }

@@ -37,7 +37,7 @@ const maxOverlays = 32
 
 // create writes a new overlay at path (which must not exist) backed by the qcow2 file base,
 // which its header names ref (base itself, or a name relative to path's directory).
-func (o *overlays) create(ctx context.Context, qemuImg, base, ref, path string) error {
+func (o *overlays) create(ctx context.Context, qemuImg, opts, base, ref, path string) error {
 	st, err := os.Stat(base)
 	if err != nil {
 		return err
@@ -62,7 +62,11 @@ func (o *overlays) create(ctx context.Context, qemuImg, base, ref, path string) 
 		}
 	}
 	if !ok {
-		out, err := exec.CommandContext(ctx, qemuImg, "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", ref, path).CombinedOutput()
+		args := []string{"create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", ref}
+		if opts != "" {
+			args = append(args, "-o", opts)
+		}
+		out, err := exec.CommandContext(ctx, qemuImg, append(args, path)...).CombinedOutput()
 		if err != nil {
 			return fmt.Errorf("creating disk overlay: %w: %s", err, strings.TrimSpace(string(out)))
 		}

@@ -21,7 +21,10 @@ import (
 type Config struct {
 	QEMU    string // qemu-system-x86_64
 	QEMUImg string // qemu-img
-	RunDir  string // VM working directories live here
+	// OverlayOptions are qemu-img's -o options for every new overlay (cluster_size,
+	// lazy_refcounts, extended_l2…; "" is its defaults).
+	OverlayOptions string
+	RunDir         string // VM working directories live here
 	// MaxVMs bounds VMs running at once; Start waits (honouring its context) for a free slot.
 	// Adopt never refuses a VM for it: adopted VMs past the limit hold slots until they end, and
 	// Start waits until the count is below the limit.

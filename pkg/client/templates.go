@@ -26,13 +26,15 @@ type TemplateOptions struct {
 	Tags      []string
 	CPUs      int
 	MemoryMiB int
+	// MinFreeDiskMiB is the free disk the template's file system gets after the steps.
+	MinFreeDiskMiB int
 }
 
 // CreateTemplate starts a build of template name ([namespace/]alias[:tag]): the template's id
 // and the build's, which StartBuild runs once the files of its COPY steps are uploaded.
 func (c *Client) CreateTemplate(ctx context.Context, name string, o TemplateOptions) (e2bapi.TemplateCreated, error) {
 	var out e2bapi.TemplateCreated
-	_, err := c.do(ctx, "POST", "/v3/templates", e2bapi.TemplateCreate{Name: name, Tags: o.Tags, CPUCount: o.CPUs, MemoryMB: o.MemoryMiB}, &out)
+	_, err := c.do(ctx, "POST", "/v3/templates", e2bapi.TemplateCreate{Name: name, Tags: o.Tags, CPUCount: o.CPUs, MemoryMB: o.MemoryMiB, MinFreeDiskMB: o.MinFreeDiskMiB}, &out)
 	return out, err
 }
 

@@ -14,8 +14,8 @@ type TemplateCreate struct {
 	MemoryMB  int      `json:"memoryMB,omitempty"`
 	TeamID    string   `json:"teamID,omitempty"`
 	SkipCache bool     `json:"skipCache,omitempty"`
-	// MinFreeDiskMB asks for that much free disk in the build (Cell's builds have their
-	// template's disk, which they can grow only in a sandbox).
+	// MinFreeDiskMB asks for that much free disk in the template's file system after its
+	// steps (it grows, never shrinks).
 	MinFreeDiskMB int `json:"minFreeDiskMb,omitempty"`
 }
 

@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -315,5 +316,42 @@ func TestTemplateCacheEviction(t *testing.T) {
 	defer func() { _ = c.Kill(ctx, info.SandboxID) }()
 	if out := execOut(t, c, info.SandboxID, "cat /tmp/s"); out != "2\n" {
 		t.Fatalf("%q", out)
+	}
+}
+
+// TestTemplateMinFreeDisk: E2B's minFreeDiskMb grows the template's disk and file system after
+// its steps (here a step that takes 500 MB); a sandbox of the template has that much free.
+func TestTemplateMinFreeDisk(t *testing.T) {
+	d := newDaemon(t)
+	_, c := d.serve(t)
+	ctx := context.Background()
+	tc, err := c.CreateTemplate(ctx, "roomy", client.TemplateOptions{MinFreeDiskMiB: 4000})
+	if err != nil {
+		t.Fatal(err)
+	}
+	spec := client.BuildSpec{Steps: []client.BuildStep{{Type: "RUN", Args: []string{"head -c 500000000 /dev/zero > /home/user/big"}}}}
+	if err := c.StartBuild(ctx, tc.TemplateID, tc.BuildID, spec); err != nil {
+		t.Fatal(err)
+	}
+	var logs []client.BuildLog
+	if err := c.WaitBuild(ctx, tc.TemplateID, tc.BuildID, func(e client.BuildLog) { logs = append(logs, e) }); err != nil {
+		t.Fatalf("%v\n%s", err, logText(logs))
+	}
+	if !strings.Contains(logText(logs), "the disk grew for 4000 MiB free") {
+		t.Fatalf("the build's log:\n%s", logText(logs))
+	}
+	info, err := c.Create(ctx, client.CreateOptions{Template: "roomy", Timeout: time.Minute})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = c.Kill(ctx, info.SandboxID) }()
+	var free, bsize uint64
+	out := execOut(t, c, info.SandboxID, "stat -f -c '%a %S' /; ls -l /home/user/big | cut -d' ' -f5")
+	var big string
+	if _, err := fmt.Sscan(out, &free, &bsize, &big); err != nil || free*bsize < 4000<<20 || big != "500000000" {
+		t.Fatalf("in a sandbox of the template: %q (%v): want 4000 MiB free and the step's file", out, err)
+	}
+	if _, err := c.CreateTemplate(ctx, "too-roomy", client.TemplateOptions{MinFreeDiskMiB: -1}); err == nil || !strings.Contains(err.Error(), "minFreeDiskMb") {
+		t.Fatalf("a negative minFreeDiskMb: %v", err)
 	}
 }
