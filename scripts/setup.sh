@@ -4,7 +4,7 @@ set -euo pipefail
 packages=(
   qemu-system-x86 qemu-utils            # Debian's QEMU (its source and firmware) and the disk tool
   dpkg-dev patch g++ ninja-build meson pkg-config python3 libglib2.0-dev libpixman-1-dev libfdt-dev libseccomp-dev zlib1g-dev  # Cell's static QEMU
-  debootstrap e2fsprogs                 # guest root file system
+  debootstrap e2fsprogs curl            # guest root file system (curl: npm's tarball for it)
   linux-source-6.1 make gcc flex bison bc libelf-dev xz-utils cpio  # guest kernel
   ca-certificates
   iproute2                              # `ip`: the network tests make their own test hosts (netns + veth)

@@ -10,7 +10,7 @@ func qemuPackages() []string {
 	return []string{"qemu-system-x86", "dpkg-dev", "patch", "gcc", "g++", "ninja-build", "meson", "pkg-config",
 		"python3", "libglib2.0-dev", "libpixman-1-dev", "libfdt-dev", "libseccomp-dev", "zlib1g-dev"}
 }
-func rootfsPackages() []string { return []string{"debootstrap"} }
+func rootfsPackages() []string { return []string{"debootstrap", "curl"} }
 func diskPackages() []string   { return []string{"e2fsprogs", "qemu-utils"} }
 
 // missingPackages returns the packages of want that dpkg does not report as installed.
