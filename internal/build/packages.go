@@ -10,8 +10,9 @@ import (
 const maxPackages = 200
 
 // PackagesSpec is a build that installs packages on the base image, as `cell run --apt --pip
-// --npm` asks: apt first (with pip and npm themselves when those are asked for), then pip,
-// then npm, each list sorted so that the same packages in any order are the same layers.
+// --npm` asks: apt first (with pip itself when pip packages are asked for; npm is in the base
+// image), then pip, then npm, each list sorted so that the same packages in any order are the
+// same layers.
 func PackagesSpec(apt, pip, npm []string) (Spec, error) {
 	lists := map[string][]string{"apt": apt, "pip": pip, "npm": npm}
 	for kind, l := range lists {
@@ -27,9 +28,6 @@ func PackagesSpec(apt, pip, npm []string) (Spec, error) {
 	apt = slices.Clone(apt)
 	if len(pip) > 0 {
 		apt = append(apt, "python3-pip")
-	}
-	if len(npm) > 0 {
-		apt = append(apt, "npm")
 	}
 	var spec Spec
 	if l := sortedSet(apt); len(l) > 0 {

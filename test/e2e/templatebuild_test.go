@@ -355,3 +355,31 @@ func TestTemplateMinFreeDisk(t *testing.T) {
 		t.Fatalf("a negative minFreeDiskMb: %v", err)
 	}
 }
+
+// TestClientPackagesTemplate: the Go client's packages template (what `cell run --apt` does, on a
+// cell serve): built once, the same packages in another order are the same template, all cached.
+func TestClientPackagesTemplate(t *testing.T) {
+	d := newDaemon(t)
+	_, c := d.serve(t, reservedOpenings(t, "deb.debian.org")...)
+	ctx := context.Background()
+	name, err := c.PackagesTemplate(ctx, client.Packages{Apt: []string{"sl", "cowsay"}}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var logs []client.BuildLog
+	again, err := c.PackagesTemplate(ctx, client.Packages{Apt: []string{"cowsay", "sl", "sl"}}, func(e client.BuildLog) { logs = append(logs, e) })
+	if err != nil || again != name || !strings.Contains(logText(logs), "CACHED RUN apt-get") || strings.Contains(logText(logs), "done in") {
+		t.Fatalf("the same packages again: %q (first %q), %v\n%s", again, name, err, logText(logs))
+	}
+	info, err := c.Create(ctx, client.CreateOptions{Template: name, Timeout: time.Minute})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = c.Kill(ctx, info.SandboxID) }()
+	if out := execOut(t, c, info.SandboxID, "/usr/games/cowsay moo | grep -c moo; test -x /usr/games/sl && echo sl"); out != "1\nsl\n" {
+		t.Fatalf("in a sandbox of %s: %q", name, out)
+	}
+	if _, err := c.PackagesTemplate(ctx, client.Packages{Pip: []string{"$(reboot)"}}, nil); err == nil {
+		t.Fatal("a bad package name was accepted")
+	}
+}
