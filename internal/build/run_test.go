@@ -2,8 +2,8 @@ package build
 
 import (
 	"context"
-	"fmt"
 	"errors"
+	"fmt"
 	"io"
 	"os"
 	"slices"
