@@ -6,8 +6,9 @@ import (
 	"io"
 
 	"context"
-	"github.com/sirupsen/logrus"
 	"os"
+
+	"github.com/sirupsen/logrus"
 
 	"github.com/cellhq/cell/internal/cli"
 )
