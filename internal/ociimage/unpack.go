@@ -9,8 +9,10 @@ import (
 	"io/fs"
 	"os"
 	"path"
+	"strings"
 
 	"github.com/google/go-containerregistry/pkg/v1/mutate"
+	"golang.org/x/sys/unix"
 )
 
 // Limits bound what an image may put on the host's disk.
@@ -58,6 +60,7 @@ func UnpackTar(ctx context.Context, r io.Reader, dir string, lim Limits) (Stats,
 	}
 	defer func() { _ = root.Close() }()
 	tr := tar.NewReader(r)
+	u := &unpacker{root: root, lim: lim, st: &st, dirs: map[string]bool{}}
 	// Hard links wait for the end: a flattened image lists its upper layers first, so a link
 	// may come before the file it names.
 	var links []*tar.Header
@@ -89,17 +92,56 @@ func UnpackTar(ctx context.Context, r io.Reader, dir string, lim Limits) (Stats,
 			links = append(links, h)
 			continue
 		}
-		if err := unpackEntry(root, tr, h, p, lim, &st); err != nil {
+		if err := u.entry(tr, h, p); err != nil {
 			return st, fmt.Errorf("%s: %w", p, err)
 		}
 	}
 }
 
-func unpackEntry(root *os.Root, tr *tar.Reader, h *tar.Header, p string, lim Limits, st *Stats) error {
-	if dir := path.Dir(p); dir != "." {
-		if err := root.MkdirAll(dir, 0o755); err != nil {
-			return err
+// unpacker writes one tar's entries under root. Every operation resolves its path inside root
+// component by component (os.Root), so what can be done on an open file is.
+type unpacker struct {
+	root *os.Root
+	lim  Limits
+	st   *Stats
+	// dirs are the directories this unpack made or found: their parents need no MkdirAll.
+	dirs map[string]bool
+}
+
+// parent makes sure p's directory exists.
+func (u *unpacker) parent(p string) error {
+	dir := path.Dir(p)
+	if dir == "." || u.dirs[dir] {
+		return nil
+	}
+	if err := u.root.MkdirAll(dir, 0o755); err != nil {
+		return err
+	}
+	for d := dir; d != "." && !u.dirs[d]; d = path.Dir(d) {
+		u.dirs[d] = true
+	}
+	return nil
+}
+
+// forget drops p and what is below it from the directories known: an entry replaces it.
+func (u *unpacker) forget(p string) {
+	if !u.dirs[p] {
+		return
+	}
+	for d := range u.dirs {
+		if d == p || strings.HasPrefix(d, p+"/") {
+			delete(u.dirs, d)
 		}
+	}
+}
+
+func (u *unpacker) entry(tr *tar.Reader, h *tar.Header, p string) error {
+	root, lim, st := u.root, u.lim, u.st
+	if err := u.parent(p); err != nil {
+		return err
+	}
+	if h.Typeflag != tar.TypeDir {
+		u.forget(p)
 	}
 	mode := fs.FileMode(h.Mode).Perm()
 	if h.Mode&04000 != 0 {
@@ -114,6 +156,7 @@ func unpackEntry(root *os.Root, tr *tar.Reader, h *tar.Header, p string, lim Lim
 	switch h.Typeflag {
 	case tar.TypeDir:
 		if fi, err := root.Lstat(p); err == nil && !fi.IsDir() {
+			u.forget(p) // a link to a directory: what was made through it is elsewhere
 			if err := root.Remove(p); err != nil {
 				return err
 			}
@@ -121,6 +164,7 @@ func unpackEntry(root *os.Root, tr *tar.Reader, h *tar.Header, p string, lim Lim
 		if err := root.Mkdir(p, 0o755); err != nil && !errors.Is(err, fs.ErrExist) {
 			return err
 		}
+		u.dirs[p] = true
 	case tar.TypeReg:
 		if err := replace(root, p); err != nil {
 			return err
@@ -131,15 +175,16 @@ func unpackEntry(root *os.Root, tr *tar.Reader, h *tar.Header, p string, lim Lim
 		}
 		n, err := io.Copy(f, io.LimitReader(tr, lim.Bytes-st.Bytes+1))
 		st.Bytes += n
+		if err == nil && st.Bytes > lim.Bytes {
+			err = fmt.Errorf("%w: more than %d bytes", ErrTooLarge, lim.Bytes)
+		}
+		if err == nil {
+			err = setMeta(f, h, mode)
+		}
 		if cerr := f.Close(); err == nil {
 			err = cerr
 		}
-		if err != nil {
-			return err
-		}
-		if st.Bytes > lim.Bytes {
-			return fmt.Errorf("%w: more than %d bytes", ErrTooLarge, lim.Bytes)
-		}
+		return err
 	case tar.TypeSymlink:
 		if err := replace(root, p); err != nil {
 			return err
@@ -162,6 +207,19 @@ func unpackEntry(root *os.Root, tr *tar.Reader, h *tar.Header, p string, lim Lim
 	return root.Chtimes(p, h.ModTime, h.ModTime)
 }
 
+// setMeta gives the open file f h's owner, mode and times.
+func setMeta(f *os.File, h *tar.Header, mode fs.FileMode) error {
+	// Owner first: a change of owner clears the set-user-ID bits that the mode then sets.
+	if err := f.Chown(h.Uid, h.Gid); err != nil {
+		return err
+	}
+	if err := f.Chmod(mode); err != nil {
+		return err
+	}
+	tv := unix.NsecToTimeval(h.ModTime.UnixNano())
+	return unix.Futimes(int(f.Fd()), []unix.Timeval{tv, tv})
+}
+
 // link makes the hard link h (its Name cleaned).
 func link(root *os.Root, h *tar.Header) error {
 	if dir := path.Dir(h.Name); dir != "." {
@@ -179,11 +237,8 @@ func link(root *os.Root, h *tar.Header) error {
 	return root.Link(target, h.Name)
 }
 
-// replace clears the way for a new entry at p: a file, link or empty directory there goes (a
-// later layer's entry replaces an earlier one's).
+// replace clears the way for a new entry at p: whatever is there goes, a directory with what is
+// in it (a later entry replaces an earlier one, as Docker unpacks).
 func replace(root *os.Root, p string) error {
-	if err := root.Remove(p); err != nil && !errors.Is(err, fs.ErrNotExist) {
-		return err
-	}
-	return nil
+	return root.RemoveAll(p)
 }
