@@ -314,20 +314,28 @@ func TestUnpackStaysInside(t *testing.T) {
 	} {
 		t.Run(name, func(t *testing.T) {
 			top := t.TempDir()
-			dir := filepath.Join(top, "a", "root")
-			outside := filepath.Join(top, "a", "outside")
-			for _, d := range []string{dir, outside} {
-				if err := os.MkdirAll(d, 0o755); err != nil {
-					t.Fatal(err)
-				}
-			}
-			if err := os.WriteFile(filepath.Join(outside, "sentinel"), []byte("host"), 0o600); err != nil {
-				t.Fatal(err)
-			}
+			dir := unpackDirs(t, top)
 			_, _ = UnpackTar(context.Background(), bytes.NewReader(tarOf(t, es...)), dir, DefaultLimits)
 			checkOutside(t, top, dir)
 		})
 	}
+}
+
+// unpackDirs makes top/a/root, the directory to unpack into, and beside it top/a/outside
+// holding a sentinel file: what checkOutside checks.
+func unpackDirs(t testing.TB, top string) string {
+	t.Helper()
+	dir := filepath.Join(top, "a", "root")
+	outside := filepath.Join(top, "a", "outside")
+	for _, d := range []string{dir, outside} {
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := os.WriteFile(filepath.Join(outside, "sentinel"), []byte("host"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return dir
 }
 
 // checkOutside fails when anything but dir's own tree and the sentinel exists under top, or the
@@ -389,16 +397,7 @@ func FuzzUnpackTar(f *testing.F) {
 			t.Fatal(err)
 		}
 		defer func() { _ = os.RemoveAll(top) }()
-		dir := filepath.Join(top, "a", "root")
-		outside := filepath.Join(top, "a", "outside")
-		for _, d := range []string{dir, outside} {
-			if err := os.MkdirAll(d, 0o755); err != nil {
-				t.Fatal(err)
-			}
-		}
-		if err := os.WriteFile(filepath.Join(outside, "sentinel"), []byte("host"), 0o600); err != nil {
-			t.Fatal(err)
-		}
+		dir := unpackDirs(t, top)
 		_, _ = UnpackTar(context.Background(), bytes.NewReader(data), dir, Limits{Bytes: 1 << 20, Entries: 1000})
 		checkOutside(t, top, dir)
 	})
