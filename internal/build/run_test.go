@@ -200,6 +200,9 @@ type growingVM struct {
 
 func (v growingVM) EnsureFree(_ context.Context, mib int) (int, int, error) {
 	*v.asked = append(*v.asked, mib)
+	if mib == 9999 {
+		return 100, 100, errors.New("no resize2fs")
+	}
 	return 100, mib, nil
 }
 
@@ -244,6 +247,12 @@ func TestMinFreeDisk(t *testing.T) {
 	again, err := Run(ctx, m, j)
 	if err != nil || again.Snapshot != roomy.Snapshot || again.Built != 0 || len(m.asked) != 1 {
 		t.Fatalf("%v %+v asked %v", err, again, m.asked)
+	}
+	// A disk that cannot grow (an image without resize2fs): best effort, a warning.
+	logs = nil
+	j.MinFreeDiskMiB = 9999
+	if _, err := Run(ctx, m, j); err != nil || !strings.Contains(strings.Join(logs, "\n"), "could not grow: no resize2fs") {
+		t.Fatalf("%v\n%s", err, strings.Join(logs, "\n"))
 	}
 	// Machines whose VMs cannot grow a disk: a warning, and the template.
 	logs = nil

@@ -58,6 +58,8 @@ func NewPuller(mirrors []string, guard AddrGuard) (*Puller, error) {
 		}
 		p.mirrors[r.RegistryStr()] = u
 	}
+	// No HTTP proxy from the environment: a proxy would make the connections the guard
+	// cannot see.
 	base := http.DefaultTransport.(*http.Transport)
 	trusted := base.Clone()
 	trusted.Proxy = nil

@@ -144,6 +144,11 @@ func (m BuildMachines) Layers() []LayerInfo {
 			continue
 		}
 		li := LayerInfo{Name: t.Name, Bytes: ownBytes(t.Dir)}
+		if st, err := os.Stat(m.ImageDisk(t.Name)); err == nil {
+			if sys, ok := st.Sys().(*syscall.Stat_t); ok {
+				li.Bytes += sys.Blocks * 512 // the OCI image's disk goes with the layer
+			}
+		}
 		if st, err := os.Stat(t.Dir); err == nil {
 			li.Used = st.ModTime()
 		}

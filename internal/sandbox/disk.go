@@ -82,7 +82,7 @@ func (s *Sandbox) EnsureFree(ctx context.Context, mib int) (before, after int, e
 // freeMiB is the guest's free space on its root file system for users, as it reports it.
 func (s *Sandbox) freeMiB(ctx context.Context) (int, error) {
 	var out capped
-	res, err := s.Run(ctx, RunSpec{Cmd: "/usr/bin/stat", Args: []string{"-f", "-c", "%a %S", "/"}, User: "root"}, nil, &out, io.Discard, nil)
+	res, err := s.Run(ctx, RunSpec{Cmd: "/bin/sh", Args: []string{"-c", "exec stat -f -c '%a %S' /"}, User: "root"}, nil, &out, io.Discard, nil)
 	if err == nil && res.ExitCode != 0 {
 		err = fmt.Errorf("exit code %d", res.ExitCode)
 	}

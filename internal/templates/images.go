@@ -45,6 +45,9 @@ type imageRef struct {
 // checkImage checks spec's image reference and credentials (nil when it builds on Cell's base
 // image or a template).
 func (s *Service) checkImage(spec build.Spec) (*imageRef, error) {
+	if spec.FromImage != "" && spec.FromTemplate != "" {
+		return nil, fmt.Errorf("%w: fromImage and fromTemplate: give one", manager.ErrInvalid)
+	}
 	if spec.FromImage == "" || build.IsBaseImage(spec.FromImage) {
 		return nil, nil
 	}
