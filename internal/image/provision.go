@@ -6,6 +6,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"os"
 	"os/exec"
@@ -132,13 +133,24 @@ func addUser(root *os.Root) (int, error) {
 	return uid, nil
 }
 
+// maxAccountsFile bounds the image's passwd, group and shadow files, which are read whole.
+const maxAccountsFile = 4 << 20
+
 func readOptional(root *os.Root, name string) ([]byte, error) {
-	b, err := root.ReadFile(name)
+	f, err := root.Open(name)
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil, nil
 	}
 	if err != nil {
 		return nil, fmt.Errorf("reading %s: %w", name, err)
+	}
+	defer func() { _ = f.Close() }()
+	b, err := io.ReadAll(io.LimitReader(f, maxAccountsFile+1))
+	if err != nil {
+		return nil, fmt.Errorf("reading %s: %w", name, err)
+	}
+	if len(b) > maxAccountsFile {
+		return nil, fmt.Errorf("%s: more than %d bytes", name, maxAccountsFile)
 	}
 	return b, nil
 }
@@ -153,6 +165,8 @@ func records(b []byte) [][]string {
 			out = append(out, strings.Split(line, ":"))
 		}
 	}
+	// A line longer than the buffer ends the reading there: what follows is not an account
+	// Cell needs (its own line is appended whole).
 	return out
 }
 

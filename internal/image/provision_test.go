@@ -128,3 +128,10 @@ func TestProvisionStaysInside(t *testing.T) {
 		t.Errorf("outside the tree: passwd %q, %d entries", b, len(des))
 	}
 }
+
+func TestProvisionRefusesHugeAccountFiles(t *testing.T) {
+	tree := writeTree(t, map[string]string{"etc/passwd": strings.Repeat("x:x:1:1::/:/bin/sh\n", 300_000)})
+	if _, err := Provision(tree, []byte("ENVD")); err == nil || !strings.Contains(err.Error(), "more than") {
+		t.Fatalf("a 5.7 MB passwd: %v", err)
+	}
+}

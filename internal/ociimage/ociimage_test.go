@@ -9,6 +9,7 @@ import (
 	"io"
 	"io/fs"
 	"log"
+	"net/http"
 	"net/http/httptest"
 	"net/netip"
 	"os"
@@ -448,5 +449,34 @@ func TestUnpackReplacements(t *testing.T) {
 	}
 	if fi, err := os.Lstat(filepath.Join(dir, "a")); err != nil || !fi.IsDir() || fi.Mode().Perm() != 0o700 {
 		t.Errorf("a: %v %v", fi, err)
+	}
+}
+
+// TestMirrorTransportReachesOnlyTheMirror: a pull through a mirror reaches the mirror's own
+// address; anything else it is sent to (a layer's foreign URL, a redirect) is guarded.
+func TestMirrorTransportReachesOnlyTheMirror(t *testing.T) {
+	host := serveRegistry(t, "library/app:1", testImage(t))
+	p, err := NewPuller([]string{"docker.io=http://" + host}, &netstack.Guard{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	dial := p.trusted.(*http.Transport).DialContext
+	c, err := dial(context.Background(), "tcp", host)
+	if err != nil {
+		t.Fatalf("the mirror itself: %v", err)
+	}
+	_ = c.Close()
+	if _, err := dial(context.Background(), "tcp", "127.0.0.1:1"); err == nil || !strings.Contains(err.Error(), "not reachable for builds") {
+		t.Fatalf("another loopback port through the mirror's transport: %v", err)
+	}
+}
+
+func TestUnpackRefusesLongNames(t *testing.T) {
+	long := strings.Repeat("a/", 2100) + "f"
+	for _, e := range []entry{{name: long, body: "x"}, {name: "l", typ: tar.TypeSymlink, link: long}} {
+		if _, err := UnpackTar(context.Background(), bytes.NewReader(tarOf(t, e)), t.TempDir(), DefaultLimits); !errors.Is(err, ErrInvalidEntry) {
+			t.Errorf("%d-byte name or link: %v", len(long), err)
+		}
 	}
 }

@@ -39,6 +39,7 @@ type Puller struct {
 // are refused when guard says the address is reserved.
 func NewPuller(mirrors []string, guard AddrGuard) (*Puller, error) {
 	p := &Puller{mirrors: map[string]*url.URL{}}
+	mirrorAddrs := map[string]bool{}
 	for _, m := range mirrors {
 		reg, raw, ok := strings.Cut(m, "=")
 		u, err := url.Parse(raw)
@@ -57,13 +58,15 @@ func NewPuller(mirrors []string, guard AddrGuard) (*Puller, error) {
 			return nil, fmt.Errorf("registry mirror %q: %w", m, err)
 		}
 		p.mirrors[r.RegistryStr()] = u
+		port := u.Port()
+		if port == "" {
+			port = map[string]string{"http": "80", "https": "443"}[u.Scheme]
+		}
+		mirrorAddrs[net.JoinHostPort(u.Hostname(), port)] = true
 	}
 	// No HTTP proxy from the environment: a proxy would make the connections the guard
 	// cannot see.
 	base := http.DefaultTransport.(*http.Transport)
-	trusted := base.Clone()
-	trusted.Proxy = nil
-	p.trusted = trusted
 	guarded := base.Clone()
 	guarded.Proxy = nil
 	d := &net.Dialer{Timeout: 30 * time.Second, KeepAlive: 30 * time.Second,
@@ -80,6 +83,18 @@ func NewPuller(mirrors []string, guard AddrGuard) (*Puller, error) {
 		}}
 	guarded.DialContext = d.DialContext
 	p.guarded = guarded
+	// A mirror is the operator's: its own address is reached whatever it is. Anything else a
+	// pull through it is sent to (a layer's foreign URLs, a redirect) is guarded like a user's.
+	direct := &net.Dialer{Timeout: 30 * time.Second, KeepAlive: 30 * time.Second}
+	trusted := base.Clone()
+	trusted.Proxy = nil
+	trusted.DialContext = func(ctx context.Context, network, addr string) (net.Conn, error) {
+		if mirrorAddrs[addr] {
+			return direct.DialContext(ctx, network, addr)
+		}
+		return d.DialContext(ctx, network, addr)
+	}
+	p.trusted = trusted
 	return p, nil
 }
 
@@ -140,6 +155,9 @@ func (c *Credentials) authenticator() authn.Authenticator {
 	}
 }
 
+// maxConfig bounds an image's config (a few KiB in practice), which is read into memory.
+const maxConfig = 4 << 20
+
 // Platform is the only one Cell's guests run.
 var platform = v1.Platform{OS: "linux", Architecture: "amd64"}
 
@@ -183,6 +201,21 @@ func (p *Puller) Resolve(ctx context.Context, ref string, creds *Credentials) (*
 	if err != nil {
 		return nil, fmt.Errorf("image %s: %w", src, err)
 	}
+	m, err := img.Manifest()
+	if err != nil {
+		return nil, fmt.Errorf("image %s: its manifest: %w", src, err)
+	}
+	// The config is read whole: its size is the manifest's word, checked first.
+	if m.Config.Size < 0 || m.Config.Size > maxConfig {
+		return nil, fmt.Errorf("%w: image %s: a config of %d bytes (at most %d)", ErrInvalid, src, m.Config.Size, maxConfig)
+	}
+	out := &Image{Ref: ref, Source: src.String(), Digest: dg.String(), img: img}
+	for _, l := range m.Layers {
+		if l.Size < 0 {
+			return nil, fmt.Errorf("%w: image %s: a layer of %d bytes", ErrInvalid, src, l.Size)
+		}
+		out.Bytes += l.Size
+	}
 	cf, err := img.ConfigFile()
 	if err != nil {
 		return nil, fmt.Errorf("image %s: its config: %w", src, err)
@@ -190,14 +223,7 @@ func (p *Puller) Resolve(ctx context.Context, ref string, creds *Credentials) (*
 	if cf.OS != "" && cf.OS != platform.OS || cf.Architecture != "" && cf.Architecture != platform.Architecture {
 		return nil, fmt.Errorf("%w: image %s is for %s/%s; Cell's guests run linux/amd64", ErrInvalid, src, cf.OS, cf.Architecture)
 	}
-	m, err := img.Manifest()
-	if err != nil {
-		return nil, fmt.Errorf("image %s: its manifest: %w", src, err)
-	}
-	out := &Image{Ref: ref, Source: src.String(), Digest: dg.String(), Config: cf.Config, img: img}
-	for _, l := range m.Layers {
-		out.Bytes += l.Size
-	}
+	out.Config = cf.Config
 	return out, nil
 }
 

@@ -19,7 +19,13 @@ import (
 type Limits struct {
 	Bytes   int64 // file content, uncompressed
 	Entries int   // files, directories and links
+	// Room, when set, is asked again each time another CheckEvery bytes were written (the
+	// total so far): an error stops the unpack (the host's disk is filling).
+	Room func(written int64) error
 }
+
+// CheckEvery is how often Limits.Room is asked.
+const CheckEvery = 256 << 20
 
 // DefaultLimits hold any ordinary image (python:3.12 is ~1 GB in ~30,000 entries).
 var DefaultLimits = Limits{Bytes: 16 << 30, Entries: 2_000_000}
@@ -32,6 +38,15 @@ type Stats struct {
 	// other types.
 	Skipped int
 }
+
+// maxLinkBytes bounds the names of the hard links held until the end of an unpack.
+const maxLinkBytes = 64 << 20
+
+// maxPath is Linux's PATH_MAX: no longer name or link target is unpacked.
+const maxPath = 4096
+
+// ErrInvalidEntry is wrapped when an entry cannot be unpacked as it is.
+var ErrInvalidEntry = errors.New("invalid image entry")
 
 // ErrTooLarge is wrapped when an image outgrows its Limits.
 var ErrTooLarge = errors.New("image too large")
@@ -64,6 +79,7 @@ func UnpackTar(ctx context.Context, r io.Reader, dir string, lim Limits) (Stats,
 	// Hard links wait for the end: a flattened image lists its upper layers first, so a link
 	// may come before the file it names.
 	var links []*tar.Header
+	linkBytes := 0
 	for {
 		if err := ctx.Err(); err != nil {
 			return st, err
@@ -80,6 +96,9 @@ func UnpackTar(ctx context.Context, r io.Reader, dir string, lim Limits) (Stats,
 		if err != nil {
 			return st, fmt.Errorf("reading the image's files: %w", err)
 		}
+		if len(h.Name) > maxPath || len(h.Linkname) > maxPath {
+			return st, fmt.Errorf("%w: a path of more than %d bytes", ErrInvalidEntry, maxPath)
+		}
 		p := path.Clean("/" + h.Name)[1:]
 		if p == "" {
 			continue // the root itself
@@ -88,8 +107,10 @@ func UnpackTar(ctx context.Context, r io.Reader, dir string, lim Limits) (Stats,
 			return st, fmt.Errorf("%w: more than %d files", ErrTooLarge, lim.Entries)
 		}
 		if h.Typeflag == tar.TypeLink {
-			h.Name = p
-			links = append(links, h)
+			if linkBytes += len(p) + len(h.Linkname); linkBytes > maxLinkBytes {
+				return st, fmt.Errorf("%w: more than %d bytes of hard link names", ErrTooLarge, maxLinkBytes)
+			}
+			links = append(links, &tar.Header{Name: p, Linkname: h.Linkname})
 			continue
 		}
 		if err := u.entry(tr, h, p); err != nil {
@@ -173,8 +194,12 @@ func (u *unpacker) entry(tr *tar.Reader, h *tar.Header, p string) error {
 		if err != nil {
 			return err
 		}
+		before := st.Bytes
 		n, err := io.Copy(f, io.LimitReader(tr, lim.Bytes-st.Bytes+1))
 		st.Bytes += n
+		if err == nil && lim.Room != nil && st.Bytes/CheckEvery != before/CheckEvery {
+			err = lim.Room(st.Bytes)
+		}
 		if err == nil && st.Bytes > lim.Bytes {
 			err = fmt.Errorf("%w: more than %d bytes", ErrTooLarge, lim.Bytes)
 		}

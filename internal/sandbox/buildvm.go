@@ -202,9 +202,12 @@ func (m BuildMachines) RemoveLayer(name, runDir, pausedDir string) error {
 		return err
 	}
 	m.Runtime.DropTemplate(name)
-	// Nothing has a disk on the layer's any more, so nothing has one on the image below it.
-	if err := os.Remove(m.ImageDisk(name)); err != nil && !os.IsNotExist(err) {
-		return fmt.Errorf("layer %s: its image disk: %w", name, err)
+	// The image below it goes when nothing stands on it: a layer saved under another name
+	// (the cached one was unusable) may.
+	if img := m.ImageDisk(name); len(DiskUsers(m.Home, runDir, pausedDir, img)) == 0 {
+		if err := os.Remove(img); err != nil && !os.IsNotExist(err) {
+			return fmt.Errorf("layer %s: its image disk: %w", name, err)
+		}
 	}
 	_ = os.Remove(filepath.Dir(t.Dir))
 	return nil

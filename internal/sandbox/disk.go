@@ -58,6 +58,16 @@ func (s *Sandbox) EnsureFree(ctx context.Context, mib int) (before, after int, e
 	if before >= mib {
 		return before, before, nil
 	}
+	// Without resize2fs the file system cannot follow: the disk is not grown either (a template's
+	// disk is every sandbox's floor, charged against the host's free space).
+	var out capped
+	res, err := s.Run(ctx, RunSpec{Cmd: "/bin/sh", Args: []string{"-c", "test -x /sbin/resize2fs"}, User: "root"}, nil, &out, &out, nil)
+	if err != nil {
+		return before, before, err
+	}
+	if res.ExitCode != 0 {
+		return before, before, fmt.Errorf("the guest has no /sbin/resize2fs")
+	}
 	have, err := vmm.DiskVirtualSize(s.VM.File(vmm.DiskFile))
 	if err != nil {
 		return before, before, err

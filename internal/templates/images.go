@@ -68,7 +68,7 @@ func (s *Service) checkImage(spec build.Spec) (*imageRef, error) {
 // memoryMiB: found in the cache by the image's digest, or pulled, unpacked, provisioned, booted
 // and saved. A team's image layers are its own: a team that cannot pull an image never gets it
 // from another's cache.
-func (s *Service) imageBase(ctx context.Context, team string, im imageRef, cpus, memoryMiB int, log build.Logger) (string, build.State, string, error) {
+func (s *Service) imageBase(ctx context.Context, team string, im imageRef, cpus, memoryMiB int, log build.Logger) (_ string, _ build.State, _ string, err error) {
 	cfg := s.cfg.Images
 	t0 := time.Now()
 	img, err := cfg.Puller.Resolve(ctx, im.ref, im.creds)
@@ -94,6 +94,19 @@ func (s *Service) imageBase(ctx context.Context, team string, im imageRef, cpus,
 	}
 	log(build.LevelInfo, "base", fmt.Sprintf("pulling %s from %s (%s, %.1f MB compressed)", im.ref, img.Source, img.Digest, float64(img.Bytes)/1e6))
 	disk := cfg.Machines.ImageDisk(name)
+	// Until its layer is saved nothing stands on the disk: a failed attempt removes it, and
+	// what a crashed one left is swept (this process holds the layer's lock).
+	defer func() {
+		if err != nil {
+			_ = os.Remove(disk)
+			_ = os.Remove(filepath.Dir(disk)) // when nothing else is in it
+		}
+	}()
+	if stale, _ := filepath.Glob(disk + ".tmp-*"); len(stale) > 0 {
+		for _, p := range stale {
+			_ = os.RemoveAll(p)
+		}
+	}
 	if _, err := os.Stat(disk); err != nil {
 		if err := s.makeImageDisk(ctx, img, disk, log); err != nil {
 			return "", build.State{}, "", err
@@ -141,13 +154,18 @@ func (s *Service) imageLayer(name string) (build.State, bool) {
 func (s *Service) makeImageDisk(ctx context.Context, img *ociimage.Image, disk string, log build.Logger) error {
 	cfg := s.cfg.Images
 	lim := cfg.Limits
-	if lim == (ociimage.Limits{}) {
+	if lim.Bytes == 0 {
 		lim = ociimage.DefaultLimits
 	}
 	if s.cfg.Disk != nil {
-		// The layers unpacked, the disk made of them, and room to spare: about 3x compressed.
+		// The layers unpacked, the disk made of them, and room to spare: about 3x compressed
+		// first; then, as it unpacks (a small layer may hold much), room for what is written
+		// so far once more (mkfs copies the tree) and another check's worth.
 		if err := s.cfg.Disk.Admit(uint64(img.Bytes)*3, "an image's root file system"); err != nil {
 			return err
+		}
+		lim.Room = func(written int64) error {
+			return s.cfg.Disk.Admit(uint64(written)+ociimage.CheckEvery, "an image's root file system")
 		}
 	}
 	if err := os.MkdirAll(filepath.Dir(disk), 0o700); err != nil {

@@ -110,6 +110,9 @@ func (c *Client) WaitBuild(ctx context.Context, templateID, buildID string, onLo
 func FollowBuild(ctx context.Context, status func(ctx context.Context, offset int) (e2bapi.BuildStatus, error), onLog func(BuildLog)) error {
 	offset := 0
 	for {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
 		st, err := status(ctx, offset)
 		if err != nil {
 			return err
