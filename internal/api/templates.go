@@ -7,7 +7,9 @@ import (
 	"io"
 	"net/http"
 	"net/url"
+	"sort"
 	"strconv"
+	"strings"
 
 	"github.com/cellhq/cell/internal/build"
 	"github.com/cellhq/cell/internal/ids"
@@ -51,7 +53,7 @@ func (a *API) routeTemplates() {
 	a.route("GET /templates/{tid}/builds/{bid}/status", a.buildStatus)
 	a.route("GET /templates/{tid}/builds/{bid}/logs", a.buildLogs)
 	a.route("GET /templates", a.listTemplates)
-	a.route("GET /v2/templates", a.listTemplates)
+	a.route("GET /v2/templates", a.listTemplatesV2)
 	a.route("GET /templates/{tid}", a.getTemplate)
 	a.route("POST /templates/tags", a.assignTags)
 	a.route("DELETE /templates/tags", a.removeTags)
@@ -194,6 +196,60 @@ func (a *API) listTemplates(w http.ResponseWriter, r *http.Request, team string)
 		return
 	}
 	writeJSON(w, http.StatusOK, list)
+}
+
+// listTemplatesV2 is GET /v2/templates: the list in pages of at most limit (100), oldest first;
+// X-Next-Token, when set, names where the next page starts (?nextToken=).
+func (a *API) listTemplatesV2(w http.ResponseWriter, r *http.Request, team string) {
+	q := r.URL.Query()
+	limit := 100
+	if raw := q.Get("limit"); raw != "" {
+		n, err := strconv.Atoi(raw)
+		if err != nil || n < 1 || n > 100 {
+			writeError(w, http.StatusBadRequest, fmt.Sprintf("limit: %q must be an integer from 1 to 100", raw))
+			return
+		}
+		limit = n
+	}
+	var afterMs int64
+	var afterID string
+	if raw := q.Get("nextToken"); raw != "" {
+		ms, id, ok := strings.Cut(raw, ".")
+		n, err := strconv.ParseInt(ms, 10, 64)
+		if !ok || err != nil || n < 0 || ids.Validate("template", id) != nil {
+			writeError(w, http.StatusBadRequest, fmt.Sprintf("nextToken: %q is not a token this server issued", raw))
+			return
+		}
+		afterMs, afterID = n, id
+	}
+	list, err := a.cfg.Templates.List(r.Context(), team)
+	if err != nil {
+		templateFail(w, err)
+		return
+	}
+	// Oldest first, by creation and then id: a token is a place in that order, so templates
+	// made or removed meanwhile move no other page.
+	key := func(t e2bapi.Template) (int64, string) { return t.CreatedAt.UnixMilli(), t.TemplateID }
+	sort.SliceStable(list, func(i, j int) bool {
+		mi, ii := key(list[i])
+		mj, ij := key(list[j])
+		return mi < mj || mi == mj && ii < ij
+	})
+	out := []e2bapi.Template{}
+	for _, t := range list {
+		ms, id := key(t)
+		if afterID != "" && (ms < afterMs || ms == afterMs && id <= afterID) {
+			continue
+		}
+		if len(out) == limit {
+			last := out[len(out)-1]
+			lms, lid := key(last)
+			w.Header().Set("X-Next-Token", strconv.FormatInt(lms, 10)+"."+lid)
+			break
+		}
+		out = append(out, t)
+	}
+	writeJSON(w, http.StatusOK, out)
 }
 
 func (a *API) getTemplate(w http.ResponseWriter, r *http.Request, team string) {

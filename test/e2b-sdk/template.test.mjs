@@ -229,3 +229,26 @@ test('bad requests: names, bases, file hashes, uploads', async () => {
   const other = await fetch(`${srv.url}/templates/${created.templateID}/files/${'b'.repeat(64)}`, { headers: { 'X-API-KEY': srv.keyB } })
   assert.equal(other.status, 404, 'another team does not see the template')
 })
+
+test('GET /v2/templates pages with limit and X-Next-Token, oldest first', async () => {
+  const h = { 'X-API-KEY': srv.keyA }
+  const all = await (await fetch(`${srv.url}/templates`, { headers: h })).json()
+  assert.ok(all.length >= 3, `templates made by the tests above: ${all.length}`)
+  const seen = []
+  let token = ''
+  for (let pages = 0; pages < 50; pages++) {
+    const r = await fetch(`${srv.url}/v2/templates?limit=2${token ? `&nextToken=${encodeURIComponent(token)}` : ''}`, { headers: h })
+    assert.equal(r.status, 200)
+    const page = await r.json()
+    assert.ok(page.length <= 2)
+    seen.push(...page.map((t) => t.templateID))
+    token = r.headers.get('x-next-token')
+    if (!token) break
+  }
+  assert.deepEqual([...seen].sort(), all.map((t) => t.templateID).sort(), 'every template once')
+  assert.equal(new Set(seen).size, seen.length)
+  assert.equal((await fetch(`${srv.url}/v2/templates?limit=0`, { headers: h })).status, 400)
+  assert.equal((await fetch(`${srv.url}/v2/templates?nextToken=nope`, { headers: h })).status, 400)
+  const other = await (await fetch(`${srv.url}/v2/templates`, { headers: { 'X-API-KEY': srv.keyB } })).json()
+  assert.ok(other.every((t) => !seen.includes(t.templateID)), 'not another team\'s')
+})
