@@ -178,9 +178,9 @@ func parseFilters(q url.Values, paged bool) (filters, error) {
 		return f, nil
 	}
 	if raw := q.Get("limit"); raw != "" {
-		n, err := strconv.Atoi(raw)
-		if err != nil || n < 1 || n > 100 {
-			return f, fmt.Errorf("limit: %q must be an integer from 1 to 100", raw)
+		n, err := pageLimit(raw)
+		if err != nil {
+			return f, err
 		}
 		f.limit = n
 	}
@@ -192,6 +192,15 @@ func parseFilters(q url.Values, paged bool) (filters, error) {
 		f.after = n
 	}
 	return f, nil
+}
+
+// pageLimit reads a listing's ?limit: E2B's pages hold 1 to 100.
+func pageLimit(raw string) (int, error) {
+	n, err := strconv.Atoi(raw)
+	if err != nil || n < 1 || n > 100 {
+		return 0, fmt.Errorf("limit: %q must be an integer from 1 to 100", raw)
+	}
+	return n, nil
 }
 
 func (f filters) match(info manager.Info) bool {

@@ -204,9 +204,9 @@ func (a *API) listTemplatesV2(w http.ResponseWriter, r *http.Request, team strin
 	q := r.URL.Query()
 	limit := 100
 	if raw := q.Get("limit"); raw != "" {
-		n, err := strconv.Atoi(raw)
-		if err != nil || n < 1 || n > 100 {
-			writeError(w, http.StatusBadRequest, fmt.Sprintf("limit: %q must be an integer from 1 to 100", raw))
+		n, err := pageLimit(raw)
+		if err != nil {
+			writeError(w, http.StatusBadRequest, err.Error())
 			return
 		}
 		limit = n

@@ -134,6 +134,26 @@ type layerMeta struct {
 	State State `json:"state"`
 }
 
+// EncodeLayer is the meta a layer leaving st is saved with (Machines.Save).
+func EncodeLayer(st State) ([]byte, error) { return json.Marshal(layerMeta{State: st}) }
+
+// DecodeLayer is the state a layer's meta records.
+func DecodeLayer(meta []byte) (State, error) {
+	var lm layerMeta
+	err := json.Unmarshal(meta, &lm)
+	return lm.State, err
+}
+
+// CachedLayer is the state of the layer name when m has it whole.
+func CachedLayer(m Machines, name string) (State, bool) {
+	meta, ok := m.Layer(name)
+	if !ok {
+		return State{}, false
+	}
+	st, err := DecodeLayer(meta)
+	return st, err == nil
+}
+
 // Run builds job on m: each step whose layer is cached is skipped, the others run in a VM
 // started from the last layer (one VM for the rest of the build) and each is saved as a layer;
 // then the finalize layer (the start command running, ready) is the template. A forced step
@@ -159,14 +179,11 @@ func Run(ctx context.Context, m Machines, job Job) (res Result, err error) {
 		forced = forced || st.Force
 		name := LayerName(key)
 		if !forced {
-			if meta, ok := m.Layer(name); ok {
-				var lm layerMeta
-				if json.Unmarshal(meta, &lm) == nil {
-					b.log(LevelInfo, n, "CACHED %s", describe(st))
-					b.state, b.from = lm.State, name
-					res.Cached++
-					continue
-				}
+			if cached, ok := CachedLayer(m, name); ok {
+				b.log(LevelInfo, n, "CACHED %s", describe(st))
+				b.state, b.from = cached, name
+				res.Cached++
+				continue
 			}
 		}
 		if !forced {
@@ -203,13 +220,10 @@ func Run(ctx context.Context, m Machines, job Job) (res Result, err error) {
 	}
 	fname := LayerName(fkey)
 	if !forced {
-		if meta, ok := m.Layer(fname); ok {
-			var lm layerMeta
-			if json.Unmarshal(meta, &lm) == nil {
-				b.log(LevelInfo, "finalize", "CACHED finalize")
-				res.Cached++
-				return Result{Snapshot: fname, State: lm.State, Cached: res.Cached, Built: res.Built}, nil
-			}
+		if cached, ok := CachedLayer(m, fname); ok {
+			b.log(LevelInfo, "finalize", "CACHED finalize")
+			res.Cached++
+			return Result{Snapshot: fname, State: cached, Cached: res.Cached, Built: res.Built}, nil
 		}
 	}
 	t0 := time.Now()
@@ -243,15 +257,11 @@ func (b *run) lockedHit(ctx context.Context, name string) (bool, error) {
 		return false, err
 	}
 	b.unlocks = append(b.unlocks, unlock)
-	meta, ok := b.m.Layer(name)
+	cached, ok := CachedLayer(b.m, name)
 	if !ok {
 		return false, nil
 	}
-	var lm layerMeta
-	if json.Unmarshal(meta, &lm) != nil {
-		return false, nil
-	}
-	b.state, b.from = lm.State, name
+	b.state, b.from = cached, name
 	return true, nil
 }
 
@@ -331,7 +341,7 @@ func (b *run) ensureVM(ctx context.Context, step string) error {
 
 // save keeps the VM's state as the layer name; the next VM of this build would start from it.
 func (b *run) save(ctx context.Context, step, name string) (string, error) {
-	meta, err := json.Marshal(layerMeta{State: b.state})
+	meta, err := EncodeLayer(b.state)
 	if err != nil {
 		return "", err
 	}

@@ -127,8 +127,6 @@ func (s *Service) Start(ctx context.Context, team, tid, bid string, spec build.S
 func (s *Service) base(ctx context.Context, team string, spec build.Spec) (snapshot string, st build.State, ident string, err error) {
 	from := spec.FromTemplate
 	switch {
-	case spec.FromTemplate != "" && spec.FromImage != "":
-		return "", build.State{}, "", fmt.Errorf("%w: fromImage and fromTemplate: give one", manager.ErrInvalid)
 	case from == "" || from == "base":
 		name, ident, err := s.cfg.Snapshots.Base()
 		return name, build.BaseState(), ident, err
@@ -141,13 +139,11 @@ func (s *Service) base(ctx context.Context, team string, spec build.Spec) (snaps
 	if !ok {
 		return "", build.State{}, "", fmt.Errorf("%w: fromTemplate %q: its snapshot is gone", manager.ErrNotFound, from)
 	}
-	var lm struct {
-		State build.State `json:"state"`
-	}
-	if err := json.Unmarshal(meta, &lm); err != nil {
+	st, err = build.DecodeLayer(meta)
+	if err != nil {
 		return "", build.State{}, "", fmt.Errorf("template %q: %w", from, err)
 	}
-	return snap, lm.State, snap, nil
+	return snap, st, snap, nil
 }
 
 func (s *Service) run(t store.Template, b store.Build, a *active, job build.Job, im *imageRef) {

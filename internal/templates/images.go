@@ -3,7 +3,6 @@ package templates
 import (
 	"context"
 	"crypto/rand"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
@@ -77,7 +76,7 @@ func (s *Service) imageBase(ctx context.Context, team string, im imageRef, cpus,
 	}
 	key := build.BaseKey(team, "oci:"+img.Digest, cpus, memoryMiB)
 	name := build.LayerName(key)
-	if st, ok := s.imageLayer(name); ok {
+	if st, ok := build.CachedLayer(s.cfg.Machines, name); ok {
 		log(build.LevelInfo, "base", fmt.Sprintf("CACHED %s (%s)", im.ref, img.Digest))
 		return name, st, key, nil
 	}
@@ -87,7 +86,7 @@ func (s *Service) imageBase(ctx context.Context, team string, im imageRef, cpus,
 			return "", build.State{}, "", err
 		}
 		defer unlock()
-		if st, ok := s.imageLayer(name); ok { // made while we waited
+		if st, ok := build.CachedLayer(s.cfg.Machines, name); ok { // made while we waited
 			log(build.LevelInfo, "base", fmt.Sprintf("CACHED %s (%s)", im.ref, img.Digest))
 			return name, st, key, nil
 		}
@@ -102,10 +101,9 @@ func (s *Service) imageBase(ctx context.Context, team string, im imageRef, cpus,
 			_ = os.Remove(filepath.Dir(disk)) // when nothing else is in it
 		}
 	}()
-	if stale, _ := filepath.Glob(disk + ".tmp-*"); len(stale) > 0 {
-		for _, p := range stale {
-			_ = os.RemoveAll(p)
-		}
+	stale, _ := filepath.Glob(disk + ".tmp-*")
+	for _, p := range stale {
+		_ = os.RemoveAll(p)
 	}
 	if _, err := os.Stat(disk); err != nil {
 		if err := s.makeImageDisk(ctx, img, disk, log); err != nil {
@@ -120,9 +118,7 @@ func (s *Service) imageBase(ctx context.Context, team string, im imageRef, cpus,
 	log(build.LevelInfo, "base", fmt.Sprintf("booted in %s", time.Since(t1).Round(time.Millisecond)))
 	defer func() { _ = vm.Close() }()
 	st := imageState(img.Config)
-	meta, err := json.Marshal(struct {
-		State build.State `json:"state"`
-	}{st})
+	meta, err := build.EncodeLayer(st)
 	if err != nil {
 		return "", build.State{}, "", err
 	}
@@ -132,21 +128,6 @@ func (s *Service) imageBase(ctx context.Context, team string, im imageRef, cpus,
 	}
 	log(build.LevelInfo, "base", fmt.Sprintf("%s's layer saved, %s after the pull began", im.ref, time.Since(t0).Round(time.Millisecond)))
 	return saved, st, key, nil
-}
-
-// imageLayer is the state kept with the image layer name, if it is cached.
-func (s *Service) imageLayer(name string) (build.State, bool) {
-	meta, ok := s.cfg.Machines.Layer(name)
-	if !ok {
-		return build.State{}, false
-	}
-	var lm struct {
-		State build.State `json:"state"`
-	}
-	if json.Unmarshal(meta, &lm) != nil {
-		return build.State{}, false
-	}
-	return lm.State, true
 }
 
 // makeImageDisk pulls img into a tree beside disk, provisions it and makes disk of it,

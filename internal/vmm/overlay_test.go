@@ -48,16 +48,23 @@ func TestOverlaysAreReusedPerBackingDisk(t *testing.T) {
 	}
 }
 
+// twoLayers makes two 64 MiB qcow2 layers of their own names in a new directory.
+func twoLayers(t *testing.T) (qemuImg, dir, la, lb string) {
+	t.Helper()
+	qemuImg = needQEMUImg(t)
+	dir = t.TempDir()
+	la, lb = newLayerName(), newLayerName()
+	for _, l := range []string{la, lb} {
+		qemuImgCreate(t, qemuImg, filepath.Join(dir, l), "64M")
+	}
+	return qemuImg, dir, la, lb
+}
+
 // TestOverlaysOnLayers: an overlay on a layer named relatively is made once by qemu-img; the next
 // one on a layer of the same size is the same bytes with the name written over, and qemu-img
 // finds it sound and backed by its own layer.
 func TestOverlaysOnLayers(t *testing.T) {
-	qemuImg := needQEMUImg(t)
-	dir := t.TempDir()
-	la, lb := newLayerName(), newLayerName()
-	for _, l := range []string{la, lb} {
-		qemuImgCreate(t, qemuImg, filepath.Join(dir, l), "64M")
-	}
+	qemuImg, dir, la, lb := twoLayers(t)
 	var o overlays
 	ctx := context.Background()
 	a, b := filepath.Join(dir, "a.qcow2"), filepath.Join(dir, "b.qcow2")
@@ -90,12 +97,7 @@ func TestOverlaysOnLayers(t *testing.T) {
 // TestOverlayOptions: the operator's qcow2 options reach qemu-img, also for overlays on layers
 // made by rewriting a cached one.
 func TestOverlayOptions(t *testing.T) {
-	qemuImg := needQEMUImg(t)
-	dir := t.TempDir()
-	la, lb := newLayerName(), newLayerName()
-	for _, l := range []string{la, lb} {
-		qemuImgCreate(t, qemuImg, filepath.Join(dir, l), "64M")
-	}
+	qemuImg, dir, la, lb := twoLayers(t)
 	var o overlays
 	ctx := context.Background()
 	const opts = "cluster_size=128k,extended_l2=on,lazy_refcounts=on"
