@@ -178,7 +178,19 @@ func TestWatcherBoundsItsBuffer(t *testing.T) {
 	for i := 0; i < MaxBufferedEvents+500; i++ {
 		_ = os.WriteFile(filepath.Join(dir, "f"+strconv.Itoa(i)), nil, 0o644)
 	}
-	time.Sleep(300 * time.Millisecond)
+	// The watcher reads the flood in its own time (slowly on a loaded machine): the poll waits
+	// until it has dropped some, without taking the buffer before that.
+	svc.mu.Lock()
+	w := svc.watchers[wid]
+	svc.mu.Unlock()
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		w.mu.Lock()
+		dropped := w.dropped
+		w.mu.Unlock()
+		if dropped > 0 || time.Now().After(deadline) {
+			break
+		}
+	}
 	_, err = svc.GetWatcherEvents(ctx, connect.NewRequest(&pb.GetWatcherEventsRequest{WatcherId: wid}))
 	if connect.CodeOf(err) != connect.CodeResourceExhausted || !strings.Contains(err.Error(), "dropped") {
 		t.Fatalf("overflow: %v", err)
