@@ -131,6 +131,15 @@ func TestPruneTemplates(t *testing.T) {
 		filepath.Join(usedByRun, "disk.qcow2"), filepath.Join(sb, "disk.qcow2")).CombinedOutput(); err != nil {
 		t.Fatalf("qemu-img: %v %s", err, out)
 	}
+	// A released VM's directory, still being removed, holds nothing: no live VM uses it.
+	released := filepath.Join(run, ".gone-sb0-abcdefgh")
+	if err := os.MkdirAll(released, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := exec.Command(qemuImg, "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b",
+		filepath.Join(unused, "disk.qcow2"), filepath.Join(released, "disk.qcow2")).CombinedOutput(); err != nil {
+		t.Fatalf("qemu-img: %v %s", err, out)
+	}
 	if err := RemoveTemplate(usedBySnapshot, run, paused); !errors.Is(err, ErrTemplateInUse) || !strings.Contains(err.Error(), "mysnap") {
 		t.Fatalf("removing a template a snapshot depends on: %v", err)
 	}

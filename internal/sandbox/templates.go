@@ -108,7 +108,7 @@ func DiskUsers(home, runDir, pausedDir, disk string) []string {
 }
 
 // diskUsers maps a disk file to what has a disk whose chain goes through it (below its own top):
-// running sandboxes (by id), paused ones (by id) and template snapshots ("template
+// running sandboxes (by id; not the directories of released VMs), paused ones (by id) and template snapshots ("template
 // <name>/<dir>"). Keys are clean absolute paths.
 func diskUsers(home, runDir, pausedDir string) map[string][]string {
 	users := map[string][]string{}
@@ -123,7 +123,10 @@ func diskUsers(home, runDir, pausedDir string) map[string][]string {
 	}
 	if des, err := os.ReadDir(runDir); err == nil {
 		for _, de := range des {
-			add(filepath.Join(runDir, de.Name(), "disk.qcow2"), de.Name())
+			// A released VM's directory, still being removed in the background, uses nothing.
+			if !vmm.IsGoneDir(de.Name()) {
+				add(filepath.Join(runDir, de.Name(), "disk.qcow2"), de.Name())
+			}
 		}
 	}
 	gens, _ := filepath.Glob(filepath.Join(pausedDir, "*", "g*", "disk.qcow2"))
